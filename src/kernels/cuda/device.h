@@ -1,0 +1,24 @@
+// GPU discovery. "No GPU" (no driver, no device) is an ordinary answer here, not an error,
+// so that binaries and tests built with CUDA still run on machines without one.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+
+namespace kite {
+
+struct CudaDeviceInfo {
+  int index = 0;
+  std::string name;
+  int compute_capability = 0;  // 90 for sm_90
+  size_t total_memory_bytes = 0;
+  int multiprocessor_count = 0;
+};
+
+// The visible GPUs; empty when the driver reports none (cudaErrorNoDevice or
+// cudaErrorInsufficientDriver, codes 100 and 35).
+Result<std::vector<CudaDeviceInfo>> cuda_devices();
+
+}  // namespace kite

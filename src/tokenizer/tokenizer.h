@@ -1,0 +1,67 @@
+// Text <-> token ids, exactly as the Hugging Face `tokenizers` library does for the same
+// tokenizer.json: normalizer, pre-tokenizer, model (BPE), post-processor, decoder, added tokens.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/status.h"
+
+namespace kite {
+
+class TokenizerImpl;
+
+class Tokenizer {
+ public:
+  // Parses the contents of a tokenizer.json. `source` names the file in error messages.
+  static Result<Tokenizer> from_json(std::string_view json_text, const std::string& source);
+  static Result<Tokenizer> from_file(const std::string& tokenizer_json_path);
+  // Reads `directory`/tokenizer.json.
+  static Result<Tokenizer> from_directory(const std::string& directory);
+
+  Tokenizer(Tokenizer&&) noexcept;
+  Tokenizer& operator=(Tokenizer&&) noexcept;
+  ~Tokenizer();
+
+  // Like tokenizers' `encode(text, add_special_tokens=...)` then `.ids`. Invalid UTF-8 in `text`
+  // is replaced by U+FFFD first, as Python's str would hold it after a lossy decode.
+  std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = true) const;
+  // Like tokenizers' `decode(ids, skip_special_tokens=...)`. Unknown ids are skipped.
+  std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = true) const;
+
+  int32_t vocab_size() const;  // including added tokens
+  std::optional<int32_t> token_to_id(std::string_view token) const;
+  std::optional<std::string> id_to_token(int32_t id) const;
+  bool is_special(int32_t id) const;
+
+ private:
+  explicit Tokenizer(std::unique_ptr<TokenizerImpl> impl);
+  friend class TokenizerImpl;
+  std::unique_ptr<TokenizerImpl> impl_;
+};
+
+// Turns ids into text one at a time for streaming: emits only complete UTF-8 characters, and
+// exactly the text that decoding all ids at once would give, piece by piece (the approach of
+// text-generation-inference's incremental decoding: decode a window, emit the new suffix).
+class StreamingDecoder {
+ public:
+  explicit StreamingDecoder(const Tokenizer& tokenizer, bool skip_special_tokens = true);
+  // Returns the new text this id completes (possibly empty).
+  std::string push(int32_t id);
+  // Returns whatever remains at the end (an incomplete character becomes U+FFFD).
+  std::string finish();
+
+ private:
+  const Tokenizer& tokenizer_;
+  bool skip_special_tokens_;
+  std::vector<int32_t> ids_;
+  size_t prefix_offset_ = 0;
+  size_t read_offset_ = 0;
+};
+
+}  // namespace kite

@@ -1,0 +1,18 @@
+// The `kite` binary's subcommands. Each command file adds its CLI11 subcommand and returns the
+// function that runs it; main() picks the one the user named and turns its Status into an exit
+// code.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+#include "core/status.h"
+
+namespace kite::tools {
+
+struct Command {
+  CLI::App* app = nullptr;
+  std::function<Status()> run;
+};
+
+}  // namespace kite::tools

@@ -1,0 +1,24 @@
+// Helpers shared by Kite's tests: locating the source tree, data and the kite binary, running it.
+#pragma once
+
+#include <cstdlib>
+#include <string>
+
+namespace kite::test {
+
+// Directory of the source tree (tests/fixtures lives below it).
+std::string source_dir();
+// ../shared/data by default; KITE_DATA_DIR overrides.
+std::string data_dir();
+// A fresh empty directory under the system temp dir, removed at process exit.
+std::string temp_dir();
+
+struct CommandResult {
+  int exit_code = -1;  // -1 when killed by a signal
+  int signal = 0;
+  std::string output;  // stdout and stderr together
+};
+// Runs `kite <arguments>` (arguments are passed to the shell as written).
+CommandResult run_kite(const std::string& arguments);
+
+}  // namespace kite::test

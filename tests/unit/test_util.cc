@@ -1,0 +1,63 @@
+// Implementation of the shared test helpers.
+#include "test_util.h"
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <vector>
+
+namespace kite::test {
+namespace {
+
+std::string env_or(const char* name, const std::string& fallback) {
+  const char* value = std::getenv(name);
+  return value && *value ? value : fallback;
+}
+
+struct TempDirs {
+  std::vector<std::string> paths;
+  ~TempDirs() {
+    std::error_code ignored;
+    for (const auto& path : paths) std::filesystem::remove_all(path, ignored);
+  }
+};
+
+}  // namespace
+
+std::string source_dir() {
+  return env_or("KITE_SOURCE_DIR", ".");
+}
+std::string data_dir() {
+  return env_or("KITE_DATA_DIR", source_dir() + "/../shared/data");
+}
+
+std::string temp_dir() {
+  static TempDirs dirs;
+  std::random_device random;
+  const auto path = std::filesystem::temp_directory_path() /
+                    ("kite_test_" + std::to_string(random()) + std::to_string(random()));
+  std::filesystem::create_directories(path);
+  dirs.paths.push_back(path.string());
+  return path.string();
+}
+
+CommandResult run_kite(const std::string& arguments) {
+  const std::string command = env_or("KITE_BINARY", "kite") + " " + arguments + " 2>&1";
+  CommandResult result;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (!pipe) return result;
+  std::array<char, 4096> buffer;
+  size_t n;
+  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0)
+    result.output.append(buffer.data(), n);
+  const int status = ::pclose(pipe);
+  if (WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) result.signal = WTERMSIG(status);
+  return result;
+}
+
+}  // namespace kite::test
