@@ -16,7 +16,8 @@ class Progress {
 
   // Marks `done` units finished; `detail` (a tensor name, say) is shown beside the bar.
   void update(int64_t done, const std::string& detail = "");
-  // Prints the final state and elapsed time; called by the destructor if not called before.
+  // Prints the final state and elapsed time. Call it when the work succeeded; a Progress destroyed
+  // without it just clears its bar.
   void finish();
 
  private:
