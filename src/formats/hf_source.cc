@@ -46,31 +46,35 @@ class HfDirectorySource final : public ModelSource {
   }
 
   Status write_tokenizer_files(const std::string& output_dir) const override {
-    const std::string tokenizer_path = directory_ + "/" + kRequiredTokenizerFile;
-    if (!path_exists(tokenizer_path)) {
-      return not_found(directory_ + " has no " + kRequiredTokenizerFile +
-                       "; copy it from the model's repository (Kite needs the fast-tokenizer "
-                       "file, not only tokenizer.model)");
-    }
-    KITE_RETURN_IF_ERROR(copy(kRequiredTokenizerFile, output_dir));
-    for (const char* name : kOptionalTokenizerFiles) {
-      if (path_exists(directory_ + "/" + name)) KITE_RETURN_IF_ERROR(copy(name, output_dir));
-    }
-    return Status::ok();
+    return copy_hf_tokenizer_files(directory_, output_dir, /*required=*/true).status();
   }
 
  private:
-  Status copy(const std::string& name, const std::string& output_dir) const {
-    KITE_ASSIGN_OR_RETURN(std::string contents, read_file(directory_ + "/" + name));
-    return write_file(output_dir + "/" + name, contents);
-  }
-
   std::string directory_;
   nlohmann::json config_;
   SafetensorsCollection weights_;
 };
 
 }  // namespace
+
+Result<bool> copy_hf_tokenizer_files(const std::string& model_dir, const std::string& output_dir,
+                                     bool required) {
+  auto copy = [&](const std::string& name) -> Status {
+    KITE_ASSIGN_OR_RETURN(std::string contents, read_file(model_dir + "/" + name));
+    return write_file(output_dir + "/" + name, contents);
+  };
+  if (!path_exists(model_dir + "/" + kRequiredTokenizerFile)) {
+    if (!required) return false;
+    return not_found(model_dir + " has no " + kRequiredTokenizerFile +
+                     "; copy it from the model's repository (Kite needs the fast-tokenizer "
+                     "file, not only tokenizer.model)");
+  }
+  KITE_RETURN_IF_ERROR(copy(kRequiredTokenizerFile));
+  for (const char* name : kOptionalTokenizerFiles) {
+    if (path_exists(model_dir + "/" + name)) KITE_RETURN_IF_ERROR(copy(name));
+  }
+  return true;
+}
 
 Result<std::unique_ptr<ModelSource>> open_hf_directory(const std::string& directory) {
   if (!path_exists(directory)) return not_found("model folder " + directory + " does not exist");

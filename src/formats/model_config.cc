@@ -205,8 +205,8 @@ Status check_token_id(std::optional<int64_t> id, const char* name, const ModelCo
   return Status::ok();
 }
 
-nlohmann::json optional_to_json(const std::optional<int64_t>& value) {
-  return value ? nlohmann::json(*value) : nlohmann::json(nullptr);
+nlohmann::ordered_json optional_to_json(const std::optional<int64_t>& value) {
+  return value ? nlohmann::ordered_json(*value) : nlohmann::ordered_json(nullptr);
 }
 
 }  // namespace
@@ -478,8 +478,8 @@ Result<ModelConfig> read_hf_config(const std::string& path) {
   return parse_hf_config(json, path);
 }
 
-nlohmann::json model_config_to_json(const ModelConfig& config) {
-  nlohmann::json rope_scaling = nullptr;
+nlohmann::ordered_json model_config_to_json(const ModelConfig& config) {
+  nlohmann::ordered_json rope_scaling = nullptr;
   if (config.rope_scaling.type != RopeScalingType::kNone) {
     rope_scaling = {{"type", rope_scaling_type_name(config.rope_scaling.type)},
                     {"factor", config.rope_scaling.factor}};

@@ -83,7 +83,8 @@ Result<ModelConfig> read_hf_config(const std::string& path);
 
 // Kite's schema (docs/checkpoint.md): the fields of ModelConfig under the same names, with
 // "architecture" as a name, "rope_scaling" as an object or null and "eos_token_id" as a list.
-nlohmann::json model_config_to_json(const ModelConfig& config);
+// Keys come in the order of the struct.
+nlohmann::ordered_json model_config_to_json(const ModelConfig& config);
 // Reads what model_config_to_json wrote (other keys of `json` are ignored) and validates it.
 Result<ModelConfig> model_config_from_json(const nlohmann::json& json, const std::string& source);
 
