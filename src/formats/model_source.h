@@ -34,6 +34,11 @@ class ModelSource {
 
 // A Hugging Face model folder: config.json, *.safetensors (single or sharded), tokenizer files.
 Result<std::unique_ptr<ModelSource>> open_hf_directory(const std::string& directory);
+// Copies tokenizer.json and, when present, tokenizer_config.json, generation_config.json and
+// special_tokens_map.json from a HF folder into `output_dir`. Returns whether tokenizer.json was
+// there; without it, an error when `required`.
+Result<bool> copy_hf_tokenizer_files(const std::string& model_dir, const std::string& output_dir,
+                                     bool required);
 // A GGUF file of a supported architecture (llama family), mapped to the HF Llama layout.
 Result<std::unique_ptr<ModelSource>> open_gguf_model(const std::string& path);
 

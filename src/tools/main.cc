@@ -21,12 +21,16 @@ int run_kite(int argc, char** argv) {
   bool show_version = false;
   kite.add_flag("--version", show_version, "Print the version and the backends built in");
 
-  std::vector<kite::tools::Command> commands = {};
+  std::vector<kite::tools::Command> commands = {
+      kite::tools::add_convert_command(kite),
+  };
 
   try {
     kite.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
-    return kite.exit(error);
+    // CLI11 has its own exit codes (105 for a bad value, ...); Kite's contract is 2 for usage
+    // errors and 0 for --help.
+    return kite.exit(error) == 0 ? 0 : 2;
   }
   if (show_version) {
     std::printf("%s\n", kite::tools::version_string().c_str());

@@ -1,0 +1,402 @@
+// Tests for `kite convert` (through the binary) and the checkpoint it writes: values in every
+// dtype, random weights, and the errors a user can run into.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <random>
+
+#include "core/file.h"
+#include "formats/checkpoint.h"
+#include "formats/convert.h"
+#include "formats/model_config.h"
+#include "formats/safetensors.h"
+#include "test_util.h"
+
+namespace kite {
+namespace {
+
+std::string tiny_fixture() {
+  return test::source_dir() + "/tests/fixtures/tiny_llama";
+}
+
+ModelConfig tiny_config() {
+  Result<ModelConfig> config = read_hf_config(tiny_fixture() + "/config.json");
+  KITE_CHECK(config.is_ok());
+  return *config;
+}
+
+// A HF folder holding the tiny fixture's config and tokenizer and weights of `dtype` with
+// reproducible random values; returns the folder, and the weights through `weights`.
+std::string make_hf_folder(DType dtype, std::map<std::string, Tensor>* weights = nullptr,
+                           const std::vector<std::string>& skip = {}) {
+  const std::string directory = test::temp_dir();
+  for (const char* name :
+       {"config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"}) {
+    std::filesystem::copy_file(tiny_fixture() + "/" + name, directory + "/" + name);
+  }
+  std::mt19937 generator(1234);
+  std::normal_distribution<float> normal(0.0f, 0.5f);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const WeightInfo& weight : model_weights(tiny_config())) {
+    if (std::find(skip.begin(), skip.end(), weight.name) != skip.end()) continue;
+    Tensor values(DType::kF32, weight.shape);
+    for (int64_t i = 0; i < values.numel(); ++i) values.data_as<float>()[i] = normal(generator);
+    Tensor stored = *convert_dtype(values.view(), dtype);
+    if (weights) (*weights)[weight.name] = Tensor::copy_of(stored.view());
+    tensors.emplace_back(weight.name, std::move(stored));
+  }
+  KITE_CHECK(write_safetensors(directory + "/model.safetensors", tensors).is_ok());
+  return directory;
+}
+
+void expect_failure(const test::CommandResult& result, int exit_code,
+                    const std::vector<std::string>& texts) {
+  EXPECT_EQ(result.signal, 0);
+  EXPECT_EQ(result.exit_code, exit_code) << result.output;
+  for (const std::string& text : texts)
+    EXPECT_NE(result.output.find(text), std::string::npos) << "no '" << text << "' in\n"
+                                                           << result.output;
+}
+
+TEST(Convert, EveryDtypeKeepsTheValues) {
+  std::map<std::string, Tensor> source;
+  const std::string model_dir = make_hf_folder(DType::kF32, &source);
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    const std::string output = test::temp_dir() + "/ckpt";
+    const test::CommandResult result =
+        test::run_kite("convert --model_dir " + model_dir + " --output_dir " + output +
+                       " --dtype " + std::string(dtype_name(dtype)));
+    ASSERT_EQ(result.exit_code, 0) << result.output;
+    EXPECT_NE(result.output.find("wrote checkpoint " + output), std::string::npos);
+
+    Result<Checkpoint> checkpoint = Checkpoint::open(output);
+    ASSERT_TRUE(checkpoint.is_ok()) << checkpoint.status().message();
+    EXPECT_EQ(checkpoint->config().dtype, dtype);
+    EXPECT_EQ(checkpoint->config().model, tiny_config());
+    EXPECT_FALSE(checkpoint->config().random_weights);
+    EXPECT_EQ(checkpoint->config().converted_from, "HF folder " + model_dir);
+    EXPECT_EQ(checkpoint->file().names().size(), source.size());
+    for (const auto& [name, expected] : source) {
+      Result<TensorView> weight = checkpoint->weight(name);
+      ASSERT_TRUE(weight.is_ok()) << weight.status().message();
+      EXPECT_EQ(weight->dtype, dtype);
+      EXPECT_EQ(weight->shape, expected.shape());
+      // Bit-exact: the cast is the one convert_dtype does (round to nearest even).
+      const Tensor cast = *convert_dtype(expected.view(), dtype);
+      ASSERT_EQ(weight->byte_size(), cast.byte_size());
+      EXPECT_EQ(std::memcmp(weight->data, cast.data(), cast.byte_size()), 0) << name;
+    }
+    for (const char* name : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"})
+      EXPECT_EQ(*read_file(output + "/" + name), *read_file(tiny_fixture() + "/" + name));
+  }
+}
+
+TEST(Convert, WidensBf16SourceExactlyAndDefaultsToTorchDtype) {
+  std::map<std::string, Tensor> source;
+  const std::string model_dir = make_hf_folder(DType::kBF16, &source);
+  std::string output = test::temp_dir() + "/f32";
+  ASSERT_EQ(test::run_kite("convert --model_dir " + model_dir + " --output_dir " + output +
+                           " --dtype float32")
+                .exit_code,
+            0);
+  Result<Checkpoint> checkpoint = Checkpoint::open(output);
+  ASSERT_TRUE(checkpoint.is_ok()) << checkpoint.status().message();
+  const std::string name = "model.layers.1.mlp.down_proj.weight";
+  const std::vector<float> widened = *to_float32(*checkpoint->weight(name));
+  const std::vector<float> original = *to_float32(source.at(name).view());
+  EXPECT_EQ(widened, original);
+
+  // No --dtype: the config's torch_dtype (bfloat16) is kept, so the bytes are copied unchanged.
+  output = test::temp_dir() + "/default";
+  ASSERT_EQ(
+      test::run_kite("convert --model_dir " + model_dir + " --output_dir " + output).exit_code, 0);
+  checkpoint = Checkpoint::open(output);
+  ASSERT_TRUE(checkpoint.is_ok()) << checkpoint.status().message();
+  EXPECT_EQ(checkpoint->config().dtype, DType::kBF16);
+  const TensorView copied = *checkpoint->weight(name);
+  EXPECT_EQ(std::memcmp(copied.data, source.at(name).data(), copied.byte_size()), 0);
+}
+
+TEST(Convert, ReplacesAnEarlierCheckpoint) {
+  const std::string model_dir = make_hf_folder(DType::kF32);
+  const std::string output = test::temp_dir();
+  ASSERT_EQ(test::run_kite("convert --model_dir " + model_dir + " --output_dir " + output +
+                           " --dtype float32")
+                .exit_code,
+            0);
+  ASSERT_EQ(test::run_kite("convert --model_dir " + model_dir + " --output_dir " + output +
+                           " --dtype float16")
+                .exit_code,
+            0);
+  EXPECT_EQ(Checkpoint::open(output)->config().dtype, DType::kF16);
+}
+
+uint64_t file_hash(const std::string& path) {
+  const std::string bytes = *read_file(path);
+  return std::hash<std::string>()(bytes);
+}
+
+TEST(Convert, RandomWeightsAreSeededAndNeedOnlyTheConfig) {
+  // A folder with config.json alone: no tensor file is read.
+  const std::string model_dir = test::temp_dir();
+  std::filesystem::copy_file(tiny_fixture() + "/config.json", model_dir + "/config.json");
+  const std::string first = test::temp_dir() + "/a";
+  const std::string second = test::temp_dir() + "/b";
+  const std::string other_seed = test::temp_dir() + "/c";
+  const std::string common = " --random --dtype float32 --model_dir " + model_dir;
+  test::CommandResult result =
+      test::run_kite("convert" + common + " --seed 7 --output_dir " + first);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find("no tokenizer"), std::string::npos) << result.output;
+  ASSERT_EQ(test::run_kite("convert" + common + " --seed 7 --output_dir " + second).exit_code, 0);
+  ASSERT_EQ(test::run_kite("convert" + common + " --seed 8 --output_dir " + other_seed).exit_code,
+            0);
+  EXPECT_EQ(file_hash(checkpoint_rank_path(first, 0)), file_hash(checkpoint_rank_path(second, 0)));
+  EXPECT_NE(file_hash(checkpoint_rank_path(first, 0)),
+            file_hash(checkpoint_rank_path(other_seed, 0)));
+
+  Result<Checkpoint> checkpoint = Checkpoint::open(first);
+  ASSERT_TRUE(checkpoint.is_ok()) << checkpoint.status().message();
+  EXPECT_TRUE(checkpoint->config().random_weights);
+  for (const WeightInfo& weight : model_weights(tiny_config())) {
+    const std::vector<float> values = *to_float32(*checkpoint->weight(weight.name));
+    if (weight.role == WeightRole::kNorm) {
+      for (float value : values) ASSERT_EQ(value, 1.0f) << weight.name;
+      continue;
+    }
+    double sum = 0, squares = 0;
+    for (float value : values) {
+      sum += value;
+      squares += double(value) * value;
+    }
+    const double mean = sum / double(values.size());
+    const double deviation = std::sqrt(squares / double(values.size()) - mean * mean);
+    EXPECT_NEAR(mean, 0.0, 0.003) << weight.name;
+    EXPECT_NEAR(deviation, 0.02, 0.002) << weight.name;
+  }
+
+  // The same weight gets the same values whatever the dtype (up to its rounding) and model.
+  const WeightInfo weight = model_weights(tiny_config())[2];
+  const std::vector<float> in_f32 = *to_float32(random_weight(weight, DType::kF32, 7).view());
+  const std::vector<float> in_bf16 = *to_float32(random_weight(weight, DType::kBF16, 7).view());
+  for (size_t i = 0; i < in_f32.size(); ++i) EXPECT_NEAR(in_f32[i], in_bf16[i], 0.001f);
+  EXPECT_EQ(in_f32, *to_float32(*checkpoint->weight(weight.name)));
+
+  // --config FILE works without any folder.
+  const std::string from_config = test::temp_dir() + "/d";
+  ASSERT_EQ(test::run_kite("convert --random --dtype float32 --seed 7 --config " + model_dir +
+                           "/config.json --output_dir " + from_config)
+                .exit_code,
+            0);
+  EXPECT_EQ(file_hash(checkpoint_rank_path(first, 0)),
+            file_hash(checkpoint_rank_path(from_config, 0)));
+}
+
+TEST(Convert, RandomCopiesTokenizerWhenPresent) {
+  const std::string model_dir = test::temp_dir();
+  for (const char* name : {"config.json", "tokenizer.json"})
+    std::filesystem::copy_file(tiny_fixture() + "/" + name, model_dir + "/" + name);
+  const std::string output = test::temp_dir();
+  const test::CommandResult result =
+      test::run_kite("convert --random --model_dir " + model_dir + " --output_dir " + output);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find("with tokenizer"), std::string::npos);
+  EXPECT_TRUE(path_exists(output + "/tokenizer.json"));
+}
+
+TEST(ConvertErrors, MissingInputs) {
+  const std::string output = test::temp_dir() + "/out";
+  expect_failure(test::run_kite("convert --model_dir /nonexistent/model --output_dir " + output), 1,
+                 {"kite convert: error:", "/nonexistent/model", "does not exist"});
+
+  std::string model_dir = make_hf_folder(DType::kF32);
+  std::filesystem::remove(model_dir + "/config.json");
+  expect_failure(test::run_kite("convert --model_dir " + model_dir + " --output_dir " + output), 1,
+                 {model_dir + " has no config.json"});
+  expect_failure(
+      test::run_kite("convert --random --model_dir " + model_dir + " --output_dir " + output), 1,
+      {model_dir + " has no config.json"});
+
+  model_dir = make_hf_folder(DType::kF32);
+  std::filesystem::remove(model_dir + "/tokenizer.json");
+  expect_failure(test::run_kite("convert --model_dir " + model_dir + " --output_dir " + output), 1,
+                 {model_dir + " has no tokenizer.json"});
+
+  model_dir = make_hf_folder(DType::kF32, nullptr, {"model.layers.1.mlp.up_proj.weight"});
+  expect_failure(test::run_kite("convert --model_dir " + model_dir + " --output_dir " + output), 1,
+                 {"lacks tensor 'model.layers.1.mlp.up_proj.weight'"});
+  EXPECT_FALSE(path_exists(output + "/config.json"));
+}
+
+TEST(ConvertErrors, UnsupportedArchitectureListsSupportedOnes) {
+  const std::string model_dir = make_hf_folder(DType::kF32);
+  nlohmann::json config = nlohmann::json::parse(*read_file(model_dir + "/config.json"));
+  config["model_type"] = "gpt_neox";
+  config["architectures"] = {"GPTNeoXForCausalLM"};
+  ASSERT_TRUE(write_file(model_dir + "/config.json", config.dump()).is_ok());
+  expect_failure(
+      test::run_kite("convert --model_dir " + model_dir + " --output_dir " + test::temp_dir()), 1,
+      {"unsupported architecture 'gpt_neox' in " + model_dir +
+       "/config.json; Kite supports: llama, mistral, qwen2"});
+}
+
+TEST(ConvertErrors, CorruptOrMismatchedSafetensors) {
+  std::string model_dir = make_hf_folder(DType::kF32);
+  const std::string weights = model_dir + "/model.safetensors";
+  std::string bytes = *read_file(weights);
+  bytes.resize(bytes.size() / 2);
+  ASSERT_TRUE(write_file(weights, bytes).is_ok());
+  expect_failure(
+      test::run_kite("convert --model_dir " + model_dir + " --output_dir " + test::temp_dir()), 1,
+      {weights, "out of range"});
+
+  // A tensor the architecture does not have (a Qwen3-style q_norm in a llama folder).
+  model_dir = make_hf_folder(DType::kF32);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  const SafetensorsFile file = SafetensorsFile::open(model_dir + "/model.safetensors").value();
+  for (const std::string& name : file.names())
+    tensors.emplace_back(name, Tensor::copy_of(*file.tensor(name)));
+  tensors.emplace_back("model.layers.0.self_attn.q_norm.weight", Tensor(DType::kF32, {16}));
+  ASSERT_TRUE(write_safetensors(model_dir + "/model.safetensors", tensors).is_ok());
+  expect_failure(
+      test::run_kite("convert --model_dir " + model_dir + " --output_dir " + test::temp_dir()), 1,
+      {"'model.layers.0.self_attn.q_norm.weight'", "does not use"});
+
+  // A tensor whose shape disagrees with config.json.
+  tensors.pop_back();
+  tensors[0].second = Tensor(DType::kF32, {320, 32});
+  ASSERT_TRUE(write_safetensors(model_dir + "/model.safetensors", tensors).is_ok());
+  expect_failure(
+      test::run_kite("convert --model_dir " + model_dir + " --output_dir " + test::temp_dir()), 1,
+      {"has shape [320, 32] but config.json implies"});
+}
+
+TEST(ConvertErrors, BadFlagsExitWithTwo) {
+  const std::string model_dir = make_hf_folder(DType::kF32);
+  const std::string output = test::temp_dir() + "/out";
+  const std::string base = "convert --model_dir " + model_dir + " --output_dir " + output;
+  expect_failure(test::run_kite(base + " --dtype float64"), 2, {"--dtype 'float64'"});
+  expect_failure(test::run_kite(base + " --dtype int8"), 2, {"--dtype 'int8'"});
+  expect_failure(test::run_kite("convert --output_dir " + output), 2, {"--model_dir"});
+  expect_failure(test::run_kite("convert --model_dir " + model_dir), 2, {"--output_dir"});
+  expect_failure(test::run_kite(base + " --gguf x.gguf"), 2, {"give one of"});
+  expect_failure(test::run_kite(base + " --config " + model_dir + "/config.json"), 2,
+                 {"--config is only for --random"});
+  expect_failure(test::run_kite(base + " --seed banana"), 2, {});
+  expect_failure(test::run_kite(base + " --no_such_flag"), 2, {});
+  expect_failure(test::run_kite("convert --model_dir " + model_dir + " --output_dir " + model_dir),
+                 2, {"model folder itself"});
+  EXPECT_FALSE(path_exists(output));
+}
+
+TEST(ConvertErrors, ParallelSizes) {
+  const std::string model_dir = make_hf_folder(DType::kF32);
+  const std::string base =
+      "convert --model_dir " + model_dir + " --output_dir " + test::temp_dir() + "/out";
+  // The tiny model has 4 heads, 2 key/value heads, intermediate 160 and 2 layers.
+  expect_failure(test::run_kite(base + " --tp_size 3"), 2,
+                 {"--tp_size 3 cannot split this model", "tp sizes that work: 1, 2, 4"});
+  expect_failure(test::run_kite(base + " --pp_size 3"), 2, {"pp sizes that work: 1, 2"});
+  expect_failure(test::run_kite(base + " --tp_size 0"), 2, {"at least 1"});
+  expect_failure(test::run_kite(base + " --tp_size 2"), 1,
+                 {"tensor/pipeline parallel conversion is not supported yet; use --tp_size 1"});
+}
+
+TEST(ConvertErrors, UnwritableOutput) {
+  const std::string model_dir = make_hf_folder(DType::kF32);
+  // A path below a regular file cannot be created, even by root.
+  const std::string blocker = test::temp_dir() + "/file";
+  ASSERT_TRUE(write_file(blocker, "x").is_ok());
+  expect_failure(
+      test::run_kite("convert --model_dir " + model_dir + " --output_dir " + blocker + "/ckpt"), 1,
+      {"cannot create directory " + blocker + "/ckpt"});
+  expect_failure(test::run_kite("convert --model_dir " + model_dir + " --output_dir " + blocker), 2,
+                 {blocker + " is a file"});
+
+  // A folder holding some other config.json (a HF model) is not overwritten.
+  const std::string other_model = make_hf_folder(DType::kF32);
+  const std::string before = *read_file(other_model + "/config.json");
+  expect_failure(
+      test::run_kite("convert --model_dir " + model_dir + " --output_dir " + other_model), 2,
+      {"not a Kite checkpoint"});
+  EXPECT_EQ(*read_file(other_model + "/config.json"), before);
+}
+
+TEST(Checkpoint, RefusesBrokenCheckpoints) {
+  const std::string model_dir = make_hf_folder(DType::kF32);
+  const std::string output = test::temp_dir();
+  ASSERT_EQ(test::run_kite("convert --model_dir " + model_dir + " --output_dir " + output +
+                           " --dtype float16")
+                .exit_code,
+            0);
+  const std::string config_path = output + "/config.json";
+  const nlohmann::json good = nlohmann::json::parse(*read_file(config_path));
+  EXPECT_EQ(good["kite_checkpoint_version"], 1);
+  EXPECT_EQ(good["mapping"], nlohmann::json({{"world_size", 1}, {"tp_size", 1}, {"pp_size", 1}}));
+  EXPECT_TRUE(good["quantization"]["weight_only"].is_null());
+
+  auto open_with = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json config = good;
+    edit(config);
+    KITE_CHECK(write_file(config_path, config.dump()).is_ok());
+    return Checkpoint::open(output).status();
+  };
+  Status status = open_with([](nlohmann::json& config) { config["kite_checkpoint_version"] = 2; });
+  EXPECT_EQ(status.code(), StatusCode::kUnsupported);
+  EXPECT_NE(status.message().find("version 2"), std::string::npos);
+  status = open_with([](nlohmann::json& config) { config.erase("kite_checkpoint_version"); });
+  EXPECT_NE(status.message().find("kite convert"), std::string::npos);
+  status =
+      open_with([](nlohmann::json& config) { config["quantization"]["weight_only"] = "int4"; });
+  EXPECT_EQ(status.code(), StatusCode::kUnsupported);
+  status = open_with([](nlohmann::json& config) { config["mapping"]["world_size"] = 3; });
+  EXPECT_EQ(status.code(), StatusCode::kCorrupt);
+  status = open_with([](nlohmann::json& config) { config["dtype"] = "int8"; });
+  EXPECT_EQ(status.code(), StatusCode::kCorrupt);
+  // A weight of another dtype than config.json says.
+  status = open_with([](nlohmann::json& config) { config["dtype"] = "bfloat16"; });
+  EXPECT_EQ(status.code(), StatusCode::kCorrupt);
+  EXPECT_NE(status.message().find("config.json implies bfloat16"), std::string::npos);
+  // A config describing a bigger model than the weights.
+  status = open_with([](nlohmann::json& config) { config["num_hidden_layers"] = 3; });
+  EXPECT_NE(status.message().find("lacks weight 'model.layers.2.input_layernorm.weight'"),
+            std::string::npos);
+  status = open_with([](nlohmann::json& config) { config["tie_word_embeddings"] = true; });
+  EXPECT_NE(status.message().find("'lm_head.weight' that config.json does not describe"),
+            std::string::npos);
+
+  ASSERT_TRUE(write_file(config_path, good.dump()).is_ok());
+  EXPECT_TRUE(Checkpoint::open(output).is_ok());
+  std::filesystem::remove(checkpoint_rank_path(output, 0));
+  EXPECT_EQ(Checkpoint::open(output).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(Checkpoint::open(output + "/missing").status().code(), StatusCode::kNotFound);
+}
+
+TEST(Checkpoint, ParallelMappingListsWorkingSizes) {
+  const ModelConfig llama =
+      *read_hf_config(test::source_dir() + "/tests/fixtures/hf_configs/llama-3-8b.json");
+  EXPECT_TRUE(check_parallel_mapping(llama, 8, 4).is_ok());
+  Status status = check_parallel_mapping(llama, 3, 1);
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("tp sizes that work: 1, 2, 4, 8, 16, 32"), std::string::npos)
+      << status.message();
+  status = check_parallel_mapping(llama, 1, 5);
+  EXPECT_NE(status.message().find("pp sizes that work: 1, 2, 4, 8, 16, 32"), std::string::npos)
+      << status.message();
+
+  // SmolLM2-135M: 9 heads, 3 key/value heads, intermediate 1536 = 2^9 * 3.
+  const ModelConfig smol =
+      *read_hf_config(test::source_dir() + "/tests/fixtures/hf_configs/smollm2-135m.json");
+  status = check_parallel_mapping(smol, 2, 1);
+  EXPECT_NE(status.message().find("num_attention_heads 9"), std::string::npos);
+  EXPECT_NE(status.message().find("tp sizes that work: 1, 3"), std::string::npos)
+      << status.message();
+}
+
+}  // namespace
+}  // namespace kite
