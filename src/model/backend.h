@@ -1,0 +1,131 @@
+// The compute interface of Kite (STYLE.md, principle 3): the model's forward function calls these
+// ops and never knows which backend runs them. A backend is chosen once at start-up
+// (make_backend in kernels/); the CPU backend is the reference every CUDA kernel is tested against.
+//
+// Conventions for every op:
+//  - Tensors are row-major and contiguous; "[T, H]" means T rows of H elements.
+//  - T is the number of tokens in the step (prefill and decode tokens of all sequences together).
+//  - Activations are in the backend's activation dtype (CPU: float32; CUDA: bfloat16 or float16);
+//    weights are in the engine's weight dtype; accumulation is always in float32.
+//  - Pointers in DeviceTensor and in the batch structs point into the backend's memory.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string_view>
+
+#include "core/dtype.h"
+#include "core/status.h"
+#include "core/tensor.h"
+#include "model/batch.h"
+
+namespace kite {
+
+enum class BackendKind { kCpu, kCuda };
+std::string_view backend_kind_name(BackendKind kind);
+
+// A tensor in a backend's memory (host memory for the CPU backend, GPU memory for CUDA).
+struct DeviceTensor {
+  DType dtype = DType::kF32;
+  Shape shape;
+  void* data = nullptr;
+
+  int64_t numel() const { return shape_numel(shape); }
+  size_t byte_size() const { return size_t(numel()) * dtype_size(dtype); }
+  int64_t rows() const { return shape.empty() ? 0 : shape_numel(shape) / shape.back(); }
+  int64_t cols() const { return shape.empty() ? 0 : shape.back(); }
+};
+
+// Memory owned by a backend; freed when the buffer dies. Move-only.
+class DeviceBuffer {
+ public:
+  using Deleter = void (*)(void*);
+  DeviceBuffer() = default;
+  DeviceBuffer(void* data, size_t size, Deleter deleter)
+      : data_(data), size_(size), deleter_(deleter) {}
+  DeviceBuffer(DeviceBuffer&& other) noexcept { *this = std::move(other); }
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
+    if (this != &other) {
+      reset();
+      data_ = other.data_;
+      size_ = other.size_;
+      deleter_ = other.deleter_;
+      other.data_ = nullptr;
+      other.size_ = 0;
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { reset(); }
+
+  void* data() const { return data_; }
+  size_t size() const { return size_; }
+  void reset() {
+    if (data_ && deleter_) deleter_(data_);
+    data_ = nullptr;
+    size_ = 0;
+  }
+
+ private:
+  void* data_ = nullptr;
+  size_t size_ = 0;
+  Deleter deleter_ = nullptr;
+};
+
+// Rotary position embedding parameters for one model (HF "rotate_half" layout: element i pairs
+// with element i + head_dim/2). inv_freq already includes linear / llama3 / dynamic-NTK scaling.
+struct RopeParams {
+  const float* inv_freq = nullptr;  // [rotary_dim / 2], in backend memory
+  int64_t rotary_dim = 0;           // == head_dim for the Llama family
+  float attention_scaling = 1.0f;   // multiplies cos and sin (1 except for YaRN-style scalings)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual BackendKind kind() const = 0;
+  // The dtype of activations between ops.
+  virtual DType activation_dtype() const = 0;
+
+  // ---- memory ----
+  virtual Result<DeviceBuffer> allocate(size_t bytes) = 0;
+  virtual void upload(void* device_destination, const void* host_source, size_t bytes) = 0;
+  virtual void download(void* host_destination, const void* device_source, size_t bytes) = 0;
+  // Waits for every op issued so far (no-op on the CPU).
+  virtual void synchronize() = 0;
+
+  // ---- ops of the Llama family ----
+  // out[t, :] = table[ids[t], :]            table [V, H], ids [T] (backend memory), out [T, H]
+  virtual void embedding(const DeviceTensor& table, const int32_t* ids, DeviceTensor& out) = 0;
+  // out = x / rms(x) * weight               x [T, H], weight [H], out [T, H]
+  virtual void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps,
+                        DeviceTensor& out) = 0;
+  // residual += x; out = residual / rms(residual) * weight     (all [T, H], weight [H])
+  virtual void add_rms_norm(DeviceTensor& residual, const DeviceTensor& x,
+                            const DeviceTensor& weight, float eps, DeviceTensor& out) = 0;
+  // out = x @ weight^T (+ bias)             x [T, K], weight [N, K], bias [N] or null, out [T, N]
+  virtual void linear(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
+                      DeviceTensor& out) = 0;
+  // Applies RoPE at each token's position to q (in place) and k, then stores k and v into the
+  // paged cache at each token's slot.      q [T, Hq*D], k [T, Hkv*D], v [T, Hkv*D]
+  virtual void rope_and_store_kv(DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
+                                 const RopeParams& rope, const AttentionBatch& batch,
+                                 const KvCacheView& cache, int64_t layer) = 0;
+  // Causal attention of each new token over its sequence's cached keys/values (positions
+  // <= its own, and > position - sliding_window when sliding_window > 0); GQA by head groups.
+  //                                        q [T, Hq*D], out [T, Hq*D]
+  virtual void attention(const DeviceTensor& q, const AttentionBatch& batch,
+                         const KvCacheView& cache, int64_t layer, float scale,
+                         int64_t sliding_window, DeviceTensor& out) = 0;
+  // out = silu(gate) * up, with gate_up[t] = [gate (F) | up (F)]    gate_up [T, 2F], out [T, F]
+  virtual void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) = 0;
+  // out[i, :] = x[indices[i], :]            x [T, H], indices [R] (backend memory), out [R, H]
+  virtual void gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& out) = 0;
+  // Converts between dtypes element-wise (e.g. activations to float32 logits).
+  virtual void convert(const DeviceTensor& source, DeviceTensor& destination) = 0;
+};
+
+}  // namespace kite
