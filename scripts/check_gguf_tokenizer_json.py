@@ -8,15 +8,19 @@ GgufTokenizerExport test), loads it with `tokenizers`, and checks:
     models/ggml-vocab-*.gguf): each text encodes, without special tokens, to the expected ids,
     as tests/test-tokenizer-0.cpp checks llama.cpp itself;
   - with --text FILE: the lines of FILE encode identically with transformers' own GGUF tokenizer
-    conversion (needs `pip install transformers`), reported as agreement counts.
+    conversion (needs `pip install transformers`), reported as agreement counts;
+  - with --text FILE and --llama-tokenize BIN (llama.cpp's llama-tokenize): the whole of FILE,
+    read as bytes, encodes to exactly the ids llama.cpp gives it.
 
 Usage:
   python scripts/check_gguf_tokenizer_json.py --tests build/tests/kite_unit_tests \
       --vocab-dir <llama.cpp>/models [--gguf model.gguf ...] [--text file.txt]
-Exit status 1 when a test vector or a vocabulary entry disagrees.
+      [--llama-tokenize <llama.cpp build>/bin/llama-tokenize]
+Exit status 1 when a test vector, a vocabulary entry or llama.cpp's tokenization disagrees.
 """
 
 import argparse
+import ast
 import os
 import subprocess
 import sys
@@ -76,6 +80,17 @@ def transformers_tokenizer(gguf_path: Path):
     return backend
 
 
+def llama_cpp_ids(binary: str, gguf_path: Path, text_path: str):
+    result = subprocess.run(
+        [binary, "-m", str(gguf_path), "-f", text_path, "--ids", "--no-bos", "--log-disable"],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"{binary} failed on {gguf_path}:\n{result.stderr}")
+    return ast.literal_eval(result.stdout.strip())
+
+
 def export(tests_binary: str, sources, output_dir: str) -> None:
     env = dict(os.environ, KITE_GGUF_EXPORT_SOURCES=":".join(str(s) for s in sources), KITE_GGUF_EXPORT_DIR=output_dir)
     result = subprocess.run(
@@ -90,7 +105,8 @@ def main() -> int:
     parser.add_argument("--tests", default="build/tests/kite_unit_tests", help="kite_unit_tests binary")
     parser.add_argument("--vocab-dir", help="directory of ggml-vocab-*.gguf files (llama.cpp's models/)")
     parser.add_argument("--gguf", action="append", default=[], help="further GGUF files to check")
-    parser.add_argument("--text", help="text file whose lines are compared with transformers' conversion")
+    parser.add_argument("--text", help="text file to compare with transformers' conversion / llama.cpp")
+    parser.add_argument("--llama-tokenize", help="llama.cpp's llama-tokenize binary, to compare on --text")
     args = parser.parse_args()
 
     sources = [Path(p) for p in args.gguf]
@@ -138,6 +154,18 @@ def main() -> int:
                         vector_note += f"\n    FAIL {text!r}: expected {expected}, got {got}"
 
             print(f"{source.name}: {vocab_note}; {vector_note}")
+
+            if args.text and args.llama_tokenize:
+                # Bytes as they are (no newline translation), as llama.cpp reads the file.
+                whole = Path(args.text).read_bytes().decode("utf-8")
+                ours = tokenizer.encode(whole, add_special_tokens=False).ids
+                reference = llama_cpp_ids(args.llama_tokenize, source, args.text)
+                if ours == reference:
+                    print(f"    llama.cpp: identical, {len(ours)} tokens of {args.text}")
+                else:
+                    failures += 1
+                    first = next((i for i, (a, b) in enumerate(zip(ours, reference)) if a != b), min(len(ours), len(reference)))
+                    print(f"    llama.cpp: FAIL, first difference at token {first} ({len(ours)} vs {len(reference)} tokens)")
 
             if text_lines is not None:
                 try:

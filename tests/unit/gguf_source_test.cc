@@ -354,6 +354,13 @@ TEST(GgufSource, YarnScaling) {
                             "original_max_position_embeddings": 32768, "beta_fast": 32.0})"));
 }
 
+TEST(GgufSource, OpensTheFuzzSeedModel) {
+  auto source = open_gguf_model(test::source_dir() + "/fuzz/corpus/gguf_fuzzer/tiny_model.gguf");
+  ASSERT_TRUE(source.is_ok()) << source.status().message();
+  EXPECT_EQ((*source)->hf_config()["torch_dtype"], "float16");
+  EXPECT_EQ((*source)->tensor_names().size(), 11u);
+}
+
 // The demo model, when present (it is not committed): the HF SmolLM2-135M layout.
 TEST(GgufSource, DemoModelWhenPresent) {
   const std::string path = test::source_dir() + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -4,7 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
 
 #include "core/file.h"
 #include "gguf_test_builder.h"
@@ -345,6 +347,34 @@ TEST(GgufRefusal, MissingFile) {
   auto file = GgufFile::open(test::temp_dir() + "/absent.gguf");
   ASSERT_FALSE(file.is_ok());
   EXPECT_NE(file.status().message().find("absent.gguf"), std::string::npos);
+}
+
+// The fuzzer's seed corpus (scripts/make_gguf_fuzz_corpus.py): every seed parses, and every
+// truncation that cuts into its header or tensor data is refused as corrupt, naming the file.
+// (Writers pad the file after the last tensor; cutting only padding leaves a valid file.)
+TEST(GgufRefusal, TruncatedSeedCorpusFiles) {
+  const std::string corpus = test::source_dir() + "/fuzz/corpus/gguf_fuzzer";
+  int seeds = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(corpus)) {
+    auto bytes = read_file(entry.path().string());
+    ASSERT_TRUE(bytes.is_ok());
+    const std::string name = entry.path().filename().string();
+    auto whole =
+        GgufFile::parse({reinterpret_cast<const uint8_t*>(bytes->data()), bytes->size()}, name);
+    ASSERT_TRUE(whole.is_ok()) << whole.status().message();
+    uint64_t needed = whole->data_section_offset() - whole->alignment() + 1;
+    for (const GgufTensorInfo& info : whole->tensors()) {
+      needed = std::max(needed, whole->data_section_offset() + info.offset + info.byte_size);
+    }
+    for (size_t length = 0; length < needed; ++length) {
+      auto cut = GgufFile::parse({reinterpret_cast<const uint8_t*>(bytes->data()), length}, name);
+      ASSERT_FALSE(cut.is_ok()) << name << " truncated to " << length << " bytes was accepted";
+      EXPECT_EQ(cut.status().code(), StatusCode::kCorrupt) << cut.status().message();
+      EXPECT_EQ(cut.status().message().rfind(name + ": ", 0), 0u) << cut.status().message();
+    }
+    ++seeds;
+  }
+  EXPECT_GE(seeds, 5);
 }
 
 }  // namespace

@@ -279,6 +279,22 @@ TEST(GgufTokenizer, RefusesWhatItCannotConvert) {
   expect_refused(bos_without_id, StatusCode::kCorrupt, "no valid bos_token_id");
 }
 
+// The fuzzer's vocabulary seeds convert, and the model seed opens as a model source.
+TEST(GgufTokenizer, FuzzSeedVocabulariesConvert) {
+  const std::string corpus = test::source_dir() + "/fuzz/corpus/gguf_fuzzer/";
+  for (const char* name : {"vocab_gpt2.gguf", "vocab_llama.gguf", "tiny_model.gguf"}) {
+    auto file = GgufFile::open(corpus + name);
+    ASSERT_TRUE(file.is_ok()) << file.status().message();
+    auto tokenizer = tokenizer_json_from_gguf(*file);
+    ASSERT_TRUE(tokenizer.is_ok()) << tokenizer.status().message();
+    auto config = tokenizer_config_from_gguf(*file);
+    ASSERT_TRUE(config.is_ok()) << config.status().message();
+  }
+  auto vocab = GgufFile::open(corpus + "vocab_llama.gguf");
+  const json merges = (*tokenizer_json_from_gguf(*vocab))["model"]["merges"];
+  EXPECT_GT(merges.size(), 5u);  // derived from the scores
+}
+
 // Not a check by itself: with KITE_GGUF_EXPORT_SOURCES (GGUF paths separated by ':') and
 // KITE_GGUF_EXPORT_DIR set, writes <dir>/<file name>.tokenizer.json (or .error with the message)
 // for each source. scripts/check_gguf_tokenizer_json.py runs this and checks the results with
