@@ -15,7 +15,8 @@ a model family:
   misc.json      NFKD/StripAccents/Lowercase/Strip, Punctuation/Digits/WhitespaceSplit, </w>
                  suffix, unk, added tokens with lstrip/rstrip/single_word/normalized, Roberta
 
-Inputs are stored as hex bytes. The reference ids for invalid UTF-8 are those of the text Python
+Inputs are stored as hex bytes; for each fixture the encoding of the whole WikiText-2 test file is
+stored as its length and FNV-1a hash. The reference ids for invalid UTF-8 are those of the text Python
 gets from bytes.decode("utf-8", errors="replace"), which is what Kite's encode does with such bytes.
 
 Usage: scripts/make_tokenizer_fixtures.py [--data ../shared/data] [--out tests/fixtures/tokenizer]
@@ -250,7 +251,17 @@ FIXTURES = {
 }
 
 
-def expected_cases(tokenizer, specials, rng):
+def fnv1a64(ids):
+    """FNV-1a (64 bit) over the ids as little-endian int32: a compact fingerprint of a long
+    encoding that the C++ test recomputes."""
+    value = 0xCBF29CE484222325
+    for token_id in ids:
+        for byte in token_id.to_bytes(4, "little"):
+            value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return "%016x" % value
+
+
+def expected_cases(tokenizer, specials, rng, wikitext):
     inputs = [s.encode("utf-8") for s in HARD_STRINGS + special_strings(specials)]
     inputs += INVALID_UTF8
     cases = []
@@ -273,7 +284,11 @@ def expected_cases(tokenizer, specials, rng):
         decodes.append({"ids": ids,
                         "text": tokenizer.decode(ids, skip_special_tokens=True),
                         "text_with_special": tokenizer.decode(ids, skip_special_tokens=False)})
-    return {"cases": cases, "decodes": decodes, "vocab_size": size}
+    # The whole WikiText-2 test file, encoded in one call.
+    ids = tokenizer.encode(wikitext, add_special_tokens=True).ids
+    wiki = {"ids": len(ids), "fnv1a64": fnv1a64(ids),
+            "round_trip": tokenizer.decode(ids, skip_special_tokens=True) == wikitext}
+    return {"cases": cases, "decodes": decodes, "vocab_size": size, "wikitext": wiki}
 
 
 def main():
@@ -284,6 +299,9 @@ def main():
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     lines = corpus(args.data)
+    with open(os.path.join(args.data, "wikitext-2-raw", "wiki.test.raw"), encoding="utf-8",
+              newline="") as f:
+        wikitext = f.read()
     rng = random.Random(1234)
     expected = {}
     for name, make in FIXTURES.items():
@@ -293,10 +311,10 @@ def main():
         # Reload from the file so the expectations come from exactly what was written.
         tokenizer = Tokenizer.from_file(path)
         specials = [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special]
-        expected[name] = expected_cases(tokenizer, specials, rng)
+        expected[name] = expected_cases(tokenizer, specials, rng, wikitext)
         print(f"{name}: {os.path.getsize(path)} bytes, vocab {tokenizer.get_vocab_size()}")
     with open(os.path.join(args.out, "expected.json"), "w", encoding="utf-8") as f:
-        json.dump(expected, f, ensure_ascii=False, indent=0)
+        json.dump(expected, f, ensure_ascii=False, separators=(",", ":"))
 
 
 if __name__ == "__main__":

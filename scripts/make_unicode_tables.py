@@ -79,6 +79,8 @@ class Utf8proc:
         lib.utf8proc_category.argtypes = [ctypes.c_int32]
         lib.utf8proc_tolower.restype = ctypes.c_int32
         lib.utf8proc_tolower.argtypes = [ctypes.c_int32]
+        lib.utf8proc_get_property.restype = ctypes.POINTER(ctypes.c_int16)
+        lib.utf8proc_get_property.argtypes = [ctypes.c_int32]
         lib.utf8proc_map.restype = ctypes.c_ssize_t
         lib.utf8proc_map.argtypes = [ctypes.c_char_p, ctypes.c_ssize_t,
                                      ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
@@ -87,6 +89,9 @@ class Utf8proc:
 
     def category(self, c):
         return self.CATEGORIES[self.lib.utf8proc_category(c)]
+
+    def combining_class(self, c):
+        return self.lib.utf8proc_get_property(c)[1]  # utf8proc_property_t.combining_class
 
     def lower(self, c):
         return "i\u0307" if c == 0x130 else chr(self.lib.utf8proc_tolower(c))
@@ -192,6 +197,18 @@ def main():
                {c for c in CODE_POINTS if strip_accents.normalize_str(chr(c)) == ""},
                {c for c in CODE_POINTS if category[c] in ("Mn", "Mc", "Me")})
 
+    # Combining marks the library's normalization crate does not know yet are starters (class 0)
+    # to it: no canonical reordering around them.
+    nfd_reference = normalizers.NFD()
+    unknown_marks = set()
+    for c in CODE_POINTS:
+        if u.combining_class(c) == 0 or nfd_reference.normalize_str(chr(c)) != chr(c):
+            continue
+        probes = [chr(c) + "\u0316", "\u0316" + chr(c), chr(c) + "\u0301", "\u0301" + chr(c)]
+        if all(nfd_reference.normalize_str(p) == p for p in probes):
+            unknown_marks.add(c)
+    print(f"marks unknown to the normalization crate: {len(unknown_marks)}", file=sys.stderr)
+
     # Normal forms: the library's normalization crate predates some decompositions.
     forms = {"NFC": (normalizers.NFC(), u.COMPOSE), "NFD": (normalizers.NFD(), u.DECOMPOSE),
              "NFKC": (normalizers.NFKC(), u.COMPOSE | u.COMPAT),
@@ -205,7 +222,7 @@ def main():
         if other:
             print(f"warning: {form}: {len(other)} code points differ in another way: {other[:10]}",
                   file=sys.stderr)
-        tables.append(("keep:" + form, keep))
+        tables.append(("keep:" + form, keep | unknown_marks))
 
     lowercase = normalizers.Lowercase()
     lower_overrides = []

@@ -94,10 +94,7 @@ class ByteFallbackDecoder final : public Decoder {
       pending.clear();
     };
     for (std::string& token : tokens) {
-      int byte = -1;
-      if (token.size() == 6 && token.starts_with("<0x") && token.back() == '>') {
-        byte = parse_hex_byte(token.substr(3, 2));
-      }
+      const int byte = byte_of_token(token);
       if (byte >= 0) {
         pending.push_back(char(byte));
       } else {
@@ -107,6 +104,13 @@ class ByteFallbackDecoder final : public Decoder {
     }
     flush();
     tokens = std::move(out);
+  }
+  bool joins_byte_tokens() const override { return true; }
+
+  // The byte a "<0xNN>" token stands for, or -1.
+  static int byte_of_token(std::string_view token) {
+    if (token.size() != 6 || !token.starts_with("<0x") || token.back() != '>') return -1;
+    return parse_hex_byte(token.substr(3, 2));
   }
 
  private:
@@ -258,6 +262,12 @@ class SequenceDecoder final : public Decoder {
   void decode_chain(std::vector<std::string>& tokens) const override {
     for (const auto& step : steps_) step->decode_chain(tokens);
   }
+  bool joins_byte_tokens() const override {
+    for (const auto& step : steps_) {
+      if (step->joins_byte_tokens()) return true;
+    }
+    return false;
+  }
 
  private:
   std::vector<std::unique_ptr<Decoder>> steps_;
@@ -285,6 +295,10 @@ Result<size_t> count_field(const Json& spec, std::string_view key, std::string_v
 }
 
 }  // namespace
+
+bool is_byte_fallback_token(std::string_view token) {
+  return ByteFallbackDecoder::byte_of_token(token) >= 0;
+}
 
 Result<std::unique_ptr<Decoder>> parse_decoder(const nlohmann::json& spec) {
   using namespace tokenizer_json;

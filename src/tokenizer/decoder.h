@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
@@ -18,7 +19,13 @@ class Decoder {
   virtual ~Decoder() = default;
   // Transforms the token strings in place (their number may change).
   virtual void decode_chain(std::vector<std::string>& tokens) const = 0;
+  // Whether consecutive "<0xNN>" tokens are decoded together (ByteFallback), so that the text
+  // of such a run is known only once the run ends.
+  virtual bool joins_byte_tokens() const { return false; }
 };
+
+// Whether `token` is a byte token as ByteFallback reads them ("<0x41>").
+bool is_byte_fallback_token(std::string_view token);
 
 Result<std::unique_ptr<Decoder>> parse_decoder(const nlohmann::json& spec);
 

@@ -27,6 +27,9 @@ class TokenizerImpl {
   std::optional<int32_t> token_to_id(std::string_view token) const;
   int32_t vocab_size() const;
   bool is_special(int32_t id) const;
+  // Whether streaming must wait for the id after `id` before its text is final: `id` is a
+  // byte token, or decodes to nothing, inside what may be a run of ByteFallback bytes.
+  bool continues_byte_run(int32_t id, bool skip_special_tokens) const;
 
  private:
   void encode_text(std::string_view text, bool at_text_start, std::vector<int32_t>& ids) const;
@@ -200,6 +203,15 @@ bool TokenizerImpl::is_special(int32_t id) const {
   return added != nullptr && added->special;
 }
 
+bool TokenizerImpl::continues_byte_run(int32_t id, bool skip_special_tokens) const {
+  if (decoder_ == nullptr || !decoder_->joins_byte_tokens()) return false;
+  const std::string* token = added_.decoded_form(id);
+  if (token == nullptr) token = model_->id_to_token(id);
+  if (token == nullptr) return true;  // skipped by decode
+  if (skip_special_tokens && added_.is_special_content(*token)) return true;
+  return is_byte_fallback_token(*token);
+}
+
 // --- Tokenizer ---
 
 Tokenizer::Tokenizer(std::unique_ptr<TokenizerImpl> impl) : impl_(std::move(impl)) {}
@@ -262,6 +274,7 @@ StreamingDecoder::StreamingDecoder(const Tokenizer& tokenizer, bool skip_special
 
 std::string StreamingDecoder::push(int32_t id) {
   ids_.push_back(id);
+  if (tokenizer_.impl_->continues_byte_run(id, skip_special_tokens_)) return {};
   const std::span<const int32_t> all(ids_);
   // Decode a window that starts a few tokens back, so that decoders treating the first token
   // specially (leading-space strip) affect both texts alike, and emit what the new id added.

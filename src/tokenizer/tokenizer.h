@@ -42,12 +42,14 @@ class Tokenizer {
  private:
   explicit Tokenizer(std::unique_ptr<TokenizerImpl> impl);
   friend class TokenizerImpl;
+  friend class StreamingDecoder;
   std::unique_ptr<TokenizerImpl> impl_;
 };
 
 // Turns ids into text one at a time for streaming: emits only complete UTF-8 characters, and
 // exactly the text that decoding all ids at once would give, piece by piece (the approach of
-// text-generation-inference's incremental decoding: decode a window, emit the new suffix).
+// text-generation-inference's incremental decoding: decode a window, emit the new suffix; a run
+// of byte-fallback tokens is held until it ends, since a later byte can turn it invalid).
 class StreamingDecoder {
  public:
   explicit StreamingDecoder(const Tokenizer& tokenizer, bool skip_special_tokens = true);

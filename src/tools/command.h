@@ -15,4 +15,6 @@ struct Command {
   std::function<Status()> run;
 };
 
+Command add_tokenize_command(CLI::App& kite);
+
 }  // namespace kite::tools

@@ -21,7 +21,9 @@ int run_kite(int argc, char** argv) {
   bool show_version = false;
   kite.add_flag("--version", show_version, "Print the version and the backends built in");
 
-  std::vector<kite::tools::Command> commands = {};
+  std::vector<kite::tools::Command> commands = {
+      kite::tools::add_tokenize_command(kite),
+  };
 
   try {
     kite.parse(argc, argv);
