@@ -2,7 +2,7 @@
 #include "tokenizer/bpe.h"
 
 #include <cstdio>
-#include <queue>
+#include <algorithm>
 
 #include "tokenizer/json_fields.h"
 #include "tokenizer/unicode.h"
@@ -134,8 +134,17 @@ Result<std::unique_ptr<BpeModel>> BpeModel::from_json(const nlohmann::json& spec
                      "' that is not in the vocabulary");
     }
     // A pair listed twice keeps its last rank, like the Rust library's map.
-    model->merges_[pair_key(left_it->second, right_it->second)] =
-        Merge{uint32_t(index), merged_it->second};
+    model->merges_.insert(pair_key(left_it->second, right_it->second),
+                          Merge{uint32_t(index), merged_it->second});
+  }
+  if (model->continuing_subword_prefix_.empty() && model->end_of_word_suffix_.empty()) {
+    model->bmp_character_ids_.assign(0x10000, -1);
+    for (const auto& [token, id] : model->vocab_) {
+      size_t position = 0;
+      if (token.empty() || !unicode::is_valid_utf8(token)) continue;
+      const char32_t c = unicode::next_character(token, position);
+      if (position == token.size() && c < 0x10000) model->bmp_character_ids_[c] = id;
+    }
   }
   return model;
 }
@@ -151,9 +160,41 @@ const std::string* BpeModel::id_to_token(int32_t id) const {
   return id_to_token_[size_t(id)];
 }
 
+void BpeModel::MergeTable::reserve(size_t entries) {
+  size_t capacity = 16;
+  int bits = 4;
+  while (capacity < 2 * entries) {
+    capacity *= 2;
+    ++bits;
+  }
+  slots_.assign(capacity, Slot());
+  mask_ = capacity - 1;
+  shift_ = 64 - bits;
+}
+
+void BpeModel::MergeTable::insert(uint64_t key, Merge merge) {
+  KITE_CHECK(!slots_.empty());
+  for (size_t slot = hash(key);; slot = (slot + 1) & mask_) {
+    if (slots_[slot].key == key || slots_[slot].key == kEmpty) {
+      slots_[slot].key = key;
+      slots_[slot].merge = merge;
+      return;
+    }
+  }
+}
+
 const BpeModel::Merge* BpeModel::find_merge(int32_t left, int32_t right) const {
-  const auto it = merges_.find(pair_key(left, right));
-  return it == merges_.end() ? nullptr : &it->second;
+  return merges_.find(pair_key(left, right));
+}
+
+int32_t BpeModel::character_id(std::string_view character) const {
+  if (!bmp_character_ids_.empty() && character.size() <= 3) {
+    size_t position = 0;
+    const char32_t c = unicode::next_character(character, position);
+    if (position == character.size()) return bmp_character_ids_[c];
+  }
+  const auto it = vocab_.find(character);
+  return it == vocab_.end() ? -1 : it->second;
 }
 
 void BpeModel::tokenize(std::string_view word, std::vector<int32_t>& ids) const {
@@ -211,12 +252,12 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& ids) cons
       if (position == word.size()) affixed += end_of_word_suffix_;
       key = affixed;
     }
-    if (const auto it = vocab_.find(key); it != vocab_.end()) {
+    if (const int32_t id = character_id(key); id >= 0) {
       if (unk_pending) {
         add(*unk_id_, unk_length);
         unk_pending = false;
       }
-      add(it->second, byte_length);
+      add(id, byte_length);
       continue;
     }
     if (byte_fallback_) {
@@ -241,15 +282,23 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& ids) cons
   if (unk_pending) add(*unk_id_, unk_length);
 
   // 2. Merge the best-ranked adjacent pair until none is left (Word::merge_all).
-  std::priority_queue<QueuedMerge, std::vector<QueuedMerge>, std::greater<>> queue;
+  // A min-heap in a per-thread vector, reused from word to word.
+  thread_local std::vector<QueuedMerge> queue;
+  queue.clear();
+  const auto push = [&](QueuedMerge merge) {
+    queue.push_back(merge);
+    std::push_heap(queue.begin(), queue.end(), std::greater<>());
+  };
   for (size_t i = 0; i + 1 < symbols.size(); ++i) {
     if (const Merge* merge = find_merge(symbols[i].id, symbols[i + 1].id)) {
-      queue.push(QueuedMerge{merge->rank, int32_t(i), merge->new_id});
+      queue.push_back(QueuedMerge{merge->rank, int32_t(i), merge->new_id});
     }
   }
+  std::make_heap(queue.begin(), queue.end(), std::greater<>());
   while (!queue.empty()) {
-    const QueuedMerge top = queue.top();
-    queue.pop();
+    std::pop_heap(queue.begin(), queue.end(), std::greater<>());
+    const QueuedMerge top = queue.back();
+    queue.pop_back();
     Symbol& symbol = symbols[size_t(top.position)];
     if (symbol.length == 0 || symbol.next == -1) continue;
     const int32_t next_position = symbol.next;
@@ -266,12 +315,12 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& ids) cons
     }
     if (symbol.prev >= 0) {
       if (const Merge* merge = find_merge(symbols[size_t(symbol.prev)].id, symbol.id)) {
-        queue.push(QueuedMerge{merge->rank, symbol.prev, merge->new_id});
+        push(QueuedMerge{merge->rank, symbol.prev, merge->new_id});
       }
     }
     if (symbol.next >= 0 && size_t(symbol.next) < symbols.size()) {
       if (const Merge* merge = find_merge(symbol.id, symbols[size_t(symbol.next)].id)) {
-        queue.push(QueuedMerge{merge->rank, top.position, merge->new_id});
+        push(QueuedMerge{merge->rank, top.position, merge->new_id});
       }
     }
   }

@@ -53,13 +53,43 @@ class BpeModel {
   static constexpr size_t kCacheWordsPerShard = 8192;
   static constexpr size_t kMaxCachedWordBytes = 256;
 
+  // Open-addressing table from a pair of ids to its merge: the hot lookup of merge_word.
+  class MergeTable {
+   public:
+    void reserve(size_t entries);
+    void insert(uint64_t key, Merge merge);  // replaces an existing entry
+    const Merge* find(uint64_t key) const {
+      if (slots_.empty()) return nullptr;
+      for (size_t slot = hash(key);; slot = (slot + 1) & mask_) {
+        if (slots_[slot].key == key) return &slots_[slot].merge;
+        if (slots_[slot].key == kEmpty) return nullptr;
+      }
+    }
+
+   private:
+    static constexpr uint64_t kEmpty = ~uint64_t(0);  // ids are never negative
+    struct Slot {
+      uint64_t key = kEmpty;
+      Merge merge{};
+    };
+    size_t hash(uint64_t key) const { return size_t((key * 0x9E3779B97F4A7C15ull) >> shift_); }
+    std::vector<Slot> slots_;
+    size_t mask_ = 0;
+    int shift_ = 64;
+  };
+
   BpeModel() = default;
   void merge_word(std::string_view word, std::vector<int32_t>& ids) const;
   const Merge* find_merge(int32_t left, int32_t right) const;
+  // Id of a word's character when it is a token on its own, or -1.
+  int32_t character_id(std::string_view character) const;
 
   TokenIdMap vocab_;
   std::vector<const std::string*> id_to_token_;  // nullptr for ids the vocabulary skips
-  std::unordered_map<uint64_t, Merge> merges_;
+  MergeTable merges_;
+  // Ids of single-character tokens below U+10000 (-1 when not a token), so that splitting a word
+  // into characters needs no string hashing. Empty when affixes change the lookup keys.
+  std::vector<int32_t> bmp_character_ids_;
   std::optional<int32_t> unk_id_;
   std::string continuing_subword_prefix_;
   std::string end_of_word_suffix_;

@@ -250,6 +250,7 @@ class BpeSuffixDecoder final : public Decoder {
       token = std::move(out);
     }
   }
+  bool treats_last_token_apart() const override { return true; }
 
  private:
   std::string suffix_;
@@ -265,6 +266,12 @@ class SequenceDecoder final : public Decoder {
   bool joins_byte_tokens() const override {
     for (const auto& step : steps_) {
       if (step->joins_byte_tokens()) return true;
+    }
+    return false;
+  }
+  bool treats_last_token_apart() const override {
+    for (const auto& step : steps_) {
+      if (step->treats_last_token_apart()) return true;
     }
     return false;
   }

@@ -22,6 +22,9 @@ class Decoder {
   // Whether consecutive "<0xNN>" tokens are decoded together (ByteFallback), so that the text
   // of such a run is known only once the run ends.
   virtual bool joins_byte_tokens() const { return false; }
+  // Whether the last token of a sequence decodes differently from the same token followed by
+  // more (BPEDecoder drops the last word suffix instead of turning it into a space).
+  virtual bool treats_last_token_apart() const { return false; }
 };
 
 // Whether `token` is a byte token as ByteFallback reads them ("<0x41>").

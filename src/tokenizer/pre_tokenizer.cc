@@ -3,6 +3,7 @@
 // library (Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous).
 #include "tokenizer/pre_tokenizer.h"
 
+#include <algorithm>
 #include <functional>
 #include <utility>
 
@@ -113,8 +114,12 @@ void find_character_matches(std::string_view text, Predicate predicate,
 // Runs `split_one(piece, out)` over every piece.
 template <typename SplitOne>
 void split_pieces(std::vector<Piece>& pieces, SplitOne split_one) {
+  // Words average well over four bytes; reserving for that avoids regrowing a vector of
+  // hundreds of thousands of pieces when a whole document arrives as one piece.
+  size_t bytes = 0;
+  for (const Piece& piece : pieces) bytes += piece.text.size();
   std::vector<Piece> out;
-  out.reserve(pieces.size() * 2);
+  out.reserve(std::max(pieces.size() * 2, bytes / 4 + 1));
   for (const Piece& piece : pieces) split_one(piece, out);
   pieces = std::move(out);
 }

@@ -30,6 +30,11 @@ class TokenizerImpl {
   // Whether streaming must wait for the id after `id` before its text is final: `id` is a
   // byte token, or decodes to nothing, inside what may be a run of ByteFallback bytes.
   bool continues_byte_run(int32_t id, bool skip_special_tokens) const;
+  // Two ids of ordinary tokens whose texts start differently, appended to a sequence to find
+  // the part of its text that further ids leave alone; only for decoders that need it.
+  const std::optional<std::pair<int32_t, int32_t>>& streaming_probes() const {
+    return streaming_probes_;
+  }
 
  private:
   void encode_text(std::string_view text, bool at_text_start, std::vector<int32_t>& ids) const;
@@ -41,6 +46,7 @@ class TokenizerImpl {
   std::unique_ptr<Decoder> decoder_;
   AddedVocabulary added_;
   int32_t vocab_size_ = 0;
+  std::optional<std::pair<int32_t, int32_t>> streaming_probes_;
 };
 
 namespace {
@@ -114,6 +120,20 @@ Result<Tokenizer> TokenizerImpl::parse(std::string_view json_text) {
       if (!impl->model_->token_to_id(content)) ++size;
     }
     impl->vocab_size_ = int32_t(size);
+    if (impl->decoder_ && impl->decoder_->treats_last_token_apart()) {
+      std::optional<int32_t> first;
+      for (const auto& [token, id] : impl->model_->vocab()) {
+        if (impl->added_.token(id) != nullptr) continue;
+        const std::string text = impl->decode(std::vector<int32_t>{id}, false);
+        if (text.empty()) continue;
+        if (!first) {
+          first = id;
+        } else if (impl->decode(std::vector<int32_t>{*first}, false)[0] != text[0]) {
+          impl->streaming_probes_ = std::make_pair(*first, id);
+          break;
+        }
+      }
+    }
     return Tokenizer(std::move(impl));
   } catch (const nlohmann::json::exception& error) {
     return corrupt(std::string("unexpected JSON structure: ") + error.what());
@@ -272,15 +292,36 @@ bool Tokenizer::is_special(int32_t id) const {
 StreamingDecoder::StreamingDecoder(const Tokenizer& tokenizer, bool skip_special_tokens)
     : tokenizer_(tokenizer), skip_special_tokens_(skip_special_tokens) {}
 
+std::string StreamingDecoder::stable_decode(std::span<const int32_t> ids) const {
+  std::string text = tokenizer_.decode(ids, skip_special_tokens_);
+  const auto& probes = tokenizer_.impl_->streaming_probes();
+  if (!probes || ids.empty()) return text;
+  // Keep what the text has in common with its continuations by two tokens that start
+  // differently: that part no further id can change.
+  std::vector<int32_t> extended(ids.begin(), ids.end());
+  size_t common = text.size();
+  for (const int32_t probe : {probes->first, probes->second}) {
+    extended.push_back(probe);
+    const std::string longer = tokenizer_.decode(extended, skip_special_tokens_);
+    extended.pop_back();
+    size_t same = 0;
+    while (same < common && same < longer.size() && text[same] == longer[same]) ++same;
+    common = same;
+  }
+  while (common > 0 && common < text.size() && (text[common] & 0xC0) == 0x80) --common;
+  text.resize(common);
+  return text;
+}
+
 std::string StreamingDecoder::push(int32_t id) {
   ids_.push_back(id);
   if (tokenizer_.impl_->continues_byte_run(id, skip_special_tokens_)) return {};
   const std::span<const int32_t> all(ids_);
   // Decode a window that starts a few tokens back, so that decoders treating the first token
   // specially (leading-space strip) affect both texts alike, and emit what the new id added.
-  const std::string prefix_text = tokenizer_.decode(
-      all.subspan(prefix_offset_, read_offset_ - prefix_offset_), skip_special_tokens_);
-  const std::string new_text = tokenizer_.decode(all.subspan(prefix_offset_), skip_special_tokens_);
+  const std::string prefix_text =
+      stable_decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_));
+  const std::string new_text = stable_decode(all.subspan(prefix_offset_));
   // Hold back while the text ends in an incomplete character (decoded as U+FFFD) or does not
   // extend what was already emitted.
   if (new_text.size() <= prefix_text.size() || !new_text.starts_with(prefix_text) ||
@@ -293,10 +334,9 @@ std::string StreamingDecoder::push(int32_t id) {
 }
 
 std::string StreamingDecoder::finish() {
-  if (read_offset_ == ids_.size()) return {};
   const std::span<const int32_t> all(ids_);
-  const std::string prefix_text = tokenizer_.decode(
-      all.subspan(prefix_offset_, read_offset_ - prefix_offset_), skip_special_tokens_);
+  const std::string prefix_text =
+      stable_decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_));
   const std::string new_text = tokenizer_.decode(all.subspan(prefix_offset_), skip_special_tokens_);
   prefix_offset_ = read_offset_ = ids_.size();
   if (!new_text.starts_with(prefix_text)) return {};
