@@ -28,11 +28,22 @@ struct TempDirs {
 
 }  // namespace
 
+#ifndef KITE_TEST_SOURCE_DIR
+#define KITE_TEST_SOURCE_DIR "."
+#endif
+#ifndef KITE_TEST_DATA_DIR
+#define KITE_TEST_DATA_DIR ""
+#endif
+#ifndef KITE_TEST_BINARY
+#define KITE_TEST_BINARY "kite"
+#endif
+
 std::string source_dir() {
-  return env_or("KITE_SOURCE_DIR", ".");
+  return env_or("KITE_SOURCE_DIR", KITE_TEST_SOURCE_DIR);
 }
 std::string data_dir() {
-  return env_or("KITE_DATA_DIR", source_dir() + "/../shared/data");
+  const std::string built_in = KITE_TEST_DATA_DIR;
+  return env_or("KITE_DATA_DIR", built_in.empty() ? source_dir() + "/../shared/data" : built_in);
 }
 
 std::string temp_dir() {
@@ -46,7 +57,7 @@ std::string temp_dir() {
 }
 
 CommandResult run_kite(const std::string& arguments) {
-  const std::string command = env_or("KITE_BINARY", "kite") + " " + arguments + " 2>&1";
+  const std::string command = env_or("KITE_BINARY", KITE_TEST_BINARY) + " " + arguments + " 2>&1";
   CommandResult result;
   FILE* pipe = ::popen(command.c_str(), "r");
   if (!pipe) return result;
