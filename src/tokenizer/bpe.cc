@@ -1,8 +1,8 @@
 // BPE model (see bpe.h).
 #include "tokenizer/bpe.h"
 
-#include <cstdio>
 #include <algorithm>
+#include <cstdio>
 
 #include "tokenizer/json_fields.h"
 #include "tokenizer/unicode.h"
@@ -42,7 +42,8 @@ Result<std::pair<std::string, std::string>> parse_merge(const Json& merge, size_
     const std::string text = merge.get<std::string>();
     const size_t space = text.find(' ');
     if (space == std::string::npos || text.find(' ', space + 1) != std::string::npos) {
-      return corrupt(where + " (\"" + text + "\") must be two tokens separated by one space");
+      return corrupt(where + " (" + unicode::quoted(text) +
+                     ") must be two tokens separated by one space");
     }
     return std::make_pair(text.substr(0, space), text.substr(space + 1));
   }
@@ -97,7 +98,8 @@ Result<std::unique_ptr<BpeModel>> BpeModel::from_json(const nlohmann::json& spec
     // The Rust library fails on the first unknown character instead; Kite says so up front.
     const auto it = model->vocab_.find(*unk_token);
     if (it == model->vocab_.end()) {
-      return corrupt(where + ": unk_token '" + *unk_token + "' is not in the vocabulary");
+      return corrupt(where + ": unk_token " + unicode::quoted(*unk_token) +
+                     " is not in the vocabulary");
     }
     model->unk_id_ = it->second;
   }
@@ -119,9 +121,9 @@ Result<std::unique_ptr<BpeModel>> BpeModel::from_json(const nlohmann::json& spec
     const auto left_it = model->vocab_.find(left);
     const auto right_it = model->vocab_.find(right);
     if (left_it == model->vocab_.end() || right_it == model->vocab_.end()) {
-      return corrupt(where + ": merge " + std::to_string(index + 1) + " uses token '" +
-                     (left_it == model->vocab_.end() ? left : right) +
-                     "' that is not in the vocabulary");
+      return corrupt(where + ": merge " + std::to_string(index + 1) + " uses token " +
+                     unicode::quoted(left_it == model->vocab_.end() ? left : right) +
+                     " that is not in the vocabulary");
     }
     if (right.size() < prefix_length) {
       return corrupt(where + ": merge " + std::to_string(index + 1) +
@@ -130,8 +132,8 @@ Result<std::unique_ptr<BpeModel>> BpeModel::from_json(const nlohmann::json& spec
     const std::string merged = left + right.substr(prefix_length);
     const auto merged_it = model->vocab_.find(merged);
     if (merged_it == model->vocab_.end()) {
-      return corrupt(where + ": merge " + std::to_string(index + 1) + " makes token '" + merged +
-                     "' that is not in the vocabulary");
+      return corrupt(where + ": merge " + std::to_string(index + 1) + " makes token " +
+                     unicode::quoted(merged) + " that is not in the vocabulary");
     }
     // A pair listed twice keeps its last rank, like the Rust library's map.
     model->merges_.insert(pair_key(left_it->second, right_it->second),

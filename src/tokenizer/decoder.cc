@@ -308,6 +308,8 @@ bool is_byte_fallback_token(std::string_view token) {
 }
 
 Result<std::unique_ptr<Decoder>> parse_decoder(const nlohmann::json& spec) {
+  const tokenizer_json::NestingGuard nesting;
+  KITE_RETURN_IF_ERROR(nesting.check("decoder"));
   using namespace tokenizer_json;
   KITE_ASSIGN_OR_RETURN(const std::string type, component_type(spec, "decoder"));
   const std::string where = "decoder " + type;
@@ -324,8 +326,8 @@ Result<std::unique_ptr<Decoder>> parse_decoder(const nlohmann::json& spec) {
     }
     const bool never = scheme ? *scheme == "never" : !add_prefix_space;
     if (!add_prefix_space && scheme && *scheme != "never") {
-      return corrupt(where + ": add_prefix_space false contradicts prepend_scheme '" + *scheme +
-                     "'");
+      return corrupt(where + ": add_prefix_space false contradicts prepend_scheme " +
+                     unicode::quoted(*scheme));
     }
     return make<MetaspaceDecoder>(replacement, !(never || !add_prefix_space));
   }
@@ -360,8 +362,8 @@ Result<std::unique_ptr<Decoder>> parse_decoder(const nlohmann::json& spec) {
     }
     return make<SequenceDecoder>(std::move(steps));
   }
-  return unsupported("decoder type '" + type +
-                     "' is not supported (supported: ByteLevel, Metaspace, Replace, ByteFallback, "
+  return unsupported("decoder type " + unicode::quoted(type) +
+                     " is not supported (supported: ByteLevel, Metaspace, Replace, ByteFallback, "
                      "Fuse, Strip, WordPiece, BPEDecoder, Sequence)");
 }
 

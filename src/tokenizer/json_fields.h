@@ -78,6 +78,28 @@ inline Result<int32_t> to_token_id(const Json& value, std::string_view where) {
   return int32_t(id);
 }
 
+// Counts how deeply Sequence components nest while they are parsed (each level recurses), so
+// that a hostile file cannot exhaust the stack.
+class NestingGuard {
+ public:
+  static constexpr int kMaxDepth = 32;
+  NestingGuard() { ++depth(); }
+  ~NestingGuard() { --depth(); }
+  NestingGuard(const NestingGuard&) = delete;
+  NestingGuard& operator=(const NestingGuard&) = delete;
+  Status check(std::string_view where) const {
+    if (depth() <= kMaxDepth) return Status::ok();
+    return corrupt(std::string(where) + ": Sequence components nested more than " +
+                   std::to_string(kMaxDepth) + " deep");
+  }
+
+ private:
+  static int& depth() {
+    thread_local int value = 0;
+    return value;
+  }
+};
+
 // The "type" of a component object.
 inline Result<std::string> component_type(const Json& object, std::string_view where) {
   if (!object.is_object()) return corrupt(std::string(where) + ": expected a JSON object");

@@ -262,6 +262,8 @@ std::unique_ptr<Normalizer> make(Args&&... args) {
 }  // namespace
 
 Result<std::unique_ptr<Normalizer>> parse_normalizer(const nlohmann::json& spec) {
+  const tokenizer_json::NestingGuard nesting;
+  KITE_RETURN_IF_ERROR(nesting.check("normalizer"));
   using namespace tokenizer_json;
   KITE_ASSIGN_OR_RETURN(const std::string type, component_type(spec, "normalizer"));
   const std::string where = "normalizer " + type;
@@ -307,8 +309,8 @@ Result<std::unique_ptr<Normalizer>> parse_normalizer(const nlohmann::json& spec)
     }
     return make<SequenceNormalizer>(std::move(normalizers));
   }
-  return unsupported("normalizer type '" + type +
-                     "' is not supported (supported: NFC, NFD, NFKC, NFKD, Lowercase, Strip, "
+  return unsupported("normalizer type " + unicode::quoted(type) +
+                     " is not supported (supported: NFC, NFD, NFKC, NFKD, Lowercase, Strip, "
                      "StripAccents, Prepend, Replace, BertNormalizer, ByteLevel, Sequence)");
 }
 

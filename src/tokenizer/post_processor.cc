@@ -5,6 +5,7 @@
 #include <string>
 
 #include "tokenizer/json_fields.h"
+#include "tokenizer/unicode.h"
 
 namespace kite {
 namespace {
@@ -80,7 +81,8 @@ Result<std::unique_ptr<PostProcessor>> parse_template(const Json& spec, const st
     KITE_ASSIGN_OR_RETURN(const std::string name, string_field(*special, "id", where));
     const Json* entry = optional_field(*special_tokens, name);
     if (entry == nullptr) {
-      return corrupt(where + ": special token '" + name + "' is missing from special_tokens");
+      return corrupt(where + ": special token " + unicode::quoted(name) +
+                     " is missing from special_tokens");
     }
     KITE_ASSIGN_OR_RETURN(const Json* ids, required_field(*entry, "ids", where));
     if (!ids->is_array()) return field_error(where, "ids", "must be a list of token ids");
@@ -111,6 +113,8 @@ Result<std::unique_ptr<PostProcessor>> parse_cls_sep(const Json& spec, const std
 }  // namespace
 
 Result<std::unique_ptr<PostProcessor>> parse_post_processor(const nlohmann::json& spec) {
+  const tokenizer_json::NestingGuard nesting;
+  KITE_RETURN_IF_ERROR(nesting.check("post_processor"));
   using namespace tokenizer_json;
   KITE_ASSIGN_OR_RETURN(const std::string type, component_type(spec, "post_processor"));
   const std::string where = "post_processor " + type;
@@ -127,8 +131,8 @@ Result<std::unique_ptr<PostProcessor>> parse_post_processor(const nlohmann::json
     }
     return make<SequenceProcessor>(std::move(steps));
   }
-  return unsupported("post_processor type '" + type +
-                     "' is not supported (supported: TemplateProcessing, RobertaProcessing, "
+  return unsupported("post_processor type " + unicode::quoted(type) +
+                     " is not supported (supported: TemplateProcessing, RobertaProcessing, "
                      "BertProcessing, ByteLevel, Sequence)");
 }
 

@@ -27,7 +27,7 @@ Result<SplitBehavior> parse_behavior(const Json& spec, std::string_view where) {
   if (name == "MergedWithPrevious") return SplitBehavior::kMergedWithPrevious;
   if (name == "MergedWithNext") return SplitBehavior::kMergedWithNext;
   if (name == "Contiguous") return SplitBehavior::kContiguous;
-  return corrupt(std::string(where) + ": unknown split behavior '" + name + "'");
+  return corrupt(std::string(where) + ": unknown split behavior " + unicode::quoted(name));
 }
 
 // Rewrites the spans (covering a text, matches flagged) the way SplitDelimiterBehavior does.
@@ -353,8 +353,8 @@ Result<std::unique_ptr<PreTokenizer>> parse_metaspace(const Json& spec, const st
     }
     if (!add_prefix_space->get<bool>()) {
       if (scheme_name && scheme != PrependScheme::kNever) {
-        return corrupt(where + ": add_prefix_space false contradicts prepend_scheme '" +
-                       *scheme_name + "'");
+        return corrupt(where + ": add_prefix_space false contradicts prepend_scheme " +
+                       unicode::quoted(*scheme_name));
       }
       scheme = PrependScheme::kNever;
     }
@@ -365,6 +365,8 @@ Result<std::unique_ptr<PreTokenizer>> parse_metaspace(const Json& spec, const st
 }  // namespace
 
 Result<std::unique_ptr<PreTokenizer>> parse_pre_tokenizer(const nlohmann::json& spec) {
+  const tokenizer_json::NestingGuard nesting;
+  KITE_RETURN_IF_ERROR(nesting.check("pre_tokenizer"));
   using namespace tokenizer_json;
   KITE_ASSIGN_OR_RETURN(const std::string type, component_type(spec, "pre_tokenizer"));
   const std::string where = "pre_tokenizer " + type;
@@ -426,8 +428,8 @@ Result<std::unique_ptr<PreTokenizer>> parse_pre_tokenizer(const nlohmann::json& 
     }
     return make<SequencePreTokenizer>(std::move(steps));
   }
-  return unsupported("pre_tokenizer type '" + type +
-                     "' is not supported (supported: ByteLevel, Split, Metaspace, Digits, "
+  return unsupported("pre_tokenizer type " + unicode::quoted(type) +
+                     " is not supported (supported: ByteLevel, Split, Metaspace, Digits, "
                      "Whitespace, WhitespaceSplit, Punctuation, CharDelimiterSplit, "
                      "BertPreTokenizer, Sequence)");
 }

@@ -97,7 +97,7 @@ Result<std::string> property_class_contents(std::string_view written_name) {
   if (is_script_name(std::string(written_name))) {
     return "\\p{sc:" + std::string(written_name) + "}";
   }
-  return unsupported("unknown Unicode property \\p{" + std::string(written_name) + "}");
+  return unsupported("unknown Unicode property " + unicode::quoted(written_name));
 }
 
 // Emits a class (given by its contents) positively or negated, inside or outside brackets.
@@ -316,8 +316,8 @@ Result<Regex> Regex::compile(std::string pcre2_pattern, std::string_view origina
                     PCRE2_UTF | PCRE2_UCP | PCRE2_MULTILINE, &error_code, &error_offset, context);
   pcre2_compile_context_free(context);
   if (code == nullptr) {
-    return unsupported("regex /" + std::string(original) +
-                       "/ cannot be compiled: " + pcre2_error_message(error_code));
+    return unsupported("regex " + unicode::quoted(original) +
+                       " cannot be compiled: " + pcre2_error_message(error_code));
   }
   auto compiled = std::make_shared<Compiled>();
   compiled->code = code;
@@ -331,9 +331,8 @@ Result<Regex> Regex::compile(std::string pcre2_pattern, std::string_view origina
 Result<Regex> Regex::from_oniguruma(std::string_view pattern) {
   Result<std::string> translated = translate_oniguruma_pattern(pattern);
   if (!translated.is_ok()) {
-    return unsupported(
-        "regex /" + std::string(pattern) +
-        "/ uses a construct Kite does not support: " + translated.status().message());
+    return unsupported("regex " + unicode::quoted(pattern) +
+                       " uses a construct Kite does not support: " + translated.status().message());
   }
   return compile(std::move(translated).value(), pattern);
 }

@@ -93,8 +93,8 @@ Result<Tokenizer> TokenizerImpl::parse(std::string_view json_text) {
       return corrupt("model: field 'type' is missing");
     }
     if (model_type != "BPE") {
-      return unsupported("model type '" + model_type +
-                         "' is not supported (Kite supports BPE models)");
+      return unsupported("model type " + unicode::quoted(model_type) +
+                         " is not supported (Kite supports BPE models)");
     }
     KITE_ASSIGN_OR_RETURN(impl->model_, BpeModel::from_json(*model));
     if (const Json* spec = component(root, "normalizer")) {

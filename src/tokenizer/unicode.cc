@@ -4,6 +4,7 @@
 #include <utf8proc.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -279,6 +280,29 @@ bool is_chinese_character(char32_t c) {
          (c >= 0x20000 && c <= 0x2A6DF) || (c >= 0x2A700 && c <= 0x2B73F) ||
          (c >= 0x2B740 && c <= 0x2B81F) || (c >= 0x2B920 && c <= 0x2CEAF) ||
          (c >= 0xF900 && c <= 0xFAFF) || (c >= 0x2F800 && c <= 0x2FA1F);
+}
+
+std::string quoted(std::string_view text) {
+  constexpr size_t kMaxCharacters = 80;
+  const std::string valid = sanitize_utf8(text);
+  std::string out = "'";
+  size_t position = 0;
+  size_t count = 0;
+  while (position < valid.size()) {
+    if (++count > kMaxCharacters) {
+      out += "...";
+      break;
+    }
+    const char32_t c = next_character(valid, position);
+    if (c < 0x20 || c == 0x7F || c == 0x85 || c == 0x2028 || c == 0x2029) {
+      char escaped[16];
+      std::snprintf(escaped, sizeof(escaped), c == '\n' ? "\\n" : "\\x{%X}", unsigned(c));
+      out += escaped;
+    } else {
+      append_utf8(out, c);
+    }
+  }
+  return out + "'";
 }
 
 void append_lowercase(std::string& out, char32_t c) {

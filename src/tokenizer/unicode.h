@@ -58,6 +58,10 @@ bool is_chinese_character(char32_t character);  // BertNormalizer's CJK blocks
 // "NFKD") where utf8proc, knowing newer decompositions, would change them.
 std::span<const CodePointRange> normal_form_exceptions(std::string_view form);
 bool contains(std::span<const CodePointRange> ranges, char32_t character);
+// `text` for an error message, in single quotes: control characters escaped (messages stay on
+// one line), invalid UTF-8 replaced, long text cut.
+std::string quoted(std::string_view text);
+
 // Appends Rust's `character.to_lowercase()` (full Unicode lowercase mapping).
 void append_lowercase(std::string& out, char32_t character);
 

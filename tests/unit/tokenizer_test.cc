@@ -383,6 +383,20 @@ TEST(TokenizerErrorTest, ReportsMalformedFiles) {
       StatusCode::kCorrupt, "'<s>'");
 }
 
+TEST(TokenizerErrorTest, RefusesDeeplyNestedSequences) {
+  std::string nested;
+  for (int i = 0; i < 1000; ++i) nested += R"({"type":"Sequence","pretokenizers":[)";
+  for (int i = 0; i < 1000; ++i) nested += "]}";
+  expect_error(minimal_json("", "\"pre_tokenizer\":" + nested + ","), StatusCode::kCorrupt,
+               "nested more than");
+}
+
+TEST(TokenizerErrorTest, MessagesStayOnOneLine) {
+  // A token with a newline is escaped in the message.
+  expect_error(R"({"model":{"type":"BPE","vocab":{"a":0},"merges":["a x\ny"]}})",
+               StatusCode::kCorrupt, "\\n");
+}
+
 TEST(TokenizerErrorTest, FilesAndDirectories) {
   const std::string directory = test::temp_dir();
   EXPECT_EQ(Tokenizer::from_directory(directory + "/missing").status().code(),
