@@ -42,12 +42,15 @@ class Tokenizer {
  private:
   explicit Tokenizer(std::unique_ptr<TokenizerImpl> impl);
   friend class TokenizerImpl;
+  friend class StreamingDecoder;
   std::unique_ptr<TokenizerImpl> impl_;
 };
 
 // Turns ids into text one at a time for streaming: emits only complete UTF-8 characters, and
 // exactly the text that decoding all ids at once would give, piece by piece (the approach of
-// text-generation-inference's incremental decoding: decode a window, emit the new suffix).
+// text-generation-inference's incremental decoding: decode a window, emit the new suffix; a run
+// of byte-fallback tokens is held until it ends, since a later byte can turn it invalid; with a
+// decoder that renders the last token apart, text is emitted once a further id confirms it).
 class StreamingDecoder {
  public:
   explicit StreamingDecoder(const Tokenizer& tokenizer, bool skip_special_tokens = true);
@@ -57,6 +60,9 @@ class StreamingDecoder {
   std::string finish();
 
  private:
+  // decode(ids), cut back to the part that more ids cannot change.
+  std::string stable_decode(std::span<const int32_t> ids) const;
+
   const Tokenizer& tokenizer_;
   bool skip_special_tokens_;
   std::vector<int32_t> ids_;

@@ -16,5 +16,6 @@ struct Command {
 };
 
 Command add_convert_command(CLI::App& kite);
+Command add_tokenize_command(CLI::App& kite);
 
 }  // namespace kite::tools

@@ -28,9 +28,11 @@ struct TempDirs {
 
 }  // namespace
 
-// Defaults compiled in by tests/CMakeLists.txt; the environment variables override them.
 #ifndef KITE_TEST_SOURCE_DIR
 #define KITE_TEST_SOURCE_DIR "."
+#endif
+#ifndef KITE_TEST_DATA_DIR
+#define KITE_TEST_DATA_DIR ""
 #endif
 #ifndef KITE_TEST_BINARY
 #define KITE_TEST_BINARY "kite"
@@ -40,11 +42,8 @@ std::string source_dir() {
   return env_or("KITE_SOURCE_DIR", KITE_TEST_SOURCE_DIR);
 }
 std::string data_dir() {
-#ifdef KITE_TEST_DATA_DIR
-  return env_or("KITE_DATA_DIR", KITE_TEST_DATA_DIR);
-#else
-  return env_or("KITE_DATA_DIR", source_dir() + "/../shared/data");
-#endif
+  const std::string built_in = KITE_TEST_DATA_DIR;
+  return env_or("KITE_DATA_DIR", built_in.empty() ? source_dir() + "/../shared/data" : built_in);
 }
 
 std::string temp_dir() {
