@@ -9,7 +9,7 @@ cd "$root"
 packages=(
   build-essential cmake ninja-build pkg-config git unzip ca-certificates
   nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev
-  libgtest-dev libgmock-dev
+  libgtest-dev libgmock-dev liblzma-dev
   clang libclang-rt-14-dev  # libFuzzer and sanitizers for the fuzz targets
   python3 python3-venv python3-pip
 )

@@ -16,6 +16,7 @@ for argument in "$@"; do
 done
 
 bash scripts/fetch_demo_model.sh
+bash scripts/fetch_tokenizer_vocabs.sh  # llama.cpp vocabularies for the conformance tests
 cmake -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DKITE_WERROR=ON
 cmake --build build -j"$jobs"
 ctest --test-dir build --output-on-failure -j"$jobs"

@@ -341,7 +341,9 @@ Result<Vocabulary> read_vocabulary(const GgufFile& gguf) {
 
   bool default_add_bos = false;
   if (vocab.kind == VocabularyKind::kByteLevelBpe) {
-    std::string pre = "default";  // what llama.cpp assumes for files without the key
+    // Files without the key get GPT-2's split, as Hugging Face transformers' GGUF conversion does
+    // (llama.cpp falls back to its "default" split instead, and warns that it is a guess).
+    std::string pre = "gpt-2";
     if (gguf.contains("tokenizer.ggml.pre")) {
       KITE_ASSIGN_OR_RETURN(pre, gguf.get_string("tokenizer.ggml.pre"));
     }
@@ -455,7 +457,13 @@ json added_tokens(const Vocabulary& vocab) {
   json added = json::array();
   for (size_t id = 0; id < vocab.tokens.size(); ++id) {
     const int64_t type = vocab.token_types[id];
-    const bool special = type == kTokenControl || type == kTokenUnknown;
+    // The declared BOS/EOS/UNK/PAD tokens are special even where the file types them as normal
+    // (older byte-level GGUFs such as Aquila's), as in transformers' GGUF conversion.
+    const auto is_id = [&](const std::optional<int64_t>& special_token) {
+      return special_token && *special_token == int64_t(id);
+    };
+    const bool special = type == kTokenControl || type == kTokenUnknown || is_id(vocab.bos_id) ||
+                         is_id(vocab.eos_id) || is_id(vocab.unk_id) || is_id(vocab.pad_id);
     if (!special && type != kTokenUserDefined) continue;
     if (vocab.tokens[id].empty()) continue;  // nothing to match in text
     added.push_back({{"id", id},
