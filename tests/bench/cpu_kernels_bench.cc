@@ -14,6 +14,10 @@
 #include "core/half.h"
 #include "kernels/cpu/cpu_backend.h"
 
+#if KITE_HAS_AVX2_KERNELS
+#include <immintrin.h>
+#endif
+
 namespace kite {
 namespace {
 
@@ -54,7 +58,7 @@ double seconds_per_call(Function&& function) {
     calls *= 2;
   }
   double best = 1e30;
-  for (int round = 0; round < 5; ++round) {
+  for (int round = 0; round < 10; ++round) {
     const auto start = std::chrono::steady_clock::now();
     for (int i = 0; i < calls; ++i) function();
     const double elapsed =
@@ -63,6 +67,64 @@ double seconds_per_call(Function&& function) {
   }
   return best;
 }
+
+#if KITE_HAS_AVX2_KERNELS
+// Sums a buffer with 8 independent AVX2 accumulators: the read bandwidth any GEMV can hope for.
+KITE_TARGET_AVX2 float sum_floats(const float* data, int64_t count) {
+  __m256 sums[8];
+  for (__m256& sum : sums) sum = _mm256_setzero_ps();
+  for (int64_t i = 0; i + 64 <= count; i += 64) {
+    for (int j = 0; j < 8; ++j) sums[j] = _mm256_add_ps(sums[j], _mm256_loadu_ps(data + i + 8 * j));
+  }
+  for (int j = 1; j < 8; ++j) sums[0] = _mm256_add_ps(sums[0], sums[j]);
+  float lanes[8];
+  _mm256_storeu_ps(lanes, sums[0]);
+  return lanes[0] + lanes[1] + lanes[2] + lanes[3] + lanes[4] + lanes[5] + lanes[6] + lanes[7];
+}
+
+// 12 independent FMA chains in registers: the float32 FLOP/s ceiling of one core, times threads.
+KITE_TARGET_AVX2 float fma_chains(int64_t iterations, float seed) {
+  __m256 chains[12];
+  for (int j = 0; j < 12; ++j) chains[j] = _mm256_set1_ps(seed + float(j));
+  const __m256 multiplier = _mm256_set1_ps(0.999f), addend = _mm256_set1_ps(0.001f);
+  for (int64_t i = 0; i < iterations; ++i) {
+    for (__m256& chain : chains) chain = _mm256_fmadd_ps(chain, multiplier, addend);
+  }
+  for (int j = 1; j < 12; ++j) chains[0] = _mm256_add_ps(chains[0], chains[j]);
+  return _mm256_cvtss_f32(chains[0]);
+}
+
+void bench_fma_peak() {
+  const int64_t iterations = 1 << 20;
+  volatile float sink = 0.0f;
+  const double seconds = seconds_per_call([&] {
+    float total = 0.0f;
+#pragma omp parallel reduction(+ : total)
+    total += fma_chains(iterations, float(omp_get_thread_num()));
+    sink = total;
+  });
+  const double flops = double(iterations) * 12 * 8 * 2 * omp_get_max_threads();
+  std::printf("fma peak                                                        %7.1f GFLOP/s\n",
+              flops / seconds / 1e9);
+}
+
+void bench_read_bandwidth(size_t bytes) {
+  std::vector<float> data(bytes / sizeof(float), 1.0f);
+  const int64_t count = int64_t(data.size());
+  volatile float sink = 0.0f;
+  const double seconds = seconds_per_call([&] {
+    float total = 0.0f;
+#pragma omp parallel for reduction(+ : total) schedule(static)
+    for (int64_t chunk = 0; chunk < 64; ++chunk) {
+      const int64_t begin = count * chunk / 64, end = count * (chunk + 1) / 64;
+      total += sum_floats(data.data() + begin, end - begin);
+    }
+    sink = total;
+  });
+  std::printf("read bandwidth  %8.1f MB                     %7.1f GB/s\n", double(bytes) / 1e6,
+              double(bytes) / seconds / 1e9);
+}
+#endif
 
 void bench_linear(CpuBackend& backend, DType weight_dtype, int64_t tokens, int64_t k_size,
                   int64_t n_size) {
@@ -87,6 +149,11 @@ int main() {
   kite::CpuBackend backend;
   std::printf("isa %s, %d OpenMP threads\n",
               std::string(kite::cpu::isa_name(backend.isa())).c_str(), omp_get_max_threads());
+#if KITE_HAS_AVX2_KERNELS
+  kite::bench_fma_peak();
+  kite::bench_read_bandwidth(576 * 1536 * 2);
+  kite::bench_read_bandwidth(size_t(576) * 49152 * 2);
+#endif
   for (DType dtype : {DType::kBF16, DType::kF16, DType::kF32}) {
     kite::bench_linear(backend, dtype, 1, 576, 1536);
     kite::bench_linear(backend, dtype, 1, 1536, 576);

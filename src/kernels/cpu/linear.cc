@@ -23,10 +23,10 @@ namespace {
 
 constexpr int kLanes = 8;
 constexpr int kMaxTileTokens = 4;
-constexpr int kMaxTileRows = 4;
-// Decode path: T below this streams weights directly; tiles are T x kDecodeTileRows.
+constexpr int kMaxTileRows = 8;
+// Decode path: T below this streams weights directly, in tiles of 1 x 8 or T x 4 (at most 12
+// accumulators + T x vectors + 1 weight vector live in registers).
 constexpr int64_t kGemmMinTokens = 4;
-constexpr int kDecodeTileRows = 4;
 constexpr int64_t kDecodeRowsPerTask = 16;
 // Prefill path: 4 x 3 tiles (12 accumulators + 3 weight vectors + 1 x vector = 16 registers).
 constexpr int kGemmTileTokens = 4;
@@ -34,19 +34,38 @@ constexpr int kGemmTileRows = 3;
 constexpr int64_t kGemmTokensPerTask = 64;
 constexpr int64_t kGemmBlockBytes = 192 * 1024;  // converted weight rows per task, kept in L2
 
-// out[t * out_stride + r] = dot(x[t * x_stride + :k_size], weight[r * weight_stride + :k_size])
-using TileFunction = void (*)(const float* x, int64_t x_stride, const void* weight,
-                              int64_t weight_stride, int64_t k_size, float* out,
-                              int64_t out_stride);
+// What one tile computes: out[t * out_stride + r] = dot(x[t * x_stride + :k_size],
+// weight[r * weight_stride + :k_size]) for t < tokens, r < rows (the tile's template sizes).
+struct TileArguments {
+  const float* x;
+  int64_t x_stride;
+  const void* weight;
+  int64_t weight_stride;
+  int64_t k_size;
+  float* out;
+  int64_t out_stride;
+  // Weights the next tile will read, pulled into cache at the rate this tile reads its own: the
+  // short rows of decode GEMVs are too short for the hardware prefetcher to ramp up. Null for none.
+  const char* prefetch;
+};
+using TileFunction = void (*)(const TileArguments& arguments);
 
 // Portable tile. Its lanes mirror the AVX2 tile so the compiler can vectorise it.
 template <typename Element, int kTokens, int kRows>
-void tile_scalar(const float* x, int64_t x_stride, const void* weight_data, int64_t weight_stride,
-                 int64_t k_size, float* out, int64_t out_stride) {
+void tile_scalar(const TileArguments& arguments) {
+  const auto [x, x_stride, weight_data, weight_stride, k_size, out, out_stride, prefetch] =
+      arguments;
   const auto* weight = static_cast<const typename Element::Storage*>(weight_data);
+  constexpr int64_t kPrefetchStep = kRows * kLanes * sizeof(typename Element::Storage);
   float accumulators[kTokens][kRows][kLanes] = {};
   int64_t k = 0;
   for (; k + kLanes <= k_size; k += kLanes) {
+    if (prefetch) {
+      const char* line = prefetch + k / kLanes * kPrefetchStep;
+      for (int64_t offset = 0; offset < kPrefetchStep; offset += 64) {
+        __builtin_prefetch(line + offset);
+      }
+    }
     for (int r = 0; r < kRows; ++r) {
       float w[kLanes];
       for (int lane = 0; lane < kLanes; ++lane) {
@@ -100,22 +119,42 @@ KITE_TARGET_AVX2 inline float horizontal_sum(__m256 value) {
 }
 
 template <typename Element, int kTokens, int kRows>
-KITE_TARGET_AVX2 void tile_avx2(const float* x, int64_t x_stride, const void* weight_data,
-                                int64_t weight_stride, int64_t k_size, float* out,
-                                int64_t out_stride) {
+KITE_TARGET_AVX2 void tile_avx2(const TileArguments& arguments) {
+  const auto [x, x_stride, weight_data, weight_stride, k_size, out, out_stride, prefetch] =
+      arguments;
   const auto* weight = static_cast<const typename Element::Storage*>(weight_data);
+  constexpr int64_t kPrefetchStep = kRows * kLanes * sizeof(typename Element::Storage);
   __m256 accumulators[kTokens][kRows];
   for (int t = 0; t < kTokens; ++t) {
     for (int r = 0; r < kRows; ++r) accumulators[t][r] = _mm256_setzero_ps();
   }
   int64_t k = 0;
   for (; k + kLanes <= k_size; k += kLanes) {
-    __m256 w[kRows];
-    for (int r = 0; r < kRows; ++r) w[r] = load8<Element>(weight + r * weight_stride + k);
-    for (int t = 0; t < kTokens; ++t) {
-      const __m256 x_vector = _mm256_loadu_ps(x + t * x_stride + k);
+    if (prefetch) {
+      const char* line = prefetch + k / kLanes * kPrefetchStep;
+      for (int64_t offset = 0; offset < kPrefetchStep; offset += 64) {
+        __builtin_prefetch(line + offset);
+      }
+    }
+    // Hold the smaller operand set in registers and stream the other, so that accumulators plus
+    // operands fit the 16 vector registers (a spilled accumulator costs a store-load per step).
+    if constexpr (kTokens <= kRows) {
+      __m256 x_vectors[kTokens];
+      for (int t = 0; t < kTokens; ++t) x_vectors[t] = _mm256_loadu_ps(x + t * x_stride + k);
       for (int r = 0; r < kRows; ++r) {
-        accumulators[t][r] = _mm256_fmadd_ps(x_vector, w[r], accumulators[t][r]);
+        const __m256 w = load8<Element>(weight + r * weight_stride + k);
+        for (int t = 0; t < kTokens; ++t) {
+          accumulators[t][r] = _mm256_fmadd_ps(x_vectors[t], w, accumulators[t][r]);
+        }
+      }
+    } else {
+      __m256 w[kRows];
+      for (int r = 0; r < kRows; ++r) w[r] = load8<Element>(weight + r * weight_stride + k);
+      for (int t = 0; t < kTokens; ++t) {
+        const __m256 x_vector = _mm256_loadu_ps(x + t * x_stride + k);
+        for (int r = 0; r < kRows; ++r) {
+          accumulators[t][r] = _mm256_fmadd_ps(x_vector, w[r], accumulators[t][r]);
+        }
       }
     }
   }
@@ -175,15 +214,23 @@ struct LinearProblem {
 template <typename Element>
 void run_tiles(const LinearProblem& problem, Isa isa, const typename Element::Storage* weight,
                int64_t t0, int64_t t1, int64_t n0, int64_t n1, int64_t tile_tokens,
-               int64_t tile_rows) {
+               int64_t tile_rows, bool prefetch) {
   const int64_t k_size = problem.k_size;
   for (int64_t t = t0; t < t1; t += tile_tokens) {
     const int64_t tokens = std::min(tile_tokens, t1 - t);
     for (int64_t n = n0; n < n1; n += tile_rows) {
       const int64_t rows = std::min(tile_rows, n1 - n);
-      tile_function<Element>(isa, tokens, rows)(problem.x + t * k_size, k_size,
-                                                weight + (n - n0) * k_size, k_size, k_size,
-                                                problem.out + t * problem.rows + n, problem.rows);
+      const auto* tile_weight = weight + (n - n0) * k_size;
+      const TileArguments arguments{
+          problem.x + t * k_size,
+          k_size,
+          tile_weight,
+          k_size,
+          k_size,
+          problem.out + t * problem.rows + n,
+          problem.rows,
+          prefetch ? reinterpret_cast<const char*>(tile_weight + rows * k_size) : nullptr};
+      tile_function<Element>(isa, tokens, rows)(arguments);
     }
   }
   if (problem.bias) {
@@ -204,7 +251,7 @@ void linear_decode(const LinearProblem& problem, Isa isa) {
     const int64_t n0 = task * kDecodeRowsPerTask;
     const int64_t n1 = std::min(problem.rows, n0 + kDecodeRowsPerTask);
     run_tiles<Element>(problem, isa, weight + n0 * problem.k_size, 0, problem.tokens, n0, n1,
-                       problem.tokens, kDecodeTileRows);
+                       problem.tokens, problem.tokens == 1 ? 8 : 4, /*prefetch=*/true);
   }
 }
 
@@ -235,7 +282,8 @@ void linear_prefill(const LinearProblem& problem, Isa isa) {
       const auto* weight =
           static_cast<const typename Element::Storage*>(problem.weight) + n0 * problem.k_size;
       if constexpr (std::is_same_v<Element, Float32>) {
-        run_tiles<Float32>(problem, isa, weight, t0, t1, n0, n1, kGemmTileTokens, kGemmTileRows);
+        run_tiles<Float32>(problem, isa, weight, t0, t1, n0, n1, kGemmTileTokens, kGemmTileRows,
+                           /*prefetch=*/false);
       } else {
         if (converted_block != row_block) {
           const int64_t count = (n1 - n0) * problem.k_size;
@@ -244,7 +292,7 @@ void linear_prefill(const LinearProblem& problem, Isa isa) {
           converted_block = row_block;
         }
         run_tiles<Float32>(problem, isa, converted.data(), t0, t1, n0, n1, kGemmTileTokens,
-                           kGemmTileRows);
+                           kGemmTileRows, /*prefetch=*/false);
       }
     }
   }
