@@ -211,7 +211,7 @@ TEST(CpuOps, ConvertRoundsToNearestEvenBetweenFloatDTypes) {
 TEST(CpuOps, RowOpsGiveTheSameBitsForAnyThreadCount) {
   CpuBackend backend;
   const int saved_threads = omp_get_max_threads();
-  const int64_t rows = 33, cols = 576;
+  const int64_t rows = 130, cols = 576;  // large enough to run on several threads
   const auto x_values = test::random_values(rows * cols, 10);
   const auto weight_values = test::random_values(cols, 11);
   std::vector<std::vector<float>> results;

@@ -3,6 +3,8 @@
 
 #include <cmath>
 
+#include "kernels/cpu/threading.h"
+
 namespace kite::cpu {
 
 void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) {
@@ -13,7 +15,7 @@ void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) {
   KITE_CHECK(out.data != gate_up.data || tokens == 0);
   const auto* input = static_cast<const float*>(gate_up.data);
   auto* output = static_cast<float*>(out.data);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (tokens * size >= kMinParallelWork)
   for (int64_t t = 0; t < tokens; ++t) {
     const float* gate = input + t * 2 * size;
     const float* up = gate + size;

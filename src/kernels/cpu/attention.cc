@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/cpu/float_types.h"
+#include "kernels/cpu/threading.h"
 
 #if KITE_HAS_AVX2_KERNELS
 #include <immintrin.h>
@@ -116,13 +117,15 @@ void attention_typed(const float* queries, const AttentionBatch& batch, const Kv
   const VectorKernels kernels = vector_kernels(isa);
 
   std::vector<int32_t> sequence_of_token(static_cast<size_t>(tokens));
+  int64_t score_count = 0;  // an upper bound of the scores of the whole batch, to size the work
   for (int64_t s = 0; s < batch.num_sequences; ++s) {
     for (int64_t t = batch.query_start[s]; t < batch.query_start[s + 1]; ++t) {
       sequence_of_token[size_t(t)] = int32_t(s);
     }
+    score_count += (batch.query_start[s + 1] - batch.query_start[s]) * batch.context_length[s];
   }
 
-#pragma omp parallel
+#pragma omp parallel if (score_count * query_heads * head_dim >= kMinParallelWork)
   {
     std::vector<float> scores;                                        // [group, visible keys]
     std::vector<float> accumulators;                                  // [group, head_dim]

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "kernels/cpu/float_types.h"
+#include "kernels/cpu/threading.h"
 
 namespace kite::cpu {
 
@@ -24,7 +25,7 @@ void convert(const DeviceTensor& source, DeviceTensor& destination) {
       using Destination = decltype(destination_element);
       const auto* input = static_cast<const typename Source::Storage*>(source.data);
       auto* output = static_cast<typename Destination::Storage*>(destination.data);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (count >= kMinParallelWork)
       for (int64_t i = 0; i < count; ++i) output[i] = Destination::store(Source::load(input[i]));
     });
   });

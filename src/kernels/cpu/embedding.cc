@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "kernels/cpu/float_types.h"
+#include "kernels/cpu/threading.h"
 
 namespace kite::cpu {
 
@@ -19,7 +20,7 @@ void embedding(const DeviceTensor& table, const int32_t* ids, DeviceTensor& out)
   dispatch_float_dtype(table.dtype, [&](auto element) {
     using Element = decltype(element);
     const auto* rows = static_cast<const typename Element::Storage*>(table.data);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (tokens * hidden_size >= kMinParallelWork)
     for (int64_t t = 0; t < tokens; ++t) {
       const auto* source = rows + int64_t(ids[t]) * hidden_size;
       float* destination = output + t * hidden_size;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/cpu/float_types.h"
+#include "kernels/cpu/threading.h"
 
 #if KITE_HAS_AVX2_KERNELS
 #include <immintrin.h>
@@ -246,7 +247,7 @@ template <typename Element>
 void linear_decode(const LinearProblem& problem, Isa isa) {
   const auto* weight = static_cast<const typename Element::Storage*>(problem.weight);
   const int64_t tasks = (problem.rows + kDecodeRowsPerTask - 1) / kDecodeRowsPerTask;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (problem.rows * problem.k_size >= kMinParallelWork)
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t n0 = task * kDecodeRowsPerTask;
     const int64_t n1 = std::min(problem.rows, n0 + kDecodeRowsPerTask);
@@ -266,7 +267,7 @@ void linear_prefill(const LinearProblem& problem, Isa isa) {
   const int64_t row_blocks = (problem.rows + rows_per_block - 1) / rows_per_block;
   const int64_t token_blocks = (problem.tokens + kGemmTokensPerTask - 1) / kGemmTokensPerTask;
   const int64_t tasks = row_blocks * token_blocks;
-#pragma omp parallel
+#pragma omp parallel if (problem.tokens * problem.rows * problem.k_size >= kMinParallelWork)
   {
     // Consecutive tasks of a thread often share a row block: convert it only once.
     std::vector<float> converted;

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "kernels/cpu/float_types.h"
+#include "kernels/cpu/threading.h"
 
 namespace kite::cpu {
 namespace {
@@ -38,7 +39,7 @@ void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, Devi
   dispatch_float_dtype(weight.dtype, [&](auto element) {
     using Element = decltype(element);
     const auto* weights = static_cast<const typename Element::Storage*>(weight.data);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * size >= kMinParallelWork)
     for (int64_t row = 0; row < rows; ++row) {
       normalize_row<Element>(input + row * size, weights, size, eps, output + row * size);
     }
@@ -59,7 +60,7 @@ void add_rms_norm(DeviceTensor& residual, const DeviceTensor& x, const DeviceTen
   dispatch_float_dtype(weight.dtype, [&](auto element) {
     using Element = decltype(element);
     const auto* weights = static_cast<const typename Element::Storage*>(weight.data);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * size >= kMinParallelWork)
     for (int64_t row = 0; row < rows; ++row) {
       float* sum_row = sums + row * size;
       const float* input_row = input + row * size;

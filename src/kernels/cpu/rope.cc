@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/cpu/float_types.h"
+#include "kernels/cpu/threading.h"
 
 namespace kite::cpu {
 namespace {
@@ -55,7 +56,7 @@ void rope_and_store_kv(DeviceTensor& q, const DeviceTensor& k, const DeviceTenso
   dispatch_float_dtype(cache.dtype, [&](auto element) {
     using Element = decltype(element);
     auto* cache_data = static_cast<typename Element::Storage*>(cache.data);
-#pragma omp parallel
+#pragma omp parallel if (q.numel() + k.numel() >= kMinParallelWork)
     {
       std::vector<float> cos_values(static_cast<size_t>(half)),
           sin_values(static_cast<size_t>(half));
