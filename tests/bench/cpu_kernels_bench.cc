@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -141,6 +142,129 @@ void bench_linear(CpuBackend& backend, DType weight_dtype, int64_t tokens, int64
               flops / seconds / 1e9);
 }
 
+// Attention of one sequence (SmolLM2 heads: 9 query, 3 kv, 64 dims) whose last `query_length`
+// tokens are new, over a float32 cache of `context_length` tokens in blocks of 16.
+void bench_attention(CpuBackend& backend, int64_t context_length, int64_t query_length) {
+  const int64_t heads = 9, kv_heads = 3, head_dim = 64, block_size = 16;
+  const int64_t blocks = (context_length + block_size - 1) / block_size;
+  KvCacheView cache{nullptr, DType::kF32, 1, blocks, kv_heads, block_size, head_dim};
+  HostTensor cache_storage = random_tensor(backend, DType::kF32, {cache.layer_elements()}, 2);
+  cache.data = cache_storage.tensor.data;
+  std::vector<int32_t> positions, slots;
+  for (int64_t i = context_length - query_length; i < context_length; ++i) {
+    positions.push_back(int32_t(i));
+    slots.push_back(int32_t(i));
+  }
+  std::vector<int32_t> query_start = {0, int32_t(query_length)};
+  std::vector<int32_t> context = {int32_t(context_length)};
+  std::vector<int32_t> block_table(static_cast<size_t>(blocks));
+  for (int64_t i = 0; i < blocks; ++i) block_table[size_t(i)] = int32_t(i);
+  AttentionBatch batch{query_length,   1,
+                       blocks,         query_length,
+                       context_length, positions.data(),
+                       slots.data(),   query_start.data(),
+                       context.data(), block_table.data()};
+  HostTensor q = random_tensor(backend, DType::kF32, {query_length, heads * head_dim}, 3);
+  HostTensor out = random_tensor(backend, DType::kF32, {query_length, heads * head_dim}, 4);
+  const double seconds = seconds_per_call(
+      [&] { backend.attention(q.tensor, batch, cache, 0, 0.125f, 0, out.tensor); });
+  // Scores and weighted values: 2 * 2 * D flops per (query head, visible key).
+  double pairs = 0;
+  for (int64_t i = 0; i < query_length; ++i) pairs += double(context_length - query_length + i + 1);
+  const double flops = pairs * double(heads) * 4.0 * double(head_dim);
+  std::printf("attention context %-5lld new tokens %-4lld       %9.1f us  %7.1f GFLOP/s\n",
+              (long long)context_length, (long long)query_length, seconds * 1e6,
+              flops / seconds / 1e9);
+}
+
+// One decode step of SmolLM2-135M (30 layers, hidden 576, 9 query / 3 kv heads of 64, MLP 1536,
+// vocabulary 49152, bfloat16 weights) at batch 1, through the backend ops alone: the ceiling the
+// CPU engine's decode speed can reach with these kernels.
+void bench_smollm_decode(CpuBackend& backend, int64_t context_length) {
+  const int64_t layers = 30, hidden = 576, heads = 9, kv_heads = 3, head_dim = 64;
+  const int64_t mlp = 1536, vocabulary = 49152, block_size = 16;
+  const int64_t qkv = (heads + 2 * kv_heads) * head_dim;
+  struct Layer {
+    HostTensor norm1, qkv, o, norm2, gate_up, down;
+  };
+  std::vector<Layer> weights;
+  uint32_t seed = 10;
+  for (int64_t i = 0; i < layers; ++i) {
+    weights.push_back({random_tensor(backend, DType::kBF16, {hidden}, seed++),
+                       random_tensor(backend, DType::kBF16, {qkv, hidden}, seed++),
+                       random_tensor(backend, DType::kBF16, {hidden, hidden}, seed++),
+                       random_tensor(backend, DType::kBF16, {hidden}, seed++),
+                       random_tensor(backend, DType::kBF16, {2 * mlp, hidden}, seed++),
+                       random_tensor(backend, DType::kBF16, {hidden, mlp}, seed++)});
+  }
+  HostTensor embedding = random_tensor(backend, DType::kBF16, {vocabulary, hidden}, seed++);
+  HostTensor final_norm = random_tensor(backend, DType::kBF16, {hidden}, seed++);
+  HostTensor residual = random_tensor(backend, DType::kF32, {1, hidden}, 1);
+  HostTensor normed = random_tensor(backend, DType::kF32, {1, hidden}, 1);
+  HostTensor qkv_out = random_tensor(backend, DType::kF32, {1, qkv}, 1);
+  HostTensor attention_out = random_tensor(backend, DType::kF32, {1, heads * head_dim}, 1);
+  HostTensor projected = random_tensor(backend, DType::kF32, {1, hidden}, 1);
+  HostTensor gate_up = random_tensor(backend, DType::kF32, {1, 2 * mlp}, 1);
+  HostTensor activated = random_tensor(backend, DType::kF32, {1, mlp}, 1);
+  HostTensor logits = random_tensor(backend, DType::kF32, {1, vocabulary}, 1);
+  // Views of q, k, v inside qkv_out (rows of one token are contiguous).
+  auto* qkv_data = static_cast<float*>(qkv_out.tensor.data);
+  DeviceTensor q{DType::kF32, {1, heads * head_dim}, qkv_data};
+  DeviceTensor k{DType::kF32, {1, kv_heads * head_dim}, qkv_data + heads * head_dim};
+  DeviceTensor v{DType::kF32, {1, kv_heads * head_dim}, qkv_data + (heads + kv_heads) * head_dim};
+
+  const int64_t blocks = (context_length + block_size - 1) / block_size;
+  KvCacheView cache{nullptr, DType::kF32, layers, blocks, kv_heads, block_size, head_dim};
+  HostTensor cache_storage =
+      random_tensor(backend, DType::kF32, {layers * cache.layer_elements()}, 2);
+  cache.data = cache_storage.tensor.data;
+  std::vector<int32_t> positions = {int32_t(context_length - 1)};
+  std::vector<int32_t> slots = {int32_t(context_length - 1)};
+  std::vector<int32_t> query_start = {0, 1};
+  std::vector<int32_t> context = {int32_t(context_length)};
+  std::vector<int32_t> block_table(static_cast<size_t>(blocks));
+  for (int64_t i = 0; i < blocks; ++i) block_table[size_t(i)] = int32_t(i);
+  AttentionBatch batch{1,
+                       1,
+                       blocks,
+                       1,
+                       context_length,
+                       positions.data(),
+                       slots.data(),
+                       query_start.data(),
+                       context.data(),
+                       block_table.data()};
+  std::vector<float> inv_freq(size_t(head_dim / 2));
+  for (int64_t i = 0; i < head_dim / 2; ++i) {
+    inv_freq[size_t(i)] = 1.0f / std::pow(100000.0f, float(2 * i) / float(head_dim));
+  }
+  const RopeParams rope{inv_freq.data(), head_dim, 1.0f};
+  const int32_t token = 42;
+
+  const double seconds = seconds_per_call([&] {
+    backend.embedding(embedding.tensor, &token, residual.tensor);
+    backend.rms_norm(residual.tensor, weights[0].norm1.tensor, 1e-5f, normed.tensor);
+    for (int64_t i = 0; i < layers; ++i) {
+      Layer& layer = weights[size_t(i)];
+      backend.linear(normed.tensor, layer.qkv.tensor, nullptr, qkv_out.tensor);
+      backend.rope_and_store_kv(q, k, v, rope, batch, cache, i);
+      backend.attention(q, batch, cache, i, 0.125f, 0, attention_out.tensor);
+      backend.linear(attention_out.tensor, layer.o.tensor, nullptr, projected.tensor);
+      backend.add_rms_norm(residual.tensor, projected.tensor, layer.norm2.tensor, 1e-5f,
+                           normed.tensor);
+      backend.linear(normed.tensor, layer.gate_up.tensor, nullptr, gate_up.tensor);
+      backend.silu_mul(gate_up.tensor, activated.tensor);
+      backend.linear(activated.tensor, layer.down.tensor, nullptr, projected.tensor);
+      const DeviceTensor& next_norm =
+          i + 1 < layers ? weights[size_t(i + 1)].norm1.tensor : final_norm.tensor;
+      backend.add_rms_norm(residual.tensor, projected.tensor, next_norm, 1e-5f, normed.tensor);
+    }
+    backend.linear(normed.tensor, embedding.tensor, nullptr, logits.tensor);
+  });
+  std::printf("SmolLM2-135M bf16 decode step, context %-5lld %9.1f us  %7.1f tokens/s\n",
+              (long long)context_length, seconds * 1e6, 1.0 / seconds);
+}
+
 }  // namespace
 }  // namespace kite
 
@@ -159,6 +283,11 @@ int main() {
     kite::bench_linear(backend, dtype, 1, 1536, 576);
     kite::bench_linear(backend, dtype, 1, 576, 49152);
   }
+  kite::bench_attention(backend, 256, 1);
+  kite::bench_attention(backend, 2048, 1);
+  kite::bench_attention(backend, 512, 512);
+  kite::bench_smollm_decode(backend, 256);
+  kite::bench_smollm_decode(backend, 2048);
   for (DType dtype : {DType::kBF16, DType::kF32}) {
     kite::bench_linear(backend, dtype, 512, 576, 1536);
     kite::bench_linear(backend, dtype, 512, 1536, 576);
