@@ -162,6 +162,7 @@ Status run(const RunFlags& flags) {
                       {"output_text", output},
                       {"finish_reason", finish_reason_name(results[i].finish_reason)}});
   }
+  std::fflush(stdout);  // the statistics line goes to stderr, after the outputs
   if (stats.decode_tokens > 0) {
     std::fprintf(stderr,
                  "kite run: prefill %.1f ms, decode %lld tokens in %.2f s (%.1f tokens/s)\n",
