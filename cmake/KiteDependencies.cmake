@@ -5,3 +5,5 @@ find_package(PkgConfig REQUIRED)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)
 find_package(Threads REQUIRED)
+# The CPU backend parallelises its ops with OpenMP (GCC's libgomp).
+find_package(OpenMP REQUIRED)

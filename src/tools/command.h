@@ -15,7 +15,9 @@ struct Command {
   std::function<Status()> run;
 };
 
+Command add_build_command(CLI::App& kite);
 Command add_convert_command(CLI::App& kite);
+Command add_run_command(CLI::App& kite);
 Command add_tokenize_command(CLI::App& kite);
 
 }  // namespace kite::tools

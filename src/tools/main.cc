@@ -24,6 +24,8 @@ int run_kite(int argc, char** argv) {
   std::vector<kite::tools::Command> commands = {
       kite::tools::add_convert_command(kite),
       kite::tools::add_tokenize_command(kite),
+      kite::tools::add_build_command(kite),
+      kite::tools::add_run_command(kite),
   };
 
   try {

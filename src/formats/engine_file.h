@@ -1,0 +1,82 @@
+// Kite's engine (docs/engine.md): a folder with config.json (format version, device, build limits,
+// model config, KV block size), rank<i>.engine holding the weights ready to upload, and the
+// tokenizer files. rank<i>.engine is one file: magic, format version, a JSON header of tensors,
+// 64-byte aligned data and a CRC32 of header and data, checked when the file is opened.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/file.h"
+#include "core/status.h"
+#include "core/tensor.h"
+#include "formats/model_config.h"
+
+namespace kite {
+
+inline constexpr int kEngineFormatVersion = 1;
+
+// The limits an engine was built for; the runtime refuses requests beyond them.
+struct BuildLimits {
+  int64_t max_batch_size = 8;
+  int64_t max_input_len = 2048;
+  int64_t max_seq_len = 4096;
+  int64_t tokens_per_block = 32;  // KV cache block size
+
+  bool operator==(const BuildLimits&) const = default;
+};
+
+struct EngineConfig {
+  int format_version = kEngineFormatVersion;
+  std::string kite_version;
+  std::string device = "cpu";  // "cpu" or "cuda"
+  BuildLimits limits;
+  ModelConfig model;
+  DType weight_dtype = DType::kF32;
+  DType kv_cache_dtype = DType::kF32;
+  std::string built_from;  // the checkpoint folder, for information
+};
+
+nlohmann::ordered_json engine_config_to_json(const EngineConfig& config);
+// Refuses other format versions with a message saying to rebuild.
+Result<EngineConfig> engine_config_from_json(const nlohmann::json& json, const std::string& source);
+Result<EngineConfig> read_engine_config(const std::string& engine_dir);
+Status write_engine_config(const std::string& engine_dir, const EngineConfig& config);
+// "<dir>/rank<rank>.engine"
+std::string engine_rank_path(const std::string& engine_dir, int rank);
+
+// CRC-32 (IEEE 802.3, as zlib), continued from `crc` (0 to start).
+uint32_t crc32(const uint8_t* data, size_t size, uint32_t crc = 0);
+
+// Writes a rank file: `produce(i)` gives the bytes of tensor i, which must match its declared
+// dtype and shape. Written to "<path>.tmp" and renamed when complete.
+struct EngineTensorInfo {
+  std::string name;
+  DType dtype = DType::kF32;
+  Shape shape;
+};
+Status write_engine_file(const std::string& path, const std::vector<EngineTensorInfo>& tensors,
+                         const std::function<Result<TensorView>(size_t index)>& produce);
+
+// An opened, verified rank file (mapped; views live as long as this object).
+class EngineFile {
+ public:
+  // Checks magic, format version, header, every tensor's extent and the CRC32.
+  static Result<EngineFile> open(const std::string& path);
+
+  const std::string& path() const { return file_.path(); }
+  const std::vector<std::string>& names() const { return names_; }
+  Result<TensorView> tensor(const std::string& name) const;
+
+ private:
+  MappedFile file_;
+  std::vector<std::string> names_;
+  std::map<std::string, TensorView> tensors_;
+};
+
+}  // namespace kite

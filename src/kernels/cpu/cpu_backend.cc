@@ -1,0 +1,92 @@
+// The CPU backend's memory functions, and the table from Backend ops to the CPU host functions.
+#include "kernels/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "kernels/cpu/activation.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/convert.h"
+#include "kernels/cpu/embedding.h"
+#include "kernels/cpu/linear.h"
+#include "kernels/cpu/rms_norm.h"
+#include "kernels/cpu/rope.h"
+
+namespace kite {
+namespace {
+
+constexpr size_t kAlignment = 64;
+
+void free_host_memory(void* data) {
+  std::free(data);
+}
+
+}  // namespace
+
+Result<DeviceBuffer> CpuBackend::allocate(size_t bytes) {
+  // aligned_alloc wants a multiple of the alignment; a zero-byte buffer still gets a valid pointer.
+  const size_t rounded =
+      std::max<size_t>(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);
+  if (rounded < bytes) return out_of_range("cannot allocate " + std::to_string(bytes) + " bytes");
+  void* data = std::aligned_alloc(kAlignment, rounded);
+  if (!data) {
+    return out_of_range("out of host memory allocating " + std::to_string(bytes) +
+                        " bytes; use a smaller model, batch or KV cache");
+  }
+  return DeviceBuffer(data, bytes, &free_host_memory);
+}
+
+void CpuBackend::upload(void* device_destination, const void* host_source, size_t bytes) {
+  if (bytes > 0) std::memcpy(device_destination, host_source, bytes);
+}
+
+void CpuBackend::download(void* host_destination, const void* device_source, size_t bytes) {
+  if (bytes > 0) std::memcpy(host_destination, device_source, bytes);
+}
+
+void CpuBackend::embedding(const DeviceTensor& table, const int32_t* ids, DeviceTensor& out) {
+  cpu::embedding(table, ids, out);
+}
+
+void CpuBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps,
+                          DeviceTensor& out) {
+  cpu::rms_norm(x, weight, eps, out);
+}
+
+void CpuBackend::add_rms_norm(DeviceTensor& residual, const DeviceTensor& x,
+                              const DeviceTensor& weight, float eps, DeviceTensor& out) {
+  cpu::add_rms_norm(residual, x, weight, eps, out);
+}
+
+void CpuBackend::linear(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
+                        DeviceTensor& out) {
+  cpu::linear(x, weight, bias, out, isa_);
+}
+
+void CpuBackend::rope_and_store_kv(DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
+                                   const RopeParams& rope, const AttentionBatch& batch,
+                                   const KvCacheView& cache, int64_t layer) {
+  cpu::rope_and_store_kv(q, k, v, rope, batch, cache, layer);
+}
+
+void CpuBackend::attention(const DeviceTensor& q, const AttentionBatch& batch,
+                           const KvCacheView& cache, int64_t layer, float scale,
+                           int64_t sliding_window, DeviceTensor& out) {
+  cpu::attention(q, batch, cache, layer, scale, sliding_window, out, isa_);
+}
+
+void CpuBackend::silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) {
+  cpu::silu_mul(gate_up, out);
+}
+
+void CpuBackend::gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& out) {
+  cpu::gather_rows(x, indices, out);
+}
+
+void CpuBackend::convert(const DeviceTensor& source, DeviceTensor& destination) {
+  cpu::convert(source, destination);
+}
+
+}  // namespace kite

@@ -1,0 +1,74 @@
+// RMS normalisation: out = x * (1 / sqrt(mean(x^2) + eps)) * weight, with the sum of squares kept
+// in double so the CPU reference is as close to exact as it is cheap to be.
+#include "kernels/cpu/rms_norm.h"
+
+#include <cmath>
+
+#include "kernels/cpu/float_types.h"
+#include "kernels/cpu/threading.h"
+
+namespace kite::cpu {
+namespace {
+
+template <typename Element>
+void normalize_row(const float* row, const typename Element::Storage* weight, int64_t size,
+                   float eps, float* out_row) {
+  double sum_of_squares = 0.0;
+  for (int64_t i = 0; i < size; ++i) sum_of_squares += double(row[i]) * double(row[i]);
+  // Hugging Face: variance in float32, then hidden * rsqrt(variance + eps), then weight * hidden.
+  const float variance = float(sum_of_squares / double(size));
+  const float inverse_rms = float(1.0 / std::sqrt(double(variance + eps)));
+  for (int64_t i = 0; i < size; ++i) out_row[i] = Element::load(weight[i]) * (row[i] * inverse_rms);
+}
+
+void check_shapes(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor& out) {
+  KITE_CHECK(x.dtype == DType::kF32 && out.dtype == DType::kF32);
+  KITE_CHECK(is_cpu_float_dtype(weight.dtype));
+  KITE_CHECK(weight.numel() == x.cols());
+  KITE_CHECK(out.rows() == x.rows() && out.cols() == x.cols());
+}
+
+}  // namespace
+
+void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, DeviceTensor& out) {
+  check_shapes(x, weight, out);
+  const int64_t rows = x.rows();
+  const int64_t size = x.cols();
+  const auto* input = static_cast<const float*>(x.data);
+  auto* output = static_cast<float*>(out.data);
+  dispatch_float_dtype(weight.dtype, [&](auto element) {
+    using Element = decltype(element);
+    const auto* weights = static_cast<const typename Element::Storage*>(weight.data);
+#pragma omp parallel for schedule(static) if (rows * size >= kMinParallelWork)
+    for (int64_t row = 0; row < rows; ++row) {
+      normalize_row<Element>(input + row * size, weights, size, eps, output + row * size);
+    }
+  });
+}
+
+void add_rms_norm(DeviceTensor& residual, const DeviceTensor& x, const DeviceTensor& weight,
+                  float eps, DeviceTensor& out) {
+  check_shapes(x, weight, out);
+  KITE_CHECK(residual.dtype == DType::kF32);
+  KITE_CHECK(residual.rows() == x.rows() && residual.cols() == x.cols());
+  KITE_CHECK(out.data != residual.data);
+  const int64_t rows = x.rows();
+  const int64_t size = x.cols();
+  auto* sums = static_cast<float*>(residual.data);
+  const auto* input = static_cast<const float*>(x.data);
+  auto* output = static_cast<float*>(out.data);
+  dispatch_float_dtype(weight.dtype, [&](auto element) {
+    using Element = decltype(element);
+    const auto* weights = static_cast<const typename Element::Storage*>(weight.data);
+#pragma omp parallel for schedule(static) if (rows * size >= kMinParallelWork)
+    for (int64_t row = 0; row < rows; ++row) {
+      float* sum_row = sums + row * size;
+      const float* input_row = input + row * size;
+      // The whole row is added before out is written, so out may alias x.
+      for (int64_t i = 0; i < size; ++i) sum_row[i] += input_row[i];
+      normalize_row<Element>(sum_row, weights, size, eps, output + row * size);
+    }
+  });
+}
+
+}  // namespace kite::cpu

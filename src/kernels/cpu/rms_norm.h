@@ -1,0 +1,17 @@
+// RMS normalisation on the CPU, alone and fused with the residual add that precedes it in every
+// Llama block.
+#pragma once
+
+#include "model/backend.h"
+
+namespace kite::cpu {
+
+// out = x / sqrt(mean(x^2) + eps) * weight, row by row (as Hugging Face LlamaRMSNorm in float32).
+// x, out [T, H] float32 (out may be x); weight [H] float32, float16 or bfloat16.
+void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, DeviceTensor& out);
+
+// residual += x; out = rms_norm(residual). out may be x but not residual.
+void add_rms_norm(DeviceTensor& residual, const DeviceTensor& x, const DeviceTensor& weight,
+                  float eps, DeviceTensor& out);
+
+}  // namespace kite::cpu

@@ -1,0 +1,407 @@
+// The Llama-family forward pass: weight loading with q/k/v and gate/up fused, Hugging Face's RoPE
+// frequency rules, and the step function (embedding -> layers -> final norm -> logits).
+#include "model/llama.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <numbers>
+#include <string_view>
+#include <utility>
+
+#include "formats/safetensors.h"
+
+namespace kite {
+namespace {
+
+// A view of rows [first_row, first_row + row_count) of a 2-D (or 1-D) tensor.
+DeviceTensor row_slice(const DeviceTensor& tensor, int64_t first_row, int64_t row_count) {
+  DeviceTensor slice = tensor;
+  const int64_t row_elements = tensor.shape.size() == 1 ? 1 : tensor.cols();
+  slice.data = static_cast<uint8_t*>(tensor.data) +
+               size_t(first_row * row_elements) * dtype_size(tensor.dtype);
+  if (tensor.shape.size() == 1) {
+    slice.shape = {row_count};
+  } else {
+    slice.shape = {row_count, tensor.cols()};
+  }
+  return slice;
+}
+
+// Uploads the concatenation of `parts` (rows stacked) as one tensor of `shape`.
+Result<DeviceTensor> upload_stacked(Backend& backend, const std::vector<TensorView>& parts,
+                                    Shape shape, std::vector<DeviceBuffer>& storage) {
+  DeviceTensor tensor{parts.front().dtype, std::move(shape), nullptr};
+  KITE_ASSIGN_OR_RETURN(DeviceBuffer buffer, backend.allocate(tensor.byte_size()));
+  size_t offset = 0;
+  for (const TensorView& part : parts) {
+    backend.upload(static_cast<uint8_t*>(buffer.data()) + offset, part.data, part.byte_size());
+    offset += part.byte_size();
+  }
+  KITE_CHECK(offset == tensor.byte_size());
+  tensor.data = buffer.data();
+  storage.push_back(std::move(buffer));
+  return tensor;
+}
+
+// Writes each named intermediate of one step to <KITE_DUMP>/step_<n>.safetensors, for diffing a
+// run layer by layer against a reference. Does nothing when KITE_DUMP is unset.
+class StepDump {
+ public:
+  explicit StepDump(Backend& backend) : backend_(backend) {
+    const char* directory = std::getenv("KITE_DUMP");
+    if (directory && *directory) directory_ = directory;
+  }
+  bool enabled() const { return !directory_.empty(); }
+
+  void add(const std::string& name, const DeviceTensor& tensor) {
+    if (!enabled()) return;
+    backend_.synchronize();
+    Tensor host(tensor.dtype, tensor.shape);
+    backend_.download(host.data(), tensor.data, tensor.byte_size());
+    tensors_.emplace_back(name, std::move(host));
+  }
+
+  Status write(int64_t step) const {
+    if (!enabled()) return Status::ok();
+    KITE_RETURN_IF_ERROR(create_directories(directory_));
+    return write_safetensors(directory_ + "/step_" + std::to_string(step) + ".safetensors",
+                             tensors_);
+  }
+
+ private:
+  Backend& backend_;
+  std::string directory_;
+  std::vector<std::pair<std::string, Tensor>> tensors_;
+};
+
+}  // namespace
+
+Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& config,
+                                        const WeightLookup& lookup, const std::string& source) {
+  // Every weight is checked against the shape the config implies before anything is uploaded.
+  std::unordered_map<std::string, TensorView> views;
+  std::optional<DType> weight_dtype;
+  for (const WeightInfo& info : model_weights(config)) {
+    Result<TensorView> view = lookup(info.name);
+    if (!view.is_ok()) return view.status().with_context(source);
+    if (view->shape != info.shape) {
+      return corrupt(source + ": weight '" + info.name + "' has shape " +
+                     shape_to_string(view->shape) + ", the config implies " +
+                     shape_to_string(info.shape));
+    }
+    if (view->dtype != DType::kF32 && view->dtype != DType::kF16 && view->dtype != DType::kBF16) {
+      return unsupported(source + ": weight '" + info.name + "' has dtype " +
+                         std::string(dtype_name(view->dtype)) +
+                         "; only float32, float16 and bfloat16 weights can run");
+    }
+    if (weight_dtype && *weight_dtype != view->dtype) {
+      return unsupported(source + ": weight '" + info.name + "' is " +
+                         std::string(dtype_name(view->dtype)) + " but other weights are " +
+                         std::string(dtype_name(*weight_dtype)) +
+                         "; convert the checkpoint to one dtype");
+    }
+    weight_dtype = view->dtype;
+    views.emplace(info.name, *view);
+  }
+
+  const int64_t hidden = config.hidden_size;
+  const int64_t qkv_rows = config.q_size() + 2 * config.kv_size();
+  LlamaWeights weights;
+  auto upload = [&](const std::vector<std::string>& names, Shape shape) {
+    std::vector<TensorView> parts;
+    for (const std::string& name : names) parts.push_back(views.at(name));
+    return upload_stacked(backend, parts, std::move(shape), weights.storage);
+  };
+
+  KITE_ASSIGN_OR_RETURN(weights.embed_tokens,
+                        upload({"model.embed_tokens.weight"}, {config.vocab_size, hidden}));
+  for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
+    const std::string prefix = "model.layers." + std::to_string(layer) + ".";
+    const std::string attention = prefix + "self_attn.";
+    LlamaLayerWeights& layer_weights = weights.layers.emplace_back();
+    KITE_ASSIGN_OR_RETURN(layer_weights.input_layernorm,
+                          upload({prefix + "input_layernorm.weight"}, {hidden}));
+    KITE_ASSIGN_OR_RETURN(layer_weights.qkv_proj,
+                          upload({attention + "q_proj.weight", attention + "k_proj.weight",
+                                  attention + "v_proj.weight"},
+                                 {qkv_rows, hidden}));
+    if (config.attention_bias) {
+      KITE_ASSIGN_OR_RETURN(
+          layer_weights.qkv_bias,
+          upload({attention + "q_proj.bias", attention + "k_proj.bias", attention + "v_proj.bias"},
+                 {qkv_rows}));
+    }
+    KITE_ASSIGN_OR_RETURN(layer_weights.o_proj,
+                          upload({attention + "o_proj.weight"}, {hidden, config.q_size()}));
+    if (config.attention_output_bias) {
+      KITE_ASSIGN_OR_RETURN(layer_weights.o_bias, upload({attention + "o_proj.bias"}, {hidden}));
+    }
+    KITE_ASSIGN_OR_RETURN(layer_weights.post_attention_layernorm,
+                          upload({prefix + "post_attention_layernorm.weight"}, {hidden}));
+    KITE_ASSIGN_OR_RETURN(layer_weights.gate_up_proj,
+                          upload({prefix + "mlp.gate_proj.weight", prefix + "mlp.up_proj.weight"},
+                                 {2 * config.intermediate_size, hidden}));
+    KITE_ASSIGN_OR_RETURN(layer_weights.down_proj, upload({prefix + "mlp.down_proj.weight"},
+                                                          {hidden, config.intermediate_size}));
+  }
+  KITE_ASSIGN_OR_RETURN(weights.norm, upload({"model.norm.weight"}, {hidden}));
+  if (config.tie_word_embeddings) {
+    weights.lm_head = weights.embed_tokens;
+  } else {
+    KITE_ASSIGN_OR_RETURN(weights.lm_head, upload({"lm_head.weight"}, {config.vocab_size, hidden}));
+  }
+  return weights;
+}
+
+std::vector<float> rope_inverse_frequencies(const ModelConfig& config, int64_t sequence_length) {
+  const RopeScaling& scaling = config.rope_scaling;
+  const int64_t dim = config.head_dim;
+  double base = config.rope_theta;
+  if (scaling.type == RopeScalingType::kDynamic) {
+    // transformers' dynamic_rope_update: the base is recomputed only past the original context.
+    const int64_t original = scaling.original_max_position_embeddings > 0
+                                 ? scaling.original_max_position_embeddings
+                                 : config.max_position_embeddings;
+    if (sequence_length > original) {
+      base *= std::pow(
+          scaling.factor * double(sequence_length) / double(original) - (scaling.factor - 1.0),
+          double(dim) / double(dim - 2));
+    }
+  }
+  // PyTorch computes 1 / base ** (arange(0, dim, 2) / dim) in float32.
+  std::vector<float> inverse_frequencies(size_t(dim / 2));
+  for (int64_t i = 0; i < dim / 2; ++i) {
+    const float exponent = float(2 * i) / float(dim);
+    inverse_frequencies[size_t(i)] = 1.0f / std::pow(float(base), exponent);
+  }
+  if (scaling.type == RopeScalingType::kLinear) {
+    for (float& frequency : inverse_frequencies) frequency /= float(scaling.factor);
+  } else if (scaling.type == RopeScalingType::kLlama3) {
+    // Long wavelengths are interpolated by `factor`, short ones kept, the band between smoothed.
+    const float factor = float(scaling.factor);
+    const float low_freq_factor = float(scaling.low_freq_factor);
+    const float high_freq_factor = float(scaling.high_freq_factor);
+    const float old_context = float(scaling.original_max_position_embeddings);
+    const float low_freq_wavelength = old_context / low_freq_factor;
+    const float high_freq_wavelength = old_context / high_freq_factor;
+    for (float& frequency : inverse_frequencies) {
+      const float wavelength = 2.0f * std::numbers::pi_v<float> / frequency;
+      float scaled = wavelength > low_freq_wavelength ? frequency / factor : frequency;
+      const bool medium =
+          !(wavelength < high_freq_wavelength) && !(wavelength > low_freq_wavelength);
+      if (medium) {
+        const float smooth =
+            (old_context / wavelength - low_freq_factor) / (high_freq_factor - low_freq_factor);
+        scaled = (1.0f - smooth) * scaled / factor + smooth * scaled;
+      }
+      frequency = scaled;
+    }
+  }
+  return inverse_frequencies;
+}
+
+LlamaModel::LlamaModel(Backend& backend, ModelConfig config, LlamaWeights weights)
+    : backend_(&backend), config_(std::move(config)), weights_(std::move(weights)) {}
+
+Status LlamaModel::check_step(const StepInput& step, const KvCacheView& cache) const {
+  const size_t tokens = step.token_ids.size();
+  const size_t sequences = step.context_length.size();
+  if (tokens == 0 || sequences == 0) return invalid_argument("a forward step needs tokens");
+  if (step.positions.size() != tokens || step.slot_mapping.size() != tokens ||
+      step.query_start.size() != sequences + 1 ||
+      step.block_table.size() != sequences * size_t(step.max_blocks_per_sequence) ||
+      step.query_start.front() != 0 || size_t(step.query_start.back()) != tokens) {
+    return invalid_argument("inconsistent forward step sizes");
+  }
+  for (int32_t id : step.token_ids) {
+    if (id < 0 || id >= config_.vocab_size) {
+      return out_of_range("token id " + std::to_string(id) + " is outside the vocabulary of " +
+                          std::to_string(config_.vocab_size));
+    }
+  }
+  for (int32_t row : step.logit_rows) {
+    if (row < 0 || size_t(row) >= tokens) return invalid_argument("logit row out of the step");
+  }
+  if (cache.num_layers != config_.num_hidden_layers ||
+      cache.num_kv_heads != config_.num_key_value_heads || cache.head_dim != config_.head_dim) {
+    return invalid_argument("the KV cache does not match the model's layers, heads or head_dim");
+  }
+  return Status::ok();
+}
+
+Status LlamaModel::reserve_workspace(int64_t tokens, int64_t logit_rows) {
+  if (tokens <= workspace_tokens_ && logit_rows <= workspace_logit_rows_) return Status::ok();
+  tokens = std::max(tokens, workspace_tokens_);
+  logit_rows = std::max(logit_rows, workspace_logit_rows_);
+  const ModelConfig& c = config_;
+  const int64_t per_token = 2 * c.hidden_size + c.q_size() + 2 * c.kv_size() + c.q_size() +
+                            c.hidden_size + 2 * c.intermediate_size + c.intermediate_size;
+  const int64_t per_logit_row = c.hidden_size + c.vocab_size;
+  const size_t bytes = size_t(tokens * per_token + logit_rows * per_logit_row) *
+                           dtype_size(backend_->activation_dtype()) +
+                       size_t(logit_rows * c.vocab_size) * sizeof(float);
+  workspace_.reset();
+  KITE_ASSIGN_OR_RETURN(workspace_, backend_->allocate(bytes));
+  workspace_tokens_ = tokens;
+  workspace_logit_rows_ = logit_rows;
+  return Status::ok();
+}
+
+Result<std::vector<float>> LlamaModel::forward(const StepInput& step, const KvCacheView& cache) {
+  KITE_RETURN_IF_ERROR(check_step(step, cache));
+  Backend& backend = *backend_;
+  const ModelConfig& c = config_;
+  const int64_t T = int64_t(step.token_ids.size());
+  const int64_t R = int64_t(step.logit_rows.size());
+  const int64_t S = int64_t(step.context_length.size());
+  const int64_t H = c.hidden_size, Q = c.q_size(), KV = c.kv_size(), F = c.intermediate_size;
+  const int64_t V = c.vocab_size;
+  const float eps = float(c.rms_norm_eps);
+
+  // ---- step metadata, uploaded in one buffer ----
+  std::vector<int32_t> metadata;
+  auto append = [&](const std::vector<int32_t>& values) {
+    const size_t offset = metadata.size();
+    metadata.insert(metadata.end(), values.begin(), values.end());
+    return offset;
+  };
+  const size_t ids_at = append(step.token_ids), positions_at = append(step.positions);
+  const size_t slots_at = append(step.slot_mapping), starts_at = append(step.query_start);
+  const size_t lengths_at = append(step.context_length), blocks_at = append(step.block_table);
+  const size_t rows_at = append(step.logit_rows);
+  KITE_ASSIGN_OR_RETURN(DeviceBuffer metadata_buffer,
+                        backend.allocate(metadata.size() * sizeof(int32_t)));
+  backend.upload(metadata_buffer.data(), metadata.data(), metadata.size() * sizeof(int32_t));
+  const auto* device_metadata = static_cast<const int32_t*>(metadata_buffer.data());
+
+  AttentionBatch batch;
+  batch.num_tokens = T;
+  batch.num_sequences = S;
+  batch.max_blocks_per_sequence = step.max_blocks_per_sequence;
+  int32_t longest_sequence = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    batch.max_query_length =
+        std::max<int64_t>(batch.max_query_length, step.query_start[s + 1] - step.query_start[s]);
+    longest_sequence = std::max(longest_sequence, step.context_length[size_t(s)]);
+  }
+  batch.max_context_length = longest_sequence;
+  batch.positions = device_metadata + positions_at;
+  batch.slot_mapping = device_metadata + slots_at;
+  batch.query_start = device_metadata + starts_at;
+  batch.context_length = device_metadata + lengths_at;
+  batch.block_table = device_metadata + blocks_at;
+
+  // ---- RoPE frequencies (they change with the sequence length only for dynamic NTK) ----
+  int32_t longest_position = 0;
+  for (int32_t position : step.positions) longest_position = std::max(longest_position, position);
+  std::vector<float> frequencies = rope_inverse_frequencies(c, int64_t(longest_position) + 1);
+  if (frequencies != uploaded_frequencies_) {
+    if (!inverse_frequencies_.data()) {
+      KITE_ASSIGN_OR_RETURN(inverse_frequencies_,
+                            backend.allocate(frequencies.size() * sizeof(float)));
+    }
+    backend.upload(inverse_frequencies_.data(), frequencies.data(),
+                   frequencies.size() * sizeof(float));
+    uploaded_frequencies_ = std::move(frequencies);
+  }
+  const RopeParams rope{static_cast<const float*>(inverse_frequencies_.data()), c.head_dim, 1.0f};
+
+  // ---- activations, carved from the workspace ----
+  KITE_RETURN_IF_ERROR(reserve_workspace(T, R));
+  const DType act = backend.activation_dtype();
+  auto* cursor = static_cast<uint8_t*>(workspace_.data());
+  auto carve = [&](DType dtype, Shape shape) {
+    DeviceTensor tensor{dtype, std::move(shape), cursor};
+    cursor += tensor.byte_size();
+    return tensor;
+  };
+  DeviceTensor residual = carve(act, {T, H});            // [T, H] the residual stream
+  DeviceTensor normed = carve(act, {T, H});              // [T, H] RMSNorm output feeding each block
+  DeviceTensor q = carve(act, {T, Q});                   // [T, Q]
+  DeviceTensor k = carve(act, {T, KV});                  // [T, KV]
+  DeviceTensor v = carve(act, {T, KV});                  // [T, KV]
+  DeviceTensor attended = carve(act, {T, Q});            // [T, Q] attention output per head
+  DeviceTensor block_out = carve(act, {T, H});           // [T, H] o_proj / down_proj output
+  DeviceTensor gate_up = carve(act, {T, 2 * F});         // [T, 2F]
+  DeviceTensor mlp_hidden = carve(act, {T, F});          // [T, F]
+  DeviceTensor last_hidden = carve(act, {R, H});         // [R, H] rows that need logits
+  DeviceTensor logits = carve(act, {R, V});              // [R, V]
+  DeviceTensor logits_f32 = carve(DType::kF32, {R, V});  // [R, V]
+  const int32_t* device_ids = device_metadata + ids_at;
+  const int32_t* device_logit_rows = device_metadata + rows_at;
+  StepDump dump(backend);
+
+  // x = embed_tokens[ids]
+  backend.embedding(weights_.embed_tokens, device_ids, residual);
+  dump.add("embedding", residual);
+  // h = rms_norm(x) * input_layernorm
+  backend.rms_norm(residual, weights_.layers.front().input_layernorm, eps, normed);
+
+  const float scale = 1.0f / std::sqrt(float(c.head_dim));
+  const int64_t sliding_window = c.sliding_window.value_or(0);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const LlamaLayerWeights& w = weights_.layers[size_t(l)];
+    const std::string name = "layers." + std::to_string(l) + ".";
+    dump.add(name + "input_norm", normed);
+    // q, k, v = h @ [Wq; Wk; Wv]^T (+ b): one fused weight, read as three row ranges because
+    // rope_and_store_kv takes contiguous q, k and v.
+    std::optional<DeviceTensor> q_bias, k_bias, v_bias;
+    if (w.qkv_bias) {
+      q_bias = row_slice(*w.qkv_bias, 0, Q);
+      k_bias = row_slice(*w.qkv_bias, Q, KV);
+      v_bias = row_slice(*w.qkv_bias, Q + KV, KV);
+    }
+    backend.linear(normed, row_slice(w.qkv_proj, 0, Q), q_bias ? &*q_bias : nullptr, q);
+    backend.linear(normed, row_slice(w.qkv_proj, Q, KV), k_bias ? &*k_bias : nullptr, k);
+    backend.linear(normed, row_slice(w.qkv_proj, Q + KV, KV), v_bias ? &*v_bias : nullptr, v);
+    dump.add(name + "q", q);
+    dump.add(name + "k", k);
+    dump.add(name + "v", v);
+    // q, k = rope(q, k, position); cache[slot] = (k, v)
+    backend.rope_and_store_kv(q, k, v, rope, batch, cache, l);
+    dump.add(name + "q_rope", q);
+    // a = softmax(q k^T / sqrt(head_dim), causal, window) v   over the cached keys and values
+    backend.attention(q, batch, cache, l, scale, sliding_window, attended);
+    dump.add(name + "attention", attended);
+    // o = a @ Wo^T (+ bo)
+    backend.linear(attended, w.o_proj, w.o_bias ? &*w.o_bias : nullptr, block_out);
+    dump.add(name + "o_proj", block_out);
+    // x += o; h = rms_norm(x) * post_attention_layernorm
+    backend.add_rms_norm(residual, block_out, w.post_attention_layernorm, eps, normed);
+    dump.add(name + "post_attention_norm", normed);
+    // [g | u] = h @ [Wg; Wu]^T
+    backend.linear(normed, w.gate_up_proj, nullptr, gate_up);
+    dump.add(name + "gate_up", gate_up);
+    // m = silu(g) * u
+    backend.silu_mul(gate_up, mlp_hidden);
+    dump.add(name + "silu_mul", mlp_hidden);
+    // d = m @ Wd^T
+    backend.linear(mlp_hidden, w.down_proj, nullptr, block_out);
+    dump.add(name + "down_proj", block_out);
+    // x += d; h = rms_norm(x) * (next layer's input_layernorm, or the final norm)
+    const bool last_layer = l + 1 == c.num_hidden_layers;
+    const DeviceTensor& next_norm =
+        last_layer ? weights_.norm : weights_.layers[size_t(l) + 1].input_layernorm;
+    backend.add_rms_norm(residual, block_out, next_norm, eps, normed);
+    dump.add(name + "output", residual);
+  }
+  dump.add("final_norm", normed);
+
+  std::vector<float> host_logits(size_t(R * V));
+  if (R > 0) {
+    // only the rows that need logits: h_r = h[logit_rows]
+    backend.gather_rows(normed, device_logit_rows, last_hidden);
+    // logits = h_r @ lm_head^T   (lm_head may be embed_tokens)
+    backend.linear(last_hidden, weights_.lm_head, nullptr, logits);
+    backend.convert(logits, logits_f32);
+    dump.add("logits", logits_f32);
+    backend.synchronize();
+    backend.download(host_logits.data(), logits_f32.data, host_logits.size() * sizeof(float));
+  }
+  KITE_RETURN_IF_ERROR(dump.write(step_counter_++));
+  return host_logits;
+}
+
+}  // namespace kite

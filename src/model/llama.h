@@ -1,0 +1,97 @@
+// The Llama family (Llama 1/2/3, Mistral, Qwen2, SmolLM2): the weights as the forward pass uses
+// them, the host-side RoPE frequencies, and one forward function over a batch of sequences
+// (prefill chunks and decode tokens mixed) written against the Backend interface.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "core/tensor.h"
+#include "formats/model_config.h"
+#include "model/backend.h"
+#include "model/batch.h"
+
+namespace kite {
+
+// Shapes below: H = hidden_size, Q = num_attention_heads * head_dim, KV = num_key_value_heads *
+// head_dim, F = intermediate_size, V = vocab_size. Linear weights are [out, in] as in PyTorch.
+struct LlamaLayerWeights {
+  DeviceTensor input_layernorm;           // [H]
+  DeviceTensor qkv_proj;                  // [Q + 2 KV, H]: q_proj, k_proj, v_proj rows stacked
+  std::optional<DeviceTensor> qkv_bias;   // [Q + 2 KV] (Qwen2, attention_bias)
+  DeviceTensor o_proj;                    // [H, Q]
+  std::optional<DeviceTensor> o_bias;     // [H] (Llama with attention_bias)
+  DeviceTensor post_attention_layernorm;  // [H]
+  DeviceTensor gate_up_proj;              // [2 F, H]: gate_proj rows, then up_proj rows
+  DeviceTensor down_proj;                 // [H, F]
+};
+
+struct LlamaWeights {
+  DeviceTensor embed_tokens;  // [V, H]
+  std::vector<LlamaLayerWeights> layers;
+  DeviceTensor norm;     // [H] final RMSNorm
+  DeviceTensor lm_head;  // [V, H]; the same memory as embed_tokens when tie_word_embeddings
+  // The backend memory every tensor above points into.
+  std::vector<DeviceBuffer> storage;
+};
+
+// Looks up a weight by its Hugging Face name ("model.layers.0.self_attn.q_proj.weight").
+using WeightLookup = std::function<Result<TensorView>(const std::string& name)>;
+
+// Uploads every weight of `config` (model_weights() names and shapes) to the backend, fusing
+// q/k/v and gate/up. All weights must share one floating dtype; `source` names them in messages.
+Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& config,
+                                        const WeightLookup& lookup, const std::string& source);
+
+// RoPE inverse frequencies [head_dim / 2] as Hugging Face transformers computes them
+// (ROPE_INIT_FUNCTIONS: default, linear, dynamic, llama3), in float32 like PyTorch. For dynamic
+// NTK scaling, `sequence_length` is the longest sequence of the step: beyond
+// max_position_embeddings the base grows with it (transformers' dynamic_rope_update); other types
+// ignore it.
+std::vector<float> rope_inverse_frequencies(const ModelConfig& config, int64_t sequence_length);
+
+// One forward step, in host memory; the model uploads it. Sequence s owns tokens
+// [query_start[s], query_start[s + 1]); see AttentionBatch for the meaning of every field.
+struct StepInput {
+  std::vector<int32_t> token_ids;       // [T]
+  std::vector<int32_t> positions;       // [T]
+  std::vector<int32_t> slot_mapping;    // [T] cache slot (block * block_size + offset) per token
+  std::vector<int32_t> query_start;     // [S + 1]
+  std::vector<int32_t> context_length;  // [S] tokens in the cache after this step
+  std::vector<int32_t> block_table;     // [S * max_blocks_per_sequence]
+  int64_t max_blocks_per_sequence = 0;
+  std::vector<int32_t> logit_rows;  // [R] rows of the step (0 <= row < T) that need logits
+};
+
+class LlamaModel {
+ public:
+  LlamaModel(Backend& backend, ModelConfig config, LlamaWeights weights);
+
+  const ModelConfig& config() const { return config_; }
+  Backend& backend() const { return *backend_; }
+
+  // Runs the step, writing keys and values into `cache`, and returns float32 logits [R, V] row
+  // by row in the order of step.logit_rows. When KITE_DUMP=<dir> is set, every named intermediate
+  // of the step is also written to <dir>/step_<n>.safetensors.
+  Result<std::vector<float>> forward(const StepInput& step, const KvCacheView& cache);
+
+ private:
+  Status check_step(const StepInput& step, const KvCacheView& cache) const;
+  Status reserve_workspace(int64_t tokens, int64_t logit_rows);
+
+  Backend* backend_;
+  ModelConfig config_;
+  LlamaWeights weights_;
+  DeviceBuffer inverse_frequencies_;  // [head_dim / 2] float32
+  std::vector<float> uploaded_frequencies_;
+  DeviceBuffer workspace_;  // activations of the largest step so far
+  int64_t workspace_tokens_ = 0;
+  int64_t workspace_logit_rows_ = 0;
+  int64_t step_counter_ = 0;  // names dump files
+};
+
+}  // namespace kite

@@ -1,0 +1,216 @@
+// Loading an engine onto its backend, the KV cache block allocator, and the batch generation loop.
+#include "runtime/engine.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/file.h"
+#include "kernels/backend_factory.h"
+
+namespace kite {
+
+Result<KvCache> KvCache::allocate(Backend& backend, const ModelConfig& model, DType dtype,
+                                  int64_t block_size, int64_t num_blocks) {
+  KvCache cache;
+  KvCacheView& view = cache.view_;
+  view.dtype = dtype;
+  view.num_layers = model.num_hidden_layers;
+  view.num_blocks = num_blocks;
+  view.num_kv_heads = model.num_key_value_heads;
+  view.block_size = block_size;
+  view.head_dim = model.head_dim;
+  const size_t bytes = size_t(view.num_layers * view.layer_elements()) * dtype_size(dtype);
+  Result<DeviceBuffer> buffer = backend.allocate(bytes);
+  if (!buffer.is_ok()) {
+    return buffer.status().with_context("KV cache of " + std::to_string(bytes >> 20) +
+                                        " MiB (build the engine with a smaller --max_batch_size "
+                                        "or --max_seq_len)");
+  }
+  cache.buffer_ = std::move(*buffer);
+  view.data = cache.buffer_.data();
+  // Handed out lowest first.
+  for (int64_t block = num_blocks - 1; block >= 0; --block) cache.free_.push_back(int32_t(block));
+  return cache;
+}
+
+Result<std::vector<int32_t>> KvCache::allocate_blocks(int64_t count) {
+  if (count > int64_t(free_.size())) {
+    return out_of_range("the KV cache has " + std::to_string(free_.size()) + " free blocks, " +
+                        std::to_string(count) + " are needed");
+  }
+  std::vector<int32_t> blocks(free_.end() - count, free_.end());
+  std::reverse(blocks.begin(), blocks.end());
+  free_.resize(free_.size() - size_t(count));
+  return blocks;
+}
+
+void KvCache::free_blocks(const std::vector<int32_t>& blocks) {
+  free_.insert(free_.end(), blocks.rbegin(), blocks.rend());
+}
+
+Engine::Engine(std::string directory, EngineConfig config, std::unique_ptr<Backend> backend,
+               Tokenizer tokenizer)
+    : directory_(std::move(directory)),
+      config_(std::move(config)),
+      backend_(std::move(backend)),
+      tokenizer_(std::move(tokenizer)) {}
+
+Result<std::unique_ptr<Engine>> Engine::load(const std::string& engine_dir) {
+  KITE_ASSIGN_OR_RETURN(EngineConfig config, read_engine_config(engine_dir));
+  if (config.device != "cpu") {
+    return unsupported(engine_dir + " was built for device '" + config.device +
+                       "'; this kite runs it only on the device it was built for (build it again "
+                       "with --device cpu)");
+  }
+  KITE_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, make_backend(BackendKind::kCpu));
+  KITE_ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::from_directory(engine_dir));
+  KITE_ASSIGN_OR_RETURN(EngineFile file, EngineFile::open(engine_rank_path(engine_dir, 0)));
+  std::unique_ptr<Engine> engine(
+      new Engine(engine_dir, config, std::move(backend), std::move(tokenizer)));
+  KITE_ASSIGN_OR_RETURN(
+      LlamaWeights weights,
+      load_llama_weights(
+          *engine->backend_, config.model,
+          [&file](const std::string& name) { return file.tensor(name); }, file.path()));
+  engine->model_ =
+      std::make_unique<LlamaModel>(*engine->backend_, config.model, std::move(weights));
+  const BuildLimits& limits = config.limits;
+  const int64_t blocks_per_sequence =
+      (limits.max_seq_len + limits.tokens_per_block - 1) / limits.tokens_per_block;
+  KITE_ASSIGN_OR_RETURN(
+      engine->kv_cache_,
+      KvCache::allocate(*engine->backend_, config.model, config.kv_cache_dtype,
+                        limits.tokens_per_block, limits.max_batch_size * blocks_per_sequence));
+  return engine;
+}
+
+namespace {
+
+Status check_request(const Engine& engine, const GenerationRequest& request) {
+  const BuildLimits& limits = engine.config().limits;
+  if (request.prompts.empty()) return invalid_argument("no prompt given");
+  if (int64_t(request.prompts.size()) > limits.max_batch_size) {
+    return out_of_range(std::to_string(request.prompts.size()) + " prompts exceed the engine's " +
+                        "max_batch_size " + std::to_string(limits.max_batch_size) +
+                        " (build the engine with a larger --max_batch_size)");
+  }
+  if (request.stop.max_output_len < 1) return invalid_argument("--max_output_len must be >= 1");
+  for (size_t i = 0; i < request.prompts.size(); ++i) {
+    const int64_t length = int64_t(request.prompts[i].size());
+    if (length == 0) return invalid_argument("prompt " + std::to_string(i) + " is empty");
+    if (length > limits.max_input_len) {
+      return out_of_range("prompt " + std::to_string(i) + " has " + std::to_string(length) +
+                          " tokens, more than the engine's max_input_len " +
+                          std::to_string(limits.max_input_len));
+    }
+    if (length + request.stop.max_output_len > limits.max_seq_len) {
+      return out_of_range(
+          "prompt " + std::to_string(i) + " (" + std::to_string(length) +
+          " tokens) + --max_output_len " + std::to_string(request.stop.max_output_len) +
+          " exceeds the engine's max_seq_len " + std::to_string(limits.max_seq_len));
+    }
+  }
+  return validate_sampling_config(request.sampling);
+}
+
+struct Sequence {
+  std::vector<int32_t> tokens;  // prompt, then output
+  size_t prompt_length = 0;
+  std::vector<int32_t> blocks;
+  Sampler sampler;
+  GenerationResult result;
+  bool active = true;
+};
+
+}  // namespace
+
+Result<std::vector<GenerationResult>> generate(Engine& engine, const GenerationRequest& request,
+                                               const TokenCallback& on_token,
+                                               GenerationStats* stats) {
+  KITE_RETURN_IF_ERROR(check_request(engine, request));
+  KvCache& cache = engine.kv_cache();
+  const int64_t block_size = cache.view().block_size;
+  const int64_t max_blocks = (engine.config().limits.max_seq_len + block_size - 1) / block_size;
+  std::vector<Sequence> sequences;
+  // Blocks go back to the cache however this function returns.
+  struct BlockReturn {
+    KvCache& cache;
+    std::vector<Sequence>& sequences;
+    ~BlockReturn() {
+      for (const Sequence& sequence : sequences) cache.free_blocks(sequence.blocks);
+    }
+  } block_return{cache, sequences};
+  for (const std::vector<int32_t>& prompt : request.prompts) {
+    const int64_t length = int64_t(prompt.size()) + request.stop.max_output_len;
+    KITE_ASSIGN_OR_RETURN(std::vector<int32_t> blocks,
+                          cache.allocate_blocks((length + block_size - 1) / block_size));
+    sequences.push_back(
+        {prompt, prompt.size(), std::move(blocks), Sampler(request.sampling), {}, true});
+  }
+
+  auto clock = [] { return std::chrono::steady_clock::now(); };
+  bool prefill = true;
+  while (true) {
+    StepInput step;
+    step.max_blocks_per_sequence = max_blocks;
+    step.query_start.push_back(0);
+    std::vector<size_t> owners;  // sequence of each logit row
+    for (size_t s = 0; s < sequences.size(); ++s) {
+      Sequence& sequence = sequences[s];
+      if (!sequence.active) continue;
+      const size_t first = prefill ? 0 : sequence.tokens.size() - 1;
+      for (size_t position = first; position < sequence.tokens.size(); ++position) {
+        step.token_ids.push_back(sequence.tokens[position]);
+        step.positions.push_back(int32_t(position));
+        step.slot_mapping.push_back(sequence.blocks[position / size_t(block_size)] *
+                                        int32_t(block_size) +
+                                    int32_t(position % size_t(block_size)));
+      }
+      step.logit_rows.push_back(int32_t(step.token_ids.size()) - 1);
+      step.query_start.push_back(int32_t(step.token_ids.size()));
+      step.context_length.push_back(int32_t(sequence.tokens.size()));
+      std::vector<int32_t> table(size_t(max_blocks), 0);
+      std::copy(sequence.blocks.begin(), sequence.blocks.end(), table.begin());
+      step.block_table.insert(step.block_table.end(), table.begin(), table.end());
+      owners.push_back(s);
+    }
+    if (owners.empty()) break;
+
+    const auto started = clock();
+    KITE_ASSIGN_OR_RETURN(std::vector<float> logits, engine.model().forward(step, cache.view()));
+    const size_t vocab = size_t(engine.config().model.vocab_size);
+    for (size_t row = 0; row < owners.size(); ++row) {
+      Sequence& sequence = sequences[owners[row]];
+      const std::span<const float> row_logits(logits.data() + row * vocab, vocab);
+      const int32_t token = sequence.sampler.sample(row_logits, sequence.tokens);
+      sequence.tokens.push_back(token);
+      sequence.result.output_ids.push_back(token);
+      if (on_token) on_token(owners[row], token);
+      std::string text;
+      if (!request.stop.stop_texts.empty()) {
+        text = engine.tokenizer().decode(sequence.result.output_ids);
+      }
+      const StopCheck check = check_stop(request.stop, sequence.result.output_ids, text);
+      if (check.reason != FinishReason::kNotFinished) {
+        sequence.active = false;
+        sequence.result.finish_reason = check.reason;
+        sequence.result.text_length = check.text_length;
+      }
+    }
+    const double seconds = std::chrono::duration<double>(clock() - started).count();
+    if (stats) {
+      if (prefill) {
+        stats->prefill_seconds += seconds;
+      } else {
+        stats->decode_seconds += seconds;
+        stats->decode_tokens += int64_t(owners.size());
+      }
+    }
+    prefill = false;
+  }
+  std::vector<GenerationResult> results;
+  for (Sequence& sequence : sequences) results.push_back(std::move(sequence.result));
+  return results;
+}
+
+}  // namespace kite

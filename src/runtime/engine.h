@@ -1,0 +1,90 @@
+// A loaded engine: its config, the backend it runs on, the model with its weights uploaded, the
+// paged KV cache with a block allocator, and the tokenizer. Also the generation loop over one
+// batch of prompts (prefill all together, then decode step by step).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "formats/engine_file.h"
+#include "model/llama.h"
+#include "runtime/sampling.h"
+#include "tokenizer/tokenizer.h"
+
+namespace kite {
+
+// The KV cache of all layers, carved into fixed-size blocks handed out from a free list.
+class KvCache {
+ public:
+  static Result<KvCache> allocate(Backend& backend, const ModelConfig& model, DType dtype,
+                                  int64_t block_size, int64_t num_blocks);
+
+  const KvCacheView& view() const { return view_; }
+  int64_t free_blocks() const { return int64_t(free_.size()); }
+  // `count` blocks, or kOutOfRange when fewer are free.
+  Result<std::vector<int32_t>> allocate_blocks(int64_t count);
+  void free_blocks(const std::vector<int32_t>& blocks);
+
+ private:
+  DeviceBuffer buffer_;
+  KvCacheView view_;
+  std::vector<int32_t> free_;
+};
+
+class Engine {
+ public:
+  // Reads config.json, checks it was built for this device, opens and verifies rank0.engine,
+  // uploads the weights and allocates a KV cache of max_batch_size x max_seq_len tokens.
+  static Result<std::unique_ptr<Engine>> load(const std::string& engine_dir);
+
+  const EngineConfig& config() const { return config_; }
+  const Tokenizer& tokenizer() const { return tokenizer_; }
+  LlamaModel& model() { return *model_; }
+  KvCache& kv_cache() { return kv_cache_; }
+  const std::string& directory() const { return directory_; }
+
+ private:
+  Engine(std::string directory, EngineConfig config, std::unique_ptr<Backend> backend,
+         Tokenizer tokenizer);
+
+  std::string directory_;
+  EngineConfig config_;
+  std::unique_ptr<Backend> backend_;
+  Tokenizer tokenizer_;
+  std::unique_ptr<LlamaModel> model_;
+  KvCache kv_cache_;
+};
+
+struct GenerationRequest {
+  std::vector<std::vector<int32_t>> prompts;  // token ids, one batch
+  SamplingConfig sampling;
+  StopConditions stop;  // max_output_len, end ids, stop words for every sequence
+};
+
+struct GenerationResult {
+  std::vector<int32_t> output_ids;  // generated tokens (the end id included when it stopped there)
+  FinishReason finish_reason = FinishReason::kNotFinished;
+  size_t text_length = std::string::npos;  // where a stop text cut the decoded output
+};
+
+struct GenerationStats {
+  double prefill_seconds = 0;
+  double decode_seconds = 0;
+  int64_t decode_tokens = 0;  // tokens produced by decode steps (all sequences)
+};
+
+// Called after every step with the sequence index and its new token.
+using TokenCallback = std::function<void(size_t sequence, int32_t token)>;
+
+// Checks the request against the engine's limits (empty prompt, too many prompts, prompt longer
+// than max_input_len, prompt + max_output_len beyond max_seq_len) with messages naming the
+// option, then generates.
+Result<std::vector<GenerationResult>> generate(Engine& engine, const GenerationRequest& request,
+                                               const TokenCallback& on_token = {},
+                                               GenerationStats* stats = nullptr);
+
+}  // namespace kite

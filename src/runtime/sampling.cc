@@ -1,0 +1,166 @@
+// Host sampling, following the order and the tie rules of transformers' logits processors so that
+// a seeded greedy or filtered run can be compared with Hugging Face.
+#include "runtime/sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <unordered_set>
+
+namespace kite {
+namespace {
+
+constexpr float kRemoved = -std::numeric_limits<float>::infinity();
+
+int32_t argmax(std::span<const float> scores) {
+  return int32_t(std::max_element(scores.begin(), scores.end()) - scores.begin());
+}
+
+// probabilities = softmax(scores), in double for a stable cumulative sum.
+std::vector<double> softmax(std::span<const float> scores) {
+  const float largest = *std::max_element(scores.begin(), scores.end());
+  std::vector<double> probabilities(scores.size());
+  double total = 0;
+  for (size_t i = 0; i < scores.size(); ++i) {
+    probabilities[i] = scores[i] == kRemoved ? 0.0 : std::exp(double(scores[i]) - largest);
+    total += probabilities[i];
+  }
+  for (double& probability : probabilities) probability /= total;
+  return probabilities;
+}
+
+}  // namespace
+
+Status validate_sampling_config(const SamplingConfig& config) {
+  if (!(config.temperature >= 0.0f) || !std::isfinite(config.temperature))
+    return invalid_argument("--temperature must be >= 0 (0 means greedy)");
+  if (config.top_k < 0) return invalid_argument("--top_k must be >= 0 (0 means off)");
+  if (!(config.top_p > 0.0f && config.top_p <= 1.0f))
+    return invalid_argument("--top_p must be in (0, 1] (1 means off)");
+  if (!(config.min_p >= 0.0f && config.min_p <= 1.0f))
+    return invalid_argument("--min_p must be in [0, 1] (0 means off)");
+  if (!(config.repetition_penalty > 0.0f) || !std::isfinite(config.repetition_penalty))
+    return invalid_argument("--repetition_penalty must be > 0 (1 means off)");
+  return Status::ok();
+}
+
+void apply_repetition_penalty(std::span<float> logits, std::span<const int32_t> previous_tokens,
+                              float penalty) {
+  if (penalty == 1.0f) return;
+  // Each distinct token once, as HF's gather/scatter does.
+  std::unordered_set<int32_t> seen(previous_tokens.begin(), previous_tokens.end());
+  for (int32_t token : seen) {
+    if (token < 0 || size_t(token) >= logits.size()) continue;
+    float& score = logits[size_t(token)];
+    score = score < 0 ? score * penalty : score / penalty;
+  }
+}
+
+Sampler::Sampler(const SamplingConfig& config) : config_(config), generator_(config.seed) {}
+
+double Sampler::uniform() {
+  return double(generator_() >> 11) * 0x1.0p-53;
+}
+
+int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> previous_tokens) {
+  KITE_CHECK(!logits.empty());
+  scores_.assign(logits.begin(), logits.end());
+  apply_repetition_penalty(scores_, previous_tokens, config_.repetition_penalty);
+  if (config_.greedy()) return argmax(scores_);
+
+  // scores /= temperature
+  for (float& score : scores_) score /= config_.temperature;
+  const size_t vocab = scores_.size();
+  // top-k: keep scores >= the k-th largest (ties at the boundary stay, as in HF).
+  if (config_.top_k > 0 && size_t(config_.top_k) < vocab) {
+    std::vector<float> sorted = scores_;
+    std::nth_element(sorted.begin(), sorted.begin() + (config_.top_k - 1), sorted.end(),
+                     std::greater<float>());
+    const float threshold = sorted[size_t(config_.top_k - 1)];
+    for (float& score : scores_)
+      if (score < threshold) score = kRemoved;
+  }
+  // top-p: sort ascending, drop tokens whose cumulative probability is <= 1 - top_p; the most
+  // likely token always stays.
+  if (config_.top_p < 1.0f) {
+    const std::vector<double> probabilities = softmax(scores_);
+    order_.resize(vocab);
+    std::iota(order_.begin(), order_.end(), 0);
+    std::stable_sort(order_.begin(), order_.end(),
+                     [&](int32_t a, int32_t b) { return scores_[size_t(a)] < scores_[size_t(b)]; });
+    double cumulative = 0;
+    for (size_t i = 0; i + 1 < vocab; ++i) {
+      cumulative += probabilities[size_t(order_[i])];
+      if (cumulative <= 1.0 - double(config_.top_p)) scores_[size_t(order_[i])] = kRemoved;
+    }
+  }
+  // min-p: drop tokens less likely than min_p times the most likely one.
+  if (config_.min_p > 0.0f) {
+    const std::vector<double> probabilities = softmax(scores_);
+    const double threshold =
+        double(config_.min_p) * *std::max_element(probabilities.begin(), probabilities.end());
+    for (size_t i = 0; i < vocab; ++i)
+      if (probabilities[i] < threshold) scores_[i] = kRemoved;
+  }
+  // Draw from softmax(scores).
+  const std::vector<double> probabilities = softmax(scores_);
+  const double target = uniform();
+  double cumulative = 0;
+  int32_t last_possible = argmax(scores_);
+  for (size_t i = 0; i < vocab; ++i) {
+    if (probabilities[i] == 0.0) continue;
+    last_possible = int32_t(i);
+    cumulative += probabilities[i];
+    if (target < cumulative) return int32_t(i);
+  }
+  return last_possible;  // rounding left the sum a hair below the draw
+}
+
+std::string_view finish_reason_name(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kNotFinished:
+      return "not_finished";
+    case FinishReason::kEndId:
+      return "end_id";
+    case FinishReason::kStopWords:
+      return "stop_words";
+    case FinishReason::kLength:
+      return "length";
+  }
+  return "unknown";
+}
+
+StopCheck check_stop(const StopConditions& conditions, std::span<const int32_t> output_ids,
+                     std::string_view output_text) {
+  StopCheck check;
+  if (!output_ids.empty()) {
+    const int32_t last = output_ids.back();
+    if (std::find(conditions.end_ids.begin(), conditions.end_ids.end(), last) !=
+        conditions.end_ids.end()) {
+      check.reason = FinishReason::kEndId;
+      return check;
+    }
+    for (const std::vector<int32_t>& sequence : conditions.stop_sequences) {
+      if (!sequence.empty() && sequence.size() <= output_ids.size() &&
+          std::equal(sequence.begin(), sequence.end(),
+                     output_ids.end() - int64_t(sequence.size()))) {
+        check.reason = FinishReason::kStopWords;
+        return check;
+      }
+    }
+  }
+  for (const std::string& stop : conditions.stop_texts) {
+    if (stop.empty()) continue;
+    const size_t found = output_text.find(stop);
+    if (found != std::string_view::npos) {
+      check.reason = FinishReason::kStopWords;
+      check.text_length = std::min(check.text_length, found);
+    }
+  }
+  if (check.reason != FinishReason::kNotFinished) return check;
+  if (int64_t(output_ids.size()) >= conditions.max_output_len) check.reason = FinishReason::kLength;
+  return check;
+}
+
+}  // namespace kite

@@ -1,0 +1,80 @@
+// Choosing the next token from float32 logits on the host, with the semantics of Hugging Face
+// transformers' generate() (repetition penalty, then temperature, top-k, top-p, min-p, then a
+// draw), and the conditions that end a sequence (end ids, stop words, length).
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/status.h"
+
+namespace kite {
+
+struct SamplingConfig {
+  float temperature = 1.0f;         // 0: greedy (argmax)
+  int64_t top_k = 0;                // 0: off
+  float top_p = 1.0f;               // 1: off
+  float min_p = 0.0f;               // 0: off
+  float repetition_penalty = 1.0f;  // 1: off; applies to every token of the prompt and output
+  uint64_t seed = 0;
+
+  bool greedy() const { return temperature == 0.0f || top_k == 1; }
+};
+
+// Checks ranges: temperature >= 0, top_k >= 0, 0 < top_p <= 1, 0 <= min_p <= 1,
+// repetition_penalty > 0. Messages name the option.
+Status validate_sampling_config(const SamplingConfig& config);
+
+// One per sequence: the random stream is the sequence's own, so the same seed gives the same
+// output whatever else is in the batch.
+class Sampler {
+ public:
+  explicit Sampler(const SamplingConfig& config);
+
+  // The next token given the logits [V] of the last position and every token the sequence has so
+  // far (prompt and output), which the repetition penalty looks at.
+  int32_t sample(std::span<const float> logits, std::span<const int32_t> previous_tokens);
+
+ private:
+  // A uniform double in [0, 1) from 53 random bits: the same on every standard library.
+  double uniform();
+
+  SamplingConfig config_;
+  std::mt19937_64 generator_;
+  std::vector<float> scores_;
+  std::vector<int32_t> order_;
+};
+
+// HF's RepetitionPenaltyLogitsProcessor: a seen token's logit is divided by the penalty when
+// positive and multiplied by it when negative. Applied in place.
+void apply_repetition_penalty(std::span<float> logits, std::span<const int32_t> previous_tokens,
+                              float penalty);
+
+enum class FinishReason { kNotFinished, kEndId, kStopWords, kLength };
+std::string_view finish_reason_name(FinishReason reason);
+
+struct StopConditions {
+  std::vector<int32_t> end_ids;                      // e.g. the tokenizer's EOS ids
+  std::vector<std::vector<int32_t>> stop_sequences;  // token sequences that end the output
+  std::vector<std::string> stop_texts;               // strings that end the decoded output
+  int64_t max_output_len = 100;                      // tokens generated at most
+};
+
+struct StopCheck {
+  FinishReason reason = FinishReason::kNotFinished;
+  // For kStopWords from a stop text: where the text ends once the stop word is cut off;
+  // std::string::npos otherwise.
+  size_t text_length = std::string::npos;
+};
+
+// Whether the output (generated tokens only, and their decoded text) is finished. The last token
+// is checked against end_ids and the output's tail against stop_sequences; stop_texts are
+// searched in the whole text, so a stop word split over several tokens is found.
+StopCheck check_stop(const StopConditions& conditions, std::span<const int32_t> output_ids,
+                     std::string_view output_text);
+
+}  // namespace kite

@@ -1,0 +1,107 @@
+// `kite build`: a Kite checkpoint -> an engine folder (docs/engine.md) for one device, with the
+// batch and length limits the runtime will enforce.
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "core/file.h"
+#include "formats/checkpoint.h"
+#include "formats/engine_file.h"
+#include "tools/command.h"
+
+namespace kite::tools {
+namespace {
+
+struct BuildFlags {
+  std::string checkpoint_dir;
+  std::string output_dir;
+  std::string device = "cpu";
+  BuildLimits limits;
+};
+
+// The tokenizer and generation files the runtime reads, copied when the checkpoint has them.
+constexpr const char* kCopiedFiles[] = {"tokenizer.json", "tokenizer_config.json",
+                                        "special_tokens_map.json", "generation_config.json"};
+
+Status run_build(const BuildFlags& flags) {
+  if (flags.checkpoint_dir.empty()) return invalid_argument("--checkpoint_dir is required");
+  if (flags.output_dir.empty()) return invalid_argument("--output_dir is required");
+  if (flags.device != "cpu") {
+    return invalid_argument("--device " + flags.device +
+                            ": this kite builds engines for the cpu device only");
+  }
+  const BuildLimits& limits = flags.limits;
+  if (limits.max_batch_size < 1 || limits.max_input_len < 1 || limits.max_seq_len < 1 ||
+      limits.tokens_per_block < 1) {
+    return invalid_argument(
+        "--max_batch_size, --max_input_len, --max_seq_len and "
+        "--tokens_per_block must be positive");
+  }
+  if (limits.max_input_len >= limits.max_seq_len) {
+    return invalid_argument("--max_input_len (" + std::to_string(limits.max_input_len) +
+                            ") must be smaller than --max_seq_len (" +
+                            std::to_string(limits.max_seq_len) + ") to leave room for output");
+  }
+  KITE_ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::open(flags.checkpoint_dir));
+  const CheckpointConfig& checkpoint_config = checkpoint.config();
+  if (checkpoint_config.mapping.world_size != 1) {
+    return unsupported(flags.checkpoint_dir + " is split over " +
+                       std::to_string(checkpoint_config.mapping.world_size) +
+                       " ranks; this kite builds single-rank engines (convert with --tp_size 1)");
+  }
+  if (!path_exists(flags.checkpoint_dir + "/tokenizer.json")) {
+    return not_found(flags.checkpoint_dir +
+                     "/tokenizer.json not found: the engine needs the "
+                     "tokenizer (convert from a folder or GGUF that has one)");
+  }
+  KITE_RETURN_IF_ERROR(create_directories(flags.output_dir));
+
+  EngineConfig config;
+  config.kite_version = KITE_VERSION;
+  config.device = flags.device;
+  config.limits = limits;
+  config.model = checkpoint_config.model;
+  config.weight_dtype = checkpoint_config.dtype;
+  config.kv_cache_dtype = DType::kF32;  // the CPU backend's activation dtype
+  config.built_from = flags.checkpoint_dir;
+
+  std::vector<EngineTensorInfo> tensors;
+  for (const WeightInfo& info : model_weights(config.model)) {
+    tensors.push_back({info.name, checkpoint_config.dtype, info.shape});
+  }
+  const std::string path = engine_rank_path(flags.output_dir, 0);
+  KITE_RETURN_IF_ERROR(write_engine_file(
+      path, tensors, [&](size_t index) { return checkpoint.weight(tensors[index].name); }));
+  for (const char* name : kCopiedFiles) {
+    const std::string source = flags.checkpoint_dir + "/" + name;
+    if (!path_exists(source)) continue;
+    KITE_ASSIGN_OR_RETURN(std::string contents, read_file(source));
+    KITE_RETURN_IF_ERROR(write_file(flags.output_dir + "/" + name, contents));
+  }
+  // config.json last: a folder without it is not mistaken for a finished engine.
+  KITE_RETURN_IF_ERROR(write_engine_config(flags.output_dir, config));
+  std::printf("Built %s engine of %s (%s, %zu tensors) in %s\n", flags.device.c_str(),
+              std::string(architecture_name(config.model.architecture)).c_str(),
+              std::string(dtype_name(config.weight_dtype)).c_str(), tensors.size(),
+              flags.output_dir.c_str());
+  return Status::ok();
+}
+
+}  // namespace
+
+Command add_build_command(CLI::App& kite) {
+  auto flags = std::make_shared<BuildFlags>();
+  CLI::App* app = kite.add_subcommand("build", "Build an engine from a Kite checkpoint");
+  app->add_option("--checkpoint_dir", flags->checkpoint_dir, "Kite checkpoint (kite convert)");
+  app->add_option("--output_dir", flags->output_dir, "Engine folder to write");
+  app->add_option("--device", flags->device, "Device the engine runs on (cpu)");
+  app->add_option("--max_batch_size", flags->limits.max_batch_size, "Prompts per batch (8)");
+  app->add_option("--max_input_len", flags->limits.max_input_len, "Tokens per prompt (2048)");
+  app->add_option("--max_seq_len", flags->limits.max_seq_len,
+                  "Prompt + output tokens per sequence (4096)");
+  app->add_option("--tokens_per_block", flags->limits.tokens_per_block,
+                  "KV cache block size in tokens (32)");
+  return Command{app, [flags] { return run_build(*flags); }};
+}
+
+}  // namespace kite::tools

@@ -1,0 +1,201 @@
+// `kite run`: generates for a batch of prompts with an engine and prints the results the way
+// TensorRT-LLM's run.py does (Input [Text i] / Output [Text i Beam 0]); optional streaming, ChatML
+// chat formatting and a JSON record of ids and texts.
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/file.h"
+#include "runtime/engine.h"
+#include "tools/command.h"
+
+namespace kite::tools {
+namespace {
+
+struct RunFlags {
+  std::string engine_dir;
+  std::vector<std::string> input_texts;
+  int64_t max_output_len = 100;
+  SamplingConfig sampling{.temperature = 0.0f};
+  bool streaming = false;
+  bool chat = false;
+  std::string output_json;
+  std::vector<std::string> stop_words;
+};
+
+std::string json_quoted(const std::string& text) {
+  return nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+// The chat template of tokenizer_config.json, if it is the ChatML form (<|im_start|>role\n
+// content<|im_end|>\n, as SmolLM2 and Qwen2 use). Returns the default system prompt the template
+// inserts when the conversation has none ("" for none).
+Result<std::string> chatml_default_system(const std::string& engine_dir) {
+  const std::string path = engine_dir + "/tokenizer_config.json";
+  if (!path_exists(path)) return not_found("--chat: " + path + " not found, so no chat template");
+  KITE_ASSIGN_OR_RETURN(std::string text, read_file(path));
+  std::string chat_template;
+  try {
+    const auto json = nlohmann::json::parse(text);
+    if (json.contains("chat_template") && json.at("chat_template").is_string())
+      chat_template = json.at("chat_template").get<std::string>();
+  } catch (const nlohmann::json::exception&) {
+    return corrupt(path + " is not valid JSON");
+  }
+  if (chat_template.empty()) return not_found("--chat: " + path + " has no chat_template");
+  if (chat_template.find("<|im_start|>") == std::string::npos ||
+      chat_template.find("<|im_end|>") == std::string::npos) {
+    return unsupported("--chat: the chat template of " + path +
+                       " is not ChatML (<|im_start|>/<|im_end|>); only ChatML templates are "
+                       "supported: format the prompt yourself and drop --chat");
+  }
+  const std::string system_start = "<|im_start|>system\n";
+  const size_t start = chat_template.find(system_start);
+  if (start == std::string::npos) return std::string();
+  const size_t content = start + system_start.size();
+  const size_t end = chat_template.find("<|im_end|>", content);
+  const std::string system = chat_template.substr(content, end - content);
+  // A template that builds the system turn from a variable has no literal default.
+  if (system.find('{') != std::string::npos || system.find('\'') != std::string::npos)
+    return std::string();
+  return system;
+}
+
+std::string chatml_prompt(const std::string& default_system, const std::string& user) {
+  std::string prompt;
+  if (!default_system.empty()) prompt += "<|im_start|>system\n" + default_system + "<|im_end|>\n";
+  prompt += "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n";
+  return prompt;
+}
+
+// End ids: the model config's, plus tokenizer_config.json's eos_token (<|im_end|> for ChatML).
+std::vector<int32_t> end_ids(const Engine& engine) {
+  std::vector<int32_t> ids;
+  for (int64_t id : engine.config().model.eos_token_ids) ids.push_back(int32_t(id));
+  Result<std::string> text = read_file(engine.directory() + "/tokenizer_config.json");
+  if (text.is_ok()) {
+    try {
+      const auto json = nlohmann::json::parse(*text);
+      if (json.contains("eos_token") && json.at("eos_token").is_string()) {
+        if (auto id = engine.tokenizer().token_to_id(json.at("eos_token").get<std::string>()))
+          ids.push_back(*id);
+      }
+    } catch (const nlohmann::json::exception&) {
+      // The file is optional; a malformed one only means no extra end id.
+    }
+  }
+  return ids;
+}
+
+Status run(const RunFlags& flags) {
+  if (flags.engine_dir.empty()) return invalid_argument("--engine_dir is required");
+  if (flags.input_texts.empty()) return invalid_argument("--input_text is required");
+  for (size_t i = 0; i < flags.input_texts.size(); ++i) {
+    if (flags.input_texts[i].empty())
+      return invalid_argument("--input_text " + std::to_string(i) + " is empty");
+  }
+  KITE_RETURN_IF_ERROR(validate_sampling_config(flags.sampling));
+  if (flags.max_output_len < 1) return invalid_argument("--max_output_len must be >= 1");
+  KITE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::load(flags.engine_dir));
+  const Tokenizer& tokenizer = engine->tokenizer();
+  if (int64_t(flags.input_texts.size()) > engine->config().limits.max_batch_size) {
+    return out_of_range(std::to_string(flags.input_texts.size()) +
+                        " --input_text exceed the engine's max_batch_size " +
+                        std::to_string(engine->config().limits.max_batch_size));
+  }
+
+  GenerationRequest request;
+  request.sampling = flags.sampling;
+  request.stop.max_output_len = flags.max_output_len;
+  request.stop.end_ids = end_ids(*engine);
+  request.stop.stop_texts = flags.stop_words;
+  std::optional<std::string> default_system;
+  if (flags.chat) {
+    KITE_ASSIGN_OR_RETURN(std::string system, chatml_default_system(flags.engine_dir));
+    default_system = system;
+  }
+  for (const std::string& text : flags.input_texts) {
+    if (default_system) {
+      request.prompts.push_back(tokenizer.encode(chatml_prompt(*default_system, text), false));
+    } else {
+      request.prompts.push_back(tokenizer.encode(text));
+    }
+  }
+
+  std::vector<StreamingDecoder> decoders;
+  for (size_t i = 0; i < request.prompts.size(); ++i) decoders.emplace_back(tokenizer);
+  TokenCallback on_token;
+  if (flags.streaming) {
+    if (request.prompts.size() == 1) std::printf("Output [Text 0 Beam 0]: \"");
+    on_token = [&](size_t sequence, int32_t token) {
+      const std::string piece = decoders[sequence].push(token);
+      if (piece.empty()) return;
+      if (request.prompts.size() == 1) {
+        std::fputs(piece.c_str(), stdout);
+      } else {
+        std::printf("[Text %zu] %s\n", sequence, json_quoted(piece).c_str());
+      }
+      std::fflush(stdout);
+    };
+  }
+  GenerationStats stats;
+  KITE_ASSIGN_OR_RETURN(std::vector<GenerationResult> results,
+                        generate(*engine, request, on_token, &stats));
+  if (flags.streaming && request.prompts.size() == 1) {
+    std::printf("%s\"\n", decoders[0].finish().c_str());
+  }
+
+  nlohmann::ordered_json record = nlohmann::ordered_json::array();
+  for (size_t i = 0; i < results.size(); ++i) {
+    std::string output = tokenizer.decode(results[i].output_ids);
+    if (results[i].text_length != std::string::npos) output.resize(results[i].text_length);
+    if (!flags.streaming || request.prompts.size() > 1) {
+      std::printf("Input [Text %zu]: %s\n", i, json_quoted(flags.input_texts[i]).c_str());
+      std::printf("Output [Text %zu Beam 0]: %s\n", i, json_quoted(output).c_str());
+    }
+    record.push_back({{"input_text", flags.input_texts[i]},
+                      {"input_ids", request.prompts[i]},
+                      {"output_ids", results[i].output_ids},
+                      {"output_text", output},
+                      {"finish_reason", finish_reason_name(results[i].finish_reason)}});
+  }
+  std::fflush(stdout);  // the statistics line goes to stderr, after the outputs
+  if (stats.decode_tokens > 0) {
+    std::fprintf(stderr,
+                 "kite run: prefill %.1f ms, decode %lld tokens in %.2f s (%.1f tokens/s)\n",
+                 stats.prefill_seconds * 1e3, static_cast<long long>(stats.decode_tokens),
+                 stats.decode_seconds, double(stats.decode_tokens) / stats.decode_seconds);
+  }
+  if (!flags.output_json.empty()) {
+    KITE_RETURN_IF_ERROR(
+        write_file(flags.output_json,
+                   record.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"));
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+Command add_run_command(CLI::App& kite) {
+  auto flags = std::make_shared<RunFlags>();
+  CLI::App* app = kite.add_subcommand("run", "Generate text for a batch of prompts with an engine");
+  app->add_option("--engine_dir", flags->engine_dir, "Engine folder (kite build)");
+  app->add_option("--input_text", flags->input_texts, "A prompt; repeat for a batch");
+  app->add_option("--max_output_len", flags->max_output_len, "Tokens to generate at most (100)");
+  app->add_option("--temperature", flags->sampling.temperature, "0 (default) is greedy");
+  app->add_option("--top_k", flags->sampling.top_k, "Keep the k most likely tokens (0: off)");
+  app->add_option("--top_p", flags->sampling.top_p, "Nucleus sampling threshold (1: off)");
+  app->add_option("--min_p", flags->sampling.min_p, "Relative probability floor (0: off)");
+  app->add_option("--repetition_penalty", flags->sampling.repetition_penalty, "1: off");
+  app->add_option("--seed", flags->sampling.seed, "Random seed of sampling (0)");
+  app->add_option("--stop_words", flags->stop_words, "Texts that end the output; repeatable");
+  app->add_flag("--streaming", flags->streaming, "Print tokens as they are generated");
+  app->add_flag("--chat", flags->chat, "Wrap each prompt in the model's ChatML chat template");
+  app->add_option("--output_json", flags->output_json, "Write input/output ids and texts here");
+  return Command{app, [flags] { return run(*flags); }};
+}
+
+}  // namespace kite::tools

@@ -1,0 +1,237 @@
+// Tests of the CPU backend's memory functions, make_backend, and the element-wise and row ops
+// (embedding, gather_rows, rms_norm, add_rms_norm, silu_mul, convert) against plain references.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <cstdint>
+
+#include "cpu_test_util.h"
+#include "kernels/backend_factory.h"
+
+namespace kite {
+namespace {
+
+using test::BackendTensor;
+
+TEST(BackendFactory, MakesTheCpuBackend) {
+  auto backend = make_backend(BackendKind::kCpu);
+  ASSERT_TRUE(backend.is_ok()) << backend.status().message();
+  EXPECT_EQ((*backend)->kind(), BackendKind::kCpu);
+  EXPECT_EQ((*backend)->activation_dtype(), DType::kF32);
+  EXPECT_EQ(backend_kind_name(BackendKind::kCpu), "cpu");
+  EXPECT_EQ(backend_kind_name(BackendKind::kCuda), "cuda");
+}
+
+TEST(BackendFactory, RefusesOtherCpuDevicesAndMissingCuda) {
+  auto second_cpu = make_backend(BackendKind::kCpu, 1);
+  ASSERT_FALSE(second_cpu.is_ok());
+  EXPECT_EQ(second_cpu.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(second_cpu.status().message().find("device 1"), std::string::npos);
+  auto cuda = make_backend(BackendKind::kCuda);
+  ASSERT_FALSE(cuda.is_ok());
+  EXPECT_EQ(cuda.status().code(), StatusCode::kUnsupported);
+  EXPECT_NE(cuda.status().message().find("built without CUDA"), std::string::npos);
+}
+
+TEST(CpuBackendMemory, AllocatesAlignedBuffersAndCopies) {
+  CpuBackend backend;
+  for (size_t bytes : {size_t(0), size_t(1), size_t(63), size_t(4096), size_t(1000003)}) {
+    auto buffer = backend.allocate(bytes);
+    ASSERT_TRUE(buffer.is_ok());
+    EXPECT_NE(buffer->data(), nullptr);
+    EXPECT_EQ(buffer->size(), bytes);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(buffer->data()) % 64, 0u);
+    std::vector<uint8_t> source(bytes), back(bytes);
+    for (size_t i = 0; i < bytes; ++i) source[i] = uint8_t(i * 7 + 3);
+    backend.upload(buffer->data(), source.data(), bytes);
+    backend.download(back.data(), buffer->data(), bytes);
+    EXPECT_EQ(source, back);
+  }
+  auto buffer = backend.allocate(128);
+  ASSERT_TRUE(buffer.is_ok());
+  DeviceBuffer moved = std::move(buffer).value();
+  EXPECT_EQ(moved.size(), 128u);
+  moved.reset();
+  EXPECT_EQ(moved.data(), nullptr);
+}
+
+TEST(CpuBackendMemory, ReportsExhaustionAsAStatus) {
+  CpuBackend backend;
+  auto huge = backend.allocate(size_t(1) << 62);
+  ASSERT_FALSE(huge.is_ok());
+  EXPECT_EQ(huge.status().code(), StatusCode::kOutOfRange);
+}
+
+TEST(CpuOps, EmbeddingConvertsRowsOfEveryTableDType) {
+  CpuBackend backend;
+  const int64_t vocabulary = 50, hidden = 37;
+  const std::vector<int32_t> ids = {3, 0, 49, 3, 17, 8, 1};
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    const auto table_values = test::round_all(dtype, test::random_values(vocabulary * hidden, 1));
+    BackendTensor table = test::tensor_from(backend, dtype, {vocabulary, hidden}, table_values);
+    BackendTensor id_tensor = test::int_tensor(backend, ids);
+    BackendTensor out = test::make_tensor(backend, DType::kF32, {int64_t(ids.size()), hidden});
+    test::poison(out.tensor);
+    backend.embedding(table.tensor, id_tensor.as<int32_t>(), out.tensor);
+    const auto actual = test::load_floats(out.tensor);
+    for (size_t t = 0; t < ids.size(); ++t) {
+      for (int64_t i = 0; i < hidden; ++i) {
+        ASSERT_EQ(actual[t * hidden + i], table_values[ids[t] * hidden + i])
+            << dtype_name(dtype) << " token " << t << " element " << i;
+      }
+    }
+  }
+}
+
+TEST(CpuOps, GatherRowsCopiesTheChosenRows) {
+  CpuBackend backend;
+  const int64_t rows = 9, cols = 13;
+  const auto values = test::random_values(rows * cols, 2);
+  BackendTensor x = test::tensor_from(backend, DType::kF32, {rows, cols}, values);
+  const std::vector<int32_t> indices = {8, 0, 4, 4};
+  BackendTensor index_tensor = test::int_tensor(backend, indices);
+  BackendTensor out = test::make_tensor(backend, DType::kF32, {4, cols});
+  test::poison(out.tensor);
+  backend.gather_rows(x.tensor, index_tensor.as<int32_t>(), out.tensor);
+  const auto actual = test::load_floats(out.tensor);
+  for (size_t r = 0; r < indices.size(); ++r) {
+    for (int64_t i = 0; i < cols; ++i) {
+      ASSERT_EQ(actual[r * cols + i], values[indices[r] * cols + i]);
+    }
+  }
+}
+
+std::vector<double> reference_rms_norm(const std::vector<float>& x,
+                                       const std::vector<float>& weight, int64_t rows, int64_t cols,
+                                       double eps) {
+  std::vector<double> out(x.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < cols; ++i) sum += double(x[r * cols + i]) * x[r * cols + i];
+    const double inverse = 1.0 / std::sqrt(sum / double(cols) + eps);
+    for (int64_t i = 0; i < cols; ++i) out[r * cols + i] = x[r * cols + i] * inverse * weight[i];
+  }
+  return out;
+}
+
+TEST(CpuOps, RmsNormMatchesReference) {
+  CpuBackend backend;
+  for (DType weight_dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (int64_t rows : {1, 7}) {
+      for (int64_t cols : {5, 64, 576}) {
+        const auto x_values = test::random_values(rows * cols, 3, 3.0f);
+        const auto weight_values = test::round_all(weight_dtype, test::random_values(cols, 4));
+        BackendTensor x = test::tensor_from(backend, DType::kF32, {rows, cols}, x_values);
+        BackendTensor weight = test::tensor_from(backend, weight_dtype, {cols}, weight_values);
+        BackendTensor out = test::make_tensor(backend, DType::kF32, {rows, cols});
+        test::poison(out.tensor);
+        backend.rms_norm(x.tensor, weight.tensor, 1e-5f, out.tensor);
+        test::expect_close(test::load_floats(out.tensor),
+                           reference_rms_norm(x_values, weight_values, rows, cols, 1e-5), 1e-5,
+                           "rms_norm " + std::string(dtype_name(weight_dtype)));
+        // In place (out == x) gives the same result.
+        backend.rms_norm(x.tensor, weight.tensor, 1e-5f, x.tensor);
+        EXPECT_TRUE(
+            test::bitwise_equal(test::load_floats(x.tensor), test::load_floats(out.tensor)));
+      }
+    }
+  }
+}
+
+TEST(CpuOps, AddRmsNormUpdatesTheResidualAndNormalizesIt) {
+  CpuBackend backend;
+  const int64_t rows = 5, cols = 96;
+  const auto residual_values = test::random_values(rows * cols, 5);
+  const auto x_values = test::random_values(rows * cols, 6);
+  const auto weight_values = test::round_all(DType::kBF16, test::random_values(cols, 7));
+  std::vector<float> sums(residual_values.size());
+  for (size_t i = 0; i < sums.size(); ++i) sums[i] = residual_values[i] + x_values[i];
+  const auto expected = reference_rms_norm(sums, weight_values, rows, cols, 1e-6);
+  for (bool out_is_x : {false, true}) {
+    BackendTensor residual = test::tensor_from(backend, DType::kF32, {rows, cols}, residual_values);
+    BackendTensor x = test::tensor_from(backend, DType::kF32, {rows, cols}, x_values);
+    BackendTensor weight = test::tensor_from(backend, DType::kBF16, {cols}, weight_values);
+    BackendTensor separate_out = test::make_tensor(backend, DType::kF32, {rows, cols});
+    test::poison(separate_out.tensor);
+    DeviceTensor& out = out_is_x ? x.tensor : separate_out.tensor;
+    backend.add_rms_norm(residual.tensor, x.tensor, weight.tensor, 1e-6f, out);
+    EXPECT_TRUE(test::bitwise_equal(test::load_floats(residual.tensor), sums));
+    test::expect_close(test::load_floats(out), expected, 1e-5,
+                       out_is_x ? "add_rms_norm in place" : "add_rms_norm");
+  }
+}
+
+TEST(CpuOps, SiluMulMatchesReference) {
+  CpuBackend backend;
+  const int64_t tokens = 3, size = 100;
+  const auto values = test::random_values(tokens * 2 * size, 8, 4.0f);
+  BackendTensor gate_up = test::tensor_from(backend, DType::kF32, {tokens, 2 * size}, values);
+  BackendTensor out = test::make_tensor(backend, DType::kF32, {tokens, size});
+  test::poison(out.tensor);
+  backend.silu_mul(gate_up.tensor, out.tensor);
+  std::vector<double> expected(size_t(tokens * size));
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t i = 0; i < size; ++i) {
+      const double gate = values[t * 2 * size + i];
+      const double up = values[t * 2 * size + size + i];
+      expected[t * size + i] = gate / (1.0 + std::exp(-gate)) * up;
+    }
+  }
+  test::expect_close(test::load_floats(out.tensor), expected, 1e-5, "silu_mul");
+}
+
+TEST(CpuOps, ConvertRoundsToNearestEvenBetweenFloatDTypes) {
+  CpuBackend backend;
+  auto values = test::random_values(1000, 9, 100.0f);
+  values.push_back(1e-6f);  // float16 subnormal
+  values.push_back(70000);  // float16 overflow to infinity
+  const DType dtypes[] = {DType::kF32, DType::kF16, DType::kBF16};
+  for (DType from : dtypes) {
+    const auto source_values = test::round_all(from, values);
+    BackendTensor source =
+        test::tensor_from(backend, from, {int64_t(values.size())}, source_values);
+    for (DType to : dtypes) {
+      BackendTensor destination = test::make_tensor(backend, to, {int64_t(values.size())});
+      test::poison(destination.tensor);
+      backend.convert(source.tensor, destination.tensor);
+      const auto actual = test::load_floats(destination.tensor);
+      for (size_t i = 0; i < values.size(); ++i) {
+        ASSERT_EQ(actual[i], test::round_to(to, source_values[i]))
+            << dtype_name(from) << " -> " << dtype_name(to) << " element " << i;
+      }
+    }
+  }
+  // Same dtype: any dtype is copied as bytes.
+  BackendTensor ints = test::int_tensor(backend, {1, -2, 3});
+  BackendTensor copy = test::make_tensor(backend, DType::kI32, {3});
+  backend.convert(ints.tensor, copy.tensor);
+  EXPECT_EQ(copy.as<int32_t>()[1], -2);
+}
+
+TEST(CpuOps, RowOpsGiveTheSameBitsForAnyThreadCount) {
+  CpuBackend backend;
+  const int saved_threads = omp_get_max_threads();
+  const int64_t rows = 130, cols = 576;  // large enough to run on several threads
+  const auto x_values = test::random_values(rows * cols, 10);
+  const auto weight_values = test::random_values(cols, 11);
+  std::vector<std::vector<float>> results;
+  for (int threads : {1, 2}) {
+    omp_set_num_threads(threads);
+    BackendTensor residual = test::tensor_from(backend, DType::kF32, {rows, cols}, x_values);
+    BackendTensor x = test::tensor_from(backend, DType::kF32, {rows, cols}, x_values);
+    BackendTensor weight = test::tensor_from(backend, DType::kF32, {cols}, weight_values);
+    BackendTensor normed = test::make_tensor(backend, DType::kF32, {rows, cols});
+    BackendTensor activated = test::make_tensor(backend, DType::kF32, {rows, cols / 2});
+    backend.add_rms_norm(residual.tensor, x.tensor, weight.tensor, 1e-5f, normed.tensor);
+    backend.silu_mul(normed.tensor, activated.tensor);
+    auto result = test::load_floats(normed.tensor);
+    const auto activated_values = test::load_floats(activated.tensor);
+    result.insert(result.end(), activated_values.begin(), activated_values.end());
+    results.push_back(result);
+  }
+  omp_set_num_threads(saved_threads);
+  EXPECT_TRUE(test::bitwise_equal(results[0], results[1]));
+}
+
+}  // namespace
+}  // namespace kite

@@ -1,0 +1,219 @@
+// Engines: the rank file format (round trip, truncation, corruption, versions), the KV cache
+// block allocator, and the `kite build` / `kite run` commands on a tiny random model.
+#include "runtime/engine.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/file.h"
+#include "formats/engine_file.h"
+#include "kernels/backend_factory.h"
+#include "test_util.h"
+
+namespace kite {
+namespace {
+
+TEST(EngineFile, Crc32MatchesZlib) {
+  const std::string text = "123456789";
+  EXPECT_EQ(crc32(reinterpret_cast<const uint8_t*>(text.data()), text.size()), 0xCBF43926u);
+}
+
+std::string write_small_engine_file() {
+  const std::string path = test::temp_dir() + "/rank0.engine";
+  std::vector<Tensor> tensors;
+  tensors.emplace_back(DType::kF32, Shape{2, 3});
+  tensors.emplace_back(DType::kBF16, Shape{5});
+  for (int i = 0; i < 6; ++i) tensors[0].data_as<float>()[i] = float(i) + 0.5f;
+  for (size_t i = 0; i < tensors[1].byte_size(); ++i) tensors[1].data()[i] = uint8_t(i * 7);
+  const std::vector<EngineTensorInfo> infos = {{"a", DType::kF32, {2, 3}},
+                                               {"b", DType::kBF16, {5}}};
+  EXPECT_TRUE(write_engine_file(path, infos, [&](size_t i) -> Result<TensorView> {
+                return tensors[i].view();
+              }).is_ok());
+  return path;
+}
+
+TEST(EngineFile, RoundTripsAlignedTensors) {
+  const std::string path = write_small_engine_file();
+  Result<EngineFile> file = EngineFile::open(path);
+  ASSERT_TRUE(file.is_ok()) << file.status().message();
+  EXPECT_EQ(file->names(), (std::vector<std::string>{"a", "b"}));
+  const TensorView a = file->tensor("a").value();
+  EXPECT_EQ(a.shape, (Shape{2, 3}));
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(a.data) % 64, 0u);
+  EXPECT_EQ(reinterpret_cast<const float*>(a.data)[5], 5.5f);
+  const TensorView b = file->tensor("b").value();
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(b.data) % 64, 0u);
+  EXPECT_EQ(b.data[3], 21);
+  EXPECT_FALSE(file->tensor("c").is_ok());
+}
+
+TEST(EngineFile, RefusesTruncatedCorruptedAndOtherVersions) {
+  const std::string path = write_small_engine_file();
+  const std::string bytes = read_file(path).value();
+  auto reopen_with = [&](const std::string& contents) {
+    EXPECT_TRUE(write_file(path, contents).is_ok());
+    Result<EngineFile> file = EngineFile::open(path);
+    EXPECT_FALSE(file.is_ok());
+    return file.is_ok() ? std::string() : file.status().message();
+  };
+  for (size_t length : {size_t(0), size_t(10), size_t(30), bytes.size() / 2, bytes.size() - 1}) {
+    const std::string message = reopen_with(bytes.substr(0, length));
+    EXPECT_NE(message.find(path), std::string::npos) << message;
+  }
+  std::string flipped = bytes;
+  flipped[flipped.size() - 20] ^= 0x10;
+  EXPECT_NE(reopen_with(flipped).find("CRC32"), std::string::npos);
+  std::string other_version = bytes;
+  other_version[8] = 9;
+  EXPECT_NE(reopen_with(other_version).find("version 9"), std::string::npos);
+}
+
+TEST(KvCache, AllocatesAndFreesBlocks) {
+  auto backend = std::move(make_backend(BackendKind::kCpu).value());
+  ModelConfig model;
+  model.num_hidden_layers = 2;
+  model.num_key_value_heads = 2;
+  model.head_dim = 4;
+  KvCache cache = KvCache::allocate(*backend, model, DType::kF32, 8, 5).value();
+  EXPECT_EQ(cache.free_blocks(), 5);
+  const std::vector<int32_t> first = cache.allocate_blocks(3).value();
+  EXPECT_EQ(first, (std::vector<int32_t>{0, 1, 2}));
+  EXPECT_FALSE(cache.allocate_blocks(3).is_ok());
+  cache.free_blocks(first);
+  EXPECT_EQ(cache.free_blocks(), 5);
+  EXPECT_EQ(cache.allocate_blocks(5).value().size(), 5u);
+}
+
+// ---- commands on a random tiny Llama with the tiny fixture tokenizer ----
+class EngineCommands : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const std::string fixture = test::source_dir() + "/tests/fixtures/tiny_llama";
+    const std::string model_dir = test::temp_dir();
+    for (const char* name : {"config.json", "tokenizer.json", "tokenizer_config.json"}) {
+      std::filesystem::copy_file(fixture + "/" + name, model_dir + "/" + name);
+    }
+    checkpoint_ = new std::string(test::temp_dir() + "/checkpoint");
+    engine_ = new std::string(test::temp_dir() + "/engine");
+    const test::CommandResult convert =
+        test::run_kite("convert --random --dtype float32 --model_dir " + model_dir +
+                       " --output_dir " + *checkpoint_);
+    ASSERT_EQ(convert.exit_code, 0) << convert.output;
+    const test::CommandResult build =
+        test::run_kite("build --checkpoint_dir " + *checkpoint_ + " --output_dir " + *engine_ +
+                       " --max_batch_size 2 --max_input_len 16 --max_seq_len 40 "
+                       "--tokens_per_block 4");
+    ASSERT_EQ(build.exit_code, 0) << build.output;
+  }
+  static std::string* checkpoint_;
+  static std::string* engine_;
+};
+std::string* EngineCommands::checkpoint_ = nullptr;
+std::string* EngineCommands::engine_ = nullptr;
+
+TEST_F(EngineCommands, BuildWritesConfigAndTokenizer) {
+  const EngineConfig config = read_engine_config(*engine_).value();
+  EXPECT_EQ(config.limits.max_batch_size, 2);
+  EXPECT_EQ(config.limits.tokens_per_block, 4);
+  EXPECT_EQ(config.device, "cpu");
+  EXPECT_TRUE(path_exists(*engine_ + "/tokenizer.json"));
+  EXPECT_TRUE(Engine::load(*engine_).is_ok());
+}
+
+TEST_F(EngineCommands, RunPrintsLikeRunPyAndWritesJson) {
+  const std::string json_path = test::temp_dir() + "/out.json";
+  const test::CommandResult run =
+      test::run_kite("run --engine_dir " + *engine_ +
+                     " --input_text 'hello world' --input_text 'the cat' --max_output_len 6"
+                     " --output_json " +
+                     json_path);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("Input [Text 0]: \"hello world\""), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("Output [Text 1 Beam 0]: \""), std::string::npos) << run.output;
+  const auto record = nlohmann::json::parse(read_file(json_path).value());
+  ASSERT_EQ(record.size(), 2u);
+  const auto output_ids = record[0].at("output_ids").get<std::vector<int32_t>>();
+  EXPECT_GE(output_ids.size(), 1u);
+  EXPECT_LE(output_ids.size(), 6u);
+  // Greedy is deterministic, and a prompt's output does not depend on its batch neighbour.
+  const std::string alone_path = test::temp_dir() + "/alone.json";
+  ASSERT_EQ(
+      test::run_kite("run --engine_dir " + *engine_ +
+                     " --input_text 'hello world' --max_output_len 6 --output_json " + alone_path)
+          .exit_code,
+      0);
+  const auto alone = nlohmann::json::parse(read_file(alone_path).value());
+  EXPECT_EQ(alone[0].at("output_ids"), record[0].at("output_ids"));
+}
+
+TEST_F(EngineCommands, SeededSamplingRepeats) {
+  const std::string common = "run --engine_dir " + *engine_ +
+                             " --input_text 'hello' --max_output_len 8 --temperature 1.0"
+                             " --top_k 50 --top_p 0.95 --min_p 0.01 --repetition_penalty 1.1";
+  const test::CommandResult first = test::run_kite(common + " --seed 3");
+  const test::CommandResult second = test::run_kite(common + " --seed 3");
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  EXPECT_EQ(first.output.substr(0, first.output.find("kite run: prefill")),
+            second.output.substr(0, second.output.find("kite run: prefill")));
+}
+
+TEST_F(EngineCommands, RunRefusesBadRequests) {
+  const std::string run = "run --engine_dir " + *engine_;
+  const std::string long_prompt(200, 'x');
+  struct Case {
+    std::string arguments;
+    std::string message;
+  };
+  for (const Case& c : std::vector<Case>{
+           {" --input_text ''", "empty"},
+           {" --input_text a --input_text b --input_text c", "max_batch_size"},
+           {" --input_text '" + long_prompt + " " + long_prompt + "'", "max_input_len"},
+           {" --input_text hi --max_output_len 100", "max_seq_len"},
+           {" --input_text hi --top_p 0", "--top_p"},
+           {" --input_text hi --chat", "chat_template"},
+       }) {
+    const test::CommandResult result = test::run_kite(run + c.arguments);
+    EXPECT_NE(result.exit_code, 0) << c.arguments;
+    EXPECT_EQ(result.signal, 0) << c.arguments;
+    EXPECT_NE(result.output.find(c.message), std::string::npos) << c.arguments << "\n"
+                                                                << result.output;
+  }
+  const test::CommandResult missing =
+      test::run_kite("run --engine_dir " + test::temp_dir() + " --input_text hi");
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.output.find("kite build"), std::string::npos) << missing.output;
+}
+
+TEST_F(EngineCommands, LoadRefusesCorruptedEngineAndOtherDevice) {
+  const std::string copy = test::temp_dir() + "/engine";
+  std::filesystem::copy(*engine_, copy);
+  std::string bytes = read_file(copy + "/rank0.engine").value();
+  bytes[bytes.size() / 2] ^= 1;
+  ASSERT_TRUE(write_file(copy + "/rank0.engine", bytes).is_ok());
+  const test::CommandResult corrupted =
+      test::run_kite("run --engine_dir " + copy + " --input_text hi");
+  EXPECT_EQ(corrupted.exit_code, 1);
+  EXPECT_NE(corrupted.output.find("corrupted"), std::string::npos) << corrupted.output;
+
+  const std::string config_text = read_file(*engine_ + "/config.json").value();
+  auto config = nlohmann::json::parse(config_text);
+  config["device"] = "cuda";
+  ASSERT_TRUE(write_file(copy + "/config.json", config.dump()).is_ok());
+  const test::CommandResult other_device =
+      test::run_kite("run --engine_dir " + copy + " --input_text hi");
+  EXPECT_NE(other_device.exit_code, 0);
+  EXPECT_NE(other_device.output.find("device 'cuda'"), std::string::npos) << other_device.output;
+  config["device"] = "cpu";
+  config["kite_engine_version"] = 7;
+  ASSERT_TRUE(write_file(copy + "/config.json", config.dump()).is_ok());
+  const test::CommandResult other_version =
+      test::run_kite("run --engine_dir " + copy + " --input_text hi");
+  EXPECT_NE(other_version.output.find("version 7"), std::string::npos) << other_version.output;
+}
+
+}  // namespace
+}  // namespace kite

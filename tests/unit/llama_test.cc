@@ -1,0 +1,412 @@
+// The Llama-family forward pass on the CPU backend: against a plain double-precision reference
+// written here (full recomputation, no cache), prefill against token-by-token decode, and against
+// the Hugging Face golden references in tests/fixtures/golden/hf.
+#include "model/llama.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "core/file.h"
+#include "formats/safetensors.h"
+#include "kernels/backend_factory.h"
+#include "test_util.h"
+
+namespace kite {
+namespace {
+
+using HostWeights = std::map<std::string, Tensor>;
+
+Tensor random_tensor(const Shape& shape, std::mt19937& generator, float low, float high) {
+  Tensor tensor(DType::kF32, shape);
+  std::uniform_real_distribution<float> distribution(low, high);
+  for (int64_t i = 0; i < tensor.numel(); ++i) tensor.data_as<float>()[i] = distribution(generator);
+  return tensor;
+}
+
+HostWeights random_weights(const ModelConfig& config, uint32_t seed) {
+  std::mt19937 generator(seed);
+  HostWeights weights;
+  for (const WeightInfo& info : model_weights(config)) {
+    if (info.role == WeightRole::kNorm) {
+      weights[info.name] = random_tensor(info.shape, generator, 0.5f, 1.5f);
+    } else {
+      weights[info.name] = random_tensor(info.shape, generator, -0.3f, 0.3f);
+    }
+  }
+  return weights;
+}
+
+ModelConfig tiny_config() {
+  ModelConfig config;
+  config.hidden_size = 32;
+  config.intermediate_size = 48;
+  config.num_hidden_layers = 2;
+  config.num_attention_heads = 4;
+  config.num_key_value_heads = 2;
+  config.head_dim = 8;
+  config.vocab_size = 50;
+  config.max_position_embeddings = 64;
+  config.rms_norm_eps = 1e-5;
+  config.rope_theta = 10000.0;
+  return config;
+}
+
+// ---- the naive reference: plain loops in double, one sequence, every position recomputed ----
+using Matrix = std::vector<std::vector<double>>;  // [rows][cols]
+
+const float* values(const HostWeights& weights, const std::string& name) {
+  return weights.at(name).data_as<float>();
+}
+
+Matrix matmul_transposed(const Matrix& x, const float* weight, int64_t out, const float* bias) {
+  Matrix result(x.size(), std::vector<double>(size_t(out)));
+  const size_t in = x.front().size();
+  for (size_t t = 0; t < x.size(); ++t) {
+    for (int64_t n = 0; n < out; ++n) {
+      double sum = bias ? bias[n] : 0.0;
+      for (size_t i = 0; i < in; ++i) sum += x[t][i] * double(weight[size_t(n) * in + i]);
+      result[t][size_t(n)] = sum;
+    }
+  }
+  return result;
+}
+
+Matrix rms_norm(const Matrix& x, const float* weight, double eps) {
+  Matrix result = x;
+  for (auto& row : result) {
+    double sum = 0;
+    for (double value : row) sum += value * value;
+    const double inverse = 1.0 / std::sqrt(sum / double(row.size()) + eps);
+    for (size_t i = 0; i < row.size(); ++i) row[i] *= inverse * double(weight[i]);
+  }
+  return result;
+}
+
+void rotate(std::vector<double>& row, int64_t heads, int64_t head_dim,
+            const std::vector<float>& inverse_frequencies, int64_t position) {
+  const int64_t half = head_dim / 2;
+  for (int64_t head = 0; head < heads; ++head) {
+    double* x = row.data() + head * head_dim;
+    for (int64_t i = 0; i < half; ++i) {
+      const double angle = double(position) * double(inverse_frequencies[size_t(i)]);
+      const double first = x[i], second = x[i + half];
+      x[i] = first * std::cos(angle) - second * std::sin(angle);
+      x[i + half] = second * std::cos(angle) + first * std::sin(angle);
+    }
+  }
+}
+
+// Logits [tokens][vocab] of one sequence.
+Matrix reference_logits(const ModelConfig& c, const HostWeights& w,
+                        const std::vector<int32_t>& ids) {
+  const int64_t T = int64_t(ids.size()), H = c.hidden_size, D = c.head_dim;
+  const int64_t heads = c.num_attention_heads, kv_heads = c.num_key_value_heads;
+  const std::vector<float> frequencies = rope_inverse_frequencies(c, T);
+  Matrix x(size_t(T), std::vector<double>(size_t(H), 0.0));
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t i = 0; i < H; ++i) {
+      x[size_t(t)][size_t(i)] = values(w, "model.embed_tokens.weight")[ids[size_t(t)] * H + i];
+    }
+  }
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    auto bias = [&](const std::string& name) { return w.count(name) ? values(w, name) : nullptr; };
+    const Matrix h = rms_norm(x, values(w, p + "input_layernorm.weight"), c.rms_norm_eps);
+    Matrix q = matmul_transposed(h, values(w, p + "self_attn.q_proj.weight"), heads * D,
+                                 bias(p + "self_attn.q_proj.bias"));
+    Matrix k = matmul_transposed(h, values(w, p + "self_attn.k_proj.weight"), kv_heads * D,
+                                 bias(p + "self_attn.k_proj.bias"));
+    const Matrix v = matmul_transposed(h, values(w, p + "self_attn.v_proj.weight"), kv_heads * D,
+                                       bias(p + "self_attn.v_proj.bias"));
+    for (int64_t t = 0; t < T; ++t) {
+      rotate(q[size_t(t)], heads, D, frequencies, t);
+      rotate(k[size_t(t)], kv_heads, D, frequencies, t);
+    }
+    Matrix attended(size_t(T), std::vector<double>(size_t(heads * D), 0.0));
+    const int64_t window = c.sliding_window.value_or(0);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t head = 0; head < heads; ++head) {
+        const int64_t kv_head = head / (heads / kv_heads);
+        const int64_t first = window > 0 ? std::max<int64_t>(0, t - window + 1) : 0;
+        std::vector<double> scores;
+        for (int64_t j = first; j <= t; ++j) {
+          double dot = 0;
+          for (int64_t i = 0; i < D; ++i) {
+            dot += q[size_t(t)][size_t(head * D + i)] * k[size_t(j)][size_t(kv_head * D + i)];
+          }
+          scores.push_back(dot / std::sqrt(double(D)));
+        }
+        const double largest = *std::max_element(scores.begin(), scores.end());
+        double total = 0;
+        for (double& score : scores) total += (score = std::exp(score - largest));
+        for (int64_t j = first; j <= t; ++j) {
+          for (int64_t i = 0; i < D; ++i) {
+            attended[size_t(t)][size_t(head * D + i)] +=
+                scores[size_t(j - first)] / total * v[size_t(j)][size_t(kv_head * D + i)];
+          }
+        }
+      }
+    }
+    const Matrix o = matmul_transposed(attended, values(w, p + "self_attn.o_proj.weight"), H,
+                                       bias(p + "self_attn.o_proj.bias"));
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t i = 0; i < H; ++i) x[size_t(t)][size_t(i)] += o[size_t(t)][size_t(i)];
+    const Matrix h2 = rms_norm(x, values(w, p + "post_attention_layernorm.weight"), c.rms_norm_eps);
+    const int64_t F = c.intermediate_size;
+    const Matrix gate = matmul_transposed(h2, values(w, p + "mlp.gate_proj.weight"), F, nullptr);
+    Matrix up = matmul_transposed(h2, values(w, p + "mlp.up_proj.weight"), F, nullptr);
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t i = 0; i < F; ++i) {
+        const double g = gate[size_t(t)][size_t(i)];
+        up[size_t(t)][size_t(i)] *= g / (1.0 + std::exp(-g));
+      }
+    }
+    const Matrix down = matmul_transposed(up, values(w, p + "mlp.down_proj.weight"), H, nullptr);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t i = 0; i < H; ++i) x[size_t(t)][size_t(i)] += down[size_t(t)][size_t(i)];
+  }
+  const Matrix final_hidden = rms_norm(x, values(w, "model.norm.weight"), c.rms_norm_eps);
+  const std::string head = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+  return matmul_transposed(final_hidden, values(w, head), c.vocab_size, nullptr);
+}
+
+// ---- running the model: a KV cache with a fixed run of blocks per sequence ----
+class ModelRunner {
+ public:
+  ModelRunner(const ModelConfig& config, const WeightLookup& lookup, int64_t sequences,
+              int64_t max_length) {
+    backend_ = std::move(make_backend(BackendKind::kCpu).value());
+    LlamaWeights weights = load_llama_weights(*backend_, config, lookup, "test").value();
+    model_ = std::make_unique<LlamaModel>(*backend_, config, std::move(weights));
+    cache_.dtype = DType::kF32;
+    cache_.num_layers = config.num_hidden_layers;
+    cache_.num_kv_heads = config.num_key_value_heads;
+    cache_.head_dim = config.head_dim;
+    cache_.block_size = 4;
+    blocks_per_sequence_ = (max_length + cache_.block_size - 1) / cache_.block_size;
+    cache_.num_blocks = sequences * blocks_per_sequence_;
+    cache_buffer_ =
+        backend_->allocate(size_t(cache_.num_layers * cache_.layer_elements()) * sizeof(float))
+            .value();
+    cache_.data = cache_buffer_.data();
+    lengths_.assign(size_t(sequences), 0);
+  }
+
+  // Appends `new_tokens[s]` to each sequence s (empty: the sequence sits out) in one step and
+  // returns the logits of every new token, per sequence.
+  std::vector<Matrix> step(const std::vector<std::vector<int32_t>>& new_tokens) {
+    StepInput input;
+    input.query_start.push_back(0);
+    std::vector<std::pair<size_t, int32_t>> row_owner;
+    for (size_t s = 0; s < new_tokens.size(); ++s) {
+      if (new_tokens[s].empty()) continue;
+      for (int32_t id : new_tokens[s]) {
+        const int32_t position = lengths_[s]++;
+        input.token_ids.push_back(id);
+        input.positions.push_back(position);
+        const int32_t block =
+            int32_t(s) * int32_t(blocks_per_sequence_) + position / int32_t(cache_.block_size);
+        input.slot_mapping.push_back(block * int32_t(cache_.block_size) +
+                                     position % int32_t(cache_.block_size));
+        input.logit_rows.push_back(int32_t(input.token_ids.size()) - 1);
+        row_owner.emplace_back(s, id);
+      }
+      input.query_start.push_back(int32_t(input.token_ids.size()));
+      input.context_length.push_back(lengths_[s]);
+      // Blocks listed in reverse sequence order would work as well; the order is the table's.
+      for (int64_t b = 0; b < blocks_per_sequence_; ++b) {
+        input.block_table.push_back(int32_t(int64_t(s) * blocks_per_sequence_ + b));
+      }
+    }
+    input.max_blocks_per_sequence = blocks_per_sequence_;
+    const std::vector<float> logits = model_->forward(input, cache_).value();
+    std::vector<Matrix> result(new_tokens.size());
+    const int64_t vocab = model_->config().vocab_size;
+    for (size_t r = 0; r < row_owner.size(); ++r) {
+      result[row_owner[r].first].emplace_back(logits.begin() + int64_t(r) * vocab,
+                                              logits.begin() + int64_t(r + 1) * vocab);
+    }
+    return result;
+  }
+
+ private:
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<LlamaModel> model_;
+  KvCacheView cache_;
+  DeviceBuffer cache_buffer_;
+  int64_t blocks_per_sequence_ = 0;
+  std::vector<int32_t> lengths_;
+};
+
+WeightLookup lookup_in(const HostWeights& weights) {
+  return [&weights](const std::string& name) -> Result<TensorView> {
+    auto found = weights.find(name);
+    if (found == weights.end()) return not_found("no weight " + name);
+    return found->second.view();
+  };
+}
+
+// max |a - b| / max(1, max |b|) over the row.
+double relative_difference(const std::vector<double>& a, const std::vector<double>& b) {
+  double difference = 0, largest = 1;
+  for (size_t i = 0; i < a.size(); ++i) {
+    difference = std::max(difference, std::abs(a[i] - b[i]));
+    largest = std::max(largest, std::abs(b[i]));
+  }
+  return difference / largest;
+}
+
+std::vector<std::vector<int32_t>> test_prompts(int64_t vocab) {
+  std::mt19937 generator(7);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int length : {11, 3, 19}) {
+    std::vector<int32_t>& prompt = prompts.emplace_back();
+    for (int i = 0; i < length; ++i) prompt.push_back(int32_t(generator() % uint32_t(vocab)));
+  }
+  return prompts;
+}
+
+void check_against_reference(const ModelConfig& config) {
+  const HostWeights weights = random_weights(config, 3);
+  const auto prompts = test_prompts(config.vocab_size);
+  ModelRunner batched(config, lookup_in(weights), int64_t(prompts.size()), 32);
+  const std::vector<Matrix> prefill = batched.step(prompts);
+  ModelRunner one_by_one(config, lookup_in(weights), int64_t(prompts.size()), 32);
+  std::vector<Matrix> decoded(prompts.size());
+  for (size_t position = 0; position < 19; ++position) {
+    std::vector<std::vector<int32_t>> tokens(prompts.size());
+    for (size_t s = 0; s < prompts.size(); ++s) {
+      if (position < prompts[s].size()) tokens[s] = {prompts[s][position]};
+    }
+    const std::vector<Matrix> step = one_by_one.step(tokens);
+    for (size_t s = 0; s < prompts.size(); ++s) {
+      for (const auto& row : step[s]) decoded[s].push_back(row);
+    }
+  }
+  for (size_t s = 0; s < prompts.size(); ++s) {
+    const Matrix expected = reference_logits(config, weights, prompts[s]);
+    ASSERT_EQ(prefill[s].size(), prompts[s].size());
+    ASSERT_EQ(decoded[s].size(), prompts[s].size());
+    for (size_t t = 0; t < prompts[s].size(); ++t) {
+      EXPECT_LT(relative_difference(prefill[s][t], expected[t]), 1e-4)
+          << "sequence " << s << " token " << t;
+      EXPECT_LT(relative_difference(decoded[s][t], prefill[s][t]), 1e-5)
+          << "sequence " << s << " token " << t;
+    }
+  }
+}
+
+TEST(LlamaForward, MatchesNaiveReferenceGqa) {
+  check_against_reference(tiny_config());
+}
+
+TEST(LlamaForward, MatchesNaiveReferenceBiasesTiedSlidingWindow) {
+  ModelConfig config = tiny_config();
+  config.architecture = Architecture::kQwen2;
+  config.attention_bias = true;
+  config.tie_word_embeddings = true;
+  config.sliding_window = 5;
+  check_against_reference(config);
+}
+
+TEST(LlamaForward, MatchesNaiveReferenceOutputBiasLinearRope) {
+  ModelConfig config = tiny_config();
+  config.num_key_value_heads = 4;
+  config.attention_bias = true;
+  config.attention_output_bias = true;
+  config.rope_scaling.type = RopeScalingType::kLinear;
+  config.rope_scaling.factor = 2.0;
+  check_against_reference(config);
+}
+
+TEST(LlamaForward, RefusesWeightsOfTheWrongShape) {
+  const ModelConfig config = tiny_config();
+  HostWeights weights = random_weights(config, 1);
+  weights["model.layers.1.mlp.up_proj.weight"] = Tensor(DType::kF32, {48, 31});
+  auto backend = std::move(make_backend(BackendKind::kCpu).value());
+  Result<LlamaWeights> loaded = load_llama_weights(*backend, config, lookup_in(weights), "m");
+  ASSERT_FALSE(loaded.is_ok());
+  EXPECT_NE(loaded.status().message().find("model.layers.1.mlp.up_proj.weight"), std::string::npos);
+}
+
+TEST(RopeFrequencies, FollowTransformersRules) {
+  ModelConfig config = tiny_config();
+  config.head_dim = 4;
+  std::vector<float> plain = rope_inverse_frequencies(config, 1);
+  ASSERT_EQ(plain.size(), 2u);
+  EXPECT_FLOAT_EQ(plain[0], 1.0f);
+  EXPECT_FLOAT_EQ(plain[1], 0.01f);  // 1 / 10000^(2/4)
+  config.rope_scaling.type = RopeScalingType::kDynamic;
+  config.rope_scaling.factor = 2.0;
+  EXPECT_EQ(rope_inverse_frequencies(config, 64), plain);  // within max_position_embeddings
+  // Past it: base = 10000 * (2 * 128 / 64 - 1)^(4 / 2) = 90000.
+  EXPECT_NEAR(rope_inverse_frequencies(config, 128)[1], 1.0 / 300.0, 1e-7);
+}
+
+// ---- Hugging Face golden references ----
+TEST(LlamaGolden, MatchesTransformers) {
+  const std::string root = test::source_dir() + "/tests/fixtures/golden/hf";
+  std::vector<std::string> models;
+  if (is_directory(root)) {
+    for (const auto& entry : std::filesystem::directory_iterator(root)) {
+      if (path_exists(entry.path().string() + "/reference.json")) {
+        models.push_back(entry.path().string());
+      }
+    }
+  }
+  if (models.empty()) GTEST_SKIP() << "no golden models in " << root;
+  std::sort(models.begin(), models.end());
+  for (const std::string& directory : models) {
+    SCOPED_TRACE(directory);
+    const ModelConfig config = read_hf_config(directory + "/config.json").value();
+    const SafetensorsFile file = SafetensorsFile::open(directory + "/model.safetensors").value();
+    const SafetensorsFile logits_file =
+        SafetensorsFile::open(directory + "/reference.safetensors").value();
+    const auto reference = nlohmann::json::parse(read_file(directory + "/reference.json").value());
+    const auto& prompts = reference.at("prompts");
+    const int64_t new_tokens = reference.at("new_tokens").get<int64_t>();
+    int64_t longest = 0;
+    for (const auto& prompt : prompts)
+      longest = std::max<int64_t>(longest, prompt.at("prompt").size());
+    const WeightLookup lookup = [&file](const std::string& name) { return file.tensor(name); };
+    // Each prompt alone, like the reference: dynamic NTK RoPE depends on the step's longest
+    // sequence.
+    for (size_t p = 0; p < prompts.size(); ++p) {
+      ModelRunner runner(config, lookup, 1, longest + new_tokens);
+      const auto prompt = prompts[p].at("prompt").get<std::vector<int32_t>>();
+      const Matrix prefill = runner.step({prompt}).front();
+      const std::vector<float> expected =
+          to_float32(logits_file.tensor("logits_" + std::to_string(p)).value()).value();
+      const int64_t vocab = config.vocab_size;
+      for (size_t t = 0; t < prompt.size(); ++t) {
+        std::vector<double> expected_row(expected.begin() + int64_t(t) * vocab,
+                                         expected.begin() + int64_t(t + 1) * vocab);
+        EXPECT_LT(relative_difference(prefill[t], expected_row), 1e-4)
+            << "prompt " << p << " token " << t;
+      }
+      // Greedy continuation; a step whose top-2 margin is within float32 noise may flip, after
+      // which the rest of the sequence is not comparable.
+      const auto greedy = prompts[p].at("greedy_tokens").get<std::vector<int32_t>>();
+      const auto& steps = prompts[p].at("steps");
+      std::vector<double> last = prefill.back();
+      for (size_t k = 0; k < greedy.size(); ++k) {
+        const int32_t chosen = int32_t(std::max_element(last.begin(), last.end()) - last.begin());
+        if (chosen != greedy[k]) {
+          EXPECT_LT(steps[k].at("margin").get<double>(), 1e-3)
+              << "prompt " << p << " step " << k << ": " << chosen << " vs " << greedy[k];
+          break;
+        }
+        last = runner.step({{chosen}}).front().front();
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kite

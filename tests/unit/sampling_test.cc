@@ -1,0 +1,136 @@
+// Host sampling: greedy, the filters (top-k, top-p, min-p) against hand-computed distributions,
+// HF's repetition penalty, seeded reproducibility, and the stop conditions.
+#include "runtime/sampling.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+#include <set>
+
+namespace kite {
+namespace {
+
+// Draws many samples and returns the set of tokens that ever came out.
+std::set<int32_t> support(const SamplingConfig& config, const std::vector<float>& logits,
+                          const std::vector<int32_t>& previous = {}, int draws = 2000) {
+  Sampler sampler(config);
+  std::set<int32_t> seen;
+  for (int i = 0; i < draws; ++i) seen.insert(sampler.sample(logits, previous));
+  return seen;
+}
+
+TEST(Sampling, GreedyTakesTheArgmax) {
+  SamplingConfig config;
+  config.temperature = 0.0f;
+  Sampler sampler(config);
+  EXPECT_EQ(sampler.sample(std::vector<float>{0.1f, 3.0f, -1.0f, 2.9f}, {}), 1);
+  config.temperature = 0.7f;
+  config.top_k = 1;
+  EXPECT_EQ(Sampler(config).sample(std::vector<float>{0.1f, 3.0f, -1.0f, 2.9f}, {}), 1);
+}
+
+TEST(Sampling, RepetitionPenaltyFollowsTransformers) {
+  std::vector<float> logits = {2.0f, -2.0f, 1.0f, 4.0f};
+  apply_repetition_penalty(logits, std::vector<int32_t>{0, 1, 1}, 2.0f);
+  EXPECT_EQ(logits, (std::vector<float>{1.0f, -4.0f, 1.0f, 4.0f}));
+  // Greedy with a penalty can change the choice.
+  SamplingConfig config;
+  config.temperature = 0.0f;
+  config.repetition_penalty = 3.0f;
+  Sampler sampler(config);
+  EXPECT_EQ(sampler.sample(std::vector<float>{3.0f, 2.0f}, std::vector<int32_t>{0}), 1);
+}
+
+TEST(Sampling, TopKKeepsTheKLargest) {
+  SamplingConfig config;
+  config.top_k = 2;
+  EXPECT_EQ(support(config, {1.0f, 5.0f, 4.5f, 0.0f}), (std::set<int32_t>{1, 2}));
+}
+
+TEST(Sampling, TopPKeepsTheSmallestNucleus) {
+  // probabilities ~ {0.5, 0.3, 0.15, 0.05}
+  const std::vector<float> logits = {std::log(0.5f), std::log(0.3f), std::log(0.15f),
+                                     std::log(0.05f)};
+  SamplingConfig config;
+  config.top_p = 0.75f;  // 0.5 + 0.3 >= 0.75
+  EXPECT_EQ(support(config, logits), (std::set<int32_t>{0, 1}));
+  config.top_p = 0.85f;
+  EXPECT_EQ(support(config, logits), (std::set<int32_t>{0, 1, 2}));
+  config.top_p = 0.1f;  // the top token always stays
+  EXPECT_EQ(support(config, logits), (std::set<int32_t>{0}));
+}
+
+TEST(Sampling, MinPDropsUnlikelyTokens) {
+  const std::vector<float> logits = {std::log(0.5f), std::log(0.3f), std::log(0.15f),
+                                     std::log(0.05f)};
+  SamplingConfig config;
+  config.min_p = 0.35f;  // threshold 0.175
+  EXPECT_EQ(support(config, logits), (std::set<int32_t>{0, 1}));
+}
+
+TEST(Sampling, TemperatureSharpensTheDistribution) {
+  const std::vector<float> logits = {1.0f, 0.0f};
+  auto share_of_first = [&](float temperature) {
+    SamplingConfig config;
+    config.temperature = temperature;
+    config.seed = 11;
+    Sampler sampler(config);
+    int first = 0;
+    for (int i = 0; i < 20000; ++i) first += sampler.sample(logits, {}) == 0;
+    return first / 20000.0;
+  };
+  EXPECT_NEAR(share_of_first(1.0f), 1.0 / (1.0 + std::exp(-1.0)), 0.02);
+  EXPECT_NEAR(share_of_first(0.5f), 1.0 / (1.0 + std::exp(-2.0)), 0.02);
+}
+
+TEST(Sampling, SameSeedSameOutput) {
+  std::vector<float> logits(100);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = float(i % 7) * 0.3f;
+  SamplingConfig config;
+  config.seed = 42;
+  config.top_p = 0.9f;
+  auto draw = [&](uint64_t seed) {
+    config.seed = seed;
+    Sampler sampler(config);
+    std::vector<int32_t> out;
+    for (int i = 0; i < 50; ++i) out.push_back(sampler.sample(logits, out));
+    return out;
+  };
+  EXPECT_EQ(draw(42), draw(42));
+  EXPECT_NE(draw(42), draw(43));
+}
+
+TEST(Sampling, ValidatesOptions) {
+  SamplingConfig config;
+  config.top_p = 0.0f;
+  EXPECT_NE(validate_sampling_config(config).message().find("--top_p"), std::string::npos);
+  config = {};
+  config.temperature = -1.0f;
+  EXPECT_FALSE(validate_sampling_config(config).is_ok());
+  config = {};
+  config.repetition_penalty = 0.0f;
+  EXPECT_FALSE(validate_sampling_config(config).is_ok());
+  EXPECT_TRUE(validate_sampling_config(SamplingConfig{}).is_ok());
+}
+
+TEST(StopConditions, EndIdsStopWordsAndLength) {
+  StopConditions conditions;
+  conditions.end_ids = {2};
+  conditions.stop_sequences = {{7, 8}};
+  conditions.stop_texts = {"\nUser:"};
+  conditions.max_output_len = 5;
+  EXPECT_EQ(check_stop(conditions, std::vector<int32_t>{5, 2}, "a").reason, FinishReason::kEndId);
+  EXPECT_EQ(check_stop(conditions, std::vector<int32_t>{7, 8}, "a").reason,
+            FinishReason::kStopWords);
+  EXPECT_EQ(check_stop(conditions, std::vector<int32_t>{8, 7}, "a").reason,
+            FinishReason::kNotFinished);
+  const StopCheck text = check_stop(conditions, std::vector<int32_t>{4, 4}, "Hi\nUser: x");
+  EXPECT_EQ(text.reason, FinishReason::kStopWords);
+  EXPECT_EQ(text.text_length, 2u);
+  EXPECT_EQ(check_stop(conditions, std::vector<int32_t>{1, 1, 1, 1, 1}, "ok").reason,
+            FinishReason::kLength);
+}
+
+}  // namespace
+}  // namespace kite
