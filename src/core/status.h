@@ -74,9 +74,9 @@ template <typename T>
 class [[nodiscard]] Result {
  public:
   Result(T value) : value_(std::move(value)) {}         // NOLINT: implicit by design
-  Result(Status status) : status_(std::move(status)) {  // NOLINT: implicit by design
-    if (status_.is_ok()) status_ = internal_error("Result constructed from an OK status");
-  }
+  Result(Status status)  // NOLINT: implicit by design
+      : status_(status.is_ok() ? internal_error("Result constructed from an OK status")
+                               : std::move(status)) {}
 
   bool is_ok() const { return value_.has_value(); }
   const Status& status() const { return status_; }
