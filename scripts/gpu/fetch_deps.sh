@@ -8,7 +8,7 @@ deps="$root/.deps"
 rm -rf "$deps" && mkdir -p "$deps/debs"
 cd "$deps/debs"
 apt-get download libcli11-dev libpcre2-dev libpcre2-8-0 libpcre2-16-0 libpcre2-32-0 \
-  libpcre2-posix3 libutf8proc-dev libutf8proc2
+  libpcre2-posix3 libutf8proc-dev libutf8proc2 liblzma-dev
 for deb in *.deb; do dpkg -x "$deb" "$deps/root"; done
 # The .pc files say prefix=/usr; point them at the unpacked tree.
 find "$deps/root" -name '*.pc' -exec sed -i "s|^prefix=/usr|prefix=$deps/root/usr|" {} +

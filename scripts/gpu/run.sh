@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds Kite with the CUDA backend and runs tests on a GPU machine, in one call.
-# Usage: bash scripts/gpu/run.sh LOG_DIR [CTEST_REGEX]
+# Usage: bash scripts/gpu/run.sh LOG_DIR [CTEST_REGEX] [DATA_DIR]
 #   LOG_DIR      where build and test logs are written
 #   CTEST_REGEX  which tests to run (ctest -R); all tests by default
+#   DATA_DIR     the evaluation data (MMLU, WikiText-2); ../shared/data by default
 # Uses .deps/ (made by scripts/gpu/fetch_deps.sh) for libraries the machine lacks.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 log_dir="${1:?usage: run.sh LOG_DIR [CTEST_REGEX]}"
 regex="${2:-.}"
+data_dir="${3:-$(cd "$(dirname "$0")/../.." && pwd)/../shared/data}"
 mkdir -p "$log_dir"
 cd "$root"
 if [[ -d .deps/root ]]; then
@@ -19,7 +21,7 @@ if [[ -d .deps/root ]]; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$log_dir/gpu.txt"
 {
-  cmake -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DKITE_CUDA=ON
+  cmake -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DKITE_CUDA=ON -DKITE_DATA_DIR="$data_dir"
   cmake --build build-gpu -j"$(nproc)"
 } 2>&1 | tee "$log_dir/build.log"
 ctest --test-dir build-gpu --output-on-failure -j4 -R "$regex" 2>&1 | tee "$log_dir/test.log"
