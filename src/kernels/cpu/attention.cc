@@ -95,7 +95,8 @@ void softmax_scalar(float* scores, int64_t count, float scale) {
 // softmax): x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6 polynomial, 2^n by exponent bits.
 // Below -87.3 the result is not flushed to zero but stays under 1.2e-38, which no sum notices.
 KITE_TARGET_AVX2 inline __m256 exp_nonpositive(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3365447505531f));
+  // max_ps returns its second operand when either is NaN: a NaN score stays NaN.
+  x = _mm256_max_ps(_mm256_set1_ps(-87.3365447505531f), x);
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
