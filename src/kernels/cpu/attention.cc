@@ -1,8 +1,8 @@
-// Paged attention on the CPU. A task is (token, kv head, slice of the query heads sharing that kv
-// head); the heads of a slice go through the kv head's cache blocks together, so each cache row is
-// read once per task. Scores q.K^T come from the dot-product tiles (a block's keys of one head are
-// contiguous rows), the softmax runs in float32 over the whole visible context (kept, no online
-// softmax: the softmax Hugging Face computes, up to float32 rounding), then out = P V.
+// Paged attention on the CPU. A task is (token, kv head): the query heads sharing the kv head go
+// through its cache blocks together, so each cache row is read once per task. Scores q.K^T come
+// from the dot-product tiles (a block's keys of one head are contiguous rows), the softmax runs in
+// float32 over the whole visible context (kept, no online softmax: the softmax Hugging Face
+// computes, up to float32 rounding), then out = P V.
 #include "kernels/cpu/attention.h"
 
 #include <algorithm>
@@ -207,21 +207,19 @@ void attention_typed(const float* queries, const AttentionBatch& batch, const Kv
     }
     score_count += (batch.query_start[s + 1] - batch.query_start[s]) * batch.context_length[s];
   }
-  // Decode steps have few (token, kv head) pairs: then each query head gets its own task so that
-  // every thread has work. Heads are independent, so the split does not change any result.
-  const int64_t heads_per_task = group;
-  const int64_t slices = group / heads_per_task;
-  const int64_t tasks = tokens * kv_heads * slices;
+  // One task per (token, kv head), never split further: splitting the query heads of a group
+  // would read the group's keys and values once per part, and decode attention is memory bound.
+  const int64_t tasks = tokens * kv_heads;
 
 #pragma omp parallel if (score_count * query_heads * head_dim >= kMinParallelWork)
   {
-    std::vector<float> scores;        // [heads_per_task, visible positions]
-    std::vector<float> accumulators;  // [heads_per_task, head_dim]
+    std::vector<float> scores;        // [group, visible positions]
+    std::vector<float> accumulators;  // [group, head_dim]
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t t = task / (kv_heads * slices);
-      const int64_t kv_head = task / slices % kv_heads;
-      const int64_t first_head = kv_head * group + task % slices * heads_per_task;
+      const int64_t t = task / kv_heads;
+      const int64_t kv_head = task % kv_heads;
+      const int64_t first_head = kv_head * group;
       const int32_t* block_table =
           batch.block_table + sequence_of_token[size_t(t)] * batch.max_blocks_per_sequence;
       const int64_t position = batch.positions[t];
@@ -244,10 +242,10 @@ void attention_typed(const float* queries, const AttentionBatch& batch, const Kv
         }
       };
 
-      scores.resize(size_t(heads_per_task * visible));
+      scores.resize(size_t(group * visible));
       for_each_block(0, [&](const Storage* keys, int64_t count, int64_t index) {
-        for (int64_t h0 = 0; h0 < heads_per_task; h0 += kMaxTileTokens) {
-          const int64_t tile_heads = std::min<int64_t>(kMaxTileTokens, heads_per_task - h0);
+        for (int64_t h0 = 0; h0 < group; h0 += kMaxTileTokens) {
+          const int64_t tile_heads = std::min<int64_t>(kMaxTileTokens, group - h0);
           // Tile shapes that keep accumulators and operands in the 16 vector registers.
           const int64_t tile_keys = tile_heads == 1 ? 8 : tile_heads == 4 ? 3 : 4;
           for (int64_t r0 = 0; r0 < count; r0 += tile_keys) {
@@ -264,12 +262,12 @@ void attention_typed(const float* queries, const AttentionBatch& batch, const Kv
           }
         }
       });
-      for (int64_t h = 0; h < heads_per_task; ++h) {
+      for (int64_t h = 0; h < group; ++h) {
         softmax(scores.data() + h * visible, visible, scale);
       }
-      accumulators.assign(size_t(heads_per_task * head_dim), 0.0f);
+      accumulators.assign(size_t(group * head_dim), 0.0f);
       for_each_block(1, [&](const Storage* values, int64_t count, int64_t index) {
-        accumulate(scores.data() + index, visible, heads_per_task, values, count, head_dim,
+        accumulate(scores.data() + index, visible, group, values, count, head_dim,
                    accumulators.data());
       });
       std::copy(accumulators.begin(), accumulators.end(),
