@@ -11,6 +11,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev
   libgtest-dev libgmock-dev liblzma-dev
   clang libclang-rt-14-dev  # libFuzzer and sanitizers for the fuzz targets
+  libomp-dev  # OpenMP runtime for clang builds (GCC brings its own libgomp)
   python3 python3-venv python3-pip
 )
 missing=()

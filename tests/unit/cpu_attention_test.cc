@@ -259,6 +259,43 @@ TEST_P(CpuAttention, SameBitsForAnyThreadCount) {
   EXPECT_TRUE(test::bitwise_equal(results[0], results[2]));
 }
 
+// A reference backend must not hide bad values: a NaN in one query head makes that head's output
+// NaN (as in Hugging Face), and leaves every other head finite.
+TEST_P(CpuAttention, NaNInAQueryReachesItsOutputOnly) {
+  CpuBackend backend(GetParam());
+  const int64_t D = 64, kv_heads = 2, group = 2, block_size = 16;
+  const int64_t query_heads = kv_heads * group;
+  // Token 1 sees 40 positions: a multiple of the vector width, so no scalar tail rescues a NaN.
+  PagedBatch batch = make_batch(backend, {{41, 3}}, block_size, 3);
+  PagedCache cache = make_cache(backend, DType::kF32, batch.num_blocks, kv_heads, block_size, D);
+  auto* cache_data = cache.storage.as<float>();
+  for (int64_t p = 0; p < 41; ++p) {
+    const int64_t slot = batch.slot(0, p, block_size);
+    for (int64_t h = 0; h < kv_heads; ++h) {
+      for (int64_t kv = 0; kv < 2; ++kv) {
+        float* row =
+            cache_data + cache.view.offset(kLayer, slot / block_size, kv, h, slot % block_size);
+        for (int64_t d = 0; d < D; ++d) row[d] = 0.01f * float((p + d) % 7);
+      }
+    }
+  }
+  auto q_values = test::random_values(3 * query_heads * D, 4);
+  q_values[size_t((1 * query_heads + 2) * D + 5)] = std::numeric_limits<float>::quiet_NaN();
+  BackendTensor q = test::tensor_from(backend, DType::kF32, {3, query_heads * D}, q_values);
+  BackendTensor out = test::make_tensor(backend, DType::kF32, {3, query_heads * D});
+  backend.attention(q.tensor, batch.view, cache.view, kLayer, 0.125f, 0, out.tensor);
+  const auto actual = test::load_floats(out.tensor);
+  for (int64_t t = 0; t < 3; ++t) {
+    for (int64_t h = 0; h < query_heads; ++h) {
+      for (int64_t d = 0; d < D; ++d) {
+        const bool poisoned_head = t == 1 && h == 2;
+        ASSERT_EQ(std::isnan(actual[size_t((t * query_heads + h) * D + d)]), poisoned_head)
+            << "token " << t << " head " << h << " element " << d;
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Isas, CpuAttention, testing::ValuesIn(test::test_isas()),
                          test::isa_test_name);
 

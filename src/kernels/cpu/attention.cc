@@ -1,80 +1,157 @@
-// Paged attention on the CPU. One task is (token, kv head): the query heads that share the kv head
-// go through its keys and values together, so each cache row is read once per task. Scores are
-// kept for the whole visible context (no online softmax), which makes the result exactly the
-// softmax Hugging Face computes, up to float32 rounding.
+// Paged attention on the CPU. A task is (token, kv head): the query heads sharing the kv head go
+// through its cache blocks together, so each cache row is read once per task. Scores q.K^T come
+// from the dot-product tiles (a block's keys of one head are contiguous rows), the softmax runs in
+// float32 over the whole visible context (kept, no online softmax: the softmax Hugging Face
+// computes, up to float32 rounding), then out = P V.
 #include "kernels/cpu/attention.h"
 
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/dot_tiles.h"
 #include "kernels/cpu/float_types.h"
 #include "kernels/cpu/threading.h"
-
-#if KITE_HAS_AVX2_KERNELS
-#include <immintrin.h>
-#endif
 
 namespace kite::cpu {
 namespace {
 
-float dot_scalar(const float* a, const float* b, int64_t size) {
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < size; ++i) sum += a[i] * b[i];
-  return sum;
-}
+// accumulators[h][:] += probabilities[h * stride + j] * values[j][:] for h < heads, j < count, in
+// increasing j. values: `count` contiguous rows of head_dim elements.
+template <typename Element>
+using AccumulateFunction = void (*)(const float* probabilities, int64_t stride, int64_t heads,
+                                    const typename Element::Storage* values, int64_t count,
+                                    int64_t head_dim, float* accumulators);
 
-// y += alpha * x
-void axpy_scalar(float alpha, const float* x, float* y, int64_t size) {
-#pragma omp simd
-  for (int64_t i = 0; i < size; ++i) y[i] += alpha * x[i];
+template <typename Element>
+void accumulate_values_scalar(const float* probabilities, int64_t stride, int64_t heads,
+                              const typename Element::Storage* values, int64_t count,
+                              int64_t head_dim, float* accumulators) {
+  for (int64_t h = 0; h < heads; ++h) {
+    float* sums = accumulators + h * head_dim;
+    for (int64_t j = 0; j < count; ++j) {
+      const float probability = probabilities[h * stride + j];
+      const auto* row = values + j * head_dim;
+      for (int64_t d = 0; d < head_dim; ++d) sums[d] += probability * Element::load(row[d]);
+    }
+  }
 }
 
 #if KITE_HAS_AVX2_KERNELS
-KITE_TARGET_AVX2 float dot_avx2(const float* a, const float* b, int64_t size) {
-  // Two accumulators hide the latency of the dependent FMAs.
-  __m256 even = _mm256_setzero_ps();
-  __m256 odd = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= size; i += 16) {
-    even = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), even);
-    odd = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), odd);
+template <typename Element>
+KITE_TARGET_AVX2 void accumulate_values_avx2(const float* probabilities, int64_t stride,
+                                             int64_t heads, const typename Element::Storage* values,
+                                             int64_t count, int64_t head_dim, float* accumulators) {
+  constexpr int kVectors = 8;  // 64 elements of a head stay in registers while the rows go by
+  for (int64_t h = 0; h < heads; ++h) {
+    float* sums = accumulators + h * head_dim;
+    const float* head_probabilities = probabilities + h * stride;
+    int64_t d0 = 0;
+    for (; d0 + kVectors * kLanes <= head_dim; d0 += kVectors * kLanes) {
+      __m256 partial[kVectors];
+      for (int c = 0; c < kVectors; ++c) partial[c] = _mm256_loadu_ps(sums + d0 + c * kLanes);
+      for (int64_t j = 0; j < count; ++j) {
+        const __m256 probability = _mm256_set1_ps(head_probabilities[j]);
+        const auto* row = values + j * head_dim + d0;
+        for (int c = 0; c < kVectors; ++c) {
+          partial[c] = _mm256_fmadd_ps(probability, load8<Element>(row + c * kLanes), partial[c]);
+        }
+      }
+      for (int c = 0; c < kVectors; ++c) _mm256_storeu_ps(sums + d0 + c * kLanes, partial[c]);
+    }
+    for (; d0 + kLanes <= head_dim; d0 += kLanes) {
+      __m256 partial = _mm256_loadu_ps(sums + d0);
+      for (int64_t j = 0; j < count; ++j) {
+        partial = _mm256_fmadd_ps(_mm256_set1_ps(head_probabilities[j]),
+                                  load8<Element>(values + j * head_dim + d0), partial);
+      }
+      _mm256_storeu_ps(sums + d0, partial);
+    }
+    for (; d0 < head_dim; ++d0) {
+      float sum = sums[d0];
+      for (int64_t j = 0; j < count; ++j) {
+        sum = std::fma(head_probabilities[j], Element::load(values[j * head_dim + d0]), sum);
+      }
+      sums[d0] = sum;
+    }
   }
-  if (i + 8 <= size) {
-    even = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), even);
-    i += 8;
-  }
-  const __m256 both = _mm256_add_ps(even, odd);
-  const __m128 halves = _mm_add_ps(_mm256_castps256_ps128(both), _mm256_extractf128_ps(both, 1));
-  const __m128 pairs = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
-  float sum = _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)));
-  for (; i < size; ++i) sum = std::fma(a[i], b[i], sum);
-  return sum;
-}
-
-KITE_TARGET_AVX2 void axpy_avx2(float alpha, const float* x, float* y, int64_t size) {
-  const __m256 alphas = _mm256_set1_ps(alpha);
-  int64_t i = 0;
-  for (; i + 8 <= size; i += 8) {
-    _mm256_storeu_ps(y + i,
-                     _mm256_fmadd_ps(alphas, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  }
-  for (; i < size; ++i) y[i] = std::fma(alpha, x[i], y[i]);
 }
 #endif
 
-struct VectorKernels {
-  float (*dot)(const float*, const float*, int64_t);
-  void (*axpy)(float, const float*, float*, int64_t);
-};
+// scores = softmax(scale * scores), in place: float32, maximum subtracted, e / sum(e).
+void softmax_scalar(float* scores, int64_t count, float scale) {
+  for (int64_t j = 0; j < count; ++j) scores[j] *= scale;
+  const float maximum = *std::max_element(scores, scores + count);
+  float sum = 0.0f;
+  for (int64_t j = 0; j < count; ++j) {
+    scores[j] = std::exp(scores[j] - maximum);
+    sum += scores[j];
+  }
+  for (int64_t j = 0; j < count; ++j) scores[j] /= sum;
+}
 
-VectorKernels vector_kernels(Isa isa) {
 #if KITE_HAS_AVX2_KERNELS
-  if (isa == Isa::kAvx2) return {&dot_avx2, &axpy_avx2};
+// exp(x) for x <= 0 to about 1 ulp (the Cephes expf polynomial, as in PyTorch's vectorised
+// softmax): x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6 polynomial, 2^n by exponent bits.
+// Below -87.3 the result is not flushed to zero but stays under 1.2e-38, which no sum notices.
+KITE_TARGET_AVX2 inline __m256 exp_nonpositive(__m256 x) {
+  // max_ps returns its second operand when either is NaN: a NaN score stays NaN.
+  x = _mm256_max_ps(_mm256_set1_ps(-87.3365447505531f), x);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i exponent =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(exponent));
+}
+
+KITE_TARGET_AVX2 void softmax_avx2(float* scores, int64_t count, float scale) {
+  const __m256 scales = _mm256_set1_ps(scale);
+  __m256 maxima = _mm256_set1_ps(-INFINITY);
+  int64_t j = 0;
+  for (; j + kLanes <= count; j += kLanes) {
+    const __m256 scaled = _mm256_mul_ps(_mm256_loadu_ps(scores + j), scales);
+    _mm256_storeu_ps(scores + j, scaled);
+    maxima = _mm256_max_ps(maxima, scaled);
+  }
+  float lanes[kLanes];
+  _mm256_storeu_ps(lanes, maxima);
+  float maximum = *std::max_element(lanes, lanes + kLanes);
+  for (; j < count; ++j) maximum = std::max(maximum, scores[j] *= scale);
+
+  const __m256 maxima_broadcast = _mm256_set1_ps(maximum);
+  __m256 sums = _mm256_setzero_ps();
+  for (j = 0; j + kLanes <= count; j += kLanes) {
+    const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(scores + j), maxima_broadcast));
+    _mm256_storeu_ps(scores + j, e);
+    sums = _mm256_add_ps(sums, e);
+  }
+  float sum = horizontal_sum(sums);
+  for (; j < count; ++j) sum += (scores[j] = std::exp(scores[j] - maximum));
+
+  const __m256 sum_broadcast = _mm256_set1_ps(sum);
+  for (j = 0; j + kLanes <= count; j += kLanes) {
+    _mm256_storeu_ps(scores + j, _mm256_div_ps(_mm256_loadu_ps(scores + j), sum_broadcast));
+  }
+  for (; j < count; ++j) scores[j] /= sum;
+}
+#endif
+
+template <typename Element>
+AccumulateFunction<Element> accumulate_values(Isa isa) {
+#if KITE_HAS_AVX2_KERNELS
+  if (isa == Isa::kAvx2) return &accumulate_values_avx2<Element>;
 #endif
   (void)isa;
-  return {&dot_scalar, &axpy_scalar};
+  return &accumulate_values_scalar<Element>;
 }
 
 // Programming errors in the batch metadata would make attention read outside the cache: check it
@@ -108,13 +185,19 @@ template <typename Element>
 void attention_typed(const float* queries, const AttentionBatch& batch, const KvCacheView& cache,
                      int64_t layer, float scale, int64_t sliding_window, int64_t query_heads,
                      float* output, Isa isa) {
+  using Storage = typename Element::Storage;
   const int64_t tokens = batch.num_tokens;
   const int64_t head_dim = cache.head_dim;
   const int64_t kv_heads = cache.num_kv_heads;
   const int64_t group = query_heads / kv_heads;
   const int64_t block_size = cache.block_size;
-  const auto* cache_data = static_cast<const typename Element::Storage*>(cache.data);
-  const VectorKernels kernels = vector_kernels(isa);
+  const auto* cache_data = static_cast<const Storage*>(cache.data);
+  const AccumulateFunction<Element> accumulate = accumulate_values<Element>(isa);
+#if KITE_HAS_AVX2_KERNELS
+  const auto softmax = isa == Isa::kAvx2 ? &softmax_avx2 : &softmax_scalar;
+#else
+  const auto softmax = &softmax_scalar;
+#endif
 
   std::vector<int32_t> sequence_of_token(static_cast<size_t>(tokens));
   int64_t score_count = 0;  // an upper bound of the scores of the whole batch, to size the work
@@ -124,64 +207,71 @@ void attention_typed(const float* queries, const AttentionBatch& batch, const Kv
     }
     score_count += (batch.query_start[s + 1] - batch.query_start[s]) * batch.context_length[s];
   }
+  // One task per (token, kv head), never split further: splitting the query heads of a group
+  // would read the group's keys and values once per part, and decode attention is memory bound.
+  const int64_t tasks = tokens * kv_heads;
 
 #pragma omp parallel if (score_count * query_heads * head_dim >= kMinParallelWork)
   {
-    std::vector<float> scores;                                        // [group, visible keys]
-    std::vector<float> accumulators;                                  // [group, head_dim]
-    std::vector<float> converted_row(static_cast<size_t>(head_dim));  // a cache row as float32
+    std::vector<float> scores;        // [group, visible positions]
+    std::vector<float> accumulators;  // [group, head_dim]
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < tokens * kv_heads; ++task) {
+    for (int64_t task = 0; task < tasks; ++task) {
       const int64_t t = task / kv_heads;
       const int64_t kv_head = task % kv_heads;
-      const int64_t sequence = sequence_of_token[size_t(t)];
-      const int32_t* block_table = batch.block_table + sequence * batch.max_blocks_per_sequence;
+      const int64_t first_head = kv_head * group;
+      const int32_t* block_table =
+          batch.block_table + sequence_of_token[size_t(t)] * batch.max_blocks_per_sequence;
       const int64_t position = batch.positions[t];
       const int64_t first =
           sliding_window > 0 ? std::max<int64_t>(0, position - sliding_window + 1) : 0;
       const int64_t visible = position - first + 1;
-      const float* query = queries + (t * query_heads + kv_head * group) * head_dim;
+      const float* query = queries + (t * query_heads + first_head) * head_dim;
 
-      // Returns cache row (key 0 / value 1) of position j as float32.
-      auto cache_row = [&](int64_t kv, int64_t j) -> const float* {
-        const auto* row = cache_data + cache.offset(layer, block_table[j / block_size], kv, kv_head,
-                                                    j % block_size);
-        if constexpr (std::is_same_v<Element, Float32>) {
-          return row;
-        } else {
-          for (int64_t i = 0; i < head_dim; ++i) converted_row[size_t(i)] = Element::load(row[i]);
-          return converted_row.data();
+      // Calls visit(rows, count, index) for each run of positions [first, position] that is
+      // contiguous in one cache block: `count` rows of head_dim, the first at visible index
+      // `index`.
+      auto for_each_block = [&](int64_t kv, auto&& visit) {
+        for (int64_t j = first; j <= position;) {
+          const int64_t in_block = j % block_size;
+          const int64_t count = std::min(block_size - in_block, position + 1 - j);
+          visit(
+              cache_data + cache.offset(layer, block_table[j / block_size], kv, kv_head, in_block),
+              count, j - first);
+          j += count;
         }
       };
 
       scores.resize(size_t(group * visible));
-      for (int64_t j = first; j <= position; ++j) {
-        const float* key = cache_row(0, j);
-        for (int64_t h = 0; h < group; ++h) {
-          scores[size_t(h * visible + j - first)] =
-              kernels.dot(query + h * head_dim, key, head_dim) * scale;
+      for_each_block(0, [&](const Storage* keys, int64_t count, int64_t index) {
+        for (int64_t h0 = 0; h0 < group; h0 += kMaxTileTokens) {
+          const int64_t tile_heads = std::min<int64_t>(kMaxTileTokens, group - h0);
+          // Tile shapes that keep accumulators and operands in the 16 vector registers.
+          const int64_t tile_keys = tile_heads == 1 ? 8 : tile_heads == 4 ? 3 : 4;
+          for (int64_t r0 = 0; r0 < count; r0 += tile_keys) {
+            const int64_t rows = std::min(tile_keys, count - r0);
+            const DotTileArguments arguments{query + h0 * head_dim,
+                                             head_dim,
+                                             keys + r0 * head_dim,
+                                             head_dim,
+                                             head_dim,
+                                             scores.data() + h0 * visible + index + r0,
+                                             visible,
+                                             nullptr};
+            dot_tile<Element>(isa, tile_heads, rows)(arguments);
+          }
         }
-      }
+      });
       for (int64_t h = 0; h < group; ++h) {
-        float* head_scores = scores.data() + h * visible;
-        const float maximum = *std::max_element(head_scores, head_scores + visible);
-        float sum = 0.0f;
-        for (int64_t j = 0; j < visible; ++j) {
-          head_scores[j] = std::exp(head_scores[j] - maximum);
-          sum += head_scores[j];
-        }
-        for (int64_t j = 0; j < visible; ++j) head_scores[j] /= sum;
+        softmax(scores.data() + h * visible, visible, scale);
       }
       accumulators.assign(size_t(group * head_dim), 0.0f);
-      for (int64_t j = first; j <= position; ++j) {
-        const float* value = cache_row(1, j);
-        for (int64_t h = 0; h < group; ++h) {
-          kernels.axpy(scores[size_t(h * visible + j - first)], value,
-                       accumulators.data() + h * head_dim, head_dim);
-        }
-      }
+      for_each_block(1, [&](const Storage* values, int64_t count, int64_t index) {
+        accumulate(scores.data() + index, visible, group, values, count, head_dim,
+                   accumulators.data());
+      });
       std::copy(accumulators.begin(), accumulators.end(),
-                output + (t * query_heads + kv_head * group) * head_dim);
+                output + (t * query_heads + first_head) * head_dim);
     }
   }
 }

@@ -35,8 +35,8 @@ struct LinearProblem {
   int64_t rows = 0;
 };
 
-// Computes out[t0:t1, n0:n1] with tiles of at most tile_tokens x tile_rows; `weight` points at row
-// n0.
+// Computes out[t0:t1, n0:n1] with tiles of at most tile_tokens x tile_rows; `weight` points at
+// row n0.
 template <typename Element>
 void run_tiles(const LinearProblem& problem, Isa isa, const typename Element::Storage* weight,
                int64_t t0, int64_t t1, int64_t n0, int64_t n1, int64_t tile_tokens,
@@ -47,6 +47,8 @@ void run_tiles(const LinearProblem& problem, Isa isa, const typename Element::St
     for (int64_t n = n0; n < n1; n += tile_rows) {
       const int64_t rows = std::min(tile_rows, n1 - n);
       const auto* tile_weight = weight + (n - n0) * k_size;
+      // The next tile's rows follow this tile's (weights are row-major); prefetch stays in bounds.
+      const bool prefetch_next = prefetch && n + 2 * rows <= problem.rows;
       const DotTileArguments arguments{
           problem.x + t * k_size,
           k_size,
@@ -55,7 +57,7 @@ void run_tiles(const LinearProblem& problem, Isa isa, const typename Element::St
           k_size,
           problem.out + t * problem.rows + n,
           problem.rows,
-          prefetch ? reinterpret_cast<const char*>(tile_weight + rows * k_size) : nullptr};
+          prefetch_next ? reinterpret_cast<const char*>(tile_weight + rows * k_size) : nullptr};
       dot_tile<Element>(isa, tokens, rows)(arguments);
     }
   }

@@ -37,7 +37,8 @@ void rope_and_store_kv(DeviceTensor& q, const DeviceTensor& k, const DeviceTenso
   const int64_t kv_heads = cache.num_kv_heads;
   KITE_CHECK(q.dtype == DType::kF32 && k.dtype == DType::kF32 && v.dtype == DType::kF32);
   KITE_CHECK(is_cpu_float_dtype(cache.dtype));
-  KITE_CHECK(head_dim > 0 && kv_heads > 0 && layer >= 0 && layer < cache.num_layers);
+  KITE_CHECK(head_dim > 0 && kv_heads > 0 && cache.block_size > 0);
+  KITE_CHECK(layer >= 0 && layer < cache.num_layers);
   KITE_CHECK(q.rows() == tokens && q.cols() % head_dim == 0);
   KITE_CHECK(k.rows() == tokens && k.cols() == kv_heads * head_dim);
   KITE_CHECK(v.rows() == tokens && v.cols() == kv_heads * head_dim);
