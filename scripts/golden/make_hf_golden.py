@@ -3,16 +3,17 @@
 full-prompt logits and greedy continuations, for Kite's end-to-end golden tests.
 
 Usage: python3 scripts/golden/make_hf_golden.py OUT_DIR [--only NAME[,NAME...]]
-Needs: torch, transformers 5, safetensors (runs on the CPU, float32, fixed seeds).
+Needs: torch, transformers 5, safetensors, tokenizers (runs on the CPU, float32, fixed seeds).
 
 For each model it writes OUT_DIR/<name>/: config.json, model.safetensors (and whatever else
-save_pretrained writes, e.g. generation_config.json), reference.json (prompts, greedy tokens, top-2
-margins, settings, versions) and reference.safetensors (logits_<i>: float32 [prompt_length, vocab]).
+save_pretrained writes, e.g. generation_config.json), tokenizer.json (bytes as tokens: id b is
+byte b; the prompts are ids, the tokenizer only makes the folder a complete HF model),
+reference.json (prompts, greedy tokens, top-2 margins, settings, versions) and
+reference.safetensors (logits_<i>: float32 [prompt_length, vocab]).
 Exits non-zero, with a message, when anything fails or a self-check does not hold.
 """
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -102,6 +103,34 @@ def set_weights(torch, model) -> None:
             parameter.copy_(values.to(parameter.dtype))
 
 
+def byte_level_characters():
+    """GPT-2's byte-to-character table of byte-level BPE: byte b -> its printable stand-in."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1))
+                 + list(range(ord("\u00ae"), ord("\u00ff") + 1)))
+    characters = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in characters:
+            characters[b] = chr(256 + extra)
+            extra += 1
+    return characters
+
+
+def write_byte_tokenizer(folder: str) -> None:
+    """tokenizer.json of a byte-level BPE without merges: token id b is byte b, so the 256-entry
+    vocabulary covers any text and the models need no real tokenizer (engines that require
+    tokenizer.json, such as `kite convert`, get one)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    characters = byte_level_characters()
+    tokenizer = Tokenizer(models.BPE(vocab={characters[b]: b for b in range(VOCAB)}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    sample = "Kite \u00e9\u00e8 \u6771\u4eac\n"
+    if tokenizer.encode(sample).ids != list(sample.encode("utf-8")):
+        fail("the byte tokenizer does not map bytes to their values")
+    tokenizer.save(os.path.join(folder, "tokenizer.json"))
+
+
 def make_prompts(torch):
     generator = torch.Generator().manual_seed(PROMPT_SEED)
     return [torch.randint(0, VOCAB, (length,), generator=generator).tolist()
@@ -153,6 +182,7 @@ def run_model(torch, transformers, safetensors_torch, name, model_type, config_a
     set_weights(torch, model)
     model.eval()
     model.save_pretrained(folder)
+    write_byte_tokenizer(folder)
     weights_file = os.path.join(folder, "model.safetensors")
     if not os.path.isfile(weights_file):
         fail(f"{name}: save_pretrained wrote no model.safetensors in {folder} "
@@ -311,8 +341,10 @@ def main() -> int:
         import torch
         import transformers
         import safetensors.torch as safetensors_torch
+        import tokenizers  # noqa: F401  (for tokenizer.json)
     except ImportError as error:
-        fail(f"missing Python package: {error} (needs torch, transformers 5 and safetensors)")
+        fail(f"missing Python package: {error} (needs torch, transformers 5, safetensors and "
+             "tokenizers)")
     if int(transformers.__version__.split(".")[0]) < 5:
         fail(f"transformers {transformers.__version__} found; this script is written for "
              "transformers 5 (rope_parameters, DynamicCache(config=...))")
