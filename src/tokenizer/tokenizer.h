@@ -1,5 +1,8 @@
 // Text <-> token ids, exactly as the Hugging Face `tokenizers` library does for the same
 // tokenizer.json: normalizer, pre-tokenizer, model (BPE), post-processor, decoder, added tokens.
+// The file's "truncation" and "padding" settings are ignored, as transformers' tokenizers do
+// (callers limit lengths themselves); any component Kite does not implement is refused at load.
+// A Tokenizer is immutable once loaded: encode and decode may run on many threads at once.
 #pragma once
 
 #include <cstdint>
