@@ -323,7 +323,6 @@ Result<Regex> Regex::compile(std::string pcre2_pattern, std::string_view origina
   compiled->code = code;
   compiled->jit = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE) == 0;
   Regex regex;
-  regex.pattern_ = std::string(original);
   regex.compiled_ = std::move(compiled);
   return regex;
 }

@@ -42,15 +42,12 @@ class Regex {
   // Whether the pattern matches at the very start of `text`.
   bool matches_at_start(std::string_view text) const;
 
-  const std::string& pattern() const { return pattern_; }
-
  private:
   struct Compiled;
   static Result<Regex> compile(std::string pcre2_pattern, std::string_view original);
   // The first match at or after `start` (false when none).
   bool search(std::string_view text, size_t start, MatchSpan& match) const;
 
-  std::string pattern_;  // as written in tokenizer.json, for messages
   std::shared_ptr<const Compiled> compiled_;
 };
 
