@@ -176,9 +176,6 @@ Result<AddedVocabulary> AddedVocabulary::from_json(const nlohmann::json& list,
       if (const Json* id = optional_field(item, "id")) {
         KITE_RETURN_IF_ERROR(to_token_id(*id, where).status());
       }
-      if (token.content.size() > 4096) {
-        return corrupt(where + ": content is longer than 4096 bytes");
-      }
       vocabulary.add_token(token, model, normalizer);
     }
   }

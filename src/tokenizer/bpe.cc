@@ -208,21 +208,66 @@ void BpeModel::tokenize(std::string_view word, std::vector<int32_t>& ids) const 
     }
   }
   const bool cacheable = word.size() < kMaxCachedWordBytes;
-  CacheShard& shard = cache_[std::hash<std::string_view>()(word) % kCacheShards];
+  const uint64_t hash = std::hash<std::string_view>()(word) | 1;
+  CacheShard& shard = cache_[hash % kCacheShards];
   if (cacheable) {
     std::lock_guard<std::mutex> lock(shard.mutex);
-    if (const auto it = shard.words.find(word); it != shard.words.end()) {
-      ids.insert(ids.end(), it->second.begin(), it->second.end());
-      return;
-    }
+    if (shard.words.find(hash, word, ids)) return;
   }
   const size_t first = ids.size();
   merge_word(word, ids);
   if (cacheable) {
     std::lock_guard<std::mutex> lock(shard.mutex);
     if (shard.words.size() < kCacheWordsPerShard) {
-      shard.words.emplace(std::string(word), std::vector<int32_t>(ids.begin() + first, ids.end()));
+      shard.words.insert(hash, word, std::span<const int32_t>(ids).subspan(first));
     }
+  }
+}
+
+bool BpeModel::WordCache::find(uint64_t hash, std::string_view word,
+                               std::vector<int32_t>& ids) const {
+  if (slots_.empty()) return false;
+  const size_t mask = slots_.size() - 1;
+  for (size_t slot = (hash >> 20) & mask;; slot = (slot + 1) & mask) {
+    const Slot& entry = slots_[slot];
+    if (entry.hash == 0) return false;
+    if (entry.hash == hash && entry.key_length == word.size() &&
+        std::string_view(keys_).substr(entry.key_offset, entry.key_length) == word) {
+      ids.insert(ids.end(), ids_.begin() + entry.ids_offset,
+                 ids_.begin() + entry.ids_offset + entry.ids_count);
+      return true;
+    }
+  }
+}
+
+void BpeModel::WordCache::insert(uint64_t hash, std::string_view word,
+                                 std::span<const int32_t> word_ids) {
+  if (2 * (size_ + 1) > slots_.size()) grow();
+  const size_t mask = slots_.size() - 1;
+  size_t slot = (hash >> 20) & mask;
+  while (slots_[slot].hash != 0) {
+    if (slots_[slot].hash == hash &&
+        std::string_view(keys_).substr(slots_[slot].key_offset, slots_[slot].key_length) == word) {
+      return;  // another thread cached it first
+    }
+    slot = (slot + 1) & mask;
+  }
+  slots_[slot] = Slot{hash, uint32_t(keys_.size()), uint32_t(word.size()), uint32_t(ids_.size()),
+                      uint32_t(word_ids.size())};
+  keys_.append(word);
+  ids_.insert(ids_.end(), word_ids.begin(), word_ids.end());
+  ++size_;
+}
+
+void BpeModel::WordCache::grow() {
+  std::vector<Slot> old = std::move(slots_);
+  slots_.assign(old.empty() ? 1024 : old.size() * 2, Slot());
+  const size_t mask = slots_.size() - 1;
+  for (const Slot& entry : old) {
+    if (entry.hash == 0) continue;
+    size_t slot = (entry.hash >> 20) & mask;
+    while (slots_[slot].hash != 0) slot = (slot + 1) & mask;
+    slots_[slot] = entry;
   }
 }
 

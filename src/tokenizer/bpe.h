@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -44,10 +45,33 @@ class BpeModel {
     uint32_t rank;
     int32_t new_id;
   };
-  // Words cached with their ids; a few shards keep threads that encode at once from queuing.
+  // Words already merged, with their ids: an open-addressing table whose keys and ids live in
+  // two arenas, so that a lookup touches few cache lines (the cache is hit for most words).
+  class WordCache {
+   public:
+    // Appends the ids of `word` and returns true when it is cached. `hash` is never 0.
+    bool find(uint64_t hash, std::string_view word, std::vector<int32_t>& ids) const;
+    void insert(uint64_t hash, std::string_view word, std::span<const int32_t> word_ids);
+    size_t size() const { return size_; }
+
+   private:
+    struct Slot {
+      uint64_t hash = 0;  // 0: empty
+      uint32_t key_offset = 0;
+      uint32_t key_length = 0;
+      uint32_t ids_offset = 0;
+      uint32_t ids_count = 0;
+    };
+    void grow();
+    std::vector<Slot> slots_;  // a power of two in size, at most half full
+    std::string keys_;
+    std::vector<int32_t> ids_;
+    size_t size_ = 0;
+  };
+  // A few shards, each with its lock, keep threads that encode at once from queuing.
   struct CacheShard {
     std::mutex mutex;
-    std::unordered_map<std::string, std::vector<int32_t>, StringHash, std::equal_to<>> words;
+    WordCache words;
   };
   static constexpr size_t kCacheShards = 16;
   static constexpr size_t kCacheWordsPerShard = 8192;

@@ -75,31 +75,51 @@ class UnicodeNormalizer final : public Normalizer {
         name = "NFKD";
         break;
     }
-    // Characters whose decomposition the library does not know yet stay as they are; they are
-    // starters, so normalizing the text between them separately gives the same result.
+    // ASCII is invariant and never combines with what precedes it, so only the runs of
+    // non-ASCII characters (with the ASCII character before each, which may compose with them)
+    // go through utf8proc.
     const auto exceptions = unicode::normal_form_exceptions(name);
     std::string out;
-    size_t segment_start = 0;
+    out.reserve(text.size() + 16);
     size_t position = 0;
-    while (position < text.size() && !exceptions.empty()) {
-      const size_t start = position;
-      const char32_t c = unicode::next_character(text, position);
-      if (c >= 0x80 && unicode::contains(exceptions, c)) {
-        out += utf8proc_normal_form(
-            std::string_view(text).substr(segment_start, start - segment_start), options);
-        out.append(text, start, position - start);
-        segment_start = position;
+    while (position < text.size()) {
+      size_t run = position;
+      while (run < text.size() && static_cast<unsigned char>(text[run]) < 0x80) ++run;
+      if (run == text.size()) {
+        out.append(text, position, run - position);
+        break;
       }
+      const size_t start = run > position ? run - 1 : run;
+      out.append(text, position, start - position);
+      size_t end = run;
+      while (end < text.size() && static_cast<unsigned char>(text[end]) >= 0x80) ++end;
+      normalize_segment(std::string_view(text).substr(start, end - start), options, exceptions,
+                        out);
+      position = end;
     }
-    if (segment_start == 0) {
-      text = utf8proc_normal_form(text, options);
-      return;
-    }
-    out += utf8proc_normal_form(std::string_view(text).substr(segment_start), options);
     text = std::move(out);
   }
 
  private:
+  // Characters whose decomposition the library does not know yet stay as they are; they are
+  // starters, so normalizing the text between them separately gives the same result.
+  static void normalize_segment(std::string_view segment, int options,
+                                std::span<const unicode::CodePointRange> exceptions,
+                                std::string& out) {
+    size_t segment_start = 0;
+    size_t position = 0;
+    while (position < segment.size() && !exceptions.empty()) {
+      const size_t start = position;
+      const char32_t c = unicode::next_character(segment, position);
+      if (c >= 0x80 && unicode::contains(exceptions, c)) {
+        out += utf8proc_normal_form(segment.substr(segment_start, start - segment_start), options);
+        out.append(segment.substr(start, position - start));
+        segment_start = position;
+      }
+    }
+    out += utf8proc_normal_form(segment.substr(segment_start), options);
+  }
+
   NormalForm form_;
 };
 

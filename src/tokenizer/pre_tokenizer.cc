@@ -78,13 +78,12 @@ void apply_behavior(std::vector<PatternSpan>& spans, SplitBehavior behavior) {
   spans = std::move(out);
 }
 
-// Appends the non-empty pieces of `piece` that `spans` delimit.
-void emit_spans(const Piece& piece, const std::vector<PatternSpan>& spans,
-                std::vector<Piece>& out) {
+// Passes on the non-empty pieces of `piece` that `spans` delimit.
+void emit_spans(const Piece& piece, const std::vector<PatternSpan>& spans, const PieceSink& sink) {
   for (const auto& span : spans) {
     if (span.end <= span.start) continue;
-    out.push_back(Piece{piece.text.substr(span.start, span.end - span.start),
-                        piece.at_text_start && span.start == 0});
+    sink(Piece{piece.text.substr(span.start, span.end - span.start),
+               piece.at_text_start && span.start == 0});
   }
 }
 
@@ -111,28 +110,13 @@ void find_character_matches(std::string_view text, Predicate predicate,
   if (last_offset < text.size()) spans.push_back({last_offset, text.size(), false});
 }
 
-// Runs `split_one(piece, out)` over every piece.
-template <typename SplitOne>
-void split_pieces(std::vector<Piece>& pieces, SplitOne split_one) {
-  // Words average well over four bytes; reserving for that avoids regrowing a vector of
-  // hundreds of thousands of pieces when a whole document arrives as one piece.
-  size_t bytes = 0;
-  for (const Piece& piece : pieces) bytes += piece.text.size();
-  std::vector<Piece> out;
-  out.reserve(std::max(pieces.size() * 2, bytes / 4 + 1));
-  for (const Piece& piece : pieces) split_one(piece, out);
-  pieces = std::move(out);
-}
-
-void split_by_character(std::vector<Piece>& pieces, const std::function<bool(char32_t)>& predicate,
-                        SplitBehavior behavior) {
+void split_by_character(const Piece& piece, const std::function<bool(char32_t)>& predicate,
+                        SplitBehavior behavior, const PieceSink& sink) {
+  // Local, not shared: the sink may run further steps that split with their own spans.
   std::vector<PatternSpan> spans;
-  split_pieces(pieces, [&](const Piece& piece, std::vector<Piece>& out) {
-    spans.clear();
-    find_character_matches(piece.text, predicate, spans);
-    apply_behavior(spans, behavior);
-    emit_spans(piece, spans, out);
-  });
+  find_character_matches(piece.text, predicate, spans);
+  apply_behavior(spans, behavior);
+  emit_spans(piece, spans, sink);
 }
 
 // GPT-2's word pattern, as the ByteLevel pre-tokenizer hard-codes it.
@@ -144,39 +128,36 @@ class ByteLevelPreTokenizer final : public PreTokenizer {
   ByteLevelPreTokenizer(bool add_prefix_space, std::optional<Regex> regex)
       : add_prefix_space_(add_prefix_space), regex_(std::move(regex)) {}
 
-  void pre_tokenize(std::vector<Piece>& pieces) const override {
+  void split(const Piece& piece, const PieceSink& sink) const override {
     const auto& byte_map = unicode::byte_to_characters();
-    std::vector<MatchSpan> matches;
     std::string prefixed;
-    split_pieces(pieces, [&](const Piece& piece, std::vector<Piece>& out) {
-      std::string_view text = piece.text;
-      if (add_prefix_space_ && !text.empty() && text[0] != ' ') {
-        prefixed = " ";
-        prefixed += text;
-        text = prefixed;
-      }
-      const auto emit = [&](size_t start, size_t end) {
-        if (end <= start) return;
-        Piece word{std::string(), piece.at_text_start && start == 0};
-        word.text.reserve((end - start) * 2);
-        for (size_t i = start; i < end; ++i) word.text += byte_map[static_cast<uint8_t>(text[i])];
-        out.push_back(std::move(word));
-      };
-      if (!regex_) {
-        emit(0, text.size());
-        return;
-      }
-      // Isolated split: matches and the gaps between them all become words.
-      matches.clear();
-      regex_->find_all(text, matches);
-      size_t previous = 0;
-      for (const auto& [start, end] : matches) {
-        emit(previous, start);
-        emit(start, end);
-        previous = end;
-      }
-      emit(previous, text.size());
-    });
+    std::string_view text = piece.text;
+    if (add_prefix_space_ && !text.empty() && text[0] != ' ') {
+      prefixed = " ";
+      prefixed += text;
+      text = prefixed;
+    }
+    const auto emit = [&](size_t start, size_t end) {
+      if (end <= start) return;
+      Piece word{std::string(), piece.at_text_start && start == 0};
+      word.text.reserve((end - start) * 2);
+      for (size_t i = start; i < end; ++i) word.text += byte_map[static_cast<uint8_t>(text[i])];
+      sink(std::move(word));
+    };
+    if (!regex_) {
+      emit(0, text.size());
+      return;
+    }
+    // Isolated split: matches and the gaps between them all become words.
+    Regex::Matches matches(*regex_, text);
+    MatchSpan match;
+    size_t previous = 0;
+    while (matches.next(match)) {
+      emit(previous, match.first);
+      emit(match.first, match.second);
+      previous = match.second;
+    }
+    emit(previous, text.size());
   }
 
  private:
@@ -189,17 +170,14 @@ class SplitPreTokenizer final : public PreTokenizer {
   SplitPreTokenizer(Pattern pattern, SplitBehavior behavior, bool invert)
       : pattern_(std::move(pattern)), behavior_(behavior), invert_(invert) {}
 
-  void pre_tokenize(std::vector<Piece>& pieces) const override {
+  void split(const Piece& piece, const PieceSink& sink) const override {
     std::vector<PatternSpan> spans;
-    split_pieces(pieces, [&](const Piece& piece, std::vector<Piece>& out) {
-      spans.clear();
-      pattern_.find_matches(piece.text, spans);
-      if (invert_) {
-        for (auto& span : spans) span.is_match = !span.is_match;
-      }
-      apply_behavior(spans, behavior_);
-      emit_spans(piece, spans, out);
-    });
+    pattern_.find_matches(piece.text, spans);
+    if (invert_) {
+      for (auto& span : spans) span.is_match = !span.is_match;
+    }
+    apply_behavior(spans, behavior_);
+    emit_spans(piece, spans, sink);
   }
 
  private:
@@ -218,34 +196,31 @@ class MetaspacePreTokenizer final : public PreTokenizer {
         scheme_(scheme),
         split_(split) {}
 
-  void pre_tokenize(std::vector<Piece>& pieces) const override {
+  void split(const Piece& piece, const PieceSink& sink) const override {
+    Piece replaced{std::string(), piece.at_text_start};
+    replaced.text.reserve(piece.text.size() + 8);
+    for (char c : piece.text) {
+      if (c == ' ') {
+        replaced.text += replacement_text_;
+      } else {
+        replaced.text += c;
+      }
+    }
+    const bool starts_with_replacement = replaced.text.starts_with(replacement_text_);
+    if (!replaced.text.empty() && !starts_with_replacement &&
+        (scheme_ == PrependScheme::kAlways ||
+         (scheme_ == PrependScheme::kFirst && piece.at_text_start))) {
+      replaced.text.insert(0, replacement_text_);
+    }
+    if (!split_) {
+      if (!replaced.text.empty()) sink(std::move(replaced));
+      return;
+    }
     std::vector<PatternSpan> spans;
-    split_pieces(pieces, [&](const Piece& piece, std::vector<Piece>& out) {
-      Piece replaced{std::string(), piece.at_text_start};
-      replaced.text.reserve(piece.text.size() + 8);
-      for (char c : piece.text) {
-        if (c == ' ') {
-          replaced.text += replacement_text_;
-        } else {
-          replaced.text += c;
-        }
-      }
-      const bool starts_with_replacement = replaced.text.starts_with(replacement_text_);
-      if (!replaced.text.empty() && !starts_with_replacement &&
-          (scheme_ == PrependScheme::kAlways ||
-           (scheme_ == PrependScheme::kFirst && piece.at_text_start))) {
-        replaced.text.insert(0, replacement_text_);
-      }
-      if (!split_) {
-        if (!replaced.text.empty()) out.push_back(std::move(replaced));
-        return;
-      }
-      spans.clear();
-      find_character_matches(
-          replaced.text, [&](char32_t c) { return c == replacement_; }, spans);
-      apply_behavior(spans, SplitBehavior::kMergedWithNext);
-      emit_spans(replaced, spans, out);
-    });
+    find_character_matches(
+        replaced.text, [&](char32_t c) { return c == replacement_; }, spans);
+    apply_behavior(spans, SplitBehavior::kMergedWithNext);
+    emit_spans(replaced, spans, sink);
   }
 
  private:
@@ -259,8 +234,8 @@ class CharacterClassPreTokenizer final : public PreTokenizer {
  public:
   CharacterClassPreTokenizer(std::function<bool(char32_t)> predicate, SplitBehavior behavior)
       : predicate_(std::move(predicate)), behavior_(behavior) {}
-  void pre_tokenize(std::vector<Piece>& pieces) const override {
-    split_by_character(pieces, predicate_, behavior_);
+  void split(const Piece& piece, const PieceSink& sink) const override {
+    split_by_character(piece, predicate_, behavior_, sink);
   }
 
  private:
@@ -272,29 +247,30 @@ class CharacterClassPreTokenizer final : public PreTokenizer {
 class RegexKeepPreTokenizer final : public PreTokenizer {
  public:
   explicit RegexKeepPreTokenizer(Regex regex) : regex_(std::move(regex)) {}
-  void pre_tokenize(std::vector<Piece>& pieces) const override {
-    std::vector<MatchSpan> matches;
-    split_pieces(pieces, [&](const Piece& piece, std::vector<Piece>& out) {
-      matches.clear();
-      regex_.find_all(piece.text, matches);
-      for (const auto& [start, end] : matches) {
-        if (end > start) {
-          out.push_back(
-              Piece{piece.text.substr(start, end - start), piece.at_text_start && start == 0});
-        }
+  void split(const Piece& piece, const PieceSink& sink) const override {
+    Regex::Matches matches(regex_, piece.text);
+    MatchSpan match;
+    while (matches.next(match)) {
+      if (match.second > match.first) {
+        sink(Piece{piece.text.substr(match.first, match.second - match.first),
+                   piece.at_text_start && match.first == 0});
       }
-    });
+    }
   }
 
  private:
   Regex regex_;
 };
 
+// Whitespace removed, then punctuation isolated.
 class BertPreTokenizer final : public PreTokenizer {
  public:
-  void pre_tokenize(std::vector<Piece>& pieces) const override {
-    split_by_character(pieces, unicode::is_whitespace, SplitBehavior::kRemoved);
-    split_by_character(pieces, unicode::is_punctuation, SplitBehavior::kIsolated);
+  void split(const Piece& piece, const PieceSink& sink) const override {
+    auto isolate_punctuation = [&](Piece&& word) {
+      split_by_character(word, unicode::is_punctuation, SplitBehavior::kIsolated, sink);
+    };
+    split_by_character(piece, unicode::is_whitespace, SplitBehavior::kRemoved,
+                       PieceSink(isolate_punctuation));
   }
 };
 
@@ -302,11 +278,25 @@ class SequencePreTokenizer final : public PreTokenizer {
  public:
   explicit SequencePreTokenizer(std::vector<std::unique_ptr<PreTokenizer>> steps)
       : steps_(std::move(steps)) {}
-  void pre_tokenize(std::vector<Piece>& pieces) const override {
-    for (const auto& step : steps_) step->pre_tokenize(pieces);
-  }
+  void split(const Piece& piece, const PieceSink& sink) const override { run(0, piece, sink); }
 
  private:
+  // Runs steps [step, end) on `piece`, each split going straight on to the next step.
+  void run(size_t step, const Piece& piece, const PieceSink& sink) const {
+    if (step == steps_.size()) {
+      sink(Piece(piece));
+      return;
+    }
+    auto next = [&](Piece&& split) {
+      if (step + 1 == steps_.size()) {
+        sink(std::move(split));
+      } else {
+        run(step + 1, split, sink);
+      }
+    };
+    steps_[step]->split(piece, PieceSink(next));
+  }
+
   std::vector<std::unique_ptr<PreTokenizer>> steps_;
 };
 

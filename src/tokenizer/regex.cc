@@ -323,7 +323,6 @@ Result<Regex> Regex::compile(std::string pcre2_pattern, std::string_view origina
   compiled->code = code;
   compiled->jit = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE) == 0;
   Regex regex;
-  regex.pattern_ = std::string(original);
   regex.compiled_ = std::move(compiled);
   return regex;
 }
@@ -364,26 +363,32 @@ bool Regex::search(std::string_view text, size_t start, MatchSpan& match) const 
   return match.first <= match.second && match.second <= text.size();
 }
 
-void Regex::find_all(std::string_view text, std::vector<MatchSpan>& matches) const {
+bool Regex::Matches::next(MatchSpan& match) {
   // Oniguruma's iterator: search from the end of the last match; an empty match right where the
   // previous match ended is skipped by moving one character forward.
-  size_t last_end = 0;
-  bool has_last_match = false;
-  size_t last_match_end = 0;
-  while (last_end <= text.size()) {
-    MatchSpan match;
-    if (!search(text, last_end, match)) return;
-    if (match.first == match.second && has_last_match && last_match_end == match.second) {
-      last_end += last_end < text.size()
-                      ? unicode::character_length(static_cast<unsigned char>(text[last_end]))
-                      : 1;
+  while (last_end_ <= text_.size()) {
+    if (!regex_.search(text_, last_end_, match)) {
+      last_end_ = text_.size() + 1;
+      return false;
+    }
+    if (match.first == match.second && has_last_match_ && last_match_end_ == match.second) {
+      last_end_ += last_end_ < text_.size()
+                       ? unicode::character_length(static_cast<unsigned char>(text_[last_end_]))
+                       : 1;
       continue;
     }
-    last_end = match.second;
-    has_last_match = true;
-    last_match_end = match.second;
-    matches.push_back(match);
+    last_end_ = match.second;
+    has_last_match_ = true;
+    last_match_end_ = match.second;
+    return true;
   }
+  return false;
+}
+
+void Regex::find_all(std::string_view text, std::vector<MatchSpan>& matches) const {
+  Matches iterator(*this, text);
+  MatchSpan match;
+  while (iterator.next(match)) matches.push_back(match);
 }
 
 bool Regex::matches_at_start(std::string_view text) const {

@@ -23,13 +23,24 @@ class Regex {
   // A pattern already in PCRE2 syntax (Kite's own built-in patterns).
   static Result<Regex> from_pcre2(std::string_view pattern);
 
-  // Appends every match in `text`, in the order and with the empty-match rule of the Rust
-  // `onig` crate's find_iter. `text` must be valid UTF-8.
+  // The matches in `text`, one at a time, in the order and with the empty-match rule of the Rust
+  // `onig` crate's find_iter. `text` must be valid UTF-8 and outlive the iteration.
+  class Matches {
+   public:
+    Matches(const Regex& regex, std::string_view text) : regex_(regex), text_(text) {}
+    bool next(MatchSpan& match);
+
+   private:
+    const Regex& regex_;
+    std::string_view text_;
+    size_t last_end_ = 0;
+    bool has_last_match_ = false;
+    size_t last_match_end_ = 0;
+  };
+  // Appends every match in `text` (see Matches).
   void find_all(std::string_view text, std::vector<MatchSpan>& matches) const;
   // Whether the pattern matches at the very start of `text`.
   bool matches_at_start(std::string_view text) const;
-
-  const std::string& pattern() const { return pattern_; }
 
  private:
   struct Compiled;
@@ -37,7 +48,6 @@ class Regex {
   // The first match at or after `start` (false when none).
   bool search(std::string_view text, size_t start, MatchSpan& match) const;
 
-  std::string pattern_;  // as written in tokenizer.json, for messages
   std::shared_ptr<const Compiled> compiled_;
 };
 

@@ -142,10 +142,13 @@ Result<Tokenizer> TokenizerImpl::parse(std::string_view json_text) {
 
 void TokenizerImpl::encode_text(std::string_view text, bool at_text_start,
                                 std::vector<int32_t>& ids) const {
-  std::vector<Piece> pieces;
-  pieces.push_back(Piece{std::string(text), at_text_start});
-  if (pre_tokenizer_) pre_tokenizer_->pre_tokenize(pieces);
-  for (const Piece& piece : pieces) model_->tokenize(piece.text, ids);
+  auto tokenize = [&](Piece&& word) { model_->tokenize(word.text, ids); };
+  Piece piece{std::string(text), at_text_start};
+  if (pre_tokenizer_) {
+    pre_tokenizer_->split(piece, PieceSink(tokenize));
+  } else {
+    tokenize(std::move(piece));
+  }
 }
 
 std::vector<int32_t> TokenizerImpl::encode(std::string_view input, bool add_special_tokens) const {

@@ -1,5 +1,8 @@
 // Text <-> token ids, exactly as the Hugging Face `tokenizers` library does for the same
 // tokenizer.json: normalizer, pre-tokenizer, model (BPE), post-processor, decoder, added tokens.
+// The file's "truncation" and "padding" settings are ignored, as transformers' tokenizers do
+// (callers limit lengths themselves); any component Kite does not implement is refused at load.
+// A Tokenizer is immutable once loaded: encode and decode may run on many threads at once.
 #pragma once
 
 #include <cstdint>
@@ -34,7 +37,9 @@ class Tokenizer {
   // Like tokenizers' `decode(ids, skip_special_tokens=...)`. Unknown ids are skipped.
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = true) const;
 
-  int32_t vocab_size() const;  // including added tokens
+  // Distinct tokens, added tokens included (get_vocab_size()). Ids can go higher when the
+  // vocabulary has gaps; a model's embedding size comes from its config, not from here.
+  int32_t vocab_size() const;
   std::optional<int32_t> token_to_id(std::string_view token) const;
   std::optional<std::string> id_to_token(int32_t id) const;
   bool is_special(int32_t id) const;

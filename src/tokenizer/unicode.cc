@@ -174,18 +174,6 @@ std::string sanitize_utf8(std::string_view bytes) {
   return out;
 }
 
-size_t complete_prefix_length(std::string_view bytes) {
-  // Look back at most 3 bytes for the lead byte of a character that is cut short.
-  const size_t size = bytes.size();
-  for (size_t back = 1; back <= 3 && back <= size; ++back) {
-    const unsigned char byte = static_cast<unsigned char>(bytes[size - back]);
-    if (is_continuation(byte)) continue;
-    if (byte >= 0xC0 && character_length(byte) > back) return size - back;
-    break;
-  }
-  return size;
-}
-
 const std::array<std::string, 256>& byte_to_characters() {
   static const std::array<std::string, 256> table = make_byte_to_characters();
   return table;

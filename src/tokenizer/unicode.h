@@ -32,8 +32,6 @@ bool is_valid_utf8(std::string_view bytes);
 // Replaces each invalid sequence by U+FFFD the way Python's bytes.decode("utf-8",
 // errors="replace") does (one replacement per maximal ill-formed subpart).
 std::string sanitize_utf8(std::string_view bytes);
-// Length of the longest prefix of `bytes` that does not end inside an incomplete character.
-size_t complete_prefix_length(std::string_view bytes);
 
 // GPT-2's reversible map from bytes to printable characters (the ByteLevel alphabet): UTF-8 of
 // the character standing for each byte, and the byte for a character (-1 when none).

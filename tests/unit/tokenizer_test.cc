@@ -225,13 +225,6 @@ TEST(UnicodeTest, SanitizeReplacesLikePython) {
   EXPECT_EQ(unicode::sanitize_utf8(std::string("\0", 1)), std::string("\0", 1));
 }
 
-TEST(UnicodeTest, CompletePrefixStopsBeforeCutCharacters) {
-  EXPECT_EQ(unicode::complete_prefix_length("ab"), 2u);
-  EXPECT_EQ(unicode::complete_prefix_length("a\xe4\xbd"), 1u);
-  EXPECT_EQ(unicode::complete_prefix_length("a\xe4\xbd\xa0"), 4u);
-  EXPECT_EQ(unicode::complete_prefix_length("\xf0\x9f\x98"), 0u);
-}
-
 TEST(UnicodeTest, ByteAlphabetIsABijection) {
   const auto& table = unicode::byte_to_characters();
   EXPECT_EQ(table[' '], "\u0120");  // the familiar Ġ
