@@ -353,13 +353,10 @@ Result<std::unique_ptr<Decoder>> parse_decoder(const nlohmann::json& spec) {
     return make<BpeSuffixDecoder>(suffix.value_or("</w>"));
   }
   if (type == "Sequence") {
-    KITE_ASSIGN_OR_RETURN(const Json* list, required_field(spec, "decoders", where));
-    if (!list->is_array()) return field_error(where, "decoders", "must be a list");
-    std::vector<std::unique_ptr<Decoder>> steps;
-    for (const Json& item : *list) {
-      KITE_ASSIGN_OR_RETURN(auto step, parse_decoder(item));
-      steps.push_back(std::move(step));
-    }
+    KITE_ASSIGN_OR_RETURN(
+        auto steps, parse_component_list<Decoder>(spec, "decoders", where, [](const Json& item) {
+          return parse_decoder(item);
+        }));
     return make<SequenceDecoder>(std::move(steps));
   }
   return unsupported("decoder type " + unicode::quoted(type) +

@@ -5,9 +5,11 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "core/status.h"
 
@@ -104,6 +106,23 @@ class NestingGuard {
 inline Result<std::string> component_type(const Json& object, std::string_view where) {
   if (!object.is_object()) return corrupt(std::string(where) + ": expected a JSON object");
   return string_field(object, "type", where);
+}
+
+// Parses the list `object[key]` of a Sequence component, each item with `parse_item`
+// (which returns Result<std::unique_ptr<T>>).
+template <typename T, typename ParseItem>
+Result<std::vector<std::unique_ptr<T>>> parse_component_list(const Json& object,
+                                                             std::string_view key,
+                                                             std::string_view where,
+                                                             const ParseItem& parse_item) {
+  KITE_ASSIGN_OR_RETURN(const Json* list, required_field(object, key, where));
+  if (!list->is_array()) return field_error(where, key, "must be a list");
+  std::vector<std::unique_ptr<T>> items;
+  for (const Json& item : *list) {
+    KITE_ASSIGN_OR_RETURN(auto parsed, parse_item(item));
+    items.push_back(std::move(parsed));
+  }
+  return items;
 }
 
 }  // namespace kite::tokenizer_json

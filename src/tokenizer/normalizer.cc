@@ -320,14 +320,10 @@ Result<std::unique_ptr<Normalizer>> parse_normalizer(const nlohmann::json& spec)
     return make<BertNormalizer>(clean_text, chinese, strip_accents, lowercase);
   }
   if (type == "Sequence") {
-    KITE_ASSIGN_OR_RETURN(const Json* list, required_field(spec, "normalizers", where));
-    if (!list->is_array()) return field_error(where, "normalizers", "must be a list");
-    std::vector<std::unique_ptr<Normalizer>> normalizers;
-    for (const Json& item : *list) {
-      KITE_ASSIGN_OR_RETURN(auto normalizer, parse_normalizer(item));
-      normalizers.push_back(std::move(normalizer));
-    }
-    return make<SequenceNormalizer>(std::move(normalizers));
+    KITE_ASSIGN_OR_RETURN(auto steps, parse_component_list<Normalizer>(
+                                          spec, "normalizers", where,
+                                          [](const Json& item) { return parse_normalizer(item); }));
+    return make<SequenceNormalizer>(std::move(steps));
   }
   return unsupported("normalizer type " + unicode::quoted(type) +
                      " is not supported (supported: NFC, NFD, NFKC, NFKD, Lowercase, Strip, "

@@ -122,13 +122,10 @@ Result<std::unique_ptr<PostProcessor>> parse_post_processor(const nlohmann::json
   if (type == "RobertaProcessing" || type == "BertProcessing") return parse_cls_sep(spec, where);
   if (type == "ByteLevel") return make<IdentityProcessor>();
   if (type == "Sequence") {
-    KITE_ASSIGN_OR_RETURN(const Json* list, required_field(spec, "processors", where));
-    if (!list->is_array()) return field_error(where, "processors", "must be a list");
-    std::vector<std::unique_ptr<PostProcessor>> steps;
-    for (const Json& item : *list) {
-      KITE_ASSIGN_OR_RETURN(auto step, parse_post_processor(item));
-      steps.push_back(std::move(step));
-    }
+    KITE_ASSIGN_OR_RETURN(auto steps, parse_component_list<PostProcessor>(
+                                          spec, "processors", where, [](const Json& item) {
+                                            return parse_post_processor(item);
+                                          }));
     return make<SequenceProcessor>(std::move(steps));
   }
   return unsupported("post_processor type " + unicode::quoted(type) +

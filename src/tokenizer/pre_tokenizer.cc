@@ -409,13 +409,10 @@ Result<std::unique_ptr<PreTokenizer>> parse_pre_tokenizer(const nlohmann::json& 
   }
   if (type == "BertPreTokenizer") return make<BertPreTokenizer>();
   if (type == "Sequence") {
-    KITE_ASSIGN_OR_RETURN(const Json* list, required_field(spec, "pretokenizers", where));
-    if (!list->is_array()) return field_error(where, "pretokenizers", "must be a list");
-    std::vector<std::unique_ptr<PreTokenizer>> steps;
-    for (const Json& item : *list) {
-      KITE_ASSIGN_OR_RETURN(auto step, parse_pre_tokenizer(item));
-      steps.push_back(std::move(step));
-    }
+    KITE_ASSIGN_OR_RETURN(auto steps, parse_component_list<PreTokenizer>(
+                                          spec, "pretokenizers", where, [](const Json& item) {
+                                            return parse_pre_tokenizer(item);
+                                          }));
     return make<SequencePreTokenizer>(std::move(steps));
   }
   return unsupported("pre_tokenizer type " + unicode::quoted(type) +
