@@ -1,0 +1,74 @@
+// The real model: SmolLM2-135M-Instruct (the demo GGUF, Q4_1, dequantized to float32 by
+// `kite convert`) run by Kite's CPU engine must continue 8 prompts with the same 32 greedy tokens
+// as llama.cpp on the same model dequantized to F32 (tests/fixtures/golden/llamacpp, made by
+// scripts/golden/llamacpp_reference.sh). Runs when models/ holds the demo GGUF
+// (scripts/fetch_demo_model.sh; the test script fetches it), skips otherwise.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "core/file.h"
+#include "runtime/engine.h"
+#include "test_util.h"
+
+namespace kite {
+namespace {
+
+// Below this top-2 margin of the reference, float32 rounding differences between two correct
+// implementations may flip the greedy choice; from such a step on the continuations may part.
+constexpr double kMinimumDecisiveMargin = 1e-3;
+
+TEST(SmolLM2Reference, GreedyTokensMatchLlamaCpp) {
+  const std::string gguf = test::source_dir() + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  if (!path_exists(gguf)) GTEST_SKIP() << "demo model not fetched: " << gguf;
+  auto fixture_text =
+      read_file(test::source_dir() + "/tests/fixtures/golden/llamacpp/smollm2_reference.json");
+  ASSERT_TRUE(fixture_text.is_ok()) << fixture_text.status().message();
+  const nlohmann::json fixture = nlohmann::json::parse(*fixture_text);
+
+  const std::string directory = test::temp_dir();
+  const auto converted = test::run_kite("convert --gguf " + gguf + " --output_dir " + directory +
+                                        "/ckpt --dtype float32");
+  ASSERT_EQ(converted.exit_code, 0) << converted.output;
+  const auto built =
+      test::run_kite("build --checkpoint_dir " + directory + "/ckpt --output_dir " + directory +
+                     "/engine --device cpu --max_batch_size 1 "
+                     "--max_input_len 256 --max_seq_len 320");
+  ASSERT_EQ(built.exit_code, 0) << built.output;
+  auto engine = Engine::load(directory + "/engine");
+  ASSERT_TRUE(engine.is_ok()) << engine.status().message();
+
+  int compared_tokens = 0;
+  for (const nlohmann::json& prompt : fixture.at("greedy").at("prompts")) {
+    SCOPED_TRACE(prompt.at("name").get<std::string>());
+    const auto prompt_ids = prompt.at("prompt_tokens").get<std::vector<int32_t>>();
+    // Kite's tokenizer must give llama.cpp's prompt ids for the same text.
+    EXPECT_EQ((*engine)->tokenizer().encode(prompt.at("text").get<std::string>()), prompt_ids);
+
+    GenerationRequest request;
+    request.prompts = {prompt_ids};
+    request.sampling.temperature = 0.0f;  // greedy
+    request.stop.max_output_len = 32;     // no end ids: the reference continues past EOS
+    auto results = generate(**engine, request);
+    ASSERT_TRUE(results.is_ok()) << results.status().message();
+    const std::vector<int32_t>& ours = (*results)[0].output_ids;
+    const auto& steps = prompt.at("steps");
+    ASSERT_EQ(ours.size(), steps.size());
+    for (size_t i = 0; i < steps.size(); ++i) {
+      const int32_t expected = steps[i].at("token").get<int32_t>();
+      if (ours[i] != expected) {
+        EXPECT_LT(steps[i].at("margin").get<double>(), kMinimumDecisiveMargin)
+            << "step " << i << ": Kite chose " << ours[i] << ", llama.cpp " << expected;
+        break;
+      }
+      ++compared_tokens;
+    }
+  }
+  // 8 prompts x 32 tokens; a near-tie may end a prompt's comparison early, but not most of them.
+  std::printf("[ TOKENS   ] %d of 256 greedy tokens identical to llama.cpp\n", compared_tokens);
+  EXPECT_GE(compared_tokens, 200);
+}
+
+}  // namespace
+}  // namespace kite
