@@ -96,6 +96,9 @@ class Backend {
   virtual void download(void* host_destination, const void* device_source, size_t bytes) = 0;
   // Waits for every op issued so far (no-op on the CPU).
   virtual void synchronize() = 0;
+  // Memory in use now, for reports such as kite bench's peak memory: on CUDA the device's total
+  // minus free memory (as nvidia-smi counts it), on the CPU this process's resident memory.
+  virtual size_t memory_in_use_bytes() const = 0;
 
   // ---- ops of the Llama family ----
   // out[t, :] = table[ids[t], :]            table [V, H], ids [T] (backend memory), out [T, H]

@@ -43,6 +43,7 @@ class Engine {
 
   const EngineConfig& config() const { return config_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }
+  Backend& backend() { return *backend_; }
   LlamaModel& model() { return *model_; }
   KvCache& kv_cache() { return kv_cache_; }
   const std::string& directory() const { return directory_; }

@@ -2,9 +2,12 @@
 #include "kernels/cpu/cpu_backend.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+
+#include <unistd.h>
 
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/attention.h"
@@ -24,6 +27,17 @@ void free_host_memory(void* data) {
 }
 
 }  // namespace
+
+size_t CpuBackend::memory_in_use_bytes() const {
+  // /proc/self/statm: total and resident sizes in pages.
+  std::FILE* file = std::fopen("/proc/self/statm", "r");
+  if (!file) return 0;
+  unsigned long long total_pages = 0, resident_pages = 0;
+  const int fields = std::fscanf(file, "%llu %llu", &total_pages, &resident_pages);
+  std::fclose(file);
+  if (fields != 2) return 0;
+  return size_t(resident_pages) * size_t(sysconf(_SC_PAGESIZE));
+}
 
 Result<DeviceBuffer> CpuBackend::allocate(size_t bytes) {
   // aligned_alloc wants a multiple of the alignment; a zero-byte buffer still gets a valid pointer.

@@ -24,6 +24,7 @@ class CpuBackend final : public Backend {
   void upload(void* device_destination, const void* host_source, size_t bytes) override;
   void download(void* host_destination, const void* device_source, size_t bytes) override;
   void synchronize() override {}
+  size_t memory_in_use_bytes() const override;
 
   void embedding(const DeviceTensor& table, const int32_t* ids, DeviceTensor& out) override;
   void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps,
