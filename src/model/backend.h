@@ -112,11 +112,12 @@ class Backend {
   // out = x @ weight^T (+ bias)             x [T, K], weight [N, K], bias [N] or null, out [T, N]
   virtual void linear(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
                       DeviceTensor& out) = 0;
-  // Applies RoPE at each token's position to q (in place) and k, then stores k and v into the
-  // paged cache at each token's slot.      q [T, Hq*D], k [T, Hkv*D], v [T, Hkv*D]
-  virtual void rope_and_store_kv(DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
-                                 const RopeParams& rope, const AttentionBatch& batch,
-                                 const KvCacheView& cache, int64_t layer) = 0;
+  // Applies RoPE at each token's position to its query and key heads, writes the rotated queries
+  // to q and stores the rotated keys and the values into the paged cache at each token's slot.
+  //                                        qkv [T, Hq*D + 2*Hkv*D] (q | k | v), q [T, Hq*D]
+  virtual void rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope,
+                                 const AttentionBatch& batch, const KvCacheView& cache,
+                                 int64_t layer, DeviceTensor& q) = 0;
   // Causal attention of each new token over its sequence's cached keys/values (positions
   // <= its own, and > position - sliding_window when sliding_window > 0); GQA by head groups.
   //                                        q [T, Hq*D], out [T, Hq*D]

@@ -15,20 +15,6 @@
 namespace kite {
 namespace {
 
-// A view of rows [first_row, first_row + row_count) of a 2-D (or 1-D) tensor.
-DeviceTensor row_slice(const DeviceTensor& tensor, int64_t first_row, int64_t row_count) {
-  DeviceTensor slice = tensor;
-  const int64_t row_elements = tensor.shape.size() == 1 ? 1 : tensor.cols();
-  slice.data = static_cast<uint8_t*>(tensor.data) +
-               size_t(first_row * row_elements) * dtype_size(tensor.dtype);
-  if (tensor.shape.size() == 1) {
-    slice.shape = {row_count};
-  } else {
-    slice.shape = {row_count, tensor.cols()};
-  }
-  return slice;
-}
-
 // Uploads the concatenation of `parts` (rows stacked) as one tensor of `shape`.
 Result<DeviceTensor> upload_stacked(Backend& backend, const std::vector<TensorView>& parts,
                                     Shape shape, std::vector<DeviceBuffer>& storage) {
@@ -236,8 +222,9 @@ Status LlamaModel::reserve_workspace(int64_t tokens, int64_t logit_rows) {
   tokens = std::max(tokens, workspace_tokens_);
   logit_rows = std::max(logit_rows, workspace_logit_rows_);
   const ModelConfig& c = config_;
-  const int64_t per_token = 2 * c.hidden_size + c.q_size() + 2 * c.kv_size() + c.q_size() +
-                            c.hidden_size + 2 * c.intermediate_size + c.intermediate_size;
+  const int64_t per_token = 2 * c.hidden_size + (c.q_size() + 2 * c.kv_size()) + c.q_size() +
+                            c.q_size() + c.hidden_size + 2 * c.intermediate_size +
+                            c.intermediate_size;
   const int64_t per_logit_row = c.hidden_size + c.vocab_size;
   const size_t bytes = size_t(tokens * per_token + logit_rows * per_logit_row) *
                            dtype_size(backend_->activation_dtype()) +
@@ -319,9 +306,8 @@ Result<std::vector<float>> LlamaModel::forward(const StepInput& step, const KvCa
   };
   DeviceTensor residual = carve(act, {T, H});            // [T, H] the residual stream
   DeviceTensor normed = carve(act, {T, H});              // [T, H] RMSNorm output feeding each block
-  DeviceTensor q = carve(act, {T, Q});                   // [T, Q]
-  DeviceTensor k = carve(act, {T, KV});                  // [T, KV]
-  DeviceTensor v = carve(act, {T, KV});                  // [T, KV]
+  DeviceTensor qkv = carve(act, {T, Q + 2 * KV});       // [T, Q + 2KV] q | k | v heads
+  DeviceTensor q = carve(act, {T, Q});                   // [T, Q] queries after RoPE
   DeviceTensor attended = carve(act, {T, Q});            // [T, Q] attention output per head
   DeviceTensor block_out = carve(act, {T, H});           // [T, H] o_proj / down_proj output
   DeviceTensor gate_up = carve(act, {T, 2 * F});         // [T, 2F]
@@ -345,22 +331,11 @@ Result<std::vector<float>> LlamaModel::forward(const StepInput& step, const KvCa
     const LlamaLayerWeights& w = weights_.layers[size_t(l)];
     const std::string name = "layers." + std::to_string(l) + ".";
     dump.add(name + "input_norm", normed);
-    // q, k, v = h @ [Wq; Wk; Wv]^T (+ b): one fused weight, read as three row ranges because
-    // rope_and_store_kv takes contiguous q, k and v.
-    std::optional<DeviceTensor> q_bias, k_bias, v_bias;
-    if (w.qkv_bias) {
-      q_bias = row_slice(*w.qkv_bias, 0, Q);
-      k_bias = row_slice(*w.qkv_bias, Q, KV);
-      v_bias = row_slice(*w.qkv_bias, Q + KV, KV);
-    }
-    backend.linear(normed, row_slice(w.qkv_proj, 0, Q), q_bias ? &*q_bias : nullptr, q);
-    backend.linear(normed, row_slice(w.qkv_proj, Q, KV), k_bias ? &*k_bias : nullptr, k);
-    backend.linear(normed, row_slice(w.qkv_proj, Q + KV, KV), v_bias ? &*v_bias : nullptr, v);
-    dump.add(name + "q", q);
-    dump.add(name + "k", k);
-    dump.add(name + "v", v);
-    // q, k = rope(q, k, position); cache[slot] = (k, v)
-    backend.rope_and_store_kv(q, k, v, rope, batch, cache, l);
+    // [q | k | v] = h @ [Wq; Wk; Wv]^T (+ b)
+    backend.linear(normed, w.qkv_proj, w.qkv_bias ? &*w.qkv_bias : nullptr, qkv);
+    dump.add(name + "qkv", qkv);
+    // q = rope(q); cache[slot] = (rope(k), v)
+    backend.rope_and_store_kv(qkv, rope, batch, cache, l, q);
     dump.add(name + "q_rope", q);
     // a = softmax(q k^T / sqrt(head_dim), causal, window) v   over the cached keys and values
     backend.attention(q, batch, cache, l, scale, sliding_window, attended);

@@ -207,11 +207,8 @@ void bench_smollm_decode(CpuBackend& backend, int64_t context_length) {
   HostTensor gate_up = random_tensor(backend, DType::kF32, {1, 2 * mlp}, 1);
   HostTensor activated = random_tensor(backend, DType::kF32, {1, mlp}, 1);
   HostTensor logits = random_tensor(backend, DType::kF32, {1, vocabulary}, 1);
-  // Views of q, k, v inside qkv_out (rows of one token are contiguous).
-  auto* qkv_data = static_cast<float*>(qkv_out.tensor.data);
-  DeviceTensor q{DType::kF32, {1, heads * head_dim}, qkv_data};
-  DeviceTensor k{DType::kF32, {1, kv_heads * head_dim}, qkv_data + heads * head_dim};
-  DeviceTensor v{DType::kF32, {1, kv_heads * head_dim}, qkv_data + (heads + kv_heads) * head_dim};
+  HostTensor q_rotated = random_tensor(backend, DType::kF32, {1, heads * head_dim}, 1);
+  DeviceTensor& q = q_rotated.tensor;
 
   const int64_t blocks = (context_length + block_size - 1) / block_size;
   KvCacheView cache{nullptr, DType::kF32, layers, blocks, kv_heads, block_size, head_dim};
@@ -247,7 +244,7 @@ void bench_smollm_decode(CpuBackend& backend, int64_t context_length) {
     for (int64_t i = 0; i < layers; ++i) {
       Layer& layer = weights[size_t(i)];
       backend.linear(normed.tensor, layer.qkv.tensor, nullptr, qkv_out.tensor);
-      backend.rope_and_store_kv(q, k, v, rope, batch, cache, i);
+      backend.rope_and_store_kv(qkv_out.tensor, rope, batch, cache, i, q);
       backend.attention(q, batch, cache, i, 0.125f, 0, attention_out.tensor);
       backend.linear(attention_out.tensor, layer.o.tensor, nullptr, projected.tensor);
       backend.add_rms_norm(residual.tensor, projected.tensor, layer.norm2.tensor, 1e-5f,

@@ -342,6 +342,19 @@ struct RopeCase {
   DType cache_dtype;
 };
 
+// Each token's row of the fused QKV projection: its q, k and v rows side by side.
+std::vector<float> fused_qkv(const std::vector<float>& q, const std::vector<float>& k,
+                             const std::vector<float>& v, int64_t tokens) {
+  const size_t q_width = q.size() / size_t(tokens), kv_width = k.size() / size_t(tokens);
+  std::vector<float> qkv;
+  for (size_t t = 0; t < size_t(tokens); ++t) {
+    qkv.insert(qkv.end(), q.begin() + t * q_width, q.begin() + (t + 1) * q_width);
+    qkv.insert(qkv.end(), k.begin() + t * kv_width, k.begin() + (t + 1) * kv_width);
+    qkv.insert(qkv.end(), v.begin() + t * kv_width, v.begin() + (t + 1) * kv_width);
+  }
+  return qkv;
+}
+
 void check_rope_and_store(const RopeCase& c, uint32_t seed) {
   CpuBackend backend;
   const std::string what = "rope D=" + std::to_string(c.head_dim) +
@@ -364,20 +377,23 @@ void check_rope_and_store(const RopeCase& c, uint32_t seed) {
   const auto q_values = test::random_values(tokens * query_heads * D, seed + 2);
   const auto k_values = test::random_values(tokens * c.kv_heads * D, seed + 3);
   const auto v_values = test::random_values(tokens * c.kv_heads * D, seed + 4);
-  BackendTensor q = test::tensor_from(backend, DType::kF32, {tokens, query_heads * D}, q_values);
-  BackendTensor k = test::tensor_from(backend, DType::kF32, {tokens, c.kv_heads * D}, k_values);
-  BackendTensor v = test::tensor_from(backend, DType::kF32, {tokens, c.kv_heads * D}, v_values);
+  const auto qkv_values = fused_qkv(q_values, k_values, v_values, tokens);
+  BackendTensor qkv = test::tensor_from(
+      backend, DType::kF32, {tokens, (query_heads + 2 * c.kv_heads) * D}, qkv_values);
+  BackendTensor q = test::make_tensor(backend, DType::kF32, {tokens, query_heads * D});
+  test::poison(q.tensor);
   const auto inv_freq = default_inv_freq(c.rotary_dim, 10000.0f);
   BackendTensor inv_freq_tensor =
       test::tensor_from(backend, DType::kF32, {int64_t(inv_freq.size())}, inv_freq);
   RopeParams rope{inv_freq_tensor.as<float>(), c.rotary_dim, c.attention_scaling};
-  backend.rope_and_store_kv(q.tensor, k.tensor, v.tensor, rope, batch.view, cache.view, kLayer);
+  backend.rope_and_store_kv(qkv.tensor, rope, batch.view, cache.view, kLayer, q.tensor);
 
   test::expect_close(test::load_floats(q.tensor),
                      reference_rope(q_values, query_heads, D, batch.positions, inv_freq,
                                     c.rotary_dim, c.attention_scaling),
                      1e-5, what + " q");
-  EXPECT_TRUE(test::bitwise_equal(test::load_floats(k.tensor), k_values)) << "k must not change";
+  EXPECT_TRUE(test::bitwise_equal(test::load_floats(qkv.tensor), qkv_values))
+      << "qkv must not change";
 
   // The cache: rotated k and v at each token's slot of layer kLayer, everything else untouched.
   const auto rotated_k = reference_rope(k_values, c.kv_heads, D, batch.positions, inv_freq,
@@ -463,15 +479,14 @@ TEST_P(CpuAttention, ChunkedPrefillThenDecodeEqualsFullCausalAttention) {
     auto slice = [&](const std::vector<float>& all, int64_t width) {
       return std::vector<float>(all.begin() + done * width, all.begin() + (done + chunk) * width);
     };
-    BackendTensor q = test::tensor_from(backend, DType::kF32, {chunk, query_heads * D},
-                                        slice(q_all, query_heads * D));
-    BackendTensor k =
-        test::tensor_from(backend, DType::kF32, {chunk, kv_heads * D}, slice(k_all, kv_heads * D));
-    BackendTensor v =
-        test::tensor_from(backend, DType::kF32, {chunk, kv_heads * D}, slice(v_all, kv_heads * D));
+    BackendTensor qkv = test::tensor_from(
+        backend, DType::kF32, {chunk, (query_heads + 2 * kv_heads) * D},
+        fused_qkv(slice(q_all, query_heads * D), slice(k_all, kv_heads * D),
+                  slice(v_all, kv_heads * D), chunk));
+    BackendTensor q = test::make_tensor(backend, DType::kF32, {chunk, query_heads * D});
     BackendTensor out = test::make_tensor(backend, DType::kF32, {chunk, query_heads * D});
     test::poison(out.tensor);
-    backend.rope_and_store_kv(q.tensor, k.tensor, v.tensor, rope, step.view, cache.view, kLayer);
+    backend.rope_and_store_kv(qkv.tensor, rope, step.view, cache.view, kLayer, q.tensor);
     backend.attention(q.tensor, step.view, cache.view, kLayer, 0.125f, 0, out.tensor);
     const auto values = test::load_floats(out.tensor);
     outputs.insert(outputs.end(), values.begin(), values.end());

@@ -79,10 +79,10 @@ void CpuBackend::linear(const DeviceTensor& x, const DeviceTensor& weight, const
   cpu::linear(x, weight, bias, out, isa_);
 }
 
-void CpuBackend::rope_and_store_kv(DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
-                                   const RopeParams& rope, const AttentionBatch& batch,
-                                   const KvCacheView& cache, int64_t layer) {
-  cpu::rope_and_store_kv(q, k, v, rope, batch, cache, layer);
+void CpuBackend::rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope,
+                                   const AttentionBatch& batch, const KvCacheView& cache,
+                                   int64_t layer, DeviceTensor& q) {
+  cpu::rope_and_store_kv(qkv, rope, batch, cache, layer, q);
 }
 
 void CpuBackend::attention(const DeviceTensor& q, const AttentionBatch& batch,

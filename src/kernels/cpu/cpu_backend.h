@@ -33,9 +33,9 @@ class CpuBackend final : public Backend {
                     float eps, DeviceTensor& out) override;
   void linear(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
               DeviceTensor& out) override;
-  void rope_and_store_kv(DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
-                         const RopeParams& rope, const AttentionBatch& batch,
-                         const KvCacheView& cache, int64_t layer) override;
+  void rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope,
+                         const AttentionBatch& batch, const KvCacheView& cache, int64_t layer,
+                         DeviceTensor& q) override;
   void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCacheView& cache,
                  int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out) override;
   void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) override;

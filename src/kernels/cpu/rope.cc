@@ -29,19 +29,18 @@ void store_row(const float* source, int64_t size, typename Element::Storage* des
 
 }  // namespace
 
-void rope_and_store_kv(DeviceTensor& q, const DeviceTensor& k, const DeviceTensor& v,
-                       const RopeParams& rope, const AttentionBatch& batch,
-                       const KvCacheView& cache, int64_t layer) {
+void rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope,
+                       const AttentionBatch& batch, const KvCacheView& cache, int64_t layer,
+                       DeviceTensor& q) {
   const int64_t tokens = batch.num_tokens;
   const int64_t head_dim = cache.head_dim;
   const int64_t kv_heads = cache.num_kv_heads;
-  KITE_CHECK(q.dtype == DType::kF32 && k.dtype == DType::kF32 && v.dtype == DType::kF32);
+  KITE_CHECK(q.dtype == DType::kF32 && qkv.dtype == DType::kF32);
   KITE_CHECK(is_cpu_float_dtype(cache.dtype));
   KITE_CHECK(head_dim > 0 && kv_heads > 0 && cache.block_size > 0);
   KITE_CHECK(layer >= 0 && layer < cache.num_layers);
   KITE_CHECK(q.rows() == tokens && q.cols() % head_dim == 0);
-  KITE_CHECK(k.rows() == tokens && k.cols() == kv_heads * head_dim);
-  KITE_CHECK(v.rows() == tokens && v.cols() == kv_heads * head_dim);
+  KITE_CHECK(qkv.rows() == tokens && qkv.cols() == q.cols() + 2 * kv_heads * head_dim);
   KITE_CHECK(rope.rotary_dim % 2 == 0 && rope.rotary_dim > 0 && rope.rotary_dim <= head_dim);
   KITE_CHECK(rope.inv_freq != nullptr);
   const int64_t query_heads = q.cols() / head_dim;
@@ -50,14 +49,14 @@ void rope_and_store_kv(DeviceTensor& q, const DeviceTensor& k, const DeviceTenso
   for (int64_t t = 0; t < tokens; ++t) {
     KITE_CHECK(batch.positions[t] >= 0 && batch.slot_mapping[t] < cache_slots);
   }
+  const int64_t qkv_width = qkv.cols();
+  const auto* rows = static_cast<const float*>(qkv.data);
   auto* queries = static_cast<float*>(q.data);
-  const auto* keys = static_cast<const float*>(k.data);
-  const auto* values = static_cast<const float*>(v.data);
 
   dispatch_float_dtype(cache.dtype, [&](auto element) {
     using Element = decltype(element);
     auto* cache_data = static_cast<typename Element::Storage*>(cache.data);
-#pragma omp parallel if (q.numel() + k.numel() >= kMinParallelWork)
+#pragma omp parallel if (qkv.numel() >= kMinParallelWork)
     {
       std::vector<float> cos_values(static_cast<size_t>(half)),
           sin_values(static_cast<size_t>(half));
@@ -70,21 +69,25 @@ void rope_and_store_kv(DeviceTensor& q, const DeviceTensor& k, const DeviceTenso
           cos_values[size_t(i)] = std::cos(angle) * rope.attention_scaling;
           sin_values[size_t(i)] = std::sin(angle) * rope.attention_scaling;
         }
+        const float* row = rows + t * qkv_width;
+        float* query_row = queries + t * query_heads * head_dim;
+        std::copy(row, row + query_heads * head_dim, query_row);
         for (int64_t head = 0; head < query_heads; ++head) {
-          rotate_head(queries + (t * query_heads + head) * head_dim, cos_values.data(),
-                      sin_values.data(), half);
+          rotate_head(query_row + head * head_dim, cos_values.data(), sin_values.data(), half);
         }
+        const float* keys = row + query_heads * head_dim;
+        const float* values = keys + kv_heads * head_dim;
         const int64_t slot = batch.slot_mapping[t];
         if (slot < 0) continue;
         const int64_t block = slot / cache.block_size;
         const int64_t token_in_block = slot % cache.block_size;
         for (int64_t head = 0; head < kv_heads; ++head) {
-          const int64_t row = (t * kv_heads + head) * head_dim;
-          std::copy(keys + row, keys + row + head_dim, rotated_key.begin());
+          const int64_t offset = head * head_dim;
+          std::copy(keys + offset, keys + offset + head_dim, rotated_key.begin());
           rotate_head(rotated_key.data(), cos_values.data(), sin_values.data(), half);
           store_row<Element>(rotated_key.data(), head_dim,
                              cache_data + cache.offset(layer, block, 0, head, token_in_block));
-          store_row<Element>(values + row, head_dim,
+          store_row<Element>(values + offset, head_dim,
                              cache_data + cache.offset(layer, block, 1, head, token_in_block));
         }
       }
