@@ -1,27 +1,43 @@
 #!/usr/bin/env bash
-# Builds Kite with the CUDA backend and runs tests on a GPU machine, in one call.
-# Usage: bash scripts/gpu/run.sh LOG_DIR [CTEST_REGEX] [DATA_DIR]
-#   LOG_DIR      where build and test logs are written
-#   CTEST_REGEX  which tests to run (ctest -R); all tests by default
-#   DATA_DIR     the evaluation data (MMLU, WikiText-2); ../shared/data by default
-# Uses .deps/ (made by scripts/gpu/fetch_deps.sh) for libraries the machine lacks.
+# Builds Kite with the CUDA backend on a GPU machine and runs its tests, in one call.
+# Usage: bash scripts/gpu/run.sh LOG_DIR [options]
+#   --tests REGEX      which CTest tests to run (ctest -R); default: the CUDA tests (label cuda)
+#   --all              run every CTest test (CPU and CUDA) instead
+#   --sanitize FILTER  then run kite_cuda_tests under compute-sanitizer memcheck with this gtest
+#                      filter (e.g. 'CudaElementwise*:CudaAttention*:CudaLinear*:CudaSampling*')
+#   --data DIR         the evaluation data (MMLU, WikiText-2); default ../shared/data
+# Libraries the machine lacks come from .deps/ (scripts/gpu/fetch_deps.sh). The demo model is
+# assembled from models/parts/smollm2.gguf.part* when models/ lacks it (split -b 34m).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-log_dir="${1:?usage: run.sh LOG_DIR [CTEST_REGEX]}"
-regex="${2:-.}"
-data_dir="${3:-$(cd "$(dirname "$0")/../.." && pwd)/../shared/data}"
+log_dir="${1:?usage: run.sh LOG_DIR [--tests REGEX] [--all] [--sanitize FILTER] [--data DIR]}"
+shift
+ctest_args=(-L cuda)
+sanitize=""
+data_dir="$root/../shared/data"
+while (($#)); do
+  case "$1" in
+    --tests) ctest_args=(-R "$2"); shift 2 ;;
+    --all) ctest_args=(); shift ;;
+    --sanitize) sanitize="$2"; shift 2 ;;
+    --data) data_dir="$2"; shift 2 ;;
+    *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
 mkdir -p "$log_dir"
 cd "$root"
-if [[ -d .deps/root ]]; then
-  # The .pc files point at the tree where fetch_deps.sh ran; re-point them here.
-  find .deps/root -name '*.pc' -exec sed -i "s|^prefix=.*/\.deps/root/usr|prefix=$root/.deps/root/usr|" {} +
-  export CMAKE_PREFIX_PATH="$root/.deps/root/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
-  export PKG_CONFIG_PATH="$root/.deps/root/usr/lib/x86_64-linux-gnu/pkgconfig:$root/.deps/root/usr/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
-  export LD_LIBRARY_PATH="$root/.deps/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$log_dir/gpu.txt"
+source scripts/gpu/env.sh
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$log_dir/gpu.txt"
 {
-  cmake -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DKITE_CUDA=ON -DKITE_DATA_DIR="$data_dir"
+  cmake -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DKITE_CUDA=ON -DKITE_WERROR=ON \
+    -DKITE_DATA_DIR="$data_dir"
   cmake --build build-gpu -j"$(nproc)"
-} 2>&1 | tee "$log_dir/build.log"
-ctest --test-dir build-gpu --output-on-failure -j4 -R "$regex" 2>&1 | tee "$log_dir/test.log"
+} > "$log_dir/build.log" 2>&1 || { tail -50 "$log_dir/build.log"; exit 1; }
+echo "build done"
+ctest --test-dir build-gpu --output-on-failure -j4 "${ctest_args[@]}" 2>&1 | tee "$log_dir/test.log" |
+  grep -E "tests passed|tests failed|Failed|\*\*\*|LOGITS|TOKENS|PROMPT" || true
+if [[ -n "$sanitize" ]]; then
+  compute-sanitizer --tool memcheck --error-exitcode 3 build-gpu/tests/kite_cuda_tests \
+    --gtest_filter="$sanitize" > "$log_dir/memcheck.log" 2>&1 && echo "memcheck: clean" ||
+    { echo "memcheck: FAILED (exit $?)"; grep -E "ERROR SUMMARY|Invalid|FAILED" "$log_dir/memcheck.log" | head -20; }
+fi

@@ -80,12 +80,27 @@ nlohmann::ordered_json engine_config_to_json(const EngineConfig& config) {
   json["build"] = {{"max_batch_size", config.limits.max_batch_size},
                    {"max_input_len", config.limits.max_input_len},
                    {"max_seq_len", config.limits.max_seq_len},
-                   {"tokens_per_block", config.limits.tokens_per_block}};
+                   {"tokens_per_block", config.limits.tokens_per_block},
+                   {"max_num_tokens", config.limits.max_num_tokens}};
   json["weight_dtype"] = dtype_name(config.weight_dtype);
   json["kv_cache"] = {{"block_size", config.limits.tokens_per_block},
                       {"dtype", dtype_name(config.kv_cache_dtype)}};
   json["model"] = model_config_to_json(config.model);
   json["built_from"] = config.built_from;
+  if (config.device == "cuda") {
+    nlohmann::ordered_json tactics = nlohmann::ordered_json::array();
+    for (const GemmChoice& choice : config.gemm_choices) {
+      tactics.push_back({{"max_tokens", choice.max_tokens},
+                         {"n", choice.n},
+                         {"k", choice.k},
+                         {"algorithm", choice.algorithm},
+                         {"variant", choice.variant}});
+    }
+    json["cuda"] = {{"gpu_name", config.gpu_name},
+                    {"compute_capability", config.compute_capability},
+                    {"multi_block_mode", config.multi_block_mode},
+                    {"gemm_tactics", tactics}};
+  }
   return json;
 }
 
@@ -125,6 +140,10 @@ Result<EngineConfig> engine_config_from_json(const nlohmann::json& json,
                         positive_field(*build, "tokens_per_block", source));
   if (config.limits.max_input_len > config.limits.max_seq_len)
     return corrupt(source + ": build.max_input_len exceeds build.max_seq_len");
+  KITE_ASSIGN_OR_RETURN(config.limits.max_num_tokens,
+                        positive_field(*build, "max_num_tokens", source));
+  if (config.limits.max_num_tokens < config.limits.max_batch_size)
+    return corrupt(source + ": build.max_num_tokens is below build.max_batch_size");
   KITE_ASSIGN_OR_RETURN(config.weight_dtype, float_dtype_field(json, "weight_dtype", source));
   const auto kv_cache = json.find("kv_cache");
   if (kv_cache == json.end() || !kv_cache->is_object())
@@ -133,6 +152,24 @@ Result<EngineConfig> engine_config_from_json(const nlohmann::json& json,
   const auto model = json.find("model");
   if (model == json.end() || !model->is_object()) return corrupt(source + " lacks \"model\"");
   KITE_ASSIGN_OR_RETURN(config.model, model_config_from_json(*model, source));
+  if (config.device == "cuda") {
+    const auto cuda = json.find("cuda");
+    if (cuda == json.end() || !cuda->is_object()) return corrupt(source + " lacks \"cuda\"");
+    try {
+      config.gpu_name = cuda->at("gpu_name").get<std::string>();
+      config.compute_capability = cuda->at("compute_capability").get<int>();
+      config.multi_block_mode = cuda->at("multi_block_mode").get<bool>();
+      for (const auto& tactic : cuda->at("gemm_tactics")) {
+        config.gemm_choices.push_back(GemmChoice{
+            tactic.at("max_tokens").get<int64_t>(), tactic.at("n").get<int64_t>(),
+            tactic.at("k").get<int64_t>(), tactic.at("algorithm").get<int32_t>(),
+            tactic.at("variant").get<int32_t>()});
+      }
+    } catch (const nlohmann::json::exception& error) {
+      return corrupt(source + ": malformed \"cuda\" section (" + error.what() +
+                     "); build the engine again");
+    }
+  }
   return config;
 }
 

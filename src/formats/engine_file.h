@@ -15,11 +15,12 @@
 #include "core/file.h"
 #include "core/status.h"
 #include "core/tensor.h"
+#include "formats/gemm_choice.h"
 #include "formats/model_config.h"
 
 namespace kite {
 
-inline constexpr int kEngineFormatVersion = 1;
+inline constexpr int kEngineFormatVersion = 2;
 
 // The limits an engine was built for; the runtime refuses requests beyond them.
 struct BuildLimits {
@@ -27,6 +28,7 @@ struct BuildLimits {
   int64_t max_input_len = 2048;
   int64_t max_seq_len = 4096;
   int64_t tokens_per_block = 32;  // KV cache block size
+  int64_t max_num_tokens = 8192;  // tokens of all sequences in one step (prompts beyond: chunked)
 
   bool operator==(const BuildLimits&) const = default;
 };
@@ -40,6 +42,12 @@ struct EngineConfig {
   DType weight_dtype = DType::kF32;
   DType kv_cache_dtype = DType::kF32;
   std::string built_from;  // the checkpoint folder, for information
+  // device "cuda" only: the GPU the kernels were chosen on (an engine runs only on GPUs of the
+  // same compute capability), the split-KV decode switch, and the tuned GEMM kernels.
+  std::string gpu_name;
+  int compute_capability = 0;
+  bool multi_block_mode = true;
+  std::vector<GemmChoice> gemm_choices;
 };
 
 nlohmann::ordered_json engine_config_to_json(const EngineConfig& config);

@@ -4,9 +4,18 @@
 #include <string>
 
 #include "kernels/cpu/cpu_backend.h"
+#ifdef KITE_WITH_CUDA
+#include "kernels/cuda/ceilings.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/cuda_check.h"
+#endif
 
 namespace kite {
 namespace {
+
+constexpr const char* kNoCuda =
+    "this kite binary was built without CUDA; use the CPU backend or rebuild kite with the CUDA "
+    "toolkit (-DKITE_CUDA=ON)";
 
 Result<std::unique_ptr<Backend>> make_cpu_backend(int device_index) {
   if (device_index != 0) {
@@ -16,23 +25,88 @@ Result<std::unique_ptr<Backend>> make_cpu_backend(int device_index) {
   return std::unique_ptr<Backend>(std::make_unique<CpuBackend>());
 }
 
-// The CUDA backend plugs in here.
-Result<std::unique_ptr<Backend>> make_cuda_backend(int /*device_index*/) {
-  return unsupported(
-      "this kite binary was built without CUDA; use the CPU backend or rebuild kite with the "
-      "CUDA toolkit (-DKITE_CUDA=ON)");
+Result<std::unique_ptr<Backend>> make_cuda_backend(const BackendOptions& options) {
+#ifdef KITE_WITH_CUDA
+  KITE_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> backend, CudaBackend::create(options));
+  return std::unique_ptr<Backend>(std::move(backend));
+#else
+  (void)options;
+  return unsupported(kNoCuda);
+#endif
 }
 
 }  // namespace
 
-Result<std::unique_ptr<Backend>> make_backend(BackendKind kind, int device_index) {
+Result<std::unique_ptr<Backend>> make_backend(BackendKind kind, const BackendOptions& options) {
   switch (kind) {
     case BackendKind::kCpu:
-      return make_cpu_backend(device_index);
+      return make_cpu_backend(options.device_index);
     case BackendKind::kCuda:
-      return make_cuda_backend(device_index);
+      return make_cuda_backend(options);
   }
   return invalid_argument("unknown backend kind " + std::to_string(int(kind)));
+}
+
+Result<GpuIdentity> gpu_identity(int device_index) {
+#ifdef KITE_WITH_CUDA
+  KITE_ASSIGN_OR_RETURN(std::vector<CudaDeviceInfo> devices, cuda_devices());
+  if (devices.empty()) {
+    return unsupported("no CUDA GPU is visible on this machine (check nvidia-smi and "
+                       "CUDA_VISIBLE_DEVICES)");
+  }
+  if (device_index < 0 || size_t(device_index) >= devices.size()) {
+    return invalid_argument("GPU " + std::to_string(device_index) + " does not exist; " +
+                            std::to_string(devices.size()) + " GPU(s) are visible");
+  }
+  const CudaDeviceInfo& device = devices[size_t(device_index)];
+  return GpuIdentity{device.name, device.compute_capability, device.total_memory_bytes};
+#else
+  (void)device_index;
+  return unsupported(kNoCuda);
+#endif
+}
+
+Result<GpuCeilings> measure_gpu_ceilings(int device_index) {
+#ifdef KITE_WITH_CUDA
+  KITE_ASSIGN_OR_RETURN(GpuIdentity identity, gpu_identity(device_index));
+  (void)identity;
+  KITE_CUDA_CHECK(cudaSetDevice(device_index));
+  KITE_ASSIGN_OR_RETURN(cuda::GpuCeilings measured, cuda::measure_ceilings());
+  return GpuCeilings{measured.copy_bytes_per_second, measured.bf16_gemm_flops_per_second};
+#else
+  (void)device_index;
+  return unsupported(kNoCuda);
+#endif
+}
+
+Result<std::vector<GemmChoice>> tune_gemms(const std::vector<GemmShape>& shapes, DType dtype,
+                                           int device_index,
+                                           const std::function<void(size_t, size_t)>& on_progress) {
+#ifdef KITE_WITH_CUDA
+  KITE_ASSIGN_OR_RETURN(GpuIdentity identity, gpu_identity(device_index));
+  (void)identity;
+  KITE_CUDA_CHECK(cudaSetDevice(device_index));
+  KITE_ASSIGN_OR_RETURN(std::unique_ptr<cuda::GemmRunner> runner, cuda::GemmRunner::create());
+  cudaStream_t stream = nullptr;
+  KITE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  std::vector<GemmChoice> choices;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const GemmShape& shape = shapes[i];
+    const std::vector<cuda::GemmTiming> timings =
+        runner->time_candidates(shape.max_tokens, shape.n, shape.k, dtype, shape.has_bias, stream);
+    const cuda::GemmTactic tactic = timings.empty()
+                                        ? runner->default_tactic(shape.max_tokens, shape.n, shape.k)
+                                        : timings.front().tactic;
+    choices.push_back(GemmChoice{shape.max_tokens, shape.n, shape.k, int32_t(tactic.algorithm),
+                                 tactic.variant});
+    if (on_progress) on_progress(i + 1, shapes.size());
+  }
+  KITE_CUDA_CHECK(cudaStreamDestroy(stream));
+  return choices;
+#else
+  (void)shapes, (void)dtype, (void)device_index, (void)on_progress;
+  return unsupported(kNoCuda);
+#endif
 }
 
 }  // namespace kite

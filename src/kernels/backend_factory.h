@@ -2,15 +2,49 @@
 // sees the Backend interface returned here.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "core/status.h"
 #include "model/backend.h"
 
 namespace kite {
 
-// The CPU backend (device_index must be 0), or the CUDA backend on GPU device_index. Fails with
-// kUnsupported when this binary has no such backend, kInvalidArgument for a bad device index.
-Result<std::unique_ptr<Backend>> make_backend(BackendKind kind, int device_index = 0);
+// The CPU backend (device_index must be 0), or the CUDA backend on GPU options.device_index. Fails
+// with kUnsupported when this binary has no such backend or no GPU, kInvalidArgument for a bad
+// device index or activation dtype.
+Result<std::unique_ptr<Backend>> make_backend(BackendKind kind, const BackendOptions& options = {});
+
+// The GPU an engine would be built for: its name and compute capability (90 for sm_90).
+struct GpuIdentity {
+  std::string name;
+  int compute_capability = 0;
+  size_t total_memory_bytes = 0;
+};
+Result<GpuIdentity> gpu_identity(int device_index);
+
+// The GPU's ceilings, measured now (kernels/cuda/ceilings.h): copy bandwidth (bytes read + written
+// per second) and the bf16 GEMM rate (FLOP/s) of an 8192^3 product through cuBLASLt.
+struct GpuCeilings {
+  double copy_bytes_per_second = 0;
+  double bf16_gemm_flops_per_second = 0;
+};
+Result<GpuCeilings> measure_gpu_ceilings(int device_index);
+
+// A GEMM shape of a model: weight [n, k], run with up to max_tokens rows.
+struct GemmShape {
+  int64_t max_tokens = 0;
+  int64_t n = 0;
+  int64_t k = 0;
+  bool has_bias = false;
+};
+// The kernel-tuning step of `kite build --device cuda`: times every candidate kernel of each
+// shape on GPU device_index and returns the fastest per shape. `on_progress(done, total)` is
+// called after each shape.
+Result<std::vector<GemmChoice>> tune_gemms(const std::vector<GemmShape>& shapes, DType dtype,
+                                           int device_index,
+                                           const std::function<void(size_t, size_t)>& on_progress);
 
 }  // namespace kite

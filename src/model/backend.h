@@ -15,10 +15,12 @@
 #include <memory>
 #include <span>
 #include <string_view>
+#include <vector>
 
 #include "core/dtype.h"
 #include "core/status.h"
 #include "core/tensor.h"
+#include "formats/gemm_choice.h"
 #include "model/batch.h"
 
 namespace kite {
@@ -83,6 +85,15 @@ struct RopeParams {
   float attention_scaling = 1.0f;   // multiplies cos and sin (1 except for YaRN-style scalings)
 };
 
+// How a backend is set up for one engine. The CPU backend uses only device_index (0).
+struct BackendOptions {
+  int device_index = 0;
+  DType activation_dtype = DType::kF32;  // CUDA: float16 or bfloat16, the engine's weight dtype
+  std::vector<GemmChoice> gemm_choices;  // CUDA: tuned kernels; shapes without one get a default
+  bool multi_block_mode = true;          // CUDA: split-KV decode attention when it pays
+  int64_t max_seq_len = 0;               // CUDA: sizes the split-KV choice
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -99,6 +110,18 @@ class Backend {
   // Memory in use now, for reports such as kite bench's peak memory: on CUDA the device's total
   // minus free memory (as nvidia-smi counts it), on the CPU this process's resident memory.
   virtual size_t memory_in_use_bytes() const = 0;
+
+  // ---- graphs: a sequence of ops recorded once and replayed (CUDA graphs) ----
+  // Starts recording the ops issued from now on instead of running them; false (and nothing
+  // recorded) when this backend has no graphs, as on the CPU.
+  virtual bool begin_graph_capture() { return false; }
+  // Stops recording; the id of the graph for replay_graph.
+  virtual Result<int64_t> end_graph_capture() {
+    return unsupported("this backend has no graphs");
+  }
+  // Runs a recorded graph again: the same ops on the same buffers, reading their current contents.
+  virtual void replay_graph(int64_t /*graph*/) { KITE_CHECK(false); }
+  virtual void destroy_graph(int64_t /*graph*/) {}
 
   // ---- ops of the Llama family ----
   // out[t, :] = table[ids[t], :]            table [V, H], ids [T] (backend memory), out [T, H]

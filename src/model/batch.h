@@ -24,10 +24,11 @@ struct KvCacheView {
   int64_t block_size = 0;  // tokens per block
   int64_t head_dim = 0;
 
-  int64_t block_elements() const { return 2 * num_kv_heads * block_size * head_dim; }
-  int64_t layer_elements() const { return num_blocks * block_elements(); }
+  // constexpr so that CUDA kernels can call them too (nvcc --expt-relaxed-constexpr).
+  constexpr int64_t block_elements() const { return 2 * num_kv_heads * block_size * head_dim; }
+  constexpr int64_t layer_elements() const { return num_blocks * block_elements(); }
   // Element offset of (layer, block, key=0 / value=1, head, token-in-block, 0).
-  int64_t offset(int64_t layer, int64_t block, int64_t kv, int64_t head, int64_t token) const {
+  constexpr int64_t offset(int64_t layer, int64_t block, int64_t kv, int64_t head, int64_t token) const {
     return layer * layer_elements() + block * block_elements() +
            ((kv * num_kv_heads + head) * block_size + token) * head_dim;
   }

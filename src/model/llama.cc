@@ -191,6 +191,13 @@ std::vector<float> rope_inverse_frequencies(const ModelConfig& config, int64_t s
 LlamaModel::LlamaModel(Backend& backend, ModelConfig config, LlamaWeights weights)
     : backend_(&backend), config_(std::move(config)), weights_(std::move(weights)) {}
 
+LlamaModel::~LlamaModel() { drop_graphs(); }
+
+void LlamaModel::drop_graphs() {
+  for (const auto& [key, graph] : graphs_) backend_->destroy_graph(graph);
+  graphs_.clear();
+}
+
 Status LlamaModel::check_step(const StepInput& step, const KvCacheView& cache) const {
   const size_t tokens = step.token_ids.size();
   const size_t sequences = step.context_length.size();
@@ -217,7 +224,16 @@ Status LlamaModel::check_step(const StepInput& step, const KvCacheView& cache) c
   return Status::ok();
 }
 
-Status LlamaModel::reserve_workspace(int64_t tokens, int64_t logit_rows) {
+Status LlamaModel::reserve_workspace(int64_t tokens, int64_t logit_rows, int64_t sequences,
+                                     int64_t block_table_entries) {
+  const size_t metadata_bytes =
+      size_t(3 * tokens + 2 * sequences + 1 + block_table_entries + logit_rows) * sizeof(int32_t);
+  if (metadata_bytes > metadata_.size()) {
+    drop_graphs();            // they read the old buffers
+    backend_->synchronize();  // steps in flight may still read the old buffer
+    metadata_.reset();
+    KITE_ASSIGN_OR_RETURN(metadata_, backend_->allocate(metadata_bytes));
+  }
   if (tokens <= workspace_tokens_ && logit_rows <= workspace_logit_rows_) return Status::ok();
   tokens = std::max(tokens, workspace_tokens_);
   logit_rows = std::max(logit_rows, workspace_logit_rows_);
@@ -229,6 +245,8 @@ Status LlamaModel::reserve_workspace(int64_t tokens, int64_t logit_rows) {
   const size_t bytes = size_t(tokens * per_token + logit_rows * per_logit_row) *
                            dtype_size(backend_->activation_dtype()) +
                        size_t(logit_rows * c.vocab_size) * sizeof(float);
+  drop_graphs();
+  backend_->synchronize();
   workspace_.reset();
   KITE_ASSIGN_OR_RETURN(workspace_, backend_->allocate(bytes));
   workspace_tokens_ = tokens;
@@ -248,7 +266,8 @@ Result<std::vector<float>> LlamaModel::forward(const StepInput& step, const KvCa
   const float eps = float(c.rms_norm_eps);
 
   // ---- step metadata, uploaded in one buffer ----
-  std::vector<int32_t> metadata;
+  std::vector<int32_t>& metadata = host_metadata_;
+  metadata.clear();
   auto append = [&](const std::vector<int32_t>& values) {
     const size_t offset = metadata.size();
     metadata.insert(metadata.end(), values.begin(), values.end());
@@ -258,10 +277,9 @@ Result<std::vector<float>> LlamaModel::forward(const StepInput& step, const KvCa
   const size_t slots_at = append(step.slot_mapping), starts_at = append(step.query_start);
   const size_t lengths_at = append(step.context_length), blocks_at = append(step.block_table);
   const size_t rows_at = append(step.logit_rows);
-  KITE_ASSIGN_OR_RETURN(DeviceBuffer metadata_buffer,
-                        backend.allocate(metadata.size() * sizeof(int32_t)));
-  backend.upload(metadata_buffer.data(), metadata.data(), metadata.size() * sizeof(int32_t));
-  const auto* device_metadata = static_cast<const int32_t*>(metadata_buffer.data());
+  KITE_RETURN_IF_ERROR(reserve_workspace(T, R, S, int64_t(step.block_table.size())));
+  backend.upload(metadata_.data(), metadata.data(), metadata.size() * sizeof(int32_t));
+  const auto* device_metadata = static_cast<const int32_t*>(metadata_.data());
 
   AttentionBatch batch;
   batch.num_tokens = T;
@@ -296,7 +314,6 @@ Result<std::vector<float>> LlamaModel::forward(const StepInput& step, const KvCa
   const RopeParams rope{static_cast<const float*>(inverse_frequencies_.data()), c.head_dim, 1.0f};
 
   // ---- activations, carved from the workspace ----
-  KITE_RETURN_IF_ERROR(reserve_workspace(T, R));
   const DType act = backend.activation_dtype();
   auto* cursor = static_cast<uint8_t*>(workspace_.data());
   auto carve = [&](DType dtype, Shape shape) {
@@ -319,58 +336,78 @@ Result<std::vector<float>> LlamaModel::forward(const StepInput& step, const KvCa
   const int32_t* device_logit_rows = device_metadata + rows_at;
   StepDump dump(backend);
 
-  // x = embed_tokens[ids]
-  backend.embedding(weights_.embed_tokens, device_ids, residual);
-  dump.add("embedding", residual);
-  // h = rms_norm(x) * input_layernorm
-  backend.rms_norm(residual, weights_.layers.front().input_layernorm, eps, normed);
+  // Every op of the step, from the token ids to float32 logits. Decode steps (one new token per
+  // sequence, logits for all) run as a graph captured the first time their shape comes (CUDA): the
+  // same buffers every time, only the uploaded metadata changes.
+  auto enqueue = [&] {
+    // x = embed_tokens[ids]
+    backend.embedding(weights_.embed_tokens, device_ids, residual);
+    dump.add("embedding", residual);
+    // h = rms_norm(x) * input_layernorm
+    backend.rms_norm(residual, weights_.layers.front().input_layernorm, eps, normed);
 
-  const float scale = 1.0f / std::sqrt(float(c.head_dim));
-  const int64_t sliding_window = c.sliding_window.value_or(0);
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const LlamaLayerWeights& w = weights_.layers[size_t(l)];
-    const std::string name = "layers." + std::to_string(l) + ".";
-    dump.add(name + "input_norm", normed);
-    // [q | k | v] = h @ [Wq; Wk; Wv]^T (+ b)
-    backend.linear(normed, w.qkv_proj, w.qkv_bias ? &*w.qkv_bias : nullptr, qkv);
-    dump.add(name + "qkv", qkv);
-    // q = rope(q); cache[slot] = (rope(k), v)
-    backend.rope_and_store_kv(qkv, rope, batch, cache, l, q);
-    dump.add(name + "q_rope", q);
-    // a = softmax(q k^T / sqrt(head_dim), causal, window) v   over the cached keys and values
-    backend.attention(q, batch, cache, l, scale, sliding_window, attended);
-    dump.add(name + "attention", attended);
-    // o = a @ Wo^T (+ bo)
-    backend.linear(attended, w.o_proj, w.o_bias ? &*w.o_bias : nullptr, block_out);
-    dump.add(name + "o_proj", block_out);
-    // x += o; h = rms_norm(x) * post_attention_layernorm
-    backend.add_rms_norm(residual, block_out, w.post_attention_layernorm, eps, normed);
-    dump.add(name + "post_attention_norm", normed);
-    // [g | u] = h @ [Wg; Wu]^T
-    backend.linear(normed, w.gate_up_proj, nullptr, gate_up);
-    dump.add(name + "gate_up", gate_up);
-    // m = silu(g) * u
-    backend.silu_mul(gate_up, mlp_hidden);
-    dump.add(name + "silu_mul", mlp_hidden);
-    // d = m @ Wd^T
-    backend.linear(mlp_hidden, w.down_proj, nullptr, block_out);
-    dump.add(name + "down_proj", block_out);
-    // x += d; h = rms_norm(x) * (next layer's input_layernorm, or the final norm)
-    const bool last_layer = l + 1 == c.num_hidden_layers;
-    const DeviceTensor& next_norm =
-        last_layer ? weights_.norm : weights_.layers[size_t(l) + 1].input_layernorm;
-    backend.add_rms_norm(residual, block_out, next_norm, eps, normed);
-    dump.add(name + "output", residual);
+    const float scale = 1.0f / std::sqrt(float(c.head_dim));
+    const int64_t sliding_window = c.sliding_window.value_or(0);
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      const LlamaLayerWeights& w = weights_.layers[size_t(l)];
+      const std::string name = "layers." + std::to_string(l) + ".";
+      dump.add(name + "input_norm", normed);
+      // [q | k | v] = h @ [Wq; Wk; Wv]^T (+ b)
+      backend.linear(normed, w.qkv_proj, w.qkv_bias ? &*w.qkv_bias : nullptr, qkv);
+      dump.add(name + "qkv", qkv);
+      // q = rope(q); cache[slot] = (rope(k), v)
+      backend.rope_and_store_kv(qkv, rope, batch, cache, l, q);
+      dump.add(name + "q_rope", q);
+      // a = softmax(q k^T / sqrt(head_dim), causal, window) v   over the cached keys and values
+      backend.attention(q, batch, cache, l, scale, sliding_window, attended);
+      dump.add(name + "attention", attended);
+      // o = a @ Wo^T (+ bo)
+      backend.linear(attended, w.o_proj, w.o_bias ? &*w.o_bias : nullptr, block_out);
+      dump.add(name + "o_proj", block_out);
+      // x += o; h = rms_norm(x) * post_attention_layernorm
+      backend.add_rms_norm(residual, block_out, w.post_attention_layernorm, eps, normed);
+      dump.add(name + "post_attention_norm", normed);
+      // [g | u] = h @ [Wg; Wu]^T
+      backend.linear(normed, w.gate_up_proj, nullptr, gate_up);
+      dump.add(name + "gate_up", gate_up);
+      // m = silu(g) * u
+      backend.silu_mul(gate_up, mlp_hidden);
+      dump.add(name + "silu_mul", mlp_hidden);
+      // d = m @ Wd^T
+      backend.linear(mlp_hidden, w.down_proj, nullptr, block_out);
+      dump.add(name + "down_proj", block_out);
+      // x += d; h = rms_norm(x) * (next layer's input_layernorm, or the final norm)
+      const bool last_layer = l + 1 == c.num_hidden_layers;
+      const DeviceTensor& next_norm =
+          last_layer ? weights_.norm : weights_.layers[size_t(l) + 1].input_layernorm;
+      backend.add_rms_norm(residual, block_out, next_norm, eps, normed);
+      dump.add(name + "output", residual);
+    }
+    dump.add("final_norm", normed);
+
+    if (R > 0) {
+      // only the rows that need logits: h_r = h[logit_rows]
+      backend.gather_rows(normed, device_logit_rows, last_hidden);
+      // logits = h_r @ lm_head^T   (lm_head may be embed_tokens)
+      backend.linear(last_hidden, weights_.lm_head, nullptr, logits);
+      backend.convert(logits, logits_f32);
+    }
+  };
+  const bool graphable = batch.max_query_length == 1 && R == T && !dump.enabled();
+  const GraphKey key{S, step.max_blocks_per_sequence};
+  const auto graph = graphable ? graphs_.find(key) : graphs_.end();
+  if (graph != graphs_.end()) {
+    backend.replay_graph(graph->second);
+  } else {
+    enqueue();
+    if (graphable && backend.begin_graph_capture()) {
+      enqueue();
+      KITE_ASSIGN_OR_RETURN(graphs_[key], backend.end_graph_capture());
+    }
   }
-  dump.add("final_norm", normed);
 
   std::vector<float> host_logits(size_t(R * V));
   if (R > 0) {
-    // only the rows that need logits: h_r = h[logit_rows]
-    backend.gather_rows(normed, device_logit_rows, last_hidden);
-    // logits = h_r @ lm_head^T   (lm_head may be embed_tokens)
-    backend.linear(last_hidden, weights_.lm_head, nullptr, logits);
-    backend.convert(logits, logits_f32);
     dump.add("logits", logits_f32);
     backend.synchronize();
     backend.download(host_logits.data(), logits_f32.data, host_logits.size() * sizeof(float));

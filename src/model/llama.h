@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -70,18 +71,28 @@ struct StepInput {
 class LlamaModel {
  public:
   LlamaModel(Backend& backend, ModelConfig config, LlamaWeights weights);
+  ~LlamaModel();
+  LlamaModel(const LlamaModel&) = delete;
+  LlamaModel& operator=(const LlamaModel&) = delete;
 
   const ModelConfig& config() const { return config_; }
   Backend& backend() const { return *backend_; }
 
   // Runs the step, writing keys and values into `cache`, and returns float32 logits [R, V] row
-  // by row in the order of step.logit_rows. When KITE_DUMP=<dir> is set, every named intermediate
+  // by row in the order of step.logit_rows. Decode steps replay a captured graph on backends that
+  // have graphs (the cache's buffer must then stay the same from step to step). When KITE_DUMP=<dir> is set, every named intermediate
   // of the step is also written to <dir>/step_<n>.safetensors.
   Result<std::vector<float>> forward(const StepInput& step, const KvCacheView& cache);
 
+  // Allocates activations and step metadata for steps up to these sizes, so that steps within them
+  // allocate nothing (forward grows the buffers for larger steps). Engines call it at load time,
+  // before the KV cache takes the rest of the memory.
+  Status reserve_workspace(int64_t tokens, int64_t logit_rows, int64_t sequences,
+                           int64_t block_table_entries);
+
  private:
   Status check_step(const StepInput& step, const KvCacheView& cache) const;
-  Status reserve_workspace(int64_t tokens, int64_t logit_rows);
+  void drop_graphs();
 
   Backend* backend_;
   ModelConfig config_;
@@ -91,7 +102,12 @@ class LlamaModel {
   DeviceBuffer workspace_;  // activations of the largest step so far
   int64_t workspace_tokens_ = 0;
   int64_t workspace_logit_rows_ = 0;
+  DeviceBuffer metadata_;  // the step's int32 metadata (ids, positions, slots, tables, rows)
+  std::vector<int32_t> host_metadata_;
   int64_t step_counter_ = 0;  // names dump files
+  // Captured decode steps by (sequences, max_blocks_per_sequence): the shapes that fix a graph.
+  using GraphKey = std::pair<int64_t, int64_t>;
+  std::map<GraphKey, int64_t> graphs_;
 };
 
 }  // namespace kite

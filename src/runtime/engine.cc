@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 
 #include "core/file.h"
 #include "kernels/backend_factory.h"
@@ -33,6 +34,12 @@ Result<KvCache> KvCache::allocate(Backend& backend, const ModelConfig& model, DT
   return cache;
 }
 
+size_t KvCache::block_bytes(const ModelConfig& model, DType dtype, int64_t block_size) {
+  return size_t(model.num_hidden_layers * 2 * model.num_key_value_heads * block_size *
+                model.head_dim) *
+         dtype_size(dtype);
+}
+
 Result<std::vector<int32_t>> KvCache::allocate_blocks(int64_t count) {
   if (count > int64_t(free_.size())) {
     return out_of_range("the KV cache has " + std::to_string(free_.size()) + " free blocks, " +
@@ -55,14 +62,30 @@ Engine::Engine(std::string directory, EngineConfig config, std::unique_ptr<Backe
       backend_(std::move(backend)),
       tokenizer_(std::move(tokenizer)) {}
 
-Result<std::unique_ptr<Engine>> Engine::load(const std::string& engine_dir) {
+Result<std::unique_ptr<Engine>> Engine::load(const std::string& engine_dir,
+                                             const LoadOptions& options) {
   KITE_ASSIGN_OR_RETURN(EngineConfig config, read_engine_config(engine_dir));
-  if (config.device != "cpu") {
-    return unsupported(engine_dir + " was built for device '" + config.device +
-                       "'; this kite runs it only on the device it was built for (build it again "
-                       "with --device cpu)");
+  const BuildLimits& limits = config.limits;
+  BackendKind kind = BackendKind::kCpu;
+  BackendOptions backend_options;
+  if (config.device == "cuda") {
+    if (!(options.kv_cache_free_gpu_mem_fraction > 0 &&
+          options.kv_cache_free_gpu_mem_fraction < 1)) {
+      return invalid_argument("--kv_cache_free_gpu_mem_fraction must be between 0 and 1");
+    }
+    KITE_ASSIGN_OR_RETURN(GpuIdentity gpu, gpu_identity(options.device_index));
+    if (gpu.compute_capability != config.compute_capability) {
+      return unsupported(engine_dir + " was built for " + config.gpu_name + " (sm_" +
+                         std::to_string(config.compute_capability) + "); this GPU is " + gpu.name +
+                         " (sm_" + std::to_string(gpu.compute_capability) +
+                         "): build the engine again on this GPU");
+    }
+    kind = BackendKind::kCuda;
+    backend_options = BackendOptions{options.device_index, config.weight_dtype,
+                                     config.gemm_choices, config.multi_block_mode,
+                                     limits.max_seq_len};
   }
-  KITE_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, make_backend(BackendKind::kCpu));
+  KITE_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, make_backend(kind, backend_options));
   KITE_ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::from_directory(engine_dir));
   KITE_ASSIGN_OR_RETURN(EngineFile file, EngineFile::open(engine_rank_path(engine_dir, 0)));
   std::unique_ptr<Engine> engine(
@@ -74,13 +97,45 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& engine_dir) {
           [&file](const std::string& name) { return file.tensor(name); }, file.path()));
   engine->model_ =
       std::make_unique<LlamaModel>(*engine->backend_, config.model, std::move(weights));
-  const BuildLimits& limits = config.limits;
+  // The largest step: max_num_tokens tokens of up to max_batch_size sequences, a logit row each.
+  KITE_RETURN_IF_ERROR(engine->model_->reserve_workspace(
+      limits.max_num_tokens, limits.max_batch_size, limits.max_batch_size,
+      limits.max_batch_size * ((limits.max_seq_len + limits.tokens_per_block - 1) /
+                               limits.tokens_per_block)));
   const int64_t blocks_per_sequence =
       (limits.max_seq_len + limits.tokens_per_block - 1) / limits.tokens_per_block;
-  KITE_ASSIGN_OR_RETURN(
-      engine->kv_cache_,
-      KvCache::allocate(*engine->backend_, config.model, config.kv_cache_dtype,
-                        limits.tokens_per_block, limits.max_batch_size * blocks_per_sequence));
+  int64_t num_blocks = limits.max_batch_size * blocks_per_sequence;
+  if (kind == BackendKind::kCuda) {
+    engine->backend_->synchronize();
+    KITE_ASSIGN_OR_RETURN(GpuIdentity gpu, gpu_identity(options.device_index));
+    const size_t free_bytes = gpu.total_memory_bytes - engine->backend_->memory_in_use_bytes();
+    const size_t block_bytes =
+        KvCache::block_bytes(config.model, config.kv_cache_dtype, limits.tokens_per_block);
+    num_blocks =
+        int64_t(double(free_bytes) * options.kv_cache_free_gpu_mem_fraction / double(block_bytes));
+    if (num_blocks < blocks_per_sequence) {
+      return out_of_range("the KV cache gets " + std::to_string(num_blocks) +
+                          " blocks, fewer than one sequence of max_seq_len needs (" +
+                          std::to_string(blocks_per_sequence) +
+                          "); raise --kv_cache_free_gpu_mem_fraction or build with a smaller "
+                          "--max_seq_len or --max_batch_size");
+    }
+  }
+  KITE_ASSIGN_OR_RETURN(engine->kv_cache_,
+                        KvCache::allocate(*engine->backend_, config.model, config.kv_cache_dtype,
+                                          limits.tokens_per_block, num_blocks));
+  if (kind == BackendKind::kCuda) {
+    const double gib = double(num_blocks) *
+                       double(KvCache::block_bytes(config.model, config.kv_cache_dtype,
+                                                   limits.tokens_per_block)) /
+                       double(1 << 30);
+    std::fprintf(stderr,
+                 "kite: KV cache: %lld blocks of %lld tokens (%lld tokens, %.2f GiB, %.0f%% of "
+                 "the free GPU memory)\n",
+                 static_cast<long long>(num_blocks), static_cast<long long>(limits.tokens_per_block),
+                 static_cast<long long>(num_blocks * limits.tokens_per_block), gib,
+                 options.kv_cache_free_gpu_mem_fraction * 100);
+  }
   return engine;
 }
 
@@ -116,6 +171,7 @@ Status check_request(const Engine& engine, const GenerationRequest& request) {
 struct Sequence {
   std::vector<int32_t> tokens;  // prompt, then output
   size_t prompt_length = 0;
+  size_t cached = 0;  // tokens whose keys and values are in the cache
   std::vector<int32_t> blocks;
   Sampler sampler;
   GenerationResult result;
@@ -145,36 +201,47 @@ Result<std::vector<GenerationResult>> generate(Engine& engine, const GenerationR
     KITE_ASSIGN_OR_RETURN(std::vector<int32_t> blocks,
                           cache.allocate_blocks((length + block_size - 1) / block_size));
     sequences.push_back(
-        {prompt, prompt.size(), std::move(blocks), Sampler(request.sampling), {}, true});
+        {prompt, prompt.size(), 0, std::move(blocks), Sampler(request.sampling), {}, true});
   }
 
   auto clock = [] { return std::chrono::steady_clock::now(); };
-  bool prefill = true;
+  // A step takes every active sequence's uncached tokens, up to max_num_tokens in all: prompts
+  // longer than what is left are prefilled in chunks over several steps (chunked prefill). A
+  // sequence gets a logit row when the step reaches its last token.
+  const int64_t token_budget = engine.config().limits.max_num_tokens;
   while (true) {
     StepInput step;
     step.max_blocks_per_sequence = max_blocks;
     step.query_start.push_back(0);
     std::vector<size_t> owners;  // sequence of each logit row
-    for (size_t s = 0; s < sequences.size(); ++s) {
+    bool prefill = false;
+    int64_t budget = token_budget;
+    for (size_t s = 0; s < sequences.size() && budget > 0; ++s) {
       Sequence& sequence = sequences[s];
       if (!sequence.active) continue;
-      const size_t first = prefill ? 0 : sequence.tokens.size() - 1;
-      for (size_t position = first; position < sequence.tokens.size(); ++position) {
+      const size_t first = sequence.cached;
+      const size_t end = std::min(sequence.tokens.size(), first + size_t(budget));
+      prefill = prefill || sequence.cached < sequence.prompt_length;
+      for (size_t position = first; position < end; ++position) {
         step.token_ids.push_back(sequence.tokens[position]);
         step.positions.push_back(int32_t(position));
         step.slot_mapping.push_back(sequence.blocks[position / size_t(block_size)] *
                                         int32_t(block_size) +
                                     int32_t(position % size_t(block_size)));
       }
-      step.logit_rows.push_back(int32_t(step.token_ids.size()) - 1);
+      budget -= int64_t(end - first);
+      sequence.cached = end;
       step.query_start.push_back(int32_t(step.token_ids.size()));
-      step.context_length.push_back(int32_t(sequence.tokens.size()));
+      step.context_length.push_back(int32_t(end));
       std::vector<int32_t> table(size_t(max_blocks), 0);
       std::copy(sequence.blocks.begin(), sequence.blocks.end(), table.begin());
       step.block_table.insert(step.block_table.end(), table.begin(), table.end());
-      owners.push_back(s);
+      if (end == sequence.tokens.size()) {
+        step.logit_rows.push_back(int32_t(step.token_ids.size()) - 1);
+        owners.push_back(s);
+      }
     }
-    if (owners.empty()) break;
+    if (step.token_ids.empty()) break;
 
     const auto started = clock();
     KITE_ASSIGN_OR_RETURN(std::vector<float> logits, engine.model().forward(step, cache.view()));
@@ -206,7 +273,6 @@ Result<std::vector<GenerationResult>> generate(Engine& engine, const GenerationR
         stats->decode_tokens += int64_t(owners.size());
       }
     }
-    prefill = false;
   }
   std::vector<GenerationResult> results;
   for (Sequence& sequence : sequences) results.push_back(std::move(sequence.result));

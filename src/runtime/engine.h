@@ -22,8 +22,11 @@ class KvCache {
  public:
   static Result<KvCache> allocate(Backend& backend, const ModelConfig& model, DType dtype,
                                   int64_t block_size, int64_t num_blocks);
+  // Bytes one block takes over all layers.
+  static size_t block_bytes(const ModelConfig& model, DType dtype, int64_t block_size);
 
   const KvCacheView& view() const { return view_; }
+  int64_t num_blocks() const { return view_.num_blocks; }
   int64_t free_blocks() const { return int64_t(free_.size()); }
   // `count` blocks, or kOutOfRange when fewer are free.
   Result<std::vector<int32_t>> allocate_blocks(int64_t count);
@@ -35,11 +38,21 @@ class KvCache {
   std::vector<int32_t> free_;
 };
 
+struct LoadOptions {
+  // CUDA engines: the share of the GPU memory left after weights and activations that the KV cache
+  // takes (TensorRT-LLM's kv_cache_free_gpu_mem_fraction). CPU engines get max_batch_size x
+  // max_seq_len tokens of cache.
+  double kv_cache_free_gpu_mem_fraction = 0.9;
+  int device_index = 0;
+};
+
 class Engine {
  public:
-  // Reads config.json, checks it was built for this device, opens and verifies rank0.engine,
-  // uploads the weights and allocates a KV cache of max_batch_size x max_seq_len tokens.
-  static Result<std::unique_ptr<Engine>> load(const std::string& engine_dir);
+  // Reads config.json, checks it was built for this device (for CUDA, a GPU of the same compute
+  // capability), opens and verifies rank0.engine, uploads the weights, reserves the activations
+  // of the largest step the limits allow, and allocates the KV cache.
+  static Result<std::unique_ptr<Engine>> load(const std::string& engine_dir,
+                                              const LoadOptions& options = {});
 
   const EngineConfig& config() const { return config_; }
   const Tokenizer& tokenizer() const { return tokenizer_; }

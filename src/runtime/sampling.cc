@@ -63,52 +63,65 @@ double Sampler::uniform() {
   return double(generator_() >> 11) * 0x1.0p-53;
 }
 
-int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> previous_tokens) {
+std::vector<double> sampling_distribution(std::span<const float> logits,
+                                          const SamplingConfig& config,
+                                          std::span<const int32_t> previous_tokens) {
   KITE_CHECK(!logits.empty());
-  scores_.assign(logits.begin(), logits.end());
-  apply_repetition_penalty(scores_, previous_tokens, config_.repetition_penalty);
-  if (config_.greedy()) return argmax(scores_);
+  std::vector<float> scores(logits.begin(), logits.end());
+  apply_repetition_penalty(scores, previous_tokens, config.repetition_penalty);
+  const size_t vocab = scores.size();
+  if (config.greedy()) {
+    std::vector<double> one_hot(vocab, 0.0);
+    one_hot[size_t(argmax(scores))] = 1.0;
+    return one_hot;
+  }
 
   // scores /= temperature
-  for (float& score : scores_) score /= config_.temperature;
-  const size_t vocab = scores_.size();
+  for (float& score : scores) score /= config.temperature;
   // top-k: keep scores >= the k-th largest (ties at the boundary stay, as in HF).
-  if (config_.top_k > 0 && size_t(config_.top_k) < vocab) {
-    std::vector<float> sorted = scores_;
-    std::nth_element(sorted.begin(), sorted.begin() + (config_.top_k - 1), sorted.end(),
+  if (config.top_k > 0 && size_t(config.top_k) < vocab) {
+    std::vector<float> sorted = scores;
+    std::nth_element(sorted.begin(), sorted.begin() + (config.top_k - 1), sorted.end(),
                      std::greater<float>());
-    const float threshold = sorted[size_t(config_.top_k - 1)];
-    for (float& score : scores_)
+    const float threshold = sorted[size_t(config.top_k - 1)];
+    for (float& score : scores)
       if (score < threshold) score = kRemoved;
   }
   // top-p: sort ascending, drop tokens whose cumulative probability is <= 1 - top_p; the most
   // likely token always stays.
-  if (config_.top_p < 1.0f) {
-    const std::vector<double> probabilities = softmax(scores_);
-    order_.resize(vocab);
-    std::iota(order_.begin(), order_.end(), 0);
-    std::stable_sort(order_.begin(), order_.end(),
-                     [&](int32_t a, int32_t b) { return scores_[size_t(a)] < scores_[size_t(b)]; });
+  if (config.top_p < 1.0f) {
+    const std::vector<double> probabilities = softmax(scores);
+    std::vector<int32_t> order(vocab);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int32_t a, int32_t b) { return scores[size_t(a)] < scores[size_t(b)]; });
     double cumulative = 0;
     for (size_t i = 0; i + 1 < vocab; ++i) {
-      cumulative += probabilities[size_t(order_[i])];
-      if (cumulative <= 1.0 - double(config_.top_p)) scores_[size_t(order_[i])] = kRemoved;
+      cumulative += probabilities[size_t(order[i])];
+      if (cumulative <= 1.0 - double(config.top_p)) scores[size_t(order[i])] = kRemoved;
     }
   }
   // min-p: drop tokens less likely than min_p times the most likely one.
-  if (config_.min_p > 0.0f) {
-    const std::vector<double> probabilities = softmax(scores_);
+  if (config.min_p > 0.0f) {
+    const std::vector<double> probabilities = softmax(scores);
     const double threshold =
-        double(config_.min_p) * *std::max_element(probabilities.begin(), probabilities.end());
+        double(config.min_p) * *std::max_element(probabilities.begin(), probabilities.end());
     for (size_t i = 0; i < vocab; ++i)
-      if (probabilities[i] < threshold) scores_[i] = kRemoved;
+      if (probabilities[i] < threshold) scores[i] = kRemoved;
   }
-  // Draw from softmax(scores).
-  const std::vector<double> probabilities = softmax(scores_);
+  return softmax(scores);
+}
+
+int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> previous_tokens) {
+  const std::vector<double> probabilities = sampling_distribution(logits, config_, previous_tokens);
+  const int32_t most_likely =
+      int32_t(std::max_element(probabilities.begin(), probabilities.end()) - probabilities.begin());
+  if (config_.greedy()) return most_likely;
+  // Draw by walking the vocabulary in index order.
   const double target = uniform();
   double cumulative = 0;
-  int32_t last_possible = argmax(scores_);
-  for (size_t i = 0; i < vocab; ++i) {
+  int32_t last_possible = most_likely;
+  for (size_t i = 0; i < probabilities.size(); ++i) {
     if (probabilities[i] == 0.0) continue;
     last_possible = int32_t(i);
     cumulative += probabilities[i];

@@ -45,9 +45,15 @@ class Sampler {
 
   SamplingConfig config_;
   std::mt19937_64 generator_;
-  std::vector<float> scores_;
-  std::vector<int32_t> order_;
 };
+
+// The distribution Sampler::sample draws from, over the whole vocabulary: softmax of the logits
+// after the repetition penalty, temperature, top-k, top-p and min-p, with 0 for every token a
+// filter removed. A greedy configuration gives 1 at the argmax (the lowest index on ties). The
+// reference the GPU sampler is tested against.
+std::vector<double> sampling_distribution(std::span<const float> logits,
+                                          const SamplingConfig& config,
+                                          std::span<const int32_t> previous_tokens);
 
 // HF's RepetitionPenaltyLogitsProcessor: a seen token's logit is divided by the penalty when
 // positive and multiplied by it when negative. Applied in place.

@@ -1,12 +1,15 @@
 // `kite build`: a Kite checkpoint -> an engine folder (docs/engine.md) for one device, with the
 // batch and length limits the runtime will enforce.
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
 
 #include "core/file.h"
 #include "formats/checkpoint.h"
+#include "core/progress.h"
 #include "formats/engine_file.h"
+#include "kernels/backend_factory.h"
 #include "tools/command.h"
 
 namespace kite::tools {
@@ -17,7 +20,37 @@ struct BuildFlags {
   std::string output_dir;
   std::string device = "cpu";
   BuildLimits limits;
+  bool multi_block_mode = true;
+  int gpu = 0;
 };
+
+// Every GEMM the forward pass runs, by row-count bucket (powers of two up to the largest step),
+// for the kernel-tuning step.
+std::vector<GemmShape> model_gemm_shapes(const ModelConfig& model, const BuildLimits& limits) {
+  const int64_t hidden = model.hidden_size, ffn = model.intermediate_size;
+  const int64_t max_step_tokens = limits.max_num_tokens;
+  struct Weight {
+    int64_t n, k;
+    bool bias;
+    int64_t max_tokens;
+  };
+  const std::vector<Weight> weights = {
+      {model.q_size() + 2 * model.kv_size(), hidden, model.attention_bias, max_step_tokens},
+      {hidden, model.q_size(), model.attention_output_bias, max_step_tokens},
+      {2 * ffn, hidden, false, max_step_tokens},
+      {hidden, ffn, false, max_step_tokens},
+      {model.vocab_size, hidden, false, limits.max_batch_size},  // LM head: a row per sequence
+  };
+  std::vector<GemmShape> shapes;
+  for (const Weight& weight : weights) {
+    for (int64_t bucket = 1;; bucket *= 2) {
+      const int64_t rows = std::min(bucket, weight.max_tokens);
+      shapes.push_back(GemmShape{rows, weight.n, weight.k, weight.bias});
+      if (rows == weight.max_tokens) break;
+    }
+  }
+  return shapes;
+}
 
 // The tokenizer and generation files the runtime reads, copied when the checkpoint has them.
 constexpr const char* kCopiedFiles[] = {"tokenizer.json", "tokenizer_config.json",
@@ -26,16 +59,21 @@ constexpr const char* kCopiedFiles[] = {"tokenizer.json", "tokenizer_config.json
 Status run_build(const BuildFlags& flags) {
   if (flags.checkpoint_dir.empty()) return invalid_argument("--checkpoint_dir is required");
   if (flags.output_dir.empty()) return invalid_argument("--output_dir is required");
-  if (flags.device != "cpu") {
-    return invalid_argument("--device " + flags.device +
-                            ": this kite builds engines for the cpu device only");
+  if (flags.device != "cpu" && flags.device != "cuda") {
+    return invalid_argument("--device " + flags.device + ": choose cpu or cuda");
   }
   const BuildLimits& limits = flags.limits;
   if (limits.max_batch_size < 1 || limits.max_input_len < 1 || limits.max_seq_len < 1 ||
-      limits.tokens_per_block < 1) {
+      limits.tokens_per_block < 1 || limits.max_num_tokens < 1) {
     return invalid_argument(
-        "--max_batch_size, --max_input_len, --max_seq_len and "
+        "--max_batch_size, --max_input_len, --max_seq_len, --max_num_tokens and "
         "--tokens_per_block must be positive");
+  }
+  if (limits.max_num_tokens < limits.max_batch_size) {
+    return invalid_argument("--max_num_tokens (" + std::to_string(limits.max_num_tokens) +
+                            ") must be at least --max_batch_size (" +
+                            std::to_string(limits.max_batch_size) +
+                            "): a decode step has a token per sequence");
   }
   if (limits.max_input_len >= limits.max_seq_len) {
     return invalid_argument("--max_input_len (" + std::to_string(limits.max_input_len) +
@@ -64,6 +102,26 @@ Status run_build(const BuildFlags& flags) {
   config.weight_dtype = checkpoint_config.dtype;
   config.kv_cache_dtype = DType::kF32;  // the CPU backend's activation dtype
   config.built_from = flags.checkpoint_dir;
+  if (flags.device == "cuda") {
+    if (config.weight_dtype != DType::kF16 && config.weight_dtype != DType::kBF16) {
+      return unsupported(flags.checkpoint_dir + " holds " +
+                         std::string(dtype_name(config.weight_dtype)) +
+                         " weights; CUDA engines run float16 or bfloat16: convert the checkpoint "
+                         "with --dtype bfloat16");
+    }
+    KITE_ASSIGN_OR_RETURN(GpuIdentity gpu, gpu_identity(flags.gpu));
+    config.gpu_name = gpu.name;
+    config.compute_capability = gpu.compute_capability;
+    config.multi_block_mode = flags.multi_block_mode;
+    config.kv_cache_dtype = config.weight_dtype;  // the activation dtype
+    // Kernel tuning: time every candidate GEMM kernel for each shape on this GPU.
+    const std::vector<GemmShape> shapes = model_gemm_shapes(config.model, limits);
+    Progress progress("tuning GEMM kernels", int64_t(shapes.size()));
+    KITE_ASSIGN_OR_RETURN(config.gemm_choices,
+                          tune_gemms(shapes, config.weight_dtype, flags.gpu,
+                                     [&](size_t done, size_t) { progress.update(int64_t(done)); }));
+    progress.finish();
+  }
 
   std::vector<EngineTensorInfo> tensors;
   for (const WeightInfo& info : model_weights(config.model)) {
@@ -94,11 +152,16 @@ Command add_build_command(CLI::App& kite) {
   CLI::App* app = kite.add_subcommand("build", "Build an engine from a Kite checkpoint");
   app->add_option("--checkpoint_dir", flags->checkpoint_dir, "Kite checkpoint (kite convert)");
   app->add_option("--output_dir", flags->output_dir, "Engine folder to write");
-  app->add_option("--device", flags->device, "Device the engine runs on (cpu)");
+  app->add_option("--device", flags->device, "Device the engine runs on: cpu (default) or cuda");
+  app->add_option("--gpu", flags->gpu, "GPU to tune the kernels on (0)");
+  app->add_option("--multi_block_mode", flags->multi_block_mode,
+                  "Split long decode contexts over several CTAs when the batch is small (true)");
   app->add_option("--max_batch_size", flags->limits.max_batch_size, "Prompts per batch (8)");
   app->add_option("--max_input_len", flags->limits.max_input_len, "Tokens per prompt (2048)");
   app->add_option("--max_seq_len", flags->limits.max_seq_len,
                   "Prompt + output tokens per sequence (4096)");
+  app->add_option("--max_num_tokens", flags->limits.max_num_tokens,
+                  "Tokens of all sequences in one step; longer prefills are chunked (8192)");
   app->add_option("--tokens_per_block", flags->limits.tokens_per_block,
                   "KV cache block size in tokens (32)");
   return Command{app, [flags] { return run_build(*flags); }};

@@ -15,8 +15,11 @@ struct Command {
   std::function<Status()> run;
 };
 
+Command add_bench_command(CLI::App& kite);
 Command add_build_command(CLI::App& kite);
 Command add_convert_command(CLI::App& kite);
+Command add_debug_command(CLI::App& kite);
+Command add_eval_command(CLI::App& kite);
 Command add_run_command(CLI::App& kite);
 Command add_tokenize_command(CLI::App& kite);
 

@@ -26,6 +26,9 @@ int run_kite(int argc, char** argv) {
       kite::tools::add_tokenize_command(kite),
       kite::tools::add_build_command(kite),
       kite::tools::add_run_command(kite),
+      kite::tools::add_eval_command(kite),
+      kite::tools::add_debug_command(kite),
+      kite::tools::add_bench_command(kite),
   };
 
   try {

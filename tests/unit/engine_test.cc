@@ -150,6 +150,38 @@ TEST_F(EngineCommands, RunPrintsLikeRunPyAndWritesJson) {
   EXPECT_EQ(alone[0].at("output_ids"), record[0].at("output_ids"));
 }
 
+// An engine whose steps hold at most 3 tokens prefills the prompts in chunks over several steps
+// (and interleaves them with decode steps); greedy outputs must not change.
+TEST_F(EngineCommands, ChunkedPrefillGivesTheSameTokens) {
+  const std::string chunked = test::temp_dir() + "/chunked";
+  const test::CommandResult build =
+      test::run_kite("build --checkpoint_dir " + *checkpoint_ + " --output_dir " + chunked +
+                     " --max_batch_size 2 --max_input_len 16 --max_seq_len 40 "
+                     "--tokens_per_block 4 --max_num_tokens 3");
+  ASSERT_EQ(build.exit_code, 0) << build.output;
+  const std::string prompts =
+      " --input_text 'hello world, the cat sat' --input_text 'the cat' --max_output_len 8";
+  std::vector<nlohmann::json> records;
+  for (const std::string& engine : {*engine_, chunked}) {
+    const std::string json_path = test::temp_dir() + "/out.json";
+    const test::CommandResult run = test::run_kite("run --engine_dir " + engine + prompts +
+                                                   " --output_json " + json_path);
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    records.push_back(nlohmann::json::parse(read_file(json_path).value()));
+  }
+  ASSERT_GT(records[0][0].at("input_ids").size(), 3u);  // the first prompt needs several steps
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(records[0][i].at("output_ids"), records[1][i].at("output_ids")) << "prompt " << i;
+  }
+  const test::CommandResult too_small =
+      test::run_kite("build --checkpoint_dir " + *checkpoint_ + " --output_dir " + chunked +
+                     " --max_batch_size 4 --max_num_tokens 3");
+  EXPECT_EQ(too_small.exit_code, 2);
+  EXPECT_NE(too_small.output.find("--max_num_tokens (3) must be at least --max_batch_size"),
+            std::string::npos)
+      << too_small.output;
+}
+
 TEST_F(EngineCommands, SeededSamplingRepeats) {
   const std::string common = "run --engine_dir " + *engine_ +
                              " --input_text 'hello' --max_output_len 8 --temperature 1.0"
@@ -203,10 +235,24 @@ TEST_F(EngineCommands, LoadRefusesCorruptedEngineAndOtherDevice) {
   auto config = nlohmann::json::parse(config_text);
   config["device"] = "cuda";
   ASSERT_TRUE(write_file(copy + "/config.json", config.dump()).is_ok());
+  const test::CommandResult malformed =
+      test::run_kite("run --engine_dir " + copy + " --input_text hi");
+  EXPECT_EQ(malformed.exit_code, 1);
+  EXPECT_NE(malformed.output.find("lacks \"cuda\""), std::string::npos) << malformed.output;
+  // Built for a GPU generation this machine does not have (or no GPU at all here).
+  config["cuda"] = {{"gpu_name", "Tesla T4"},
+                    {"compute_capability", 75},
+                    {"multi_block_mode", true},
+                    {"gemm_tactics", nlohmann::json::array()}};
+  ASSERT_TRUE(write_file(copy + "/config.json", config.dump()).is_ok());
   const test::CommandResult other_device =
       test::run_kite("run --engine_dir " + copy + " --input_text hi");
-  EXPECT_NE(other_device.exit_code, 0);
-  EXPECT_NE(other_device.output.find("device 'cuda'"), std::string::npos) << other_device.output;
+  EXPECT_EQ(other_device.exit_code, 1);
+  EXPECT_TRUE(other_device.output.find("build the engine again on this GPU") !=
+                  std::string::npos ||
+              other_device.output.find("no CUDA GPU") != std::string::npos ||
+              other_device.output.find("built without CUDA") != std::string::npos)
+      << other_device.output;
   config["device"] = "cpu";
   config["kite_engine_version"] = 7;
   ASSERT_TRUE(write_file(copy + "/config.json", config.dump()).is_ok());

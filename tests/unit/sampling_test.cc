@@ -84,6 +84,44 @@ TEST(Sampling, TemperatureSharpensTheDistribution) {
   EXPECT_NEAR(share_of_first(0.5f), 1.0 / (1.0 + std::exp(-2.0)), 0.02);
 }
 
+TEST(Sampling, DistributionIsWhatTheSamplerDrawsFrom) {
+  // top-k 2 at temperature 0.5 over {1, 5, 4.5, 0}: softmax({5, 4.5} / 0.5) on tokens 1 and 2.
+  SamplingConfig config;
+  config.temperature = 0.5f;
+  config.top_k = 2;
+  const std::vector<double> top_two =
+      sampling_distribution(std::vector<float>{1.0f, 5.0f, 4.5f, 0.0f}, config, {});
+  const double first = 1.0 / (1.0 + std::exp(-1.0));
+  EXPECT_EQ(top_two[0], 0.0);
+  EXPECT_NEAR(top_two[1], first, 1e-9);
+  EXPECT_NEAR(top_two[2], 1.0 - first, 1e-9);
+  EXPECT_EQ(top_two[3], 0.0);
+  // Greedy: all the mass on the lowest index among tied maxima.
+  config = {};
+  config.temperature = 0.0f;
+  EXPECT_EQ(sampling_distribution(std::vector<float>{1.0f, 3.0f, 3.0f}, config, {}),
+            (std::vector<double>{0.0, 1.0, 0.0}));
+  // Ten equal logits, top_p 0.35: the stable ascending sort drops the six lowest indices.
+  config = {};
+  config.top_p = 0.35f;
+  const std::vector<double> ties = sampling_distribution(std::vector<float>(10, 1.0f), config, {});
+  for (size_t i = 0; i < ties.size(); ++i) EXPECT_NEAR(ties[i], i >= 6 ? 0.25 : 0.0, 1e-12) << i;
+  // The Sampler's frequencies follow it.
+  config = {};
+  config.top_p = 0.9f;
+  config.min_p = 0.05f;
+  config.seed = 3;
+  std::vector<float> logits(50);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = 0.1f * float(i % 13);
+  const std::vector<double> expected = sampling_distribution(logits, config, {});
+  Sampler sampler(config);
+  std::vector<int> counts(logits.size(), 0);
+  constexpr int kDraws = 20000;
+  for (int i = 0; i < kDraws; ++i) ++counts[size_t(sampler.sample(logits, {}))];
+  for (size_t i = 0; i < logits.size(); ++i)
+    EXPECT_NEAR(double(counts[i]) / kDraws, expected[i], 0.015) << "token " << i;
+}
+
 TEST(Sampling, SameSeedSameOutput) {
   std::vector<float> logits(100);
   for (size_t i = 0; i < logits.size(); ++i) logits[i] = float(i % 7) * 0.3f;

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The GPU performance table of docs/perf/cuda_llama3_8b.md in one call: builds Kite (as run.sh),
+# measures the GPU's ceilings, makes a random-weight Llama-3-8B checkpoint (bf16), builds a CUDA
+# engine (with GEMM tuning) and runs `kite bench` on the cases of the table, then Hugging Face
+# transformers on the same shape and cases.
+# Usage: bash scripts/gpu/bench.sh LOG_DIR [--skip-hf] [--cases quick]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+log_dir="${1:?usage: bench.sh LOG_DIR [--skip-hf] [--cases quick]}"
+shift
+run_hf=1
+quick=0
+while (($#)); do
+  case "$1" in
+    --skip-hf) run_hf=0; shift ;;
+    --cases) [[ "$2" == quick ]] && quick=1; shift 2 ;;
+    *) echo "bench.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$log_dir"
+cd "$root"
+source scripts/gpu/env.sh
+if [[ ! -x build-gpu/kite ]]; then
+  cmake -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DKITE_CUDA=ON > "$log_dir/build.log" 2>&1
+  cmake --build build-gpu -j"$(nproc)" >> "$log_dir/build.log" 2>&1
+fi
+kite=build-gpu/kite
+work="${KITE_BENCH_DIR:-/tmp/kite-bench}"
+mkdir -p "$work/model"
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv
+} | tee "$log_dir/machine.txt"
+
+# Llama-3-8B shape, random bf16 weights. The prompts of kite bench are token ids, so any tokenizer
+# makes the folder complete; the byte-level one of the golden fixtures serves.
+if [[ ! -f "$work/engine/config.json" ]]; then
+  cp tests/fixtures/hf_configs/llama-3-8b.json "$work/model/config.json"
+  cp tests/fixtures/golden/hf/llama_mha/tokenizer.json "$work/model/tokenizer.json"
+  /usr/bin/time -f "convert: %e s" "$kite" convert --random --model_dir "$work/model" \
+    --output_dir "$work/ckpt" --dtype bfloat16 2>&1 | tail -2
+  /usr/bin/time -f "build: %e s" "$kite" build --checkpoint_dir "$work/ckpt" \
+    --output_dir "$work/engine" --device cuda --max_batch_size 64 --max_input_len 8192 \
+    --max_seq_len 8448 --max_num_tokens 8192 2>&1 | tail -3
+  rm -rf "$work/ckpt"
+fi
+bench=("$kite" bench --engine_dir "$work/engine" --ceilings)
+{
+  if ((quick)); then
+    "${bench[@]}" --batch_size "1" --input_output_len "128,128;2048,1"
+  else
+    "${bench[@]}" --batch_size "1" --input_output_len "128,128;2048,1;8192,256"
+    "${bench[@]}" --batch_size "1" --input_output_len "8192,256" --multi_block_mode false
+    "${bench[@]}" --batch_size "64" --input_output_len "128,128;2048,128"
+  fi
+} 2>&1 | tee "$log_dir/kite_bench.log" | grep -E "BENCHMARK|CEILING|KV cache|error"
+if ((run_hf)); then
+  PYTHONUNBUFFERED=1 python3 scripts/gpu/hf_bench.py --config tests/fixtures/hf_configs/llama-3-8b.json \
+    --batch_size "1;64" --input_output_len "128,128;2048,128" 2>&1 | tee "$log_dir/hf_bench.log" |
+    grep -E "HF"
+fi

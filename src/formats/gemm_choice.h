@@ -1,0 +1,20 @@
+// A GEMM kernel choice made when an engine is built (the CUDA backend's autotuning), as the engine
+// stores it and the backend reads it. Plain integers, no JSON: CUDA sources include this.
+#pragma once
+
+#include <cstdint>
+
+namespace kite {
+
+// For linear() calls with at most max_tokens rows (the smallest such entry applies) and a weight of
+// [n, k]: the backend's kernel `algorithm` in configuration `variant` (see kernels/cuda/linear.h).
+struct GemmChoice {
+  int64_t max_tokens = 0;
+  int64_t n = 0;
+  int64_t k = 0;
+  int32_t algorithm = 0;
+  int32_t variant = 0;
+  bool operator==(const GemmChoice&) const = default;
+};
+
+}  // namespace kite

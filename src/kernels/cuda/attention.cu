@@ -1,0 +1,917 @@
+// Paged attention kernels (attention.h): the split-KV decode kernel and the merge of its splits,
+// the flash-attention prefill kernel on the tensor cores, and the one table of their instances.
+// Scores are kept in the log2 domain (scaled by scale * log2(e)) so that every exponential is one
+// exp2; a running maximum of -inf (nothing visible yet) is replaced by 0 before it is subtracted.
+#include "kernels/cuda/attention.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_math.cuh"
+
+namespace kite::cuda {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// n / d for 0 <= n < 2^31 by a multiply-high, an add and a shift (Granlund and Montgomery): with
+// l = ceil(log2 d) and m = floor(2^32 (2^l - d) / d) + 1, n / d = (umulhi(n, m) + n) >> l. The
+// block size is a run-time value, and a hardware division per key costs more than the key's math.
+struct FastDivider {
+  uint32_t divisor = 1;
+  uint32_t multiplier = 1;
+  uint32_t shift = 0;
+
+  static FastDivider make(uint32_t divisor) {
+    FastDivider result;
+    result.divisor = divisor;
+    while ((uint64_t(1) << result.shift) < divisor) ++result.shift;
+    result.multiplier =
+        uint32_t(((uint64_t(1) << 32) * ((uint64_t(1) << result.shift) - divisor)) / divisor + 1);
+    return result;
+  }
+  __device__ __forceinline__ int divide(int n) const {
+    return int((__umulhi(uint32_t(n), multiplier) + uint32_t(n)) >> shift);
+  }
+};
+
+// 2^x in one MUFU instruction (relative error about 2^-22); 2^-inf = 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float result;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(result) : "f"(x));
+  return result;
+}
+
+// Everything the kernels read about one call. Element offsets in the cache are int64: a KV pool
+// can hold more than 2^31 elements.
+struct AttentionParams {
+  const void* q;            // [T, Hq * D]
+  void* out;                // [T, Hq * D]
+  const void* cache_layer;  // this layer's blocks: [num_blocks][2][Hkv][block_size][D]
+  const int32_t* positions;
+  const int32_t* query_start;
+  const int32_t* block_table;
+  int64_t max_blocks_per_sequence;
+  int num_tokens;
+  int block_size;
+  FastDivider block_divider;  // divides by block_size
+  int head_dim;
+  int num_kv_heads;
+  int num_q_heads;
+  int group;           // Hq / Hkv
+  int sliding_window;  // 0: none
+  float scale_log2;    // scale * log2(e)
+  // Decode only: the GQA group is processed in `head_chunks` CTAs of `heads_per_cta` heads.
+  int head_chunks;
+  int heads_per_cta;
+  int num_splits;
+  float* partial_out;  // [num_splits][T][Hq][D], when num_splits > 1
+  float* partial_lse;  // [num_splits][T][Hq], log2 of each split's softmax denominator
+};
+
+__device__ __forceinline__ int first_visible(int position, int sliding_window) {
+  return sliding_window > 0 && position >= sliding_window ? position - sliding_window + 1 : 0;
+}
+
+// Element offset, inside the layer, of (block, key=0 / value=1, kv head, token in block, 0).
+__device__ __forceinline__ int64_t cache_offset(const AttentionParams& p, int32_t block, int kv,
+                                                int kv_head, int token) {
+  return ((int64_t(block) * 2 + kv) * p.num_kv_heads + kv_head) * int64_t(p.block_size) *
+             p.head_dim +
+         int64_t(token) * p.head_dim;
+}
+
+// ---- PTX wrappers ----
+
+__device__ __forceinline__ uint32_t shared_address(const void* pointer) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
+}
+
+// 16 bytes global -> shared without passing through registers.
+__device__ __forceinline__ void copy_async_16(void* shared_destination, const void* global_source) {
+  asm volatile(
+      "cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(shared_destination)),
+      "l"(global_source)
+      : "memory");
+}
+
+__device__ __forceinline__ void copy_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+// Waits until at most kPending of this thread's committed groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void copy_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+// Four 8x8 matrices of 16-bit elements; lanes 8i..8i+7 give the row addresses of matrix i.
+__device__ __forceinline__ void load_matrix_x4(uint32_t (&fragment)[4], const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(fragment[0]), "=r"(fragment[1]), "=r"(fragment[2]), "=r"(fragment[3])
+               : "r"(shared_address(row))
+               : "memory");
+}
+
+__device__ __forceinline__ void load_matrix_x4_transposed(uint32_t (&fragment)[4],
+                                                          const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(fragment[0]), "=r"(fragment[1]), "=r"(fragment[2]), "=r"(fragment[3])
+               : "r"(shared_address(row))
+               : "memory");
+}
+
+// Per element type: pairs to float2, float2 to a packed pair, and the tensor-core product
+// c[16x8] += a[16x16] b[16x8] (a row-major, b column-major, float32 accumulators).
+template <typename Element>
+struct ElementOps;
+
+template <>
+struct ElementOps<__nv_bfloat16> {
+  using Pair = __nv_bfloat162;
+  static __device__ __forceinline__ float2 to_float2(Pair pair) { return __bfloat1622float2(pair); }
+  static __device__ __forceinline__ uint32_t pack(float low, float high) {
+    const Pair pair = __floats2bfloat162_rn(low, high);
+    return *reinterpret_cast<const uint32_t*>(&pair);
+  }
+  static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+template <>
+struct ElementOps<__half> {
+  using Pair = __half2;
+  static __device__ __forceinline__ float2 to_float2(Pair pair) { return __half22float2(pair); }
+  static __device__ __forceinline__ uint32_t pack(float low, float high) {
+    const Pair pair = __floats2half2_rn(low, high);
+    return *reinterpret_cast<const uint32_t*>(&pair);
+  }
+  static __device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+// The 8 elements of a 16-byte vector as floats.
+template <typename Element>
+__device__ __forceinline__ void unpack8(const uint4& vector, float (&values)[8]) {
+  const auto* pairs = reinterpret_cast<const typename ElementOps<Element>::Pair*>(&vector);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 pair = ElementOps<Element>::to_float2(pairs[i]);
+    values[2 * i] = pair.x;
+    values[2 * i + 1] = pair.y;
+  }
+}
+
+// ---- decode: one CTA per (sequence, kv head, head chunk, split) ----
+//
+// Each thread owns 16 bytes (8 elements) of a key row: kThreadsPerKey threads read one key, the
+// CTA reads kKeyLanes keys side by side and kDecodeKeysPerThread rows per lane per tile. Keys
+// and values travel by cp.async into per-thread slots of a kDecodeStages-deep ring in shared
+// memory (a thread reads back only what it copied, so the loop needs no barrier), keeping up to
+// two tiles (32 KiB) per CTA in flight. The GQA group's query heads sit in registers and share
+// every load. Each key lane keeps its own online softmax; lanes are merged at the end, first
+// within the warp by shuffles, then across warps in shared memory.
+
+constexpr int kDecodeThreads = 128;
+constexpr int kDecodeWarps = kDecodeThreads / 32;
+constexpr int kDecodeKeysPerThread = 4;
+constexpr int kDecodeStages = 3;
+constexpr int kDecodeStageBytes = 2 * kDecodeKeysPerThread * kDecodeThreads * 16;  // 16 KiB
+constexpr int kDecodeSharedBytes = kDecodeStages * kDecodeStageBytes;              // 48 KiB
+// Query heads per CTA; larger groups take several CTAs, which read the same keys (the second
+// read mostly from L2). 8 heads in registers would take over 220 registers a thread and run slower
+// than two CTAs of 4 on the H100.
+constexpr int kMaxDecodeHeads = 4;
+
+template <int kHeadDim>
+struct DecodeShape {
+  static constexpr int kThreadsPerKey = kHeadDim / 8;
+  static constexpr int kKeyLanes = kDecodeThreads / kThreadsPerKey;
+  static constexpr int kTileKeys = kKeyLanes * kDecodeKeysPerThread;
+};
+
+template <typename Element, int kHeadDim, int kMaxHeads>
+__global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionParams p) {
+  using Shape = DecodeShape<kHeadDim>;
+  constexpr int kThreadsPerKey = Shape::kThreadsPerKey;
+  constexpr int kKeyLanes = Shape::kKeyLanes;
+  constexpr int kTileKeys = Shape::kTileKeys;
+  static_assert(kDecodeWarps * kMaxHeads * (kHeadDim + 2) * 4 <= kDecodeSharedBytes);
+  extern __shared__ __align__(16) unsigned char decode_shared[];
+
+  const int sequence = blockIdx.x;
+  const int kv_head = blockIdx.y / p.head_chunks;
+  const int chunk = blockIdx.y % p.head_chunks;
+  const int split = blockIdx.z;
+  const int first_head = kv_head * p.group + chunk * p.heads_per_cta;
+  const int heads = min(p.heads_per_cta, p.group - chunk * p.heads_per_cta);
+  const int token = p.query_start[sequence];
+  if (p.query_start[sequence + 1] == token || heads <= 0) return;
+
+  // This split's share of the visible positions [first, position], whole tiles each.
+  const int position = p.positions[token];
+  const int first = first_visible(position, p.sliding_window);
+  const int visible_tiles = (position - first + kTileKeys) / kTileKeys;
+  const int split_tiles = (visible_tiles + p.num_splits - 1) / p.num_splits;
+  const int split_begin = first + split * split_tiles * kTileKeys;
+  const int split_end = min(position + 1, split_begin + split_tiles * kTileKeys);
+  if (split_begin >= split_end) {
+    // A split past the end of a short context: weight exp2(-inf) = 0 in the merge.
+    if (p.num_splits > 1 && threadIdx.x < heads) {
+      p.partial_lse[(int64_t(split) * p.num_tokens + token) * p.num_q_heads + first_head +
+                    threadIdx.x] = -INFINITY;
+    }
+    return;
+  }
+
+  const int key_lane = threadIdx.x / kThreadsPerKey;
+  const int part = threadIdx.x % kThreadsPerKey;  // elements [8 * part, 8 * part + 8) of a row
+  const auto* cache = static_cast<const Element*>(p.cache_layer);
+  const int32_t* block_table = p.block_table + int64_t(sequence) * p.max_blocks_per_sequence;
+  const int64_t value_offset = int64_t(p.num_kv_heads) * p.block_size * kHeadDim;
+
+  // query[h] = q[token, first_head + h, this thread's 8 elements] * scale * log2(e)
+  float query[kMaxHeads][8];
+  const auto* q_row = static_cast<const Element*>(p.q) + int64_t(token) * p.num_q_heads * kHeadDim;
+#pragma unroll
+  for (int h = 0; h < kMaxHeads; ++h) {
+    if (h < heads) {
+      unpack8<Element>(
+          *reinterpret_cast<const uint4*>(q_row + (first_head + h) * kHeadDim + 8 * part),
+          query[h]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) query[h][e] *= p.scale_log2;
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) query[h][e] = 0.0f;
+    }
+  }
+
+  // Slot of (stage, key=0 / value=1, row i) of this thread: 16 bytes, consecutive across threads.
+  auto slot = [&](int stage, int kv, int i) {
+    return decode_shared + stage * kDecodeStageBytes +
+           ((kv * kDecodeKeysPerThread + i) * kDecodeThreads + threadIdx.x) * 16;
+  };
+  const int tiles = (split_end - split_begin + kTileKeys - 1) / kTileKeys;
+  // Copies tile `tile` of the split into its stage (nothing past the split) and commits a group.
+  auto issue_tile = [&](int tile) {
+    const int tile_begin = split_begin + tile * kTileKeys;
+#pragma unroll
+    for (int i = 0; i < kDecodeKeysPerThread; ++i) {
+      const int key = tile_begin + i * kKeyLanes + key_lane;
+      if (key < split_end) {
+        const int block_index = p.block_divider.divide(key);
+        const Element* key_row = cache +
+                                 cache_offset(p, block_table[block_index], 0, kv_head,
+                                              key - block_index * p.block_size) +
+                                 8 * part;
+        copy_async_16(slot(tile % kDecodeStages, 0, i), key_row);
+        copy_async_16(slot(tile % kDecodeStages, 1, i), key_row + value_offset);
+      }
+    }
+    copy_async_commit();
+  };
+
+  float running_max[kMaxHeads], running_sum[kMaxHeads], accumulator[kMaxHeads][8];
+#pragma unroll
+  for (int h = 0; h < kMaxHeads; ++h) {
+    running_max[h] = -INFINITY;
+    running_sum[h] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) accumulator[h][e] = 0.0f;
+  }
+
+#pragma unroll
+  for (int stage = 0; stage < kDecodeStages - 1; ++stage) issue_tile(stage);
+  for (int tile = 0; tile < tiles; ++tile) {
+    // The stage refilled here was read by this thread in the previous iteration.
+    issue_tile(tile + kDecodeStages - 1);
+    copy_async_wait<kDecodeStages - 1>();
+    const int stage = tile % kDecodeStages;
+    const int tile_begin = split_begin + tile * kTileKeys;
+
+    // scores[i][h] = query[h] . key_i (log2 domain), -inf past the split.
+    float scores[kDecodeKeysPerThread][kMaxHeads];
+    bool valid[kDecodeKeysPerThread];
+#pragma unroll
+    for (int i = 0; i < kDecodeKeysPerThread; ++i) {
+      valid[i] = tile_begin + i * kKeyLanes + key_lane < split_end;
+      float key[8];
+      unpack8<Element>(*reinterpret_cast<const uint4*>(slot(stage, 0, i)), key);
+#pragma unroll
+      for (int h = 0; h < kMaxHeads; ++h) {
+        float dot = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dot = fmaf(query[h][e], key[e], dot);
+#pragma unroll
+        for (int offset = kThreadsPerKey / 2; offset > 0; offset >>= 1)
+          dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+        scores[i][h] = valid[i] ? dot : -INFINITY;
+      }
+    }
+
+    // Online softmax: m' = max(m, max_i s_i); sum = sum * 2^(m - m') + sum_i 2^(s_i - m');
+    // accumulator = accumulator * 2^(m - m') + sum_i 2^(s_i - m') v_i.
+#pragma unroll
+    for (int h = 0; h < kMaxHeads; ++h) {
+      float tile_max = scores[0][h];
+#pragma unroll
+      for (int i = 1; i < kDecodeKeysPerThread; ++i) tile_max = fmaxf(tile_max, scores[i][h]);
+      const float new_max = fmaxf(running_max[h], tile_max);
+      const float base = new_max == -INFINITY ? 0.0f : new_max;
+      const float correction = fast_exp2(running_max[h] - base);
+      running_max[h] = new_max;
+      running_sum[h] *= correction;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) accumulator[h][e] *= correction;
+#pragma unroll
+      for (int i = 0; i < kDecodeKeysPerThread; ++i) {
+        scores[i][h] = fast_exp2(scores[i][h] - base);
+        running_sum[h] += scores[i][h];
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kDecodeKeysPerThread; ++i) {
+      float value[8];
+      unpack8<Element>(*reinterpret_cast<const uint4*>(slot(stage, 1, i)), value);
+      // A slot past the split holds stale bytes, maybe NaN: p = 0 there, and 0 * NaN = NaN.
+#pragma unroll
+      for (int e = 0; e < 8; ++e) value[e] = valid[i] ? value[e] : 0.0f;
+#pragma unroll
+      for (int h = 0; h < kMaxHeads; ++h) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+          accumulator[h][e] = fmaf(scores[i][h], value[e], accumulator[h][e]);
+      }
+    }
+  }
+  copy_async_wait<0>();  // only empty groups can be left; the ring is reused below
+
+  // Merge the key lanes of the warp: (m, sum, acc) + (m2, sum2, acc2) with weights 2^(m - m'),
+  // 2^(m2 - m').
+#pragma unroll
+  for (int offset = kThreadsPerKey; offset < 32; offset <<= 1) {
+#pragma unroll
+    for (int h = 0; h < kMaxHeads; ++h) {
+      const float other_max = __shfl_xor_sync(0xffffffffu, running_max[h], offset);
+      const float other_sum = __shfl_xor_sync(0xffffffffu, running_sum[h], offset);
+      const float new_max = fmaxf(running_max[h], other_max);
+      const float base = new_max == -INFINITY ? 0.0f : new_max;
+      const float mine = fast_exp2(running_max[h] - base);
+      const float theirs = fast_exp2(other_max - base);
+      running_max[h] = new_max;
+      running_sum[h] = running_sum[h] * mine + other_sum * theirs;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float other = __shfl_xor_sync(0xffffffffu, accumulator[h][e], offset);
+        accumulator[h][e] = accumulator[h][e] * mine + other * theirs;
+      }
+    }
+  }
+
+  // Then the warps, through shared memory: [warp][head][D] accumulators, [warp][head] max, sum.
+  __syncthreads();
+  float* warp_accumulator = reinterpret_cast<float*>(decode_shared);
+  float* warp_max = warp_accumulator + kDecodeWarps * kMaxHeads * kHeadDim;
+  float* warp_sum = warp_max + kDecodeWarps * kMaxHeads;
+  const int warp = threadIdx.x / 32;
+  if (threadIdx.x % 32 < kThreadsPerKey) {
+#pragma unroll
+    for (int h = 0; h < kMaxHeads; ++h) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        warp_accumulator[(warp * kMaxHeads + h) * kHeadDim + 8 * part + e] = accumulator[h][e];
+      if (part == 0) {
+        warp_max[warp * kMaxHeads + h] = running_max[h];
+        warp_sum[warp * kMaxHeads + h] = running_sum[h];
+      }
+    }
+  }
+  __syncthreads();
+
+  // out = sum_w 2^(m_w - M) acc_w / sum_w 2^(m_w - M) sum_w. A non-empty split has a key lane
+  // whose maximum is M with sum >= 1, so the denominator is at least 1.
+  for (int index = threadIdx.x; index < heads * kHeadDim; index += kDecodeThreads) {
+    const int h = index / kHeadDim;
+    const int element = index % kHeadDim;
+    float maximum = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) maximum = fmaxf(maximum, warp_max[w * kMaxHeads + h]);
+    float denominator = 0.0f, numerator = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) {
+      const float weight = fast_exp2(warp_max[w * kMaxHeads + h] - maximum);
+      denominator += warp_sum[w * kMaxHeads + h] * weight;
+      numerator += warp_accumulator[(w * kMaxHeads + h) * kHeadDim + element] * weight;
+    }
+    const int q_head = first_head + h;
+    if (p.num_splits == 1) {
+      static_cast<Element*>(p.out)[(int64_t(token) * p.num_q_heads + q_head) * kHeadDim + element] =
+          from_float<Element>(numerator / denominator);
+    } else {
+      const int64_t row = (int64_t(split) * p.num_tokens + token) * p.num_q_heads + q_head;
+      p.partial_out[row * kHeadDim + element] = numerator / denominator;
+      if (element == 0) p.partial_lse[row] = maximum + log2f(denominator);
+    }
+  }
+}
+
+// out[t, h] = sum_s w_s o_s / sum_s w_s with w_s = 2^(lse_s - M), M = max_s lse_s: one CTA per
+// (token, query head). Warp 0 computes the weights into shared memory; then each thread sums its
+// elements over the splits with several loads in flight. Empty splits (lse = -inf) get weight 0
+// and their partial outputs, never written, are not used. Every token sees its own position, so
+// some split is not empty.
+constexpr int kMergeThreads = 128;
+constexpr int kMaxSplits = 256;
+
+template <typename Element>
+__global__ void __launch_bounds__(kMergeThreads) merge_splits_kernel(const AttentionParams p) {
+  __shared__ float weights[kMaxSplits];
+  __shared__ float inverse_total;
+  const int64_t split_stride = int64_t(p.num_tokens) * p.num_q_heads;
+  const int64_t row = int64_t(blockIdx.x) * p.num_q_heads + blockIdx.y;
+  if (threadIdx.x < 32) {
+    float maximum = -INFINITY;
+    for (int split = threadIdx.x; split < p.num_splits; split += 32)
+      maximum = fmaxf(maximum, p.partial_lse[split * split_stride + row]);
+    maximum = warp_max(maximum);
+    float total = 0.0f;
+    for (int split = threadIdx.x; split < p.num_splits; split += 32) {
+      const float lse = p.partial_lse[split * split_stride + row];
+      const float weight = lse == -INFINITY ? 0.0f : fast_exp2(lse - maximum);
+      weights[split] = weight;
+      total += weight;
+    }
+    total = warp_sum(total);
+    if (threadIdx.x == 0) inverse_total = 1.0f / total;
+  }
+  __syncthreads();
+  for (int element = threadIdx.x; element < p.head_dim; element += kMergeThreads) {
+    const float* partial = p.partial_out + row * p.head_dim + element;
+    float sum = 0.0f;
+#pragma unroll 8
+    for (int split = 0; split < p.num_splits; ++split) {
+      const float value = partial[split * split_stride * p.head_dim];
+      sum = weights[split] != 0.0f ? fmaf(weights[split], value, sum) : sum;
+    }
+    static_cast<Element*>(p.out)[row * p.head_dim + element] =
+        from_float<Element>(sum * inverse_total);
+  }
+}
+
+// ---- prefill: FlashAttention-2 on mma.sync, one CTA per (64 query rows, query head) ----
+//
+// 4 warps; warp w owns query rows 16w..16w+15 of the tile. Shared memory holds the Q tile and one
+// K and one V tile of 64 keys, rows padded by 16 bytes so that ldmatrix is free of bank conflicts.
+// The V tile is fetched while S = Q K^T is computed, the next K tile while O += P V is computed.
+// Thread (group g = lane / 4, t = lane % 4) holds rows g and g + 8 of its warp's 16: S and O in
+// the mma accumulator layout (columns 2t, 2t + 1 of every 8-column tile), so P feeds the second
+// product from registers.
+
+constexpr int kPrefillRows = 64;
+constexpr int kPrefillKeys = 64;
+constexpr int kPrefillThreads = 128;
+
+template <int kHeadDim>
+struct PrefillShape {
+  static constexpr int kRowStride = kHeadDim + 8;  // elements
+  static constexpr int kChunksPerRow = kHeadDim / 8;
+  static constexpr int kSharedBytes = (kPrefillRows + 2 * kPrefillKeys) * kRowStride * 2;
+};
+
+template <typename Element, int kHeadDim>
+__global__ void __launch_bounds__(kPrefillThreads, 3) prefill_kernel(const AttentionParams p) {
+  using Shape = PrefillShape<kHeadDim>;
+  using Ops = ElementOps<Element>;
+  constexpr int kRowStride = Shape::kRowStride;
+  constexpr int kChunksPerRow = Shape::kChunksPerRow;
+  constexpr int kKeySteps = kHeadDim / 16;  // k-steps of S = Q K^T
+  constexpr int kOutputTiles = kHeadDim / 8;
+  constexpr int kScoreTiles = kPrefillKeys / 8;
+  extern __shared__ __align__(16) unsigned char prefill_shared[];
+  __shared__ int cta_first_key, cta_last_key;
+  __shared__ int64_t row_offset[2][kPrefillKeys];
+  Element* q_tile = reinterpret_cast<Element*>(prefill_shared);
+  Element* k_tile = q_tile + kPrefillRows * kRowStride;
+  Element* v_tile = k_tile + kPrefillKeys * kRowStride;
+
+  const int sequence = blockIdx.z;
+  const int q_head = blockIdx.y;
+  const int kv_head = q_head / p.group;
+  const int query_end = p.query_start[sequence + 1];
+  // The longest sequences' last tiles (the most keys) start first.
+  const int row_begin = p.query_start[sequence] + int(gridDim.x - 1 - blockIdx.x) * kPrefillRows;
+  if (row_begin >= query_end) return;
+  const int rows = min(kPrefillRows, query_end - row_begin);
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int group_row = lane / 4;
+  const int group_column = 2 * (lane % 4);
+
+  // Visible keys of rows g and g + 8: [row_first, row_last]; empty (last = -1) for padding rows.
+  int row_first[2], row_last[2];
+  int warp_first = INT_MAX, warp_last = -1;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = warp * 16 + group_row + 8 * r;
+    row_first[r] = 0;
+    row_last[r] = -1;
+    if (row < rows) {
+      row_last[r] = p.positions[row_begin + row];
+      row_first[r] = first_visible(row_last[r], p.sliding_window);
+      warp_first = min(warp_first, row_first[r]);
+      warp_last = max(warp_last, row_last[r]);
+    }
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    warp_first = min(warp_first, __shfl_xor_sync(0xffffffffu, warp_first, offset));
+    warp_last = max(warp_last, __shfl_xor_sync(0xffffffffu, warp_last, offset));
+  }
+  if (threadIdx.x == 0) {
+    cta_first_key = INT_MAX;
+    cta_last_key = -1;
+  }
+  __syncthreads();
+  if (lane == 0 && warp_last >= 0) {
+    atomicMin(&cta_first_key, warp_first);
+    atomicMax(&cta_last_key, warp_last);
+  }
+  __syncthreads();
+  const int first_key = cta_first_key;
+  const int last_key = cta_last_key;
+
+  // Tile rows: row_offset[buffer][row] is the cache offset of the key at position tile_begin + row
+  // (its block, kv head and slot; its value is value_offset further), -1 outside [first_key,
+  // last_key], which is never read. One division and table lookup per key, shared by the K and V
+  // loads of the tile; two buffers, so the next tile's rows are found while this tile's are still
+  // in use.
+  const auto* cache = static_cast<const Element*>(p.cache_layer);
+  const int32_t* block_table = p.block_table + int64_t(sequence) * p.max_blocks_per_sequence;
+  const int64_t value_offset = int64_t(p.num_kv_heads) * p.block_size * kHeadDim;
+  const int64_t head_offset = int64_t(kv_head) * p.block_size * kHeadDim;
+  auto find_rows = [&](int buffer, int tile_begin) {
+    if (threadIdx.x < kPrefillKeys) {
+      const int key = tile_begin + threadIdx.x;
+      int64_t offset = -1;
+      if (key >= first_key && key <= last_key) {
+        const int block_index = p.block_divider.divide(key);
+        offset = int64_t(block_table[block_index]) * 2 * value_offset + head_offset +
+                 int64_t(key - block_index * p.block_size) * kHeadDim;
+      }
+      row_offset[buffer][threadIdx.x] = offset;
+    }
+  };
+  // Copies keys (kv_offset 0) or values (value_offset) of the tile into `tile`, zeros where the
+  // row is outside the range.
+  auto load_cache_tile = [&](Element* tile, int64_t kv_offset, const int64_t* rows_of_tile) {
+    for (int chunk = threadIdx.x; chunk < kPrefillKeys * kChunksPerRow; chunk += kPrefillThreads) {
+      const int row = chunk / kChunksPerRow;
+      const int column = 8 * (chunk % kChunksPerRow);
+      Element* destination = tile + row * kRowStride + column;
+      const int64_t offset = rows_of_tile[row];
+      if (offset >= 0) {
+        copy_async_16(destination, cache + offset + kv_offset + column);
+      } else {
+        *reinterpret_cast<uint4*>(destination) = make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+
+  const int first_tile_begin = first_key / kPrefillKeys * kPrefillKeys;
+  find_rows(0, first_tile_begin);
+  // Q rows past the sequence's tokens are zero.
+  const auto* q = static_cast<const Element*>(p.q);
+  for (int chunk = threadIdx.x; chunk < kPrefillRows * kChunksPerRow; chunk += kPrefillThreads) {
+    const int row = chunk / kChunksPerRow;
+    const int column = 8 * (chunk % kChunksPerRow);
+    Element* destination = q_tile + row * kRowStride + column;
+    if (row < rows) {
+      copy_async_16(destination,
+                    q + (int64_t(row_begin + row) * p.num_q_heads + q_head) * kHeadDim + column);
+    } else {
+      *reinterpret_cast<uint4*>(destination) = make_uint4(0, 0, 0, 0);
+    }
+  }
+  __syncthreads();  // the first tile's rows
+  load_cache_tile(k_tile, 0, row_offset[0]);
+  copy_async_commit();
+
+  uint32_t q_fragment[kKeySteps][4];
+  float output[kOutputTiles][4];
+#pragma unroll
+  for (int n = 0; n < kOutputTiles; ++n) {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) output[n][c] = 0.0f;
+  }
+  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_sum[2] = {0.0f, 0.0f};  // this thread's columns only; summed over the 4 at the end
+
+  for (int tile_begin = first_tile_begin, buffer = 0; tile_begin <= last_key;
+       tile_begin += kPrefillKeys, buffer ^= 1) {
+    // K of this tile (and Q) landed; every warp is done with the previous V tile.
+    copy_async_wait<0>();
+    __syncthreads();
+    if (tile_begin == first_tile_begin) {
+#pragma unroll
+      for (int step = 0; step < kKeySteps; ++step) {
+        load_matrix_x4(q_fragment[step], q_tile + (warp * 16 + (lane & 15)) * kRowStride +
+                                             step * 16 + (lane >> 4) * 8);
+      }
+    }
+    load_cache_tile(v_tile, value_offset, row_offset[buffer]);
+    copy_async_commit();
+    const bool has_next_tile = tile_begin + kPrefillKeys <= last_key;
+    if (has_next_tile) find_rows(buffer ^ 1, tile_begin + kPrefillKeys);
+
+    // A warp whose rows see no key of this tile skips it (causal diagonal, sliding window).
+    const bool warp_active =
+        warp_last >= 0 && tile_begin <= warp_last && tile_begin + kPrefillKeys > warp_first;
+    float score[kScoreTiles][4];
+    if (warp_active) {
+      // S = Q K^T: B fragments of two 8-key tiles per ldmatrix (keys are K^T's columns).
+#pragma unroll
+      for (int n = 0; n < kScoreTiles; ++n) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) score[n][c] = 0.0f;
+      }
+#pragma unroll
+      for (int step = 0; step < kKeySteps; ++step) {
+#pragma unroll
+        for (int pair = 0; pair < kScoreTiles / 2; ++pair) {
+          uint32_t key_fragment[4];
+          load_matrix_x4(key_fragment, k_tile +
+                                           (pair * 16 + (lane & 7) + (lane >> 4) * 8) * kRowStride +
+                                           step * 16 + ((lane >> 3) & 1) * 8);
+          Ops::mma(score[2 * pair], q_fragment[step], key_fragment[0], key_fragment[1]);
+          Ops::mma(score[2 * pair + 1], q_fragment[step], key_fragment[2], key_fragment[3]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with this K tile; the next tile's rows are found
+    if (has_next_tile) load_cache_tile(k_tile, 0, row_offset[buffer ^ 1]);
+    copy_async_commit();
+
+    if (warp_active) {
+      // Mask, then online softmax per row: m' = max(m, max_j s_j), O *= 2^(m - m'), p = 2^(s - m').
+#pragma unroll
+      for (int n = 0; n < kScoreTiles; ++n) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int key = tile_begin + 8 * n + group_column + (c & 1);
+          const int r = c >> 1;
+          score[n][c] =
+              key >= row_first[r] && key <= row_last[r] ? score[n][c] * p.scale_log2 : -INFINITY;
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float tile_max = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < kScoreTiles; ++n)
+          tile_max = fmaxf(tile_max, fmaxf(score[n][2 * r], score[n][2 * r + 1]));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+        const float new_max = fmaxf(row_max[r], tile_max);
+        const float base = new_max == -INFINITY ? 0.0f : new_max;
+        const float correction = fast_exp2(row_max[r] - base);
+        row_max[r] = new_max;
+        row_sum[r] *= correction;
+#pragma unroll
+        for (int n = 0; n < kOutputTiles; ++n) {
+          output[n][2 * r] *= correction;
+          output[n][2 * r + 1] *= correction;
+        }
+#pragma unroll
+        for (int n = 0; n < kScoreTiles; ++n) {
+#pragma unroll
+          for (int c = 2 * r; c < 2 * r + 2; ++c) {
+            score[n][c] = fast_exp2(score[n][c] - base);
+            row_sum[r] += score[n][c];
+          }
+        }
+      }
+    }
+
+    copy_async_wait<1>();  // this tile's V landed (the next K may still be in flight)
+    __syncthreads();
+    if (warp_active) {
+      // O += P V: P (rounded to the element type) from the S accumulators, V^T fragments by
+      // transposing ldmatrix, two 8-column output tiles per load.
+#pragma unroll
+      for (int step = 0; step < kPrefillKeys / 16; ++step) {
+        const uint32_t probability[4] = {Ops::pack(score[2 * step][0], score[2 * step][1]),
+                                         Ops::pack(score[2 * step][2], score[2 * step][3]),
+                                         Ops::pack(score[2 * step + 1][0], score[2 * step + 1][1]),
+                                         Ops::pack(score[2 * step + 1][2], score[2 * step + 1][3])};
+#pragma unroll
+        for (int pair = 0; pair < kOutputTiles / 2; ++pair) {
+          uint32_t value_fragment[4];
+          load_matrix_x4_transposed(
+              value_fragment, v_tile +
+                                  (step * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kRowStride +
+                                  pair * 16 + (lane >> 4) * 8);
+          Ops::mma(output[2 * pair], probability, value_fragment[0], value_fragment[1]);
+          Ops::mma(output[2 * pair + 1], probability, value_fragment[2], value_fragment[3]);
+        }
+      }
+    }
+  }
+
+  // out = O / sum: a real row sees at least its own position, so its sum is at least 1.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
+    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = warp * 16 + group_row + 8 * r;
+    if (row >= rows) continue;
+    const float inverse = 1.0f / row_sum[r];
+    auto* out_row = static_cast<Element*>(p.out) +
+                    (int64_t(row_begin + row) * p.num_q_heads + q_head) * kHeadDim + group_column;
+#pragma unroll
+    for (int n = 0; n < kOutputTiles; ++n) {
+      *reinterpret_cast<uint32_t*>(out_row + 8 * n) =
+          Ops::pack(output[n][2 * r] * inverse, output[n][2 * r + 1] * inverse);
+    }
+  }
+}
+
+// ---- the instance table ----
+
+template <typename Element, int kHeadDim>
+void launch_decode(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
+  // The fewest register-resident query heads that hold the CTA's share of the group.
+  auto kernel = p.heads_per_cta == 1 ? decode_kernel<Element, kHeadDim, 1>
+                                     : decode_kernel<Element, kHeadDim, kMaxDecodeHeads>;
+  kernel<<<grid, kDecodeThreads, kDecodeSharedBytes, stream>>>(p);
+  KITE_CUDA_CHECK_LAUNCH();
+}
+
+template <typename Element>
+void launch_merge(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
+  merge_splits_kernel<Element><<<grid, kMergeThreads, 0, stream>>>(p);
+  KITE_CUDA_CHECK_LAUNCH();
+}
+
+template <typename Element, int kHeadDim>
+void launch_prefill(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
+  constexpr int kSharedBytes = PrefillShape<kHeadDim>::kSharedBytes;
+  if (kSharedBytes > 48 * 1024) {
+    KITE_CUDA_CHECK(cudaFuncSetAttribute(prefill_kernel<Element, kHeadDim>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         kSharedBytes));
+  }
+  prefill_kernel<Element, kHeadDim><<<grid, kPrefillThreads, kSharedBytes, stream>>>(p);
+  KITE_CUDA_CHECK_LAUNCH();
+}
+
+using Launcher = void (*)(const AttentionParams&, dim3, cudaStream_t);
+
+struct AttentionKernels {
+  DType dtype;
+  int head_dim;
+  Launcher decode;
+  Launcher merge;
+  Launcher prefill;
+};
+
+template <typename Element, int kHeadDim>
+constexpr AttentionKernels kernels_for(DType dtype) {
+  static_assert(kHeadDim % 16 == 0 && kHeadDim <= 128);
+  return {dtype, kHeadDim, &launch_decode<Element, kHeadDim>, &launch_merge<Element>,
+          &launch_prefill<Element, kHeadDim>};
+}
+
+// Every (dtype, head dim) the kernels are compiled for.
+constexpr AttentionKernels kAttentionKernels[] = {
+    kernels_for<__half, 16>(DType::kF16),         kernels_for<__half, 32>(DType::kF16),
+    kernels_for<__half, 64>(DType::kF16),         kernels_for<__half, 128>(DType::kF16),
+    kernels_for<__nv_bfloat16, 16>(DType::kBF16), kernels_for<__nv_bfloat16, 32>(DType::kBF16),
+    kernels_for<__nv_bfloat16, 64>(DType::kBF16), kernels_for<__nv_bfloat16, 128>(DType::kBF16),
+};
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+}  // namespace
+
+int choose_attention_splits(int64_t num_sequences, int64_t num_kv_heads, int64_t max_seq_len,
+                            int multiprocessor_count, bool multi_block_mode) {
+  if (!multi_block_mode || num_sequences <= 0 || num_kv_heads <= 0) return 1;
+  // A batch with a CTA for every SM already streams at nearly full bandwidth; below that, splits
+  // bring it to about two CTAs per SM, which keeps enough loads in flight. A split shorter than
+  // kMinKeysPerSplit costs more in start-up and merging than it saves.
+  constexpr int64_t kMinKeysPerSplit = 128;
+  constexpr int64_t kMaxSplitsChosen = 64;
+  const int64_t sm_count = std::max(multiprocessor_count, 1);
+  const int64_t ctas = num_sequences * num_kv_heads;
+  if (ctas >= sm_count) return 1;
+  const int64_t wanted = ceil_div(2 * sm_count, ctas);
+  const int64_t by_length = max_seq_len / kMinKeysPerSplit;
+  return int(std::clamp<int64_t>(std::min(wanted, by_length), 1, kMaxSplitsChosen));
+}
+
+size_t attention_workspace_bytes(int64_t max_tokens, int64_t num_q_heads, int64_t head_dim,
+                                 int num_splits) {
+  if (num_splits <= 1) return 0;
+  return size_t(num_splits) * size_t(max_tokens) * size_t(num_q_heads) * size_t(head_dim + 1) *
+         sizeof(float);
+}
+
+void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCacheView& cache,
+               int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out,
+               int num_splits, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  const int64_t head_dim = cache.head_dim;
+  const int64_t kv_heads = cache.num_kv_heads;
+  KITE_CHECK(q.dtype == DType::kF16 || q.dtype == DType::kBF16);
+  KITE_CHECK(out.dtype == q.dtype && cache.dtype == q.dtype);
+  KITE_CHECK(head_dim > 0 && kv_heads > 0 && cache.block_size > 0);
+  KITE_CHECK(layer >= 0 && layer < cache.num_layers);
+  KITE_CHECK(q.rows() == batch.num_tokens && q.cols() > 0 && q.cols() % (kv_heads * head_dim) == 0);
+  KITE_CHECK(out.rows() == q.rows() && out.cols() == q.cols());
+  KITE_CHECK(out.data != q.data);
+  KITE_CHECK(num_splits >= 1 && num_splits <= kMaxSplits);
+  // 16-byte vector loads and stores.
+  const void* const pointers[] = {q.data, out.data, cache.data};
+  for (const void* pointer : pointers) KITE_CHECK(reinterpret_cast<uintptr_t>(pointer) % 16 == 0);
+  if (batch.num_tokens == 0) return;
+  KITE_CHECK(batch.num_sequences > 0 && batch.max_query_length >= 1);
+  const int64_t q_heads = q.cols() / head_dim;
+  KITE_CHECK(q_heads <= 65535 && batch.num_sequences <= 65535);  // grid dimensions
+
+  const AttentionKernels* kernels = nullptr;
+  for (const AttentionKernels& candidate : kAttentionKernels) {
+    if (candidate.dtype == q.dtype && candidate.head_dim == head_dim) kernels = &candidate;
+  }
+  KITE_CHECK(kernels != nullptr);  // head_dim must be 16, 32, 64 or 128
+
+  AttentionParams p{};
+  p.q = q.data;
+  p.out = out.data;
+  p.cache_layer = static_cast<const char*>(cache.data) +
+                  layer * cache.layer_elements() * int64_t(dtype_size(cache.dtype));
+  p.positions = batch.positions;
+  p.query_start = batch.query_start;
+  p.block_table = batch.block_table;
+  p.max_blocks_per_sequence = batch.max_blocks_per_sequence;
+  p.num_tokens = int(batch.num_tokens);
+  p.block_size = int(cache.block_size);
+  p.block_divider = FastDivider::make(uint32_t(cache.block_size));
+  p.head_dim = int(head_dim);
+  p.num_kv_heads = int(kv_heads);
+  p.num_q_heads = int(q_heads);
+  p.group = int(q_heads / kv_heads);
+  // A window longer than any position is no window.
+  p.sliding_window = sliding_window > 0 && sliding_window < INT_MAX ? int(sliding_window) : 0;
+  p.scale_log2 = scale * kLog2e;
+
+  if (batch.max_query_length == 1) {
+    p.head_chunks = int(ceil_div(p.group, kMaxDecodeHeads));
+    p.heads_per_cta = int(ceil_div(p.group, p.head_chunks));
+    p.num_splits = num_splits;
+    if (num_splits > 1) {
+      KITE_CHECK(workspace != nullptr &&
+                 workspace_bytes >=
+                     attention_workspace_bytes(batch.num_tokens, q_heads, head_dim, num_splits));
+      p.partial_out = static_cast<float*>(workspace);
+      p.partial_lse = p.partial_out + int64_t(num_splits) * batch.num_tokens * q_heads * head_dim;
+    }
+    KITE_CHECK(kv_heads * p.head_chunks <= 65535);
+    kernels->decode(p,
+                    dim3(unsigned(batch.num_sequences), unsigned(kv_heads * p.head_chunks),
+                         unsigned(num_splits)),
+                    stream);
+    if (num_splits > 1) {
+      kernels->merge(p, dim3(unsigned(batch.num_tokens), unsigned(q_heads)), stream);
+    }
+  } else {
+    const int64_t query_tiles = ceil_div(batch.max_query_length, kPrefillRows);
+    kernels->prefill(
+        p, dim3(unsigned(query_tiles), unsigned(q_heads), unsigned(batch.num_sequences)), stream);
+  }
+}
+
+}  // namespace kite::cuda

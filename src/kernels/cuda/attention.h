@@ -1,0 +1,63 @@
+// Paged attention on the GPU: a split-KV decode kernel (memory bound) and a fused flash-attention
+// prefill kernel on the tensor cores (compute bound), over the paged KV cache of model/batch.h.
+// The CPU twin is kernels/cpu/attention.h; tests/cuda/attention_test.cc compares the two.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "model/backend.h"
+
+namespace kite::cuda {
+
+// Split-KV ("multi-block") decode: how many splits of the context each (sequence, kv head) gets.
+// 1 turns it off. Chosen by the runtime from the batch, not the context, so a CUDA graph captured
+// for a batch size stays valid as contexts grow: more splits when num_sequences * num_kv_heads is
+// small compared to the SM count and max_seq_len is long.
+int choose_attention_splits(int64_t num_sequences, int64_t num_kv_heads, int64_t max_seq_len,
+                            int multiprocessor_count, bool multi_block_mode);
+
+// Scratch bytes attention() needs for `max_tokens` query tokens with `num_splits` (0 when
+// num_splits is 1): float32 partial outputs and log-sum-exps of every split.
+size_t attention_workspace_bytes(int64_t max_tokens, int64_t num_q_heads, int64_t head_dim,
+                                 int num_splits);
+
+// The semantics of cpu::attention: for token t of sequence s at position p = positions[t], query
+// head h attends to kv head h / (Hq / Hkv) at cache positions max(0, p - sliding_window + 1) <= j
+// <= p (no lower bound when sliding_window <= 0); out = softmax(scale * q.K^T) V, the softmax in
+// float32. q [T, Hq*D], out [T, Hq*D] and the cache are all float16 or all bfloat16.
+//
+// Supported: head_dim D in {16, 32, 64, 128}; any Hq that is a multiple of Hkv; any block size
+// (every key's block is looked up on its own, so none is required; the engine uses 32). q, out
+// and the cache must be 16-byte aligned (cudaMalloc gives 256). Only cache positions inside each
+// token's window are read: blocks past a sequence's context and unused blocks are never touched.
+//
+// batch.max_query_length == 1 (every token is a decode token) takes the decode kernel: one CTA per
+// (sequence, kv head, split; and per 4 query heads for groups over 4) reads each key and value
+// once for the query heads it serves, so it moves 2 * context * D * 2 bytes per kv head and
+// sequence and is bound by HBM bandwidth (Llama-3-8B, 8 kv heads, D 128, context 4096: 16 MiB per
+// layer and sequence, about 6 us at 3 TB/s). With num_splits > 1 (at most 256) it writes float32
+// partial results to `workspace` and a second kernel merges them by log-sum-exp. Its grid depends
+// on num_sequences, num_kv_heads and num_splits only, and it reads positions and block tables from
+// device memory, so a CUDA graph captured for a batch size stays valid while the contexts grow
+// (batch.max_context_length is not read).
+//
+// Anything else takes the prefill kernel (FlashAttention-2 on mma.sync m16n8k16, float32
+// accumulation and online softmax; the score matrix never leaves registers): one CTA per
+// (64 query rows of one sequence, query head), K/V tiles of 64 keys gathered from the paged cache,
+// tiles outside every row's causal / sliding window skipped. It handles prefill, chunked prefill
+// and decode tokens in one batch; num_splits is ignored. Work: 4 * T^2 / 2 * D * Hq FLOPs for a
+// causal prefill of T tokens (Llama-3-8B, T 2048: 34 GFLOP per layer, against 0.9 TFLOP in the
+// layer's GEMMs); the host reads batch.max_query_length to size the grid.
+//
+// `workspace` must hold attention_workspace_bytes(num tokens, Hq, D, num_splits) bytes when the
+// decode kernel runs with num_splits > 1; it may be null otherwise. Everything runs on `stream`,
+// without synchronizing, and may be captured in a CUDA graph (the prefill kernel for D 128 sets
+// its shared-memory limit with cudaFuncSetAttribute on every call).
+void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCacheView& cache,
+               int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out,
+               int num_splits, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+}  // namespace kite::cuda

@@ -1,0 +1,214 @@
+// The CUDA backend's memory functions, and the table from Backend ops to the CUDA host functions.
+#include "kernels/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <string>
+
+#include "kernels/cuda/activation.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/convert.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/embedding.h"
+#include "kernels/cuda/rms_norm.h"
+#include "kernels/cuda/rope.h"
+
+namespace kite {
+namespace {
+
+void free_device_memory(void* data) { KITE_CUDA_CHECK(cudaFree(data)); }
+
+}  // namespace
+
+Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& options) {
+  if (options.activation_dtype != DType::kF16 && options.activation_dtype != DType::kBF16) {
+    return invalid_argument("the CUDA backend computes in float16 or bfloat16, not " +
+                            std::string(dtype_name(options.activation_dtype)));
+  }
+  KITE_ASSIGN_OR_RETURN(std::vector<CudaDeviceInfo> devices, cuda_devices());
+  if (devices.empty()) {
+    return unsupported("no CUDA GPU is visible on this machine (check the driver with "
+                       "nvidia-smi and CUDA_VISIBLE_DEVICES); use --device cpu engines here");
+  }
+  if (options.device_index < 0 || size_t(options.device_index) >= devices.size()) {
+    return invalid_argument("GPU " + std::to_string(options.device_index) + " does not exist; " +
+                            std::to_string(devices.size()) + " GPU(s) are visible");
+  }
+  KITE_CUDA_CHECK(cudaSetDevice(options.device_index));
+  cudaStream_t stream = nullptr;
+  KITE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  Result<std::unique_ptr<cuda::GemmRunner>> gemm = cuda::GemmRunner::create();
+  if (!gemm.is_ok()) {
+    KITE_CUDA_CHECK(cudaStreamDestroy(stream));
+    return gemm.status();
+  }
+  return std::unique_ptr<CudaBackend>(new CudaBackend(
+      options, devices[size_t(options.device_index)], stream, std::move(*gemm)));
+}
+
+CudaBackend::CudaBackend(BackendOptions options, CudaDeviceInfo device, cudaStream_t stream,
+                         std::unique_ptr<cuda::GemmRunner> gemm)
+    : options_(std::move(options)),
+      device_(std::move(device)),
+      stream_(stream),
+      gemm_(std::move(gemm)) {}
+
+CudaBackend::~CudaBackend() {
+  for (cudaGraphExec_t graph : graphs_) {
+    if (graph) cudaGraphExecDestroy(graph);
+  }
+  attention_workspace_.reset();
+  gemm_.reset();
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+Result<DeviceBuffer> CudaBackend::allocate(size_t bytes) {
+  void* data = nullptr;
+  const cudaError_t error = cudaMalloc(&data, std::max<size_t>(bytes, 1));
+  if (error != cudaSuccess) {
+    cudaGetLastError();  // an allocation failure is not sticky; clear it
+    size_t free_bytes = 0, total_bytes = 0;
+    cudaMemGetInfo(&free_bytes, &total_bytes);
+    return out_of_range("out of GPU memory allocating " + std::to_string(bytes >> 20) +
+                        " MiB (" + std::to_string(free_bytes >> 20) +
+                        " MiB free); use a smaller model, batch, sequence length or KV cache "
+                        "fraction");
+  }
+  return DeviceBuffer(data, bytes, &free_device_memory);
+}
+
+void CudaBackend::upload(void* device_destination, const void* host_source, size_t bytes) {
+  if (bytes == 0) return;
+  KITE_CUDA_CHECK(cudaMemcpyAsync(device_destination, host_source, bytes, cudaMemcpyHostToDevice,
+                                  stream_));
+  // Pageable host memory: the call returns once the source is staged, so the caller may reuse it.
+}
+
+void CudaBackend::download(void* host_destination, const void* device_source, size_t bytes) {
+  if (bytes == 0) return;
+  KITE_CUDA_CHECK(cudaMemcpyAsync(host_destination, device_source, bytes, cudaMemcpyDeviceToHost,
+                                  stream_));
+  KITE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::synchronize() { KITE_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+size_t CudaBackend::memory_in_use_bytes() const {
+  size_t free_bytes = 0, total_bytes = 0;
+  KITE_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return total_bytes - free_bytes;
+}
+
+bool CudaBackend::begin_graph_capture() {
+  // Thread-local mode: other threads' CUDA calls (a progress bar, a tokenizer) stay legal.
+  KITE_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  return true;
+}
+
+Result<int64_t> CudaBackend::end_graph_capture() {
+  cudaGraph_t graph = nullptr;
+  KITE_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+  cudaGraphExec_t executable = nullptr;
+  const cudaError_t error = cudaGraphInstantiate(&executable, graph, 0);
+  KITE_CUDA_CHECK(cudaGraphDestroy(graph));
+  if (error != cudaSuccess) {
+    cudaGetLastError();
+    return internal_error(std::string("cudaGraphInstantiate failed: ") +
+                          cudaGetErrorString(error));
+  }
+  graphs_.push_back(executable);
+  return int64_t(graphs_.size()) - 1;
+}
+
+void CudaBackend::replay_graph(int64_t graph) {
+  KITE_CHECK(graph >= 0 && size_t(graph) < graphs_.size() && graphs_[size_t(graph)]);
+  KITE_CUDA_CHECK(cudaGraphLaunch(graphs_[size_t(graph)], stream_));
+}
+
+void CudaBackend::destroy_graph(int64_t graph) {
+  KITE_CHECK(graph >= 0 && size_t(graph) < graphs_.size());
+  if (graphs_[size_t(graph)]) KITE_CUDA_CHECK(cudaGraphExecDestroy(graphs_[size_t(graph)]));
+  graphs_[size_t(graph)] = nullptr;
+}
+
+void CudaBackend::embedding(const DeviceTensor& table, const int32_t* ids, DeviceTensor& out) {
+  cuda::embedding(table, ids, out, stream_);
+}
+
+void CudaBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps,
+                           DeviceTensor& out) {
+  cuda::rms_norm(x, weight, eps, out, stream_);
+}
+
+void CudaBackend::add_rms_norm(DeviceTensor& residual, const DeviceTensor& x,
+                               const DeviceTensor& weight, float eps, DeviceTensor& out) {
+  cuda::add_rms_norm(residual, x, weight, eps, out, stream_);
+}
+
+cuda::GemmTactic CudaBackend::tactic_for(int64_t m, int64_t n, int64_t k) const {
+  // The smallest tuned bucket that holds m rows.
+  const GemmChoice* best = nullptr;
+  for (const GemmChoice& choice : options_.gemm_choices) {
+    if (choice.n != n || choice.k != k || choice.max_tokens < m) continue;
+    if (!best || choice.max_tokens < best->max_tokens) best = &choice;
+  }
+  if (!best) return gemm_->default_tactic(m, n, k);
+  const auto algorithm = cuda::GemmAlgorithm(best->algorithm);
+  // A cuBLASLt variant indexes the heuristic's list for the tuned row count; another row count
+  // has another list, whose first entry is cuBLASLt's own pick.
+  if (algorithm == cuda::GemmAlgorithm::kCublasLt && m != best->max_tokens) {
+    return cuda::GemmTactic{algorithm, 0};
+  }
+  return cuda::GemmTactic{algorithm, best->variant};
+}
+
+void CudaBackend::linear(const DeviceTensor& x, const DeviceTensor& weight,
+                         const DeviceTensor* bias, DeviceTensor& out) {
+  gemm_->linear(x, weight, bias, out, tactic_for(x.rows(), weight.rows(), weight.cols()),
+                stream_);
+}
+
+void CudaBackend::rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope,
+                                    const AttentionBatch& batch, const KvCacheView& cache,
+                                    int64_t layer, DeviceTensor& q) {
+  cuda::rope_and_store_kv(qkv, rope, batch, cache, layer, q, stream_);
+}
+
+void CudaBackend::attention(const DeviceTensor& q, const AttentionBatch& batch,
+                            const KvCacheView& cache, int64_t layer, float scale,
+                            int64_t sliding_window, DeviceTensor& out) {
+  const bool decode = batch.max_query_length == 1;
+  const int splits =
+      decode ? cuda::choose_attention_splits(batch.num_sequences, cache.num_kv_heads,
+                                             options_.max_seq_len, device_.multiprocessor_count,
+                                             options_.multi_block_mode)
+             : 1;
+  const int64_t query_heads = q.cols() / cache.head_dim;
+  const size_t needed =
+      cuda::attention_workspace_bytes(batch.num_tokens, query_heads, cache.head_dim, splits);
+  if (needed > attention_workspace_.size()) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    KITE_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
+    KITE_CHECK(capture == cudaStreamCaptureStatusNone);  // warm-up runs size it before capture
+    synchronize();  // the old workspace may still be read by queued kernels
+    attention_workspace_.reset();
+    Result<DeviceBuffer> buffer = allocate(needed);
+    KITE_CHECK(buffer.is_ok());
+    attention_workspace_ = std::move(*buffer);
+  }
+  cuda::attention(q, batch, cache, layer, scale, sliding_window, out, splits,
+                  attention_workspace_.data(), attention_workspace_.size(), stream_);
+}
+
+void CudaBackend::silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) {
+  cuda::silu_mul(gate_up, out, stream_);
+}
+
+void CudaBackend::gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& out) {
+  cuda::gather_rows(x, indices, out, stream_);
+}
+
+void CudaBackend::convert(const DeviceTensor& source, DeviceTensor& destination) {
+  cuda::convert(source, destination, stream_);
+}
+
+}  // namespace kite

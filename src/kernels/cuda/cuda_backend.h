@@ -1,0 +1,77 @@
+// The CUDA backend: GPU memory, one stream, float16/bfloat16 activations, and the table from
+// Backend ops to the CUDA host entry points (one .cu file per op beside this one). Chosen once at
+// start-up through make_backend; the model code never sees it.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <memory>
+#include <vector>
+
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/linear.h"
+#include "model/backend.h"
+
+namespace kite {
+
+class CudaBackend final : public Backend {
+ public:
+  // On GPU options.device_index, which becomes the calling thread's current device. Fails with
+  // kUnsupported when there is no such GPU.
+  static Result<std::unique_ptr<CudaBackend>> create(const BackendOptions& options);
+  ~CudaBackend() override;
+
+  BackendKind kind() const override { return BackendKind::kCuda; }
+  DType activation_dtype() const override { return options_.activation_dtype; }
+  const CudaDeviceInfo& device() const { return device_; }
+  cudaStream_t stream() const { return stream_; }
+
+  // Memory is cudaMalloc'ed (256-byte aligned). upload() may return before the copy lands on the
+  // GPU (later work on the stream sees it); download() waits for it.
+  Result<DeviceBuffer> allocate(size_t bytes) override;
+  void upload(void* device_destination, const void* host_source, size_t bytes) override;
+  void download(void* host_destination, const void* device_source, size_t bytes) override;
+  void synchronize() override;
+  size_t memory_in_use_bytes() const override;
+
+  // CUDA graphs of the ops issued on this backend's stream.
+  bool begin_graph_capture() override;
+  Result<int64_t> end_graph_capture() override;
+  void replay_graph(int64_t graph) override;
+  void destroy_graph(int64_t graph) override;
+
+  void embedding(const DeviceTensor& table, const int32_t* ids, DeviceTensor& out) override;
+  void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps,
+                DeviceTensor& out) override;
+  void add_rms_norm(DeviceTensor& residual, const DeviceTensor& x, const DeviceTensor& weight,
+                    float eps, DeviceTensor& out) override;
+  // Runs the kernel tuned for this shape at build time (BackendOptions::gemm_choices), or the
+  // GEMM runner's default for shapes without one.
+  void linear(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
+              DeviceTensor& out) override;
+  void rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope,
+                         const AttentionBatch& batch, const KvCacheView& cache, int64_t layer,
+                         DeviceTensor& q) override;
+  // Decode steps split long contexts over several CTAs (multi-block mode) when the batch alone
+  // cannot fill the GPU; the split count depends on the number of sequences only.
+  void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCacheView& cache,
+                 int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out) override;
+  void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) override;
+  void gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& out) override;
+  void convert(const DeviceTensor& source, DeviceTensor& destination) override;
+
+ private:
+  CudaBackend(BackendOptions options, CudaDeviceInfo device, cudaStream_t stream,
+              std::unique_ptr<cuda::GemmRunner> gemm);
+  cuda::GemmTactic tactic_for(int64_t m, int64_t n, int64_t k) const;
+
+  BackendOptions options_;
+  CudaDeviceInfo device_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<cuda::GemmRunner> gemm_;
+  // Split-KV partial results; grown outside graph capture (the first step of a shape).
+  DeviceBuffer attention_workspace_;
+  std::vector<cudaGraphExec_t> graphs_;  // by id; destroyed ones are null
+};
+
+}  // namespace kite

@@ -1,0 +1,320 @@
+// The small-M linear kernel (decode): out = x @ weight^T (+ bias) for 1..16 tokens. It streams the
+// weight matrix once from HBM in 16-byte loads and multiplies on the tensor cores (mma.sync
+// m16n8k16, float32 accumulation), so that arithmetic never limits it even at 16 tokens.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <utility>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/linear.h"
+
+namespace kite::cuda {
+namespace {
+
+// Work layout. A CTA owns kRowTiles x 16 consecutive weight rows and every token; its warps split
+// K into contiguous ranges and add their partial sums in shared memory at the end. A warp step
+// covers 32 elements of K: lane (group g = lane / 4, quad q = lane % 4) loads the 8-element chunk
+// q of weight rows g and g + 8 of each row tile and of token g of each token tile.
+//
+// The chunk feeds two mma.sync m16n8k16 with K permuted: the mma's k = 2q, 2q+1, 2q+8, 2q+9 are
+// chunk elements 0..3 in the first and 4..7 in the second. Weights (operand A) and x (operand B)
+// are loaded by the same lanes with the same permutation, so every product pairs weight[n][k]
+// with x[t][k] and the sum over K is unchanged.
+constexpr int kTileRows = 16;      // weight rows of one mma (its M)
+constexpr int kTileTokens = 8;     // tokens of one mma (its N)
+constexpr int kChunkElements = 8;  // one 16-byte load
+constexpr int kChunksPerStep = 4;  // the 4 quads of a group
+constexpr int kUnroll = 4;         // steps loaded as one group (two groups double-buffered)
+
+struct GemvConfig {
+  int row_tiles;  // 16-row mma tiles per CTA (more: x loads shared by more rows)
+  int warps;      // warps per CTA splitting K (more: more loads in flight per row tile)
+};
+// The instances: GemmTactic::variant indexes this table.
+constexpr GemvConfig kGemvConfigs[kGemvVariantCount] = {{1, 8}, {2, 8}, {1, 4}, {2, 4}};
+
+// 16 bytes at `address` when `predicate`, zeros otherwise. Predicated instructions rather than
+// branches, so that the compiler can put many loads in flight ahead of the mma that uses them.
+// Weights are read exactly once: they bypass L1, so that x, read by every CTA, stays there.
+__device__ __forceinline__ uint4 load_streaming(const void* address, bool predicate) {
+  uint4 value;
+  asm("{\n"
+      "  .reg .pred p;\n"
+      "  setp.ne.b32 p, %5, 0;\n"
+      "  mov.b32 %0, 0;\n"
+      "  mov.b32 %1, 0;\n"
+      "  mov.b32 %2, 0;\n"
+      "  mov.b32 %3, 0;\n"
+      "  @p ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+      "}\n"
+      : "=r"(value.x), "=r"(value.y), "=r"(value.z), "=r"(value.w)
+      : "l"(address), "r"(int(predicate)));
+  return value;
+}
+
+__device__ __forceinline__ uint4 load_cached(const void* address, bool predicate) {
+  uint4 value;
+  asm("{\n"
+      "  .reg .pred p;\n"
+      "  setp.ne.b32 p, %5, 0;\n"
+      "  mov.b32 %0, 0;\n"
+      "  mov.b32 %1, 0;\n"
+      "  mov.b32 %2, 0;\n"
+      "  mov.b32 %3, 0;\n"
+      "  @p ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+      "}\n"
+      : "=r"(value.x), "=r"(value.y), "=r"(value.z), "=r"(value.w)
+      : "l"(address), "r"(int(predicate)));
+  return value;
+}
+
+// acc (16 x 8, float32) += a (16 x 16) * b (16 x 8); a and b hold pairs of T.
+template <typename T>
+__device__ __forceinline__ void mma_16x8x16(float (&acc)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                            uint32_t a3, uint32_t b0, uint32_t b1);
+
+template <>
+__device__ __forceinline__ void mma_16x8x16<__nv_bfloat16>(float (&acc)[4], uint32_t a0,
+                                                           uint32_t a1, uint32_t a2, uint32_t a3,
+                                                           uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <>
+__device__ __forceinline__ void mma_16x8x16<__half>(float (&acc)[4], uint32_t a0, uint32_t a1,
+                                                    uint32_t a2, uint32_t a3, uint32_t b0,
+                                                    uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// out[t, n] = sum_k x[t, k] * weight[n, k] (+ bias[n])   x [tokens, k_size], weight [rows, k_size],
+// out [tokens, rows]; tokens <= 8 * kTokenTiles, k_size % 8 == 0, x and weight 16-byte aligned.
+template <typename T, int kTokenTiles, int kRowTiles, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_kernel(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
+                T* __restrict__ out, int tokens, int rows, int k_size) {
+  // Accumulator fragments per lane: kRowTiles x kTokenTiles tiles of 4 floats.
+  constexpr int kValuesPerLane = kRowTiles * kTokenTiles * 4;
+  __shared__ float partial_sums[kWarps][kValuesPerLane * 32];
+
+  const int lane = int(threadIdx.x) & 31;
+  const int warp = int(threadIdx.x) >> 5;
+  const int group = lane >> 2;
+  const int quad = lane & 3;
+  const int64_t first_row = int64_t(blockIdx.x) * kRowTiles * kTileRows;
+
+  // This lane's weight rows (group and group + 8 of each row tile) and tokens. Rows past the end
+  // read the last row instead (their sums are never stored); tokens past the end load nothing.
+  const T* weight_rows[kRowTiles][2];
+#pragma unroll
+  for (int tile = 0; tile < kRowTiles; ++tile) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t row = first_row + tile * kTileRows + half * 8 + group;
+      weight_rows[tile][half] = weight + (row < rows ? row : rows - 1) * k_size;
+    }
+  }
+  const T* token_rows[kTokenTiles];
+  bool token_valid[kTokenTiles];
+#pragma unroll
+  for (int tile = 0; tile < kTokenTiles; ++tile) {
+    const int token = tile * kTileTokens + group;
+    token_valid[tile] = token < tokens;
+    token_rows[tile] = x + int64_t(token < tokens ? token : tokens - 1) * k_size;
+  }
+
+  // This warp's contiguous range of steps.
+  const int chunks = k_size / kChunkElements;
+  const int steps = (chunks + kChunksPerStep - 1) / kChunksPerStep;
+  const int steps_per_warp = (steps + kWarps - 1) / kWarps;
+  const int step_begin = warp * steps_per_warp;
+  const int step_end = min(steps, step_begin + steps_per_warp);
+
+  // The chunks of kUnroll steps starting at `step`; zeros past this warp's range or past K.
+  struct Fragments {
+    uint4 weight[kUnroll][kRowTiles][2];
+    uint4 x[kUnroll][kTokenTiles];
+  };
+  auto load_fragments = [&](int step, Fragments& fragments) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int chunk = (step + u) * kChunksPerStep + quad;
+      const bool in_range = step + u < step_end && chunk < chunks;
+      const int64_t offset = int64_t(chunk) * kChunkElements;
+#pragma unroll
+      for (int tile = 0; tile < kRowTiles; ++tile) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          fragments.weight[u][tile][half] =
+              load_streaming(weight_rows[tile][half] + offset, in_range);
+        }
+      }
+#pragma unroll
+      for (int tile = 0; tile < kTokenTiles; ++tile) {
+        fragments.x[u][tile] =
+            load_cached(token_rows[tile] + offset, in_range && token_valid[tile]);
+      }
+    }
+  };
+
+  // acc[rows, tokens] += weight[rows, chunk] * x[tokens, chunk]^T, chunk elements 0..3 then 4..7.
+  float acc[kRowTiles][kTokenTiles][4] = {};
+  auto multiply = [&](const Fragments& fragments) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+      for (int row_tile = 0; row_tile < kRowTiles; ++row_tile) {
+        const uint4& upper = fragments.weight[u][row_tile][0];  // row group
+        const uint4& lower = fragments.weight[u][row_tile][1];  // row group + 8
+#pragma unroll
+        for (int token_tile = 0; token_tile < kTokenTiles; ++token_tile) {
+          const uint4& token = fragments.x[u][token_tile];
+          float(&tile_acc)[4] = acc[row_tile][token_tile];
+          mma_16x8x16<T>(tile_acc, upper.x, lower.x, upper.y, lower.y, token.x, token.y);
+          mma_16x8x16<T>(tile_acc, upper.z, lower.z, upper.w, lower.w, token.z, token.w);
+        }
+      }
+    }
+  };
+
+  // Double-buffered: the next kUnroll steps are loading while these are multiplied. (With one
+  // buffer the compiler interleaves each load with its mma, leaving about 3 loads in flight per
+  // warp; this measured 1.4x to 1.5x faster on the large Llama-3-8B shapes on an H100.)
+  Fragments current, next;
+  load_fragments(step_begin, next);
+  for (int step = step_begin; step < step_end; step += kUnroll) {
+    current = next;
+    load_fragments(step + kUnroll, next);
+    multiply(current);
+  }
+
+  // Each warp's partial sums, laid out so that consecutive lanes write consecutive words.
+#pragma unroll
+  for (int row_tile = 0; row_tile < kRowTiles; ++row_tile) {
+#pragma unroll
+    for (int token_tile = 0; token_tile < kTokenTiles; ++token_tile) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int value = ((row_tile * kTokenTiles + token_tile) * 4 + c) * 32 + lane;
+        partial_sums[warp][value] = acc[row_tile][token_tile][c];
+      }
+    }
+  }
+  __syncthreads();
+
+  // out[t, n] = round(sum over warps + bias[n]). In tile (row_tile, token_tile), accumulator
+  // element c of lane (g, q) is row 16 row_tile + g + 8 (c / 2), token 8 token_tile + 2q + (c & 1).
+  for (int value = int(threadIdx.x); value < kValuesPerLane * 32; value += kWarps * 32) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += partial_sums[w][value];
+    const int value_lane = value & 31;
+    const int c = (value >> 5) & 3;
+    const int token_tile = (value >> 7) % kTokenTiles;
+    const int row_tile = (value >> 7) / kTokenTiles;
+    const int64_t row = first_row + row_tile * kTileRows + (c >> 1) * 8 + (value_lane >> 2);
+    const int token = token_tile * kTileTokens + (value_lane & 3) * 2 + (c & 1);
+    if (row < rows && token < tokens) {
+      if (bias) sum += to_float(bias[row]);
+      out[int64_t(token) * rows + row] = from_float<T>(sum);
+    }
+  }
+}
+
+template <typename T>
+struct GemvArguments {
+  const T* x;
+  const T* weight;
+  const T* bias;
+  T* out;
+  int tokens;
+  int rows;
+  int k_size;
+};
+
+template <typename T, int kTokenTiles, size_t kVariant>
+void launch_instance(const GemvArguments<T>& arguments, cudaStream_t stream) {
+  constexpr GemvConfig config = kGemvConfigs[kVariant];
+  constexpr int rows_per_cta = config.row_tiles * kTileRows;
+  const unsigned ctas = unsigned((arguments.rows + rows_per_cta - 1) / rows_per_cta);
+  gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps>
+      <<<ctas, config.warps * 32, 0, stream>>>(arguments.x, arguments.weight, arguments.bias,
+                                               arguments.out, arguments.tokens, arguments.rows,
+                                               arguments.k_size);
+  KITE_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, int kTokenTiles, size_t... kVariants>
+void launch_variant(int32_t variant, const GemvArguments<T>& arguments, cudaStream_t stream,
+                    std::index_sequence<kVariants...>) {
+  ((variant == int32_t(kVariants) ? launch_instance<T, kTokenTiles, kVariants>(arguments, stream)
+                                  : void()),
+   ...);
+}
+
+template <typename T>
+void launch_typed(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
+                  DeviceTensor& out, int32_t variant, cudaStream_t stream) {
+  const GemvArguments<T> arguments{static_cast<const T*>(x.data),
+                                   static_cast<const T*>(weight.data),
+                                   bias ? static_cast<const T*>(bias->data) : nullptr,
+                                   static_cast<T*>(out.data),
+                                   int(x.rows()),
+                                   int(weight.shape[0]),
+                                   int(x.cols())};
+  const auto variants = std::make_index_sequence<size_t(kGemvVariantCount)>();
+  if (arguments.tokens <= kTileTokens) {
+    launch_variant<T, 1>(variant, arguments, stream, variants);
+  } else {
+    launch_variant<T, 2>(variant, arguments, stream, variants);
+  }
+}
+
+bool is_aligned_16(const void* pointer) {
+  return reinterpret_cast<uintptr_t>(pointer) % 16 == 0;
+}
+
+}  // namespace
+
+static_assert(kGemvMaxTokens == 2 * kTileTokens, "two token tiles at most");
+
+bool gemv_applies(const DeviceTensor& x, const DeviceTensor& weight) {
+  const bool half_precision = x.dtype == DType::kF16 || x.dtype == DType::kBF16;
+  const int64_t tokens = x.rows();
+  const int64_t k_size = x.cols();
+  return half_precision && weight.dtype == x.dtype && tokens >= 1 && tokens <= kGemvMaxTokens &&
+         k_size > 0 && k_size % kChunkElements == 0 && k_size <= INT32_MAX &&
+         weight.shape.size() == 2 && weight.shape[0] >= 1 && weight.shape[0] <= INT32_MAX &&
+         is_aligned_16(x.data) && is_aligned_16(weight.data);
+}
+
+int32_t gemv_default_variant(int64_t /*m*/, int64_t n, int64_t k, int multiprocessors) {
+  // Measured on an H100 (bfloat16, M = 1..16): 16-row CTAs of 8 warps win or tie on the Llama-3-8B
+  // and SmolLM2 shapes, except for short rows in very many CTAs (SmolLM2's lm_head, 49152 x 576),
+  // where 4 warps per CTA waste less of each warp's range.
+  const int64_t ctas = (n + kTileRows - 1) / kTileRows;
+  const bool short_rows = k < 8 * kUnroll * kChunksPerStep * kChunkElements;
+  return short_rows && ctas >= 16 * int64_t(multiprocessors) ? 2 : 0;
+}
+
+void launch_gemv(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
+                 DeviceTensor& out, int32_t variant, cudaStream_t stream) {
+  KITE_CHECK(variant >= 0 && variant < kGemvVariantCount);
+  KITE_CHECK(gemv_applies(x, weight));
+  if (x.dtype == DType::kBF16) {
+    launch_typed<__nv_bfloat16>(x, weight, bias, out, variant, stream);
+  } else {
+    launch_typed<__half>(x, weight, bias, out, variant, stream);
+  }
+}
+
+}  // namespace kite::cuda

@@ -1,0 +1,93 @@
+// RoPE + KV cache store: one CTA per token computes the token's cos/sin once in shared memory,
+// rotates its query heads into q and its key heads into the cache slot, and copies its values.
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/dispatch.cuh"
+#include "kernels/cuda/rope.h"
+
+namespace kite::cuda {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kMaxHalfRotary = 256;  // head_dim up to 512
+
+// x'[i] = x[i] cos_i - x[i + R/2] sin_i;  x'[i + R/2] = x[i + R/2] cos_i + x[i] sin_i
+template <typename T>
+__device__ void rotate_heads(const T* source, T* destination, int64_t destination_head_stride,
+                             int heads, int head_dim, int half, const float* cos_values,
+                             const float* sin_values) {
+  for (int index = threadIdx.x; index < heads * half; index += blockDim.x) {
+    const int head = index / half, i = index % half;
+    const T* x = source + head * head_dim;
+    T* y = destination + head * destination_head_stride;
+    const float first = to_float(x[i]), second = to_float(x[i + half]);
+    y[i] = from_float<T>(first * cos_values[i] - second * sin_values[i]);
+    y[i + half] = from_float<T>(second * cos_values[i] + first * sin_values[i]);
+  }
+  // Elements past the rotary dimensions pass through.
+  const int rest = head_dim - 2 * half;
+  for (int index = threadIdx.x; index < heads * rest; index += blockDim.x) {
+    const int head = index / rest, i = 2 * half + index % rest;
+    destination[head * destination_head_stride + i] = source[head * head_dim + i];
+  }
+}
+
+template <typename T>
+__global__ void rope_and_store_kv_kernel(const T* qkv, const float* inv_freq,
+                                         float attention_scaling, const int32_t* positions,
+                                         const int32_t* slot_mapping, KvCacheView cache,
+                                         int64_t layer, int query_heads, int half, T* q) {
+  __shared__ float cos_values[kMaxHalfRotary], sin_values[kMaxHalfRotary];
+  const int64_t token = blockIdx.x;
+  const int head_dim = int(cache.head_dim), kv_heads = int(cache.num_kv_heads);
+  const float position = float(positions[token]);
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    float sine, cosine;
+    sincosf(position * inv_freq[i], &sine, &cosine);
+    cos_values[i] = cosine * attention_scaling;
+    sin_values[i] = sine * attention_scaling;
+  }
+  __syncthreads();
+  const T* row = qkv + token * int64_t(query_heads + 2 * kv_heads) * head_dim;
+  rotate_heads(row, q + token * int64_t(query_heads) * head_dim, head_dim, query_heads, head_dim,
+               half, cos_values, sin_values);
+  const int64_t slot = slot_mapping[token];
+  if (slot < 0) return;  // a padding token stores nothing
+  const int64_t block = slot / cache.block_size, offset_in_block = slot % cache.block_size;
+  T* cache_data = static_cast<T*>(cache.data);
+  T* key_destination = cache_data + cache.offset(layer, block, 0, 0, offset_in_block);
+  T* value_destination = cache_data + cache.offset(layer, block, 1, 0, offset_in_block);
+  const int64_t head_stride = cache.block_size * head_dim;  // from one kv head to the next
+  const T* keys = row + query_heads * head_dim;
+  const T* values = keys + kv_heads * head_dim;
+  rotate_heads(keys, key_destination, head_stride, kv_heads, head_dim, half, cos_values,
+               sin_values);
+  for (int index = threadIdx.x; index < kv_heads * head_dim; index += blockDim.x) {
+    const int head = index / head_dim, i = index % head_dim;
+    value_destination[head * head_stride + i] = values[index];
+  }
+}
+
+}  // namespace
+
+void rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope,
+                       const AttentionBatch& batch, const KvCacheView& cache, int64_t layer,
+                       DeviceTensor& q, cudaStream_t stream) {
+  const int64_t tokens = batch.num_tokens, head_dim = cache.head_dim;
+  KITE_CHECK(qkv.dtype == q.dtype && cache.dtype == q.dtype);
+  KITE_CHECK(q.rows() == tokens && q.cols() % head_dim == 0);
+  KITE_CHECK(qkv.rows() == tokens && qkv.cols() == q.cols() + 2 * cache.num_kv_heads * head_dim);
+  KITE_CHECK(rope.rotary_dim % 2 == 0 && rope.rotary_dim > 0 && rope.rotary_dim <= head_dim);
+  KITE_CHECK(rope.rotary_dim / 2 <= kMaxHalfRotary && layer >= 0 && layer < cache.num_layers);
+  if (tokens == 0) return;
+  dispatch_half(q.dtype, [&](auto element) {
+    using T = decltype(element);
+    rope_and_store_kv_kernel<T><<<unsigned(tokens), kThreads, 0, stream>>>(
+        static_cast<const T*>(qkv.data), rope.inv_freq, rope.attention_scaling, batch.positions,
+        batch.slot_mapping, cache, layer, int(q.cols() / head_dim), int(rope.rotary_dim / 2),
+        static_cast<T*>(q.data));
+  });
+  KITE_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace kite::cuda

@@ -1,0 +1,57 @@
+// Choosing the next token of every sequence on the GPU, so that only token ids cross to the host.
+// Same semantics as the host Sampler (runtime/sampling.h), which is its CPU reference: repetition
+// penalty, then temperature, top-k, top-p and min-p with Hugging Face's tie rules, then a draw.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "model/backend.h"
+
+namespace kite::cuda {
+
+// Per-row sampling parameters, uploaded by the runtime; the same meaning as kite::SamplingConfig.
+struct SamplingRow {
+  float temperature;         // 0: greedy
+  int32_t top_k;             // 0: off; 1: greedy
+  float top_p;               // 1: off
+  float min_p;               // 0: off
+  float repetition_penalty;  // 1: off
+  uint64_t seed;
+  uint64_t step;  // which draw of this sequence: the counter of its random stream
+};
+
+// Bytes of device memory sample() needs for `rows` rows of `vocab_size` logits: about the size of
+// the logits (a list of candidate token ids per row) plus 25 KB per row.
+size_t sampling_workspace_bytes(int64_t rows, int64_t vocab_size);
+
+// out_ids[r] = the token drawn for row r, each row with its own parameters rows[r].
+//  logits          [R, V] float32. The repetition penalty is applied to it in place (a seen
+//                  token's logit divided by the penalty when positive, multiplied when negative);
+//                  nothing else is written.
+//  rows            [R] SamplingRow
+//  history         [R, history_stride]: every token each sequence has so far (prompt and output),
+//                  read by the repetition penalty; ids outside [0, V) are ignored
+//  history_length  [R]; history and history_length may be null when no row has a penalty
+//  out_ids         [R] int32
+// All pointers are device memory. Greedy rows (temperature 0 or top_k 1) take the argmax, the
+// lowest index on ties, exactly as the host does. Other rows draw from the host Sampler's
+// distribution (sampling_distribution in runtime/sampling.h) up to float rounding: scores are
+// divided by the temperature in float32, probabilities are exp(score - max) in float32 summed as
+// 40-bit fixed point, so a top-p boundary that falls within rounding of a token may differ.
+//
+// The random stream is counter-based (Philox4x32-10 keyed by the seed, counter = step): the GPU
+// holds no state, the same (seed, step) gives the same token whatever else is in the batch, and a
+// replay gives the same tokens. The GPU and the CPU use different random streams and map the
+// uniform draw to a token in different orders, so the same seed gives different (equally
+// distributed) outputs on the two backends, each reproducible on its own.
+//
+// Graph-capture safe: no allocation, no synchronisation, a fixed grid for given R and V. Five
+// kernels; the workspace must not be shared by calls that may run at the same time.
+void sample(const DeviceTensor& logits, const SamplingRow* rows, const int32_t* history,
+            const int32_t* history_length, int64_t history_stride, int32_t* out_ids,
+            void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+}  // namespace kite::cuda

@@ -1,0 +1,90 @@
+// Static-batch speed measurement (what `kite bench` runs, like TensorRT-LLM's
+// gptSessionBenchmark): for each (batch size, input length, output length) case, generate exactly
+// output_length tokens for batch_size synthetic prompts of input_length tokens, and report latency,
+// tokens/s, first-token latency and peak memory. Written against Engine and Backend only, so it
+// measures whichever backend the engine was built for.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/status.h"
+#include "runtime/engine.h"
+
+namespace kite {
+
+struct BenchmarkCase {
+  int64_t batch_size = 1;
+  int64_t input_length = 1;   // prompt tokens of every sequence
+  int64_t output_length = 1;  // tokens generated for every sequence
+
+  bool operator==(const BenchmarkCase&) const = default;
+};
+
+// "1;8;64" -> {1, 8, 64}. Errors (kInvalidArgument) name --batch_size.
+Result<std::vector<int64_t>> parse_batch_sizes(std::string_view text);
+
+struct InputOutputLength {
+  int64_t input_length = 0;
+  int64_t output_length = 0;
+
+  bool operator==(const InputOutputLength&) const = default;
+};
+// "128,128;2048,128" -> {{128, 128}, {2048, 128}}. Errors (kInvalidArgument) name
+// --input_output_len.
+Result<std::vector<InputOutputLength>> parse_input_output_lengths(std::string_view text);
+
+// Every (input, output) length with every batch size, in gptSessionBenchmark's order: lengths
+// outer, batch sizes inner.
+std::vector<BenchmarkCase> benchmark_cases(const std::vector<int64_t>& batch_sizes,
+                                           const std::vector<InputOutputLength>& lengths);
+
+// Checks every case against the engine's build limits (max_batch_size, max_input_len,
+// max_seq_len), so that a bad case is reported before anything runs. kOutOfRange, naming the case
+// and the limit.
+Status check_benchmark_cases(const BuildLimits& limits, const std::vector<BenchmarkCase>& cases);
+
+// `batch_size` prompts of `input_length` token ids drawn deterministically (a fixed seed per
+// sequence) from the vocabulary, avoiding special tokens and the model's bos/eos/pad ids.
+Result<std::vector<std::vector<int32_t>>> benchmark_prompts(const Engine& engine,
+                                                            const BenchmarkCase& benchmark_case);
+
+struct BenchmarkOptions {
+  int64_t warm_up_runs = 1;         // untimed runs first
+  int64_t min_runs = 3;             // timed runs, at least
+  double min_duration_seconds = 0;  // keep running until the timed runs add up to this much
+};
+
+struct BenchmarkResult {
+  BenchmarkCase benchmark_case;
+  int64_t runs = 0;                   // timed runs
+  double latency_ms = 0;              // mean wall time of a timed run (prefill + all decode steps)
+  double tokens_per_second = 0;       // batch_size * output_length / latency
+  double first_token_latency_ms = 0;  // mean prefill step (the first token of every sequence)
+  double peak_memory_gb = 0;          // Backend::memory_in_use_bytes(), max over the case, 1e9 B
+  int64_t tokens_per_run = 0;         // tokens the runs generated, checked == batch * output
+  BackendKind backend = BackendKind::kCpu;
+};
+
+// Called once per generation step (warm-up and timed runs alike); `run_label` says which run
+// ("warm-up 1/1", "run 2/3").
+using BenchmarkStepCallback = std::function<void(const std::string& run_label)>;
+
+// Runs one case greedily with no end ids, so every sequence produces exactly output_length
+// tokens; fails (kInternal) if a run produced any other number. The case must pass
+// check_benchmark_cases.
+Result<BenchmarkResult> run_benchmark_case(Engine& engine, const BenchmarkCase& benchmark_case,
+                                           const BenchmarkOptions& options,
+                                           const BenchmarkStepCallback& on_step = {});
+
+// gptSessionBenchmark's line: "[BENCHMARK] batch_size 1 input_length 128 output_length 128
+// latency(ms) ... tokensPerSec ... first_token_latency(ms) ... gpu_peak_mem(gb) ..." (the memory
+// field is peak_mem(gb) on the CPU, where it is the process's resident memory).
+std::string benchmark_line(const BenchmarkResult& result);
+nlohmann::ordered_json benchmark_json(const BenchmarkResult& result);
+
+}  // namespace kite

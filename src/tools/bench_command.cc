@@ -1,0 +1,108 @@
+// `kite bench`: static-batch speed of an engine, like TensorRT-LLM's gptSessionBenchmark. One
+// [BENCHMARK] line (or JSON object with --json) per (batch size, input, output length) case on
+// stdout; progress on stderr.
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/file.h"
+#include "core/progress.h"
+#include "runtime/benchmark.h"
+#include "tools/command.h"
+
+namespace kite::tools {
+namespace {
+
+struct BenchFlags {
+  std::string engine_dir;
+  std::string batch_sizes;
+  std::string input_output_lengths;
+  int64_t warm_up = 1;
+  int64_t num_runs = 3;
+  double duration = 0;
+  bool json = false;
+  std::string output_json;
+};
+
+Status run(const BenchFlags& flags) {
+  if (flags.engine_dir.empty()) return invalid_argument("--engine_dir is required");
+  if (flags.batch_sizes.empty()) {
+    return invalid_argument(
+        "--batch_size is required (batch sizes separated by ';', e.g. \"1;8\")");
+  }
+  if (flags.input_output_lengths.empty()) {
+    return invalid_argument(
+        "--input_output_len is required (INPUT,OUTPUT pairs separated by ';', e.g. "
+        "\"128,128;2048,128\")");
+  }
+  if (flags.warm_up < 0) return invalid_argument("--warm_up must be >= 0");
+  if (flags.num_runs < 1) return invalid_argument("--num_runs must be >= 1");
+  if (!(flags.duration >= 0)) return invalid_argument("--duration must be >= 0 seconds");
+  KITE_ASSIGN_OR_RETURN(std::vector<int64_t> batch_sizes, parse_batch_sizes(flags.batch_sizes));
+  KITE_ASSIGN_OR_RETURN(std::vector<InputOutputLength> lengths,
+                        parse_input_output_lengths(flags.input_output_lengths));
+  const std::vector<BenchmarkCase> cases = benchmark_cases(batch_sizes, lengths);
+  // Every case is checked before the (possibly slow) load and before anything runs.
+  KITE_ASSIGN_OR_RETURN(EngineConfig config, read_engine_config(flags.engine_dir));
+  KITE_RETURN_IF_ERROR(check_benchmark_cases(config.limits, cases));
+  KITE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::load(flags.engine_dir));
+
+  const BenchmarkOptions options{.warm_up_runs = flags.warm_up,
+                                 .min_runs = flags.num_runs,
+                                 .min_duration_seconds = flags.duration};
+  nlohmann::ordered_json all_results = nlohmann::ordered_json::array();
+  for (const BenchmarkCase& benchmark_case : cases) {
+    // One bar per case, finished before its result line so the two never share a terminal line.
+    // Counted in generation steps; runs beyond --num_runs (for --duration) stay at 100%.
+    char label[128];
+    std::snprintf(label, sizeof(label), "bench batch %lld, %lld+%lld tokens",
+                  static_cast<long long>(benchmark_case.batch_size),
+                  static_cast<long long>(benchmark_case.input_length),
+                  static_cast<long long>(benchmark_case.output_length));
+    Progress progress(label,
+                      (options.warm_up_runs + options.min_runs) * benchmark_case.output_length);
+    int64_t steps = 0;
+    KITE_ASSIGN_OR_RETURN(
+        BenchmarkResult result,
+        run_benchmark_case(*engine, benchmark_case, options, [&](const std::string& run_label) {
+          progress.update(++steps, run_label);
+        }));
+    progress.finish();
+    const nlohmann::ordered_json record = benchmark_json(result);
+    if (flags.json) {
+      std::printf("%s\n", record.dump().c_str());
+    } else {
+      std::printf("%s\n", benchmark_line(result).c_str());
+    }
+    std::fflush(stdout);
+    all_results.push_back(record);
+  }
+  if (!flags.output_json.empty()) {
+    KITE_RETURN_IF_ERROR(write_file(flags.output_json, all_results.dump(1) + "\n"));
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+Command add_bench_command(CLI::App& kite) {
+  auto flags = std::make_shared<BenchFlags>();
+  CLI::App* app = kite.add_subcommand(
+      "bench", "Measure an engine's latency and throughput on static batches of synthetic prompts");
+  app->add_option("--engine_dir", flags->engine_dir, "Engine folder (kite build)");
+  app->add_option("--batch_size", flags->batch_sizes, "Batch sizes separated by ';' (\"1;8;64\")");
+  app->add_option("--input_output_len", flags->input_output_lengths,
+                  "INPUT,OUTPUT token counts separated by ';' (\"128,128;2048,128\")");
+  app->add_option("--warm_up", flags->warm_up, "Untimed runs per case first (1)");
+  app->add_option("--num_runs", flags->num_runs, "Timed runs per case, at least (3)");
+  app->add_option("--duration", flags->duration,
+                  "Keep running a case until its timed runs take this many seconds (0)");
+  app->add_flag("--json", flags->json,
+                "Print one JSON object per case instead of [BENCHMARK] lines");
+  app->add_option("--output_json", flags->output_json, "Write every case's results here (array)");
+  return Command{app, [flags] { return run(*flags); }};
+}
+
+}  // namespace kite::tools

@@ -1,0 +1,116 @@
+// `kite eval`: accuracy of an engine. `kite eval perplexity` scores a text file the way llama.cpp's
+// llama-perplexity does (src/runtime/perplexity.h), so the two numbers can be compared.
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/file.h"
+#include "core/progress.h"
+#include "runtime/engine.h"
+#include "runtime/perplexity.h"
+#include "tools/command.h"
+
+namespace kite::tools {
+namespace {
+
+struct PerplexityFlags {
+  std::string engine_dir;
+  std::string dataset;
+  PerplexityOptions options;
+  std::string output_json;
+};
+
+Status run_perplexity(const PerplexityFlags& flags) {
+  if (flags.engine_dir.empty()) return invalid_argument("--engine_dir is required");
+  if (flags.dataset.empty()) return invalid_argument("--dataset is required");
+  if (flags.options.chunk_size < 3) {
+    return invalid_argument(
+        "--chunk_size must be at least 3 (the second half of each chunk is "
+        "scored); 512 is the usual size");
+  }
+  if (flags.options.max_tokens < 0) {
+    return invalid_argument("--max_tokens must be positive (or 0 for the whole file)");
+  }
+  if (!path_exists(flags.dataset)) {
+    return not_found("--dataset " + flags.dataset + " does not exist: give a text file");
+  }
+  KITE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::load(flags.engine_dir));
+  KITE_RETURN_IF_ERROR(check_perplexity_engine(*engine, flags.options.chunk_size));
+
+  KITE_ASSIGN_OR_RETURN(const std::string text, read_file(flags.dataset));
+  const PerplexityTokens tokens = tokenize_for_perplexity(engine->tokenizer(), text);
+  if (tokens.special_tokens_in_text > 0) {
+    std::fprintf(
+        stderr,
+        "kite eval perplexity: note: %lld special-token strings in %s were read as special "
+        "tokens (llama.cpp reads them as text, so its perplexity is not comparable)\n",
+        static_cast<long long>(tokens.special_tokens_in_text), flags.dataset.c_str());
+  }
+  Result<std::vector<std::vector<int32_t>>> chunks = perplexity_chunks(tokens, flags.options);
+  if (!chunks.is_ok()) return chunks.status().with_context(flags.dataset);
+  const int64_t chunk_size = flags.options.chunk_size;
+  const int64_t chunk_count = int64_t(chunks->size());
+
+  Progress progress("kite eval perplexity", chunk_count);
+  KITE_ASSIGN_OR_RETURN(const PerplexityResult result,
+                        evaluate_perplexity(*engine, *chunks, [&](int64_t chunks_done) {
+                          progress.update(chunks_done, std::to_string(chunks_done) + " chunks");
+                        }));
+  progress.finish();
+
+  std::printf("perplexity: %.4f over %lld tokens (%lld chunks of %lld)\n", result.perplexity(),
+              static_cast<long long>(result.scored_tokens), static_cast<long long>(chunk_count),
+              static_cast<long long>(chunk_size));
+  std::fflush(stdout);
+  if (!flags.output_json.empty()) {
+    nlohmann::ordered_json per_chunk = nlohmann::ordered_json::array();
+    for (const ChunkNll& chunk : result.chunks) {
+      per_chunk.push_back({{"count", chunk.count}, {"nll_sum", chunk.nll_sum}});
+    }
+    const nlohmann::ordered_json record = {
+        {"engine_dir", flags.engine_dir},
+        {"dataset", flags.dataset},
+        {"chunk_size", chunk_size},
+        {"n_chunks", chunk_count},
+        {"file_tokens", tokens.tokens.size()},
+        {"tokens_evaluated", chunk_count * chunk_size},
+        {"scored_tokens", result.scored_tokens},
+        {"nll_sum", result.nll_sum},
+        {"mean_nll", result.mean_nll()},
+        {"perplexity", result.perplexity()},
+        {"chunks", per_chunk},
+    };
+    KITE_RETURN_IF_ERROR(write_file(flags.output_json, record.dump(1) + "\n"));
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+Command add_eval_command(CLI::App& kite) {
+  CLI::App* eval = kite.add_subcommand("eval", "Measure an engine's accuracy");
+  eval->require_subcommand(0, 1);
+
+  auto perplexity = std::make_shared<PerplexityFlags>();
+  CLI::App* perplexity_app = eval->add_subcommand(
+      "perplexity", "Perplexity over a text file, as llama.cpp's llama-perplexity defines it");
+  perplexity_app->add_option("--engine_dir", perplexity->engine_dir, "Engine folder (kite build)");
+  perplexity_app->add_option("--dataset", perplexity->dataset,
+                             "Text file, e.g. wikitext-2-raw/wiki.test.raw");
+  perplexity_app->add_option("--max_tokens", perplexity->options.max_tokens,
+                             "Use only the first N tokens of the file (0, the default: all)");
+  perplexity_app->add_option("--chunk_size", perplexity->options.chunk_size,
+                             "Tokens per chunk; the second half of each is scored (512)");
+  perplexity_app->add_option("--output_json", perplexity->output_json,
+                             "Write the per-chunk NLL sums and the total here");
+
+  return Command{eval, [perplexity, perplexity_app]() -> Status {
+                   if (perplexity_app->parsed()) return run_perplexity(*perplexity);
+                   return invalid_argument("name an evaluation: kite eval perplexity");
+                 }};
+}
+
+}  // namespace kite::tools
