@@ -153,6 +153,19 @@ class Backend {
   virtual void gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& out) = 0;
   // Converts between dtypes element-wise (e.g. activations to float32 logits).
   virtual void convert(const DeviceTensor& source, DeviceTensor& destination) = 0;
+
+  // ---- sampling on the backend (optional) ----
+  // Whether sample() exists; without it the runtime samples the downloaded logits on the host.
+  virtual bool has_sampling() const { return false; }
+  // out_ids[r] = the token row r of logits picks under rows[r] (SamplingRow). logits [R, V]
+  // float32, modified in place by the repetition penalty; history [R, history_stride] holds each
+  // row's sequence so far and history_length [R] its length (both null when no row has a
+  // penalty). All pointers in backend memory.
+  virtual void sample(DeviceTensor& /*logits*/, const SamplingRow* /*rows*/,
+                      const int32_t* /*history*/, const int32_t* /*history_length*/,
+                      int64_t /*history_stride*/, int32_t* /*out_ids*/) {
+    KITE_CHECK(false && "this backend does not sample");
+  }
 };
 
 }  // namespace kite

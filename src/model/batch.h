@@ -51,4 +51,16 @@ struct AttentionBatch {
   const int32_t* block_table = nullptr;     // [num_sequences * max_blocks_per_sequence]
 };
 
+// How one logits row picks its token when the backend samples (Backend::sample): the meaning of
+// kite::SamplingConfig plus the position in the sequence's random stream. Uploaded per step.
+struct SamplingRow {
+  float temperature = 1.0f;         // 0: greedy
+  int32_t top_k = 0;                // 0: off; 1: greedy
+  float top_p = 1.0f;               // 1: off
+  float min_p = 0.0f;               // 0: off
+  float repetition_penalty = 1.0f;  // 1: off
+  uint64_t seed = 0;
+  uint64_t step = 0;  // which draw of this sequence: the counter of its random stream
+};
+
 }  // namespace kite

@@ -255,6 +255,61 @@ Status LlamaModel::reserve_workspace(int64_t tokens, int64_t logit_rows, int64_t
 }
 
 Result<std::vector<float>> LlamaModel::forward(const StepInput& step, const KvCacheView& cache) {
+  KITE_ASSIGN_OR_RETURN(DeviceTensor logits, run_step(step, cache, nullptr));
+  std::vector<float> host_logits(size_t(logits.numel()));
+  backend_->download(host_logits.data(), logits.data, logits.byte_size());
+  return host_logits;
+}
+
+Result<std::vector<int32_t>> LlamaModel::forward_and_sample(
+    const StepInput& step, const KvCacheView& cache, const std::vector<SamplingRow>& rows,
+    const std::vector<std::vector<int32_t>>& history) {
+  KITE_CHECK(backend_->has_sampling());
+  const size_t R = step.logit_rows.size();
+  if (rows.size() != R || (!history.empty() && history.size() != R)) {
+    return invalid_argument("forward_and_sample needs a sampling row (and a history) per logit row");
+  }
+  // Upload the rows and, for the repetition penalty, the histories, into buffers that keep their
+  // addresses (a captured graph reads them).
+  const int64_t stride = step.max_blocks_per_sequence * cache.block_size;
+  const size_t rows_bytes = std::max<size_t>(R, 1) * sizeof(SamplingRow);
+  const size_t history_bytes = history.empty() ? 0 : R * size_t(stride + 1) * sizeof(int32_t);
+  if (rows_bytes > sampling_rows_.size() || history_bytes > sampling_history_.size() ||
+      R * sizeof(int32_t) > sampled_ids_.size()) {
+    drop_graphs();
+    backend_->synchronize();
+    const size_t capacity = std::max<size_t>(R, size_t(workspace_logit_rows_));
+    KITE_ASSIGN_OR_RETURN(sampling_rows_, backend_->allocate(capacity * sizeof(SamplingRow)));
+    KITE_ASSIGN_OR_RETURN(sampled_ids_, backend_->allocate(capacity * sizeof(int32_t)));
+    if (!history.empty()) {
+      KITE_ASSIGN_OR_RETURN(sampling_history_,
+                            backend_->allocate(capacity * size_t(stride + 1) * sizeof(int32_t)));
+    }
+  }
+  backend_->upload(sampling_rows_.data(), rows.data(), R * sizeof(SamplingRow));
+  SamplingInputs inputs{static_cast<const SamplingRow*>(sampling_rows_.data()), nullptr, nullptr,
+                        stride, static_cast<int32_t*>(sampled_ids_.data())};
+  if (!history.empty()) {
+    // [R] lengths, then [R, stride] tokens.
+    std::vector<int32_t> packed(R * size_t(stride + 1), -1);
+    for (size_t r = 0; r < R; ++r) {
+      if (int64_t(history[r].size()) > stride) return invalid_argument("history beyond max_seq_len");
+      packed[r] = int32_t(history[r].size());
+      std::copy(history[r].begin(), history[r].end(), packed.begin() + R + r * size_t(stride));
+    }
+    backend_->upload(sampling_history_.data(), packed.data(), packed.size() * sizeof(int32_t));
+    inputs.history_length = static_cast<const int32_t*>(sampling_history_.data());
+    inputs.history = inputs.history_length + R;
+  }
+  KITE_ASSIGN_OR_RETURN(DeviceTensor logits, run_step(step, cache, &inputs));
+  (void)logits;
+  std::vector<int32_t> ids(R);
+  backend_->download(ids.data(), sampled_ids_.data(), R * sizeof(int32_t));
+  return ids;
+}
+
+Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheView& cache,
+                                          const SamplingInputs* sampling) {
   KITE_RETURN_IF_ERROR(check_step(step, cache));
   Backend& backend = *backend_;
   const ModelConfig& c = config_;
@@ -391,10 +446,16 @@ Result<std::vector<float>> LlamaModel::forward(const StepInput& step, const KvCa
       // logits = h_r @ lm_head^T   (lm_head may be embed_tokens)
       backend.linear(last_hidden, weights_.lm_head, nullptr, logits);
       backend.convert(logits, logits_f32);
+      // ids = sample(logits)   (backends that sample)
+      if (sampling) {
+        backend.sample(logits_f32, sampling->rows, sampling->history, sampling->history_length,
+                       sampling->history_stride, sampling->out_ids);
+      }
     }
   };
   const bool graphable = batch.max_query_length == 1 && R == T && !dump.enabled();
-  const GraphKey key{S, step.max_blocks_per_sequence};
+  const int64_t mode = !sampling ? 0 : sampling->history ? 2 : 1;
+  const GraphKey key{S, step.max_blocks_per_sequence, mode};
   const auto graph = graphable ? graphs_.find(key) : graphs_.end();
   if (graph != graphs_.end()) {
     backend.replay_graph(graph->second);
@@ -406,14 +467,9 @@ Result<std::vector<float>> LlamaModel::forward(const StepInput& step, const KvCa
     }
   }
 
-  std::vector<float> host_logits(size_t(R * V));
-  if (R > 0) {
-    dump.add("logits", logits_f32);
-    backend.synchronize();
-    backend.download(host_logits.data(), logits_f32.data, host_logits.size() * sizeof(float));
-  }
+  if (R > 0 && !sampling) dump.add("logits", logits_f32);
   KITE_RETURN_IF_ERROR(dump.write(step_counter_++));
-  return host_logits;
+  return logits_f32;
 }
 
 }  // namespace kite

@@ -8,6 +8,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/status.h"
@@ -84,6 +85,13 @@ class LlamaModel {
   // of the step is also written to <dir>/step_<n>.safetensors.
   Result<std::vector<float>> forward(const StepInput& step, const KvCacheView& cache);
 
+  // Like forward(), then picks one token per logit row on the backend (Backend::has_sampling
+  // must hold), so that only the ids come back: rows[r] is row r's sampling; history[r] its
+  // sequence so far, for the repetition penalty (empty: no row has a penalty).
+  Result<std::vector<int32_t>> forward_and_sample(const StepInput& step, const KvCacheView& cache,
+                                                  const std::vector<SamplingRow>& rows,
+                                                  const std::vector<std::vector<int32_t>>& history);
+
   // Allocates activations and step metadata for steps up to these sizes, so that steps within them
   // allocate nothing (forward grows the buffers for larger steps). Engines call it at load time,
   // before the KV cache takes the rest of the memory.
@@ -91,6 +99,18 @@ class LlamaModel {
                            int64_t block_table_entries);
 
  private:
+  // Where the sampling op of a step reads and writes (backend memory).
+  struct SamplingInputs {
+    const SamplingRow* rows = nullptr;
+    const int32_t* history = nullptr;  // null: no repetition penalty
+    const int32_t* history_length = nullptr;
+    int64_t history_stride = 0;
+    int32_t* out_ids = nullptr;
+  };
+  // Uploads the step, runs (or replays) its ops, and returns the float32 logits [R, V] in backend
+  // memory, after sampling into sampling->out_ids when `sampling` is given.
+  Result<DeviceTensor> run_step(const StepInput& step, const KvCacheView& cache,
+                                const SamplingInputs* sampling);
   Status check_step(const StepInput& step, const KvCacheView& cache) const;
   void drop_graphs();
 
@@ -104,9 +124,13 @@ class LlamaModel {
   int64_t workspace_logit_rows_ = 0;
   DeviceBuffer metadata_;  // the step's int32 metadata (ids, positions, slots, tables, rows)
   std::vector<int32_t> host_metadata_;
+  DeviceBuffer sampling_rows_;     // [R] SamplingRow
+  DeviceBuffer sampled_ids_;       // [R] int32
+  DeviceBuffer sampling_history_;  // [R] lengths, then [R, stride] tokens
   int64_t step_counter_ = 0;  // names dump files
-  // Captured decode steps by (sequences, max_blocks_per_sequence): the shapes that fix a graph.
-  using GraphKey = std::pair<int64_t, int64_t>;
+  // Captured decode steps by (sequences, max_blocks_per_sequence, sampling mode): what fixes a
+  // graph.
+  using GraphKey = std::tuple<int64_t, int64_t, int64_t>;
   std::map<GraphKey, int64_t> graphs_;
 };
 

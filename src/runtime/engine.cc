@@ -178,6 +178,38 @@ struct Sequence {
   bool active = true;
 };
 
+// Runs the step and picks each logit row's token: on the backend when it samples (only ids cross
+// to the host), else on the host from the downloaded logits.
+Result<std::vector<int32_t>> next_tokens(Engine& engine, const StepInput& step,
+                                         const SamplingConfig& sampling,
+                                         std::vector<Sequence>& sequences,
+                                         const std::vector<size_t>& owners) {
+  LlamaModel& model = engine.model();
+  const KvCacheView& cache = engine.kv_cache().view();
+  std::vector<int32_t> tokens(owners.size());
+  if (engine.backend().has_sampling()) {
+    std::vector<SamplingRow> rows;
+    std::vector<std::vector<int32_t>> history;
+    for (size_t owner : owners) {
+      const Sequence& sequence = sequences[owner];
+      rows.push_back(SamplingRow{sampling.greedy() ? 0.0f : sampling.temperature,
+                                 int32_t(sampling.top_k), sampling.top_p, sampling.min_p,
+                                 sampling.repetition_penalty, sampling.seed,
+                                 uint64_t(sequence.result.output_ids.size())});
+      if (sampling.repetition_penalty != 1.0f) history.push_back(sequence.tokens);
+    }
+    return model.forward_and_sample(step, cache, rows, history);
+  }
+  KITE_ASSIGN_OR_RETURN(std::vector<float> logits, model.forward(step, cache));
+  const size_t vocab = size_t(engine.config().model.vocab_size);
+  for (size_t row = 0; row < owners.size(); ++row) {
+    Sequence& sequence = sequences[owners[row]];
+    tokens[row] = sequence.sampler.sample(std::span<const float>(logits.data() + row * vocab, vocab),
+                                          sequence.tokens);
+  }
+  return tokens;
+}
+
 }  // namespace
 
 Result<std::vector<GenerationResult>> generate(Engine& engine, const GenerationRequest& request,
@@ -244,12 +276,11 @@ Result<std::vector<GenerationResult>> generate(Engine& engine, const GenerationR
     if (step.token_ids.empty()) break;
 
     const auto started = clock();
-    KITE_ASSIGN_OR_RETURN(std::vector<float> logits, engine.model().forward(step, cache.view()));
-    const size_t vocab = size_t(engine.config().model.vocab_size);
+    KITE_ASSIGN_OR_RETURN(std::vector<int32_t> tokens,
+                          next_tokens(engine, step, request.sampling, sequences, owners));
     for (size_t row = 0; row < owners.size(); ++row) {
       Sequence& sequence = sequences[owners[row]];
-      const std::span<const float> row_logits(logits.data() + row * vocab, vocab);
-      const int32_t token = sequence.sampler.sample(row_logits, sequence.tokens);
+      const int32_t token = tokens[row];
       sequence.tokens.push_back(token);
       sequence.result.output_ids.push_back(token);
       if (on_token) on_token(owners[row], token);

@@ -11,6 +11,7 @@
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/rms_norm.h"
 #include "kernels/cuda/rope.h"
+#include "kernels/cuda/sampling.h"
 
 namespace kite {
 namespace {
@@ -185,18 +186,29 @@ void CudaBackend::attention(const DeviceTensor& q, const AttentionBatch& batch,
   const int64_t query_heads = q.cols() / cache.head_dim;
   const size_t needed =
       cuda::attention_workspace_bytes(batch.num_tokens, query_heads, cache.head_dim, splits);
-  if (needed > attention_workspace_.size()) {
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    KITE_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
-    KITE_CHECK(capture == cudaStreamCaptureStatusNone);  // warm-up runs size it before capture
-    synchronize();  // the old workspace may still be read by queued kernels
-    attention_workspace_.reset();
-    Result<DeviceBuffer> buffer = allocate(needed);
-    KITE_CHECK(buffer.is_ok());
-    attention_workspace_ = std::move(*buffer);
-  }
+  reserve_scratch(attention_workspace_, needed);
   cuda::attention(q, batch, cache, layer, scale, sliding_window, out, splits,
                   attention_workspace_.data(), attention_workspace_.size(), stream_);
+}
+
+void CudaBackend::reserve_scratch(DeviceBuffer& buffer, size_t bytes) {
+  if (bytes <= buffer.size()) return;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  KITE_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
+  KITE_CHECK(capture == cudaStreamCaptureStatusNone);
+  synchronize();  // the old buffer may still be read by queued kernels
+  buffer.reset();
+  Result<DeviceBuffer> grown = allocate(bytes);
+  KITE_CHECK(grown.is_ok());
+  buffer = std::move(*grown);
+}
+
+void CudaBackend::sample(DeviceTensor& logits, const SamplingRow* rows, const int32_t* history,
+                         const int32_t* history_length, int64_t history_stride,
+                         int32_t* out_ids) {
+  reserve_scratch(sampling_workspace_, cuda::sampling_workspace_bytes(logits.rows(), logits.cols()));
+  cuda::sample(logits, rows, history, history_length, history_stride, out_ids,
+               sampling_workspace_.data(), sampling_workspace_.size(), stream_);
 }
 
 void CudaBackend::silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) {

@@ -59,11 +59,18 @@ class CudaBackend final : public Backend {
   void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) override;
   void gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& out) override;
   void convert(const DeviceTensor& source, DeviceTensor& destination) override;
+  // Sampling on the GPU (kernels/cuda/sampling.h): only the ids go back to the host.
+  bool has_sampling() const override { return true; }
+  void sample(DeviceTensor& logits, const SamplingRow* rows, const int32_t* history,
+              const int32_t* history_length, int64_t history_stride, int32_t* out_ids) override;
 
  private:
   CudaBackend(BackendOptions options, CudaDeviceInfo device, cudaStream_t stream,
               std::unique_ptr<cuda::GemmRunner> gemm);
   cuda::GemmTactic tactic_for(int64_t m, int64_t n, int64_t k) const;
+  // Grows `buffer` to `bytes`; never while the stream is being captured (the eager run of a shape
+  // sizes the scratch buffers before its capture).
+  void reserve_scratch(DeviceBuffer& buffer, size_t bytes);
 
   BackendOptions options_;
   CudaDeviceInfo device_;
@@ -71,6 +78,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::GemmRunner> gemm_;
   // Split-KV partial results; grown outside graph capture (the first step of a shape).
   DeviceBuffer attention_workspace_;
+  DeviceBuffer sampling_workspace_;  // likewise
   std::vector<cudaGraphExec_t> graphs_;  // by id; destroyed ones are null
 };
 

@@ -42,7 +42,7 @@ constexpr int32_t kNoIndex = INT32_MAX;
 // Shared-memory histograms add a weight as two 32-bit halves (bits 0-19 and 20-38), since 64-bit
 // shared atomics are compare-and-swap loops that crawl when lanes collide; 4096 additions at most
 // before a flush keep each half below 2^32.
-constexpr double kWeightScale = 549755813888.0;  // 2^39
+constexpr float kWeightScale = 549755813888.0f;  // 2^39
 constexpr int kLowWeightBits = 20;
 constexpr int kMaxAdditionsPerFlush = 4096;
 constexpr int64_t kMaxVocab = int64_t(1) << 24;
@@ -137,7 +137,7 @@ __device__ __forceinline__ float score_of_key(Wide key) {
 __device__ __forceinline__ Wide weight_of(float score, float max_score) {
   const float difference = __fsub_rn(score, max_score);
   if (!(difference > -100.0f)) return 0;  // -inf scores, and far below 2^-39 anyway
-  return __double2ull_rn(double(expf(difference)) * kWeightScale);
+  return __float2ull_rn(expf(difference) * kWeightScale);  // scaling by 2^39 is exact
 }
 
 __device__ __forceinline__ void add_weight(uint32_t* low, uint32_t* high, int bin, Wide weight) {
@@ -463,21 +463,25 @@ __global__ void __launch_bounds__(kSliceThreads)
   load_slice(logits + row * vocab, begin, end, values);
   RowPlan& plan = workspace.plans[row];
   const uint32_t low_bin = plan.low_bin, high_bin = plan.high_bin;
-  int32_t* candidates = workspace.candidates + row * vocab;
-  const int lane = threadIdx.x & 31;
+  uint32_t taken = 0;  // bit k: this thread's k-th logit is a candidate
 #pragma unroll
   for (int k = 0; k < kSlicePerThread; ++k) {
-    const int64_t i = begin + threadIdx.x + k * kSliceThreads;
     const uint32_t bin = coarse_bin(score_of(values[k], config.temperature));
-    const bool take = i < end && bin >= low_bin && bin <= high_bin;
-    const uint32_t mask = __ballot_sync(0xffffffffu, take);  // the whole warp is here
-    if (mask == 0) continue;
-    const int leader = __ffs(mask) - 1;
-    uint32_t first = 0;
-    if (lane == leader) first = atomicAdd(&plan.candidate_count, uint32_t(__popc(mask)));
-    first = __shfl_sync(0xffffffffu, first, leader);
-    if (take) candidates[first + __popc(mask & ((1u << lane) - 1))] = int32_t(i);
+    if (begin + threadIdx.x + k * kSliceThreads < end && bin >= low_bin && bin <= high_bin)
+      taken |= 1u << k;
   }
+  // One atomic per block on the row's counter; the threads write in turn after it.
+  __shared__ ScanScratch scratch;
+  __shared__ uint32_t block_first;
+  Wide block_total;
+  const uint32_t offset =
+      uint32_t(block_exclusive_sum<kSliceThreads>(Wide(__popc(taken)), &block_total, scratch));
+  if (block_total == 0) return;
+  if (threadIdx.x == 0) block_first = atomicAdd(&plan.candidate_count, uint32_t(block_total));
+  __syncthreads();
+  int32_t* candidates = workspace.candidates + row * vocab + block_first + offset;
+  for (int k = 0; taken != 0; ++k, taken >>= 1)
+    if (taken & 1) *candidates++ = int32_t(begin + threadIdx.x + k * kSliceThreads);
 }
 
 // ---- 5. finish: filters and draw over the candidates ----

@@ -12,16 +12,9 @@
 
 namespace kite::cuda {
 
-// Per-row sampling parameters, uploaded by the runtime; the same meaning as kite::SamplingConfig.
-struct SamplingRow {
-  float temperature;         // 0: greedy
-  int32_t top_k;             // 0: off; 1: greedy
-  float top_p;               // 1: off
-  float min_p;               // 0: off
-  float repetition_penalty;  // 1: off
-  uint64_t seed;
-  uint64_t step;  // which draw of this sequence: the counter of its random stream
-};
+// Per-row sampling parameters, uploaded by the runtime (model/batch.h); the same meaning as
+// kite::SamplingConfig plus the row's position in its random stream.
+using SamplingRow = kite::SamplingRow;
 
 // Bytes of device memory sample() needs for `rows` rows of `vocab_size` logits: about the size of
 // the logits (a list of candidate token ids per row) plus 25 KB per row.
