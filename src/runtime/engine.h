@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,8 @@ struct LoadOptions {
   // max_seq_len tokens of cache.
   double kv_cache_free_gpu_mem_fraction = 0.9;
   int device_index = 0;
+  // CUDA engines: overrides the engine's multi_block_mode (split-KV decode attention) when set.
+  std::optional<bool> multi_block_mode;
 };
 
 class Engine {

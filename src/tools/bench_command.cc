@@ -9,6 +9,7 @@
 
 #include "core/file.h"
 #include "core/progress.h"
+#include "kernels/backend_factory.h"
 #include "runtime/benchmark.h"
 #include "tools/command.h"
 
@@ -24,6 +25,9 @@ struct BenchFlags {
   double duration = 0;
   bool json = false;
   std::string output_json;
+  bool ceilings = false;
+  LoadOptions load;
+  std::string multi_block_mode;  // "", "true" or "false": overrides the engine's
 };
 
 Status run(const BenchFlags& flags) {
@@ -47,7 +51,23 @@ Status run(const BenchFlags& flags) {
   // Every case is checked before the (possibly slow) load and before anything runs.
   KITE_ASSIGN_OR_RETURN(EngineConfig config, read_engine_config(flags.engine_dir));
   KITE_RETURN_IF_ERROR(check_benchmark_cases(config.limits, cases));
-  KITE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::load(flags.engine_dir));
+  LoadOptions load = flags.load;
+  if (flags.multi_block_mode == "true" || flags.multi_block_mode == "false") {
+    load.multi_block_mode = flags.multi_block_mode == "true";
+  } else if (!flags.multi_block_mode.empty()) {
+    return invalid_argument("--multi_block_mode takes true or false");
+  }
+  if (flags.ceilings) {
+    // The GPU's own limits, measured in the same run as the cases they bound.
+    if (config.device != "cuda") return invalid_argument("--ceilings measures GPUs: a cuda engine");
+    KITE_ASSIGN_OR_RETURN(GpuIdentity gpu, gpu_identity(load.device_index));
+    KITE_ASSIGN_OR_RETURN(GpuCeilings ceilings, measure_gpu_ceilings(load.device_index));
+    std::printf("[CEILING] device \"%s\" copy_bandwidth(GB/s) %.1f bf16_gemm(TFLOP/s) %.1f\n",
+                gpu.name.c_str(), ceilings.copy_bytes_per_second / 1e9,
+                ceilings.bf16_gemm_flops_per_second / 1e12);
+    std::fflush(stdout);
+  }
+  KITE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::load(flags.engine_dir, load));
 
   const BenchmarkOptions options{.warm_up_runs = flags.warm_up,
                                  .min_runs = flags.num_runs,
@@ -102,6 +122,12 @@ Command add_bench_command(CLI::App& kite) {
   app->add_flag("--json", flags->json,
                 "Print one JSON object per case instead of [BENCHMARK] lines");
   app->add_option("--output_json", flags->output_json, "Write every case's results here (array)");
+  app->add_flag("--ceilings", flags->ceilings,
+                "First measure the GPU's copy bandwidth and bf16 GEMM rate ([CEILING] line)");
+  app->add_option("--multi_block_mode", flags->multi_block_mode,
+                  "true or false: override the engine's split-KV decode attention");
+  app->add_option("--kv_cache_free_gpu_mem_fraction", flags->load.kv_cache_free_gpu_mem_fraction,
+                  "Share of the free GPU memory the KV cache takes (0.9)");
   return Command{app, [flags] { return run(*flags); }};
 }
 

@@ -24,6 +24,7 @@ struct RunFlags {
   bool chat = false;
   std::string output_json;
   std::vector<std::string> stop_words;
+  LoadOptions load;
 };
 
 std::string json_quoted(const std::string& text) {
@@ -99,7 +100,7 @@ Status run(const RunFlags& flags) {
   }
   KITE_RETURN_IF_ERROR(validate_sampling_config(flags.sampling));
   if (flags.max_output_len < 1) return invalid_argument("--max_output_len must be >= 1");
-  KITE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::load(flags.engine_dir));
+  KITE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::load(flags.engine_dir, flags.load));
   const Tokenizer& tokenizer = engine->tokenizer();
   if (int64_t(flags.input_texts.size()) > engine->config().limits.max_batch_size) {
     return out_of_range(std::to_string(flags.input_texts.size()) +
@@ -195,6 +196,8 @@ Command add_run_command(CLI::App& kite) {
   app->add_flag("--streaming", flags->streaming, "Print tokens as they are generated");
   app->add_flag("--chat", flags->chat, "Wrap each prompt in the model's ChatML chat template");
   app->add_option("--output_json", flags->output_json, "Write input/output ids and texts here");
+  app->add_option("--kv_cache_free_gpu_mem_fraction", flags->load.kv_cache_free_gpu_mem_fraction,
+                  "CUDA engines: share of the free GPU memory the KV cache takes (0.9)");
   return Command{app, [flags] { return run(*flags); }};
 }
 

@@ -24,24 +24,27 @@ namespace {
 
 using Matrix = std::vector<std::vector<float>>;
 
-// A model on the CUDA backend with its own KV cache: each sequence owns a fixed run of blocks.
-class GpuModelRunner {
+// A model on a backend with its own KV cache (one sequence; blocks 0, 1, ... in order). The CUDA
+// backend computes in `dtype`, the CPU backend in float32 (its cache too).
+class ModelRunner {
  public:
-  GpuModelRunner(const ModelConfig& config, const WeightLookup& lookup, DType dtype,
-                 int64_t max_length) {
+  ModelRunner(BackendKind kind, const ModelConfig& config, const WeightLookup& lookup, DType dtype,
+              int64_t max_length) {
     BackendOptions options;
     options.activation_dtype = dtype;
     options.max_seq_len = max_length;
-    backend_ = std::move(make_backend(BackendKind::kCuda, options).value());
+    backend_ = std::move(make_backend(kind, options).value());
+    dtype = backend_->activation_dtype();
     model_ = std::make_unique<LlamaModel>(
         *backend_, config, load_llama_weights(*backend_, config, lookup, "test").value());
-    cache_ = KvCacheView{nullptr, dtype, config.num_hidden_layers, 0, config.num_key_value_heads,
-                         16, config.head_dim};
+    cache_ = KvCacheView{
+        nullptr, dtype,          config.num_hidden_layers, 0, config.num_key_value_heads,
+        16,      config.head_dim};
     blocks_ = (max_length + cache_.block_size - 1) / cache_.block_size;
     cache_.num_blocks = blocks_;
-    cache_buffer_ = backend_->allocate(size_t(cache_.num_layers * cache_.layer_elements()) *
-                                       dtype_size(dtype))
-                        .value();
+    cache_buffer_ =
+        backend_->allocate(size_t(cache_.num_layers * cache_.layer_elements()) * dtype_size(dtype))
+            .value();
     cache_.data = cache_buffer_.data();
   }
 
@@ -87,11 +90,15 @@ double relative_difference(const std::vector<float>& a, const std::vector<float>
   return difference / largest;
 }
 
-// bfloat16 weights against float32 references: each weight carries a relative rounding of up to
-// 2^-9, activations are rounded between ops, so logits differ from the float32 reference by about a
-// percent of their scale on these 2-layer models. A greedy step may then legitimately differ where
-// the reference's top-2 margin is within twice the logit error measured on the prompt.
-constexpr double kBf16LogitTolerance = 0.04;
+// The golden models' weights are N(0, 0.2^2) in float32, and their logits are sums with much
+// cancellation: rounding the weights to bfloat16 alone moves the logits by up to 7% of their
+// largest magnitude (the CPU engine on the rounded weights shows it; measured on an H100: 0.067),
+// and bfloat16 activations move them by as much again (GPU against the CPU engine on the same
+// weights: at most 0.083; transformers' own bf16 mode rounds the same way). The bounds: 0.1 of the
+// logit scale for both. A greedy step may legitimately differ where the reference's top-2 margin
+// is within twice that; 453 of 474 greedy tokens agree.
+constexpr double kBf16ActivationTolerance = 0.1;
+constexpr double kBf16LogitTolerance = 0.1;
 
 TEST(CudaGolden, Bf16MatchesTransformers) {
   KITE_REQUIRE_GPU();
@@ -130,21 +137,29 @@ TEST(CudaGolden, Bf16MatchesTransformers) {
     for (size_t p = 0; p < prompts.size(); ++p) {
       const auto prompt = prompts[p].at("prompt").get<std::vector<int32_t>>();
       const auto greedy = prompts[p].at("greedy_tokens").get<std::vector<int32_t>>();
-      GpuModelRunner runner(config, lookup, DType::kBF16,
-                            int64_t(prompt.size() + greedy.size()) + 1);
+      const int64_t max_length = int64_t(prompt.size() + greedy.size()) + 1;
+      ModelRunner runner(BackendKind::kCuda, config, lookup, DType::kBF16, max_length);
       const Matrix prefill = runner.step(prompt);
+      ModelRunner cpu_runner(BackendKind::kCpu, config, lookup, DType::kF32, max_length);
+      const Matrix cpu_prefill = cpu_runner.step(prompt);
       const std::vector<float> expected =
           to_float32(logits_file.tensor("logits_" + std::to_string(p)).value()).value();
       const size_t vocab = size_t(config.vocab_size);
-      double worst = 0;
+      double worst = 0, worst_cpu = 0, worst_weights = 0;
       for (size_t t = 0; t < prompt.size(); ++t) {
         const std::vector<float> expected_row(expected.begin() + t * vocab,
                                               expected.begin() + (t + 1) * vocab);
         worst = std::max(worst, relative_difference(prefill[t], expected_row));
+        worst_cpu = std::max(worst_cpu, relative_difference(prefill[t], cpu_prefill[t]));
+        worst_weights = std::max(worst_weights, relative_difference(cpu_prefill[t], expected_row));
       }
       EXPECT_LT(worst, kBf16LogitTolerance) << "prompt " << p;
-      std::printf("[ LOGITS   ] %s prompt %zu: max error %.4f of the logit scale\n",
-                  std::filesystem::path(directory).filename().c_str(), p, worst);
+      EXPECT_LT(worst_cpu, kBf16ActivationTolerance) << "prompt " << p;
+      std::printf(
+          "[ LOGITS   ] %s prompt %zu: max error of the logit scale: GPU vs transformers "
+          "%.4f, GPU vs CPU (same bf16 weights) %.4f, CPU (bf16 weights) vs "
+          "transformers %.4f\n",
+          std::filesystem::path(directory).filename().c_str(), p, worst, worst_cpu, worst_weights);
       // Greedy continuation, one decode step per token (the decode attention kernel).
       const auto& steps = prompts[p].at("steps");
       std::vector<float> last = prefill.back();
@@ -183,10 +198,10 @@ TEST(CudaSmolLM2, GreedyTokensMatchCpuEngineAndLlamaCpp) {
                                         "/ckpt --dtype bfloat16");
   ASSERT_EQ(converted.exit_code, 0) << converted.output;
   for (const char* device : {"cpu", "cuda"}) {
-    const auto built = test::run_kite("build --checkpoint_dir " + directory +
-                                      "/ckpt --output_dir " + directory + "/engine_" + device +
-                                      " --device " + device +
-                                      " --max_batch_size 8 --max_input_len 256 --max_seq_len 320");
+    const auto built =
+        test::run_kite("build --checkpoint_dir " + directory + "/ckpt --output_dir " + directory +
+                       "/engine_" + device + " --device " + device +
+                       " --max_batch_size 8 --max_input_len 256 --max_seq_len 320");
     ASSERT_EQ(built.exit_code, 0) << built.output;
   }
   auto cpu = Engine::load(directory + "/engine_cpu");
@@ -203,26 +218,53 @@ TEST(CudaSmolLM2, GreedyTokensMatchCpuEngineAndLlamaCpp) {
   // All 8 prompts as one batch on the GPU (prefill of different lengths, then batched decode).
   const auto gpu_results = generate(**gpu, request).value();
   const auto cpu_results = generate(**cpu, request).value();
+  // Each continuation is compared up to its first difference, which must come at a step where
+  // llama.cpp's top-2 margin is within bf16 noise (its logits are about 20 in size; a few bf16
+  // roundings of that are tenths). Many of SmolLM2's steps have margins below 0.1.
+  constexpr double kBf16DecisiveMargin = 0.5;
   int same_as_cpu = 0, same_as_llama_cpp = 0;
   for (size_t p = 0; p < gpu_results.size(); ++p) {
     const auto& ours = gpu_results[p].output_ids;
     const auto& steps = fixture.at("greedy").at("prompts")[p].at("steps");
-    for (size_t i = 0; i < ours.size() && ours[i] == cpu_results[p].output_ids[i]; ++i) {
-      ++same_as_cpu;
+    for (const auto* other :
+         {&cpu_results[p].output_ids, static_cast<const std::vector<int32_t>*>(nullptr)}) {
+      size_t i = 0;
+      while (i < ours.size() &&
+             ours[i] == (other ? (*other)[i] : steps[i].at("token").get<int32_t>())) {
+        ++i;
+      }
+      (other ? same_as_cpu : same_as_llama_cpp) += int(i);
+      if (i < ours.size()) {
+        EXPECT_LT(steps[i].at("margin").get<double>(), kBf16DecisiveMargin)
+            << "prompt " << p << " parts from " << (other ? "the CPU engine" : "llama.cpp")
+            << " at step " << i;
+      }
     }
-    for (size_t i = 0; i < ours.size() && ours[i] == steps[i].at("token").get<int32_t>(); ++i) {
-      ++same_as_llama_cpp;
-    }
-    std::printf("[ PROMPT %zu ] %s\n", p,
-                (*gpu)->tokenizer().decode(ours).c_str());
+    std::printf("[ PROMPT %zu ] %s\n", p, (*gpu)->tokenizer().decode(ours).c_str());
   }
-  std::printf("[ TOKENS   ] GPU bf16 vs CPU bf16-weight engine: %d of 256 leading tokens equal; vs "
-              "llama.cpp f32: %d of 256\n",
-              same_as_cpu, same_as_llama_cpp);
-  // bf16 activations against float32 ones: near-ties may flip late in a continuation, but most
-  // of each continuation must agree.
-  EXPECT_GE(same_as_cpu, 200);
-  EXPECT_GE(same_as_llama_cpp, 160);
+  std::printf(
+      "[ TOKENS   ] GPU bf16 vs CPU bf16-weight engine: %d of 256 leading tokens equal; vs "
+      "llama.cpp f32: %d of 256\n",
+      same_as_cpu, same_as_llama_cpp);
+
+  // Sampling on the GPU: the same seed repeats itself exactly (graphs replayed, counter-based
+  // random stream), another seed gives another continuation; a repetition penalty runs too.
+  request.sampling = SamplingConfig{.temperature = 0.8f,
+                                    .top_k = 40,
+                                    .top_p = 0.95f,
+                                    .min_p = 0.02f,
+                                    .repetition_penalty = 1.1f,
+                                    .seed = 7};
+  const auto first = generate(**gpu, request).value();
+  const auto second = generate(**gpu, request).value();
+  request.sampling.seed = 8;
+  const auto other = generate(**gpu, request).value();
+  int differing = 0;
+  for (size_t p = 0; p < first.size(); ++p) {
+    EXPECT_EQ(first[p].output_ids, second[p].output_ids) << "prompt " << p;
+    differing += first[p].output_ids != other[p].output_ids;
+  }
+  EXPECT_GE(differing, 4);
 }
 
 }  // namespace

@@ -232,6 +232,12 @@ TEST(CudaSampling, FiltersDrawFromTheHostDistribution) {
   expect_host_distribution("top_k and top_p, V 128256", large, make_row(1.0f, 50, 0.95f));
   expect_host_distribution("min_p, V 128256", large, make_row(1.2f, 0, 1.0f, 0.05f));
   expect_host_distribution("top_k 2000, V 128256", large, make_row(1.0f, 2000));
+  // More candidates than the finish keeps in shared memory (4096).
+  expect_host_distribution("top_p 0.99 at temperature 1.5, V 128256", large,
+                           make_row(1.5f, 0, 0.99f));
+  expect_host_distribution("top_k 20000, V 128256", large, make_row(1.0f, 20000));
+  const std::vector<float> flat = test::random_values(size_t(kLlama3Vocab), 7, 0.5f);
+  expect_host_distribution("temperature only, flat, V 128256", flat, make_row(1.0f));
 }
 
 TEST(CudaSampling, TiesFollowTheHostOrder) {

@@ -3,15 +3,16 @@
 // among ties), and every filter and the draw itself becomes "find the first token, in that order,
 // at which a running count or probability mass reaches a target": a radix select.
 //
-// Kernels, in stream order (R rows of V logits; a slice is kSliceSize logits of one row):
-//  1. penalty_and_max  [slices, R]  repetition penalty in place; max and argmax of each slice
-//  2. coarse_histogram [slices, R]  per row: count and mass of tokens per 11-bit key prefix
-//  3. plan             [R]          per row: the range of prefixes that can hold the answer
-//  4. gather           [slices, R]  per row: the ids of the tokens in that range (candidates)
-//  5. finish           [R]          per row: filters and draw by radix select over candidates
-// A greedy row stops after 1 (its answer is the argmax). A row with filters gathers every token
-// that may survive them (k tokens for top-k, the nucleus for top-p); a row with none gathers only
-// the prefix that the draw falls into.
+// Three kernels over [slices, R] blocks (a slice is kSliceSize logits of one row); the last block
+// of a row through a kernel's first part runs the row's epilogue:
+//  1. penalty_and_max     repetition penalty in place; max and argmax of each slice
+//  2. histogram_and_plan  count and mass of the row's tokens per 11-bit key prefix (coarse bin);
+//                         epilogue: greedy rows write the argmax, the others choose the bins that
+//                         can hold their answer
+//  3. gather_and_finish   the keys of the tokens in those bins (candidates); epilogue: filters
+//                         and draw by radix select over the candidates
+// A row with filters gathers every token that may survive them (k tokens for top-k, the nucleus
+// for top-p); a row with none gathers only the bin that its draw falls into.
 #include "kernels/cuda/sampling.h"
 
 #include <cmath>
@@ -26,15 +27,13 @@ namespace {
 using Wide = unsigned long long;  // the type CUDA's 64-bit atomics take
 
 constexpr int kSliceSize = 4096;
-constexpr int kSliceThreads = 256;
-constexpr int kSlicePerThread = kSliceSize / kSliceThreads;
+constexpr int kThreads = 256;  // every kernel's block
+constexpr int kSlicePerThread = kSliceSize / kThreads;
 constexpr int kCoarseBits = 11;
 constexpr int kCoarseBins = 1 << kCoarseBits;
-constexpr int kPlanThreads = 256;
-constexpr int kFinishThreads = 512;
 constexpr int kDigitBits = 8;
 constexpr int kDigitBins = 1 << kDigitBits;
-constexpr int kCachedCandidates = 4096;  // finish() keeps up to this many keys in shared memory
+constexpr int kCachedCandidates = 4096;  // the finish keeps up to this many keys in shared memory
 constexpr int32_t kNoIndex = INT32_MAX;
 // exp(score - max) in [0, 1] is counted in units of 2^-39: integer sums are exact and the same in
 // any order, so every kernel sees the same masses and a replay the same draws. Tokens more than
@@ -53,13 +52,14 @@ struct SliceMax {
   int32_t index;  // its lowest index
 };
 
-// What plan() decides for one row and the later kernels read.
+// What the plan decides for one row, and the counters of its blocks.
 struct RowPlan {
   float max_score;   // the largest score (penalized logit / temperature)
-  int32_t argmax;    // lowest index of the largest penalized logit
   uint32_t low_bin;  // candidates: tokens whose coarse bin is in [low_bin, high_bin]
   uint32_t high_bin;
-  uint32_t candidate_count;  // counted by gather()
+  uint32_t candidate_count;  // counted by gather_and_finish
+  uint32_t histogram_done;   // blocks of the row through histogram_and_plan's first part
+  uint32_t gather_done;      // ... and through gather_and_finish's
   Wide total_weight;         // mass of the whole row
   Wide weight_above;         // mass of the tokens in bins above high_bin
   Wide draw;                 // rows without filters: the draw, in [0, total_weight)
@@ -70,7 +70,7 @@ struct Workspace {
   uint32_t* bin_counts;  // [R, kCoarseBins]
   Wide* bin_weights;     // [R, kCoarseBins]
   RowPlan* plans;        // [R]
-  int32_t* candidates;   // [R, V]
+  Wide* candidates;      // [R, V] keys
 };
 
 size_t align_up(size_t bytes) {
@@ -97,7 +97,7 @@ Workspace carve(void* base, int64_t rows, int64_t vocab, size_t* bytes) {
   workspace.bin_counts = reinterpret_cast<uint32_t*>(take(row_count * kCoarseBins * 4));
   workspace.bin_weights = reinterpret_cast<Wide*>(take(row_count * kCoarseBins * 8));
   workspace.plans = reinterpret_cast<RowPlan*>(take(row_count * sizeof(RowPlan)));
-  workspace.candidates = reinterpret_cast<int32_t*>(take(row_count * size_t(vocab) * 4));
+  workspace.candidates = reinterpret_cast<Wide*>(take(row_count * size_t(vocab) * 8));
   *bytes = offset;
   return workspace;
 }
@@ -174,13 +174,13 @@ __device__ __forceinline__ Wide draw_below(const SamplingRow& row, Wide total) {
   return __umul64hi(philox_random(row.seed, row.step), total);
 }
 
-// This thread's logits of a slice, indices begin + threadIdx.x + k * kSliceThreads, all loads in
+// This thread's logits of a slice, indices begin + threadIdx.x + k * kThreads, all loads in
 // flight at once; -inf past the end.
 __device__ __forceinline__ void load_slice(const float* row_logits, int64_t begin, int64_t end,
                                            float (&values)[kSlicePerThread]) {
 #pragma unroll
   for (int k = 0; k < kSlicePerThread; ++k) {
-    const int64_t i = begin + threadIdx.x + k * kSliceThreads;
+    const int64_t i = begin + threadIdx.x + k * kThreads;
     values[k] = i < end ? row_logits[i] : -INFINITY;
   }
 }
@@ -264,9 +264,57 @@ __device__ __forceinline__ bool better(float value, int32_t index, float best, i
   return value > best || (value == best && index < best_index) || best_index == kNoIndex;
 }
 
+// The best (largest value, then lowest index) of the threads' candidates; every thread gets it.
+__device__ SliceMax block_best(float best, int32_t best_index) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float other = __shfl_xor_sync(0xffffffffu, best, offset);
+    const int32_t other_index = __shfl_xor_sync(0xffffffffu, best_index, offset);
+    if (other_index != kNoIndex && better(other, other_index, best, best_index))
+      best = other, best_index = other_index;
+  }
+  __shared__ SliceMax warp_best[kThreads / 32];
+  __syncthreads();  // a previous call may still be reading
+  if ((threadIdx.x & 31) == 0) warp_best[threadIdx.x >> 5] = {best, best_index};
+  __syncthreads();
+  for (int w = 0; w < kThreads / 32; ++w) {
+    if (warp_best[w].index != kNoIndex &&
+        better(warp_best[w].value, warp_best[w].index, best, best_index))
+      best = warp_best[w].value, best_index = warp_best[w].index;
+  }
+  return {best, best_index};
+}
+
+// True in the last block of the row to arrive; that block then sees the global-memory writes of
+// every block of the row before theirs (fences on both sides of the count).
+__device__ bool last_block_of_row(uint32_t* done, uint32_t blocks) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(done, 1u) == blocks - 1;
+    __threadfence();
+  }
+  __syncthreads();
+  return last;
+}
+
+// The row's largest penalized logit and its lowest index, from the slice maxima; every thread of
+// the block gets it.
+__device__ SliceMax row_max(const Workspace& workspace, int64_t row, int64_t slices) {
+  float best = -INFINITY;
+  int32_t best_index = kNoIndex;
+  for (int64_t slice = threadIdx.x; slice < slices; slice += kThreads) {
+    const SliceMax other = workspace.slice_max[row * slices + slice];
+    if (better(other.value, other.index, best, best_index))
+      best = other.value, best_index = other.index;
+  }
+  return block_best(best, best_index);
+}
+
 // ---- 1. repetition penalty and slice maxima ----
 
-__global__ void __launch_bounds__(kSliceThreads)
+__global__ void __launch_bounds__(kThreads)
     penalty_and_max_kernel(float* logits, const SamplingRow* rows, const int32_t* history,
                            const int32_t* history_length, int64_t history_stride, int64_t vocab,
                            Workspace workspace) {
@@ -275,22 +323,22 @@ __global__ void __launch_bounds__(kSliceThreads)
   float* row_logits = logits + row * vocab;
   const int64_t begin = slice * kSliceSize, end = min(begin + kSliceSize, vocab);
 
-  // The row's coarse histogram is filled by the next kernel; its slices clear it here.
-  for (int64_t bin = slice * kSliceThreads + threadIdx.x; bin < kCoarseBins;
-       bin += slices * kSliceThreads) {
+  // The next kernel fills the row's coarse histogram and counts its blocks; clear both here.
+  for (int64_t bin = slice * kThreads + threadIdx.x; bin < kCoarseBins; bin += slices * kThreads) {
     workspace.bin_counts[row * kCoarseBins + bin] = 0;
     workspace.bin_weights[row * kCoarseBins + bin] = 0;
   }
+  if (slice == 0 && threadIdx.x == 0) workspace.plans[row].histogram_done = 0;
 
   const float penalty = config.repetition_penalty;
   if (penalty != 1.0f && history_length != nullptr) {
     // Each distinct token once, as the host does: the first thread to mark a token applies it.
     __shared__ uint32_t seen[kSliceSize / 32];
-    for (int word = threadIdx.x; word < kSliceSize / 32; word += kSliceThreads) seen[word] = 0;
+    for (int word = threadIdx.x; word < kSliceSize / 32; word += kThreads) seen[word] = 0;
     __syncthreads();
     const int32_t* tokens = history + row * history_stride;
     const int64_t length = history_length[row];
-    for (int64_t i = threadIdx.x; i < length; i += kSliceThreads) {
+    for (int64_t i = threadIdx.x; i < length; i += kThreads) {
       const int32_t token = tokens[i];
       if (token < begin || token >= end) continue;
       const int offset = int(token - begin);
@@ -308,101 +356,35 @@ __global__ void __launch_bounds__(kSliceThreads)
   int32_t best_index = kNoIndex;
 #pragma unroll
   for (int k = 0; k < kSlicePerThread; ++k) {  // in index order: ties keep the lowest index
-    const int64_t i = begin + threadIdx.x + k * kSliceThreads;
+    const int64_t i = begin + threadIdx.x + k * kThreads;
     if (i < end && better(values[k], int32_t(i), best, best_index))
       best = values[k], best_index = int32_t(i);
   }
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    const float other = __shfl_xor_sync(0xffffffffu, best, offset);
-    const int32_t other_index = __shfl_xor_sync(0xffffffffu, best_index, offset);
-    if (other_index != kNoIndex && better(other, other_index, best, best_index))
-      best = other, best_index = other_index;
-  }
-  __shared__ SliceMax warp_best[kSliceThreads / 32];
-  if ((threadIdx.x & 31) == 0) warp_best[threadIdx.x >> 5] = {best, best_index};
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < kSliceThreads / 32; ++w) {
-      if (warp_best[w].index != kNoIndex &&
-          better(warp_best[w].value, warp_best[w].index, best, best_index))
-        best = warp_best[w].value, best_index = warp_best[w].index;
-    }
-    workspace.slice_max[row * slices + slice] = {best, best_index};
-  }
+  const SliceMax slice_best = block_best(best, best_index);
+  if (threadIdx.x == 0) workspace.slice_max[row * slices + slice] = slice_best;
 }
 
-// The row's largest penalized logit and its lowest index, from the slice maxima (slices in index
-// order, so the first slice holding the maximum holds its lowest index).
-__device__ SliceMax row_max(const Workspace& workspace, int64_t row, int64_t slices) {
-  SliceMax best = workspace.slice_max[row * slices];
-  for (int64_t slice = 1; slice < slices; ++slice) {
-    const SliceMax other = workspace.slice_max[row * slices + slice];
-    if (other.value > best.value) best = other;
-  }
-  return best;
-}
+// ---- 2. coarse histogram, then the plan: which coarse bins hold the candidates ----
 
-// ---- 2. coarse histogram: count and mass per 11-bit key prefix ----
-
-__global__ void __launch_bounds__(kSliceThreads)
-    coarse_histogram_kernel(const float* logits, const SamplingRow* rows, int64_t vocab,
-                            Workspace workspace) {
-  const int64_t row = blockIdx.y, slice = blockIdx.x, slices = gridDim.x;
-  const SamplingRow config = rows[row];
-  if (is_greedy(config)) return;
-  const int64_t begin = slice * kSliceSize, end = min(begin + kSliceSize, vocab);
-  float values[kSlicePerThread];
-  load_slice(logits + row * vocab, begin, end, values);
-  // Every thread reads the slice maxima (the same few words): no barrier needed.
-  const float max_score = score_of(row_max(workspace, row, slices).value, config.temperature);
-
-  __shared__ uint32_t counts[kCoarseBins], low[kCoarseBins], high[kCoarseBins];
-  for (int bin = threadIdx.x; bin < kCoarseBins; bin += kSliceThreads)
-    counts[bin] = low[bin] = high[bin] = 0;
-  __syncthreads();
-#pragma unroll
-  for (int k = 0; k < kSlicePerThread; ++k) {
-    if (begin + threadIdx.x + k * kSliceThreads >= end) break;
-    const float score = score_of(values[k], config.temperature);
-    const int bin = int(coarse_bin(score));
-    atomicAdd(&counts[bin], 1u);
-    add_weight(low, high, bin, weight_of(score, max_score));
-  }
-  __syncthreads();
-  for (int bin = threadIdx.x; bin < kCoarseBins; bin += kSliceThreads) {
-    if (counts[bin] == 0) continue;
-    atomicAdd(&workspace.bin_counts[row * kCoarseBins + bin], counts[bin]);
-    const Wide weight = joined_weight(low[bin], high[bin]);
-    if (weight != 0) atomicAdd(&workspace.bin_weights[row * kCoarseBins + bin], weight);
-  }
-}
-
-// ---- 3. plan: which coarse bins hold the candidates ----
-
-__global__ void __launch_bounds__(kPlanThreads)
-    plan_kernel(const SamplingRow* rows, int64_t vocab, int64_t slices, Workspace workspace) {
-  const int64_t row = blockIdx.x;
-  const SamplingRow config = rows[row];
+// Run by the row's last block once the row's histogram is complete; counts and weights are
+// shared memory for the row's histogram.
+__device__ void plan_row(const SamplingRow& config, int64_t vocab, float max_score,
+                         const Workspace& workspace, int64_t row, uint32_t* counts, Wide* weights,
+                         ScanScratch& scratch) {
   RowPlan& plan = workspace.plans[row];
-  __shared__ ScanScratch scratch;
-  const SliceMax best = row_max(workspace, row, slices);
-  if (threadIdx.x == 0) {
-    plan.argmax = best.index;
-    plan.candidate_count = 0;
+  for (int bin = threadIdx.x; bin < kCoarseBins; bin += kThreads) {
+    // Written by other blocks' atomics: read from L2.
+    counts[bin] = __ldcg(&workspace.bin_counts[row * kCoarseBins + bin]);
+    weights[bin] = __ldcg(&workspace.bin_weights[row * kCoarseBins + bin]);
   }
-  if (is_greedy(config)) return;
-
-  const uint32_t* counts = workspace.bin_counts + row * kCoarseBins;
-  const Wide* weights = workspace.bin_weights + row * kCoarseBins;
+  __syncthreads();
   auto count_of = [&](int bin) { return Wide(counts[bin]); };
   auto weight_of_bin = [&](int bin) { return weights[bin]; };
-  const float max_score = score_of(best.value, config.temperature);
-  constexpr int kPerThread = kCoarseBins / kPlanThreads;
+  constexpr int kPerThread = kCoarseBins / kThreads;
   Wide own = 0;
 #pragma unroll
-  for (int i = 0; i < kPerThread; ++i) own += weights[threadIdx.x * kPerThread + i];
-  const Wide total_weight = block_sum<kPlanThreads>(own, scratch);
+  for (int i = 0; i < kPerThread; ++i) own += weight_of_bin(threadIdx.x * kPerThread + i);
+  const Wide total_weight = block_sum<kThreads>(own, scratch);
 
   const bool top_k = config.top_k > 0 && config.top_k < vocab;
   const bool top_p = config.top_p < 1.0f;
@@ -413,26 +395,27 @@ __global__ void __launch_bounds__(kPlanThreads)
     // No filter: the draw is known now; only its bin needs looking into.
     draw = draw_below(config, total_weight);
     const Crossing crossing =
-        find_crossing<kPlanThreads, kCoarseBins>(weight_of_bin, draw + 1, 0, scratch);
-    // Not found only when every logit is -inf: finish() then falls back to the argmax.
+        find_crossing<kThreads, kCoarseBins>(weight_of_bin, draw + 1, 0, scratch);
+    // Not found only when every logit is -inf: the finish then falls back to the argmax.
     low_bin = high_bin = uint32_t(max(crossing.bin, 0));
     weight_above = crossing.bin >= 0 ? crossing.before : 0;
   } else {
     // Every token that survives the filters lies in a bin >= low_bin. Top-k keeps bins from the
     // one holding the k-th token up. Top-p keeps a token only if the mass above it is below
     // top_p * Z (Z: the mass after top-k, at most the row's), so bins under the one where the
-    // running mass reaches top_p * total are out; but with top-k on, finish() needs all of the
+    // running mass reaches top_p * total are out; but with top-k on, the finish needs all of the
     // top-k set to compute Z. Min-p keeps scores >= max + log(min_p).
     uint32_t k_bin = 0, p_bin = 0, m_bin = 0;
     if (top_k) {
-      k_bin = uint32_t(max(
-          find_crossing<kPlanThreads, kCoarseBins>(count_of, Wide(config.top_k), 0, scratch).bin,
-          0));
+      const Crossing crossing =
+          find_crossing<kThreads, kCoarseBins>(count_of, Wide(config.top_k), 0, scratch);
+      k_bin = uint32_t(max(crossing.bin, 0));
     }
     if (top_p) {
       const Wide target = max(__double2ull_ru(double(config.top_p) * double(total_weight)), 1ull);
-      p_bin = uint32_t(
-          max(find_crossing<kPlanThreads, kCoarseBins>(weight_of_bin, target, 0, scratch).bin, 0));
+      const Crossing crossing =
+          find_crossing<kThreads, kCoarseBins>(weight_of_bin, target, 0, scratch);
+      p_bin = uint32_t(max(crossing.bin, 0));
     }
     if (min_p) {
       const double threshold = double(max_score) + log(double(config.min_p));
@@ -444,47 +427,58 @@ __global__ void __launch_bounds__(kPlanThreads)
     plan.max_score = max_score;
     plan.low_bin = low_bin;
     plan.high_bin = high_bin;
+    plan.candidate_count = 0;  // the next kernel gathers and counts its blocks
+    plan.gather_done = 0;
     plan.total_weight = total_weight;
     plan.weight_above = weight_above;
     plan.draw = draw;
   }
 }
 
-// ---- 4. gather the candidates' ids ----
-
-__global__ void __launch_bounds__(kSliceThreads)
-    gather_kernel(const float* logits, const SamplingRow* rows, int64_t vocab,
-                  Workspace workspace) {
-  const int64_t row = blockIdx.y, slice = blockIdx.x;
+__global__ void __launch_bounds__(kThreads)
+    histogram_and_plan_kernel(const float* logits, const SamplingRow* rows, int64_t vocab,
+                              int32_t* out_ids, Workspace workspace) {
+  const int64_t row = blockIdx.y, slice = blockIdx.x, slices = gridDim.x;
   const SamplingRow config = rows[row];
-  if (is_greedy(config)) return;
+  const SliceMax best = row_max(workspace, row, slices);
+  if (is_greedy(config)) {
+    if (slice == 0 && threadIdx.x == 0) out_ids[row] = best.index;
+    return;
+  }
   const int64_t begin = slice * kSliceSize, end = min(begin + kSliceSize, vocab);
   float values[kSlicePerThread];
   load_slice(logits + row * vocab, begin, end, values);
-  RowPlan& plan = workspace.plans[row];
-  const uint32_t low_bin = plan.low_bin, high_bin = plan.high_bin;
-  uint32_t taken = 0;  // bit k: this thread's k-th logit is a candidate
+  const float max_score = score_of(best.value, config.temperature);
+
+  // The slice's histogram; the row's in the epilogue, where 64-bit weights replace the halves.
+  __shared__ uint32_t counts[kCoarseBins];
+  __shared__ Wide halves[kCoarseBins];
+  __shared__ ScanScratch scratch;
+  uint32_t* low = reinterpret_cast<uint32_t*>(halves);
+  uint32_t* high = low + kCoarseBins;
+  for (int bin = threadIdx.x; bin < kCoarseBins; bin += kThreads)
+    counts[bin] = low[bin] = high[bin] = 0;
+  __syncthreads();
 #pragma unroll
   for (int k = 0; k < kSlicePerThread; ++k) {
-    const uint32_t bin = coarse_bin(score_of(values[k], config.temperature));
-    if (begin + threadIdx.x + k * kSliceThreads < end && bin >= low_bin && bin <= high_bin)
-      taken |= 1u << k;
+    if (begin + threadIdx.x + k * kThreads >= end) break;
+    const float score = score_of(values[k], config.temperature);
+    const int bin = int(coarse_bin(score));
+    atomicAdd(&counts[bin], 1u);
+    add_weight(low, high, bin, weight_of(score, max_score));
   }
-  // One atomic per block on the row's counter; the threads write in turn after it.
-  __shared__ ScanScratch scratch;
-  __shared__ uint32_t block_first;
-  Wide block_total;
-  const uint32_t offset =
-      uint32_t(block_exclusive_sum<kSliceThreads>(Wide(__popc(taken)), &block_total, scratch));
-  if (block_total == 0) return;
-  if (threadIdx.x == 0) block_first = atomicAdd(&plan.candidate_count, uint32_t(block_total));
   __syncthreads();
-  int32_t* candidates = workspace.candidates + row * vocab + block_first + offset;
-  for (int k = 0; taken != 0; ++k, taken >>= 1)
-    if (taken & 1) *candidates++ = int32_t(begin + threadIdx.x + k * kSliceThreads);
+  for (int bin = threadIdx.x; bin < kCoarseBins; bin += kThreads) {
+    if (counts[bin] == 0) continue;
+    atomicAdd(&workspace.bin_counts[row * kCoarseBins + bin], counts[bin]);
+    const Wide weight = joined_weight(low[bin], high[bin]);
+    if (weight != 0) atomicAdd(&workspace.bin_weights[row * kCoarseBins + bin], weight);
+  }
+  if (last_block_of_row(&workspace.plans[row].histogram_done, uint32_t(slices)))
+    plan_row(config, vocab, max_score, workspace, row, counts, halves, scratch);
 }
 
-// ---- 5. finish: filters and draw over the candidates ----
+// ---- 3. gather the candidates, then the finish: filters and draw over them ----
 
 struct FinishShared {
   Wide keys[kCachedCandidates];  // the candidates' keys when they fit
@@ -494,21 +488,33 @@ struct FinishShared {
   Wide weights[kDigitBins];
   ScanScratch scan;
   uint32_t differing_low, differing_high;
+  uint32_t first_candidate;
   Wide found_key;
 };
 
+// More candidates than shared memory holds: their keys in global memory, in gathering order.
 struct Candidates {
-  const float* logits;  // the row's
-  const int32_t* ids;
-  const Wide* cached_keys;  // null when the keys did not fit in shared memory
+  const Wide* keys;
   uint32_t count;
-  float temperature;
   float max_score;
 
-  __device__ Wide key(uint32_t j) const {
-    if (cached_keys) return cached_keys[j];
-    const int32_t index = ids[j];
-    return rank_key(score_of(logits[index], temperature), index);
+  __device__ Wide key(uint32_t j) const { return __ldcg(&keys[j]); }  // gathered by other blocks
+
+  // Calls f(key) for this thread's share of candidates [begin, end), loading 8 keys at a time.
+  template <typename Function>
+  __device__ void for_each(uint32_t begin, uint32_t end, Function&& f) const {
+    constexpr int kBatch = 8;
+    for (uint32_t base = begin + threadIdx.x; base < end; base += kBatch * kThreads) {
+      Wide batch[kBatch];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const uint32_t j = base + b * kThreads;
+        batch[b] = j < end ? key(j) : 0;
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b)
+        if (base + b * kThreads < end) f(batch[b]);
+    }
   }
 };
 
@@ -544,8 +550,7 @@ __device__ KeyRange key_range(const Candidates& candidates, FinishShared& shared
   __syncthreads();
   const Wide first = candidates.key(0);
   Wide differing = 0;
-  for (uint32_t j = threadIdx.x; j < candidates.count; j += kFinishThreads)
-    differing |= candidates.key(j) ^ first;
+  candidates.for_each(0, candidates.count, [&](Wide key) { differing |= key ^ first; });
   const uint32_t low = __reduce_or_sync(0xffffffffu, uint32_t(differing));
   const uint32_t high = __reduce_or_sync(0xffffffffu, uint32_t(differing >> 32));
   if ((threadIdx.x & 31) == 0) {
@@ -574,7 +579,7 @@ __device__ Selection select_candidate(const Candidates& candidates, const KeyRan
   Wide above = 0;
   for (int shift = range.start_shift;; shift = max(shift - kDigitBits, 0)) {
     __syncthreads();  // the previous pass's bins may still be read
-    for (int bin = threadIdx.x; bin < kDigitBins; bin += kFinishThreads) {
+    for (int bin = threadIdx.x; bin < kDigitBins; bin += kThreads) {
       shared.counts[bin] = shared.low[bin] = shared.high[bin] = 0;
       shared.weights[bin] = 0;
     }
@@ -583,25 +588,24 @@ __device__ Selection select_candidate(const Candidates& candidates, const KeyRan
     for (uint32_t chunk = 0; chunk < candidates.count; chunk += kMaxAdditionsPerFlush) {
       __syncthreads();
       const uint32_t chunk_end = min(chunk + kMaxAdditionsPerFlush, candidates.count);
-      for (uint32_t j = chunk + threadIdx.x; j < chunk_end; j += kFinishThreads) {
-        const Wide key = candidates.key(j);
-        if (!eligible.contains(key)) continue;
+      candidates.for_each(chunk, chunk_end, [&](Wide key) {
+        if (!eligible.contains(key)) return;
         const int digit = int(key >> shift) & (kDigitBins - 1);
         atomicAdd(&shared.counts[digit], 1u);
         if (by_weight)
           add_weight(shared.low, shared.high, digit,
                      weight_of(score_of_key(key), candidates.max_score));
-      }
+      });
       __syncthreads();
       if (by_weight) {
-        for (int bin = threadIdx.x; bin < kDigitBins; bin += kFinishThreads) {
+        for (int bin = threadIdx.x; bin < kDigitBins; bin += kThreads) {
           shared.weights[bin] += joined_weight(shared.low[bin], shared.high[bin]);
           shared.low[bin] = shared.high[bin] = 0;
         }
       }
     }
     __syncthreads();
-    const Crossing crossing = find_crossing<kFinishThreads, kDigitBins>(
+    const Crossing crossing = find_crossing<kThreads, kDigitBins>(
         [&](int bin) { return by_weight ? shared.weights[bin] : Wide(shared.counts[bin]); }, target,
         above, shared.scan);
     if (crossing.bin < 0) return {false, 0};
@@ -611,10 +615,9 @@ __device__ Selection select_candidate(const Candidates& candidates, const KeyRan
     if (shared.counts[crossing.bin] == 1 || shift == 0) break;
   }
   // One eligible candidate matches the prefix now (keys are unique); fetch it.
-  for (uint32_t j = threadIdx.x; j < candidates.count; j += kFinishThreads) {
-    const Wide key = candidates.key(j);
+  candidates.for_each(0, candidates.count, [&](Wide key) {
     if (eligible.contains(key)) shared.found_key = key;
-  }
+  });
   __syncthreads();
   return {true, shared.found_key};
 }
@@ -624,74 +627,231 @@ __device__ Wide kept_weight(const Candidates& candidates, Wide floor, double min
                             FinishShared& shared) {
   const Eligible eligible{floor, min_score, 0, 0};
   Wide own = 0;
-  for (uint32_t j = threadIdx.x; j < candidates.count; j += kFinishThreads) {
-    const Wide key = candidates.key(j);
+  candidates.for_each(0, candidates.count, [&](Wide key) {
     if (eligible.contains(key)) own += weight_of(score_of_key(key), candidates.max_score);
-  }
-  return block_sum<kFinishThreads>(own, shared.scan);
+  });
+  return block_sum<kThreads>(own, shared.scan);
 }
 
-__global__ void __launch_bounds__(kFinishThreads)
-    finish_kernel(const float* logits, const SamplingRow* rows, int64_t vocab, int32_t* out_ids,
-                  Workspace workspace) {
-  const int64_t row = blockIdx.x;
-  const SamplingRow config = rows[row];
-  const RowPlan& plan = workspace.plans[row];
-  const uint32_t count = plan.candidate_count;
-  if (is_greedy(config) || count == 0) {  // no candidates only when no logit is finite
-    if (threadIdx.x == 0) out_ids[row] = plan.argmax;
-    return;
-  }
-  __shared__ FinishShared shared;
-  Candidates candidates{
-      logits + row * vocab, workspace.candidates + row * vocab, nullptr, count, config.temperature,
-      plan.max_score};
-  if (count <= kCachedCandidates) {
-    for (uint32_t j = threadIdx.x; j < count; j += kFinishThreads)
-      shared.keys[j] = candidates.key(j);
-    candidates.cached_keys = shared.keys;
-    __syncthreads();
-  }
+// Which filters a row uses, and their parameters in the form the finish needs.
+struct Filters {
+  bool top_k, top_p, min_p;
+  double min_score;  // min-p: p >= min_p * p_max, that is score >= max + log(min_p)
+
+  __device__ Filters(const SamplingRow& config, int64_t vocab, float max_score)
+      : top_k(config.top_k > 0 && config.top_k < vocab),
+        top_p(config.top_p < 1.0f),
+        min_p(config.min_p > 0.0f),
+        min_score(min_p ? double(max_score) + log(double(config.min_p)) : -double(INFINITY)) {}
+  __device__ bool any() const { return top_k || top_p || min_p; }
+};
+
+// Top-p keeps a token while the mass above it is below top_p * mass: the last kept one is where
+// the running mass first reaches this target.
+__device__ Wide top_p_target(float top_p, Wide mass) {
+  return min(max(__double2ull_ru(double(top_p) * double(mass)), 1ull), mass);
+}
+
+// The finish over more than kCachedCandidates candidates: radix selects over their keys in
+// global memory. Returns the token, or -1 when the row has no finite logit.
+__device__ int64_t finish_by_selection(const SamplingRow& config, const Filters& filters,
+                                       const Candidates& candidates, const RowPlan& plan,
+                                       FinishShared& shared) {
   const KeyRange range = key_range(candidates, shared);
-  const bool top_k = config.top_k > 0 && config.top_k < vocab;
-  const bool top_p = config.top_p < 1.0f;
-  const bool min_p = config.min_p > 0.0f;
   Selection drawn{false, 0};
-  if (!top_k && !top_p && !min_p) {
-    // The candidates are the draw's bin; plan() counted the mass of the bins above it.
+  if (!filters.any()) {
+    // The candidates are the draw's bin; the plan counted the mass of the bins above it.
     drawn = select_candidate(candidates, range, true, plan.draw + 1 - plan.weight_above, 0,
                              -INFINITY, shared);
   } else {
     // The kept tokens are a prefix of the descending key order, cut by each filter in turn.
     Wide floor = 0;
-    if (top_k) {
+    if (filters.top_k) {
       // Ties with the k-th token stay: the floor is its score with the lowest possible index.
       const Selection kth =
           select_candidate(candidates, range, false, Wide(config.top_k), 0, -INFINITY, shared);
       if (kth.found) floor = kth.key >> 32 << 32;  // else the k-th token is below every candidate
     }
-    if (top_p) {
-      // Keep a token while the mass above it is below top_p * (mass after top-k): the last kept
-      // one is where the running mass first reaches that target.
+    if (filters.top_p) {
       const Wide mass =
-          top_k ? kept_weight(candidates, floor, -INFINITY, shared) : plan.total_weight;
-      const Wide target =
-          min(max(__double2ull_ru(double(config.top_p) * double(mass)), 1ull), mass);
-      const Selection last =
-          select_candidate(candidates, range, true, target, floor, -INFINITY, shared);
+          filters.top_k ? kept_weight(candidates, floor, -INFINITY, shared) : plan.total_weight;
+      const Selection last = select_candidate(
+          candidates, range, true, top_p_target(config.top_p, mass), floor, -INFINITY, shared);
       if (last.found) floor = max(floor, last.key);  // else min-p cut higher than top-p does
     }
-    // min-p: p >= min_p * p_max, that is exp(score - max) >= min_p.
-    const double min_score =
-        min_p ? double(plan.max_score) + log(double(config.min_p)) : -double(INFINITY);
-    const Wide mass = kept_weight(candidates, floor, min_score, shared);
+    const Wide mass = kept_weight(candidates, floor, filters.min_score, shared);
     if (mass > 0) {
       drawn = select_candidate(candidates, range, true, draw_below(config, mass) + 1, floor,
-                               min_score, shared);
+                               filters.min_score, shared);
     }
   }
-  // Not found only when the row has no finite logit; the argmax is as good an answer as any.
-  if (threadIdx.x == 0) out_ids[row] = drawn.found ? int32_t(uint32_t(drawn.key)) : plan.argmax;
+  return drawn.found ? int64_t(uint32_t(drawn.key)) : -1;
+}
+
+// ---- the finish over at most kCachedCandidates candidates: sort the keys, then scan ----
+
+// Sorts keys[0, count) into descending order in shared memory: a bitonic sort over the next
+// power of two, padded with 0 (below every key).
+__device__ void sort_descending(Wide* keys, uint32_t count) {
+  uint32_t size = 1;
+  while (size < count) size <<= 1;
+  for (uint32_t j = count + threadIdx.x; j < size; j += kThreads) keys[j] = 0;
+  __syncthreads();
+  for (uint32_t block = 2; block <= size; block <<= 1) {
+    for (uint32_t stride = block / 2; stride > 0; stride >>= 1) {
+      for (uint32_t i = threadIdx.x; i < size / 2; i += kThreads) {
+        const uint32_t first = 2 * i - (i & (stride - 1)), second = first + stride;
+        const bool descending = (first & block) == 0;
+        const Wide a = keys[first], b = keys[second];
+        if ((a < b) == descending) keys[first] = b, keys[second] = a;
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// This thread's positions of [0, n): one contiguous run per thread, in thread order.
+struct Run {
+  uint32_t begin, end;
+  __device__ explicit Run(uint32_t n) {
+    const uint32_t per_thread = (n + kThreads - 1) / kThreads;
+    begin = min(threadIdx.x * per_thread, n);
+    end = min(begin + per_thread, n);
+  }
+};
+
+// Over the sorted keys[0, n): the first position at which the running weight reaches target
+// (>= 1), or -1.
+__device__ int first_reaching(const Wide* keys, uint32_t n, float max_score, Wide target,
+                              ScanScratch& scratch) {
+  const Run run(n);
+  Wide own = 0;
+  for (uint32_t j = run.begin; j < run.end; ++j) own += weight_of(score_of_key(keys[j]), max_score);
+  Wide total;
+  const Wide before = block_exclusive_sum<kThreads>(own, &total, scratch);
+  if (threadIdx.x == 0) scratch.bin = -1;
+  __syncthreads();
+  if (before < target && before + own >= target) {  // exactly one thread
+    Wide running = before;
+    for (uint32_t j = run.begin; j < run.end; ++j) {
+      running += weight_of(score_of_key(keys[j]), max_score);
+      if (running >= target) {
+        scratch.bin = int(j);
+        break;
+      }
+    }
+  }
+  __syncthreads();
+  return scratch.bin;
+}
+
+__device__ Wide weight_sum(const Wide* keys, uint32_t n, float max_score, ScanScratch& scratch) {
+  const Run run(n);
+  Wide own = 0;
+  for (uint32_t j = run.begin; j < run.end; ++j) own += weight_of(score_of_key(keys[j]), max_score);
+  return block_sum<kThreads>(own, scratch);
+}
+
+// How many of the sorted keys[0, n) satisfy keep, which holds on a prefix.
+template <typename Keep>
+__device__ uint32_t kept_count(const Wide* keys, uint32_t n, Keep keep, ScanScratch& scratch) {
+  Wide own = 0;
+  for (uint32_t j = threadIdx.x; j < n; j += kThreads) own += keep(keys[j]) ? 1 : 0;
+  return uint32_t(block_sum<kThreads>(own, scratch));
+}
+
+// Returns the token, or -1 when the row has no finite logit.
+__device__ int64_t finish_sorted(const SamplingRow& config, const Filters& filters, Wide* keys,
+                                 uint32_t count, const RowPlan& plan, ScanScratch& scratch) {
+  sort_descending(keys, count);
+  const float max_score = plan.max_score;
+  uint32_t kept = count;  // the kept tokens are keys[0, kept)
+  Wide target;
+  if (!filters.any()) {
+    // The candidates are the draw's bin; the plan counted the mass of the bins above it.
+    target = plan.draw + 1 - plan.weight_above;
+  } else {
+    if (filters.top_k && uint32_t(config.top_k) <= count) {
+      // Ties with the k-th token stay. (A k-th token below every candidate cuts nothing.)
+      const Wide floor = keys[config.top_k - 1] >> 32 << 32;
+      kept = kept_count(
+          keys, kept, [&](Wide key) { return key >= floor; }, scratch);
+    }
+    if (filters.top_p) {
+      const Wide mass =
+          filters.top_k ? weight_sum(keys, kept, max_score, scratch) : plan.total_weight;
+      const int last =
+          first_reaching(keys, kept, max_score, top_p_target(config.top_p, mass), scratch);
+      if (last >= 0) kept = uint32_t(last) + 1;  // else min-p cut higher than top-p does
+    }
+    if (filters.min_p) {
+      kept = kept_count(
+          keys, kept, [&](Wide key) { return double(score_of_key(key)) >= filters.min_score; },
+          scratch);
+    }
+    const Wide mass = weight_sum(keys, kept, max_score, scratch);
+    if (mass == 0) return -1;
+    target = draw_below(config, mass) + 1;
+  }
+  const int drawn = first_reaching(keys, kept, max_score, target, scratch);
+  return drawn >= 0 ? int64_t(uint32_t(keys[drawn])) : -1;
+}
+
+// Run by the row's last block once every candidate is gathered; returns the token.
+__device__ int32_t finish_row(const SamplingRow& config, const Wide* keys, int64_t vocab,
+                              const RowPlan& plan, int32_t argmax, FinishShared& shared) {
+  const uint32_t count = __ldcg(&plan.candidate_count);  // counted by other blocks
+  const Filters filters(config, vocab, plan.max_score);
+  int64_t token = -1;  // none only when no logit is finite; the argmax is then as good as any
+  if (count > kCachedCandidates) {
+    token =
+        finish_by_selection(config, filters, Candidates{keys, count, plan.max_score}, plan, shared);
+  } else if (count > 0) {
+    for (uint32_t j = threadIdx.x; j < count; j += kThreads) shared.keys[j] = __ldcg(&keys[j]);
+    token = finish_sorted(config, filters, shared.keys, count, plan, shared.scan);
+  }
+  return token >= 0 ? int32_t(token) : argmax;
+}
+
+__global__ void __launch_bounds__(kThreads)
+    gather_and_finish_kernel(const float* logits, const SamplingRow* rows, int64_t vocab,
+                             int32_t* out_ids, Workspace workspace) {
+  const int64_t row = blockIdx.y, slice = blockIdx.x, slices = gridDim.x;
+  const SamplingRow config = rows[row];
+  if (is_greedy(config)) return;
+  const int64_t begin = slice * kSliceSize, end = min(begin + kSliceSize, vocab);
+  float values[kSlicePerThread];
+  load_slice(logits + row * vocab, begin, end, values);
+  RowPlan& plan = workspace.plans[row];
+  const uint32_t low_bin = plan.low_bin, high_bin = plan.high_bin;
+  uint32_t taken = 0;  // bit k: this thread's k-th logit is a candidate
+#pragma unroll
+  for (int k = 0; k < kSlicePerThread; ++k) {
+    values[k] = score_of(values[k], config.temperature);
+    const uint32_t bin = coarse_bin(values[k]);
+    if (begin + threadIdx.x + k * kThreads < end && bin >= low_bin && bin <= high_bin)
+      taken |= 1u << k;
+  }
+  // One atomic per block on the row's counter; then each thread writes its keys in turn.
+  __shared__ FinishShared shared;
+  Wide block_total;
+  const uint32_t offset =
+      uint32_t(block_exclusive_sum<kThreads>(Wide(__popc(taken)), &block_total, shared.scan));
+  if (block_total != 0) {
+    if (threadIdx.x == 0)
+      shared.first_candidate = atomicAdd(&plan.candidate_count, uint32_t(block_total));
+    __syncthreads();
+    Wide* keys = workspace.candidates + row * vocab + shared.first_candidate + offset;
+#pragma unroll
+    for (int k = 0; k < kSlicePerThread; ++k)
+      if (taken >> k & 1)
+        *keys++ = rank_key(values[k], int32_t(begin + threadIdx.x + k * kThreads));
+  }
+  if (!last_block_of_row(&plan.gather_done, uint32_t(slices))) return;
+  const int32_t argmax = row_max(workspace, row, slices).index;
+  const int32_t token =
+      finish_row(config, workspace.candidates + row * vocab, vocab, plan, argmax, shared);
+  if (threadIdx.x == 0) out_ids[row] = token;
 }
 
 }  // namespace
@@ -714,20 +874,14 @@ void sample(const DeviceTensor& logits, const SamplingRow* rows, const int32_t* 
   const Workspace parts = carve(workspace, row_count, vocab, &needed);
   KITE_CHECK(workspace != nullptr && workspace_bytes >= needed);
   auto* values = static_cast<float*>(logits.data);
-  const int64_t slices = slice_count(vocab);
-  const dim3 slice_grid{unsigned(slices), unsigned(row_count)};
+  const dim3 grid{unsigned(slice_count(vocab)), unsigned(row_count)};
 
-  penalty_and_max_kernel<<<slice_grid, kSliceThreads, 0, stream>>>(
-      values, rows, history, history_length, history_stride, vocab, parts);
+  penalty_and_max_kernel<<<grid, kThreads, 0, stream>>>(values, rows, history, history_length,
+                                                        history_stride, vocab, parts);
   KITE_CUDA_CHECK_LAUNCH();
-  coarse_histogram_kernel<<<slice_grid, kSliceThreads, 0, stream>>>(values, rows, vocab, parts);
+  histogram_and_plan_kernel<<<grid, kThreads, 0, stream>>>(values, rows, vocab, out_ids, parts);
   KITE_CUDA_CHECK_LAUNCH();
-  plan_kernel<<<unsigned(row_count), kPlanThreads, 0, stream>>>(rows, vocab, slices, parts);
-  KITE_CUDA_CHECK_LAUNCH();
-  gather_kernel<<<slice_grid, kSliceThreads, 0, stream>>>(values, rows, vocab, parts);
-  KITE_CUDA_CHECK_LAUNCH();
-  finish_kernel<<<unsigned(row_count), kFinishThreads, 0, stream>>>(values, rows, vocab, out_ids,
-                                                                    parts);
+  gather_and_finish_kernel<<<grid, kThreads, 0, stream>>>(values, rows, vocab, out_ids, parts);
   KITE_CUDA_CHECK_LAUNCH();
 }
 
