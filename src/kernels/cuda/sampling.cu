@@ -1,7 +1,7 @@
-// GPU sampling without a sort. Each token is ranked by a 64-bit key (its score's bits, then its
-// index, so that descending key order is the host's order: higher score first, higher index first
-// among ties), and every filter and the draw itself becomes "find the first token, in that order,
-// at which a running count or probability mass reaches a target": a radix select.
+// GPU sampling without sorting the vocabulary. Each token is ranked by a 64-bit key (its score's
+// bits, then its index, so that descending key order is the host's order: higher score first,
+// higher index first among ties), and every filter and the draw itself becomes "find the first
+// token, in that order, at which a running count or probability mass reaches a target".
 //
 // Three kernels over [slices, R] blocks (a slice is kSliceSize logits of one row); the last block
 // of a row through a kernel's first part runs the row's epilogue:
@@ -10,7 +10,7 @@
 //                         epilogue: greedy rows write the argmax, the others choose the bins that
 //                         can hold their answer
 //  3. gather_and_finish   the keys of the tokens in those bins (candidates); epilogue: filters
-//                         and draw by radix select over the candidates
+//                         and draw over the candidates, sorted when few, else by radix selects
 // A row with filters gathers every token that may survive them (k tokens for top-k, the nucleus
 // for top-p); a row with none gathers only the bin that its draw falls into.
 #include "kernels/cuda/sampling.h"
@@ -33,7 +33,10 @@ constexpr int kCoarseBits = 11;
 constexpr int kCoarseBins = 1 << kCoarseBits;
 constexpr int kDigitBits = 8;
 constexpr int kDigitBins = 1 << kDigitBits;
-constexpr int kCachedCandidates = 4096;  // the finish keeps up to this many keys in shared memory
+// The finish sorts up to kSortedCandidates candidates' keys; up to kCachedCandidates it runs radix
+// selects over them in shared memory, beyond that over global memory.
+constexpr int kSortedCandidates = 1024;
+constexpr int kCachedCandidates = 4096;
 constexpr int32_t kNoIndex = INT32_MAX;
 // exp(score - max) in [0, 1] is counted in units of 2^-39: integer sums are exact and the same in
 // any order, so every kernel sees the same masses and a replay the same draws. Tokens more than
@@ -140,7 +143,11 @@ __device__ __forceinline__ Wide weight_of(float score, float max_score) {
   return __float2ull_rn(expf(difference) * kWeightScale);  // scaling by 2^39 is exact
 }
 
-__device__ __forceinline__ void add_weight(uint32_t* low, uint32_t* high, int bin, Wide weight) {
+// Adds one token (count 1, weight) to `bin` of a shared-memory histogram, when `use`.
+__device__ __forceinline__ void add_to_histogram(bool use, int bin, Wide weight, uint32_t* counts,
+                                                 uint32_t* low, uint32_t* high) {
+  if (!use) return;
+  atomicAdd(&counts[bin], 1u);
   if (weight == 0) return;
   atomicAdd(&low[bin], uint32_t(weight) & ((1u << kLowWeightBits) - 1));
   atomicAdd(&high[bin], uint32_t(weight >> kLowWeightBits));
@@ -194,7 +201,6 @@ struct ScanScratch {
 };
 
 // Exclusive prefix sum of `value` in thread order; *total gets the block's sum.
-template <int kThreads>
 __device__ Wide block_exclusive_sum(Wide value, Wide* total, ScanScratch& scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   Wide inclusive = value;
@@ -217,10 +223,9 @@ __device__ Wide block_exclusive_sum(Wide value, Wide* total, ScanScratch& scratc
   return before + inclusive - value;
 }
 
-template <int kThreads>
 __device__ Wide block_sum(Wide value, ScanScratch& scratch) {
   Wide total;
-  block_exclusive_sum<kThreads>(value, &total, scratch);
+  block_exclusive_sum(value, &total, scratch);
   return total;
 }
 
@@ -231,7 +236,7 @@ struct Crossing {
 
 // Walking the bins from the highest down, the first bin at which above + the running sum of
 // bin_value(bin) reaches target (>= 1).
-template <int kThreads, int kBins, typename BinValue>
+template <int kBins, typename BinValue>
 __device__ Crossing find_crossing(BinValue bin_value, Wide target, Wide above,
                                   ScanScratch& scratch) {
   constexpr int kPerThread = (kBins + kThreads - 1) / kThreads;
@@ -241,7 +246,7 @@ __device__ Crossing find_crossing(BinValue bin_value, Wide target, Wide above,
   for (int i = 0; i < kPerThread; ++i)
     if (top - i >= 0) own += bin_value(top - i);
   Wide total;
-  const Wide before_own = above + block_exclusive_sum<kThreads>(own, &total, scratch);
+  const Wide before_own = above + block_exclusive_sum(own, &total, scratch);
   if (threadIdx.x == 0) scratch.bin = -1;
   __syncthreads();
   if (before_own < target && before_own + own >= target) {  // exactly one thread
@@ -384,7 +389,7 @@ __device__ void plan_row(const SamplingRow& config, int64_t vocab, float max_sco
   Wide own = 0;
 #pragma unroll
   for (int i = 0; i < kPerThread; ++i) own += weight_of_bin(threadIdx.x * kPerThread + i);
-  const Wide total_weight = block_sum<kThreads>(own, scratch);
+  const Wide total_weight = block_sum(own, scratch);
 
   const bool top_k = config.top_k > 0 && config.top_k < vocab;
   const bool top_p = config.top_p < 1.0f;
@@ -394,8 +399,7 @@ __device__ void plan_row(const SamplingRow& config, int64_t vocab, float max_sco
   if (!top_k && !top_p && !min_p) {
     // No filter: the draw is known now; only its bin needs looking into.
     draw = draw_below(config, total_weight);
-    const Crossing crossing =
-        find_crossing<kThreads, kCoarseBins>(weight_of_bin, draw + 1, 0, scratch);
+    const Crossing crossing = find_crossing<kCoarseBins>(weight_of_bin, draw + 1, 0, scratch);
     // Not found only when every logit is -inf: the finish then falls back to the argmax.
     low_bin = high_bin = uint32_t(max(crossing.bin, 0));
     weight_above = crossing.bin >= 0 ? crossing.before : 0;
@@ -408,13 +412,12 @@ __device__ void plan_row(const SamplingRow& config, int64_t vocab, float max_sco
     uint32_t k_bin = 0, p_bin = 0, m_bin = 0;
     if (top_k) {
       const Crossing crossing =
-          find_crossing<kThreads, kCoarseBins>(count_of, Wide(config.top_k), 0, scratch);
+          find_crossing<kCoarseBins>(count_of, Wide(config.top_k), 0, scratch);
       k_bin = uint32_t(max(crossing.bin, 0));
     }
     if (top_p) {
       const Wide target = max(__double2ull_ru(double(config.top_p) * double(total_weight)), 1ull);
-      const Crossing crossing =
-          find_crossing<kThreads, kCoarseBins>(weight_of_bin, target, 0, scratch);
+      const Crossing crossing = find_crossing<kCoarseBins>(weight_of_bin, target, 0, scratch);
       p_bin = uint32_t(max(crossing.bin, 0));
     }
     if (min_p) {
@@ -461,11 +464,9 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 #pragma unroll
   for (int k = 0; k < kSlicePerThread; ++k) {
-    if (begin + threadIdx.x + k * kThreads >= end) break;
     const float score = score_of(values[k], config.temperature);
-    const int bin = int(coarse_bin(score));
-    atomicAdd(&counts[bin], 1u);
-    add_weight(low, high, bin, weight_of(score, max_score));
+    add_to_histogram(begin + threadIdx.x + k * kThreads < end, int(coarse_bin(score)),
+                     weight_of(score, max_score), counts, low, high);
   }
   __syncthreads();
   for (int bin = threadIdx.x; bin < kCoarseBins; bin += kThreads) {
@@ -492,28 +493,31 @@ struct FinishShared {
   Wide found_key;
 };
 
-// More candidates than shared memory holds: their keys in global memory, in gathering order.
+// The candidates' keys, in gathering order.
 struct Candidates {
-  const Wide* keys;
+  const Wide* keys;  // global memory (the row's gathered keys) or a copy in shared memory
+  bool in_shared_memory;
   uint32_t count;
   float max_score;
 
-  __device__ Wide key(uint32_t j) const { return __ldcg(&keys[j]); }  // gathered by other blocks
+  __device__ Wide key(uint32_t j) const {
+    return in_shared_memory ? keys[j] : __ldcg(&keys[j]);  // gathered by other blocks: from L2
+  }
 
-  // Calls f(key) for this thread's share of candidates [begin, end), loading 8 keys at a time.
+  // Calls f(valid, key) for this thread's share of candidates [begin, end), loading 16 keys at a
+  // time; every thread of the block makes the same number of calls, valid or not.
   template <typename Function>
   __device__ void for_each(uint32_t begin, uint32_t end, Function&& f) const {
-    constexpr int kBatch = 8;
-    for (uint32_t base = begin + threadIdx.x; base < end; base += kBatch * kThreads) {
+    constexpr int kBatch = 16;
+    for (uint32_t first = begin; first < end; first += kBatch * kThreads) {
       Wide batch[kBatch];
 #pragma unroll
       for (int b = 0; b < kBatch; ++b) {
-        const uint32_t j = base + b * kThreads;
+        const uint32_t j = first + b * kThreads + threadIdx.x;
         batch[b] = j < end ? key(j) : 0;
       }
 #pragma unroll
-      for (int b = 0; b < kBatch; ++b)
-        if (base + b * kThreads < end) f(batch[b]);
+      for (int b = 0; b < kBatch; ++b) f(first + b * kThreads + threadIdx.x < end, batch[b]);
     }
   }
 };
@@ -550,7 +554,9 @@ __device__ KeyRange key_range(const Candidates& candidates, FinishShared& shared
   __syncthreads();
   const Wide first = candidates.key(0);
   Wide differing = 0;
-  candidates.for_each(0, candidates.count, [&](Wide key) { differing |= key ^ first; });
+  candidates.for_each(0, candidates.count, [&](bool valid, Wide key) {
+    if (valid) differing |= key ^ first;
+  });
   const uint32_t low = __reduce_or_sync(0xffffffffu, uint32_t(differing));
   const uint32_t high = __reduce_or_sync(0xffffffffu, uint32_t(differing >> 32));
   if ((threadIdx.x & 31) == 0) {
@@ -588,13 +594,10 @@ __device__ Selection select_candidate(const Candidates& candidates, const KeyRan
     for (uint32_t chunk = 0; chunk < candidates.count; chunk += kMaxAdditionsPerFlush) {
       __syncthreads();
       const uint32_t chunk_end = min(chunk + kMaxAdditionsPerFlush, candidates.count);
-      candidates.for_each(chunk, chunk_end, [&](Wide key) {
-        if (!eligible.contains(key)) return;
-        const int digit = int(key >> shift) & (kDigitBins - 1);
-        atomicAdd(&shared.counts[digit], 1u);
-        if (by_weight)
-          add_weight(shared.low, shared.high, digit,
-                     weight_of(score_of_key(key), candidates.max_score));
+      candidates.for_each(chunk, chunk_end, [&](bool valid, Wide key) {
+        add_to_histogram(valid && eligible.contains(key), int(key >> shift) & (kDigitBins - 1),
+                         by_weight ? weight_of(score_of_key(key), candidates.max_score) : 0,
+                         shared.counts, shared.low, shared.high);
       });
       __syncthreads();
       if (by_weight) {
@@ -605,7 +608,7 @@ __device__ Selection select_candidate(const Candidates& candidates, const KeyRan
       }
     }
     __syncthreads();
-    const Crossing crossing = find_crossing<kThreads, kDigitBins>(
+    const Crossing crossing = find_crossing<kDigitBins>(
         [&](int bin) { return by_weight ? shared.weights[bin] : Wide(shared.counts[bin]); }, target,
         above, shared.scan);
     if (crossing.bin < 0) return {false, 0};
@@ -615,8 +618,8 @@ __device__ Selection select_candidate(const Candidates& candidates, const KeyRan
     if (shared.counts[crossing.bin] == 1 || shift == 0) break;
   }
   // One eligible candidate matches the prefix now (keys are unique); fetch it.
-  candidates.for_each(0, candidates.count, [&](Wide key) {
-    if (eligible.contains(key)) shared.found_key = key;
+  candidates.for_each(0, candidates.count, [&](bool valid, Wide key) {
+    if (valid && eligible.contains(key)) shared.found_key = key;
   });
   __syncthreads();
   return {true, shared.found_key};
@@ -627,10 +630,10 @@ __device__ Wide kept_weight(const Candidates& candidates, Wide floor, double min
                             FinishShared& shared) {
   const Eligible eligible{floor, min_score, 0, 0};
   Wide own = 0;
-  candidates.for_each(0, candidates.count, [&](Wide key) {
-    if (eligible.contains(key)) own += weight_of(score_of_key(key), candidates.max_score);
+  candidates.for_each(0, candidates.count, [&](bool valid, Wide key) {
+    if (valid && eligible.contains(key)) own += weight_of(score_of_key(key), candidates.max_score);
   });
-  return block_sum<kThreads>(own, shared.scan);
+  return block_sum(own, shared.scan);
 }
 
 // Which filters a row uses, and their parameters in the form the finish needs.
@@ -652,8 +655,8 @@ __device__ Wide top_p_target(float top_p, Wide mass) {
   return min(max(__double2ull_ru(double(top_p) * double(mass)), 1ull), mass);
 }
 
-// The finish over more than kCachedCandidates candidates: radix selects over their keys in
-// global memory. Returns the token, or -1 when the row has no finite logit.
+// The finish over more than kSortedCandidates candidates: radix selects over their keys. Returns
+// the token, or -1 when the row has no finite logit.
 __device__ int64_t finish_by_selection(const SamplingRow& config, const Filters& filters,
                                        const Candidates& candidates, const RowPlan& plan,
                                        FinishShared& shared) {
@@ -688,7 +691,7 @@ __device__ int64_t finish_by_selection(const SamplingRow& config, const Filters&
   return drawn.found ? int64_t(uint32_t(drawn.key)) : -1;
 }
 
-// ---- the finish over at most kCachedCandidates candidates: sort the keys, then scan ----
+// ---- the finish over at most kSortedCandidates candidates: sort the keys, then scan ----
 
 // Sorts keys[0, count) into descending order in shared memory: a bitonic sort over the next
 // power of two, padded with 0 (below every key).
@@ -728,7 +731,7 @@ __device__ int first_reaching(const Wide* keys, uint32_t n, float max_score, Wid
   Wide own = 0;
   for (uint32_t j = run.begin; j < run.end; ++j) own += weight_of(score_of_key(keys[j]), max_score);
   Wide total;
-  const Wide before = block_exclusive_sum<kThreads>(own, &total, scratch);
+  const Wide before = block_exclusive_sum(own, &total, scratch);
   if (threadIdx.x == 0) scratch.bin = -1;
   __syncthreads();
   if (before < target && before + own >= target) {  // exactly one thread
@@ -749,7 +752,7 @@ __device__ Wide weight_sum(const Wide* keys, uint32_t n, float max_score, ScanSc
   const Run run(n);
   Wide own = 0;
   for (uint32_t j = run.begin; j < run.end; ++j) own += weight_of(score_of_key(keys[j]), max_score);
-  return block_sum<kThreads>(own, scratch);
+  return block_sum(own, scratch);
 }
 
 // How many of the sorted keys[0, n) satisfy keep, which holds on a prefix.
@@ -757,7 +760,7 @@ template <typename Keep>
 __device__ uint32_t kept_count(const Wide* keys, uint32_t n, Keep keep, ScanScratch& scratch) {
   Wide own = 0;
   for (uint32_t j = threadIdx.x; j < n; j += kThreads) own += keep(keys[j]) ? 1 : 0;
-  return uint32_t(block_sum<kThreads>(own, scratch));
+  return uint32_t(block_sum(own, scratch));
 }
 
 // Returns the token, or -1 when the row has no finite logit.
@@ -804,11 +807,17 @@ __device__ int32_t finish_row(const SamplingRow& config, const Wide* keys, int64
   const Filters filters(config, vocab, plan.max_score);
   int64_t token = -1;  // none only when no logit is finite; the argmax is then as good as any
   if (count > kCachedCandidates) {
-    token =
-        finish_by_selection(config, filters, Candidates{keys, count, plan.max_score}, plan, shared);
+    token = finish_by_selection(config, filters, Candidates{keys, false, count, plan.max_score},
+                                plan, shared);
   } else if (count > 0) {
     for (uint32_t j = threadIdx.x; j < count; j += kThreads) shared.keys[j] = __ldcg(&keys[j]);
-    token = finish_sorted(config, filters, shared.keys, count, plan, shared.scan);
+    if (count <= kSortedCandidates) {
+      token = finish_sorted(config, filters, shared.keys, count, plan, shared.scan);
+    } else {
+      __syncthreads();
+      token = finish_by_selection(
+          config, filters, Candidates{shared.keys, true, count, plan.max_score}, plan, shared);
+    }
   }
   return token >= 0 ? int32_t(token) : argmax;
 }
@@ -836,7 +845,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ FinishShared shared;
   Wide block_total;
   const uint32_t offset =
-      uint32_t(block_exclusive_sum<kThreads>(Wide(__popc(taken)), &block_total, shared.scan));
+      uint32_t(block_exclusive_sum(Wide(__popc(taken)), &block_total, shared.scan));
   if (block_total != 0) {
     if (threadIdx.x == 0)
       shared.first_candidate = atomicAdd(&plan.candidate_count, uint32_t(block_total));
