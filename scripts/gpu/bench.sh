@@ -22,7 +22,8 @@ cd "$root"
 source scripts/gpu/env.sh
 if [[ ! -x build-gpu/kite ]]; then
   cmake -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DKITE_CUDA=ON > "$log_dir/build.log" 2>&1
-  cmake --build build-gpu -j"$(nproc)" >> "$log_dir/build.log" 2>&1
+  cmake --build build-gpu -j"$(nproc)" --target kite >> "$log_dir/build.log" 2>&1
+  echo "build done"
 fi
 kite=build-gpu/kite
 work="${KITE_BENCH_DIR:-/tmp/kite-bench}"
@@ -40,15 +41,19 @@ if [[ ! -f "$work/engine/config.json" ]]; then
   cp tests/fixtures/golden/hf/llama_mha/tokenizer.json "$work/model/tokenizer.json"
   /usr/bin/time -f "convert: %e s" "$kite" convert --random --model_dir "$work/model" \
     --output_dir "$work/ckpt" --dtype bfloat16 2>&1 | tail -2
+  limits=(--max_batch_size 64 --max_input_len 8192 --max_seq_len 8448 --max_num_tokens 8192)
+  if ((quick)); then
+    limits=(--max_batch_size 64 --max_input_len 2048 --max_seq_len 2304 --max_num_tokens 2048)
+  fi
   /usr/bin/time -f "build: %e s" "$kite" build --checkpoint_dir "$work/ckpt" \
-    --output_dir "$work/engine" --device cuda --max_batch_size 64 --max_input_len 8192 \
-    --max_seq_len 8448 --max_num_tokens 8192 2>&1 | tail -3
+    --output_dir "$work/engine" --device cuda "${limits[@]}" 2>&1 | tail -3
   rm -rf "$work/ckpt"
 fi
 bench=("$kite" bench --engine_dir "$work/engine" --ceilings)
 {
   if ((quick)); then
     "${bench[@]}" --batch_size "1" --input_output_len "128,128;2048,1"
+    "$kite" bench --engine_dir "$work/engine" --batch_size "64" --input_output_len "128,128"
   else
     "${bench[@]}" --batch_size "1" --input_output_len "128,128;2048,1;8192,256"
     "${bench[@]}" --batch_size "1" --input_output_len "8192,256" --multi_block_mode false

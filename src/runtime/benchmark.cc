@@ -186,13 +186,20 @@ Result<BenchmarkResult> run_benchmark_case(Engine& engine, const BenchmarkCase& 
     backend.synchronize();
     const double seconds = seconds_since(start);
     peak_bytes = std::max(peak_bytes, backend.memory_in_use_bytes());
-    for (const GenerationResult& result : results) {
-      if (int64_t(result.output_ids.size()) != benchmark_case.output_length) tokens = -1;
+    for (size_t sequence = 0; sequence < results.size(); ++sequence) {
+      const size_t generated = results[sequence].output_ids.size();
+      if (int64_t(generated) != benchmark_case.output_length) {
+        std::string message = describe(benchmark_case);
+        message += ": sequence " + std::to_string(sequence) + " generated ";
+        message += std::to_string(generated) + " tokens instead of output_length";
+        return internal_error(message);
+      }
     }
     if (tokens != expected_tokens) {
-      return internal_error(describe(benchmark_case) + ": a run generated " +
-                            std::to_string(tokens) + " tokens instead of " +
-                            std::to_string(expected_tokens));
+      std::string message = describe(benchmark_case);
+      message += ": the token callback saw " + std::to_string(tokens) + " tokens instead of ";
+      message += std::to_string(expected_tokens);
+      return internal_error(message);
     }
     prefill_seconds += stats.prefill_seconds;
     return seconds;

@@ -119,10 +119,11 @@ TEST_F(BenchmarkEngine, RunGeneratesEveryTokenOfEveryRun) {
   std::unique_ptr<Engine> engine = std::move(Engine::load(*engine_dir_).value());
   std::vector<std::string> steps;
   const BenchmarkCase benchmark_case{2, 8, 5};
-  const BenchmarkResult result =
+  const Result<BenchmarkResult> run =
       run_benchmark_case(*engine, benchmark_case, {.warm_up_runs = 1, .min_runs = 2},
-                         [&](const std::string& label) { steps.push_back(label); })
-          .value();
+                         [&](const std::string& label) { steps.push_back(label); });
+  ASSERT_TRUE(run.is_ok()) << run.status().message();
+  const BenchmarkResult& result = *run;
   // One callback per step: output_length steps in each of the warm-up and timed runs.
   ASSERT_EQ(steps.size(), 15u);
   EXPECT_EQ(std::count(steps.begin(), steps.end(), "warm-up 1/1"), 5);
@@ -146,10 +147,10 @@ TEST_F(BenchmarkEngine, RunGeneratesEveryTokenOfEveryRun) {
 
 TEST_F(BenchmarkEngine, DurationAddsRuns) {
   std::unique_ptr<Engine> engine = std::move(Engine::load(*engine_dir_).value());
-  const BenchmarkResult result =
-      run_benchmark_case(*engine, {1, 4, 2},
-                         {.warm_up_runs = 0, .min_runs = 1, .min_duration_seconds = 0.2})
-          .value();
+  const Result<BenchmarkResult> run = run_benchmark_case(
+      *engine, {1, 4, 2}, {.warm_up_runs = 0, .min_runs = 1, .min_duration_seconds = 0.2});
+  ASSERT_TRUE(run.is_ok()) << run.status().message();
+  const BenchmarkResult& result = *run;
   EXPECT_GE(result.runs * result.latency_ms, 200.0);
   EXPECT_GT(result.runs, 1);
 }
