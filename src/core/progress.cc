@@ -23,7 +23,11 @@ Progress::Progress(std::string label, int64_t total)
       last_print_(start_) {}
 
 Progress::~Progress() {
-  finish();
+  // Work that ended without finish() (an error on the way) is not reported done: clear the bar.
+  if (!finished_ && terminal_) {
+    std::fprintf(stderr, "\r\033[K");
+    std::fflush(stderr);
+  }
 }
 
 void Progress::update(int64_t done, const std::string& detail) {

@@ -88,6 +88,11 @@ TEST(KvCache, AllocatesAndFreesBlocks) {
   EXPECT_EQ(cache.allocate_blocks(5).value().size(), 5u);
 }
 
+// Whether make_backend can open a GPU here.
+bool cuda_devices_visible() {
+  return gpu_identity(0).is_ok();
+}
+
 // ---- commands on a random tiny Llama with the tiny fixture tokenizer ----
 class EngineCommands : public ::testing::Test {
  protected:
@@ -180,6 +185,37 @@ TEST_F(EngineCommands, ChunkedPrefillGivesTheSameTokens) {
   EXPECT_NE(too_small.output.find("--max_num_tokens (3) must be at least --max_batch_size"),
             std::string::npos)
       << too_small.output;
+}
+
+// CUDA engines: float16/bfloat16 checkpoints only, a GPU to tune on, and known devices only.
+TEST_F(EngineCommands, BuildForCudaRefusesWhatCannotRun) {
+  const std::string output = test::temp_dir() + "/cuda_engine";
+  const test::CommandResult float32 = test::run_kite(
+      "build --checkpoint_dir " + *checkpoint_ + " --output_dir " + output + " --device cuda");
+  EXPECT_EQ(float32.exit_code, 1);
+  EXPECT_NE(float32.output.find("convert the checkpoint with --dtype bfloat16"), std::string::npos)
+      << float32.output;
+  const test::CommandResult unknown = test::run_kite(
+      "build --checkpoint_dir " + *checkpoint_ + " --output_dir " + output + " --device tpu");
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_NE(unknown.output.find("choose cpu or cuda"), std::string::npos) << unknown.output;
+  if (cuda_devices_visible()) GTEST_SKIP() << "this machine has a GPU";
+  const std::string model_dir = test::temp_dir();
+  const std::string fixture = test::source_dir() + "/tests/fixtures/tiny_llama";
+  for (const char* name : {"config.json", "tokenizer.json"}) {
+    std::filesystem::copy_file(fixture + "/" + name, model_dir + "/" + name);
+  }
+  const std::string bf16 = test::temp_dir() + "/bf16";
+  ASSERT_EQ(test::run_kite("convert --random --dtype bfloat16 --model_dir " + model_dir +
+                           " --output_dir " + bf16)
+                .exit_code,
+            0);
+  const test::CommandResult no_gpu = test::run_kite("build --checkpoint_dir " + bf16 +
+                                                    " --output_dir " + output + " --device cuda");
+  EXPECT_EQ(no_gpu.exit_code, 1);
+  EXPECT_TRUE(no_gpu.output.find("no CUDA GPU") != std::string::npos ||
+              no_gpu.output.find("built without CUDA") != std::string::npos)
+      << no_gpu.output;
 }
 
 TEST_F(EngineCommands, SeededSamplingRepeats) {
