@@ -215,25 +215,14 @@ std::vector<float> cpu_attention(const std::vector<float>& q, int64_t q_heads,
 void expect_match(const std::vector<float>& actual, const std::vector<float>& expected,
                   const std::vector<float>& expected_absolute, DType dtype, bool tensor_cores,
                   float max_abs_value, const std::string& what) {
-  ASSERT_EQ(actual.size(), expected.size()) << what;
   const double u = test::unit_roundoff(dtype);
-  size_t failures = 0;
-  double worst = 0.0;
-  for (size_t i = 0; i < actual.size(); ++i) {
-    const double error = std::fabs(double(actual[i]) - double(expected[i]));
-    const double bound = u * std::fabs(expected[i]) +
-                         (tensor_cores ? 1.25 * u * expected_absolute[i] : 0.0) +
-                         1e-4 * max_abs_value;
-    if (!(error <= bound)) {
-      if (failures++ < 5) {
-        ADD_FAILURE() << what << ": element " << i << " is " << actual[i] << ", expected "
-                      << expected[i] << " (bound " << bound << ")";
-      }
-    }
-    if (std::isfinite(error)) worst = std::max(worst, error);
-  }
-  EXPECT_EQ(failures, 0u) << what << ": " << failures << " of " << actual.size()
-                          << " elements off; largest error " << worst;
+  test::expect_within(
+      actual, expected,
+      [&](size_t i) {
+        return u * std::fabs(expected[i]) +
+               (tensor_cores ? 1.25 * u * expected_absolute[i] : 0.0) + 1e-4 * max_abs_value;
+      },
+      what);
 }
 
 struct AttentionCase {

@@ -137,26 +137,36 @@ inline float unit_roundoff(DType dtype) {
   return 1.0f / 16777216.0f;
 }
 
-// Expects |actual - expected| <= atol + rtol * |expected| everywhere, and no NaN; names the first
-// element that is off.
-inline void expect_close(const std::vector<float>& actual, const std::vector<float>& expected,
-                         float atol, float rtol, const std::string& what) {
+// Expects |actual[i] - expected[i]| <= bound(i) everywhere, and no NaN; names the first elements
+// that are off and the largest error.
+template <typename Bound>
+void expect_within(const std::vector<float>& actual, const std::vector<float>& expected,
+                   const Bound& bound, const std::string& what) {
   ASSERT_EQ(actual.size(), expected.size()) << what;
   size_t failures = 0;
   double worst = 0;
   for (size_t i = 0; i < actual.size(); ++i) {
     const double error = std::fabs(double(actual[i]) - double(expected[i]));
-    const double bound = atol + rtol * std::fabs(double(expected[i]));
-    if (!(error <= bound)) {
+    const double limit = bound(i);
+    if (!(error <= limit)) {
       if (failures++ < 5) {
         ADD_FAILURE() << what << ": element " << i << " is " << actual[i] << ", expected "
-                      << expected[i] << " (bound " << bound << ")";
+                      << expected[i] << " (bound " << limit << ")";
       }
     }
     if (std::isfinite(error)) worst = std::max(worst, error);
   }
   EXPECT_EQ(failures, 0u) << what << ": " << failures << " of " << actual.size()
                           << " elements off; largest error " << worst;
+}
+
+// Expects |actual - expected| <= atol + rtol * |expected| everywhere, and no NaN.
+inline void expect_close(const std::vector<float>& actual, const std::vector<float>& expected,
+                         float atol, float rtol, const std::string& what) {
+  expect_within(
+      actual, expected,
+      [&](size_t i) { return double(atol) + double(rtol) * std::fabs(double(expected[i])); },
+      what);
 }
 
 }  // namespace kite::test

@@ -9,11 +9,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T, int kWidth>
-struct alignas(sizeof(T) * kWidth) Pack {
-  T values[kWidth];
-};
-
 // out = silu(g) * u for kWidth consecutive elements of one row.
 template <typename T, int kWidth>
 __global__ void silu_mul_kernel(const T* gate_up, T* out, int64_t rows, int64_t width) {

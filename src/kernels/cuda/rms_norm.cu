@@ -10,11 +10,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T, int kWidth>
-struct alignas(sizeof(T) * kWidth) Pack {
-  T values[kWidth];
-};
-
 // With kAdd: residual = round(residual + x). Then out = round(weight * round(residual * r)),
 // r = 1 / sqrt(mean(residual^2) + eps).
 template <typename T, int kWidth, bool kAdd>
