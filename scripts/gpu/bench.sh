@@ -2,17 +2,20 @@
 # The GPU performance table of docs/perf/cuda_llama3_8b.md in one call: builds Kite (as run.sh),
 # measures the GPU's ceilings, makes a random-weight Llama-3-8B checkpoint (bf16), builds a CUDA
 # engine (with GEMM tuning) and runs `kite bench` on the cases of the table, then Hugging Face
-# transformers on the same shape and cases.
-# Usage: bash scripts/gpu/bench.sh LOG_DIR [--skip-hf] [--cases quick]
+# transformers on the same shape and cases, then llama.cpp (scripts/gpu/llamacpp_bench.sh) when
+# .deps/llama.cpp.tar.xz exists.
+# Usage: bash scripts/gpu/bench.sh LOG_DIR [--skip-hf] [--skip-llamacpp] [--cases quick]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 log_dir="${1:?usage: bench.sh LOG_DIR [--skip-hf] [--cases quick]}"
 shift
 run_hf=1
+run_llamacpp=1
 quick=0
 while (($#)); do
   case "$1" in
     --skip-hf) run_hf=0; shift ;;
+    --skip-llamacpp) run_llamacpp=0; shift ;;
     --cases) [[ "$2" == quick ]] && quick=1; shift 2 ;;
     *) echo "bench.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -64,4 +67,7 @@ if ((run_hf)); then
   PYTHONUNBUFFERED=1 python3 scripts/gpu/hf_bench.py --config tests/fixtures/hf_configs/llama-3-8b.json \
     --batch_size "1;64" --input_output_len "128,128;2048,128" 2>&1 | tee "$log_dir/hf_bench.log" |
     grep -E "HF"
+fi
+if ((run_llamacpp)) && [[ -f .deps/llama.cpp.tar.xz ]]; then
+  bash scripts/gpu/llamacpp_bench.sh "$log_dir"
 fi

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The llama.cpp column of docs/perf/cuda_llama3_8b.md, on the same GPU in the same call as Kite's:
+# builds llama.cpp (CUDA) from the sources vendored in the llama-cpp-python sdist (PyPI), writes a
+# random-weight F16 GGUF of the same config, and runs llama-bench with flash attention on:
+# batch-1 decode of 128 tokens and a 2048-token prefill.
+# Usage: bash scripts/gpu/llamacpp_bench.sh LOG_DIR [CONFIG.json]
+#   Needs .deps/llama.cpp.tar.xz: the sdist's vendor/llama.cpp without its docs, models, tests,
+#   examples, web UI and non-CUDA/CPU backends (scripts/gpu/fetch_llamacpp.sh makes it).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+log_dir="${1:?usage: llamacpp_bench.sh LOG_DIR [CONFIG.json]}"
+config="${2:-$root/tests/fixtures/hf_configs/llama-3-8b.json}"
+work="${KITE_LLAMACPP_DIR:-/tmp/kite-llamacpp}"
+mkdir -p "$log_dir" "$work"
+if [[ ! -x "$work/llama.cpp/build/bin/llama-bench" ]]; then
+  tar xJf "$root/.deps/llama.cpp.tar.xz" -C "$work"
+  cmake -S "$work/llama.cpp" -B "$work/llama.cpp/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF \
+    > "$log_dir/llamacpp_build.log" 2>&1
+  /usr/bin/time -f "llama.cpp build: %e s" cmake --build "$work/llama.cpp/build" -j"$(nproc)" \
+    --target llama-bench >> "$log_dir/llamacpp_build.log" 2>&1
+  tail -1 "$log_dir/llamacpp_build.log"
+fi
+gguf="$work/$(basename "$config" .json)-f16.gguf"
+if [[ ! -f "$gguf" ]]; then
+  PYTHONPATH="$work/llama.cpp/gguf-py" /usr/bin/time -f "gguf written: %e s" \
+    python3 "$root/scripts/gpu/write_random_gguf.py" "$config" "$gguf"
+fi
+"$work/llama.cpp/build/bin/llama-bench" -m "$gguf" -ngl 99 -fa 1 -p 2048 -n 128 -r 3 -o md \
+  2>&1 | tee "$log_dir/llamacpp_bench.log" | grep -E "^\|"
