@@ -51,8 +51,9 @@ def main():
             (p + "ffn_up.weight", (ffn, hidden), np.float16),
             (p + "ffn_down.weight", (hidden, ffn), np.float16),
         ]
-    tensors += [("output_norm.weight", (hidden,), np.float32),
-                ("output.weight", (vocab, hidden), np.float16)]
+    tensors += [("output_norm.weight", (hidden,), np.float32)]
+    if not c.get("tie_word_embeddings", False):  # tied: llama.cpp reads token_embd for the head
+        tensors += [("output.weight", (vocab, hidden), np.float16)]
     for name, shape, dtype in tensors:
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         writer.add_tensor_info(name, shape, np.dtype(dtype), nbytes)
