@@ -18,39 +18,10 @@
 #include "kernels/backend_factory.h"
 #include "model/llama.h"
 #include "test_util.h"
+#include "tiny_llama.h"
 
 namespace kite {
 namespace {
-
-ModelConfig three_layer_config() {
-  ModelConfig config;
-  config.hidden_size = 32;
-  config.intermediate_size = 48;
-  config.num_hidden_layers = 3;
-  config.num_attention_heads = 4;
-  config.num_key_value_heads = 2;
-  config.head_dim = 8;
-  config.vocab_size = 50;
-  config.max_position_embeddings = 64;
-  config.rms_norm_eps = 1e-5;
-  config.rope_theta = 10000.0;
-  return config;
-}
-
-std::map<std::string, Tensor> random_weights(const ModelConfig& config) {
-  std::mt19937 generator(5);
-  std::uniform_real_distribution<float> weight(-0.3f, 0.3f), norm(0.5f, 1.5f);
-  std::map<std::string, Tensor> weights;
-  for (const WeightInfo& info : model_weights(config)) {
-    Tensor tensor(DType::kF32, info.shape);
-    for (int64_t i = 0; i < tensor.numel(); ++i) {
-      tensor.data_as<float>()[i] =
-          info.role == WeightRole::kNorm ? norm(generator) : weight(generator);
-    }
-    weights[info.name] = std::move(tensor);
-  }
-  return weights;
-}
 
 // Runs a 6-token prefill and one decode step with KITE_DUMP=<directory>: step_0 and step_1.
 void dump_two_steps(const ModelConfig& config, const std::map<std::string, Tensor>& weights,
@@ -106,8 +77,8 @@ void dump_two_steps(const ModelConfig& config, const std::map<std::string, Tenso
 class ModelDumps : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const ModelConfig config = three_layer_config();
-    std::map<std::string, Tensor> weights = random_weights(config);
+    const ModelConfig config = test::tiny_llama_config(3);
+    std::map<std::string, Tensor> weights = test::random_llama_weights(config, 5);
     reference_ = new std::string(test::temp_dir() + "/reference");
     same_ = new std::string(test::temp_dir() + "/same");
     perturbed_ = new std::string(test::temp_dir() + "/perturbed");

@@ -16,46 +16,15 @@
 #include "formats/safetensors.h"
 #include "kernels/backend_factory.h"
 #include "test_util.h"
+#include "tiny_llama.h"
 
 namespace kite {
 namespace {
 
 using HostWeights = std::map<std::string, Tensor>;
 
-Tensor random_tensor(const Shape& shape, std::mt19937& generator, float low, float high) {
-  Tensor tensor(DType::kF32, shape);
-  std::uniform_real_distribution<float> distribution(low, high);
-  for (int64_t i = 0; i < tensor.numel(); ++i) tensor.data_as<float>()[i] = distribution(generator);
-  return tensor;
-}
-
-HostWeights random_weights(const ModelConfig& config, uint32_t seed) {
-  std::mt19937 generator(seed);
-  HostWeights weights;
-  for (const WeightInfo& info : model_weights(config)) {
-    if (info.role == WeightRole::kNorm) {
-      weights[info.name] = random_tensor(info.shape, generator, 0.5f, 1.5f);
-    } else {
-      weights[info.name] = random_tensor(info.shape, generator, -0.3f, 0.3f);
-    }
-  }
-  return weights;
-}
-
-ModelConfig tiny_config() {
-  ModelConfig config;
-  config.hidden_size = 32;
-  config.intermediate_size = 48;
-  config.num_hidden_layers = 2;
-  config.num_attention_heads = 4;
-  config.num_key_value_heads = 2;
-  config.head_dim = 8;
-  config.vocab_size = 50;
-  config.max_position_embeddings = 64;
-  config.rms_norm_eps = 1e-5;
-  config.rope_theta = 10000.0;
-  return config;
-}
+using test::random_llama_weights;
+using test::tiny_llama_config;
 
 // ---- the naive reference: plain loops in double, one sequence, every position recomputed ----
 using Matrix = std::vector<std::vector<double>>;  // [rows][cols]
@@ -273,7 +242,7 @@ std::vector<std::vector<int32_t>> test_prompts(int64_t vocab) {
 }
 
 void check_against_reference(const ModelConfig& config) {
-  const HostWeights weights = random_weights(config, 3);
+  const HostWeights weights = random_llama_weights(config, 3);
   const auto prompts = test_prompts(config.vocab_size);
   ModelRunner batched(config, lookup_in(weights), int64_t(prompts.size()), 32);
   const std::vector<Matrix> prefill = batched.step(prompts);
@@ -303,11 +272,11 @@ void check_against_reference(const ModelConfig& config) {
 }
 
 TEST(LlamaForward, MatchesNaiveReferenceGqa) {
-  check_against_reference(tiny_config());
+  check_against_reference(tiny_llama_config());
 }
 
 TEST(LlamaForward, MatchesNaiveReferenceBiasesTiedSlidingWindow) {
-  ModelConfig config = tiny_config();
+  ModelConfig config = tiny_llama_config();
   config.architecture = Architecture::kQwen2;
   config.attention_bias = true;
   config.tie_word_embeddings = true;
@@ -316,7 +285,7 @@ TEST(LlamaForward, MatchesNaiveReferenceBiasesTiedSlidingWindow) {
 }
 
 TEST(LlamaForward, MatchesNaiveReferenceOutputBiasLinearRope) {
-  ModelConfig config = tiny_config();
+  ModelConfig config = tiny_llama_config();
   config.num_key_value_heads = 4;
   config.attention_bias = true;
   config.attention_output_bias = true;
@@ -326,8 +295,8 @@ TEST(LlamaForward, MatchesNaiveReferenceOutputBiasLinearRope) {
 }
 
 TEST(LlamaForward, RefusesWeightsOfTheWrongShape) {
-  const ModelConfig config = tiny_config();
-  HostWeights weights = random_weights(config, 1);
+  const ModelConfig config = tiny_llama_config();
+  HostWeights weights = random_llama_weights(config, 1);
   weights["model.layers.1.mlp.up_proj.weight"] = Tensor(DType::kF32, {48, 31});
   auto backend = std::move(make_backend(BackendKind::kCpu).value());
   Result<LlamaWeights> loaded = load_llama_weights(*backend, config, lookup_in(weights), "m");
@@ -336,7 +305,7 @@ TEST(LlamaForward, RefusesWeightsOfTheWrongShape) {
 }
 
 TEST(RopeFrequencies, FollowTransformersRules) {
-  ModelConfig config = tiny_config();
+  ModelConfig config = tiny_llama_config();
   config.head_dim = 4;
   std::vector<float> plain = rope_inverse_frequencies(config, 1);
   ASSERT_EQ(plain.size(), 2u);
