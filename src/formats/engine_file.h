@@ -60,6 +60,9 @@ std::string engine_rank_path(const std::string& engine_dir, int rank);
 
 // CRC-32 (IEEE 802.3, as zlib), continued from `crc` (0 to start).
 uint32_t crc32(const uint8_t* data, size_t size, uint32_t crc = 0);
+// The same CRC computed on several threads (pieces of `data` combined as zlib's crc32_combine
+// does): for the tens of GB of an engine file, checked at every load.
+uint32_t crc32_parallel(const uint8_t* data, size_t size, uint32_t crc = 0);
 
 // Writes a rank file: `produce(i)` gives the bytes of tensor i, which must match its declared
 // dtype and shape. Written to "<path>.tmp" and renamed when complete.

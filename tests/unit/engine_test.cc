@@ -19,6 +19,25 @@ namespace {
 TEST(EngineFile, Crc32MatchesZlib) {
   const std::string text = "123456789";
   EXPECT_EQ(crc32(reinterpret_cast<const uint8_t*>(text.data()), text.size()), 0xCBF43926u);
+  // Slicing-by-8 and the threaded version (pieces combined) agree with byte-at-a-time over odd
+  // sizes and offsets, large enough to use several threads.
+  std::vector<uint8_t> data((size_t(200) << 20) + 13);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = uint8_t((i * 2654435761u) >> 13);
+  for (size_t size : {size_t(0), size_t(1), size_t(7), size_t(8), size_t(1000003), data.size()}) {
+    uint32_t bytewise = ~0u;
+    for (size_t i = 0; i < size; ++i) {
+      bytewise ^= data[i];
+      for (int bit = 0; bit < 8; ++bit)
+        bytewise = (bytewise & 1) ? 0xEDB88320u ^ (bytewise >> 1) : bytewise >> 1;
+    }
+    bytewise = ~bytewise;
+    EXPECT_EQ(crc32(data.data(), size), bytewise) << size;
+    EXPECT_EQ(crc32_parallel(data.data(), size, 0), bytewise) << size;
+    EXPECT_EQ(crc32_parallel(data.data() + 3, size - std::min<size_t>(size, 3),
+                             crc32(data.data(), std::min<size_t>(size, 3))),
+              bytewise)
+        << size;
+  }
 }
 
 std::string write_small_engine_file() {
@@ -169,8 +188,8 @@ TEST_F(EngineCommands, ChunkedPrefillGivesTheSameTokens) {
   std::vector<nlohmann::json> records;
   for (const std::string& engine : {*engine_, chunked}) {
     const std::string json_path = test::temp_dir() + "/out.json";
-    const test::CommandResult run = test::run_kite("run --engine_dir " + engine + prompts +
-                                                   " --output_json " + json_path);
+    const test::CommandResult run =
+        test::run_kite("run --engine_dir " + engine + prompts + " --output_json " + json_path);
     ASSERT_EQ(run.exit_code, 0) << run.output;
     records.push_back(nlohmann::json::parse(read_file(json_path).value()));
   }
@@ -190,13 +209,13 @@ TEST_F(EngineCommands, ChunkedPrefillGivesTheSameTokens) {
 // CUDA engines: float16/bfloat16 checkpoints only, a GPU to tune on, and known devices only.
 TEST_F(EngineCommands, BuildForCudaRefusesWhatCannotRun) {
   const std::string output = test::temp_dir() + "/cuda_engine";
-  const test::CommandResult float32 = test::run_kite(
-      "build --checkpoint_dir " + *checkpoint_ + " --output_dir " + output + " --device cuda");
+  const test::CommandResult float32 = test::run_kite("build --checkpoint_dir " + *checkpoint_ +
+                                                     " --output_dir " + output + " --device cuda");
   EXPECT_EQ(float32.exit_code, 1);
   EXPECT_NE(float32.output.find("convert the checkpoint with --dtype bfloat16"), std::string::npos)
       << float32.output;
-  const test::CommandResult unknown = test::run_kite(
-      "build --checkpoint_dir " + *checkpoint_ + " --output_dir " + output + " --device tpu");
+  const test::CommandResult unknown = test::run_kite("build --checkpoint_dir " + *checkpoint_ +
+                                                     " --output_dir " + output + " --device tpu");
   EXPECT_EQ(unknown.exit_code, 2);
   EXPECT_NE(unknown.output.find("choose cpu or cuda"), std::string::npos) << unknown.output;
   if (cuda_devices_visible()) GTEST_SKIP() << "this machine has a GPU";
@@ -284,8 +303,7 @@ TEST_F(EngineCommands, LoadRefusesCorruptedEngineAndOtherDevice) {
   const test::CommandResult other_device =
       test::run_kite("run --engine_dir " + copy + " --input_text hi");
   EXPECT_EQ(other_device.exit_code, 1);
-  EXPECT_TRUE(other_device.output.find("build the engine again on this GPU") !=
-                  std::string::npos ||
+  EXPECT_TRUE(other_device.output.find("build the engine again on this GPU") != std::string::npos ||
               other_device.output.find("no CUDA GPU") != std::string::npos ||
               other_device.output.find("built without CUDA") != std::string::npos)
       << other_device.output;
