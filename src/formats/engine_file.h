@@ -30,6 +30,11 @@ struct BuildLimits {
   int64_t tokens_per_block = 32;  // KV cache block size
   int64_t max_num_tokens = 8192;  // tokens of all sequences in one step (prompts beyond: chunked)
 
+  // KV cache blocks one sequence of max_seq_len tokens takes.
+  int64_t blocks_per_sequence() const {
+    return (max_seq_len + tokens_per_block - 1) / tokens_per_block;
+  }
+
   bool operator==(const BuildLimits&) const = default;
 };
 

@@ -49,16 +49,7 @@ Result<std::unique_ptr<Backend>> make_backend(BackendKind kind, const BackendOpt
 
 Result<GpuIdentity> gpu_identity(int device_index) {
 #ifdef KITE_WITH_CUDA
-  KITE_ASSIGN_OR_RETURN(std::vector<CudaDeviceInfo> devices, cuda_devices());
-  if (devices.empty()) {
-    return unsupported("no CUDA GPU is visible on this machine (check nvidia-smi and "
-                       "CUDA_VISIBLE_DEVICES)");
-  }
-  if (device_index < 0 || size_t(device_index) >= devices.size()) {
-    return invalid_argument("GPU " + std::to_string(device_index) + " does not exist; " +
-                            std::to_string(devices.size()) + " GPU(s) are visible");
-  }
-  const CudaDeviceInfo& device = devices[size_t(device_index)];
+  KITE_ASSIGN_OR_RETURN(CudaDeviceInfo device, cuda_device(device_index));
   return GpuIdentity{device.name, device.compute_capability, device.total_memory_bytes};
 #else
   (void)device_index;
@@ -68,8 +59,7 @@ Result<GpuIdentity> gpu_identity(int device_index) {
 
 Result<GpuCeilings> measure_gpu_ceilings(int device_index) {
 #ifdef KITE_WITH_CUDA
-  KITE_ASSIGN_OR_RETURN(GpuIdentity identity, gpu_identity(device_index));
-  (void)identity;
+  KITE_RETURN_IF_ERROR(cuda_device(device_index).status());
   KITE_CUDA_CHECK(cudaSetDevice(device_index));
   KITE_ASSIGN_OR_RETURN(cuda::GpuCeilings measured, cuda::measure_ceilings());
   return GpuCeilings{measured.copy_bytes_per_second, measured.bf16_gemm_flops_per_second};
@@ -83,8 +73,7 @@ Result<std::vector<GemmChoice>> tune_gemms(const std::vector<GemmShape>& shapes,
                                            int device_index,
                                            const std::function<void(size_t, size_t)>& on_progress) {
 #ifdef KITE_WITH_CUDA
-  KITE_ASSIGN_OR_RETURN(GpuIdentity identity, gpu_identity(device_index));
-  (void)identity;
+  KITE_RETURN_IF_ERROR(cuda_device(device_index).status());
   KITE_CUDA_CHECK(cudaSetDevice(device_index));
   KITE_ASSIGN_OR_RETURN(std::unique_ptr<cuda::GemmRunner> runner, cuda::GemmRunner::create());
   cudaStream_t stream = nullptr;
@@ -97,8 +86,8 @@ Result<std::vector<GemmChoice>> tune_gemms(const std::vector<GemmShape>& shapes,
     const cuda::GemmTactic tactic = timings.empty()
                                         ? runner->default_tactic(shape.max_tokens, shape.n, shape.k)
                                         : timings.front().tactic;
-    choices.push_back(GemmChoice{shape.max_tokens, shape.n, shape.k, int32_t(tactic.algorithm),
-                                 tactic.variant});
+    choices.push_back(
+        GemmChoice{shape.max_tokens, shape.n, shape.k, int32_t(tactic.algorithm), tactic.variant});
     if (on_progress) on_progress(i + 1, shapes.size());
   }
   KITE_CUDA_CHECK(cudaStreamDestroy(stream));

@@ -20,7 +20,7 @@ Result<KvCache> KvCache::allocate(Backend& backend, const ModelConfig& model, DT
   view.num_kv_heads = model.num_key_value_heads;
   view.block_size = block_size;
   view.head_dim = model.head_dim;
-  const size_t bytes = size_t(view.num_layers * view.layer_elements()) * dtype_size(dtype);
+  const size_t bytes = size_t(num_blocks) * block_bytes(model, dtype, block_size);
   Result<DeviceBuffer> buffer = backend.allocate(bytes);
   if (!buffer.is_ok()) {
     return buffer.status().with_context("KV cache of " + std::to_string(bytes >> 20) +
@@ -81,8 +81,7 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& engine_dir,
                          "): build the engine again on this GPU");
     }
     kind = BackendKind::kCuda;
-    backend_options = BackendOptions{options.device_index, config.weight_dtype,
-                                     config.gemm_choices,
+    backend_options = BackendOptions{options.device_index, config.weight_dtype, config.gemm_choices,
                                      options.multi_block_mode.value_or(config.multi_block_mode),
                                      limits.max_seq_len};
   }
@@ -99,19 +98,17 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& engine_dir,
   engine->model_ =
       std::make_unique<LlamaModel>(*engine->backend_, config.model, std::move(weights));
   // The largest step: max_num_tokens tokens of up to max_batch_size sequences, a logit row each.
+  const int64_t blocks_per_sequence = limits.blocks_per_sequence();
   KITE_RETURN_IF_ERROR(engine->model_->reserve_workspace(
       limits.max_num_tokens, limits.max_batch_size, limits.max_batch_size,
-      limits.max_batch_size * ((limits.max_seq_len + limits.tokens_per_block - 1) /
-                               limits.tokens_per_block)));
-  const int64_t blocks_per_sequence =
-      (limits.max_seq_len + limits.tokens_per_block - 1) / limits.tokens_per_block;
+      limits.max_batch_size * blocks_per_sequence));
+  const size_t block_bytes =
+      KvCache::block_bytes(config.model, config.kv_cache_dtype, limits.tokens_per_block);
   int64_t num_blocks = limits.max_batch_size * blocks_per_sequence;
   if (kind == BackendKind::kCuda) {
     engine->backend_->synchronize();
     KITE_ASSIGN_OR_RETURN(GpuIdentity gpu, gpu_identity(options.device_index));
     const size_t free_bytes = gpu.total_memory_bytes - engine->backend_->memory_in_use_bytes();
-    const size_t block_bytes =
-        KvCache::block_bytes(config.model, config.kv_cache_dtype, limits.tokens_per_block);
     num_blocks =
         int64_t(double(free_bytes) * options.kv_cache_free_gpu_mem_fraction / double(block_bytes));
     if (num_blocks < blocks_per_sequence) {
@@ -126,14 +123,12 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& engine_dir,
                         KvCache::allocate(*engine->backend_, config.model, config.kv_cache_dtype,
                                           limits.tokens_per_block, num_blocks));
   if (kind == BackendKind::kCuda) {
-    const double gib = double(num_blocks) *
-                       double(KvCache::block_bytes(config.model, config.kv_cache_dtype,
-                                                   limits.tokens_per_block)) /
-                       double(1 << 30);
+    const double gib = double(num_blocks) * double(block_bytes) / double(1 << 30);
     std::fprintf(stderr,
                  "kite: KV cache: %lld blocks of %lld tokens (%lld tokens, %.2f GiB, %.0f%% of "
                  "the free GPU memory)\n",
-                 static_cast<long long>(num_blocks), static_cast<long long>(limits.tokens_per_block),
+                 static_cast<long long>(num_blocks),
+                 static_cast<long long>(limits.tokens_per_block),
                  static_cast<long long>(num_blocks * limits.tokens_per_block), gib,
                  options.kv_cache_free_gpu_mem_fraction * 100);
   }
@@ -205,8 +200,8 @@ Result<std::vector<int32_t>> next_tokens(Engine& engine, const StepInput& step,
   const size_t vocab = size_t(engine.config().model.vocab_size);
   for (size_t row = 0; row < owners.size(); ++row) {
     Sequence& sequence = sequences[owners[row]];
-    tokens[row] = sequence.sampler.sample(std::span<const float>(logits.data() + row * vocab, vocab),
-                                          sequence.tokens);
+    tokens[row] = sequence.sampler.sample(
+        std::span<const float>(logits.data() + row * vocab, vocab), sequence.tokens);
   }
   return tokens;
 }
@@ -219,7 +214,7 @@ Result<std::vector<GenerationResult>> generate(Engine& engine, const GenerationR
   KITE_RETURN_IF_ERROR(check_request(engine, request));
   KvCache& cache = engine.kv_cache();
   const int64_t block_size = cache.view().block_size;
-  const int64_t max_blocks = (engine.config().limits.max_seq_len + block_size - 1) / block_size;
+  const int64_t max_blocks = engine.config().limits.blocks_per_sequence();
   std::vector<Sequence> sequences;
   // Blocks go back to the cache however this function returns.
   struct BlockReturn {

@@ -16,7 +16,9 @@
 namespace kite {
 namespace {
 
-void free_device_memory(void* data) { KITE_CUDA_CHECK(cudaFree(data)); }
+void free_device_memory(void* data) {
+  KITE_CUDA_CHECK(cudaFree(data));
+}
 
 }  // namespace
 
@@ -25,15 +27,7 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& o
     return invalid_argument("the CUDA backend computes in float16 or bfloat16, not " +
                             std::string(dtype_name(options.activation_dtype)));
   }
-  KITE_ASSIGN_OR_RETURN(std::vector<CudaDeviceInfo> devices, cuda_devices());
-  if (devices.empty()) {
-    return unsupported("no CUDA GPU is visible on this machine (check the driver with "
-                       "nvidia-smi and CUDA_VISIBLE_DEVICES); use --device cpu engines here");
-  }
-  if (options.device_index < 0 || size_t(options.device_index) >= devices.size()) {
-    return invalid_argument("GPU " + std::to_string(options.device_index) + " does not exist; " +
-                            std::to_string(devices.size()) + " GPU(s) are visible");
-  }
+  KITE_ASSIGN_OR_RETURN(CudaDeviceInfo device, cuda_device(options.device_index));
   KITE_CUDA_CHECK(cudaSetDevice(options.device_index));
   cudaStream_t stream = nullptr;
   KITE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -42,8 +36,8 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& o
     KITE_CUDA_CHECK(cudaStreamDestroy(stream));
     return gemm.status();
   }
-  return std::unique_ptr<CudaBackend>(new CudaBackend(
-      options, devices[size_t(options.device_index)], stream, std::move(*gemm)));
+  return std::unique_ptr<CudaBackend>(
+      new CudaBackend(options, std::move(device), stream, std::move(*gemm)));
 }
 
 CudaBackend::CudaBackend(BackendOptions options, CudaDeviceInfo device, cudaStream_t stream,
@@ -69,8 +63,8 @@ Result<DeviceBuffer> CudaBackend::allocate(size_t bytes) {
     cudaGetLastError();  // an allocation failure is not sticky; clear it
     size_t free_bytes = 0, total_bytes = 0;
     cudaMemGetInfo(&free_bytes, &total_bytes);
-    return out_of_range("out of GPU memory allocating " + std::to_string(bytes >> 20) +
-                        " MiB (" + std::to_string(free_bytes >> 20) +
+    return out_of_range("out of GPU memory allocating " + std::to_string(bytes >> 20) + " MiB (" +
+                        std::to_string(free_bytes >> 20) +
                         " MiB free); use a smaller model, batch, sequence length or KV cache "
                         "fraction");
   }
@@ -79,19 +73,21 @@ Result<DeviceBuffer> CudaBackend::allocate(size_t bytes) {
 
 void CudaBackend::upload(void* device_destination, const void* host_source, size_t bytes) {
   if (bytes == 0) return;
-  KITE_CUDA_CHECK(cudaMemcpyAsync(device_destination, host_source, bytes, cudaMemcpyHostToDevice,
-                                  stream_));
+  KITE_CUDA_CHECK(
+      cudaMemcpyAsync(device_destination, host_source, bytes, cudaMemcpyHostToDevice, stream_));
   // Pageable host memory: the call returns once the source is staged, so the caller may reuse it.
 }
 
 void CudaBackend::download(void* host_destination, const void* device_source, size_t bytes) {
   if (bytes == 0) return;
-  KITE_CUDA_CHECK(cudaMemcpyAsync(host_destination, device_source, bytes, cudaMemcpyDeviceToHost,
-                                  stream_));
+  KITE_CUDA_CHECK(
+      cudaMemcpyAsync(host_destination, device_source, bytes, cudaMemcpyDeviceToHost, stream_));
   KITE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
-void CudaBackend::synchronize() { KITE_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+void CudaBackend::synchronize() {
+  KITE_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
 
 size_t CudaBackend::memory_in_use_bytes() const {
   size_t free_bytes = 0, total_bytes = 0;
@@ -113,8 +109,7 @@ Result<int64_t> CudaBackend::end_graph_capture() {
   KITE_CUDA_CHECK(cudaGraphDestroy(graph));
   if (error != cudaSuccess) {
     cudaGetLastError();
-    return internal_error(std::string("cudaGraphInstantiate failed: ") +
-                          cudaGetErrorString(error));
+    return internal_error(std::string("cudaGraphInstantiate failed: ") + cudaGetErrorString(error));
   }
   graphs_.push_back(executable);
   return int64_t(graphs_.size()) - 1;
@@ -164,8 +159,7 @@ cuda::GemmTactic CudaBackend::tactic_for(int64_t m, int64_t n, int64_t k) const 
 
 void CudaBackend::linear(const DeviceTensor& x, const DeviceTensor& weight,
                          const DeviceTensor* bias, DeviceTensor& out) {
-  gemm_->linear(x, weight, bias, out, tactic_for(x.rows(), weight.rows(), weight.cols()),
-                stream_);
+  gemm_->linear(x, weight, bias, out, tactic_for(x.rows(), weight.rows(), weight.cols()), stream_);
 }
 
 void CudaBackend::rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope,
@@ -178,11 +172,10 @@ void CudaBackend::attention(const DeviceTensor& q, const AttentionBatch& batch,
                             const KvCacheView& cache, int64_t layer, float scale,
                             int64_t sliding_window, DeviceTensor& out) {
   const bool decode = batch.max_query_length == 1;
-  const int splits =
-      decode ? cuda::choose_attention_splits(batch.num_sequences, cache.num_kv_heads,
-                                             options_.max_seq_len, device_.multiprocessor_count,
-                                             options_.multi_block_mode)
-             : 1;
+  const int splits = decode ? cuda::choose_attention_splits(
+                                  batch.num_sequences, cache.num_kv_heads, options_.max_seq_len,
+                                  device_.multiprocessor_count, options_.multi_block_mode)
+                            : 1;
   const int64_t query_heads = q.cols() / cache.head_dim;
   const size_t needed =
       cuda::attention_workspace_bytes(batch.num_tokens, query_heads, cache.head_dim, splits);
@@ -204,9 +197,9 @@ void CudaBackend::reserve_scratch(DeviceBuffer& buffer, size_t bytes) {
 }
 
 void CudaBackend::sample(DeviceTensor& logits, const SamplingRow* rows, const int32_t* history,
-                         const int32_t* history_length, int64_t history_stride,
-                         int32_t* out_ids) {
-  reserve_scratch(sampling_workspace_, cuda::sampling_workspace_bytes(logits.rows(), logits.cols()));
+                         const int32_t* history_length, int64_t history_stride, int32_t* out_ids) {
+  reserve_scratch(sampling_workspace_,
+                  cuda::sampling_workspace_bytes(logits.rows(), logits.cols()));
   cuda::sample(logits, rows, history, history_length, history_stride, out_ids,
                sampling_workspace_.data(), sampling_workspace_.size(), stream_);
 }

@@ -29,4 +29,17 @@ Result<std::vector<CudaDeviceInfo>> cuda_devices() {
   return devices;
 }
 
+Result<CudaDeviceInfo> cuda_device(int index) {
+  KITE_ASSIGN_OR_RETURN(std::vector<CudaDeviceInfo> devices, cuda_devices());
+  if (devices.empty()) {
+    return unsupported("no CUDA GPU is visible on this machine (check the driver with "
+                       "nvidia-smi and CUDA_VISIBLE_DEVICES); use --device cpu engines here");
+  }
+  if (index < 0 || size_t(index) >= devices.size()) {
+    return invalid_argument("GPU " + std::to_string(index) + " does not exist; " +
+                            std::to_string(devices.size()) + " GPU(s) are visible");
+  }
+  return devices[size_t(index)];
+}
+
 }  // namespace kite

@@ -21,4 +21,7 @@ struct CudaDeviceInfo {
 // cudaErrorInsufficientDriver, codes 100 and 35).
 Result<std::vector<CudaDeviceInfo>> cuda_devices();
 
+// GPU `index`: kUnsupported when no GPU is visible, kInvalidArgument for an index past the last.
+Result<CudaDeviceInfo> cuda_device(int index);
+
 }  // namespace kite
