@@ -14,6 +14,9 @@ struct GemmChoice {
   int64_t k = 0;
   int32_t algorithm = 0;
   int32_t variant = 0;
+  // Its measured time at max_tokens rows when tuned (0: not measured), for reports: weight bytes
+  // over this time is the bandwidth the kernel reached.
+  float microseconds = 0;
   bool operator==(const GemmChoice&) const = default;
 };
 

@@ -86,8 +86,9 @@ Result<std::vector<GemmChoice>> tune_gemms(const std::vector<GemmShape>& shapes,
     const cuda::GemmTactic tactic = timings.empty()
                                         ? runner->default_tactic(shape.max_tokens, shape.n, shape.k)
                                         : timings.front().tactic;
-    choices.push_back(
-        GemmChoice{shape.max_tokens, shape.n, shape.k, int32_t(tactic.algorithm), tactic.variant});
+    choices.push_back(GemmChoice{shape.max_tokens, shape.n, shape.k, int32_t(tactic.algorithm),
+                                 tactic.variant,
+                                 timings.empty() ? 0.0f : timings.front().microseconds});
     if (on_progress) on_progress(i + 1, shapes.size());
   }
   KITE_CUDA_CHECK(cudaStreamDestroy(stream));

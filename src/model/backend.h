@@ -116,9 +116,7 @@ class Backend {
   // recorded) when this backend has no graphs, as on the CPU.
   virtual bool begin_graph_capture() { return false; }
   // Stops recording; the id of the graph for replay_graph.
-  virtual Result<int64_t> end_graph_capture() {
-    return unsupported("this backend has no graphs");
-  }
+  virtual Result<int64_t> end_graph_capture() { return unsupported("this backend has no graphs"); }
   // Runs a recorded graph again: the same ops on the same buffers, reading their current contents.
   virtual void replay_graph(int64_t /*graph*/) { KITE_CHECK(false); }
   virtual void destroy_graph(int64_t /*graph*/) {}
@@ -149,6 +147,14 @@ class Backend {
                          int64_t sliding_window, DeviceTensor& out) = 0;
   // out = silu(gate) * up, with gate_up[t] = [gate (F) | up (F)]    gate_up [T, 2F], out [T, F]
   virtual void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) = 0;
+  // out = silu_mul(gate_up) @ weight^T       gate_up [T, 2F], weight [N, F], out [T, N]
+  // Backends that fuse the two (CUDA at decode sizes) leave `hidden` [T, F] untouched; the others
+  // compute silu_mul into it first.
+  virtual void silu_mul_linear(const DeviceTensor& gate_up, const DeviceTensor& weight,
+                               DeviceTensor& hidden, DeviceTensor& out) {
+    silu_mul(gate_up, hidden);
+    linear(hidden, weight, nullptr, out);
+  }
   // out[i, :] = x[indices[i], :]            x [T, H], indices [R] (backend memory), out [R, H]
   virtual void gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& out) = 0;
   // Converts between dtypes element-wise (e.g. activations to float32 logits).

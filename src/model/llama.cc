@@ -191,7 +191,9 @@ std::vector<float> rope_inverse_frequencies(const ModelConfig& config, int64_t s
 LlamaModel::LlamaModel(Backend& backend, ModelConfig config, LlamaWeights weights)
     : backend_(&backend), config_(std::move(config)), weights_(std::move(weights)) {}
 
-LlamaModel::~LlamaModel() { drop_graphs(); }
+LlamaModel::~LlamaModel() {
+  drop_graphs();
+}
 
 void LlamaModel::drop_graphs() {
   for (const auto& [key, graph] : graphs_) backend_->destroy_graph(graph);
@@ -267,7 +269,8 @@ Result<std::vector<int32_t>> LlamaModel::forward_and_sample(
   KITE_CHECK(backend_->has_sampling());
   const size_t R = step.logit_rows.size();
   if (rows.size() != R || (!history.empty() && history.size() != R)) {
-    return invalid_argument("forward_and_sample needs a sampling row (and a history) per logit row");
+    return invalid_argument(
+        "forward_and_sample needs a sampling row (and a history) per logit row");
   }
   // Upload the rows and, for the repetition penalty, the histories, into buffers that keep their
   // addresses (a captured graph reads them).
@@ -293,7 +296,8 @@ Result<std::vector<int32_t>> LlamaModel::forward_and_sample(
     // [R] lengths, then [R, stride] tokens.
     std::vector<int32_t> packed(R * size_t(stride + 1), -1);
     for (size_t r = 0; r < R; ++r) {
-      if (int64_t(history[r].size()) > stride) return invalid_argument("history beyond max_seq_len");
+      if (int64_t(history[r].size()) > stride)
+        return invalid_argument("history beyond max_seq_len");
       packed[r] = int32_t(history[r].size());
       std::copy(history[r].begin(), history[r].end(), packed.begin() + R + r * size_t(stride));
     }
@@ -378,7 +382,7 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
   };
   DeviceTensor residual = carve(act, {T, H});            // [T, H] the residual stream
   DeviceTensor normed = carve(act, {T, H});              // [T, H] RMSNorm output feeding each block
-  DeviceTensor qkv = carve(act, {T, Q + 2 * KV});       // [T, Q + 2KV] q | k | v heads
+  DeviceTensor qkv = carve(act, {T, Q + 2 * KV});        // [T, Q + 2KV] q | k | v heads
   DeviceTensor q = carve(act, {T, Q});                   // [T, Q] queries after RoPE
   DeviceTensor attended = carve(act, {T, Q});            // [T, Q] attention output per head
   DeviceTensor block_out = carve(act, {T, H});           // [T, H] o_proj / down_proj output
@@ -425,11 +429,15 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
       // [g | u] = h @ [Wg; Wu]^T
       backend.linear(normed, w.gate_up_proj, nullptr, gate_up);
       dump.add(name + "gate_up", gate_up);
-      // m = silu(g) * u
-      backend.silu_mul(gate_up, mlp_hidden);
-      dump.add(name + "silu_mul", mlp_hidden);
-      // d = m @ Wd^T
-      backend.linear(mlp_hidden, w.down_proj, nullptr, block_out);
+      // m = silu(g) * u; d = m @ Wd^T   (one kernel where the backend fuses them; apart when
+      // dumping, so that m can be dumped)
+      if (dump.enabled()) {
+        backend.silu_mul(gate_up, mlp_hidden);
+        dump.add(name + "silu_mul", mlp_hidden);
+        backend.linear(mlp_hidden, w.down_proj, nullptr, block_out);
+      } else {
+        backend.silu_mul_linear(gate_up, w.down_proj, mlp_hidden, block_out);
+      }
       dump.add(name + "down_proj", block_out);
       // x += d; h = rms_norm(x) * (next layer's input_layernorm, or the final norm)
       const bool last_layer = l + 1 == c.num_hidden_layers;

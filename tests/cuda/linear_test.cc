@@ -9,7 +9,9 @@
 #include <vector>
 
 #include "cuda/cuda_test_util.h"
+#include "kernels/cpu/activation.h"
 #include "kernels/cpu/linear.h"
+#include "kernels/cuda/activation.h"
 #include "kernels/cuda/linear.h"
 
 namespace kite {
@@ -283,6 +285,70 @@ TEST(CudaLinear, RunsInsideGraphCapture) {
   cudaGraphExecDestroy(executable);
   cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
+}
+
+// The down projection with SwiGLU fused into its input (linear_silu_mul): bit for bit the result of
+// the SwiGLU kernel followed by the same GEMV configuration, and close to the CPU twins; calls it
+// does not take (M > 8, cuBLASLt tactics) are refused so that the caller runs the two apart.
+TEST(CudaLinear, SiluMulFusedIntoGemvMatchesSeparateOps) {
+  KITE_REQUIRE_GPU();
+  auto runner = make_runner();
+  ASSERT_TRUE(runner);
+  uint32_t seed = 300;
+  for (const DType dtype : {DType::kBF16, DType::kF16}) {
+    for (const int64_t m : {1, 2, 5, 8, 9}) {
+      for (const int64_t n : {7, 96, 1000}) {
+        for (const int64_t k : {8, 576, 1000, 4096}) {
+          const std::string what = std::string(dtype_name(dtype)) + " M=" + std::to_string(m) +
+                                   " N=" + std::to_string(n) + " K=" + std::to_string(k);
+          const auto gate_up_values = test::random_values(size_t(m * 2 * k), seed++, 2.0f, dtype);
+          const auto weight_values =
+              test::random_values(size_t(n * k), seed++, 1.0f / std::sqrt(float(k)), dtype);
+          GpuTensor gate_up = test::to_gpu(dtype, {m, 2 * k}, gate_up_values);
+          GpuTensor weight = test::to_gpu(dtype, {n, k}, weight_values);
+          GpuTensor hidden(dtype, {m, k});
+          cuda::silu_mul(gate_up.tensor, hidden.tensor, nullptr);
+
+          // The CPU twins: SwiGLU in float32, the GPU's rounding of it, then the product.
+          std::vector<float> hidden_cpu(size_t(m * k));
+          DeviceTensor hidden_host{DType::kF32, {m, k}, hidden_cpu.data()};
+          std::vector<float> gate_up_copy = gate_up_values;
+          cpu::silu_mul(DeviceTensor{DType::kF32, {m, 2 * k}, gate_up_copy.data()}, hidden_host);
+          for (float& value : hidden_cpu) value = test::round_to(dtype, value);
+          std::vector<uint8_t> weight_bytes = test::encode(dtype, weight_values);
+          std::vector<float> expected(size_t(m * n));
+          DeviceTensor expected_host{DType::kF32, {m, n}, expected.data()};
+          cpu::linear(hidden_host, DeviceTensor{dtype, {n, k}, weight_bytes.data()}, nullptr,
+                      expected_host, cpu::detect_isa());
+
+          for (int32_t variant = 0; variant < cuda::kGemvVariantCount; ++variant) {
+            const GemmTactic tactic{GemmAlgorithm::kGemv, variant};
+            GpuTensor fused(dtype, {m, n});
+            const bool ran = runner->linear_silu_mul(gate_up.tensor, weight.tensor, fused.tensor,
+                                                     tactic, nullptr);
+            ASSERT_EQ(cudaGetLastError(), cudaSuccess) << what;
+            ASSERT_EQ(ran, m <= 8) << what;
+            if (!ran) continue;
+            GpuTensor separate(dtype, {m, n});
+            runner->linear(hidden.tensor, weight.tensor, nullptr, separate.tensor, tactic, nullptr);
+            const std::vector<float> fused_values = test::to_host(fused.tensor);
+            EXPECT_EQ(fused_values, test::to_host(separate.tensor))
+                << what << " gemv:" << variant << " differs from silu_mul + linear";
+            // Output scale ~1: atol for the accumulation order and for the few hidden values whose
+            // rounding differs by one unit (the GPU's exp is not the CPU's), rtol for the output's
+            // rounding. A wrong chunk or row is off by about 1.
+            test::expect_close(fused_values, expected, 1.0f / 128, test::unit_roundoff(dtype),
+                               what + " gemv:" + std::to_string(variant) + " vs CPU");
+          }
+          GpuTensor unused(dtype, {m, n});
+          EXPECT_FALSE(runner->linear_silu_mul(gate_up.tensor, weight.tensor, unused.tensor,
+                                               {GemmAlgorithm::kCublasLt, 0}, nullptr))
+              << what;
+          if (HasFailure()) return;
+        }
+      }
+    }
+  }
 }
 
 TEST(CudaLinear, EmptyBatchWritesNothing) {

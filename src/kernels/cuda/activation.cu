@@ -3,6 +3,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/dispatch.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace kite::cuda {
 namespace {
@@ -12,6 +13,8 @@ constexpr int kThreads = 256;
 // out = silu(g) * u for kWidth consecutive elements of one row.
 template <typename T, int kWidth>
 __global__ void silu_mul_kernel(const T* gate_up, T* out, int64_t rows, int64_t width) {
+  pdl_launch_dependents();
+  pdl_wait();
   using Vector = Pack<T, kWidth>;
   const int64_t vectors_per_row = width / kWidth;
   const int64_t total = rows * vectors_per_row;
@@ -23,10 +26,8 @@ __global__ void silu_mul_kernel(const T* gate_up, T* out, int64_t rows, int64_t 
     const Vector up = reinterpret_cast<const Vector*>(row_data + width)[column];
     Vector result;
 #pragma unroll
-    for (int j = 0; j < kWidth; ++j) {
-      const float g = to_float(gate.values[j]);
-      result.values[j] = from_float<T>(g / (1.0f + __expf(-g)) * to_float(up.values[j]));
-    }
+    for (int j = 0; j < kWidth; ++j)
+      result.values[j] = silu_mul_element(gate.values[j], up.values[j]);
     reinterpret_cast<Vector*>(out + row * width)[column] = result;
   }
 }
@@ -47,12 +48,11 @@ void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out, cudaStream_t strea
     const auto* input = static_cast<const T*>(gate_up.data);
     auto* output = static_cast<T*>(out.data);
     if (vectorized) {
-      silu_mul_kernel<T, 8><<<blocks, kThreads, 0, stream>>>(input, output, rows, width);
+      launch_kernel(silu_mul_kernel<T, 8>, blocks, kThreads, 0, stream, input, output, rows, width);
     } else {
-      silu_mul_kernel<T, 1><<<blocks, kThreads, 0, stream>>>(input, output, rows, width);
+      launch_kernel(silu_mul_kernel<T, 1>, blocks, kThreads, 0, stream, input, output, rows, width);
     }
   });
-  KITE_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace kite::cuda

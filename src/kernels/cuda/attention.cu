@@ -15,6 +15,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/launch.cuh"
 
 namespace kite::cuda {
 namespace {
@@ -211,6 +212,8 @@ struct DecodeShape {
 
 template <typename Element, int kHeadDim, int kMaxHeads>
 __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionParams p) {
+  pdl_launch_dependents();
+  pdl_wait();
   using Shape = DecodeShape<kHeadDim>;
   constexpr int kThreadsPerKey = Shape::kThreadsPerKey;
   constexpr int kKeyLanes = Shape::kKeyLanes;
@@ -445,6 +448,8 @@ constexpr int kMaxSplits = 256;
 
 template <typename Element>
 __global__ void __launch_bounds__(kMergeThreads) merge_splits_kernel(const AttentionParams p) {
+  pdl_launch_dependents();
+  pdl_wait();
   __shared__ float weights[kMaxSplits];
   __shared__ float inverse_total;
   const int64_t split_stride = int64_t(p.num_tokens) * p.num_q_heads;
@@ -500,6 +505,8 @@ struct PrefillShape {
 
 template <typename Element, int kHeadDim>
 __global__ void __launch_bounds__(kPrefillThreads, 3) prefill_kernel(const AttentionParams p) {
+  pdl_launch_dependents();
+  pdl_wait();
   using Shape = PrefillShape<kHeadDim>;
   using Ops = ElementOps<Element>;
   constexpr int kRowStride = Shape::kRowStride;
@@ -765,14 +772,12 @@ void launch_decode(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
   // The fewest register-resident query heads that hold the CTA's share of the group.
   auto kernel = p.heads_per_cta == 1 ? decode_kernel<Element, kHeadDim, 1>
                                      : decode_kernel<Element, kHeadDim, kMaxDecodeHeads>;
-  kernel<<<grid, kDecodeThreads, kDecodeSharedBytes, stream>>>(p);
-  KITE_CUDA_CHECK_LAUNCH();
+  launch_kernel(kernel, grid, kDecodeThreads, kDecodeSharedBytes, stream, p);
 }
 
 template <typename Element>
 void launch_merge(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
-  merge_splits_kernel<Element><<<grid, kMergeThreads, 0, stream>>>(p);
-  KITE_CUDA_CHECK_LAUNCH();
+  launch_kernel(merge_splits_kernel<Element>, grid, kMergeThreads, 0, stream, p);
 }
 
 template <typename Element, int kHeadDim>
@@ -783,8 +788,7 @@ void launch_prefill(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          kSharedBytes));
   }
-  prefill_kernel<Element, kHeadDim><<<grid, kPrefillThreads, kSharedBytes, stream>>>(p);
-  KITE_CUDA_CHECK_LAUNCH();
+  launch_kernel(prefill_kernel<Element, kHeadDim>, grid, kPrefillThreads, kSharedBytes, stream, p);
 }
 
 using Launcher = void (*)(const AttentionParams&, dim3, cudaStream_t);

@@ -162,6 +162,14 @@ void CudaBackend::linear(const DeviceTensor& x, const DeviceTensor& weight,
   gemm_->linear(x, weight, bias, out, tactic_for(x.rows(), weight.rows(), weight.cols()), stream_);
 }
 
+void CudaBackend::silu_mul_linear(const DeviceTensor& gate_up, const DeviceTensor& weight,
+                                  DeviceTensor& hidden, DeviceTensor& out) {
+  const cuda::GemmTactic tactic = tactic_for(gate_up.rows(), weight.rows(), weight.cols());
+  if (!gemm_->linear_silu_mul(gate_up, weight, out, tactic, stream_)) {
+    Backend::silu_mul_linear(gate_up, weight, hidden, out);
+  }
+}
+
 void CudaBackend::rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope,
                                     const AttentionBatch& batch, const KvCacheView& cache,
                                     int64_t layer, DeviceTensor& q) {

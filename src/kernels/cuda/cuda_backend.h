@@ -57,6 +57,8 @@ class CudaBackend final : public Backend {
   void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCacheView& cache,
                  int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out) override;
   void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) override;
+  void silu_mul_linear(const DeviceTensor& gate_up, const DeviceTensor& weight,
+                       DeviceTensor& hidden, DeviceTensor& out) override;
   void gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& out) override;
   void convert(const DeviceTensor& source, DeviceTensor& destination) override;
   // Sampling on the GPU (kernels/cuda/sampling.h): only the ids go back to the host.
@@ -78,7 +80,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::GemmRunner> gemm_;
   // Split-KV partial results; grown outside graph capture (the first step of a shape).
   DeviceBuffer attention_workspace_;
-  DeviceBuffer sampling_workspace_;  // likewise
+  DeviceBuffer sampling_workspace_;      // likewise
   std::vector<cudaGraphExec_t> graphs_;  // by id; destroyed ones are null
 };
 

@@ -1,7 +1,13 @@
-// GPU discovery through the CUDA runtime.
+// GPU discovery through the CUDA runtime, and whether kernels launch with PDL (launch.cuh).
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <cstdlib>
+#include <string_view>
+
+#include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/launch.cuh"
 
 namespace kite {
 
@@ -32,8 +38,9 @@ Result<std::vector<CudaDeviceInfo>> cuda_devices() {
 Result<CudaDeviceInfo> cuda_device(int index) {
   KITE_ASSIGN_OR_RETURN(std::vector<CudaDeviceInfo> devices, cuda_devices());
   if (devices.empty()) {
-    return unsupported("no CUDA GPU is visible on this machine (check the driver with "
-                       "nvidia-smi and CUDA_VISIBLE_DEVICES); use --device cpu engines here");
+    return unsupported(
+        "no CUDA GPU is visible on this machine (check the driver with "
+        "nvidia-smi and CUDA_VISIBLE_DEVICES); use --device cpu engines here");
   }
   if (index < 0 || size_t(index) >= devices.size()) {
     return invalid_argument("GPU " + std::to_string(index) + " does not exist; " +
@@ -43,3 +50,29 @@ Result<CudaDeviceInfo> cuda_device(int index) {
 }
 
 }  // namespace kite
+
+namespace kite::cuda {
+
+bool programmatic_launch_enabled() {
+  static const bool allowed = [] {
+    const char* setting = std::getenv("KITE_ENABLE_PDL");
+    return !(setting && std::string_view(setting) == "0");
+  }();
+  if (!allowed) return false;
+  // Per device, asked once: 0 = not asked yet, 1 = no PDL, 2 = PDL (compute capability 9.0+).
+  constexpr int kDevices = 64;
+  static std::atomic<int> has_pdl[kDevices] = {};
+  int device = 0;
+  KITE_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < 0 || device >= kDevices) return false;
+  int known = has_pdl[device].load(std::memory_order_relaxed);
+  if (known == 0) {
+    int major = 0;
+    KITE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    known = major >= 9 ? 2 : 1;
+    has_pdl[device].store(known, std::memory_order_relaxed);
+  }
+  return known == 2;
+}
+
+}  // namespace kite::cuda

@@ -39,6 +39,14 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float value) 
   return __float2bfloat16_rn(value);
 }
 
+// SwiGLU of one element, round(silu(gate) * up), computed in float32. Shared by the SwiGLU kernel
+// and the GEMV that fuses it, so that both round identically.
+template <typename T>
+__device__ __forceinline__ T silu_mul_element(T gate, T up) {
+  const float g = to_float(gate);
+  return from_float<T>(g / (1.0f + __expf(-g)) * to_float(up));
+}
+
 // kWidth consecutive elements moved as one aligned access (8 x 16-bit: 16 bytes).
 template <typename T, int kWidth>
 struct alignas(sizeof(T) * kWidth) Pack {
@@ -47,7 +55,8 @@ struct alignas(sizeof(T) * kWidth) Pack {
 
 __device__ __forceinline__ float warp_sum(float value) {
 #pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) value += __shfl_xor_sync(0xffffffffu, value, offset);
+  for (int offset = 16; offset > 0; offset >>= 1)
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
   return value;
 }
 

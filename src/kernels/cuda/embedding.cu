@@ -3,6 +3,7 @@
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/embedding.h"
+#include "kernels/cuda/launch.cuh"
 
 namespace kite::cuda {
 namespace {
@@ -13,6 +14,8 @@ constexpr int kThreads = 256;
 template <typename Source, typename Destination>
 __global__ void embedding_kernel(const Source* table, const int32_t* ids, Destination* out,
                                  int64_t hidden) {
+  pdl_launch_dependents();
+  pdl_wait();
   const int64_t row = blockIdx.x;
   const Source* source = table + int64_t(ids[row]) * hidden;
   Destination* destination = out + row * hidden;
@@ -25,6 +28,8 @@ __global__ void embedding_kernel(const Source* table, const int32_t* ids, Destin
 template <typename Chunk>
 __global__ void gather_rows_kernel(const Chunk* x, const int32_t* indices, Chunk* out,
                                    int64_t chunks_per_row) {
+  pdl_launch_dependents();
+  pdl_wait();
   const int64_t row = blockIdx.x;
   const Chunk* source = x + int64_t(indices[row]) * chunks_per_row;
   Chunk* destination = out + row * chunks_per_row;
@@ -42,12 +47,11 @@ void embedding(const DeviceTensor& table, const int32_t* ids, DeviceTensor& out,
     using Source = decltype(source_element);
     dispatch_float(out.dtype, [&](auto destination_element) {
       using Destination = decltype(destination_element);
-      embedding_kernel<<<unsigned(rows), kThreads, 0, stream>>>(
-          static_cast<const Source*>(table.data), ids, static_cast<Destination*>(out.data),
-          out.cols());
+      launch_kernel(embedding_kernel<Source, Destination>, unsigned(rows), kThreads, 0, stream,
+                    static_cast<const Source*>(table.data), ids,
+                    static_cast<Destination*>(out.data), out.cols());
     });
   });
-  KITE_CUDA_CHECK_LAUNCH();
 }
 
 void gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& out,
@@ -59,13 +63,14 @@ void gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& ou
   const bool aligned = row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(x.data) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(out.data) % 16 == 0;
   if (aligned) {
-    gather_rows_kernel<<<unsigned(rows), kThreads, 0, stream>>>(
-        static_cast<const uint4*>(x.data), indices, static_cast<uint4*>(out.data), row_bytes / 16);
+    launch_kernel(gather_rows_kernel<uint4>, unsigned(rows), kThreads, 0, stream,
+                  static_cast<const uint4*>(x.data), indices, static_cast<uint4*>(out.data),
+                  row_bytes / 16);
   } else {
-    gather_rows_kernel<<<unsigned(rows), kThreads, 0, stream>>>(
-        static_cast<const uint8_t*>(x.data), indices, static_cast<uint8_t*>(out.data), row_bytes);
+    launch_kernel(gather_rows_kernel<uint8_t>, unsigned(rows), kThreads, 0, stream,
+                  static_cast<const uint8_t*>(x.data), indices, static_cast<uint8_t*>(out.data),
+                  row_bytes);
   }
-  KITE_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace kite::cuda

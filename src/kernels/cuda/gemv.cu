@@ -1,6 +1,11 @@
 // The small-M linear kernel (decode): out = x @ weight^T (+ bias) for 1..16 tokens. It streams the
 // weight matrix once from HBM in 16-byte loads and multiplies on the tensor cores (mma.sync
 // m16n8k16, float32 accumulation), so that arithmetic never limits it even at 16 tokens.
+//
+// Two things serve the decode step's chain of short kernels: its first weight loads are issued
+// before it waits for the previous kernel (programmatic dependent launch, launch.cuh), since
+// weights depend on no earlier kernel; and the MLP's down projection can take the gate/up GEMM's
+// output directly, computing SwiGLU while it loads x (gated input), which saves the SwiGLU kernel.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -9,6 +14,7 @@
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/linear.h"
 
 namespace kite::cuda {
@@ -96,9 +102,24 @@ __device__ __forceinline__ void mma_16x8x16<__half>(float (&acc)[4], uint32_t a0
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// The 8 elements silu(gate) * up of one chunk, rounded as silu_mul rounds them.
+template <typename T>
+__device__ __forceinline__ uint4 silu_mul_chunk(const uint4& gate, const uint4& up) {
+  using Vector = Pack<T, kChunkElements>;
+  const Vector gates = *reinterpret_cast<const Vector*>(&gate);
+  const Vector ups = *reinterpret_cast<const Vector*>(&up);
+  Vector result;
+#pragma unroll
+  for (int j = 0; j < kChunkElements; ++j) {
+    result.values[j] = silu_mul_element(gates.values[j], ups.values[j]);
+  }
+  return *reinterpret_cast<const uint4*>(&result);
+}
+
 // out[t, n] = sum_k x[t, k] * weight[n, k] (+ bias[n])   x [tokens, k_size], weight [rows, k_size],
 // out [tokens, rows]; tokens <= 8 * kTokenTiles, k_size % 8 == 0, x and weight 16-byte aligned.
-template <typename T, int kTokenTiles, int kRowTiles, int kWarps>
+// kGated: x is [tokens, 2 k_size] = [gate | up] and the product is with silu(gate) * up.
+template <typename T, int kTokenTiles, int kRowTiles, int kWarps, bool kGated>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
                 T* __restrict__ out, int tokens, int rows, int k_size) {
@@ -129,7 +150,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int tile = 0; tile < kTokenTiles; ++tile) {
     const int token = tile * kTileTokens + group;
     token_valid[tile] = token < tokens;
-    token_rows[tile] = x + int64_t(token < tokens ? token : tokens - 1) * k_size;
+    const int64_t x_stride = int64_t(k_size) * (kGated ? 2 : 1);
+    token_rows[tile] = x + int64_t(token < tokens ? token : tokens - 1) * x_stride;
   }
 
   // This warp's contiguous range of steps.
@@ -142,26 +164,37 @@ __global__ void __launch_bounds__(kWarps * 32)
   // The chunks of kUnroll steps starting at `step`; zeros past this warp's range or past K.
   struct Fragments {
     uint4 weight[kUnroll][kRowTiles][2];
-    uint4 x[kUnroll][kTokenTiles];
+    uint4 x[kUnroll][kTokenTiles];                // gate when kGated
+    uint4 up[kGated ? kUnroll : 1][kTokenTiles];  // kGated only
   };
-  auto load_fragments = [&](int step, Fragments& fragments) {
+  auto in_range = [&](int step, int u) {
+    return step + u < step_end && (step + u) * kChunksPerStep + quad < chunks;
+  };
+  auto offset_of = [&](int step, int u) {
+    return int64_t((step + u) * kChunksPerStep + quad) * kChunkElements;
+  };
+  auto load_weights = [&](int step, Fragments& fragments) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int chunk = (step + u) * kChunksPerStep + quad;
-      const bool in_range = step + u < step_end && chunk < chunks;
-      const int64_t offset = int64_t(chunk) * kChunkElements;
 #pragma unroll
       for (int tile = 0; tile < kRowTiles; ++tile) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           fragments.weight[u][tile][half] =
-              load_streaming(weight_rows[tile][half] + offset, in_range);
+              load_streaming(weight_rows[tile][half] + offset_of(step, u), in_range(step, u));
         }
       }
+    }
+  };
+  auto load_x = [&](int step, Fragments& fragments) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
 #pragma unroll
       for (int tile = 0; tile < kTokenTiles; ++tile) {
-        fragments.x[u][tile] =
-            load_cached(token_rows[tile] + offset, in_range && token_valid[tile]);
+        const bool valid = in_range(step, u) && token_valid[tile];
+        const T* source = token_rows[tile] + offset_of(step, u);
+        fragments.x[u][tile] = load_cached(source, valid);
+        if constexpr (kGated) fragments.up[u][tile] = load_cached(source + k_size, valid);
       }
     }
   };
@@ -177,7 +210,8 @@ __global__ void __launch_bounds__(kWarps * 32)
         const uint4& lower = fragments.weight[u][row_tile][1];  // row group + 8
 #pragma unroll
         for (int token_tile = 0; token_tile < kTokenTiles; ++token_tile) {
-          const uint4& token = fragments.x[u][token_tile];
+          uint4 token = fragments.x[u][token_tile];
+          if constexpr (kGated) token = silu_mul_chunk<T>(token, fragments.up[u][token_tile]);
           float(&tile_acc)[4] = acc[row_tile][token_tile];
           mma_16x8x16<T>(tile_acc, upper.x, lower.x, upper.y, lower.y, token.x, token.y);
           mma_16x8x16<T>(tile_acc, upper.z, lower.z, upper.w, lower.w, token.z, token.w);
@@ -189,11 +223,16 @@ __global__ void __launch_bounds__(kWarps * 32)
   // Double-buffered: the next kUnroll steps are loading while these are multiplied. (With one
   // buffer the compiler interleaves each load with its mma, leaving about 3 loads in flight per
   // warp; this measured 1.4x to 1.5x faster on the large Llama-3-8B shapes on an H100.)
+  // The first weights are requested before waiting for the kernel that writes x.
   Fragments current, next;
-  load_fragments(step_begin, next);
+  load_weights(step_begin, next);
+  pdl_launch_dependents();
+  pdl_wait();
+  load_x(step_begin, next);
   for (int step = step_begin; step < step_end; step += kUnroll) {
     current = next;
-    load_fragments(step + kUnroll, next);
+    load_weights(step + kUnroll, next);
+    load_x(step + kUnroll, next);
     multiply(current);
   }
 
@@ -241,27 +280,27 @@ struct GemvArguments {
   int k_size;
 };
 
-template <typename T, int kTokenTiles, size_t kVariant>
+template <typename T, int kTokenTiles, bool kGated, size_t kVariant>
 void launch_instance(const GemvArguments<T>& arguments, cudaStream_t stream) {
   constexpr GemvConfig config = kGemvConfigs[kVariant];
   constexpr int rows_per_cta = config.row_tiles * kTileRows;
   const unsigned ctas = unsigned((arguments.rows + rows_per_cta - 1) / rows_per_cta);
-  gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps>
-      <<<ctas, config.warps * 32, 0, stream>>>(arguments.x, arguments.weight, arguments.bias,
-                                               arguments.out, arguments.tokens, arguments.rows,
-                                               arguments.k_size);
-  KITE_CUDA_CHECK_LAUNCH();
+  launch_kernel(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kGated>, ctas,
+                config.warps * 32, 0, stream, arguments.x, arguments.weight, arguments.bias,
+                arguments.out, arguments.tokens, arguments.rows, arguments.k_size);
 }
 
-template <typename T, int kTokenTiles, size_t... kVariants>
+template <typename T, int kTokenTiles, bool kGated, size_t... kVariants>
 void launch_variant(int32_t variant, const GemvArguments<T>& arguments, cudaStream_t stream,
                     std::index_sequence<kVariants...>) {
-  ((variant == int32_t(kVariants) ? launch_instance<T, kTokenTiles, kVariants>(arguments, stream)
-                                  : void()),
+  ((variant == int32_t(kVariants)
+        ? launch_instance<T, kTokenTiles, kGated, kVariants>(arguments, stream)
+        : void()),
    ...);
 }
 
-template <typename T>
+// x [tokens, K] (gated: [tokens, 2K]), weight [rows, K].
+template <typename T, bool kGated>
 void launch_typed(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
                   DeviceTensor& out, int32_t variant, cudaStream_t stream) {
   const GemvArguments<T> arguments{static_cast<const T*>(x.data),
@@ -270,12 +309,12 @@ void launch_typed(const DeviceTensor& x, const DeviceTensor& weight, const Devic
                                    static_cast<T*>(out.data),
                                    int(x.rows()),
                                    int(weight.shape[0]),
-                                   int(x.cols())};
+                                   int(weight.shape[1])};
   const auto variants = std::make_index_sequence<size_t(kGemvVariantCount)>();
   if (arguments.tokens <= kTileTokens) {
-    launch_variant<T, 1>(variant, arguments, stream, variants);
-  } else {
-    launch_variant<T, 2>(variant, arguments, stream, variants);
+    launch_variant<T, 1, kGated>(variant, arguments, stream, variants);
+  } else if constexpr (!kGated) {
+    launch_variant<T, 2, false>(variant, arguments, stream, variants);
   }
 }
 
@@ -287,14 +326,27 @@ bool is_aligned_16(const void* pointer) {
 
 static_assert(kGemvMaxTokens == 2 * kTileTokens, "two token tiles at most");
 
-bool gemv_applies(const DeviceTensor& x, const DeviceTensor& weight) {
+namespace {
+
+bool applies(const DeviceTensor& x, const DeviceTensor& weight, int64_t max_tokens,
+             int64_t k_size) {
   const bool half_precision = x.dtype == DType::kF16 || x.dtype == DType::kBF16;
   const int64_t tokens = x.rows();
-  const int64_t k_size = x.cols();
-  return half_precision && weight.dtype == x.dtype && tokens >= 1 && tokens <= kGemvMaxTokens &&
+  return half_precision && weight.dtype == x.dtype && tokens >= 1 && tokens <= max_tokens &&
          k_size > 0 && k_size % kChunkElements == 0 && k_size <= INT32_MAX &&
-         weight.shape.size() == 2 && weight.shape[0] >= 1 && weight.shape[0] <= INT32_MAX &&
-         is_aligned_16(x.data) && is_aligned_16(weight.data);
+         weight.shape.size() == 2 && weight.shape[1] == k_size && weight.shape[0] >= 1 &&
+         weight.shape[0] <= INT32_MAX && is_aligned_16(x.data) && is_aligned_16(weight.data);
+}
+
+}  // namespace
+
+bool gemv_applies(const DeviceTensor& x, const DeviceTensor& weight) {
+  return applies(x, weight, kGemvMaxTokens, x.cols());
+}
+
+bool gemv_silu_mul_applies(const DeviceTensor& gate_up, const DeviceTensor& weight) {
+  // One token tile: two more fragments per load for the up half fit the registers there.
+  return gate_up.cols() % 2 == 0 && applies(gate_up, weight, kTileTokens, gate_up.cols() / 2);
 }
 
 int32_t gemv_default_variant(int64_t /*m*/, int64_t n, int64_t k, int multiprocessors) {
@@ -311,9 +363,20 @@ void launch_gemv(const DeviceTensor& x, const DeviceTensor& weight, const Device
   KITE_CHECK(variant >= 0 && variant < kGemvVariantCount);
   KITE_CHECK(gemv_applies(x, weight));
   if (x.dtype == DType::kBF16) {
-    launch_typed<__nv_bfloat16>(x, weight, bias, out, variant, stream);
+    launch_typed<__nv_bfloat16, false>(x, weight, bias, out, variant, stream);
   } else {
-    launch_typed<__half>(x, weight, bias, out, variant, stream);
+    launch_typed<__half, false>(x, weight, bias, out, variant, stream);
+  }
+}
+
+void launch_gemv_silu_mul(const DeviceTensor& gate_up, const DeviceTensor& weight,
+                          DeviceTensor& out, int32_t variant, cudaStream_t stream) {
+  KITE_CHECK(variant >= 0 && variant < kGemvVariantCount);
+  KITE_CHECK(gemv_silu_mul_applies(gate_up, weight));
+  if (gate_up.dtype == DType::kBF16) {
+    launch_typed<__nv_bfloat16, true>(gate_up, weight, nullptr, out, variant, stream);
+  } else {
+    launch_typed<__half, true>(gate_up, weight, nullptr, out, variant, stream);
   }
 }
 

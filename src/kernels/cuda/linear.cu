@@ -287,6 +287,18 @@ void GemmRunner::linear(const DeviceTensor& x, const DeviceTensor& weight, const
                                        bias ? bias->data : nullptr, out.data, stream));
 }
 
+bool GemmRunner::linear_silu_mul(const DeviceTensor& gate_up, const DeviceTensor& weight,
+                                 DeviceTensor& out, const GemmTactic& tactic, cudaStream_t stream) {
+  KITE_CHECK(out.dtype == gate_up.dtype && out.rows() == gate_up.rows() &&
+             out.cols() == weight.rows());
+  if (tactic.algorithm != GemmAlgorithm::kGemv || tactic.variant < 0 ||
+      tactic.variant >= kGemvVariantCount || !gemv_silu_mul_applies(gate_up, weight)) {
+    return false;
+  }
+  launch_gemv_silu_mul(gate_up, weight, out, tactic.variant, stream);
+  return true;
+}
+
 std::vector<GemmTiming> GemmRunner::time_candidates(int64_t m, int64_t n, int64_t k, DType dtype,
                                                     bool has_bias, cudaStream_t stream) {
   KITE_CHECK(m > 0 && n > 0 && k > 0 && is_half_precision(dtype));

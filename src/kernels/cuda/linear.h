@@ -67,6 +67,12 @@ class GemmRunner {
   void linear(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
               DeviceTensor& out, const GemmTactic& tactic, cudaStream_t stream);
 
+  // out = (silu(gate) * up) @ weight^T in one kernel, gate_up [M, 2K] = [gate | up], weight
+  // [N, K], when `tactic` is a GEMV configuration and gemv_silu_mul_applies holds; false (and
+  // nothing run) otherwise, and the caller runs SwiGLU and linear() apart. Rounds as they do.
+  bool linear_silu_mul(const DeviceTensor& gate_up, const DeviceTensor& weight, DeviceTensor& out,
+                       const GemmTactic& tactic, cudaStream_t stream);
+
   // Times every candidate for M x N x K (cuBLASLt's heuristic results, and every GEMV
   // configuration when the kernel applies) on scratch buffers of random values, rotating through
   // enough weight copies that the weights come from HBM as they do in a forward pass. Each: one
@@ -101,5 +107,9 @@ int32_t gemv_default_variant(int64_t m, int64_t n, int64_t k, int multiprocessor
 // Launches the GEMV kernel (gemv_applies must hold; shapes and dtypes already checked).
 void launch_gemv(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
                  DeviceTensor& out, int32_t variant, cudaStream_t stream);
+// The same with SwiGLU on the input: x = silu(gate) * up from gate_up [M, 2K]; for M <= 8.
+bool gemv_silu_mul_applies(const DeviceTensor& gate_up, const DeviceTensor& weight);
+void launch_gemv_silu_mul(const DeviceTensor& gate_up, const DeviceTensor& weight,
+                          DeviceTensor& out, int32_t variant, cudaStream_t stream);
 
 }  // namespace kite::cuda

@@ -3,6 +3,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/dispatch.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/rms_norm.h"
 
 namespace kite::cuda {
@@ -16,6 +17,8 @@ template <typename T, int kWidth, bool kAdd>
 __global__ void rms_norm_kernel(T* residual, const T* x, const T* weight, float eps, T* out,
                                 int64_t hidden) {
   __shared__ float scratch[32];
+  pdl_launch_dependents();
+  pdl_wait();
   using Vector = Pack<T, kWidth>;
   const int64_t row_offset = int64_t(blockIdx.x) * hidden;
   auto* row = reinterpret_cast<Vector*>(residual + row_offset);
@@ -72,14 +75,13 @@ void launch(DeviceTensor& residual, const DeviceTensor* x, const DeviceTensor& w
     const auto* weight_data = static_cast<const T*>(weight.data);
     auto* out_data = static_cast<T*>(out.data);
     if (vectorized) {
-      rms_norm_kernel<T, 8, kAdd><<<unsigned(rows), kThreads, 0, stream>>>(
-          residual_data, x_data, weight_data, eps, out_data, hidden);
+      launch_kernel(rms_norm_kernel<T, 8, kAdd>, unsigned(rows), kThreads, 0, stream, residual_data,
+                    x_data, weight_data, eps, out_data, hidden);
     } else {
-      rms_norm_kernel<T, 1, kAdd><<<unsigned(rows), kThreads, 0, stream>>>(
-          residual_data, x_data, weight_data, eps, out_data, hidden);
+      launch_kernel(rms_norm_kernel<T, 1, kAdd>, unsigned(rows), kThreads, 0, stream, residual_data,
+                    x_data, weight_data, eps, out_data, hidden);
     }
   });
-  KITE_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace

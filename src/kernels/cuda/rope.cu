@@ -3,6 +3,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/dispatch.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/rope.h"
 
 namespace kite::cuda {
@@ -38,6 +39,8 @@ __global__ void rope_and_store_kv_kernel(const T* qkv, const float* inv_freq,
                                          const int32_t* slot_mapping, KvCacheView cache,
                                          int64_t layer, int query_heads, int half, T* q) {
   __shared__ float cos_values[kMaxHalfRotary], sin_values[kMaxHalfRotary];
+  pdl_launch_dependents();
+  pdl_wait();
   const int64_t token = blockIdx.x;
   const int head_dim = int(cache.head_dim), kv_heads = int(cache.num_kv_heads);
   const float position = float(positions[token]);
@@ -70,9 +73,9 @@ __global__ void rope_and_store_kv_kernel(const T* qkv, const float* inv_freq,
 
 }  // namespace
 
-void rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope,
-                       const AttentionBatch& batch, const KvCacheView& cache, int64_t layer,
-                       DeviceTensor& q, cudaStream_t stream) {
+void rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope, const AttentionBatch& batch,
+                       const KvCacheView& cache, int64_t layer, DeviceTensor& q,
+                       cudaStream_t stream) {
   const int64_t tokens = batch.num_tokens, head_dim = cache.head_dim;
   KITE_CHECK(qkv.dtype == q.dtype && cache.dtype == q.dtype);
   KITE_CHECK(q.rows() == tokens && q.cols() % head_dim == 0);
@@ -82,12 +85,11 @@ void rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope,
   if (tokens == 0) return;
   dispatch_half(q.dtype, [&](auto element) {
     using T = decltype(element);
-    rope_and_store_kv_kernel<T><<<unsigned(tokens), kThreads, 0, stream>>>(
-        static_cast<const T*>(qkv.data), rope.inv_freq, rope.attention_scaling, batch.positions,
-        batch.slot_mapping, cache, layer, int(q.cols() / head_dim), int(rope.rotary_dim / 2),
-        static_cast<T*>(q.data));
+    launch_kernel(rope_and_store_kv_kernel<T>, unsigned(tokens), kThreads, 0, stream,
+                  static_cast<const T*>(qkv.data), rope.inv_freq, rope.attention_scaling,
+                  batch.positions, batch.slot_mapping, cache, layer, int(q.cols() / head_dim),
+                  int(rope.rotary_dim / 2), static_cast<T*>(q.data));
   });
-  KITE_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace kite::cuda

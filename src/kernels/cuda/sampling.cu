@@ -20,6 +20,7 @@
 
 #include "core/status.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.cuh"
 
 namespace kite::cuda {
 namespace {
@@ -323,6 +324,8 @@ __global__ void __launch_bounds__(kThreads)
     penalty_and_max_kernel(float* logits, const SamplingRow* rows, const int32_t* history,
                            const int32_t* history_length, int64_t history_stride, int64_t vocab,
                            Workspace workspace) {
+  pdl_launch_dependents();
+  pdl_wait();
   const int64_t row = blockIdx.y, slice = blockIdx.x, slices = gridDim.x;
   const SamplingRow config = rows[row];
   float* row_logits = logits + row * vocab;
@@ -441,6 +444,8 @@ __device__ void plan_row(const SamplingRow& config, int64_t vocab, float max_sco
 __global__ void __launch_bounds__(kThreads)
     histogram_and_plan_kernel(const float* logits, const SamplingRow* rows, int64_t vocab,
                               int32_t* out_ids, Workspace workspace) {
+  pdl_launch_dependents();
+  pdl_wait();
   const int64_t row = blockIdx.y, slice = blockIdx.x, slices = gridDim.x;
   const SamplingRow config = rows[row];
   const SliceMax best = row_max(workspace, row, slices);
@@ -825,6 +830,8 @@ __device__ int32_t finish_row(const SamplingRow& config, const Wide* keys, int64
 __global__ void __launch_bounds__(kThreads)
     gather_and_finish_kernel(const float* logits, const SamplingRow* rows, int64_t vocab,
                              int32_t* out_ids, Workspace workspace) {
+  pdl_launch_dependents();
+  pdl_wait();
   const int64_t row = blockIdx.y, slice = blockIdx.x, slices = gridDim.x;
   const SamplingRow config = rows[row];
   if (is_greedy(config)) return;
@@ -885,13 +892,12 @@ void sample(const DeviceTensor& logits, const SamplingRow* rows, const int32_t* 
   auto* values = static_cast<float*>(logits.data);
   const dim3 grid{unsigned(slice_count(vocab)), unsigned(row_count)};
 
-  penalty_and_max_kernel<<<grid, kThreads, 0, stream>>>(values, rows, history, history_length,
-                                                        history_stride, vocab, parts);
-  KITE_CUDA_CHECK_LAUNCH();
-  histogram_and_plan_kernel<<<grid, kThreads, 0, stream>>>(values, rows, vocab, out_ids, parts);
-  KITE_CUDA_CHECK_LAUNCH();
-  gather_and_finish_kernel<<<grid, kThreads, 0, stream>>>(values, rows, vocab, out_ids, parts);
-  KITE_CUDA_CHECK_LAUNCH();
+  launch_kernel(penalty_and_max_kernel, grid, kThreads, 0, stream, values, rows, history,
+                history_length, history_stride, vocab, parts);
+  launch_kernel(histogram_and_plan_kernel, grid, kThreads, 0, stream, values, rows, vocab, out_ids,
+                parts);
+  launch_kernel(gather_and_finish_kernel, grid, kThreads, 0, stream, values, rows, vocab, out_ids,
+                parts);
 }
 
 }  // namespace kite::cuda

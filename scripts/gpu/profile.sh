@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Per-kernel GPU time of `kite bench` on an engine: with Nsight Systems when the machine has it
+# (kernels inside CUDA graphs traced one by one, so the sum per step shows the gaps as well), else
+# with Nsight Compute (each kernel timed alone; slower, no gaps). Prints the kernels by total time.
+# Usage: bash scripts/gpu/profile.sh LOG_DIR ENGINE_DIR [BATCH] [INPUT,OUTPUT]
+#   e.g. bash scripts/gpu/profile.sh /tmp/prof /tmp/kite-bench/engine 1 128,32
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+log_dir="${1:?usage: profile.sh LOG_DIR ENGINE_DIR [BATCH] [INPUT,OUTPUT]}"
+engine="${2:?usage: profile.sh LOG_DIR ENGINE_DIR [BATCH] [INPUT,OUTPUT]}"
+batch="${3:-1}"
+lengths="${4:-128,32}"
+mkdir -p "$log_dir"
+cd "$root"
+kite=build-gpu/kite
+bench=("$kite" bench --engine_dir "$engine" --batch_size "$batch" --input_output_len "$lengths"
+       --warm_up 0 --num_runs 1)
+summarize=(python3 scripts/gpu/kernel_summary.py)
+if command -v nsys > /dev/null; then
+  nsys profile --cuda-graph-trace=node --trace=cuda --force-overwrite=true \
+    -o "$log_dir/profile" "${bench[@]}" > "$log_dir/profile_run.log" 2>&1
+  nsys stats --report cuda_gpu_kern_sum --format csv --output "$log_dir/kernels" \
+    "$log_dir/profile.nsys-rep" > /dev/null 2>&1
+  "${summarize[@]}" nsys "$log_dir"/kernels*.csv
+else
+  ncu --graph-profiling node --metrics gpu__time_duration.sum --cache-control none \
+    --clock-control none --csv "${bench[@]}" > "$log_dir/ncu.csv" 2> "$log_dir/profile_run.log"
+  "${summarize[@]}" ncu "$log_dir/ncu.csv"
+fi

@@ -1,0 +1,64 @@
+// Kernel launches with programmatic dependent launch (PDL, Hopper and later).
+//
+// A decode step is a chain of ~10 kernels per layer, most of them short (the batch-1 GEMV of a
+// 4096 x 4096 weight is ~12 us, an RMSNorm ~2 us), so the gap between one kernel's last CTA and
+// the next kernel's first (launch latency plus ramp-up) is a visible share of the step. With PDL
+// the next kernel in the stream is launched while the current one still runs: every Kite kernel
+//   1. calls pdl_launch_dependents() first, which lets the GPU schedule the next kernel's CTAs as
+//      soon as all CTAs of this one have started, and
+//   2. calls pdl_wait() before it reads anything an earlier kernel wrote (and before any early
+//      return), which blocks until the previous kernel has finished and its writes are visible.
+// Work that needs nothing from earlier kernels (a GEMV's first weight loads) goes between the
+// two, overlapping the previous kernel's tail. A kernel launched without the attribute (cuBLASLt's)
+// simply runs after its predecessor as usual, and pdl_wait() returns at once in a kernel that was
+// launched without it. Since every kernel waits before it finishes, "finished" stays transitive
+// along the stream: a kernel's predecessors have all finished when pdl_wait() returns.
+//
+// launch_kernel() sets the attribute when the GPU has PDL (compute capability 9.0+) and the
+// environment does not say KITE_ENABLE_PDL=0 (for A/B measurements); it works inside CUDA graph
+// capture (the edges become programmatic). Included only by .cu files.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <utility>
+
+#include "kernels/cuda/cuda_check.h"
+
+namespace kite::cuda {
+
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Whether launch_kernel asks for programmatic dependent launch on the current device.
+bool programmatic_launch_enabled();
+
+// kernel<<<grid, block, shared_bytes, stream>>>(arguments...), with PDL when enabled; checks the
+// launch. The kernel must follow the rules above.
+template <typename... Parameters, typename... Arguments>
+void launch_kernel(void (*kernel)(Parameters...), dim3 grid, dim3 block, size_t shared_bytes,
+                   cudaStream_t stream, Arguments&&... arguments) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared_bytes;
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = programmatic_launch_enabled() ? 1 : 0;
+  KITE_CUDA_CHECK(
+      cudaLaunchKernelEx(&config, kernel, Parameters(std::forward<Arguments>(arguments))...));
+}
+
+}  // namespace kite::cuda
