@@ -44,7 +44,8 @@ constexpr GemvConfig kGemvConfigs[kGemvVariantCount] = {{1, 8}, {2, 8}, {1, 4}, 
 
 // 16 bytes at `address` when `predicate`, zeros otherwise. Predicated instructions rather than
 // branches, so that the compiler can put many loads in flight ahead of the mma that uses them.
-// Weights are read exactly once: they bypass L1, so that x, read by every CTA, stays there.
+// Weights are read exactly once and never written while a forward pass runs: non-coherent loads
+// that bypass L1, free to be issued early (even before pdl_wait).
 __device__ __forceinline__ uint4 load_streaming(const void* address, bool predicate) {
   uint4 value;
   asm("{\n"
@@ -61,16 +62,20 @@ __device__ __forceinline__ uint4 load_streaming(const void* address, bool predic
   return value;
 }
 
-__device__ __forceinline__ uint4 load_cached(const void* address, bool predicate) {
+// x, written by the previous kernel: an ordinary coherent load from L2 (a non-coherent one may
+// return what the previous kernel overwrote, since this kernel may start before it finishes), kept
+// after pdl_wait by `volatile`.
+__device__ __forceinline__ uint4 load_activation(const void* address, bool predicate) {
   uint4 value;
-  asm("{\n"
+  asm volatile(
+      "{\n"
       "  .reg .pred p;\n"
       "  setp.ne.b32 p, %5, 0;\n"
       "  mov.b32 %0, 0;\n"
       "  mov.b32 %1, 0;\n"
       "  mov.b32 %2, 0;\n"
       "  mov.b32 %3, 0;\n"
-      "  @p ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+      "  @p ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];\n"
       "}\n"
       : "=r"(value.x), "=r"(value.y), "=r"(value.z), "=r"(value.w)
       : "l"(address), "r"(int(predicate)));
@@ -193,8 +198,8 @@ __global__ void __launch_bounds__(kWarps * 32)
       for (int tile = 0; tile < kTokenTiles; ++tile) {
         const bool valid = in_range(step, u) && token_valid[tile];
         const T* source = token_rows[tile] + offset_of(step, u);
-        fragments.x[u][tile] = load_cached(source, valid);
-        if constexpr (kGated) fragments.up[u][tile] = load_cached(source + k_size, valid);
+        fragments.x[u][tile] = load_activation(source, valid);
+        if constexpr (kGated) fragments.up[u][tile] = load_activation(source + k_size, valid);
       }
     }
   };
@@ -204,14 +209,21 @@ __global__ void __launch_bounds__(kWarps * 32)
   auto multiply = [&](const Fragments& fragments) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
+      uint4 tokens[kTokenTiles];
+#pragma unroll
+      for (int token_tile = 0; token_tile < kTokenTiles; ++token_tile) {
+        tokens[token_tile] = fragments.x[u][token_tile];
+        if constexpr (kGated) {
+          tokens[token_tile] = silu_mul_chunk<T>(tokens[token_tile], fragments.up[u][token_tile]);
+        }
+      }
 #pragma unroll
       for (int row_tile = 0; row_tile < kRowTiles; ++row_tile) {
         const uint4& upper = fragments.weight[u][row_tile][0];  // row group
         const uint4& lower = fragments.weight[u][row_tile][1];  // row group + 8
 #pragma unroll
         for (int token_tile = 0; token_tile < kTokenTiles; ++token_tile) {
-          uint4 token = fragments.x[u][token_tile];
-          if constexpr (kGated) token = silu_mul_chunk<T>(token, fragments.up[u][token_tile]);
+          const uint4& token = tokens[token_tile];
           float(&tile_acc)[4] = acc[row_tile][token_tile];
           mma_16x8x16<T>(tile_acc, upper.x, lower.x, upper.y, lower.y, token.x, token.y);
           mma_16x8x16<T>(tile_acc, upper.z, lower.z, upper.w, lower.w, token.z, token.w);
