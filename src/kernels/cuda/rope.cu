@@ -1,5 +1,6 @@
-// RoPE + KV cache store: one CTA per token computes the token's cos/sin once in shared memory,
-// rotates its query heads into q and its key heads into the cache slot, and copies its values.
+// RoPE + KV cache store: one CTA per token and group of heads computes the token's cos/sin in
+// shared memory, rotates its query heads into q and its key heads into the cache slot, and copies
+// its values.
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/dispatch.cuh"
@@ -11,6 +12,9 @@ namespace {
 
 constexpr int kThreads = 128;
 constexpr int kMaxHalfRotary = 256;  // head_dim up to 512
+// Heads per CTA: a decode step of one sequence still spreads over several SMs (Llama-3-8B: 48
+// heads, 12 CTAs), rather than one CTA walking all heads at the latency of its loads.
+constexpr int kHeadsPerCta = 4;
 
 // x'[i] = x[i] cos_i - x[i + R/2] sin_i;  x'[i + R/2] = x[i + R/2] cos_i + x[i] sin_i
 template <typename T>
@@ -51,9 +55,19 @@ __global__ void rope_and_store_kv_kernel(const T* qkv, const float* inv_freq,
     sin_values[i] = sine * attention_scaling;
   }
   __syncthreads();
+  // This CTA's heads of the token's [q heads | k heads | v heads], as ranges of each kind.
+  const int first = int(blockIdx.y) * kHeadsPerCta;
+  const int last = first + kHeadsPerCta;
+  auto range = [&](int begin, int count, int& from) {
+    from = max(first, begin) - begin;
+    return max(0, min(last, begin + count) - max(first, begin));
+  };
   const T* row = qkv + token * int64_t(query_heads + 2 * kv_heads) * head_dim;
-  rotate_heads(row, q + token * int64_t(query_heads) * head_dim, head_dim, query_heads, head_dim,
-               half, cos_values, sin_values);
+  int from = 0;
+  if (const int count = range(0, query_heads, from); count > 0) {
+    rotate_heads(row + from * head_dim, q + (token * int64_t(query_heads) + from) * head_dim,
+                 head_dim, count, head_dim, half, cos_values, sin_values);
+  }
   const int64_t slot = slot_mapping[token];
   if (slot < 0) return;  // a padding token stores nothing
   const int64_t block = slot / cache.block_size, offset_in_block = slot % cache.block_size;
@@ -63,11 +77,15 @@ __global__ void rope_and_store_kv_kernel(const T* qkv, const float* inv_freq,
   const int64_t head_stride = cache.block_size * head_dim;  // from one kv head to the next
   const T* keys = row + query_heads * head_dim;
   const T* values = keys + kv_heads * head_dim;
-  rotate_heads(keys, key_destination, head_stride, kv_heads, head_dim, half, cos_values,
-               sin_values);
-  for (int index = threadIdx.x; index < kv_heads * head_dim; index += blockDim.x) {
-    const int head = index / head_dim, i = index % head_dim;
-    value_destination[head * head_stride + i] = values[index];
+  if (const int count = range(query_heads, kv_heads, from); count > 0) {
+    rotate_heads(keys + from * head_dim, key_destination + from * head_stride, head_stride, count,
+                 head_dim, half, cos_values, sin_values);
+  }
+  if (const int count = range(query_heads + kv_heads, kv_heads, from); count > 0) {
+    for (int index = threadIdx.x; index < count * head_dim; index += blockDim.x) {
+      const int head = from + index / head_dim, i = index % head_dim;
+      value_destination[head * head_stride + i] = values[head * head_dim + i];
+    }
   }
 }
 
@@ -85,7 +103,9 @@ void rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope, const At
   if (tokens == 0) return;
   dispatch_half(q.dtype, [&](auto element) {
     using T = decltype(element);
-    launch_kernel(rope_and_store_kv_kernel<T>, unsigned(tokens), kThreads, 0, stream,
+    const int heads = int(q.cols() / head_dim + 2 * cache.num_kv_heads);
+    const dim3 grid(unsigned(tokens), unsigned((heads + kHeadsPerCta - 1) / kHeadsPerCta));
+    launch_kernel(rope_and_store_kv_kernel<T>, grid, kThreads, 0, stream,
                   static_cast<const T*>(qkv.data), rope.inv_freq, rope.attention_scaling,
                   batch.positions, batch.slot_mapping, cache, layer, int(q.cols() / head_dim),
                   int(rope.rotary_dim / 2), static_cast<T*>(q.data));
