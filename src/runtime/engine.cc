@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <nlohmann/json.hpp>
+#include <optional>
 
 #include "core/file.h"
 #include "kernels/backend_factory.h"
@@ -133,6 +135,25 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& engine_dir,
                  options.kv_cache_free_gpu_mem_fraction * 100);
   }
   return engine;
+}
+
+std::vector<int32_t> Engine::default_end_ids() const {
+  std::vector<int32_t> ids;
+  for (int64_t id : config_.model.eos_token_ids) ids.push_back(int32_t(id));
+  Result<std::string> text = read_file(directory_ + "/tokenizer_config.json");
+  if (text.is_ok()) {
+    try {
+      const auto json = nlohmann::json::parse(*text);
+      if (json.contains("eos_token") && json.at("eos_token").is_string()) {
+        const std::optional<int32_t> id =
+            tokenizer_.token_to_id(json.at("eos_token").get<std::string>());
+        if (id && std::ranges::find(ids, *id) == ids.end()) ids.push_back(*id);
+      }
+    } catch (const nlohmann::json::exception&) {
+      // The file is optional; a malformed one only means no extra end id.
+    }
+  }
+  return ids;
 }
 
 namespace {

@@ -63,6 +63,9 @@ class Engine {
   LlamaModel& model() { return *model_; }
   KvCache& kv_cache() { return kv_cache_; }
   const std::string& directory() const { return directory_; }
+  // The ids that end a generation by default: the model config's end-of-sequence ids, plus
+  // tokenizer_config.json's eos_token (<|im_end|> for ChatML models).
+  std::vector<int32_t> default_end_ids() const;
 
  private:
   Engine(std::string directory, EngineConfig config, std::unique_ptr<Backend> backend,

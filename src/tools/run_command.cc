@@ -72,25 +72,6 @@ std::string chatml_prompt(const std::string& default_system, const std::string& 
   return prompt;
 }
 
-// End ids: the model config's, plus tokenizer_config.json's eos_token (<|im_end|> for ChatML).
-std::vector<int32_t> end_ids(const Engine& engine) {
-  std::vector<int32_t> ids;
-  for (int64_t id : engine.config().model.eos_token_ids) ids.push_back(int32_t(id));
-  Result<std::string> text = read_file(engine.directory() + "/tokenizer_config.json");
-  if (text.is_ok()) {
-    try {
-      const auto json = nlohmann::json::parse(*text);
-      if (json.contains("eos_token") && json.at("eos_token").is_string()) {
-        if (auto id = engine.tokenizer().token_to_id(json.at("eos_token").get<std::string>()))
-          ids.push_back(*id);
-      }
-    } catch (const nlohmann::json::exception&) {
-      // The file is optional; a malformed one only means no extra end id.
-    }
-  }
-  return ids;
-}
-
 Status run(const RunFlags& flags) {
   if (flags.engine_dir.empty()) return invalid_argument("--engine_dir is required");
   if (flags.input_texts.empty()) return invalid_argument("--input_text is required");
@@ -111,7 +92,7 @@ Status run(const RunFlags& flags) {
   GenerationRequest request;
   request.sampling = flags.sampling;
   request.stop.max_output_len = flags.max_output_len;
-  request.stop.end_ids = end_ids(*engine);
+  request.stop.end_ids = engine->default_end_ids();
   request.stop.stop_texts = flags.stop_words;
   std::optional<std::string> default_system;
   if (flags.chat) {

@@ -1,0 +1,149 @@
+// Kite's runtime C++ API: an Executor serves many requests at once over one engine (in-flight
+// batching). Requests join and leave the running batch at every step; the KV cache is paged and
+// shared between requests with a common prefix; responses stream back token by token.
+//
+//   std::string error;
+//   auto executor = kite::executor::Executor::create("engine_dir", {}, &error);
+//   if (!executor) { std::cerr << error << "\n"; return 1; }
+//   kite::executor::Request request;
+//   request.input_ids = {1, 2, 3};
+//   request.max_new_tokens = 32;
+//   const kite::executor::RequestId id = executor->enqueue_request(request);
+//   for (bool done = false; !done;) {
+//     for (const auto& response : executor->await_responses(id, std::chrono::seconds(1))) {
+//       if (response.error) { std::cerr << *response.error << "\n"; return 1; }
+//       done = response.result.is_final;  // response.result.output_ids holds the tokens
+//     }
+//   }
+//
+// Modelled on TensorRT-LLM's executor API. All member functions are thread-safe: a server may
+// enqueue from its connection threads while another thread awaits responses. The work itself runs
+// on one background thread that owns the engine (and its GPU).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kite::executor {
+
+using RequestId = uint64_t;
+
+struct SamplingConfig {
+  float temperature = 1.0f;         // 0: greedy
+  int64_t top_k = 0;                // 0: off
+  float top_p = 1.0f;               // 1: off
+  float min_p = 0.0f;               // 0: off
+  float repetition_penalty = 1.0f;  // 1: off
+  uint64_t seed = 0;                // the same seed gives the same tokens, whatever the batch
+};
+
+struct Request {
+  std::vector<int32_t> input_ids;  // the prompt, as token ids
+  int64_t max_new_tokens = 16;
+  SamplingConfig sampling;
+  // Token sequences that end the output when it ends with one of them (included in the output).
+  std::vector<std::vector<int32_t>> stop_words;
+  // Ids that end the output (included). Unset: the engine's end-of-sequence ids.
+  std::optional<std::vector<int32_t>> end_ids;
+  bool streaming = false;         // a response per step with the new tokens, or one at the end
+  bool return_log_probs = false;  // the log-probability of each new token under the model
+};
+
+enum class FinishReason { kNotFinished, kEndId, kStopWords, kLength, kCancelled };
+// "not_finished", "end_id", "stop_words", "length", "cancelled".
+const char* finish_reason_name(FinishReason reason);
+
+struct Result {
+  // New tokens: streaming, those since the previous response; otherwise the whole output.
+  std::vector<int32_t> output_ids;
+  std::vector<float> log_probs;  // one per output id when the request asked for them
+  FinishReason finish_reason = FinishReason::kNotFinished;
+  bool is_final = false;  // the last response of its request
+};
+
+struct Response {
+  RequestId request_id = 0;
+  std::optional<std::string> error;  // set (and final) when the request failed or was refused
+  Result result;
+};
+
+enum class SchedulerPolicy {
+  kGuaranteedNoEvict,  // admit a request only when its whole output is sure to fit in the cache
+  kMaxUtilization,     // admit while the next step fits; pause the newest requests when it does not
+};
+
+struct ExecutorConfig {
+  SchedulerPolicy policy = SchedulerPolicy::kGuaranteedNoEvict;
+  int64_t max_batch_size = 0;  // requests per step; 0: the engine's max_batch_size
+  int64_t max_num_tokens = 0;  // tokens per step; 0: the engine's max_num_tokens
+  bool enable_chunked_prefill = true;
+  bool enable_prefix_reuse = true;  // share cached KV blocks between requests with a common prefix
+  double kv_cache_free_gpu_mem_fraction = 0.9;
+  int device_index = 0;
+};
+
+struct KvCacheStats {
+  int64_t total_blocks = 0;
+  int64_t free_blocks = 0;    // free, including cached blocks no request holds
+  int64_t used_blocks = 0;    // held by requests
+  int64_t cached_blocks = 0;  // free but still holding a reusable prefix
+  int64_t reused_blocks = 0;  // blocks found in the cache instead of computed, since the start
+  int64_t tokens_per_block = 0;
+};
+
+struct IterationStats {
+  int64_t iteration = 0;
+  double seconds = 0;              // the step's time, scheduling and sampling included
+  int64_t scheduled_requests = 0;  // requests in the step
+  int64_t context_tokens = 0;      // prompt tokens computed (prefill chunks)
+  int64_t generation_tokens = 0;   // tokens sampled
+};
+
+struct ExecutorStats {
+  int64_t queued_requests = 0;  // waiting to be admitted
+  int64_t active_requests = 0;  // running
+  int64_t paused_requests = 0;  // preempted (max_utilization), to resume
+  int64_t completed_requests = 0;
+  int64_t preemptions = 0;
+  KvCacheStats kv_cache;
+  std::vector<IterationStats> recent_iterations;  // the last 64 steps, oldest first
+};
+
+class Executor {
+ public:
+  // Loads the engine (on the GPU it was built for, or the CPU). nullptr and a one-line `error`
+  // when the engine cannot be loaded or the configuration is invalid.
+  static std::unique_ptr<Executor> create(const std::string& engine_dir,
+                                          const ExecutorConfig& config, std::string* error);
+  virtual ~Executor() = default;
+
+  // Why the engine can never run `request` (empty prompt, prompt or prompt + max_new_tokens over
+  // the engine's limits, bad sampling values), or nothing when it can.
+  virtual std::optional<std::string> check_request(const Request& request) const = 0;
+  // Queues a request; its responses come through await_responses. A request check_request
+  // refuses gets a single error response.
+  virtual RequestId enqueue_request(const Request& request) = 0;
+  // Stops a request: its blocks are freed and its final response says kCancelled. Unknown or
+  // finished ids are ignored.
+  virtual void cancel_request(RequestId id) = 0;
+  // Responses ready now, waiting up to `timeout` for the first: of every request, or of one.
+  virtual std::vector<Response> await_responses(std::chrono::milliseconds timeout) = 0;
+  virtual std::vector<Response> await_responses(RequestId id,
+                                                std::chrono::milliseconds timeout) = 0;
+  virtual ExecutorStats stats() const = 0;
+
+  // The engine's limits, for clients that validate before enqueueing.
+  virtual int64_t max_input_len() const = 0;
+  virtual int64_t max_seq_len() const = 0;
+  virtual std::vector<int32_t> end_ids() const = 0;
+
+  // Finishes the step in flight, fails every unfinished request with "shut down", and stops the
+  // background thread. Called by the destructor.
+  virtual void shutdown() = 0;
+};
+
+}  // namespace kite::executor

@@ -1,0 +1,528 @@
+// The Executor (include/kite/executor.h): one background thread owns the engine and runs the
+// in-flight batching loop — admit and cancel requests, ask the Scheduler for a step, turn its plan
+// into the model's StepInput (each request's block table from the KV cache manager), run the step
+// with sampling on the backend where it has it, and hand the new tokens back as responses.
+#include "kite/executor.h"
+
+#include <algorithm>
+#include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "runtime/engine.h"
+#include "runtime/scheduler.h"
+
+namespace kite::executor {
+
+const char* finish_reason_name(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kNotFinished:
+      return "not_finished";
+    case FinishReason::kEndId:
+      return "end_id";
+    case FinishReason::kStopWords:
+      return "stop_words";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kCancelled:
+      return "cancelled";
+  }
+  return "unknown";
+}
+
+namespace {
+
+constexpr size_t kRecentIterations = 64;
+
+FinishReason public_reason(kite::FinishReason reason) {
+  switch (reason) {
+    case kite::FinishReason::kNotFinished:
+      return FinishReason::kNotFinished;
+    case kite::FinishReason::kEndId:
+      return FinishReason::kEndId;
+    case kite::FinishReason::kStopWords:
+      return FinishReason::kStopWords;
+    case kite::FinishReason::kLength:
+      return FinishReason::kLength;
+  }
+  return FinishReason::kNotFinished;
+}
+
+kite::SamplingConfig internal_sampling(const SamplingConfig& sampling) {
+  return kite::SamplingConfig{
+      sampling.temperature,        sampling.top_k, sampling.top_p, sampling.min_p,
+      sampling.repetition_penalty, sampling.seed};
+}
+
+// log softmax(logits)[token], in double.
+float log_probability(std::span<const float> logits, int32_t token) {
+  const float maximum = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float value : logits) sum += std::exp(double(value) - maximum);
+  return float(double(logits[size_t(token)]) - maximum - std::log(sum));
+}
+
+class ExecutorImpl final : public Executor {
+ public:
+  ExecutorImpl() = default;
+  ~ExecutorImpl() override { shutdown(); }
+
+  // Starts the loop thread, which loads the engine; waits for the load.
+  Status start(const std::string& engine_dir, const ExecutorConfig& config) {
+    std::promise<Status> loaded;
+    std::future<Status> load_status = loaded.get_future();
+    thread_ = std::thread([this, engine_dir, config, &loaded] {
+      Status status = load(engine_dir, config);
+      const bool ok = status.is_ok();
+      loaded.set_value(std::move(status));
+      if (ok) loop();
+    });
+    Status status = load_status.get();
+    if (!status.is_ok()) thread_.join();
+    return status;
+  }
+
+  std::optional<std::string> check_request(const Request& request) const override {
+    if (request.input_ids.empty()) return "the prompt is empty";
+    if (request.max_new_tokens < 1) return "max_new_tokens must be at least 1";
+    const int64_t length = int64_t(request.input_ids.size());
+    if (length > max_input_len_) {
+      return "the prompt has " + std::to_string(length) + " tokens, more than the engine's " +
+             "max_input_len " + std::to_string(max_input_len_);
+    }
+    if (length + request.max_new_tokens > max_seq_len_) {
+      return "the prompt (" + std::to_string(length) + " tokens) + max_new_tokens " +
+             std::to_string(request.max_new_tokens) + " exceeds the engine's max_seq_len " +
+             std::to_string(max_seq_len_);
+    }
+    for (int32_t id : request.input_ids) {
+      if (id < 0 || id >= vocab_size_) {
+        return "token id " + std::to_string(id) + " is outside the vocabulary of " +
+               std::to_string(vocab_size_);
+      }
+    }
+    for (const std::vector<int32_t>& words : request.stop_words) {
+      if (words.empty()) return "a stop word is empty";
+    }
+    const Status sampling = validate_sampling_config(internal_sampling(request.sampling));
+    if (!sampling.is_ok()) return sampling.message();
+    return std::nullopt;
+  }
+
+  RequestId enqueue_request(const Request& request) override {
+    std::lock_guard lock(mutex_);
+    const RequestId id = next_id_++;
+    if (std::optional<std::string> problem = check_request(request); problem || stopping_) {
+      Response response;
+      response.request_id = id;
+      response.error = problem ? *problem : "the executor is shut down";
+      response.result.is_final = true;
+      responses_.push_back(std::move(response));
+      responses_ready_.notify_all();
+      return id;
+    }
+    pending_.push_back({id, request});
+    work_ready_.notify_one();
+    return id;
+  }
+
+  void cancel_request(RequestId id) override {
+    std::lock_guard lock(mutex_);
+    cancelled_.push_back(id);
+    work_ready_.notify_one();
+  }
+
+  std::vector<Response> await_responses(std::chrono::milliseconds timeout) override {
+    std::unique_lock lock(mutex_);
+    responses_ready_.wait_for(lock, timeout, [&] { return !responses_.empty(); });
+    std::vector<Response> ready(std::make_move_iterator(responses_.begin()),
+                                std::make_move_iterator(responses_.end()));
+    responses_.clear();
+    return ready;
+  }
+
+  std::vector<Response> await_responses(RequestId id, std::chrono::milliseconds timeout) override {
+    std::unique_lock lock(mutex_);
+    auto is_ours = [id](const Response& response) { return response.request_id == id; };
+    responses_ready_.wait_for(lock, timeout,
+                              [&] { return std::ranges::any_of(responses_, is_ours); });
+    std::vector<Response> ready;
+    std::deque<Response> others;
+    for (Response& response : responses_) {
+      (is_ours(response) ? ready.emplace_back(std::move(response))
+                         : others.emplace_back(std::move(response)));
+    }
+    responses_ = std::move(others);
+    return ready;
+  }
+
+  ExecutorStats stats() const override {
+    std::lock_guard lock(mutex_);
+    ExecutorStats stats = stats_;
+    stats.recent_iterations.assign(iterations_.begin(), iterations_.end());
+    stats.queued_requests += int64_t(pending_.size());
+    return stats;
+  }
+
+  int64_t max_input_len() const override { return max_input_len_; }
+  int64_t max_seq_len() const override { return max_seq_len_; }
+  std::vector<int32_t> end_ids() const override { return end_ids_; }
+
+  void shutdown() override {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+      work_ready_.notify_all();
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  // A request the loop has admitted to the scheduler.
+  struct Active {
+    Request request;
+    Sampler sampler;              // the host sampler, when the backend does not sample
+    std::vector<int32_t> output;  // tokens generated so far
+    std::vector<int32_t> unsent;  // streaming: tokens not yet in a response
+    std::vector<float> unsent_log_probs;
+    std::vector<float> log_probs;  // all of them, for the final non-streaming response
+  };
+
+  Status load(const std::string& engine_dir, const ExecutorConfig& config) {
+    LoadOptions options;
+    options.kv_cache_free_gpu_mem_fraction = config.kv_cache_free_gpu_mem_fraction;
+    options.device_index = config.device_index;
+    KITE_ASSIGN_OR_RETURN(engine_, Engine::load(engine_dir, options));
+    const BuildLimits& limits = engine_->config().limits;
+    if (config.max_batch_size < 0 || config.max_batch_size > limits.max_batch_size ||
+        config.max_num_tokens < 0 || config.max_num_tokens > limits.max_num_tokens) {
+      return invalid_argument(
+          "max_batch_size and max_num_tokens must be between 1 and the engine's limits (" +
+          std::to_string(limits.max_batch_size) + " and " + std::to_string(limits.max_num_tokens) +
+          ")");
+    }
+    SchedulerConfig scheduler;
+    scheduler.max_batch_size =
+        config.max_batch_size ? config.max_batch_size : limits.max_batch_size;
+    scheduler.max_num_tokens =
+        config.max_num_tokens ? config.max_num_tokens : limits.max_num_tokens;
+    scheduler.max_input_len = limits.max_input_len;
+    scheduler.max_seq_len = limits.max_seq_len;
+    scheduler.policy = config.policy == SchedulerPolicy::kMaxUtilization
+                           ? kite::SchedulerPolicy::kMaxUtilization
+                           : kite::SchedulerPolicy::kGuaranteedNoEvict;
+    scheduler.enable_chunked_prefill = config.enable_chunked_prefill;
+    scheduler.kv_cache.num_blocks = engine_->kv_cache().num_blocks();
+    scheduler.kv_cache.block_size = limits.tokens_per_block;
+    scheduler.kv_cache.enable_prefix_reuse = config.enable_prefix_reuse;
+    KITE_ASSIGN_OR_RETURN(Scheduler created, Scheduler::create(scheduler));
+    scheduler_.emplace(std::move(created));
+    max_input_len_ = limits.max_input_len;
+    max_seq_len_ = limits.max_seq_len;
+    vocab_size_ = engine_->config().model.vocab_size;
+    end_ids_ = engine_->default_end_ids();
+    stats_.kv_cache.tokens_per_block = limits.tokens_per_block;
+    publish_stats({});
+    return Status::ok();
+  }
+
+  // Responses of the loop go out together at the end of its round, after the statistics that
+  // account for them (a client that sees a final response sees its blocks freed).
+  void respond(Response response) { outbox_.push_back(std::move(response)); }
+
+  void flush(const IterationStats& iteration) {
+    publish_stats(iteration);
+    if (outbox_.empty()) return;
+    std::lock_guard lock(mutex_);
+    for (Response& response : outbox_) responses_.push_back(std::move(response));
+    outbox_.clear();
+    responses_ready_.notify_all();
+  }
+
+  void fail(RequestId id, const std::string& message) {
+    Response response;
+    response.request_id = id;
+    response.error = message;
+    response.result.is_final = true;
+    respond(std::move(response));
+  }
+
+  void loop() {
+    while (true) {
+      std::deque<std::pair<RequestId, Request>> arrived;
+      std::vector<RequestId> cancelled;
+      {
+        std::unique_lock lock(mutex_);
+        work_ready_.wait(lock, [&] {
+          return stopping_ || !pending_.empty() || !cancelled_.empty() ||
+                 scheduler_->has_unfinished();
+        });
+        if (stopping_) break;
+        arrived.swap(pending_);
+        cancelled.swap(cancelled_);
+      }
+      for (auto& [id, request] : arrived) admit(id, std::move(request));
+      for (RequestId id : cancelled) cancel(id);
+      IterationStats iteration;
+      if (scheduler_->has_unfinished()) iteration = step();
+      flush(iteration);
+    }
+    for (auto& [id, active] : active_) {
+      (void)scheduler_->cancel(int64_t(id));
+      fail(id, "the executor is shut down");
+    }
+    active_.clear();
+    flush({});
+    std::lock_guard lock(mutex_);
+    for (auto& [id, request] : pending_) {
+      Response response;
+      response.request_id = id;
+      response.error = "the executor is shut down";
+      response.result.is_final = true;
+      responses_.push_back(std::move(response));
+    }
+    pending_.clear();
+    responses_ready_.notify_all();
+  }
+
+  void admit(RequestId id, Request request) {
+    NewRequest added;
+    added.id = int64_t(id);
+    added.prompt = request.input_ids;
+    added.max_new_tokens = request.max_new_tokens;
+    added.end_ids = request.end_ids ? *request.end_ids : end_ids_;
+    if (Status status = scheduler_->add_request(std::move(added)); !status.is_ok()) {
+      fail(id, status.message());
+      return;
+    }
+    Sampler sampler(internal_sampling(request.sampling));
+    active_.emplace(id, Active{.request = std::move(request), .sampler = std::move(sampler)});
+  }
+
+  void cancel(RequestId id) {
+    const auto found = active_.find(id);
+    if (found == active_.end()) return;  // unknown, finished or refused
+    KITE_CHECK(scheduler_->cancel(int64_t(id)).is_ok());
+    finish(found->second, id, FinishReason::kCancelled, {});
+    active_.erase(found);
+  }
+
+  // The final response of a request; `output` is its whole output (for non-streaming requests).
+  void finish(Active& active, RequestId id, FinishReason reason, std::vector<int32_t> output) {
+    Response response;
+    response.request_id = id;
+    response.result.finish_reason = reason;
+    response.result.is_final = true;
+    if (active.request.streaming) {
+      response.result.output_ids = std::move(active.unsent);
+      response.result.log_probs = std::move(active.unsent_log_probs);
+    } else {
+      response.result.output_ids = std::move(output);
+      if (active.request.return_log_probs) response.result.log_probs = std::move(active.log_probs);
+    }
+    respond(std::move(response));
+  }
+
+  // Runs one step; its statistics (iteration 0 when nothing ran).
+  IterationStats step() {
+    const auto started = std::chrono::steady_clock::now();
+    const StepPlan plan = scheduler_->schedule();
+    if (plan.sequences.empty()) {
+      // Nothing fits this step (every running request waits for blocks): wait for a change.
+      std::unique_lock lock(mutex_);
+      work_ready_.wait_for(lock, std::chrono::milliseconds(1));
+      return {};
+    }
+    const int64_t block_size = engine_->config().limits.tokens_per_block;
+    const int64_t max_blocks = engine_->config().limits.blocks_per_sequence();
+    StepInput input;
+    input.max_blocks_per_sequence = max_blocks;
+    input.query_start.push_back(0);
+    std::vector<int64_t> sampled;  // request of each logit row
+    int64_t context_tokens = 0;
+    for (const ScheduledSequence& sequence : plan.sequences) {
+      const std::vector<int32_t>& tokens = scheduler_->tokens(sequence.request_id);
+      const std::vector<int32_t>& blocks = scheduler_->block_table(sequence.request_id);
+      KITE_CHECK(int64_t(blocks.size()) <= max_blocks);
+      for (int64_t position = sequence.position; position < sequence.position + sequence.num_tokens;
+           ++position) {
+        input.token_ids.push_back(tokens[size_t(position)]);
+        input.positions.push_back(int32_t(position));
+        input.slot_mapping.push_back(blocks[size_t(position / block_size)] * int32_t(block_size) +
+                                     int32_t(position % block_size));
+      }
+      input.query_start.push_back(int32_t(input.token_ids.size()));
+      input.context_length.push_back(int32_t(sequence.position + sequence.num_tokens));
+      const size_t table_at = input.block_table.size();
+      input.block_table.resize(table_at + size_t(max_blocks), 0);
+      std::ranges::copy(blocks, input.block_table.begin() + ptrdiff_t(table_at));
+      if (sequence.samples) {
+        input.logit_rows.push_back(int32_t(input.token_ids.size()) - 1);
+        sampled.push_back(sequence.request_id);
+      }
+      if (!sequence.samples || sequence.num_tokens > 1) context_tokens += sequence.num_tokens;
+    }
+
+    std::vector<float> log_probs(sampled.size(), 0.0f);
+    kite::Result<std::vector<int32_t>> tokens = run(input, sampled, log_probs);
+    if (!tokens.is_ok()) {
+      // The step failed as a whole (e.g. out of memory): its requests fail, the rest go on.
+      for (const ScheduledSequence& sequence : plan.sequences) {
+        const RequestId id = RequestId(sequence.request_id);
+        (void)scheduler_->cancel(sequence.request_id);
+        fail(id, tokens.status().message());
+        active_.erase(id);
+      }
+      return {};
+    }
+
+    std::vector<StepResult> results;
+    for (size_t row = 0; row < sampled.size(); ++row) {
+      const RequestId id = RequestId(sampled[row]);
+      Active& active = active_.at(id);
+      const int32_t token = (*tokens)[row];
+      active.output.push_back(token);
+      active.unsent.push_back(token);
+      if (active.request.return_log_probs) {
+        active.unsent_log_probs.push_back(log_probs[row]);
+        active.log_probs.push_back(log_probs[row]);
+      }
+      StepResult result{int64_t(id), token, kite::FinishReason::kNotFinished};
+      if (ends_with_stop_word(active)) result.finish_reason = kite::FinishReason::kStopWords;
+      results.push_back(result);
+    }
+    std::vector<FinishedRequest> finished = scheduler_->on_step_done(results);
+    for (FinishedRequest& done : finished) {
+      const RequestId id = RequestId(done.request_id);
+      finish(active_.at(id), id, public_reason(done.finish_reason), std::move(done.output_ids));
+      active_.erase(id);
+    }
+    // Streaming requests that go on: this step's tokens.
+    for (int64_t request_id : sampled) {
+      const auto found = active_.find(RequestId(request_id));
+      if (found == active_.end() || !found->second.request.streaming) continue;
+      Response response;
+      response.request_id = RequestId(request_id);
+      response.result.output_ids = std::move(found->second.unsent);
+      response.result.log_probs = std::move(found->second.unsent_log_probs);
+      found->second.unsent.clear();
+      found->second.unsent_log_probs.clear();
+      respond(std::move(response));
+    }
+    IterationStats iteration;
+    iteration.iteration = ++iterations_done_;
+    iteration.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    iteration.scheduled_requests = int64_t(plan.sequences.size());
+    iteration.context_tokens = context_tokens;
+    iteration.generation_tokens = int64_t(sampled.size());
+    completed_ += int64_t(finished.size());
+    return iteration;
+  }
+
+  // Whether the request's output now ends with one of its stop words.
+  static bool ends_with_stop_word(const Active& active) {
+    return std::ranges::any_of(active.request.stop_words, [&](const std::vector<int32_t>& words) {
+      return words.size() <= active.output.size() &&
+             std::equal(words.begin(), words.end(), active.output.end() - ptrdiff_t(words.size()));
+    });
+  }
+
+  // Runs the step; the token of each logit row (and its log-probability when asked).
+  kite::Result<std::vector<int32_t>> run(const StepInput& input,
+                                         const std::vector<int64_t>& sampled,
+                                         std::vector<float>& log_probs) {
+    LlamaModel& model = engine_->model();
+    const KvCacheView& cache = engine_->kv_cache().view();
+    bool want_log_probs = false;
+    for (int64_t id : sampled) want_log_probs |= active_.at(RequestId(id)).request.return_log_probs;
+    if (engine_->backend().has_sampling() && !want_log_probs) {
+      std::vector<SamplingRow> rows;
+      std::vector<std::vector<int32_t>> history;
+      bool penalty = false;
+      for (int64_t id : sampled)
+        penalty |= active_.at(RequestId(id)).request.sampling.repetition_penalty != 1.0f;
+      for (int64_t id : sampled) {
+        const Active& active = active_.at(RequestId(id));
+        const SamplingConfig& sampling = active.request.sampling;
+        const bool greedy = internal_sampling(sampling).greedy();
+        rows.push_back(SamplingRow{greedy ? 0.0f : sampling.temperature, int32_t(sampling.top_k),
+                                   sampling.top_p, sampling.min_p, sampling.repetition_penalty,
+                                   sampling.seed, uint64_t(active.output.size())});
+        if (penalty) history.push_back(scheduler_->tokens(id));
+      }
+      return model.forward_and_sample(input, cache, rows, history);
+    }
+    KITE_ASSIGN_OR_RETURN(std::vector<float> logits, model.forward(input, cache));
+    const size_t vocab = size_t(engine_->config().model.vocab_size);
+    std::vector<int32_t> tokens(sampled.size());
+    for (size_t row = 0; row < sampled.size(); ++row) {
+      Active& active = active_.at(RequestId(sampled[row]));
+      const std::span<const float> row_logits(logits.data() + row * vocab, vocab);
+      tokens[row] = active.sampler.sample(row_logits, scheduler_->tokens(sampled[row]));
+      if (active.request.return_log_probs)
+        log_probs[row] = log_probability(row_logits, tokens[row]);
+    }
+    return tokens;
+  }
+
+  void publish_stats(const IterationStats& iteration) {
+    const kite::KvCacheStats kv = scheduler_->kv_cache().stats();
+    std::lock_guard lock(mutex_);
+    stats_.queued_requests = scheduler_->num_waiting();
+    stats_.active_requests = scheduler_->num_running();
+    stats_.paused_requests = scheduler_->num_paused();
+    stats_.completed_requests = completed_;
+    stats_.preemptions = scheduler_->stats().preemptions;
+    stats_.kv_cache.total_blocks = kv.total_blocks;
+    stats_.kv_cache.free_blocks = kv.free_blocks;
+    stats_.kv_cache.used_blocks = kv.used_blocks;
+    stats_.kv_cache.cached_blocks = kv.cached_blocks;
+    stats_.kv_cache.reused_blocks = kv.reused_blocks;
+    if (iteration.iteration > 0) {
+      iterations_.push_back(iteration);
+      if (iterations_.size() > kRecentIterations) iterations_.pop_front();
+    }
+  }
+
+  // Owned by the loop thread.
+  std::unique_ptr<Engine> engine_;
+  std::optional<Scheduler> scheduler_;
+  std::unordered_map<RequestId, Active> active_;
+  std::vector<Response> outbox_;
+  int64_t iterations_done_ = 0;
+  int64_t completed_ = 0;
+  // Fixed after load.
+  int64_t max_input_len_ = 0, max_seq_len_ = 0, vocab_size_ = 0;
+  std::vector<int32_t> end_ids_;
+  // Shared, under mutex_.
+  mutable std::mutex mutex_;
+  std::condition_variable work_ready_, responses_ready_;
+  bool stopping_ = false;
+  RequestId next_id_ = 1;
+  std::deque<std::pair<RequestId, Request>> pending_;
+  std::vector<RequestId> cancelled_;
+  std::deque<Response> responses_;
+  ExecutorStats stats_;
+  std::deque<IterationStats> iterations_;
+  std::thread thread_;
+};
+
+}  // namespace
+
+std::unique_ptr<Executor> Executor::create(const std::string& engine_dir,
+                                           const ExecutorConfig& config, std::string* error) {
+  auto executor = std::make_unique<ExecutorImpl>();
+  Status status = executor->start(engine_dir, config);
+  if (!status.is_ok()) {
+    if (error) *error = status.message();
+    return nullptr;
+  }
+  return executor;
+}
+
+}  // namespace kite::executor

@@ -1,0 +1,286 @@
+// The Executor (include/kite/executor.h) on a CPU engine of a random tiny Llama: many concurrent
+// requests, streamed or not, give the greedy tokens of the same requests run one at a time;
+// cancellation frees the blocks; refused requests get an error response; stop words, log-probs,
+// seeds and statistics.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <map>
+#include <random>
+#include <thread>
+
+#include "kite/executor.h"
+#include "runtime/engine.h"
+#include "test_util.h"
+
+namespace kite {
+namespace {
+
+using executor::Executor;
+using executor::ExecutorConfig;
+using executor::FinishReason;
+using executor::Request;
+using executor::RequestId;
+using executor::Response;
+
+class ExecutorTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const std::string fixture = test::source_dir() + "/tests/fixtures/tiny_llama";
+    const std::string model_dir = test::temp_dir();
+    for (const char* name : {"config.json", "tokenizer.json", "tokenizer_config.json"}) {
+      std::filesystem::copy_file(fixture + "/" + name, model_dir + "/" + name);
+    }
+    const std::string checkpoint = test::temp_dir() + "/checkpoint";
+    engine_ = new std::string(test::temp_dir() + "/engine");
+    const test::CommandResult convert =
+        test::run_kite("convert --random --dtype float32 --model_dir " + model_dir +
+                       " --output_dir " + checkpoint);
+    ASSERT_EQ(convert.exit_code, 0) << convert.output;
+    // Small steps (12 tokens) so that prompts are prefilled in chunks beside running decodes.
+    const test::CommandResult build =
+        test::run_kite("build --checkpoint_dir " + checkpoint + " --output_dir " + *engine_ +
+                       " --max_batch_size 4 --max_input_len 24 --max_seq_len 48 "
+                       "--tokens_per_block 4 --max_num_tokens 12");
+    ASSERT_EQ(build.exit_code, 0) << build.output;
+  }
+  static std::string* engine_;
+
+  static std::unique_ptr<Executor> make(const ExecutorConfig& config = {}) {
+    std::string error;
+    auto made = Executor::create(*engine_, config, &error);
+    EXPECT_TRUE(made) << error;
+    return made;
+  }
+
+  // Random prompts of 1..24 tokens over the tiny vocabulary.
+  static std::vector<std::vector<int32_t>> prompts(size_t count, uint32_t seed, int32_t vocab) {
+    std::mt19937 generator(seed);
+    std::vector<std::vector<int32_t>> result;
+    for (size_t i = 0; i < count; ++i) {
+      std::vector<int32_t> prompt(1 + generator() % 24);
+      for (int32_t& id : prompt) id = int32_t(generator() % uint32_t(vocab));
+      result.push_back(prompt);
+    }
+    return result;
+  }
+
+  // The greedy output of each prompt run alone through generate().
+  static std::vector<std::vector<int32_t>> alone(const std::vector<std::vector<int32_t>>& inputs,
+                                                 int64_t max_new_tokens) {
+    auto engine = Engine::load(*engine_).value();
+    std::vector<std::vector<int32_t>> outputs;
+    for (const auto& prompt : inputs) {
+      GenerationRequest request;
+      request.prompts = {prompt};
+      request.sampling.temperature = 0.0f;
+      request.stop.max_output_len = max_new_tokens;
+      request.stop.end_ids = engine->default_end_ids();
+      outputs.push_back(generate(*engine, request).value().front().output_ids);
+    }
+    return outputs;
+  }
+
+  // Collects every request's responses until all are final: output ids concatenated.
+  static std::map<RequestId, Response> collect(Executor& executor, size_t requests) {
+    std::map<RequestId, Response> done;
+    std::map<RequestId, std::vector<int32_t>> streamed;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (done.size() < requests && std::chrono::steady_clock::now() < deadline) {
+      for (Response& response : executor.await_responses(std::chrono::milliseconds(100))) {
+        EXPECT_FALSE(done.contains(response.request_id)) << "a response after the final one";
+        auto& tokens = streamed[response.request_id];
+        tokens.insert(tokens.end(), response.result.output_ids.begin(),
+                      response.result.output_ids.end());
+        if (response.result.is_final) {
+          response.result.output_ids = tokens;
+          done[response.request_id] = std::move(response);
+        }
+      }
+    }
+    EXPECT_EQ(done.size(), requests) << "requests unfinished after 60 s";
+    return done;
+  }
+};
+std::string* ExecutorTest::engine_ = nullptr;
+
+constexpr int32_t kVocab = 64;  // the tiny fixture's vocabulary is at least this large
+
+TEST_F(ExecutorTest, ConcurrentRequestsGiveTheTokensOfRequestsRunAlone) {
+  const auto inputs = prompts(14, 3, kVocab);
+  const auto expected = alone(inputs, 20);
+  for (const bool streaming : {false, true}) {
+    auto executor = make();
+    ASSERT_TRUE(executor);
+    std::map<RequestId, size_t> index;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      Request request;
+      request.input_ids = inputs[i];
+      request.max_new_tokens = 20;
+      request.sampling.temperature = 0.0f;
+      request.streaming = streaming;
+      index[executor->enqueue_request(request)] = i;
+    }
+    const auto done = collect(*executor, inputs.size());
+    for (const auto& [id, response] : done) {
+      ASSERT_FALSE(response.error) << *response.error;
+      EXPECT_EQ(response.result.output_ids, expected[index.at(id)])
+          << "prompt " << index.at(id) << (streaming ? " streamed" : "");
+      EXPECT_NE(response.result.finish_reason, FinishReason::kNotFinished);
+    }
+    const executor::ExecutorStats stats = executor->stats();
+    EXPECT_EQ(stats.completed_requests, int64_t(inputs.size()));
+    EXPECT_EQ(stats.kv_cache.used_blocks, 0);
+    EXPECT_EQ(stats.active_requests + stats.queued_requests + stats.paused_requests, 0);
+    EXPECT_GT(stats.kv_cache.total_blocks, 0);
+    EXPECT_FALSE(stats.recent_iterations.empty());
+  }
+}
+
+TEST_F(ExecutorTest, CancellingFreesTheBlocksAndSaysCancelled) {
+  auto executor = make();
+  ASSERT_TRUE(executor);
+  // Four long requests fill the batch; a fifth waits behind them. One of the four (running, or
+  // about to) and the waiting one are cancelled at once.
+  Request request;
+  request.input_ids = {1, 2, 3, 4, 5};
+  request.max_new_tokens = 40;
+  request.end_ids = std::vector<int32_t>{};  // no early end
+  request.streaming = true;
+  std::vector<RequestId> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(executor->enqueue_request(request));
+  executor->cancel_request(ids[1]);
+  executor->cancel_request(ids[4]);
+  const auto done = collect(*executor, ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const Response& response = done.at(ids[i]);
+    ASSERT_FALSE(response.error) << *response.error;
+    const bool cancelled = i == 1 || i == 4;
+    EXPECT_EQ(response.result.finish_reason,
+              cancelled ? FinishReason::kCancelled : FinishReason::kLength)
+        << "request " << i;
+    if (cancelled) {
+      EXPECT_LT(response.result.output_ids.size(), 40u) << "request " << i;
+    } else {
+      EXPECT_EQ(response.result.output_ids.size(), 40u) << "request " << i;
+    }
+  }
+  EXPECT_TRUE(done.at(ids[4]).result.output_ids.empty());
+  EXPECT_EQ(executor->stats().kv_cache.used_blocks, 0);
+  executor->cancel_request(ids[0]);  // finished: ignored
+  executor->cancel_request(424242);  // unknown: ignored
+  EXPECT_TRUE(executor->await_responses(std::chrono::milliseconds(50)).empty());
+}
+
+TEST_F(ExecutorTest, RefusedRequestsGetOneErrorResponse) {
+  auto executor = make();
+  ASSERT_TRUE(executor);
+  Request empty;
+  EXPECT_TRUE(executor->check_request(empty));
+  Request too_long;
+  too_long.input_ids.assign(25, 1);
+  Request too_many_tokens;
+  too_many_tokens.input_ids = {1, 2};
+  too_many_tokens.max_new_tokens = 47;
+  Request bad_id;
+  bad_id.input_ids = {1, -3};
+  Request bad_sampling;
+  bad_sampling.input_ids = {1};
+  bad_sampling.sampling.top_p = 0.0f;
+  for (const Request& request : {empty, too_long, too_many_tokens, bad_id, bad_sampling}) {
+    const std::optional<std::string> problem = executor->check_request(request);
+    ASSERT_TRUE(problem);
+    const RequestId id = executor->enqueue_request(request);
+    const std::vector<Response> responses = executor->await_responses(id, std::chrono::seconds(5));
+    ASSERT_EQ(responses.size(), 1u);
+    ASSERT_TRUE(responses.front().error);
+    EXPECT_EQ(*responses.front().error, *problem);
+    EXPECT_TRUE(responses.front().result.is_final);
+  }
+  std::string error;
+  EXPECT_FALSE(Executor::create(test::temp_dir() + "/missing", {}, &error));
+  EXPECT_FALSE(error.empty());
+  ExecutorConfig too_big;
+  too_big.max_batch_size = 5;
+  EXPECT_FALSE(Executor::create(*engine_, too_big, &error));
+  EXPECT_NE(error.find("max_batch_size"), std::string::npos) << error;
+}
+
+TEST_F(ExecutorTest, StopWordsLogProbsAndSeeds) {
+  const std::vector<int32_t> prompt = {7, 8, 9, 10};
+  const std::vector<int32_t> greedy = alone({prompt}, 12).front();
+  ASSERT_GE(greedy.size(), 6u);
+  auto executor = make();
+  ASSERT_TRUE(executor);
+
+  // The output stops after the first occurrence of the stop word (tokens 3 and 4 of the greedy
+  // output), stop word included.
+  Request stopped;
+  stopped.input_ids = prompt;
+  stopped.max_new_tokens = 12;
+  stopped.sampling.temperature = 0.0f;
+  stopped.end_ids = std::vector<int32_t>{};
+  stopped.stop_words = {{greedy[3], greedy[4]}};
+  size_t stop_at = 5;
+  for (size_t i = 1; i < greedy.size(); ++i) {
+    if (greedy[i - 1] == greedy[3] && greedy[i] == greedy[4]) {
+      stop_at = i + 1;
+      break;
+    }
+  }
+  // Log-probabilities: one per token, each <= 0.
+  Request with_log_probs = stopped;
+  with_log_probs.stop_words.clear();
+  with_log_probs.return_log_probs = true;
+  // Seeds: the same seed gives the same tokens, beside other requests.
+  Request seeded;
+  seeded.input_ids = prompt;
+  seeded.max_new_tokens = 12;
+  seeded.sampling.temperature = 1.5f;
+  seeded.sampling.seed = 11;
+  const RequestId stop_id = executor->enqueue_request(stopped);
+  const RequestId log_id = executor->enqueue_request(with_log_probs);
+  const RequestId seed_a = executor->enqueue_request(seeded);
+  const RequestId seed_b = executor->enqueue_request(seeded);
+  const auto done = collect(*executor, 4);
+  const Response& stop_response = done.at(stop_id);
+  EXPECT_EQ(stop_response.result.finish_reason, FinishReason::kStopWords);
+  EXPECT_EQ(stop_response.result.output_ids,
+            std::vector<int32_t>(greedy.begin(), greedy.begin() + ptrdiff_t(stop_at)));
+  const Response& log_response = done.at(log_id);
+  ASSERT_EQ(log_response.result.log_probs.size(), log_response.result.output_ids.size());
+  for (float log_probability : log_response.result.log_probs) EXPECT_LE(log_probability, 0.0f);
+  EXPECT_EQ(log_response.result.output_ids, std::vector<int32_t>(greedy.begin(), greedy.end()));
+  EXPECT_EQ(done.at(seed_a).result.output_ids, done.at(seed_b).result.output_ids);
+}
+
+TEST_F(ExecutorTest, ManyThreadsEnqueueAndAwaitTheirOwnRequests) {
+  auto executor = make();
+  ASSERT_TRUE(executor);
+  const auto inputs = prompts(8, 5, kVocab);
+  const auto expected = alone(inputs, 8);
+  std::vector<std::thread> clients;
+  std::vector<std::vector<int32_t>> outputs(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    clients.emplace_back([&, i] {
+      Request request;
+      request.input_ids = inputs[i];
+      request.max_new_tokens = 8;
+      request.sampling.temperature = 0.0f;
+      request.streaming = i % 2 == 0;
+      const RequestId id = executor->enqueue_request(request);
+      for (bool final = false; !final;) {
+        for (const Response& response : executor->await_responses(id, std::chrono::seconds(1))) {
+          outputs[i].insert(outputs[i].end(), response.result.output_ids.begin(),
+                            response.result.output_ids.end());
+          final = response.result.is_final;
+        }
+      }
+    });
+  }
+  for (std::thread& client : clients) client.join();
+  for (size_t i = 0; i < inputs.size(); ++i) EXPECT_EQ(outputs[i], expected[i]) << "prompt " << i;
+}
+
+}  // namespace
+}  // namespace kite
