@@ -4,6 +4,7 @@
 // 64-byte aligned data and a CRC32 of header and data, checked when the file is opened.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -33,6 +34,17 @@ struct BuildLimits {
   // KV cache blocks one sequence of max_seq_len tokens takes.
   int64_t blocks_per_sequence() const {
     return (max_seq_len + tokens_per_block - 1) / tokens_per_block;
+  }
+  // The block-table width of a step whose longest context is `context_tokens`: the blocks it
+  // needs, rounded up to a power of two, at most blocks_per_sequence(). Decode graphs are
+  // captured per width, and the split-KV decode chooses its splits from it (a 256-token table
+  // needs no split), so contexts that grow within a width replay the same graph.
+  int64_t block_table_width(int64_t context_tokens) const {
+    const int64_t needed =
+        std::max<int64_t>(1, (context_tokens + tokens_per_block - 1) / tokens_per_block);
+    int64_t width = 1;
+    while (width < needed) width *= 2;
+    return std::min(width, blocks_per_sequence());
   }
 
   bool operator==(const BuildLimits&) const = default;

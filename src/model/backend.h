@@ -91,7 +91,6 @@ struct BackendOptions {
   DType activation_dtype = DType::kF32;  // CUDA: float16 or bfloat16, the engine's weight dtype
   std::vector<GemmChoice> gemm_choices;  // CUDA: tuned kernels; shapes without one get a default
   bool multi_block_mode = true;          // CUDA: split-KV decode attention when it pays
-  int64_t max_seq_len = 0;               // CUDA: sizes the split-KV choice
 };
 
 class Backend {

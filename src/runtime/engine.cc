@@ -84,8 +84,7 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& engine_dir,
     }
     kind = BackendKind::kCuda;
     backend_options = BackendOptions{options.device_index, config.weight_dtype, config.gemm_choices,
-                                     options.multi_block_mode.value_or(config.multi_block_mode),
-                                     limits.max_seq_len};
+                                     options.multi_block_mode.value_or(config.multi_block_mode)};
   }
   KITE_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, make_backend(kind, backend_options));
   KITE_ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::from_directory(engine_dir));
@@ -235,7 +234,7 @@ Result<std::vector<GenerationResult>> generate(Engine& engine, const GenerationR
   KITE_RETURN_IF_ERROR(check_request(engine, request));
   KvCache& cache = engine.kv_cache();
   const int64_t block_size = cache.view().block_size;
-  const int64_t max_blocks = engine.config().limits.blocks_per_sequence();
+  const BuildLimits& limits = engine.config().limits;
   std::vector<Sequence> sequences;
   // Blocks go back to the cache however this function returns.
   struct BlockReturn {
@@ -260,9 +259,9 @@ Result<std::vector<GenerationResult>> generate(Engine& engine, const GenerationR
   const int64_t token_budget = engine.config().limits.max_num_tokens;
   while (true) {
     StepInput step;
-    step.max_blocks_per_sequence = max_blocks;
     step.query_start.push_back(0);
-    std::vector<size_t> owners;  // sequence of each logit row
+    std::vector<size_t> owners;     // sequence of each logit row
+    std::vector<size_t> scheduled;  // sequence of each step sequence
     bool prefill = false;
     int64_t budget = token_budget;
     for (size_t s = 0; s < sequences.size() && budget > 0; ++s) {
@@ -282,15 +281,25 @@ Result<std::vector<GenerationResult>> generate(Engine& engine, const GenerationR
       sequence.cached = end;
       step.query_start.push_back(int32_t(step.token_ids.size()));
       step.context_length.push_back(int32_t(end));
-      std::vector<int32_t> table(size_t(max_blocks), 0);
-      std::copy(sequence.blocks.begin(), sequence.blocks.end(), table.begin());
-      step.block_table.insert(step.block_table.end(), table.begin(), table.end());
+      scheduled.push_back(s);
       if (end == sequence.tokens.size()) {
         step.logit_rows.push_back(int32_t(step.token_ids.size()) - 1);
         owners.push_back(s);
       }
     }
     if (step.token_ids.empty()) break;
+    // Each sequence's blocks of its context, in a table as wide as the longest needs.
+    const int32_t longest =
+        *std::max_element(step.context_length.begin(), step.context_length.end());
+    step.max_blocks_per_sequence = limits.block_table_width(longest);
+    for (size_t i = 0; i < scheduled.size(); ++i) {
+      const std::vector<int32_t>& blocks = sequences[scheduled[i]].blocks;
+      const size_t used = size_t((step.context_length[i] + block_size - 1) / block_size);
+      step.block_table.insert(step.block_table.end(), blocks.begin(),
+                              blocks.begin() + ptrdiff_t(used));
+      step.block_table.resize(step.block_table.size() + size_t(step.max_blocks_per_sequence) - used,
+                              0);
+    }
 
     const auto started = clock();
     KITE_ASSIGN_OR_RETURN(std::vector<int32_t> tokens,

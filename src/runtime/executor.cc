@@ -338,7 +338,11 @@ class ExecutorImpl final : public Executor {
       return {};
     }
     const int64_t block_size = engine_->config().limits.tokens_per_block;
-    const int64_t max_blocks = engine_->config().limits.blocks_per_sequence();
+    int64_t longest = 0;
+    for (const ScheduledSequence& sequence : plan.sequences) {
+      longest = std::max(longest, sequence.position + sequence.num_tokens);
+    }
+    const int64_t max_blocks = engine_->config().limits.block_table_width(longest);
     StepInput input;
     input.max_blocks_per_sequence = max_blocks;
     input.query_start.push_back(0);
@@ -347,7 +351,7 @@ class ExecutorImpl final : public Executor {
     for (const ScheduledSequence& sequence : plan.sequences) {
       const std::vector<int32_t>& tokens = scheduler_->tokens(sequence.request_id);
       const std::vector<int32_t>& blocks = scheduler_->block_table(sequence.request_id);
-      KITE_CHECK(int64_t(blocks.size()) <= max_blocks);
+
       for (int64_t position = sequence.position; position < sequence.position + sequence.num_tokens;
            ++position) {
         input.token_ids.push_back(tokens[size_t(position)]);
@@ -359,7 +363,10 @@ class ExecutorImpl final : public Executor {
       input.context_length.push_back(int32_t(sequence.position + sequence.num_tokens));
       const size_t table_at = input.block_table.size();
       input.block_table.resize(table_at + size_t(max_blocks), 0);
-      std::ranges::copy(blocks, input.block_table.begin() + ptrdiff_t(table_at));
+      const int64_t used = (sequence.position + sequence.num_tokens + block_size - 1) / block_size;
+      KITE_CHECK(used <= int64_t(blocks.size()) && used <= max_blocks);
+      std::copy(blocks.begin(), blocks.begin() + used,
+                input.block_table.begin() + ptrdiff_t(table_at));
       if (sequence.samples) {
         input.logit_rows.push_back(int32_t(input.token_ids.size()) - 1);
         sampled.push_back(sequence.request_id);

@@ -32,7 +32,6 @@ class ModelRunner {
               int64_t max_length) {
     BackendOptions options;
     options.activation_dtype = dtype;
-    options.max_seq_len = max_length;
     backend_ = std::move(make_backend(kind, options).value());
     dtype = backend_->activation_dtype();
     model_ = std::make_unique<LlamaModel>(

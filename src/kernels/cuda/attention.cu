@@ -822,19 +822,19 @@ int64_t ceil_div(int64_t a, int64_t b) {
 
 }  // namespace
 
-int choose_attention_splits(int64_t num_sequences, int64_t num_kv_heads, int64_t max_seq_len,
+int choose_attention_splits(int64_t num_sequences, int64_t num_kv_heads, int64_t context_bound,
                             int multiprocessor_count, bool multi_block_mode) {
   if (!multi_block_mode || num_sequences <= 0 || num_kv_heads <= 0) return 1;
   // A batch with a CTA for every SM already streams at nearly full bandwidth; below that, splits
   // bring it to about two CTAs per SM, which keeps enough loads in flight. A split shorter than
   // kMinKeysPerSplit costs more in start-up and merging than it saves.
-  constexpr int64_t kMinKeysPerSplit = 128;
+  constexpr int64_t kMinKeysPerSplit = 256;
   constexpr int64_t kMaxSplitsChosen = 64;
   const int64_t sm_count = std::max(multiprocessor_count, 1);
   const int64_t ctas = num_sequences * num_kv_heads;
   if (ctas >= sm_count) return 1;
   const int64_t wanted = ceil_div(2 * sm_count, ctas);
-  const int64_t by_length = max_seq_len / kMinKeysPerSplit;
+  const int64_t by_length = context_bound / kMinKeysPerSplit;
   return int(std::clamp<int64_t>(std::min(wanted, by_length), 1, kMaxSplitsChosen));
 }
 

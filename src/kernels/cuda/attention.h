@@ -13,10 +13,11 @@
 namespace kite::cuda {
 
 // Split-KV ("multi-block") decode: how many splits of the context each (sequence, kv head) gets.
-// 1 turns it off. Chosen by the runtime from the batch, not the context, so a CUDA graph captured
-// for a batch size stays valid as contexts grow: more splits when num_sequences * num_kv_heads is
-// small compared to the SM count and max_seq_len is long.
-int choose_attention_splits(int64_t num_sequences, int64_t num_kv_heads, int64_t max_seq_len,
+// 1 turns it off. Chosen from the batch and a bound on the step's contexts (the block-table width
+// in tokens, part of a decode graph's key), not the contexts themselves, so that a captured graph
+// stays valid as contexts grow within the bound: more splits when num_sequences * num_kv_heads is
+// small compared to the SM count and the bound is long (none below 512 tokens).
+int choose_attention_splits(int64_t num_sequences, int64_t num_kv_heads, int64_t context_bound,
                             int multiprocessor_count, bool multi_block_mode);
 
 // Scratch bytes attention() needs for `max_tokens` query tokens with `num_splits` (0 when

@@ -180,8 +180,10 @@ void CudaBackend::attention(const DeviceTensor& q, const AttentionBatch& batch,
                             const KvCacheView& cache, int64_t layer, float scale,
                             int64_t sliding_window, DeviceTensor& out) {
   const bool decode = batch.max_query_length == 1;
+  // The table's width bounds every context of the step, and a graph is captured per width.
+  const int64_t longest_possible = batch.max_blocks_per_sequence * cache.block_size;
   const int splits = decode ? cuda::choose_attention_splits(
-                                  batch.num_sequences, cache.num_kv_heads, options_.max_seq_len,
+                                  batch.num_sequences, cache.num_kv_heads, longest_possible,
                                   device_.multiprocessor_count, options_.multi_block_mode)
                             : 1;
   const int64_t query_heads = q.cols() / cache.head_dim;
