@@ -127,8 +127,14 @@ Status check_benchmark_cases(const BuildLimits& limits, const std::vector<Benchm
 
 Result<std::vector<std::vector<int32_t>>> benchmark_prompts(const Engine& engine,
                                                             const BenchmarkCase& benchmark_case) {
-  const ModelConfig& model = engine.config().model;
-  const Tokenizer& tokenizer = engine.tokenizer();
+  return benchmark_prompts(engine.config().model, engine.tokenizer(), benchmark_case.batch_size,
+                           benchmark_case.input_length, engine.directory());
+}
+
+Result<std::vector<std::vector<int32_t>>> benchmark_prompts(const ModelConfig& model,
+                                                            const Tokenizer& tokenizer,
+                                                            int64_t count, int64_t length,
+                                                            const std::string& source) {
   std::vector<int64_t> excluded = model.eos_token_ids;
   if (model.bos_token_id) excluded.push_back(*model.bos_token_id);
   if (model.pad_token_id) excluded.push_back(*model.pad_token_id);
@@ -140,15 +146,15 @@ Result<std::vector<std::vector<int32_t>>> benchmark_prompts(const Engine& engine
     candidates.push_back(id);
   }
   if (candidates.empty()) {
-    return unsupported("the tokenizer of " + engine.directory() +
+    return unsupported("the tokenizer of " + source +
                        " has no ordinary (non-special) token to build benchmark prompts from");
   }
   std::vector<std::vector<int32_t>> prompts;
-  for (int64_t sequence = 0; sequence < benchmark_case.batch_size; ++sequence) {
+  for (int64_t sequence = 0; sequence < count; ++sequence) {
     // A seed per sequence: prompt i is the same whatever the batch size. The modulo (not
     // std::uniform_int_distribution) gives the same ids with every standard library.
     std::mt19937_64 generator(0x6b697465ull + uint64_t(sequence));
-    std::vector<int32_t> prompt(size_t(benchmark_case.input_length));
+    std::vector<int32_t> prompt(static_cast<size_t>(length));
     for (int32_t& id : prompt) id = candidates[generator() % candidates.size()];
     prompts.push_back(std::move(prompt));
   }

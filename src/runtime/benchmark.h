@@ -52,6 +52,12 @@ Status check_benchmark_cases(const BuildLimits& limits, const std::vector<Benchm
 // sequence) from the vocabulary, avoiding special tokens and the model's bos/eos/pad ids.
 Result<std::vector<std::vector<int32_t>>> benchmark_prompts(const Engine& engine,
                                                             const BenchmarkCase& benchmark_case);
+// The same for `count` prompts of `length` tokens (prompt i is the same for every count); `source`
+// names the tokenizer in errors.
+Result<std::vector<std::vector<int32_t>>> benchmark_prompts(const ModelConfig& model,
+                                                            const Tokenizer& tokenizer,
+                                                            int64_t count, int64_t length,
+                                                            const std::string& source);
 
 struct BenchmarkOptions {
   int64_t warm_up_runs = 1;         // untimed runs first

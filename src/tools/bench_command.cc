@@ -1,7 +1,11 @@
-// `kite bench`: static-batch speed of an engine, like TensorRT-LLM's gptSessionBenchmark. One
-// [BENCHMARK] line (or JSON object with --json) per (batch size, input, output length) case on
-// stdout; progress on stderr.
+// `kite bench`: the speed of an engine. Static batches (--mode static, like TensorRT-LLM's
+// gptSessionBenchmark): one [BENCHMARK] line (or JSON object with --json) per (batch size, input,
+// output length) case. In-flight batching (--mode serve, like benchmark_serving): requests at a
+// Poisson rate or a fixed concurrency through the Executor, one line per (lengths, concurrency).
+// Results on stdout, progress on stderr.
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -11,6 +15,8 @@
 #include "core/progress.h"
 #include "kernels/backend_factory.h"
 #include "runtime/benchmark.h"
+#include "runtime/serve_benchmark.h"
+#include "tokenizer/tokenizer.h"
 #include "tools/command.h"
 
 namespace kite::tools {
@@ -28,10 +34,102 @@ struct BenchFlags {
   bool ceilings = false;
   LoadOptions load;
   std::string multi_block_mode;  // "", "true" or "false": overrides the engine's
+  // --mode serve
+  std::string mode = "static";
+  int64_t num_requests = 100;
+  double request_rate = 0;
+  std::string concurrency = "0";
+  std::string scheduler_policy = "max_utilization";
+  int64_t max_batch_size = 0;
 };
+
+// "0;16;64" -> {0, 16, 64}: non-negative integers.
+Result<std::vector<int64_t>> parse_concurrencies(const std::string& text) {
+  std::vector<int64_t> values;
+  size_t begin = 0;
+  while (begin <= text.size()) {
+    const size_t end = std::min(text.find(';', begin), text.size());
+    const std::string piece = text.substr(begin, end - begin);
+    char* parsed_end = nullptr;
+    const long long value = std::strtoll(piece.c_str(), &parsed_end, 10);
+    if (piece.empty() || *parsed_end != '\0' || value < 0) {
+      return invalid_argument("--concurrency \"" + text + "\": \"" + piece +
+                              "\" is not a non-negative integer (e.g. \"1;16;64\", 0: no limit)");
+    }
+    values.push_back(value);
+    begin = end + 1;
+  }
+  return values;
+}
+
+Status run_serve(const BenchFlags& flags, const std::vector<InputOutputLength>& lengths,
+                 const EngineConfig& config) {
+  KITE_ASSIGN_OR_RETURN(std::vector<int64_t> concurrencies, parse_concurrencies(flags.concurrency));
+  executor::ExecutorConfig executor_config;
+  if (flags.scheduler_policy == "max_utilization") {
+    executor_config.policy = executor::SchedulerPolicy::kMaxUtilization;
+  } else if (flags.scheduler_policy != "guaranteed_no_evict") {
+    return invalid_argument("--scheduler_policy takes guaranteed_no_evict or max_utilization");
+  }
+  executor_config.max_batch_size = flags.max_batch_size;
+  executor_config.kv_cache_free_gpu_mem_fraction = flags.load.kv_cache_free_gpu_mem_fraction;
+  executor_config.device_index = flags.load.device_index;
+  KITE_ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::from_directory(flags.engine_dir));
+  std::string error;
+  std::unique_ptr<executor::Executor> server =
+      executor::Executor::create(flags.engine_dir, executor_config, &error);
+  if (!server) return invalid_argument(error);
+  nlohmann::ordered_json all_results = nlohmann::ordered_json::array();
+  for (const InputOutputLength& length : lengths) {
+    KITE_ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> prompts,
+                          benchmark_prompts(config.model, tokenizer, flags.num_requests,
+                                            length.input_length, flags.engine_dir));
+    for (const int64_t concurrency : concurrencies) {
+      ServeBenchmarkOptions options{.num_requests = flags.num_requests,
+                                    .input_length = length.input_length,
+                                    .output_length = length.output_length,
+                                    .request_rate = flags.request_rate,
+                                    .concurrency = concurrency};
+      char label[128];
+      std::snprintf(label, sizeof(label), "serve %lld requests, %lld+%lld tokens",
+                    static_cast<long long>(options.num_requests),
+                    static_cast<long long>(options.input_length),
+                    static_cast<long long>(options.output_length));
+      Progress progress(label, options.num_requests);
+      KITE_ASSIGN_OR_RETURN(ServeBenchmarkResult result,
+                            run_serve_benchmark(*server, prompts, options, [&](int64_t done) {
+                              progress.update(done, "requests");
+                            }));
+      progress.finish();
+      if (result.errors > 0) {
+        return internal_error(std::to_string(result.errors) +
+                              " requests failed, the first with: " + result.first_error);
+      }
+      const nlohmann::ordered_json record = serve_benchmark_json(result);
+      std::printf("%s\n",
+                  flags.json ? record.dump().c_str() : serve_benchmark_line(result).c_str());
+      std::fflush(stdout);
+      all_results.push_back(record);
+    }
+  }
+  if (!flags.output_json.empty()) {
+    KITE_RETURN_IF_ERROR(write_file(flags.output_json, all_results.dump(1) + "\n"));
+  }
+  return Status::ok();
+}
 
 Status run(const BenchFlags& flags) {
   if (flags.engine_dir.empty()) return invalid_argument("--engine_dir is required");
+  if (flags.mode == "serve") {
+    if (flags.input_output_lengths.empty()) {
+      return invalid_argument("--input_output_len is required (e.g. \"128,128\")");
+    }
+    KITE_ASSIGN_OR_RETURN(std::vector<InputOutputLength> lengths,
+                          parse_input_output_lengths(flags.input_output_lengths));
+    KITE_ASSIGN_OR_RETURN(EngineConfig config, read_engine_config(flags.engine_dir));
+    return run_serve(flags, lengths, config);
+  }
+  if (flags.mode != "static") return invalid_argument("--mode takes static or serve");
   if (flags.batch_sizes.empty()) {
     return invalid_argument(
         "--batch_size is required (batch sizes separated by ';', e.g. \"1;8\")");
@@ -128,6 +226,18 @@ Command add_bench_command(CLI::App& kite) {
                   "true or false: override the engine's split-KV decode attention");
   app->add_option("--kv_cache_free_gpu_mem_fraction", flags->load.kv_cache_free_gpu_mem_fraction,
                   "Share of the free GPU memory the KV cache takes (0.9)");
+  app->add_option("--mode", flags->mode,
+                  "static (fixed batches) or serve (in-flight batching of a stream of requests)");
+  app->add_option("--num_requests", flags->num_requests, "serve: requests per case (100)");
+  app->add_option("--request_rate", flags->request_rate,
+                  "serve: Poisson arrivals per second; 0 sends them all at once (0)");
+  app->add_option("--concurrency", flags->concurrency,
+                  "serve: requests in flight at most, cases separated by ';' (\"1;16;64\"); 0: no "
+                  "limit (0)");
+  app->add_option("--scheduler_policy", flags->scheduler_policy,
+                  "serve: guaranteed_no_evict or max_utilization (max_utilization)");
+  app->add_option("--max_batch_size", flags->max_batch_size,
+                  "serve: requests per step at most; 0: the engine's (0)");
   return Command{app, [flags] { return run(*flags); }};
 }
 

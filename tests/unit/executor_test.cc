@@ -11,6 +11,7 @@
 
 #include "kite/executor.h"
 #include "runtime/engine.h"
+#include "runtime/serve_benchmark.h"
 #include "test_util.h"
 
 namespace kite {
@@ -280,6 +281,46 @@ TEST_F(ExecutorTest, ManyThreadsEnqueueAndAwaitTheirOwnRequests) {
   }
   for (std::thread& client : clients) client.join();
   for (size_t i = 0; i < inputs.size(); ++i) EXPECT_EQ(outputs[i], expected[i]) << "prompt " << i;
+}
+
+TEST(ServeBenchmark, NearestRankPercentiles) {
+  std::vector<double> values;
+  for (int i = 100; i >= 1; --i) values.push_back(i);
+  const LatencyPercentiles percentiles = latency_percentiles(values);
+  EXPECT_DOUBLE_EQ(percentiles.p50, 50);
+  EXPECT_DOUBLE_EQ(percentiles.p90, 90);
+  EXPECT_DOUBLE_EQ(percentiles.p99, 99);
+  EXPECT_DOUBLE_EQ(percentiles.mean, 50.5);
+  EXPECT_DOUBLE_EQ(latency_percentiles({7}).p99, 7);
+  EXPECT_DOUBLE_EQ(latency_percentiles({}).p50, 0);
+}
+
+TEST_F(ExecutorTest, ServeBenchmarkRunsEveryRequestToItsLength) {
+  auto executor = make();
+  ASSERT_TRUE(executor);
+  const auto inputs = prompts(5, 9, kVocab);
+  for (const auto& [rate, concurrency] :
+       {std::pair{0.0, int64_t(0)}, {0.0, int64_t(2)}, {500.0, int64_t(0)}}) {
+    ServeBenchmarkOptions options{.num_requests = 12,
+                                  .input_length = 8,
+                                  .output_length = 6,
+                                  .request_rate = rate,
+                                  .concurrency = concurrency};
+    int64_t last_done = 0;
+    const auto result =
+        run_serve_benchmark(*executor, inputs, options, [&](int64_t done) { last_done = done; });
+    ASSERT_TRUE(result.is_ok()) << result.status().message();
+    EXPECT_EQ(result->errors, 0);
+    EXPECT_EQ(result->completed, 12);
+    EXPECT_EQ(result->output_tokens, 12 * 6);
+    EXPECT_EQ(last_done, 12);
+    EXPECT_GT(result->output_tokens_per_second, 0);
+    EXPECT_LE(result->time_to_first_token.p50, result->request_latency.p50);
+    EXPECT_NE(serve_benchmark_line(*result).find("[BENCHMARK] mode serve requests 12"),
+              std::string::npos);
+  }
+  ServeBenchmarkOptions too_long{.num_requests = 1, .input_length = 8, .output_length = 100};
+  EXPECT_FALSE(run_serve_benchmark(*executor, inputs, too_long).is_ok());
 }
 
 }  // namespace
