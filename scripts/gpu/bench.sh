@@ -30,28 +30,18 @@ if [[ ! -x build-gpu/kite ]]; then
 fi
 kite=build-gpu/kite
 work="${KITE_BENCH_DIR:-/tmp/kite-bench}"
-mkdir -p "$work/model"
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
-  echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
+  echo "commit: ${KITE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv
 } | tee "$log_dir/machine.txt"
 
-# Llama-3-8B shape, random bf16 weights. The prompts of kite bench are token ids, so any tokenizer
-# makes the folder complete; the byte-level one of the golden fixtures serves.
-if [[ ! -f "$work/engine/config.json" ]]; then
-  cp tests/fixtures/hf_configs/llama-3-8b.json "$work/model/config.json"
-  cp tests/fixtures/golden/hf/llama_mha/tokenizer.json "$work/model/tokenizer.json"
-  /usr/bin/time -f "convert: %e s" "$kite" convert --random --model_dir "$work/model" \
-    --output_dir "$work/ckpt" --dtype bfloat16 2>&1 | tail -2
-  limits=(--max_batch_size 64 --max_input_len 8192 --max_seq_len 8448 --max_num_tokens 8192)
-  if ((quick)); then
-    limits=(--max_batch_size 64 --max_input_len 2048 --max_seq_len 2304 --max_num_tokens 2048)
-  fi
-  /usr/bin/time -f "build: %e s" "$kite" build --checkpoint_dir "$work/ckpt" \
-    --output_dir "$work/engine" --device cuda "${limits[@]}" 2>&1 | tail -3
-  rm -rf "$work/ckpt"
+# Llama-3-8B shape, random bf16 weights.
+limits=(--max_batch_size 64 --max_input_len 8192 --max_seq_len 8448 --max_num_tokens 8192)
+if ((quick)); then
+  limits=(--max_batch_size 64 --max_input_len 2048 --max_seq_len 2304 --max_num_tokens 2048)
 fi
+bash scripts/gpu/make_engine.sh "$work/engine" -- "${limits[@]}"
 bench=("$kite" bench --engine_dir "$work/engine" --ceilings)
 {
   if ((quick)); then

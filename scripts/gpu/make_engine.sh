@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Makes a random-weight bf16 checkpoint of a config (default: Llama-3-8B) and builds a CUDA engine
+# of it with the given limits, unless ENGINE_DIR already holds one. For the GPU benchmarks.
+# Usage: bash scripts/gpu/make_engine.sh ENGINE_DIR [CONFIG.json] -- [kite build limits...]
+#   e.g. bash scripts/gpu/make_engine.sh /tmp/e -- --max_batch_size 64 --max_input_len 2048 ...
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+engine="${1:?usage: make_engine.sh ENGINE_DIR [CONFIG.json] -- [limits...]}"
+shift
+config="$root/tests/fixtures/hf_configs/llama-3-8b.json"
+if (($#)) && [[ "$1" != "--" ]]; then config="$1"; shift; fi
+[[ "${1:-}" == "--" ]] && shift
+[[ -f "$engine/config.json" ]] && exit 0
+kite="$root/build-gpu/kite"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/model"
+cp "$config" "$work/model/config.json"
+# kite bench's prompts are token ids: any tokenizer completes the folder; the golden byte-level one.
+cp "$root/tests/fixtures/golden/hf/llama_mha/tokenizer.json" "$work/model/tokenizer.json"
+/usr/bin/time -f "convert: %e s" "$kite" convert --random --model_dir "$work/model" \
+  --output_dir "$work/ckpt" --dtype bfloat16 2>&1 | tail -2
+/usr/bin/time -f "build: %e s" "$kite" build --checkpoint_dir "$work/ckpt" --output_dir "$engine" \
+  --device cuda "$@" 2>&1 | tail -3
