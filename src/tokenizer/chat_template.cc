@@ -1524,7 +1524,7 @@ class Renderer {
   Value call_function(const std::string& name, const Arguments& args) {
     if (name == "raise_exception") fail(to_string(required(args.bind(name, {"message"}), 0)));
     if (name == "strftime_now") {
-      const std::string& format = string(required(args.bind(name, {"format"}), 0), "the format");
+      const std::string format = string(required(args.bind(name, {"format"}), 0), "the format");
       if (format.size() > 1024) fail_limit("a strftime_now format past 1024 bytes");
       const std::time_t now = context_.now.value_or(std::time(nullptr));
       std::tm local{};
@@ -1575,12 +1575,12 @@ class Renderer {
       return Value::of(change_case(*text, mode->second));
     }
     if (text && (name == "startswith" || name == "endswith")) {
-      const Value& affix = required(args.bind(name, {"prefix"}), 0);
+      const Value affix = required(args.bind(name, {"prefix"}), 0);
       const std::vector<Value> candidates =
           data(affix).is_array() ? iterate(affix) : std::vector<Value>{affix};
       return Value::of(
           std::any_of(candidates.begin(), candidates.end(), [&](const Value& candidate) {
-            const std::string& part = string(candidate, "the prefix");
+            const std::string part = string(candidate, "the prefix");
             return name[0] == 's' ? text->starts_with(part) : text->ends_with(part);
           }));
     }
@@ -1778,7 +1778,7 @@ class Renderer {
     if (name == "callable")
       return value.kind == Value::Kind::kMacro || value.kind == Value::Kind::kFunction;
     if (name == "odd" || name == "even") return (integer(value, name) % 2 != 0) == (name == "odd");
-    const Value& other = required(args.bind(name, {"other"}), 0);
+    const Value other = required(args.bind(name, {"other"}), 0);
     if (name == "divisibleby") return arithmetic("%", value, other).json()->get<int64_t>() == 0;
     if (name == "sameas")
       return json && other.json() ? *json == *other.json() && json->type() == other.json()->type()
