@@ -28,7 +28,8 @@ struct KvCacheView {
   constexpr int64_t block_elements() const { return 2 * num_kv_heads * block_size * head_dim; }
   constexpr int64_t layer_elements() const { return num_blocks * block_elements(); }
   // Element offset of (layer, block, key=0 / value=1, head, token-in-block, 0).
-  constexpr int64_t offset(int64_t layer, int64_t block, int64_t kv, int64_t head, int64_t token) const {
+  constexpr int64_t offset(int64_t layer, int64_t block, int64_t kv, int64_t head,
+                           int64_t token) const {
     return layer * layer_elements() + block * block_elements() +
            ((kv * num_kv_heads + head) * block_size + token) * head_dim;
   }
@@ -49,6 +50,10 @@ struct AttentionBatch {
   const int32_t* query_start = nullptr;     // [num_sequences + 1]
   const int32_t* context_length = nullptr;  // [num_sequences]
   const int32_t* block_table = nullptr;     // [num_sequences * max_blocks_per_sequence]
+  // Leading sequences with exactly one new token each (decodes; an in-flight batch puts them
+  // first), so that their tokens are the step's first ones: a backend may run them through its
+  // decode kernel and only the rest through its prefill kernel.
+  int64_t num_leading_decodes = 0;
 };
 
 // How one logits row picks its token when the backend samples (Backend::sample): the meaning of

@@ -351,6 +351,12 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
     longest_sequence = std::max(longest_sequence, step.context_length[size_t(s)]);
   }
   batch.max_context_length = longest_sequence;
+  while (batch.num_leading_decodes < S &&
+         step.query_start[size_t(batch.num_leading_decodes) + 1] -
+                 step.query_start[size_t(batch.num_leading_decodes)] ==
+             1) {
+    ++batch.num_leading_decodes;
+  }
   batch.positions = device_metadata + positions_at;
   batch.slot_mapping = device_metadata + slots_at;
   batch.query_start = device_metadata + starts_at;

@@ -51,6 +51,12 @@ struct HostBatch {
     view.max_blocks_per_sequence = max_blocks_per_sequence;
     view.max_query_length = max_query_length;
     view.max_context_length = max_context_length;
+    while (view.num_leading_decodes < view.num_sequences &&
+           query_start[size_t(view.num_leading_decodes) + 1] -
+                   query_start[size_t(view.num_leading_decodes)] ==
+               1) {
+      ++view.num_leading_decodes;
+    }
     view.positions = positions.data();
     view.query_start = query_start.data();
     view.context_length = context_length.data();
@@ -219,8 +225,8 @@ void expect_match(const std::vector<float>& actual, const std::vector<float>& ex
   test::expect_within(
       actual, expected,
       [&](size_t i) {
-        return u * std::fabs(expected[i]) +
-               (tensor_cores ? 1.25 * u * expected_absolute[i] : 0.0) + 1e-4 * max_abs_value;
+        return u * std::fabs(expected[i]) + (tensor_cores ? 1.25 * u * expected_absolute[i] : 0.0) +
+               1e-4 * max_abs_value;
       },
       what);
 }
@@ -347,6 +353,26 @@ TEST(CudaAttention, MixedPrefillAndDecodeMatchesCpuTwin) {
       for (int64_t group : {1, 3, 8}) {
         for (int64_t window : {0, 20}) {
           check_attention({dtype, head_dim, 3, group, 32, window, 1, kMixedBatch}, seed++);
+          if (HasFailure()) return;
+        }
+      }
+    }
+  }
+}
+
+// An in-flight batch: decodes first (the decode kernel, split or not), then prefills, chunks and
+// a sequence with no token (the prefill kernel).
+const std::vector<Sequence> kDecodesFirstBatch = {{70, 1},  {1, 1},    {300, 1}, {5, 5},
+                                                  {45, 13}, {200, 70}, {50, 0},  {129, 65}};
+
+TEST(CudaAttention, DecodesFirstThenPrefillsMatchCpuTwin) {
+  KITE_REQUIRE_GPU();
+  uint32_t seed = 2500;
+  for (DType dtype : kDTypes) {
+    for (int64_t head_dim : {64, 128}) {
+      for (int64_t group : {1, 4, 8}) {
+        for (int splits : {1, 5}) {
+          check_attention({dtype, head_dim, 2, group, 16, 0, splits, kDecodesFirstBatch}, seed++);
           if (HasFailure()) return;
         }
       }
@@ -535,8 +561,10 @@ TEST(CudaAttention, ChoosesSplitsFromTheBatchAndTheLimits) {
   EXPECT_EQ(cuda::choose_attention_splits(64, 8, 8192, 132, true), 1);
   EXPECT_EQ(cuda::choose_attention_splits(17, 8, 8192, 132, true), 1);
   EXPECT_GT(cuda::choose_attention_splits(8, 8, 8192, 132, true), 1);
-  EXPECT_EQ(cuda::choose_attention_splits(1, 8, 128, 132, true), 1);
-  EXPECT_LE(cuda::choose_attention_splits(1, 8, 512, 132, true), 4);
+  // Short contexts split down to one 32-key tile per split, none below that.
+  EXPECT_EQ(cuda::choose_attention_splits(1, 8, 32, 132, true), 1);
+  EXPECT_EQ(cuda::choose_attention_splits(1, 8, 128, 132, true), 4);
+  EXPECT_EQ(cuda::choose_attention_splits(1, 8, 512, 132, true), 16);
   EXPECT_GE(cuda::choose_attention_splits(1, 1, 1 << 20, 132, true), 1);
   EXPECT_LE(cuda::choose_attention_splits(1, 1, 1 << 20, 132, true), 64);
 }

@@ -179,16 +179,17 @@ void CudaBackend::rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& r
 void CudaBackend::attention(const DeviceTensor& q, const AttentionBatch& batch,
                             const KvCacheView& cache, int64_t layer, float scale,
                             int64_t sliding_window, DeviceTensor& out) {
-  const bool decode = batch.max_query_length == 1;
+  const int64_t decodes =
+      batch.max_query_length == 1 ? batch.num_sequences : batch.num_leading_decodes;
   // The table's width bounds every context of the step, and a graph is captured per width.
   const int64_t longest_possible = batch.max_blocks_per_sequence * cache.block_size;
-  const int splits = decode ? cuda::choose_attention_splits(
-                                  batch.num_sequences, cache.num_kv_heads, longest_possible,
-                                  device_.multiprocessor_count, options_.multi_block_mode)
-                            : 1;
+  const int splits = decodes > 0 ? cuda::choose_attention_splits(
+                                       decodes, cache.num_kv_heads, longest_possible,
+                                       device_.multiprocessor_count, options_.multi_block_mode)
+                                 : 1;
   const int64_t query_heads = q.cols() / cache.head_dim;
-  const size_t needed =
-      cuda::attention_workspace_bytes(batch.num_tokens, query_heads, cache.head_dim, splits);
+  const size_t needed = cuda::attention_workspace_bytes(std::max<int64_t>(decodes, 1), query_heads,
+                                                        cache.head_dim, splits);
   reserve_scratch(attention_workspace_, needed);
   cuda::attention(q, batch, cache, layer, scale, sliding_window, out, splits,
                   attention_workspace_.data(), attention_workspace_.size(), stream_);
