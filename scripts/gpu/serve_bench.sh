@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The serving figures of docs/perf/cuda_serving.md in one call: builds Kite (as run.sh) unless
-# built, a random-weight Llama-3-8B bf16 engine for in-flight batching (up to 512 requests per
+# built, a random-weight Llama-3-8B bf16 engine for in-flight batching (up to 1024 requests per
 # step), then `kite bench --mode serve`: 1024 requests at 128/128 and at 2048/128 with as many in
 # flight as fit, and time to first token at concurrency 1, 16 and 64.
 # Usage: bash scripts/gpu/serve_bench.sh LOG_DIR [NUM_REQUESTS]
@@ -21,7 +21,7 @@ engine="${KITE_SERVE_ENGINE:-/tmp/kite-serve/engine}"
   echo "commit: ${KITE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv
 } | tee "$log_dir/machine.txt"
-bash scripts/gpu/make_engine.sh "$engine" -- --max_batch_size 512 --max_input_len 2048 \
+bash scripts/gpu/make_engine.sh "$engine" -- --max_batch_size 1024 --max_input_len 2048 \
   --max_seq_len 2304 --max_num_tokens 8192
 serve=(build-gpu/kite bench --engine_dir "$engine" --mode serve --scheduler_policy max_utilization)
 {
