@@ -119,6 +119,9 @@ class Backend {
   // Runs a recorded graph again: the same ops on the same buffers, reading their current contents.
   virtual void replay_graph(int64_t /*graph*/) { KITE_CHECK(false); }
   virtual void destroy_graph(int64_t /*graph*/) {}
+  // Changes whenever the backend reallocates scratch memory that recorded graphs may point into
+  // (its own workspaces, grown by a larger step): graphs recorded before must be recorded again.
+  virtual int64_t graph_epoch() const { return 0; }
 
   // ---- ops of the Llama family ----
   // out[t, :] = table[ids[t], :]            table [V, H], ids [T] (backend memory), out [T, H]

@@ -470,11 +470,19 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
   const bool graphable = batch.max_query_length == 1 && R == T && !dump.enabled();
   const int64_t mode = !sampling ? 0 : sampling->history ? 2 : 1;
   const GraphKey key{S, step.max_blocks_per_sequence, mode};
+  if (backend.graph_epoch() != graph_epoch_) {
+    drop_graphs();  // they may read scratch buffers the backend has since replaced
+    graph_epoch_ = backend.graph_epoch();
+  }
   const auto graph = graphable ? graphs_.find(key) : graphs_.end();
   if (graph != graphs_.end()) {
     backend.replay_graph(graph->second);
   } else {
     enqueue();
+    if (backend.graph_epoch() != graph_epoch_) {  // this step grew a scratch buffer
+      drop_graphs();
+      graph_epoch_ = backend.graph_epoch();
+    }
     if (graphable && backend.begin_graph_capture()) {
       enqueue();
       KITE_ASSIGN_OR_RETURN(graphs_[key], backend.end_graph_capture());

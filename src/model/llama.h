@@ -81,8 +81,9 @@ class LlamaModel {
 
   // Runs the step, writing keys and values into `cache`, and returns float32 logits [R, V] row
   // by row in the order of step.logit_rows. Decode steps replay a captured graph on backends that
-  // have graphs (the cache's buffer must then stay the same from step to step). When KITE_DUMP=<dir> is set, every named intermediate
-  // of the step is also written to <dir>/step_<n>.safetensors.
+  // have graphs (the cache's buffer must then stay the same from step to step). When
+  // KITE_DUMP=<dir> is set, every named intermediate of the step is also written to
+  // <dir>/step_<n>.safetensors.
   Result<std::vector<float>> forward(const StepInput& step, const KvCacheView& cache);
 
   // Like forward(), then picks one token per logit row on the backend (Backend::has_sampling
@@ -127,11 +128,12 @@ class LlamaModel {
   DeviceBuffer sampling_rows_;     // [R] SamplingRow
   DeviceBuffer sampled_ids_;       // [R] int32
   DeviceBuffer sampling_history_;  // [R] lengths, then [R, stride] tokens
-  int64_t step_counter_ = 0;  // names dump files
+  int64_t step_counter_ = 0;       // names dump files
   // Captured decode steps by (sequences, max_blocks_per_sequence, sampling mode): what fixes a
   // graph.
   using GraphKey = std::tuple<int64_t, int64_t, int64_t>;
   std::map<GraphKey, int64_t> graphs_;
+  int64_t graph_epoch_ = 0;  // the backend's graph_epoch() when graphs_ were recorded
 };
 
 }  // namespace kite

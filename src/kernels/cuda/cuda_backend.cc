@@ -202,6 +202,7 @@ void CudaBackend::reserve_scratch(DeviceBuffer& buffer, size_t bytes) {
   KITE_CHECK(capture == cudaStreamCaptureStatusNone);
   synchronize();  // the old buffer may still be read by queued kernels
   buffer.reset();
+  ++graph_epoch_;  // recorded graphs may point into the old buffer
   Result<DeviceBuffer> grown = allocate(bytes);
   KITE_CHECK(grown.is_ok());
   buffer = std::move(*grown);

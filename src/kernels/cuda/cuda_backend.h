@@ -73,6 +73,7 @@ class CudaBackend final : public Backend {
   // Grows `buffer` to `bytes`; never while the stream is being captured (the eager run of a shape
   // sizes the scratch buffers before its capture).
   void reserve_scratch(DeviceBuffer& buffer, size_t bytes);
+  int64_t graph_epoch() const override { return graph_epoch_; }
 
   BackendOptions options_;
   CudaDeviceInfo device_;
@@ -82,6 +83,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer attention_workspace_;
   DeviceBuffer sampling_workspace_;      // likewise
   std::vector<cudaGraphExec_t> graphs_;  // by id; destroyed ones are null
+  int64_t graph_epoch_ = 0;              // bumped when a scratch buffer moves
 };
 
 }  // namespace kite
