@@ -9,6 +9,7 @@ cd "$root"
 packages=(
   build-essential cmake ninja-build pkg-config git unzip ca-certificates
   nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev
+  libcpp-httplib-dev  # kite serve's HTTP server
   libgtest-dev libgmock-dev liblzma-dev
   clang libclang-rt-14-dev  # libFuzzer and sanitizers for the fuzz targets
   libomp-dev  # OpenMP runtime for clang builds (GCC brings its own libgomp)

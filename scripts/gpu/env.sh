@@ -8,6 +8,9 @@ if [[ -d "$root/.deps/root" ]]; then
   export CMAKE_PREFIX_PATH="$root/.deps/root/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
   export PKG_CONFIG_PATH="$root/.deps/root/usr/lib/x86_64-linux-gnu/pkgconfig:$root/.deps/root/usr/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
   export LD_LIBRARY_PATH="$root/.deps/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  # OpenSSL's configuration headers (included by httplib.h) live in the multiarch folder, which
+  # the compiler searches only under /usr.
+  export CPLUS_INCLUDE_PATH="$root/.deps/root/usr/include/x86_64-linux-gnu${CPLUS_INCLUDE_PATH:+:$CPLUS_INCLUDE_PATH}"
 fi
 demo_model="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 if [[ ! -f "$demo_model" ]] && compgen -G "$root/models/parts/smollm2.gguf.part*" > /dev/null; then

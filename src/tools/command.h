@@ -21,6 +21,7 @@ Command add_convert_command(CLI::App& kite);
 Command add_debug_command(CLI::App& kite);
 Command add_eval_command(CLI::App& kite);
 Command add_run_command(CLI::App& kite);
+Command add_serve_command(CLI::App& kite);
 Command add_tokenize_command(CLI::App& kite);
 
 }  // namespace kite::tools

@@ -29,6 +29,7 @@ int run_kite(int argc, char** argv) {
       kite::tools::add_eval_command(kite),
       kite::tools::add_debug_command(kite),
       kite::tools::add_bench_command(kite),
+      kite::tools::add_serve_command(kite),
   };
 
   try {

@@ -1,0 +1,116 @@
+// A running generation: Executor responses -> text updates and metrics.
+#include "server/generation.h"
+
+namespace kite::server {
+namespace {
+
+double seconds_between(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration<double>(to - from).count();
+}
+
+}  // namespace
+
+std::string openai_finish_reason(executor::FinishReason reason) {
+  return reason == executor::FinishReason::kLength ? "length" : "stop";
+}
+
+std::unique_ptr<Generation> Generation::start(ResponseRouter& router, const Tokenizer& tokenizer,
+                                              GenerationSpec spec, ServerMetrics& metrics,
+                                              Clock::time_point arrival) {
+  // Always streamed from the Executor: stop texts are found, and the request cancelled, as soon
+  // as they appear, and the latency metrics see every token.
+  spec.request.streaming = true;
+  std::unique_ptr<RequestStream> stream = router.submit(spec.request);
+  if (!stream) return nullptr;
+  metrics.prompt_tokens.increment(double(spec.request.input_ids.size()));
+  return std::unique_ptr<Generation>(
+      new Generation(std::move(stream), tokenizer, spec, metrics, arrival));
+}
+
+Generation::Generation(std::unique_ptr<RequestStream> stream, const Tokenizer& tokenizer,
+                       const GenerationSpec& spec, ServerMetrics& metrics,
+                       Clock::time_point arrival)
+    : stream_(std::move(stream)),
+      tokenizer_(tokenizer),
+      metrics_(metrics),
+      text_(tokenizer, spec.stop_texts, spec.include_stop_text),
+      want_log_probs_(spec.request.return_log_probs),
+      arrival_(arrival),
+      prompt_tokens_(int64_t(spec.request.input_ids.size())) {}
+
+Generation::~Generation() {
+  if (!finished_) {
+    stream_->cancel();
+    metrics_.count_finished("cancelled");
+  }
+}
+
+GenerationUpdate Generation::next(std::chrono::milliseconds timeout) {
+  GenerationUpdate update;
+  if (finished_) {
+    update.finished = true;
+    return update;
+  }
+  for (RoutedResponse& routed : stream_->wait(timeout)) {
+    const executor::Response& response = routed.response;
+    if (response.error) {
+      update.error = *response.error;
+      finish(&update, "error");
+      return update;
+    }
+    add_tokens(response.result, routed.received, &update);
+    if (finished_) return update;
+    if (response.result.is_final) {
+      if (response.result.finish_reason == executor::FinishReason::kCancelled) {
+        // Only this server cancels its requests, and not while it still waits for them.
+        update.error = "the request was cancelled";
+        finish(&update, "error");
+        return update;
+      }
+      update.text += text_.finish();
+      finish(&update, openai_finish_reason(response.result.finish_reason));
+      return update;
+    }
+  }
+  return update;
+}
+
+void Generation::add_tokens(const executor::Result& result, Clock::time_point received,
+                            GenerationUpdate* update) {
+  for (size_t i = 0; i < result.output_ids.size(); ++i) {
+    const int32_t id = result.output_ids[i];
+    ++completion_tokens_;
+    metrics_.generation_tokens.increment();
+    if (!last_token_time_) {
+      metrics_.time_to_first_token.observe(seconds_between(arrival_, received));
+    } else {
+      metrics_.inter_token_latency.observe(seconds_between(*last_token_time_, received));
+    }
+    last_token_time_ = received;
+    if (want_log_probs_) {
+      TokenLogProb entry;
+      entry.id = id;
+      entry.text = tokenizer_.decode(std::span<const int32_t>(&id, 1), false);
+      entry.log_prob = i < result.log_probs.size() ? result.log_probs[i] : 0.0f;
+      entry.text_offset = text_.decoded_characters();
+      update->log_probs.push_back(std::move(entry));
+    }
+    update->text += text_.push(id);
+    if (text_.stopped()) {
+      // The rest of the output would be cut anyway: free the request's slot and blocks now.
+      stream_->cancel();
+      finish(update, "stop");
+      return;
+    }
+  }
+}
+
+void Generation::finish(GenerationUpdate* update, const std::string& reason) {
+  finished_ = true;
+  update->finished = true;
+  if (reason != "error") update->finish_reason = reason;
+  metrics_.count_finished(reason);
+  metrics_.request_latency.observe(seconds_between(arrival_, Clock::now()));
+}
+
+}  // namespace kite::server

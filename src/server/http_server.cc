@@ -1,0 +1,432 @@
+// The HTTP routes of `kite serve`, their authentication, error bodies and request metrics.
+#include "server/http_server.h"
+
+#include <httplib.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cstdio>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "server/generation.h"
+#include "server/kserve_api.h"
+#include "server/openai_api.h"
+#include "server/response_router.h"
+#include "server/server_metrics.h"
+
+namespace kite::server {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+// How long a handler waits for output before it looks again (at a stream's connection, at
+// shutdown).
+constexpr std::chrono::milliseconds kPollInterval(100);
+constexpr const char* kShuttingDown = "the server is shutting down";
+
+bool constant_time_equal(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  unsigned char difference = 0;
+  for (size_t i = 0; i < a.size(); ++i) difference |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return difference == 0;
+}
+
+bool is_health_check(const std::string& path) {
+  return path == "/health" || path == "/v2/health/live" || path == "/v2/health/ready";
+}
+
+void send_json(httplib::Response& response, int status, const Json& body) {
+  response.status = status;
+  response.set_content(dump_json(body), "application/json");
+}
+
+void send_openai_error(httplib::Response& response, const ApiError& error) {
+  send_json(response, error.http_status, openai_error_json(error));
+}
+
+void send_kserve_error(httplib::Response& response, const ApiError& error) {
+  send_json(response, error.http_status, kserve_error_json(error.message));
+}
+
+void start_event_stream(httplib::Response& response) {
+  response.set_header("Cache-Control", "no-cache");
+  response.set_header("X-Accel-Buffering", "no");  // proxies must not hold events back
+}
+
+}  // namespace
+
+class HttpServer::Impl {
+ public:
+  Impl(executor::Executor& executor, ServedModel model, ServerOptions options)
+      : executor_(executor),
+        model_(std::move(model)),
+        options_(std::move(options)),
+        router_(executor),
+        random_(std::random_device()()) {
+    install_routes();
+  }
+
+  Result<int> bind() {
+    const int port = options_.port == 0
+                         ? http_.bind_to_any_port(options_.host)
+                         : (http_.bind_to_port(options_.host, options_.port) ? options_.port : -1);
+    if (port < 0) {
+      return io_error("cannot listen on " + options_.host + ":" + std::to_string(options_.port) +
+                      " (is the port in use, or the address not this machine's?)");
+    }
+    // httplib listens with a backlog of 5: more clients connecting at once than that see their
+    // connections dropped. Listening again raises the backlog (Linux allows it).
+    if (::listen(listening_socket_, SOMAXCONN) != 0) {
+      return io_error("cannot listen on " + options_.host + ":" + std::to_string(port));
+    }
+    return port;
+  }
+
+  void serve() {
+    {
+      std::lock_guard<std::mutex> lock(state_mutex_);
+      if (stopped_) return;
+      serving_ = true;
+    }
+    http_.listen_after_bind();
+    std::lock_guard<std::mutex> lock(state_mutex_);
+    serving_ = false;
+  }
+
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(state_mutex_);
+      if (stopped_) return;
+      stopped_ = true;
+    }
+    router_.close(kShuttingDown);
+    // httplib's stop() reaches only a server already listening: wait for serve() to get there.
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lock(state_mutex_);
+        if (!serving_ || http_.is_running()) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    http_.stop();
+  }
+
+ private:
+  void install_routes();
+  void handle_openai(const httplib::Request& request, httplib::Response& response, bool chat);
+  void handle_kserve(const httplib::Request& request, httplib::Response& response,
+                     bool streaming_endpoint);
+  // Starts a checked request; sets `error` when the Executor refuses it or the server is closing.
+  std::unique_ptr<Generation> start(const GenerationSpec& spec, Clock::time_point arrival,
+                                    ApiError* error);
+  uint64_t random_number() {
+    std::lock_guard<std::mutex> lock(random_mutex_);
+    return random_();
+  }
+  std::string request_id(const char* prefix) {
+    char id[64];
+    std::snprintf(id, sizeof(id), "%s%016llx%08llx", prefix,
+                  static_cast<unsigned long long>(random_number()),
+                  static_cast<unsigned long long>(next_request_.fetch_add(1) & 0xffffffffu));
+    return id;
+  }
+
+  executor::Executor& executor_;
+  ServedModel model_;
+  ServerOptions options_;
+  ServerMetrics metrics_;
+  ResponseRouter router_;
+  httplib::Server http_;
+  socket_t listening_socket_ = -1;
+  std::mutex state_mutex_;
+  bool stopped_ = false;
+  bool serving_ = false;  // in serve()
+  std::mutex random_mutex_;
+  std::mt19937_64 random_;
+  std::atomic<uint64_t> next_request_{0};
+};
+
+void HttpServer::Impl::install_routes() {
+  const size_t threads = options_.http_threads;
+  http_.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // httplib's default options include SO_REUSEPORT, which would let a second server bind the same
+  // port and take half the connections: SO_REUSEADDR only (a restart need not wait for TIME_WAIT).
+  // TCP_NODELAY (inherited by accepted sockets) sends each event at once, not after Nagle's wait.
+  http_.set_socket_options([this](socket_t socket) {
+    const int yes = 1;
+    ::setsockopt(socket, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    ::setsockopt(socket, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof(yes));
+    listening_socket_ = socket;  // the last one created is the one bound
+  });
+  http_.set_payload_max_length(options_.max_body_bytes);
+  http_.set_keep_alive_max_count(1000);
+
+  http_.set_pre_routing_handler(
+      [this](const httplib::Request& request, httplib::Response& response) {
+        if (options_.api_key.empty() || is_health_check(request.path) ||
+            constant_time_equal(request.get_header_value("Authorization"),
+                                "Bearer " + options_.api_key)) {
+          return httplib::Server::HandlerResponse::Unhandled;
+        }
+        response.set_header("WWW-Authenticate", "Bearer");
+        send_openai_error(response, ApiError{.http_status = 401,
+                                             .message = "missing or wrong API key: send the header "
+                                                        "'Authorization: Bearer <key>'",
+                                             .code = "invalid_api_key"});
+        return httplib::Server::HandlerResponse::Handled;
+      });
+  // Errors without a body of their own: unknown routes (404), bodies over the limit (413).
+  http_.set_error_handler(httplib::Server::HandlerWithResponse(
+      [this](const httplib::Request& request, httplib::Response& response) {
+        if (!response.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        ApiError error{.http_status = response.status};
+        if (response.status == 404) {
+          error.message = "no route " + request.method + " " + request.path;
+          error.code = "not_found";
+        } else if (response.status == 413) {
+          error.message = "the request body is larger than the limit of " +
+                          std::to_string(options_.max_body_bytes) + " bytes";
+        } else {
+          error.message = "HTTP error " + std::to_string(response.status);
+        }
+        send_openai_error(response, error);
+        return httplib::Server::HandlerResponse::Handled;
+      }));
+  http_.set_exception_handler([](const httplib::Request&, httplib::Response& response,
+                                 std::exception_ptr exception) {
+    std::string what = "unknown exception";
+    try {
+      std::rethrow_exception(exception);
+    } catch (const std::exception& error) {
+      what = error.what();
+    } catch (...) {
+    }
+    send_openai_error(
+        response,
+        ApiError{.http_status = 500, .message = "internal error: " + what, .type = "server_error"});
+  });
+  http_.set_logger([this](const httplib::Request& request, const httplib::Response& response) {
+    metrics_.count_request(endpoint_label(request.path), response.status);
+  });
+
+  const auto ok = [](const httplib::Request&, httplib::Response& response) {
+    response.set_content("", "text/plain");
+  };
+  http_.Get("/health", ok);
+  http_.Get("/v2/health/live", ok);
+  http_.Get("/v2/health/ready", ok);
+  http_.Get("/v2/models/([^/]+)/ready",
+            [this](const httplib::Request& request, httplib::Response& response) {
+              response.status = request.matches[1] == model_.name ? 200 : 404;
+              response.set_content("", "text/plain");
+            });
+  http_.Get("/metrics", [this](const httplib::Request&, httplib::Response& response) {
+    response.set_content(metrics_.render(executor_.stats()),
+                         "text/plain; version=0.0.4; charset=utf-8");
+  });
+  http_.Get("/v1/models", [this](const httplib::Request&, httplib::Response& response) {
+    send_json(response, 200, models_list_json(model_));
+  });
+  http_.Get(
+      "/v1/models/(.+)", [this](const httplib::Request& request, httplib::Response& response) {
+        if (request.matches[1] != model_.name) {
+          return send_openai_error(
+              response,
+              ApiError{.http_status = 404,
+                       .message = "The model `" + request.matches[1].str() + "` does not exist.",
+                       .param = "model",
+                       .code = "model_not_found"});
+        }
+        send_json(response, 200, model_json(model_));
+      });
+  http_.Post("/v1/completions",
+             [this](const httplib::Request& request, httplib::Response& response) {
+               handle_openai(request, response, false);
+             });
+  http_.Post("/v1/chat/completions",
+             [this](const httplib::Request& request, httplib::Response& response) {
+               handle_openai(request, response, true);
+             });
+  const std::string model_path = "/v2/models/([^/]+)(?:/versions/[^/]+)?";
+  http_.Post(model_path + "/generate",
+             [this](const httplib::Request& request, httplib::Response& response) {
+               handle_kserve(request, response, false);
+             });
+  http_.Post(model_path + "/generate_stream",
+             [this](const httplib::Request& request, httplib::Response& response) {
+               handle_kserve(request, response, true);
+             });
+}
+
+std::unique_ptr<Generation> HttpServer::Impl::start(const GenerationSpec& spec,
+                                                    Clock::time_point arrival, ApiError* error) {
+  if (std::optional<std::string> refused = executor_.check_request(spec.request)) {
+    *error = ApiError{.message = *refused};
+    return nullptr;
+  }
+  std::unique_ptr<Generation> generation =
+      Generation::start(router_, model_.tokenizer, spec, metrics_, arrival);
+  if (!generation) {
+    *error = ApiError{.http_status = 503, .message = kShuttingDown, .type = "server_error"};
+  }
+  return generation;
+}
+
+void HttpServer::Impl::handle_openai(const httplib::Request& request, httplib::Response& response,
+                                     bool chat) {
+  const Clock::time_point arrival = Clock::now();
+  OpenAiRequest parsed;
+  const uint64_t seed = random_number();
+  if (std::optional<ApiError> error =
+          chat ? parse_chat_request(request.body, model_, seed, &parsed)
+               : parse_completion_request(request.body, model_, seed, &parsed)) {
+    return send_openai_error(response, *error);
+  }
+  ApiError error;
+  std::unique_ptr<Generation> generation = start(parsed.generation, arrival, &error);
+  if (!generation) return send_openai_error(response, error);
+  OpenAiFormatter formatter(parsed, request_id(chat ? "chatcmpl-" : "cmpl-"), model_.name,
+                            std::time(nullptr));
+
+  if (!parsed.stream) {
+    GenerationOutput output;
+    for (;;) {
+      GenerationUpdate update = generation->next(kPollInterval);
+      output.text += update.text;
+      for (TokenLogProb& entry : update.log_probs) output.log_probs.push_back(std::move(entry));
+      if (!update.finished) continue;
+      if (update.error) {
+        return send_openai_error(
+            response,
+            ApiError{.http_status = 503, .message = *update.error, .type = "server_error"});
+      }
+      output.finish_reason = update.finish_reason;
+      break;
+    }
+    output.prompt_tokens = generation->prompt_tokens();
+    output.completion_tokens = generation->completion_tokens();
+    return send_json(response, 200, formatter.response(output));
+  }
+
+  struct Stream {
+    std::unique_ptr<Generation> generation;
+    OpenAiFormatter formatter;
+    bool started = false;
+  };
+  auto stream = std::make_shared<Stream>(Stream{std::move(generation), std::move(formatter)});
+  start_event_stream(response);
+  response.set_chunked_content_provider(
+      "text/event-stream",
+      [stream](size_t, httplib::DataSink& sink) {
+        std::string events;
+        if (!stream->started) {
+          events = stream->formatter.stream_start();
+          stream->started = true;
+        }
+        const GenerationUpdate update = stream->generation->next(kPollInterval);
+        events += stream->formatter.stream_update(update);
+        if (update.finished) {
+          events += update.error
+                        ? stream->formatter.stream_error(ApiError{
+                              .http_status = 503, .message = *update.error, .type = "server_error"})
+                        : stream->formatter.stream_end(update.finish_reason,
+                                                       stream->generation->prompt_tokens(),
+                                                       stream->generation->completion_tokens());
+        }
+        // A failed write means the client went away: returning false ends the response, and the
+        // releaser below cancels the request.
+        if (!events.empty() && !sink.write(events.data(), events.size())) return false;
+        if (update.finished) sink.done();
+        return true;
+      },
+      [stream](bool) { stream->generation.reset(); });
+}
+
+void HttpServer::Impl::handle_kserve(const httplib::Request& request, httplib::Response& response,
+                                     bool streaming_endpoint) {
+  const Clock::time_point arrival = Clock::now();
+  if (request.matches[1] != model_.name) {
+    return send_kserve_error(
+        response, ApiError{.http_status = 404,
+                           .message = "Request for unknown model: '" + request.matches[1].str() +
+                                      "' is not found"});
+  }
+  KServeRequest parsed;
+  if (std::optional<ApiError> error =
+          parse_kserve_request(request.body, model_, streaming_endpoint, &parsed)) {
+    return send_kserve_error(response, *error);
+  }
+  ApiError error;
+  std::unique_ptr<Generation> generation = start(parsed.generation, arrival, &error);
+  if (!generation) return send_kserve_error(response, error);
+  const std::string prefix = parsed.exclude_input_in_output ? "" : parsed.text_input;
+
+  if (!parsed.stream) {
+    std::string text;
+    std::vector<TokenLogProb> log_probs;
+    for (;;) {
+      GenerationUpdate update = generation->next(kPollInterval);
+      text += update.text;
+      for (TokenLogProb& entry : update.log_probs) log_probs.push_back(std::move(entry));
+      if (!update.finished) continue;
+      if (update.error) {
+        return send_kserve_error(response, ApiError{.http_status = 503, .message = *update.error});
+      }
+      break;
+    }
+    const Json output =
+        kserve_output_json(model_, prefix + text, parsed.return_log_probs ? &log_probs : nullptr);
+    // generate_stream with "stream": false answers with one event holding the whole output.
+    if (!streaming_endpoint) return send_json(response, 200, output);
+    response.set_content(sse_event(dump_json(output)), "text/event-stream");
+    return;
+  }
+
+  // Streaming: one event per piece of new text (TensorRT-LLM streams only the new tokens).
+  struct Stream {
+    std::unique_ptr<Generation> generation;
+    bool return_log_probs;
+  };
+  auto stream = std::make_shared<Stream>(Stream{std::move(generation), parsed.return_log_probs});
+  start_event_stream(response);
+  response.set_chunked_content_provider(
+      "text/event-stream",
+      [this, stream](size_t, httplib::DataSink& sink) {
+        const GenerationUpdate update = stream->generation->next(kPollInterval);
+        std::string events;
+        if (!update.text.empty() || (stream->return_log_probs && !update.log_probs.empty())) {
+          events = sse_event(dump_json(kserve_output_json(
+              model_, update.text, stream->return_log_probs ? &update.log_probs : nullptr)));
+        }
+        if (update.error) events += sse_event(dump_json(kserve_error_json(*update.error)));
+        if (!events.empty() && !sink.write(events.data(), events.size())) return false;
+        if (update.finished) sink.done();
+        return true;
+      },
+      [stream](bool) { stream->generation.reset(); });
+}
+
+HttpServer::HttpServer(executor::Executor& executor, ServedModel model, ServerOptions options)
+    : impl_(std::make_unique<Impl>(executor, std::move(model), std::move(options))) {}
+
+HttpServer::~HttpServer() {
+  stop();
+}
+
+Result<int> HttpServer::bind() {
+  return impl_->bind();
+}
+
+void HttpServer::serve() {
+  impl_->serve();
+}
+
+void HttpServer::stop() {
+  impl_->stop();
+}
+
+}  // namespace kite::server

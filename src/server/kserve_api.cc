@@ -1,0 +1,119 @@
+// KServe v2 / Triton generate request parsing and output formatting.
+#include "server/kserve_api.h"
+
+#include <limits>
+
+namespace kite::server {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+std::optional<ApiError> bad_request(const std::string& param, const std::string& message) {
+  return ApiError{.message = message, .param = param};
+}
+
+}  // namespace
+
+std::optional<ApiError> parse_kserve_request(const std::string& body_text, const ServedModel& model,
+                                             bool streaming_endpoint, KServeRequest* request) {
+  ApiError error;
+  const std::optional<Json> body = parse_json_object(body_text, &error);
+  if (!body) return error;
+  FieldReader fields(*body);
+  if (!fields.has("text_input")) return bad_request("text_input", "'text_input' is required");
+  fields.string("text_input", &request->text_input);
+
+  int64_t max_tokens = 16;
+  fields.integer("max_tokens", &max_tokens, 1, std::numeric_limits<int64_t>::max());
+  std::vector<std::string> bad_words;
+  fields.string_list("bad_words", &bad_words);
+  if (fields.ok() && !bad_words.empty()) {
+    return bad_request("bad_words", "bad_words is not supported (send \"\" or leave it out)");
+  }
+  fields.string_list("stop_words", &request->generation.stop_texts);
+  request->generation.include_stop_text = true;  // TensorRT-LLM keeps the stop word in the output
+
+  // As TensorRT-LLM: with none of temperature, top_k and top_p, decoding is greedy.
+  executor::SamplingConfig& sampling = request->generation.request.sampling;
+  const bool sampled = fields.has("temperature") || fields.has("top_k") || fields.has("top_p");
+  double temperature = sampled ? 1.0 : 0.0;
+  double top_p = 1.0;
+  double repetition_penalty = 1.0;
+  int64_t top_k = 0;
+  int64_t seed = 0;
+  fields.number("temperature", &temperature, 0.0, 100.0);
+  fields.integer("top_k", &top_k, 0, std::numeric_limits<int32_t>::max());
+  fields.number("top_p", &top_p, 0.0, 1.0);
+  fields.number("repetition_penalty", &repetition_penalty, 0.01, 100.0);
+  fields.integer("random_seed", &seed, std::numeric_limits<int64_t>::min(),
+                 std::numeric_limits<int64_t>::max());
+  sampling.temperature = float(temperature);
+  sampling.top_k = top_k;
+  sampling.top_p = top_p == 0.0 ? 1.0f : float(top_p);  // TensorRT-LLM's 0 means off
+  sampling.repetition_penalty = float(repetition_penalty);
+  sampling.seed = static_cast<uint64_t>(seed);
+
+  int64_t beam_width = 1;
+  fields.integer("beam_width", &beam_width, 1, std::numeric_limits<int64_t>::max());
+  if (fields.ok() && beam_width != 1)
+    return bad_request("beam_width", "only beam_width 1 is supported");
+  int64_t end_id = -1;
+  fields.integer("end_id", &end_id, 0, std::numeric_limits<int32_t>::max());
+  if (fields.has("end_id"))
+    request->generation.request.end_ids = std::vector<int32_t>{int32_t(end_id)};
+  fields.boolean("return_log_probs", &request->return_log_probs);
+  fields.boolean("exclude_input_in_output", &request->exclude_input_in_output);
+  request->stream = streaming_endpoint;
+  fields.boolean("stream", &request->stream);
+  if (!fields.ok()) return fields.error();
+  if (request->stream && !streaming_endpoint) {
+    return bad_request("stream", "\"stream\": true needs /generate_stream");
+  }
+
+  executor::Request& executor_request = request->generation.request;
+  executor_request.input_ids = model.tokenizer.encode(request->text_input);
+  executor_request.return_log_probs = request->return_log_probs;
+  executor_request.max_new_tokens = max_tokens;
+  const int64_t prompt_tokens = int64_t(executor_request.input_ids.size());
+  if (prompt_tokens == 0) return bad_request("text_input", "'text_input' is empty");
+  if (prompt_tokens > model.max_input_len) {
+    return bad_request("text_input", "'text_input' has " + std::to_string(prompt_tokens) +
+                                         " tokens, more than this model's maximum input length "
+                                         "of " +
+                                         std::to_string(model.max_input_len) + " tokens");
+  }
+  if (prompt_tokens + max_tokens > model.max_seq_len) {
+    return bad_request("max_tokens", "'max_tokens' is " + std::to_string(max_tokens) +
+                                         ", but the input's " + std::to_string(prompt_tokens) +
+                                         " tokens leave room for at most " +
+                                         std::to_string(model.max_seq_len - prompt_tokens) +
+                                         " within this model's maximum sequence length of " +
+                                         std::to_string(model.max_seq_len) + " tokens");
+  }
+  return std::nullopt;
+}
+
+Json kserve_output_json(const ServedModel& model, const std::string& text,
+                        const std::vector<TokenLogProb>* log_probs) {
+  Json body;
+  body["model_name"] = model.name;
+  body["model_version"] = "1";
+  body["text_output"] = text;
+  if (log_probs) {
+    Json values = Json::array();
+    double sum = 0;
+    for (const TokenLogProb& entry : *log_probs) {
+      values.push_back(entry.log_prob);
+      sum += entry.log_prob;
+    }
+    body["output_log_probs"] = values;
+    body["cum_log_probs"] = sum;
+  }
+  return body;
+}
+
+Json kserve_error_json(const std::string& message) {
+  return Json{{"error", message}};
+}
+
+}  // namespace kite::server

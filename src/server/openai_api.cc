@@ -1,0 +1,461 @@
+// OpenAI request parsing and response formatting.
+#include "server/openai_api.h"
+
+#include <limits>
+
+namespace kite::server {
+namespace {
+
+constexpr int64_t kMaxLogProbs = 20;
+constexpr size_t kMaxStopTexts = 32;
+
+using Json = nlohmann::ordered_json;
+
+std::optional<ApiError> bad_request(const std::string& param, const std::string& message,
+                                    const std::string& code = "") {
+  return ApiError{.message = message, .param = param, .code = code};
+}
+
+// Fields /v1/completions and /v1/chat/completions share. The prompt is parsed already.
+std::optional<ApiError> parse_shared_fields(const Json& body, const ServedModel& model,
+                                            uint64_t random_seed, FieldReader& fields,
+                                            OpenAiRequest* request) {
+  std::string model_name;
+  fields.string("model", &model_name);
+  if (fields.ok() && !model_name.empty() && model_name != model.name) {
+    return ApiError{.http_status = 404,
+                    .message = "The model `" + model_name +
+                               "` does not exist; this server serves `" + model.name + "`.",
+                    .param = "model",
+                    .code = "model_not_found"};
+  }
+  int64_t n = 1;
+  fields.integer("n", &n, 1, std::numeric_limits<int64_t>::max());
+  if (fields.ok() && n != 1)
+    return bad_request("n", "only n=1 is supported (one choice per request)");
+
+  fields.boolean("stream", &request->stream);
+  if (fields.ok() && fields.has("stream_options")) {
+    const Json& options = body.at("stream_options");
+    if (!options.is_object())
+      return bad_request("stream_options", "'stream_options' must be an object");
+    if (!request->stream) {
+      return bad_request("stream_options",
+                         "'stream_options' is only allowed when 'stream' is true");
+    }
+    FieldReader option_fields(options);
+    option_fields.boolean("include_usage", &request->include_usage);
+    if (!option_fields.ok()) {
+      ApiError error = *option_fields.error();
+      error.param = "stream_options." + error.param;
+      return error;
+    }
+  }
+
+  executor::SamplingConfig& sampling = request->generation.request.sampling;
+  double temperature = 1.0;
+  double top_p = 1.0;
+  double min_p = 0.0;
+  double repetition_penalty = 1.0;
+  int64_t top_k = 0;
+  fields.number("temperature", &temperature, 0.0, 2.0);
+  fields.number("top_p", &top_p, 0.0, 1.0);
+  if (fields.ok() && top_p <= 0.0) return bad_request("top_p", "'top_p' must be above 0");
+  fields.integer("top_k", &top_k, -1, std::numeric_limits<int32_t>::max());
+  fields.number("min_p", &min_p, 0.0, 1.0);
+  fields.number("repetition_penalty", &repetition_penalty, 0.01, 100.0);
+  sampling.temperature = float(temperature);
+  sampling.top_p = float(top_p);
+  sampling.top_k = top_k < 0 ? 0 : top_k;  // -1 (vLLM's "off") and 0 both mean off
+  sampling.min_p = float(min_p);
+  sampling.repetition_penalty = float(repetition_penalty);
+  int64_t seed = 0;
+  sampling.seed = random_seed;
+  fields.integer("seed", &seed, std::numeric_limits<int64_t>::min(),
+                 std::numeric_limits<int64_t>::max());
+  if (fields.has("seed")) sampling.seed = static_cast<uint64_t>(seed);
+
+  // Not implemented by the Executor: refused rather than ignored.
+  for (const char* penalty : {"presence_penalty", "frequency_penalty"}) {
+    double value = 0.0;
+    fields.number(penalty, &value, -2.0, 2.0);
+    if (fields.ok() && value != 0.0) {
+      return bad_request(
+          penalty, std::string("'") + penalty + "' is not supported (use 'repetition_penalty')");
+    }
+  }
+  if (fields.ok() && fields.has("logit_bias")) {
+    const Json& bias = body.at("logit_bias");
+    if (!bias.is_object()) return bad_request("logit_bias", "'logit_bias' must be an object");
+    if (!bias.empty()) return bad_request("logit_bias", "'logit_bias' is not supported");
+  }
+
+  fields.string_list("stop", &request->generation.stop_texts);
+  if (fields.ok() && request->generation.stop_texts.size() > kMaxStopTexts) {
+    return bad_request("stop", "at most " + std::to_string(kMaxStopTexts) + " stop texts");
+  }
+  bool ignore_eos = false;
+  fields.boolean("ignore_eos", &ignore_eos);
+  if (ignore_eos) request->generation.request.end_ids = std::vector<int32_t>();
+  return fields.error();
+}
+
+// The prompt length and max_tokens against the engine's limits. `max_tokens` 0: as many as fit.
+std::optional<ApiError> check_lengths(const ServedModel& model, const std::string& prompt_param,
+                                      const char* max_tokens_param, int64_t max_tokens,
+                                      executor::Request* request) {
+  const int64_t prompt_tokens = int64_t(request->input_ids.size());
+  if (prompt_tokens == 0) return bad_request(prompt_param, "the prompt is empty");
+  if (prompt_tokens > model.max_input_len) {
+    return bad_request(prompt_param,
+                       "the prompt has " + std::to_string(prompt_tokens) +
+                           " tokens, more than this model's maximum input length of " +
+                           std::to_string(model.max_input_len) + " tokens",
+                       "context_length_exceeded");
+  }
+  const int64_t room = model.max_seq_len - prompt_tokens;
+  if (max_tokens == 0) {
+    if (room < 1) {
+      return bad_request(prompt_param,
+                         "the prompt's " + std::to_string(prompt_tokens) +
+                             " tokens leave no room to generate within this model's maximum "
+                             "sequence length of " +
+                             std::to_string(model.max_seq_len) + " tokens",
+                         "context_length_exceeded");
+    }
+    max_tokens = room;
+  } else if (max_tokens > room) {
+    return bad_request(max_tokens_param,
+                       "'" + std::string(max_tokens_param) + "' is " + std::to_string(max_tokens) +
+                           ", but the prompt's " + std::to_string(prompt_tokens) +
+                           " tokens leave room for at most " + std::to_string(room) +
+                           " within this model's maximum sequence length of " +
+                           std::to_string(model.max_seq_len) + " tokens",
+                       "context_length_exceeded");
+  }
+  request->max_new_tokens = max_tokens;
+  return std::nullopt;
+}
+
+// "prompt": a string, an array of token ids, or an array holding one of these.
+std::optional<ApiError> parse_prompt(const Json& prompt, const ServedModel& model,
+                                     std::vector<int32_t>* ids) {
+  const auto token_ids = [&](const Json& array) -> std::optional<ApiError> {
+    for (const Json& element : array) {
+      if (!element.is_number_integer()) {
+        return bad_request("prompt",
+                           "'prompt' must be a string, an array of token ids, or an "
+                           "array holding one of these");
+      }
+      const int64_t id = element.get<int64_t>();
+      if (id < 0 || id > std::numeric_limits<int32_t>::max() ||
+          !model.tokenizer.id_to_token(int32_t(id))) {
+        return bad_request("prompt",
+                           "token id " + std::to_string(id) + " is not in the vocabulary");
+      }
+      ids->push_back(int32_t(id));
+    }
+    return std::nullopt;
+  };
+  if (prompt.is_string()) {
+    *ids = model.tokenizer.encode(prompt.get<std::string>());
+    return std::nullopt;
+  }
+  if (!prompt.is_array() || prompt.empty()) {
+    return bad_request("prompt",
+                       "'prompt' must be a string, an array of token ids, or an array "
+                       "holding one of these");
+  }
+  if (prompt.size() > 1 && (prompt[0].is_string() || prompt[0].is_array())) {
+    return bad_request("prompt", "only one prompt per request is supported");
+  }
+  if (prompt[0].is_string()) {
+    *ids = model.tokenizer.encode(prompt[0].get<std::string>());
+    return std::nullopt;
+  }
+  if (prompt[0].is_array()) return token_ids(prompt[0]);
+  return token_ids(prompt);
+}
+
+// A message's content: a string, or an array of {"type": "text", "text": ...} parts (joined).
+std::optional<ApiError> message_content(const Json& message, size_t index, std::string* content) {
+  const std::string param = "messages[" + std::to_string(index) + "].content";
+  const auto found = message.find("content");
+  if (found == message.end() || found->is_null()) {
+    if (message.at("role") == "assistant") return std::nullopt;  // e.g. a turn of tool calls
+    return bad_request(param, "the message has no content");
+  }
+  if (found->is_string()) {
+    *content = found->get<std::string>();
+    return std::nullopt;
+  }
+  if (!found->is_array())
+    return bad_request(param, "content must be a string or an array of parts");
+  for (const Json& part : *found) {
+    if (!part.is_object() || !part.contains("type") || !part.at("type").is_string()) {
+      return bad_request(param, "each content part must be an object with a 'type'");
+    }
+    if (part.at("type") != "text") {
+      return bad_request(param, "content parts of type '" + part.at("type").get<std::string>() +
+                                    "' are not supported (text only)");
+    }
+    if (!part.contains("text") || !part.at("text").is_string()) {
+      return bad_request(param, "a text part needs a string 'text'");
+    }
+    *content += part.at("text").get<std::string>();
+  }
+  return std::nullopt;
+}
+
+// "messages" checked, with each content made a string, for the chat template.
+std::optional<ApiError> parse_messages(const Json& body, Json* messages) {
+  const auto found = body.find("messages");
+  if (found == body.end() || found->is_null())
+    return bad_request("messages", "'messages' is required");
+  if (!found->is_array() || found->empty()) {
+    return bad_request("messages", "'messages' must be a non-empty array of messages");
+  }
+  *messages = Json::array();
+  for (size_t i = 0; i < found->size(); ++i) {
+    const Json& message = (*found)[i];
+    const std::string param = "messages[" + std::to_string(i) + "]";
+    if (!message.is_object()) return bad_request(param, "each message must be an object");
+    if (!message.contains("role") || !message.at("role").is_string()) {
+      return bad_request(param + ".role", "each message needs a string 'role'");
+    }
+    const std::string role = message.at("role").get<std::string>();
+    if (role != "system" && role != "user" && role != "assistant" && role != "tool") {
+      return bad_request(param + ".role",
+                         "unknown role '" + role + "' (system, user, assistant or tool)");
+    }
+    std::string content;
+    if (auto error = message_content(message, i, &content)) return error;
+    Json copy = message;
+    copy["content"] = content;
+    messages->push_back(std::move(copy));
+  }
+  return std::nullopt;
+}
+
+std::vector<int> utf8_bytes(const std::string& text) {
+  std::vector<int> bytes;
+  for (const char c : text) bytes.push_back(static_cast<unsigned char>(c));
+  return bytes;
+}
+
+}  // namespace
+
+std::optional<ApiError> parse_completion_request(const std::string& body_text,
+                                                 const ServedModel& model, uint64_t random_seed,
+                                                 OpenAiRequest* request) {
+  ApiError error;
+  const std::optional<Json> body = parse_json_object(body_text, &error);
+  if (!body) return error;
+  request->chat = false;
+  FieldReader fields(*body);
+  if (!fields.has("prompt")) return bad_request("prompt", "'prompt' is required");
+  if (auto prompt_error =
+          parse_prompt(body->at("prompt"), model, &request->generation.request.input_ids)) {
+    return prompt_error;
+  }
+  if (auto shared = parse_shared_fields(*body, model, random_seed, fields, request)) return shared;
+  bool echo = false;
+  fields.boolean("echo", &echo);
+  if (echo) return bad_request("echo", "'echo' is not supported");
+  int64_t best_of = 1;
+  fields.integer("best_of", &best_of, 1, std::numeric_limits<int64_t>::max());
+  if (fields.ok() && best_of != 1) return bad_request("best_of", "only best_of=1 is supported");
+  std::string suffix;
+  fields.string("suffix", &suffix);
+  if (!suffix.empty()) return bad_request("suffix", "'suffix' is not supported");
+  // logprobs: N asks for the chosen token's log-probability (and N alternatives, which Kite does
+  // not return: top_logprobs is null).
+  int64_t log_probs = 0;
+  fields.integer("logprobs", &log_probs, 0, kMaxLogProbs);
+  request->log_probs = fields.has("logprobs");
+  int64_t max_tokens = 16;
+  fields.integer("max_tokens", &max_tokens, 1, std::numeric_limits<int64_t>::max());
+  if (!fields.ok()) return fields.error();
+  request->generation.request.return_log_probs = request->log_probs;
+  return check_lengths(model, "prompt", "max_tokens", max_tokens, &request->generation.request);
+}
+
+std::optional<ApiError> parse_chat_request(const std::string& body_text, const ServedModel& model,
+                                           uint64_t random_seed, OpenAiRequest* request) {
+  ApiError error;
+  const std::optional<Json> body = parse_json_object(body_text, &error);
+  if (!body) return error;
+  request->chat = true;
+  Json messages;
+  if (auto messages_error = parse_messages(*body, &messages)) return messages_error;
+  FieldReader fields(*body);
+  if (auto shared = parse_shared_fields(*body, model, random_seed, fields, request)) return shared;
+  if (fields.has("tools")) {
+    const Json& tools = body->at("tools");
+    if (!tools.is_array()) return bad_request("tools", "'tools' must be an array");
+    if (!tools.empty()) return bad_request("tools", "tool calling is not supported");
+  }
+  if (fields.has("tool_choice") && body->at("tool_choice") != "none") {
+    return bad_request("tool_choice", "tool calling is not supported");
+  }
+  if (fields.has("response_format")) {
+    const Json& format = body->at("response_format");
+    if (!format.is_object() || format.value("type", "") != "text") {
+      return bad_request("response_format", "only {\"type\": \"text\"} is supported");
+    }
+  }
+  fields.boolean("logprobs", &request->log_probs);
+  int64_t top_log_probs = 0;
+  fields.integer("top_logprobs", &top_log_probs, 0, kMaxLogProbs);
+  if (fields.ok() && fields.has("top_logprobs") && !request->log_probs) {
+    return bad_request("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+  }
+  // max_completion_tokens replaced max_tokens in OpenAI's API; either is accepted.
+  int64_t max_tokens = 0;
+  const char* max_tokens_param =
+      fields.has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+  fields.integer(max_tokens_param, &max_tokens, 1, std::numeric_limits<int64_t>::max());
+  if (!fields.ok()) return fields.error();
+
+  Result<std::string> prompt = model.render_chat(messages);
+  if (!prompt.is_ok()) return bad_request("messages", prompt.status().message());
+  // The template writes the special tokens itself (as transformers' apply_chat_template).
+  request->generation.request.input_ids = model.tokenizer.encode(*prompt, false);
+  request->generation.request.return_log_probs = request->log_probs;
+  return check_lengths(model, "messages", max_tokens_param, max_tokens,
+                       &request->generation.request);
+}
+
+OpenAiFormatter::OpenAiFormatter(const OpenAiRequest& request, std::string id, std::string model,
+                                 std::time_t created)
+    : chat_(request.chat),
+      include_usage_(request.include_usage),
+      log_probs_(request.log_probs),
+      id_(std::move(id)),
+      model_(std::move(model)),
+      created_(created) {}
+
+Json OpenAiFormatter::usage_json(int64_t prompt_tokens, int64_t completion_tokens) {
+  return Json{{"prompt_tokens", prompt_tokens},
+              {"completion_tokens", completion_tokens},
+              {"total_tokens", prompt_tokens + completion_tokens}};
+}
+
+Json OpenAiFormatter::log_probs_json(const std::vector<TokenLogProb>& log_probs) const {
+  if (!log_probs_) return nullptr;
+  if (chat_) {
+    Json content = Json::array();
+    for (const TokenLogProb& entry : log_probs) {
+      content.push_back(Json{{"token", entry.text},
+                             {"logprob", entry.log_prob},
+                             {"bytes", utf8_bytes(entry.text)},
+                             {"top_logprobs", Json::array()}});
+    }
+    return Json{{"content", content}};
+  }
+  Json tokens = Json::array();
+  Json token_log_probs = Json::array();
+  Json offsets = Json::array();
+  for (const TokenLogProb& entry : log_probs) {
+    tokens.push_back(entry.text);
+    token_log_probs.push_back(entry.log_prob);
+    offsets.push_back(entry.text_offset);
+  }
+  return Json{{"tokens", tokens},
+              {"token_logprobs", token_log_probs},
+              {"top_logprobs", nullptr},
+              {"text_offset", offsets}};
+}
+
+Json OpenAiFormatter::response(const GenerationOutput& output) const {
+  Json choice;
+  choice["index"] = 0;
+  if (chat_) {
+    choice["message"] = Json{{"role", "assistant"}, {"content", output.text}};
+  } else {
+    choice["text"] = output.text;
+  }
+  choice["logprobs"] = log_probs_json(output.log_probs);
+  choice["finish_reason"] = output.finish_reason;
+  Json body;
+  body["id"] = id_;
+  body["object"] = chat_ ? "chat.completion" : "text_completion";
+  body["created"] = int64_t(created_);
+  body["model"] = model_;
+  body["choices"] = Json::array({choice});
+  body["usage"] = usage_json(output.prompt_tokens, output.completion_tokens);
+  return body;
+}
+
+Json OpenAiFormatter::chunk(Json choice) const {
+  Json body;
+  body["id"] = id_;
+  body["object"] = chat_ ? "chat.completion.chunk" : "text_completion";
+  body["created"] = int64_t(created_);
+  body["model"] = model_;
+  body["choices"] = choice.is_null() ? Json::array() : Json::array({std::move(choice)});
+  if (include_usage_) body["usage"] = nullptr;
+  return body;
+}
+
+std::string OpenAiFormatter::stream_start() const {
+  if (!chat_) return "";
+  Json choice;
+  choice["index"] = 0;
+  choice["delta"] = Json{{"role", "assistant"}, {"content", ""}};
+  choice["logprobs"] = nullptr;
+  choice["finish_reason"] = nullptr;
+  return sse_event(dump_json(chunk(std::move(choice))));
+}
+
+std::string OpenAiFormatter::stream_update(const GenerationUpdate& update) const {
+  if (update.text.empty() && update.log_probs.empty()) return "";
+  Json choice;
+  choice["index"] = 0;
+  if (chat_) {
+    choice["delta"] = Json{{"content", update.text}};
+  } else {
+    choice["text"] = update.text;
+  }
+  choice["logprobs"] = log_probs_json(update.log_probs);
+  choice["finish_reason"] = nullptr;
+  return sse_event(dump_json(chunk(std::move(choice))));
+}
+
+std::string OpenAiFormatter::stream_end(const std::string& finish_reason, int64_t prompt_tokens,
+                                        int64_t completion_tokens) const {
+  Json choice;
+  choice["index"] = 0;
+  if (chat_) {
+    choice["delta"] = Json::object();
+  } else {
+    choice["text"] = "";
+  }
+  choice["logprobs"] = nullptr;
+  choice["finish_reason"] = finish_reason;
+  std::string events = sse_event(dump_json(chunk(std::move(choice))));
+  if (include_usage_) {
+    Json usage_chunk = chunk(nullptr);
+    usage_chunk["usage"] = usage_json(prompt_tokens, completion_tokens);
+    events += sse_event(dump_json(usage_chunk));
+  }
+  return events + sse_event("[DONE]");
+}
+
+std::string OpenAiFormatter::stream_error(const ApiError& error) const {
+  return sse_event(dump_json(openai_error_json(error))) + sse_event("[DONE]");
+}
+
+Json model_json(const ServedModel& model) {
+  return Json{{"id", model.name},
+              {"object", "model"},
+              {"created", int64_t(model.created)},
+              {"owned_by", "kite"},
+              {"max_model_len", model.max_seq_len}};
+}
+
+Json models_list_json(const ServedModel& model) {
+  return Json{{"object", "list"}, {"data", Json::array({model_json(model)})}};
+}
+
+}  // namespace kite::server

@@ -1,0 +1,76 @@
+// OpenAI's API: /v1/completions and /v1/chat/completions request bodies into GenerationSpecs
+// (checked against the model's limits), and the responses back: one JSON object, or server-sent
+// event chunks in OpenAI's format ending with "data: [DONE]". docs/serving.md lists the fields.
+#pragma once
+
+#include <cstdint>
+#include <ctime>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "server/generation.h"
+#include "server/request_fields.h"
+#include "server/served_model.h"
+
+namespace kite::server {
+
+struct OpenAiRequest {
+  bool chat = false;
+  GenerationSpec generation;
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+  bool log_probs = false;      // return the chosen tokens' log-probabilities
+};
+
+// Parses and validates a request body. `random_seed` seeds sampling when the request has no
+// "seed" (OpenAI's requests without one are not reproducible).
+std::optional<ApiError> parse_completion_request(const std::string& body, const ServedModel& model,
+                                                 uint64_t random_seed, OpenAiRequest* request);
+std::optional<ApiError> parse_chat_request(const std::string& body, const ServedModel& model,
+                                           uint64_t random_seed, OpenAiRequest* request);
+
+// The whole output of a request, for the non-streaming response.
+struct GenerationOutput {
+  std::string text;
+  std::vector<TokenLogProb> log_probs;
+  std::string finish_reason;
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+};
+
+// Writes one request's response objects ("cmpl-..." or "chatcmpl-..." ids).
+class OpenAiFormatter {
+ public:
+  OpenAiFormatter(const OpenAiRequest& request, std::string id, std::string model,
+                  std::time_t created);
+
+  nlohmann::ordered_json response(const GenerationOutput& output) const;
+  // Server-sent events: the first (chat: the assistant role), one per update with text or
+  // log-probs, and at the end the finish reason, the usage when asked for, and [DONE].
+  std::string stream_start() const;
+  std::string stream_update(const GenerationUpdate& update) const;
+  std::string stream_end(const std::string& finish_reason, int64_t prompt_tokens,
+                         int64_t completion_tokens) const;
+  // An error after the stream began: an error event, then [DONE].
+  std::string stream_error(const ApiError& error) const;
+
+ private:
+  nlohmann::ordered_json chunk(nlohmann::ordered_json choice) const;
+  nlohmann::ordered_json log_probs_json(const std::vector<TokenLogProb>& log_probs) const;
+  static nlohmann::ordered_json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
+
+  bool chat_;
+  bool include_usage_;
+  bool log_probs_;
+  std::string id_;
+  std::string model_;
+  std::time_t created_;
+};
+
+// GET /v1/models: the one model served.
+nlohmann::ordered_json models_list_json(const ServedModel& model);
+nlohmann::ordered_json model_json(const ServedModel& model);
+
+}  // namespace kite::server

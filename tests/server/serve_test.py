@@ -1,0 +1,443 @@
+#!/usr/bin/env python3
+"""End-to-end test of `kite serve` (run by CTest, label `server`).
+
+Builds a small random-weight CPU engine with the tiny fixture tokenizer and a ChatML chat template,
+starts `kite serve` on a free port with an API key, and checks:
+  - the official `openai` client: completions and chat, streaming and not, usage;
+  - the KServe v2 / Triton generate API and health routes over plain HTTP (urllib);
+  - a load of 32 concurrent clients and 320 requests: no errors, every stream complete, and greedy
+    outputs identical to the same requests run one at a time;
+  - a client that disconnects mid-stream: its request is cancelled and /metrics shows no KV cache
+    block in use afterwards;
+  - bad requests get 400 and a missing or wrong API key 401;
+  - SIGTERM stops the server with exit status 0.
+Exits 77 (CTest's skip) when the `openai` package is missing.
+"""
+
+import argparse
+import concurrent.futures
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+API_KEY = "kite-test-key"
+MODEL = "tiny"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content']"
+    " + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+MAX_SEQ_LEN = 1280
+
+
+def fail(message):
+    raise AssertionError(message)
+
+
+def check(condition, message):
+    if not condition:
+        fail(message)
+
+
+def build_engine(kite, source_dir, work):
+    """A random Llama big enough that a long generation takes seconds (4 layers, hidden 512)."""
+    model = os.path.join(work, "model")
+    os.makedirs(model)
+    fixture = os.path.join(source_dir, "tests", "fixtures", "tiny_llama")
+    shutil.copy(os.path.join(fixture, "tokenizer.json"), model)
+    with open(os.path.join(fixture, "config.json")) as f:
+        config = json.load(f)
+    config.update(hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+                  num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048)
+    with open(os.path.join(model, "config.json"), "w") as f:
+        json.dump(config, f)
+    with open(os.path.join(fixture, "tokenizer_config.json")) as f:
+        tokenizer_config = json.load(f)
+    tokenizer_config["chat_template"] = CHAT_TEMPLATE
+    with open(os.path.join(model, "tokenizer_config.json"), "w") as f:
+        json.dump(tokenizer_config, f)
+    checkpoint = os.path.join(work, "checkpoint")
+    engine = os.path.join(work, MODEL)
+    for command in (
+        [kite, "convert", "--random", "--dtype", "float32", "--model_dir", model,
+         "--output_dir", checkpoint],
+        [kite, "build", "--checkpoint_dir", checkpoint, "--output_dir", engine, "--device", "cpu",
+         "--max_batch_size", "16", "--max_input_len", "256", "--max_seq_len", str(MAX_SEQ_LEN),
+         "--tokens_per_block", "16"],
+    ):
+        result = subprocess.run(command, capture_output=True, text=True)
+        check(result.returncode == 0,
+              f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")
+    return engine
+
+
+def die_with_parent():
+    """Runs in the server's process before exec: SIGTERM when this script dies, even by SIGKILL
+    (a CTest timeout), so no server outlives its test."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+class Server:
+    """`kite serve` on a free port; its URL comes from the line it prints when ready."""
+
+    def __init__(self, kite, engine, work):
+        self.stderr_path = os.path.join(work, "serve.stderr")
+        self.stderr = open(self.stderr_path, "w")
+        self.process = subprocess.Popen(
+            [kite, "serve", "--engine_dir", engine, "--port", "0", "--api_key", API_KEY],
+            stdout=subprocess.PIPE, stderr=self.stderr, text=True, preexec_fn=die_with_parent)
+        line = self.process.stdout.readline()
+        match = re.search(r"at (http://127\.0\.0\.1:(\d+))$", line.strip())
+        if not match:
+            self.process.kill()
+            fail(f"no URL line from kite serve: {line!r}\n{self.log()}")
+        self.url = match.group(1)
+        self.port = int(match.group(2))
+
+    def log(self):
+        self.stderr.flush()
+        with open(self.stderr_path) as f:
+            return f.read()
+
+    def stop(self):
+        """SIGTERM; returns the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            fail("kite serve did not stop within 20 s of SIGTERM")
+
+
+def http_request(server, method, path, body=None, key=API_KEY, raw_body=None):
+    """(status, parsed JSON or text) of one request."""
+    data = raw_body if raw_body is not None else (json.dumps(body).encode() if body else None)
+    request = urllib.request.Request(server.url + path, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        status, text = error.code, error.read().decode()
+    try:
+        return status, json.loads(text)
+    except json.JSONDecodeError:
+        return status, text
+
+
+def metrics(server):
+    """The /metrics samples, by series (name and labels)."""
+    status, text = http_request(server, "GET", "/metrics")
+    check(status == 200, f"/metrics: {status}")
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            samples[series] = float(value)
+    return samples
+
+
+def sse_events(response):
+    """The data of each server-sent event of an http.client response, as it arrives."""
+    data = []
+    for raw in response:
+        line = raw.decode().rstrip("\r\n")
+        if line.startswith("data: "):
+            data.append(line[6:])
+        elif line == "" and data:
+            yield "\n".join(data)
+            data = []
+
+
+def complete_stream(server, path, body):
+    """Runs a streaming OpenAI request over raw HTTP; returns (text, finish_reason). Fails unless
+    the stream is complete: JSON chunks, one finish reason, then [DONE]."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        connection.request("POST", path, json.dumps(dict(body, stream=True)),
+                           {"Content-Type": "application/json",
+                            "Authorization": f"Bearer {API_KEY}"})
+        response = connection.getresponse()
+        if response.status != 200:
+            fail(f"{path}: status {response.status}: {response.read()!r}")
+        text, finish_reason, done = "", None, False
+        for event in sse_events(response):
+            check(not done, "an event after [DONE]")
+            if event == "[DONE]":
+                done = True
+                continue
+            chunk = json.loads(event)
+            check("error" not in chunk, f"error event: {chunk}")
+            for choice in chunk["choices"]:
+                text += choice["delta"].get("content", "") if "delta" in choice else choice["text"]
+                if choice["finish_reason"] is not None:
+                    check(finish_reason is None, "two finish reasons")
+                    finish_reason = choice["finish_reason"]
+        check(done, "the stream ended without [DONE]")
+        check(finish_reason in ("stop", "length"), f"finish_reason {finish_reason}")
+        return text, finish_reason
+    finally:
+        connection.close()
+
+
+def complete(server, path, body):
+    status, response = http_request(server, "POST", path, body)
+    check(status == 200, f"{path}: {status} {response}")
+    choice = response["choices"][0]
+    text = choice["message"]["content"] if "message" in choice else choice["text"]
+    return text, choice["finish_reason"]
+
+
+def test_openai_client(server):
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY)
+    models = client.models.list()
+    check([model.id for model in models.data] == [MODEL], f"models: {models}")
+
+    completion = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=12,
+                                           temperature=0)
+    check(completion.object == "text_completion", f"{completion}")
+    usage = completion.usage
+    check(usage.completion_tokens == 12 if completion.choices[0].finish_reason == "length"
+          else 0 < usage.completion_tokens <= 12, f"usage {usage}")
+    check(completion.usage.total_tokens ==
+          completion.usage.prompt_tokens + completion.usage.completion_tokens, "total_tokens")
+    streamed = ""
+    usage = None
+    for chunk in client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=12,
+                                           temperature=0, stream=True,
+                                           stream_options={"include_usage": True}):
+        if chunk.choices:
+            streamed += chunk.choices[0].text
+        if chunk.usage:
+            usage = chunk.usage
+    check(streamed == completion.choices[0].text,
+          f"streamed {streamed!r} != {completion.choices[0].text!r}")
+    check(usage is not None and usage.completion_tokens == completion.usage.completion_tokens,
+          f"stream usage {usage}")
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]
+    chat = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10,
+                                          temperature=0, seed=1)
+    check(chat.choices[0].message.role == "assistant", f"{chat}")
+    streamed = ""
+    for chunk in client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10,
+                                                temperature=0, stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            streamed += chunk.choices[0].delta.content
+    check(streamed == chat.choices[0].message.content,
+          f"chat streamed {streamed!r} != {chat.choices[0].message.content!r}")
+
+    # Seeded sampling repeats; logprobs come back.
+    sampled = [client.completions.create(model=MODEL, prompt="Once", max_tokens=8, temperature=1.0,
+                                         top_p=0.9, seed=7, logprobs=1) for _ in range(2)]
+    check(sampled[0].choices[0].text == sampled[1].choices[0].text, "seeded sampling differs")
+    check(len(sampled[0].choices[0].logprobs.token_logprobs) == sampled[0].usage.completion_tokens,
+          "one log-prob per token")
+
+    # Errors surface as the client's exceptions.
+    for kwargs in ({"n": 2}, {"max_tokens": 100000}):
+        try:
+            client.completions.create(model=MODEL, prompt="x", **kwargs)
+            fail(f"{kwargs} was accepted")
+        except openai.BadRequestError:
+            pass
+    try:
+        openai.OpenAI(base_url=server.url + "/v1", api_key="wrong").models.list()
+        fail("a wrong API key was accepted")
+    except openai.AuthenticationError:
+        pass
+    print("ok: openai client (completions, chat, streaming, usage, errors)")
+
+
+def test_kserve(server):
+    for path in ("/v2/health/ready", "/v2/health/live", "/health"):
+        status, _ = http_request(server, "GET", path, key=None)  # no key needed
+        check(status == 200, f"{path}: {status}")
+    prompt = "Tell me"
+    status, output = http_request(server, "POST", f"/v2/models/{MODEL}/generate",
+                                  {"text_input": prompt, "max_tokens": 10, "bad_words": "",
+                                   "stop_words": ""})
+    check(status == 200, f"generate: {status} {output}")
+    check(output["model_name"] == MODEL and output["model_version"] == "1", f"{output}")
+    # Greedy by default, like the OpenAI API at temperature 0.
+    text, _ = complete(server, "/v1/completions",
+                       {"prompt": prompt, "max_tokens": 10, "temperature": 0})
+    check(output["text_output"] == prompt + text, f"{output['text_output']!r} != {prompt + text!r}")
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    connection.request("POST", f"/v2/models/{MODEL}/generate_stream",
+                       json.dumps({"text_input": prompt, "max_tokens": 10}),
+                       {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"})
+    response = connection.getresponse()
+    check(response.status == 200, f"generate_stream: {response.status}")
+    streamed = "".join(json.loads(event)["text_output"] for event in sse_events(response))
+    connection.close()
+    check(streamed == text, f"generate_stream {streamed!r} != {text!r}")
+
+    status, output = http_request(server, "POST", "/v2/models/other/generate",
+                                  {"text_input": prompt})
+    check(status == 404 and "error" in output, f"unknown model: {status} {output}")
+    status, output = http_request(server, "POST", f"/v2/models/{MODEL}/generate",
+                                  {"text_input": prompt, "bad_words": ["x"]})
+    check(status == 400 and "not supported" in output["error"], f"bad_words: {status} {output}")
+    print("ok: KServe generate, generate_stream, health")
+
+
+def test_errors(server):
+    cases = [
+        ("/v1/completions", b'{"prompt": "x", ', "malformed JSON"),
+        ("/v1/completions", json.dumps({"prompt": "x", "max_tokens": "ten"}).encode(),
+         "wrong type"),
+        ("/v1/completions", json.dumps({"prompt": "x", "n": 2}).encode(), "n > 1"),
+        ("/v1/completions", json.dumps({"prompt": "word " * 300}).encode(), "prompt too long"),
+        ("/v1/completions", json.dumps({"prompt": "x", "max_tokens": MAX_SEQ_LEN}).encode(),
+         "max_tokens over the limit"),
+        ("/v1/chat/completions",
+         json.dumps({"messages": [{"role": "wizard", "content": "x"}]}).encode(), "unknown role"),
+    ]
+    for path, body, what in cases:
+        status, response = http_request(server, "POST", path, raw_body=body)
+        check(status == 400, f"{what}: {status} {response}")
+        error = response["error"]
+        check(error["type"] == "invalid_request_error" and error["message"] and
+              set(error) == {"message", "type", "param", "code"}, f"{what}: {response}")
+    status, response = http_request(server, "GET", "/v1/unknown")
+    check(status == 404, f"unknown route: {status}")
+    for key in (None, "wrong"):
+        for method, path in (("POST", "/v1/completions"), ("GET", "/metrics"),
+                             ("POST", f"/v2/models/{MODEL}/generate")):
+            status, response = http_request(server, method, path, {"prompt": "x"}, key=key)
+            check(status == 401, f"{path} with key {key}: {status}")
+    status, _ = http_request(server, "POST", "/v1/completions",
+                             raw_body=json.dumps({"prompt": "x" * (9 << 20)}).encode())
+    check(status == 413, f"a 9 MiB body: {status}")
+    print("ok: 400 for bad requests, 401 without the API key, 404, 413")
+
+
+def test_load(server):
+    """32 clients, 320 requests: no errors, complete streams, the greedy outputs of requests run
+    one at a time."""
+    cases = []
+    for i in range(24):
+        max_tokens = 4 + (i * 7) % 37
+        if i % 3 == 2:
+            body = {"messages": [{"role": "user", "content": f"Question {i}: why?"}],
+                    "max_tokens": max_tokens, "temperature": 0}
+            cases.append(("/v1/chat/completions", body))
+        else:
+            body = {"prompt": f"Request {i}: the rain in Spain", "max_tokens": max_tokens,
+                    "temperature": 0}
+            cases.append(("/v1/completions", body))
+    # Shared prefixes, so the load exercises the KV cache's prefix reuse too.
+    expected = [complete(server, path, body) for path, body in cases]
+
+    errors = []
+    lock = threading.Lock()
+
+    def run(index):
+        path, body = cases[index % len(cases)]
+        try:
+            got = (complete_stream(server, path, body) if index % 2 == 0
+                   else complete(server, path, body))
+            if got != expected[index % len(cases)]:
+                raise AssertionError(f"{got!r} != {expected[index % len(cases)]!r}")
+        except Exception as error:  # noqa: BLE001: every failure is collected and reported
+            with lock:
+                errors.append(f"request {index} ({path}): {error}")
+
+    start = time.time()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        list(pool.map(run, range(320)))
+    seconds = time.time() - start
+    check(not errors, f"{len(errors)} of 320 requests failed:\n" + "\n".join(errors[:10]))
+    samples = metrics(server)
+    check(samples["kite_kv_cache_used_blocks"] == 0, "KV cache blocks still used after the load")
+    check(samples["kite_num_requests_running"] == 0, "requests still running after the load")
+    print(f"ok: 320 requests from 32 clients in {seconds:.1f} s, "
+          "outputs identical to one at a time")
+
+
+def test_disconnect(server):
+    """A client that goes away mid-stream: its request is cancelled and frees its blocks."""
+    cancelled = 'kite_requests_finished_total{finish_reason="cancelled"}'
+    before = metrics(server).get(cancelled, 0)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    connection.request("POST", "/v1/completions",
+                       json.dumps({"prompt": "Tell me a long story", "max_tokens": 1200,
+                                   "ignore_eos": True, "stream": True}),
+                       {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"})
+    response = connection.getresponse()
+    check(response.status == 200, f"status {response.status}")
+    events = sse_events(response)
+    for _ in range(3):
+        next(events)
+    check(metrics(server)["kite_kv_cache_used_blocks"] > 0, "the request holds no blocks")
+    connection.sock.shutdown(2)
+    connection.close()
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        samples = metrics(server)
+        if (samples["kite_kv_cache_used_blocks"] == 0 and
+                samples["kite_num_requests_running"] == 0 and samples.get(cancelled, 0) > before):
+            print("ok: a client disconnecting mid-stream cancels its request; no KV blocks in use")
+            return
+        time.sleep(0.05)
+    fail(f"after the disconnect: {samples}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kite", required=True, help="the kite binary")
+    parser.add_argument("--source_dir", default=os.path.join(os.path.dirname(__file__), "..", ".."))
+    args = parser.parse_args()
+    try:
+        import openai  # noqa: F401
+    except ImportError:
+        print("skipped: the openai package is not installed "
+              "(pip install -r scripts/requirements.txt)")
+        return 77
+
+    # SIGTERM (timeout(1), a CTest timeout) unwinds like an error, so the server is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("serve_test.py: terminated"))
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="kite_serve_test_") as work:
+        engine = build_engine(args.kite, args.source_dir, work)
+        server = Server(args.kite, engine, work)
+        try:
+            test_openai_client(server)
+            test_kserve(server)
+            test_errors(server)
+            test_load(server)
+            test_disconnect(server)
+        except BaseException:
+            server.stop()
+            print(server.log(), file=sys.stderr)
+            raise
+        status = server.stop()
+        check(status == 0, f"kite serve exited with {status} after SIGTERM:\n{server.log()}")
+        check("SIGTERM received, stopping" in server.log(), server.log())
+        print("ok: SIGTERM stops the server (exit status 0)")
+    print(f"all serve tests passed in {time.time() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,643 @@
+// The HTTP server end to end over a FakeExecutor, through real sockets: OpenAI and KServe routes,
+// streaming, stop texts, log-probs, errors (400/401/404/413), metrics, a client that disconnects
+// mid-stream, shutdown with streams open, and many clients at once.
+#include "server/http_server.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <thread>
+
+#include "server/text_stream.h"
+#include "server_test_util.h"
+#include "tokenizer/unicode.h"
+
+namespace kite::server {
+namespace {
+
+using Json = nlohmann::json;
+using namespace std::chrono_literals;
+
+const char* const kScriptText = "Hello world! This is a test of the server.";
+
+// A server on a free port over a FakeExecutor, serving until destroyed.
+class TestServer {
+ public:
+  explicit TestServer(std::vector<int32_t> script, ServerOptions options = {},
+                      std::chrono::milliseconds step = 1ms)
+      : executor(std::move(script), step),
+        server(executor, test::test_served_model(), any_port(std::move(options))) {
+    Result<int> bound = server.bind();
+    EXPECT_TRUE(bound.is_ok()) << bound.status().message();
+    port = bound.is_ok() ? *bound : 0;
+    thread = std::thread([this] { server.serve(); });
+  }
+  ~TestServer() { shutdown(); }
+
+  // Stops the server and waits for serve() to return.
+  void shutdown() {
+    if (!thread.joinable()) return;
+    server.stop();
+    thread.join();
+  }
+
+  httplib::Client client() const {
+    httplib::Client client("127.0.0.1", port);
+    client.set_read_timeout(20, 0);
+    return client;
+  }
+  httplib::Result post(const std::string& path, const Json& body,
+                       const httplib::Headers& headers = {}) const {
+    return client().Post(path.c_str(), headers, body.dump(), "application/json");
+  }
+
+  test::FakeExecutor executor;
+  HttpServer server;
+  int port = 0;
+  std::thread thread;
+
+ private:
+  static ServerOptions any_port(ServerOptions options) {
+    options.port = 0;
+    return options;
+  }
+};
+
+std::vector<int32_t> encode(const std::string& text) {
+  static const ServedModel model = test::test_served_model();
+  return model.tokenizer.encode(text, false);
+}
+
+std::string decode(const std::vector<int32_t>& ids) {
+  static const ServedModel model = test::test_served_model();
+  return model.tokenizer.decode(ids);
+}
+
+// The data of each server-sent event of a body.
+std::vector<std::string> sse_data(const std::string& body) {
+  std::vector<std::string> events;
+  size_t start = 0;
+  for (size_t end; (end = body.find("\n\n", start)) != std::string::npos; start = end + 2) {
+    const std::string event = body.substr(start, end - start);
+    EXPECT_TRUE(event.starts_with("data: ")) << event;
+    events.push_back(event.substr(6));
+  }
+  EXPECT_EQ(start, body.size()) << "the body does not end with a complete event";
+  return events;
+}
+
+// The text of an OpenAI stream, checking its framing: JSON chunks, then [DONE] last.
+struct OpenAiStream {
+  std::string text;
+  std::string finish_reason;
+  Json usage;
+  std::vector<Json> chunks;
+};
+OpenAiStream read_openai_stream(const std::string& body, bool chat) {
+  OpenAiStream stream;
+  const std::vector<std::string> events = sse_data(body);
+  EXPECT_FALSE(events.empty());
+  if (events.empty()) return stream;
+  EXPECT_EQ(events.back(), "[DONE]");
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    const Json chunk = Json::parse(events[i]);
+    stream.chunks.push_back(chunk);
+    EXPECT_EQ(chunk.at("object"), chat ? "chat.completion.chunk" : "text_completion");
+    if (chunk.contains("usage") && !chunk.at("usage").is_null()) stream.usage = chunk.at("usage");
+    if (chunk.at("choices").empty()) continue;
+    const Json& choice = chunk.at("choices")[0];
+    stream.text +=
+        chat ? choice.at("delta").value("content", "") : choice.at("text").get<std::string>();
+    if (!choice.at("finish_reason").is_null()) {
+      EXPECT_TRUE(stream.finish_reason.empty()) << "two finish reasons";
+      stream.finish_reason = choice.at("finish_reason");
+    }
+  }
+  return stream;
+}
+
+TEST(ServerHttp, CompletionNonStreaming) {
+  const std::vector<int32_t> script = encode(kScriptText);
+  TestServer server(script);
+  auto response =
+      server.post("/v1/completions", {{"model", "tiny"}, {"prompt", "Say hi"}, {"max_tokens", 5}});
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 200) << response->body;
+  EXPECT_EQ(response->get_header_value("Content-Type"), "application/json");
+  const Json body = Json::parse(response->body);
+  EXPECT_TRUE(body.at("id").get<std::string>().starts_with("cmpl-"));
+  EXPECT_EQ(body.at("object"), "text_completion");
+  EXPECT_EQ(body.at("model"), "tiny");
+  const Json& choice = body.at("choices")[0];
+  EXPECT_EQ(choice.at("text"), decode({script.begin(), script.begin() + 5}));
+  EXPECT_EQ(choice.at("finish_reason"), "length");
+  EXPECT_TRUE(choice.at("logprobs").is_null());
+  const int64_t prompt_tokens =
+      int64_t(test::test_served_model().tokenizer.encode("Say hi").size());
+  EXPECT_EQ(body.at("usage"), (Json{{"prompt_tokens", prompt_tokens},
+                                    {"completion_tokens", 5},
+                                    {"total_tokens", prompt_tokens + 5}}));
+  // The Executor got the request as parsed, streamed.
+  const executor::Request seen = server.executor.requests_seen().back();
+  EXPECT_EQ(seen.max_new_tokens, 5);
+  EXPECT_TRUE(seen.streaming);
+}
+
+TEST(ServerHttp, CompletionStreamingGivesTheSameText) {
+  const std::vector<int32_t> script = encode(kScriptText);
+  TestServer server(script);
+  const Json request = {{"prompt", "x"}, {"max_tokens", 12}, {"temperature", 0}};
+  auto whole = server.post("/v1/completions", request);
+  ASSERT_TRUE(whole);
+  Json streaming = request;
+  streaming["stream"] = true;
+  streaming["stream_options"] = {{"include_usage", true}};
+  auto response = server.post("/v1/completions", streaming);
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 200);
+  EXPECT_EQ(response->get_header_value("Content-Type"), "text/event-stream");
+  const OpenAiStream stream = read_openai_stream(response->body, false);
+  EXPECT_EQ(stream.text, Json::parse(whole->body).at("choices")[0].at("text"));
+  EXPECT_EQ(stream.finish_reason, "length");
+  EXPECT_EQ(stream.usage.at("completion_tokens"), 12);
+  // Every chunk carries "usage" (null but the last), and the last has no choices.
+  for (const Json& chunk : stream.chunks) EXPECT_TRUE(chunk.contains("usage"));
+  EXPECT_TRUE(stream.chunks.back().at("choices").empty());
+  EXPECT_GT(stream.chunks.size(), 3u);  // several pieces, not one at the end
+
+  // Without include_usage there is no usage chunk.
+  streaming.erase("stream_options");
+  response = server.post("/v1/completions", streaming);
+  ASSERT_TRUE(response);
+  const OpenAiStream plain = read_openai_stream(response->body, false);
+  EXPECT_TRUE(plain.usage.is_null());
+  EXPECT_FALSE(plain.chunks.back().contains("usage"));
+  EXPECT_EQ(plain.text, stream.text);
+}
+
+TEST(ServerHttp, ChatCompletions) {
+  const std::vector<int32_t> script = encode(kScriptText);
+  TestServer server(script);
+  const Json messages = Json::array({{{"role", "user"}, {"content", "Hi"}}});
+  auto response = server.post("/v1/chat/completions", {{"messages", messages}, {"max_tokens", 4}});
+  ASSERT_TRUE(response);
+  ASSERT_EQ(response->status, 200) << response->body;
+  const Json body = Json::parse(response->body);
+  EXPECT_TRUE(body.at("id").get<std::string>().starts_with("chatcmpl-"));
+  EXPECT_EQ(body.at("object"), "chat.completion");
+  EXPECT_EQ(
+      body.at("choices")[0].at("message"),
+      (Json{{"role", "assistant"}, {"content", decode({script.begin(), script.begin() + 4})}}));
+  // The prompt is the rendered template.
+  const std::string prompt = "<s>user\nHi</s>\n<s>assistant\n";
+  EXPECT_EQ(server.executor.requests_seen().back().input_ids,
+            test::test_served_model().tokenizer.encode(prompt, false));
+
+  response = server.post("/v1/chat/completions",
+                         {{"messages", messages}, {"max_tokens", 4}, {"stream", true}});
+  ASSERT_TRUE(response);
+  const OpenAiStream stream = read_openai_stream(response->body, true);
+  EXPECT_EQ(stream.text, body.at("choices")[0].at("message").at("content"));
+  EXPECT_EQ(stream.chunks.front().at("choices")[0].at("delta"),
+            (Json{{"role", "assistant"}, {"content", ""}}));
+  EXPECT_EQ(stream.chunks.back().at("choices")[0].at("delta"), Json::object());
+  EXPECT_EQ(stream.finish_reason, "length");
+}
+
+TEST(ServerHttp, StopTextsCutTheOutputAndCancelTheRequest) {
+  const std::vector<int32_t> script = encode(kScriptText);
+  TestServer server(script);
+  const std::string full = decode(script);
+  for (const bool stream : {false, true}) {
+    SCOPED_TRACE(stream);
+    auto response = server.post("/v1/completions", {{"prompt", "x"},
+                                                    {"max_tokens", 100},
+                                                    {"stop", Json::array({"zzz", "is a"})},
+                                                    {"stream", stream}});
+    ASSERT_TRUE(response);
+    ASSERT_EQ(response->status, 200) << response->body;
+    std::string text, finish_reason;
+    SCOPED_TRACE(response->body);
+    if (stream) {
+      const OpenAiStream parsed = read_openai_stream(response->body, false);
+      text = parsed.text;
+      finish_reason = parsed.finish_reason;
+    } else {
+      const Json choice = Json::parse(response->body).at("choices")[0];
+      text = choice.at("text");
+      finish_reason = choice.at("finish_reason");
+    }
+    EXPECT_EQ(text, full.substr(0, full.find("is a")));
+    EXPECT_EQ(finish_reason, "stop");
+  }
+  // Both requests were cancelled once the stop text appeared, long before 100 tokens.
+  EXPECT_EQ(server.executor.cancelled().size(), 2u);
+}
+
+TEST(ServerHttp, EndIdFinishesWithStop) {
+  std::vector<int32_t> script = encode("Done now");
+  script.push_back(test::FakeExecutor::kEndId);
+  TestServer server(script);
+  auto response = server.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 50}});
+  ASSERT_TRUE(response);
+  const Json body = Json::parse(response->body);
+  EXPECT_EQ(body.at("choices")[0].at("text"), "Done now");  // the end token is not text
+  EXPECT_EQ(body.at("choices")[0].at("finish_reason"), "stop");
+  EXPECT_EQ(body.at("usage").at("completion_tokens"), int64_t(script.size()));
+  // ignore_eos runs on to max_tokens.
+  response =
+      server.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 20}, {"ignore_eos", true}});
+  ASSERT_TRUE(response);
+  EXPECT_EQ(Json::parse(response->body).at("choices")[0].at("finish_reason"), "length");
+}
+
+TEST(ServerHttp, LogProbs) {
+  const std::vector<int32_t> script = encode("abc");
+  TestServer server(script);
+  auto response =
+      server.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 3}, {"logprobs", 1}});
+  ASSERT_TRUE(response);
+  const Json log_probs = Json::parse(response->body).at("choices")[0].at("logprobs");
+  ASSERT_EQ(log_probs.at("token_logprobs").size(), 3u);
+  EXPECT_EQ(log_probs.at("token_logprobs"), (Json{-0.25, -0.5, -0.75}));  // the fake's values
+  EXPECT_EQ(log_probs.at("tokens").size(), 3u);
+  EXPECT_EQ(log_probs.at("text_offset")[0], 0);
+  EXPECT_TRUE(server.executor.requests_seen().back().return_log_probs);
+
+  response = server.post("/v1/chat/completions",
+                         {{"messages", Json::array({{{"role", "user"}, {"content", "x"}}})},
+                          {"max_tokens", 2},
+                          {"logprobs", true}});
+  ASSERT_TRUE(response);
+  const Json content = Json::parse(response->body).at("choices")[0].at("logprobs").at("content");
+  ASSERT_EQ(content.size(), 2u);
+  EXPECT_EQ(content[1].at("logprob"), -0.5);
+  EXPECT_EQ(content[0].at("top_logprobs"), Json::array());
+}
+
+TEST(ServerHttp, StreamingNeverSplitsCharacters) {
+  const std::string text = "héllo wörld 日本語 😀!";
+  const std::vector<int32_t> script = encode(text);
+  ASSERT_GT(script.size(), count_characters(text));  // byte-level: some characters take 2+ tokens
+  TestServer server(script);
+  auto response =
+      server.post("/v1/completions",
+                  {{"prompt", "x"}, {"max_tokens", int64_t(script.size())}, {"stream", true}});
+  ASSERT_TRUE(response);
+  const OpenAiStream stream = read_openai_stream(response->body, false);
+  EXPECT_EQ(stream.text, text);
+  for (const Json& chunk : stream.chunks) {
+    if (chunk.at("choices").empty()) continue;
+    const std::string piece = chunk.at("choices")[0].at("text");
+    EXPECT_TRUE(unicode::is_valid_utf8(piece));
+    EXPECT_EQ(piece.find("\xEF\xBF\xBD"), std::string::npos) << "a replacement character";
+  }
+}
+
+TEST(ServerHttp, KServeGenerate) {
+  const std::vector<int32_t> script = encode(kScriptText);
+  TestServer server(script);
+  const std::string full = decode(script);
+  auto response = server.post(
+      "/v2/models/tiny/generate",
+      {{"text_input", "Q: "}, {"max_tokens", 6}, {"bad_words", ""}, {"stop_words", ""}});
+  ASSERT_TRUE(response);
+  ASSERT_EQ(response->status, 200) << response->body;
+  const std::string output = decode({script.begin(), script.begin() + 6});
+  EXPECT_EQ(
+      Json::parse(response->body),
+      (Json{{"model_name", "tiny"}, {"model_version", "1"}, {"text_output", "Q: " + output}}));
+  // TensorRT-LLM's stop words stay in the output; exclude_input_in_output drops the prompt.
+  response = server.post("/v2/models/tiny/generate", {{"text_input", "Q: "},
+                                                      {"max_tokens", 60},
+                                                      {"stop_words", Json::array({"is a"})},
+                                                      {"exclude_input_in_output", true}});
+  ASSERT_TRUE(response);
+  EXPECT_EQ(Json::parse(response->body).at("text_output"), full.substr(0, full.find("is a") + 4));
+  // Versioned path.
+  response = server.post("/v2/models/tiny/versions/1/generate", {{"text_input", "Q"}});
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 200);
+
+  // generate_stream: an event per piece, no prompt, no [DONE].
+  response = server.post("/v2/models/tiny/generate_stream",
+                         {{"text_input", "Q: "}, {"max_tokens", 6}, {"return_log_probs", true}});
+  ASSERT_TRUE(response);
+  ASSERT_EQ(response->status, 200);
+  std::string streamed;
+  size_t log_probs = 0;
+  const std::vector<std::string> events = sse_data(response->body);
+  EXPECT_GT(events.size(), 1u);
+  for (const std::string& event : events) {
+    const Json chunk = Json::parse(event);
+    EXPECT_EQ(chunk.at("model_name"), "tiny");
+    streamed += chunk.at("text_output").get<std::string>();
+    log_probs += chunk.at("output_log_probs").size();
+  }
+  EXPECT_EQ(streamed, output);
+  EXPECT_EQ(log_probs, 6u);
+  // "stream": false on generate_stream: one event with everything.
+  response = server.post("/v2/models/tiny/generate_stream",
+                         {{"text_input", "Q: "}, {"max_tokens", 6}, {"stream", false}});
+  ASSERT_TRUE(response);
+  EXPECT_EQ(sse_data(response->body).size(), 1u);
+
+  // Triton's errors.
+  response = server.post("/v2/models/other/generate", {{"text_input", "Q"}});
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 404);
+  EXPECT_EQ(Json::parse(response->body),
+            (Json{{"error", "Request for unknown model: 'other' is not found"}}));
+  response = server.post("/v2/models/tiny/generate", {{"text_input", "Q"}, {"bad_words", "x"}});
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 400);
+  EXPECT_TRUE(Json::parse(response->body).at("error").is_string());
+}
+
+TEST(ServerHttp, BadRequestsGet400WithAnOpenAiErrorBody) {
+  TestServer server(encode(kScriptText));
+  const Json user = Json::array({{{"role", "user"}, {"content", "x"}}});
+  struct Case {
+    std::string path;
+    std::string body;
+    std::string param;
+  };
+  const std::vector<Case> cases = {
+      {"/v1/completions", "{\"prompt\": ", ""},
+      {"/v1/completions", "not json", ""},
+      {"/v1/completions", Json{{"prompt", "x"}, {"max_tokens", "many"}}.dump(), "max_tokens"},
+      {"/v1/completions", Json{{"prompt", "x"}, {"n", 2}}.dump(), "n"},
+      {"/v1/completions", Json{{"prompt", std::vector<int32_t>(65, 10)}}.dump(), "prompt"},
+      {"/v1/completions", Json{{"prompt", "x"}, {"max_tokens", 1000}}.dump(), "max_tokens"},
+      {"/v1/chat/completions",
+       Json{{"messages", Json::array({{{"role", "robot"}, {"content", "x"}}})}}.dump(),
+       "messages[0].role"},
+      {"/v1/chat/completions", Json{{"messages", user}, {"temperature", -1}}.dump(), "temperature"},
+      {"/v1/chat/completions", Json{{"messages", user}, {"max_tokens", 500}}.dump(), "max_tokens"},
+  };
+  for (const Case& c : cases) {
+    auto response = server.client().Post(c.path.c_str(), c.body, "application/json");
+    ASSERT_TRUE(response);
+    EXPECT_EQ(response->status, 400) << c.body;
+    const Json body = Json::parse(response->body);
+    const Json& error = body.at("error");
+    EXPECT_FALSE(error.at("message").get<std::string>().empty());
+    EXPECT_EQ(error.at("type"), "invalid_request_error");
+    EXPECT_EQ(error.at("param"), c.param.empty() ? Json() : Json(c.param)) << c.body;
+    EXPECT_TRUE(error.contains("code"));
+  }
+  EXPECT_TRUE(server.executor.requests_seen().empty());  // none reached the Executor
+
+  auto response = server.client().Get("/v1/nothing");
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 404);
+  EXPECT_EQ(Json::parse(response->body).at("error").at("code"), "not_found");
+  response = server.client().Get("/v1/completions");  // wrong method
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 404);
+  response = server.post("/v1/completions", {{"model", "other"}, {"prompt", "x"}});
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 404);
+  EXPECT_EQ(Json::parse(response->body).at("error").at("code"), "model_not_found");
+}
+
+TEST(ServerHttp, BodiesOverTheLimitGet413) {
+  ServerOptions options;
+  options.max_body_bytes = 1000;
+  TestServer server(encode(kScriptText), options);
+  auto response = server.post("/v1/completions", {{"prompt", std::string(2000, 'a')}});
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 413);
+  EXPECT_NE(Json::parse(response->body).at("error").at("message").get<std::string>().find("1000"),
+            std::string::npos);
+  response = server.post("/v1/completions", {{"prompt", "small"}, {"max_tokens", 1}});
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 200);
+}
+
+TEST(ServerHttp, ApiKeyIsRequiredExceptForHealthChecks) {
+  ServerOptions options;
+  options.api_key = "sekrit";
+  TestServer server(encode(kScriptText), options);
+  const Json body = {{"prompt", "x"}, {"max_tokens", 1}};
+  auto response = server.post("/v1/completions", body);
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 401);
+  EXPECT_EQ(Json::parse(response->body).at("error").at("code"), "invalid_api_key");
+  for (const char* wrong : {"Bearer wrong", "Bearer sekri", "sekrit", "Bearer sekrit2"}) {
+    response = server.post("/v1/completions", body, {{"Authorization", wrong}});
+    ASSERT_TRUE(response);
+    EXPECT_EQ(response->status, 401) << wrong;
+  }
+  for (const char* path : {"/v1/models", "/metrics", "/v1/nothing"}) {
+    response = server.client().Get(path);
+    ASSERT_TRUE(response);
+    EXPECT_EQ(response->status, 401) << path;
+  }
+  response = server.post("/v2/models/tiny/generate", {{"text_input", "x"}});
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 401);
+  response = server.post("/v1/completions", body, {{"Authorization", "Bearer sekrit"}});
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 200);
+  for (const char* path : {"/health", "/v2/health/live", "/v2/health/ready"}) {
+    response = server.client().Get(path);
+    ASSERT_TRUE(response);
+    EXPECT_EQ(response->status, 200) << path;
+  }
+}
+
+TEST(ServerHttp, APortInUseIsAnError) {
+  TestServer server(encode(kScriptText));
+  test::FakeExecutor executor(encode(kScriptText));
+  ServerOptions options;
+  options.port = server.port;
+  HttpServer second(executor, test::test_served_model(), options);
+  const Result<int> bound = second.bind();
+  ASSERT_FALSE(bound.is_ok());
+  EXPECT_NE(
+      bound.status().message().find("cannot listen on 127.0.0.1:" + std::to_string(server.port)),
+      std::string::npos)
+      << bound.status().message();
+}
+
+TEST(ServerHttp, ModelsAndHealth) {
+  TestServer server(encode(kScriptText));
+  auto response = server.client().Get("/v1/models");
+  ASSERT_TRUE(response);
+  const Json models = Json::parse(response->body);
+  EXPECT_EQ(models.at("object"), "list");
+  ASSERT_EQ(models.at("data").size(), 1u);
+  EXPECT_EQ(models.at("data")[0].at("id"), "tiny");
+  EXPECT_EQ(models.at("data")[0].at("object"), "model");
+  EXPECT_EQ(models.at("data")[0].at("owned_by"), "kite");
+  response = server.client().Get("/v1/models/tiny");
+  ASSERT_TRUE(response);
+  EXPECT_EQ(Json::parse(response->body).at("id"), "tiny");
+  response = server.client().Get("/v1/models/nope");
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 404);
+  for (const char* path :
+       {"/health", "/v2/health/live", "/v2/health/ready", "/v2/models/tiny/ready"}) {
+    response = server.client().Get(path);
+    ASSERT_TRUE(response);
+    EXPECT_EQ(response->status, 200) << path;
+  }
+  response = server.client().Get("/v2/models/nope/ready");
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 404);
+}
+
+TEST(ServerHttp, MetricsCountRequestsTokensAndLatencies) {
+  TestServer server(encode(kScriptText));
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(server.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 4}}));
+  }
+  ASSERT_TRUE(server.post("/v1/completions", {{"prompt", "x"}, {"n", 2}}));
+  ASSERT_TRUE(server.post("/v2/models/tiny/generate", {{"text_input", "x"}, {"max_tokens", 2}}));
+  ASSERT_TRUE(server.client().Get("/nowhere"));
+  auto response = server.client().Get("/metrics");
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->get_header_value("Content-Type"), "text/plain; version=0.0.4; charset=utf-8");
+  const std::string& text = response->body;
+  for (const char* line :
+       {"kite_http_requests_total{endpoint=\"/v1/completions\",status=\"200\"} 3\n",
+        "kite_http_requests_total{endpoint=\"/v1/completions\",status=\"400\"} 1\n",
+        "kite_http_requests_total{endpoint=\"/v2/models/{name}/generate\",status=\"200\"} 1\n",
+        "kite_http_requests_total{endpoint=\"other\",status=\"404\"} 1\n",
+        "kite_generation_tokens_total 14\n", "kite_time_to_first_token_seconds_count 4\n",
+        "kite_inter_token_latency_seconds_count 10\n", "kite_request_latency_seconds_count 4\n",
+        "kite_requests_finished_total{finish_reason=\"length\"} 4\n",
+        "kite_kv_cache_used_blocks 0\n", "kite_kv_cache_free_blocks 100\n",
+        "kite_kv_cache_total_blocks 100\n", "kite_num_requests_running 0\n",
+        "kite_num_requests_waiting 0\n", "# TYPE kite_time_to_first_token_seconds histogram\n"}) {
+    EXPECT_NE(text.find(line), std::string::npos) << line << "\n" << text;
+  }
+}
+
+// Opens a raw connection, sends a streaming request, reads `events` events and closes the socket.
+void disconnect_after(int port, const std::string& path, const Json& body, int events) {
+  const int socket_fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(socket_fd, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(uint16_t(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(socket_fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  const std::string payload = body.dump();
+  const std::string request = "POST " + path +
+                              " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              "Content-Type: application/json\r\nContent-Length: " +
+                              std::to_string(payload.size()) + "\r\n\r\n" + payload;
+  ASSERT_EQ(::send(socket_fd, request.data(), request.size(), 0), ssize_t(request.size()));
+  std::string received;
+  char buffer[4096];
+  size_t seen = 0;
+  while (int(seen) < events) {
+    const ssize_t n = ::recv(socket_fd, buffer, sizeof(buffer), 0);
+    ASSERT_GT(n, 0) << "the server closed the stream early: " << received;
+    received.append(buffer, size_t(n));
+    seen = 0;
+    for (size_t at = 0; (at = received.find("data: ", at)) != std::string::npos; at += 6) ++seen;
+  }
+  ::close(socket_fd);
+}
+
+TEST(ServerHttp, ClientDisconnectingMidStreamCancelsItsRequest) {
+  // 20 ms a step and 120 tokens to go: only a cancellation ends these requests quickly.
+  TestServer server(encode(kScriptText), ServerOptions{}, 20ms);
+  disconnect_after(server.port, "/v1/completions",
+                   {{"prompt", "x"}, {"max_tokens", 120}, {"stream", true}}, 3);
+  disconnect_after(server.port, "/v1/chat/completions",
+                   {{"messages", Json::array({{{"role", "user"}, {"content", "x"}}})},
+                    {"max_tokens", 100},
+                    {"stream", true}},
+                   3);
+  disconnect_after(server.port, "/v2/models/tiny/generate_stream",
+                   {{"text_input", "x"}, {"max_tokens", 120}}, 3);
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (server.executor.active_requests() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(server.executor.active_requests(), 0u);
+  EXPECT_EQ(server.executor.cancelled().size(), 3u);
+  const std::string metrics = server.client().Get("/metrics")->body;
+  EXPECT_NE(metrics.find("kite_requests_finished_total{finish_reason=\"cancelled\"} 3\n"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("kite_kv_cache_used_blocks 0\n"), std::string::npos) << metrics;
+}
+
+TEST(ServerHttp, StopEndsOpenRequests) {
+  auto server = std::make_unique<TestServer>(encode(kScriptText), ServerOptions{}, 20ms);
+  std::optional<httplib::Result> streamed, whole;
+  std::thread streaming([&] {
+    streamed.emplace(
+        server->post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 120}, {"stream", true}}));
+  });
+  std::thread waiting([&] {
+    whole.emplace(server->post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 120}}));
+  });
+  while (server->executor.active_requests() < 2) std::this_thread::sleep_for(5ms);
+  std::this_thread::sleep_for(100ms);
+  const auto start = std::chrono::steady_clock::now();
+  server->shutdown();
+  streaming.join();
+  waiting.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 3s);
+  ASSERT_TRUE(streamed && *streamed);
+  const std::vector<std::string> events = sse_data((*streamed)->body);
+  ASSERT_GE(events.size(), 2u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  EXPECT_EQ(Json::parse(events[events.size() - 2]).at("error").at("message"),
+            "the server is shutting down");
+  ASSERT_TRUE(whole && *whole);
+  EXPECT_EQ((*whole)->status, 503);
+  EXPECT_EQ(server->executor.active_requests(), 0u);  // cancelled
+}
+
+TEST(ServerHttp, ManyClientsAtOnce) {
+  const std::vector<int32_t> script = encode(kScriptText);
+  TestServer server(script);
+  constexpr int kClients = 32;
+  constexpr int kRequestsEach = 5;
+  std::atomic<int> failures = 0;
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      httplib::Client client = server.client();
+      for (int r = 0; r < kRequestsEach; ++r) {
+        const int64_t max_tokens = 1 + (c + r) % 9;
+        const bool stream = (c + r) % 2 == 0;
+        auto response = client.Post(
+            "/v1/completions",
+            Json{{"prompt", "x"}, {"max_tokens", max_tokens}, {"stream", stream}}.dump(),
+            "application/json");
+        const std::string expected = decode({script.begin(), script.begin() + max_tokens});
+        if (!response || response->status != 200) {
+          ADD_FAILURE() << (response ? response->body : httplib::to_string(response.error()))
+                        << " client " << c << " request " << r << " stream " << stream;
+          ++failures;
+          continue;
+        }
+        const std::string text =
+            stream ? read_openai_stream(response->body, false).text
+                   : Json::parse(response->body).at("choices")[0].at("text").get<std::string>();
+        if (text != expected) {
+          ADD_FAILURE() << text << " != " << expected;
+          ++failures;
+        }
+      }
+    });
+  }
+  for (std::thread& client : clients) client.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(server.executor.requests_seen().size(), size_t(kClients * kRequestsEach));
+}
+
+}  // namespace
+}  // namespace kite::server
