@@ -21,4 +21,11 @@ struct CommandResult {
 // Runs `kite <arguments>` (arguments are passed to the shell as written).
 CommandResult run_kite(const std::string& arguments);
 
+// A random float32 checkpoint of the tiny fixture Llama (tests/fixtures/tiny_llama, with its
+// tokenizer) made by `kite convert --random`; its directory, or "" (and a test failure) when a
+// command fails.
+std::string make_tiny_checkpoint();
+// A CPU engine of `checkpoint` built with `kite build ... <build_flags>`; "" on failure.
+std::string build_engine(const std::string& checkpoint, const std::string& build_flags);
+
 }  // namespace kite::test

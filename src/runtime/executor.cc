@@ -20,16 +20,16 @@ namespace kite::executor {
 
 const char* finish_reason_name(FinishReason reason) {
   switch (reason) {
-    case FinishReason::kNotFinished:
-      return "not_finished";
-    case FinishReason::kEndId:
-      return "end_id";
-    case FinishReason::kStopWords:
-      return "stop_words";
-    case FinishReason::kLength:
-      return "length";
     case FinishReason::kCancelled:
       return "cancelled";
+    case FinishReason::kNotFinished:  // the rest as the runtime names them (string literals)
+      return kite::finish_reason_name(kite::FinishReason::kNotFinished).data();
+    case FinishReason::kEndId:
+      return kite::finish_reason_name(kite::FinishReason::kEndId).data();
+    case FinishReason::kStopWords:
+      return kite::finish_reason_name(kite::FinishReason::kStopWords).data();
+    case FinishReason::kLength:
+      return kite::finish_reason_name(kite::FinishReason::kLength).data();
   }
   return "unknown";
 }

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <sstream>
@@ -72,22 +71,10 @@ TEST(BenchmarkLimits, RefusesCasesBeyondTheEngine) {
 class BenchmarkEngine : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const std::string fixture = test::source_dir() + "/tests/fixtures/tiny_llama";
-    const std::string model_dir = test::temp_dir();
-    for (const char* name : {"config.json", "tokenizer.json", "tokenizer_config.json"}) {
-      std::filesystem::copy_file(fixture + "/" + name, model_dir + "/" + name);
-    }
-    const std::string checkpoint = test::temp_dir() + "/checkpoint";
-    engine_dir_ = new std::string(test::temp_dir() + "/engine");
-    const test::CommandResult convert =
-        test::run_kite("convert --random --dtype float32 --model_dir " + model_dir +
-                       " --output_dir " + checkpoint);
-    ASSERT_EQ(convert.exit_code, 0) << convert.output;
-    const test::CommandResult build =
-        test::run_kite("build --checkpoint_dir " + checkpoint + " --output_dir " + *engine_dir_ +
-                       " --max_batch_size 2 --max_input_len 16 --max_seq_len 40 "
-                       "--tokens_per_block 4");
-    ASSERT_EQ(build.exit_code, 0) << build.output;
+    engine_dir_ =
+        new std::string(test::build_engine(test::make_tiny_checkpoint(),
+                                           "--max_batch_size 2 --max_input_len 16 --max_seq_len 40 "
+                                           "--tokens_per_block 4"));
   }
   static std::string* engine_dir_;
 };

@@ -116,22 +116,10 @@ bool cuda_devices_visible() {
 class EngineCommands : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const std::string fixture = test::source_dir() + "/tests/fixtures/tiny_llama";
-    const std::string model_dir = test::temp_dir();
-    for (const char* name : {"config.json", "tokenizer.json", "tokenizer_config.json"}) {
-      std::filesystem::copy_file(fixture + "/" + name, model_dir + "/" + name);
-    }
-    checkpoint_ = new std::string(test::temp_dir() + "/checkpoint");
-    engine_ = new std::string(test::temp_dir() + "/engine");
-    const test::CommandResult convert =
-        test::run_kite("convert --random --dtype float32 --model_dir " + model_dir +
-                       " --output_dir " + *checkpoint_);
-    ASSERT_EQ(convert.exit_code, 0) << convert.output;
-    const test::CommandResult build =
-        test::run_kite("build --checkpoint_dir " + *checkpoint_ + " --output_dir " + *engine_ +
-                       " --max_batch_size 2 --max_input_len 16 --max_seq_len 40 "
-                       "--tokens_per_block 4");
-    ASSERT_EQ(build.exit_code, 0) << build.output;
+    checkpoint_ = new std::string(test::make_tiny_checkpoint());
+    engine_ = new std::string(test::build_engine(
+        *checkpoint_,
+        "--max_batch_size 2 --max_input_len 16 --max_seq_len 40 --tokens_per_block 4"));
   }
   static std::string* checkpoint_;
   static std::string* engine_;

@@ -4,7 +4,6 @@
 // seeds and statistics.
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <map>
 #include <random>
 #include <thread>
@@ -27,23 +26,11 @@ using executor::Response;
 class ExecutorTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const std::string fixture = test::source_dir() + "/tests/fixtures/tiny_llama";
-    const std::string model_dir = test::temp_dir();
-    for (const char* name : {"config.json", "tokenizer.json", "tokenizer_config.json"}) {
-      std::filesystem::copy_file(fixture + "/" + name, model_dir + "/" + name);
-    }
-    const std::string checkpoint = test::temp_dir() + "/checkpoint";
-    engine_ = new std::string(test::temp_dir() + "/engine");
-    const test::CommandResult convert =
-        test::run_kite("convert --random --dtype float32 --model_dir " + model_dir +
-                       " --output_dir " + checkpoint);
-    ASSERT_EQ(convert.exit_code, 0) << convert.output;
     // Small steps (12 tokens) so that prompts are prefilled in chunks beside running decodes.
-    const test::CommandResult build =
-        test::run_kite("build --checkpoint_dir " + checkpoint + " --output_dir " + *engine_ +
-                       " --max_batch_size 4 --max_input_len 24 --max_seq_len 48 "
-                       "--tokens_per_block 4 --max_num_tokens 12");
-    ASSERT_EQ(build.exit_code, 0) << build.output;
+    engine_ = new std::string(test::build_engine(test::make_tiny_checkpoint(),
+                                                 "--max_batch_size 4 --max_input_len 24 "
+                                                 "--max_seq_len 48 --tokens_per_block 4 "
+                                                 "--max_num_tokens 12"));
   }
   static std::string* engine_;
 

@@ -1,6 +1,8 @@
 // Implementation of the shared test helpers.
 #include "test_util.h"
 
+#include <gtest/gtest.h>
+
 #include <sys/wait.h>
 
 #include <array>
@@ -69,6 +71,27 @@ CommandResult run_kite(const std::string& arguments) {
   if (WIFEXITED(status)) result.exit_code = WEXITSTATUS(status);
   if (WIFSIGNALED(status)) result.signal = WTERMSIG(status);
   return result;
+}
+
+std::string make_tiny_checkpoint() {
+  const std::string fixture = source_dir() + "/tests/fixtures/tiny_llama";
+  const std::string model_dir = temp_dir();
+  for (const char* name : {"config.json", "tokenizer.json", "tokenizer_config.json"}) {
+    std::filesystem::copy_file(fixture + "/" + name, model_dir + "/" + name);
+  }
+  const std::string checkpoint = temp_dir() + "/checkpoint";
+  const CommandResult convert = run_kite("convert --random --dtype float32 --model_dir " +
+                                         model_dir + " --output_dir " + checkpoint);
+  EXPECT_EQ(convert.exit_code, 0) << convert.output;
+  return convert.exit_code == 0 ? checkpoint : "";
+}
+
+std::string build_engine(const std::string& checkpoint, const std::string& build_flags) {
+  const std::string engine = temp_dir() + "/engine";
+  const CommandResult build = run_kite("build --checkpoint_dir " + checkpoint + " --output_dir " +
+                                       engine + " " + build_flags);
+  EXPECT_EQ(build.exit_code, 0) << build.output;
+  return build.exit_code == 0 ? engine : "";
 }
 
 }  // namespace kite::test
