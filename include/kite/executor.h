@@ -75,6 +75,8 @@ enum class SchedulerPolicy {
   kGuaranteedNoEvict,  // admit a request only when its whole output is sure to fit in the cache
   kMaxUtilization,     // admit while the next step fits; pause the newest requests when it does not
 };
+// "guaranteed_no_evict" or "max_utilization" (TensorRT-LLM's names); nothing for another name.
+std::optional<SchedulerPolicy> scheduler_policy_from_name(const std::string& name);
 
 struct ExecutorConfig {
   SchedulerPolicy policy = SchedulerPolicy::kGuaranteedNoEvict;

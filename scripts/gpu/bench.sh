@@ -23,11 +23,7 @@ done
 mkdir -p "$log_dir"
 cd "$root"
 source scripts/gpu/env.sh
-if [[ ! -x build-gpu/kite ]]; then
-  cmake -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DKITE_CUDA=ON > "$log_dir/build.log" 2>&1
-  cmake --build build-gpu -j"$(nproc)" --target kite >> "$log_dir/build.log" 2>&1
-  echo "build done"
-fi
+bash scripts/gpu/build_kite.sh "$log_dir/build.log"
 kite=build-gpu/kite
 work="${KITE_BENCH_DIR:-/tmp/kite-bench}"
 {

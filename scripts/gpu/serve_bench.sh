@@ -11,10 +11,7 @@ requests="${2:-1024}"
 mkdir -p "$log_dir"
 cd "$root"
 source scripts/gpu/env.sh
-if [[ ! -x build-gpu/kite ]]; then
-  cmake -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DKITE_CUDA=ON > "$log_dir/build.log" 2>&1
-  cmake --build build-gpu -j"$(nproc)" --target kite >> "$log_dir/build.log" 2>&1
-fi
+bash scripts/gpu/build_kite.sh "$log_dir/build.log"
 engine="${KITE_SERVE_ENGINE:-/tmp/kite-serve/engine}"
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"

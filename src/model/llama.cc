@@ -195,6 +195,12 @@ LlamaModel::~LlamaModel() {
   drop_graphs();
 }
 
+void LlamaModel::drop_stale_graphs() {
+  if (backend_->graph_epoch() == graph_epoch_) return;
+  drop_graphs();  // they may read scratch buffers the backend has since replaced
+  graph_epoch_ = backend_->graph_epoch();
+}
+
 void LlamaModel::drop_graphs() {
   for (const auto& [key, graph] : graphs_) backend_->destroy_graph(graph);
   graphs_.clear();
@@ -470,19 +476,13 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
   const bool graphable = batch.max_query_length == 1 && R == T && !dump.enabled();
   const int64_t mode = !sampling ? 0 : sampling->history ? 2 : 1;
   const GraphKey key{S, step.max_blocks_per_sequence, mode};
-  if (backend.graph_epoch() != graph_epoch_) {
-    drop_graphs();  // they may read scratch buffers the backend has since replaced
-    graph_epoch_ = backend.graph_epoch();
-  }
+  drop_stale_graphs();
   const auto graph = graphable ? graphs_.find(key) : graphs_.end();
   if (graph != graphs_.end()) {
     backend.replay_graph(graph->second);
   } else {
     enqueue();
-    if (backend.graph_epoch() != graph_epoch_) {  // this step grew a scratch buffer
-      drop_graphs();
-      graph_epoch_ = backend.graph_epoch();
-    }
+    drop_stale_graphs();  // this step may have grown a scratch buffer
     if (graphable && backend.begin_graph_capture()) {
       enqueue();
       KITE_ASSIGN_OR_RETURN(graphs_[key], backend.end_graph_capture());

@@ -114,6 +114,8 @@ class LlamaModel {
                                 const SamplingInputs* sampling);
   Status check_step(const StepInput& step, const KvCacheView& cache) const;
   void drop_graphs();
+  // drop_graphs() when the backend's graph_epoch() moved since they were recorded.
+  void drop_stale_graphs();
 
   Backend* backend_;
   ModelConfig config_;

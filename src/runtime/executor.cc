@@ -34,6 +34,12 @@ const char* finish_reason_name(FinishReason reason) {
   return "unknown";
 }
 
+std::optional<SchedulerPolicy> scheduler_policy_from_name(const std::string& name) {
+  if (name == "guaranteed_no_evict") return SchedulerPolicy::kGuaranteedNoEvict;
+  if (name == "max_utilization") return SchedulerPolicy::kMaxUtilization;
+  return std::nullopt;
+}
+
 namespace {
 
 constexpr size_t kRecentIterations = 64;

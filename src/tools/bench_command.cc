@@ -66,11 +66,11 @@ Status run_serve(const BenchFlags& flags, const std::vector<InputOutputLength>& 
                  const EngineConfig& config) {
   KITE_ASSIGN_OR_RETURN(std::vector<int64_t> concurrencies, parse_concurrencies(flags.concurrency));
   executor::ExecutorConfig executor_config;
-  if (flags.scheduler_policy == "max_utilization") {
-    executor_config.policy = executor::SchedulerPolicy::kMaxUtilization;
-  } else if (flags.scheduler_policy != "guaranteed_no_evict") {
-    return invalid_argument("--scheduler_policy takes guaranteed_no_evict or max_utilization");
+  const auto policy = executor::scheduler_policy_from_name(flags.scheduler_policy);
+  if (!policy) {
+    return invalid_argument("--scheduler_policy must be guaranteed_no_evict or max_utilization");
   }
+  executor_config.policy = *policy;
   executor_config.max_batch_size = flags.max_batch_size;
   executor_config.kv_cache_free_gpu_mem_fraction = flags.load.kv_cache_free_gpu_mem_fraction;
   executor_config.device_index = flags.load.device_index;

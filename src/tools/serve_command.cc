@@ -50,13 +50,11 @@ Status check_flags(const ServeFlags& flags, executor::ExecutorConfig* config) {
   if (flags.port < 0 || flags.port > 65535) {
     return invalid_argument("--port must be between 0 (any free port) and 65535");
   }
-  if (flags.scheduler_policy == "guaranteed_no_evict") {
-    config->policy = executor::SchedulerPolicy::kGuaranteedNoEvict;
-  } else if (flags.scheduler_policy == "max_utilization") {
-    config->policy = executor::SchedulerPolicy::kMaxUtilization;
-  } else {
+  const auto policy = executor::scheduler_policy_from_name(flags.scheduler_policy);
+  if (!policy) {
     return invalid_argument("--scheduler_policy must be guaranteed_no_evict or max_utilization");
   }
+  config->policy = *policy;
   if (flags.max_batch_size < 0) return invalid_argument("--max_batch_size must be >= 0");
   if (flags.max_num_tokens < 0) return invalid_argument("--max_num_tokens must be >= 0");
   if (!(flags.kv_cache_free_gpu_mem_fraction > 0 && flags.kv_cache_free_gpu_mem_fraction <= 1)) {
