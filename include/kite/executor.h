@@ -47,6 +47,11 @@ struct Request {
   SamplingConfig sampling;
   // Token sequences that end the output when it ends with one of them (included in the output).
   std::vector<std::vector<int32_t>> stop_words;
+  // Token sequences the output must not produce (TensorRT-LLM's bad words): at every step, a
+  // one-token word's token is never picked, and a longer word's last token is not picked when the
+  // sequence so far (prompt and output) ends with the rest of the word. Greedy decoding then takes
+  // the best token left. Should a step ban every token of the vocabulary, it picks token 0.
+  std::vector<std::vector<int32_t>> bad_words;
   // Ids that end the output (included). Unset: the engine's end-of-sequence ids.
   std::optional<std::vector<int32_t>> end_ids;
   bool streaming = false;         // a response per step with the new tokens, or one at the end
@@ -124,7 +129,8 @@ class Executor {
   virtual ~Executor() = default;
 
   // Why the engine can never run `request` (empty prompt, prompt or prompt + max_new_tokens over
-  // the engine's limits, bad sampling values), or nothing when it can.
+  // the engine's limits, ids outside the vocabulary, empty stop or bad words, bad sampling
+  // values), or nothing when it can.
   virtual std::optional<std::string> check_request(const Request& request) const = 0;
   // Queues a request; its responses come through await_responses. A request check_request
   // refuses gets a single error response.

@@ -162,6 +162,15 @@ class Backend {
   // Converts between dtypes element-wise (e.g. activations to float32 logits).
   virtual void convert(const DeviceTensor& source, DeviceTensor& destination) = 0;
 
+  // ---- bad words ----
+  // logits[pairs[2i], pairs[2i + 1]] = -inf for i < *count: the (row, token) pairs that may not be
+  // picked this step.  logits [R, V] float32; pairs [2 * max_count], each row in [0, R) and token
+  // in [0, V); count [1] in [0, max_count]; all in backend memory. The count is read when the op
+  // runs, not when it is issued, so a recorded graph bans each replay's pairs; max_count fixes
+  // the work issued.
+  virtual void ban_tokens(DeviceTensor& logits, const int32_t* pairs, const int32_t* count,
+                          int64_t max_count) = 0;
+
   // ---- sampling on the backend (optional) ----
   // Whether sample() exists; without it the runtime samples the downloaded logits on the host.
   virtual bool has_sampling() const { return false; }

@@ -3,6 +3,7 @@
 #include "model/llama.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -225,6 +226,17 @@ Status LlamaModel::check_step(const StepInput& step, const KvCacheView& cache) c
   for (int32_t row : step.logit_rows) {
     if (row < 0 || size_t(row) >= tokens) return invalid_argument("logit row out of the step");
   }
+  if (step.banned_tokens.size() % 2 != 0) {
+    return invalid_argument("banned tokens must come as (logit row, token) pairs");
+  }
+  for (size_t i = 0; i < step.banned_tokens.size(); i += 2) {
+    const int32_t row = step.banned_tokens[i], token = step.banned_tokens[i + 1];
+    if (row < 0 || size_t(row) >= step.logit_rows.size() || token < 0 ||
+        token >= config_.vocab_size) {
+      return invalid_argument("banned token (" + std::to_string(row) + ", " +
+                              std::to_string(token) + ") is outside the logits");
+    }
+  }
   if (cache.num_layers != config_.num_hidden_layers ||
       cache.num_kv_heads != config_.num_key_value_heads || cache.head_dim != config_.head_dim) {
     return invalid_argument("the KV cache does not match the model's layers, heads or head_dim");
@@ -259,6 +271,27 @@ Status LlamaModel::reserve_workspace(int64_t tokens, int64_t logit_rows, int64_t
   KITE_ASSIGN_OR_RETURN(workspace_, backend_->allocate(bytes));
   workspace_tokens_ = tokens;
   workspace_logit_rows_ = logit_rows;
+  return Status::ok();
+}
+
+Status LlamaModel::upload_banned_tokens(const std::vector<int32_t>& pairs) {
+  const int64_t count = int64_t(pairs.size() / 2);
+  if (count > banned_capacity_) {
+    drop_graphs();            // they read the old buffer
+    backend_->synchronize();  // steps in flight may still read it
+    banned_tokens_.reset();
+    banned_capacity_ = 0;
+    // Doubling keeps reallocations (and the graphs they drop) rare as requests come and go.
+    const int64_t capacity = std::max<int64_t>(int64_t(std::bit_ceil(uint64_t(count))), 256);
+    KITE_ASSIGN_OR_RETURN(banned_tokens_,
+                          backend_->allocate(size_t(1 + 2 * capacity) * sizeof(int32_t)));
+    banned_capacity_ = capacity;
+  }
+  std::vector<int32_t> packed;
+  packed.reserve(1 + pairs.size());
+  packed.push_back(int32_t(count));
+  packed.insert(packed.end(), pairs.begin(), pairs.end());
+  backend_->upload(banned_tokens_.data(), packed.data(), packed.size() * sizeof(int32_t));
   return Status::ok();
 }
 
@@ -345,6 +378,10 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
   KITE_RETURN_IF_ERROR(reserve_workspace(T, R, S, int64_t(step.block_table.size())));
   backend.upload(metadata_.data(), metadata.data(), metadata.size() * sizeof(int32_t));
   const auto* device_metadata = static_cast<const int32_t*>(metadata_.data());
+  // Bad words: only steps that ban something upload or run anything for them.
+  const bool bans = !step.banned_tokens.empty();
+  if (bans) KITE_RETURN_IF_ERROR(upload_banned_tokens(step.banned_tokens));
+  const auto* banned_count = static_cast<const int32_t*>(banned_tokens_.data());
 
   AttentionBatch batch;
   batch.num_tokens = T;
@@ -466,6 +503,8 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
       // logits = h_r @ lm_head^T   (lm_head may be embed_tokens)
       backend.linear(last_hidden, weights_.lm_head, nullptr, logits);
       backend.convert(logits, logits_f32);
+      // logits[r, token] = -inf for each banned (row, token)
+      if (bans) backend.ban_tokens(logits_f32, banned_count + 1, banned_count, banned_capacity_);
       // ids = sample(logits)   (backends that sample)
       if (sampling) {
         backend.sample(logits_f32, sampling->rows, sampling->history, sampling->history_length,
@@ -475,7 +514,7 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
   };
   const bool graphable = batch.max_query_length == 1 && R == T && !dump.enabled();
   const int64_t mode = !sampling ? 0 : sampling->history ? 2 : 1;
-  const GraphKey key{S, step.max_blocks_per_sequence, mode};
+  const GraphKey key{S, step.max_blocks_per_sequence, mode, bans};
   drop_stale_graphs();
   const auto graph = graphable ? graphs_.find(key) : graphs_.end();
   if (graph != graphs_.end()) {

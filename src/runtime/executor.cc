@@ -1,7 +1,8 @@
 // The Executor (include/kite/executor.h): one background thread owns the engine and runs the
 // in-flight batching loop — admit and cancel requests, ask the Scheduler for a step, turn its plan
-// into the model's StepInput (each request's block table from the KV cache manager), run the step
-// with sampling on the backend where it has it, and hand the new tokens back as responses.
+// into the model's StepInput (each request's block table from the KV cache manager, the tokens its
+// bad words ban), run the step with sampling on the backend where it has it, and hand the new
+// tokens back as responses.
 #include "kite/executor.h"
 
 #include <algorithm>
@@ -64,9 +65,10 @@ kite::SamplingConfig internal_sampling(const SamplingConfig& sampling) {
       sampling.repetition_penalty, sampling.seed};
 }
 
-// log softmax(logits)[token], in double.
+// log softmax(logits)[token], in double; -inf when every logit is (every token banned).
 float log_probability(std::span<const float> logits, int32_t token) {
   const float maximum = *std::max_element(logits.begin(), logits.end());
+  if (std::isinf(maximum) && maximum < 0) return maximum;
   double sum = 0;
   for (float value : logits) sum += std::exp(double(value) - maximum);
   return float(double(logits[size_t(token)]) - maximum - std::log(sum));
@@ -113,6 +115,15 @@ class ExecutorImpl final : public Executor {
     }
     for (const std::vector<int32_t>& words : request.stop_words) {
       if (words.empty()) return "a stop word is empty";
+    }
+    for (const std::vector<int32_t>& word : request.bad_words) {
+      if (word.empty()) return "a bad word is empty";
+      for (int32_t id : word) {
+        if (id < 0 || id >= vocab_size_) {
+          return "bad word token id " + std::to_string(id) + " is outside the vocabulary of " +
+                 std::to_string(vocab_size_);
+        }
+      }
     }
     const Status sampling = validate_sampling_config(internal_sampling(request.sampling));
     if (!sampling.is_ok()) return sampling.message();
@@ -374,6 +385,12 @@ class ExecutorImpl final : public Executor {
       std::copy(blocks.begin(), blocks.begin() + used,
                 input.block_table.begin() + ptrdiff_t(table_at));
       if (sequence.samples) {
+        // Bad words: the tokens this row may not pick, given its whole sequence so far.
+        const int32_t row = int32_t(input.logit_rows.size());
+        const Request& request = active_.at(RequestId(sequence.request_id)).request;
+        for (int32_t token : banned_next_tokens(tokens, request.bad_words)) {
+          input.banned_tokens.insert(input.banned_tokens.end(), {row, token});
+        }
         input.logit_rows.push_back(int32_t(input.token_ids.size()) - 1);
         sampled.push_back(sequence.request_id);
       }

@@ -26,6 +26,7 @@ std::vector<double> softmax(std::span<const float> scores) {
     probabilities[i] = scores[i] == kRemoved ? 0.0 : std::exp(double(scores[i]) - largest);
     total += probabilities[i];
   }
+  if (total == 0) return probabilities;  // every score removed (all banned): zeros, not NaNs
   for (double& probability : probabilities) probability /= total;
   return probabilities;
 }
@@ -43,6 +44,22 @@ Status validate_sampling_config(const SamplingConfig& config) {
   if (!(config.repetition_penalty > 0.0f) || !std::isfinite(config.repetition_penalty))
     return invalid_argument("--repetition_penalty must be > 0 (1 means off)");
   return Status::ok();
+}
+
+std::vector<int32_t> banned_next_tokens(std::span<const int32_t> sequence,
+                                        const std::vector<std::vector<int32_t>>& bad_words) {
+  std::vector<int32_t> banned;
+  for (const std::vector<int32_t>& word : bad_words) {
+    if (word.empty()) continue;
+    const size_t prefix = word.size() - 1;
+    if (prefix <= sequence.size() &&
+        std::equal(word.begin(), word.end() - 1, sequence.end() - ptrdiff_t(prefix))) {
+      banned.push_back(word.back());
+    }
+  }
+  std::sort(banned.begin(), banned.end());
+  banned.erase(std::unique(banned.begin(), banned.end()), banned.end());
+  return banned;
 }
 
 void apply_repetition_penalty(std::span<float> logits, std::span<const int32_t> previous_tokens,

@@ -50,10 +50,18 @@ class Sampler {
 // The distribution Sampler::sample draws from, over the whole vocabulary: softmax of the logits
 // after the repetition penalty, temperature, top-k, top-p and min-p, with 0 for every token a
 // filter removed. A greedy configuration gives 1 at the argmax (the lowest index on ties). The
-// reference the GPU sampler is tested against.
+// reference the GPU sampler is tested against. When every logit is -inf (every token banned),
+// Sampler::sample picks token 0, as the GPU sampler does.
 std::vector<double> sampling_distribution(std::span<const float> logits,
                                           const SamplingConfig& config,
                                           std::span<const int32_t> previous_tokens);
+
+// TensorRT-LLM's bad words (BanWordsLayer): the tokens that may not come next after `sequence`
+// (the whole sequence so far, prompt and output). A one-token word is always banned; a longer word
+// bans its last token when the sequence ends with the rest of it. Sorted, each once; empty words
+// are ignored.
+std::vector<int32_t> banned_next_tokens(std::span<const int32_t> sequence,
+                                        const std::vector<std::vector<int32_t>>& bad_words);
 
 // HF's RepetitionPenaltyLogitsProcessor: a seen token's logit is divided by the penalty when
 // positive and multiplied by it when negative. Applied in place.

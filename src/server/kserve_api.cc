@@ -27,9 +27,6 @@ std::optional<ApiError> parse_kserve_request(const std::string& body_text, const
   fields.integer("max_tokens", &max_tokens, 1, std::numeric_limits<int64_t>::max());
   std::vector<std::string> bad_words;
   fields.string_list("bad_words", &bad_words);
-  if (fields.ok() && !bad_words.empty()) {
-    return bad_request("bad_words", "bad_words is not supported (send \"\" or leave it out)");
-  }
   fields.string_list("stop_words", &request->generation.stop_texts);
   request->generation.include_stop_text = true;  // TensorRT-LLM keeps the stop word in the output
 
@@ -72,6 +69,13 @@ std::optional<ApiError> parse_kserve_request(const std::string& body_text, const
 
   executor::Request& executor_request = request->generation.request;
   executor_request.input_ids = model.tokenizer.encode(request->text_input);
+  // As Triton's TensorRT-LLM preprocessing: each word tokenized alone, without special tokens; a
+  // word of no tokens bans nothing.
+  executor_request.bad_words.clear();
+  for (const std::string& word : bad_words) {
+    std::vector<int32_t> ids = model.tokenizer.encode(word, false);
+    if (!ids.empty()) executor_request.bad_words.push_back(std::move(ids));
+  }
   executor_request.return_log_probs = request->return_log_probs;
   executor_request.max_new_tokens = max_tokens;
   const int64_t prompt_tokens = int64_t(executor_request.input_ids.size());

@@ -1,6 +1,7 @@
 // OpenAI request parsing and response formatting.
 #include "server/openai_api.h"
 
+#include <algorithm>
 #include <limits>
 
 namespace kite::server {
@@ -93,6 +94,23 @@ std::optional<ApiError> parse_shared_fields(const Json& body, const ServedModel&
   fields.string_list("stop", &request->generation.stop_texts);
   if (fields.ok() && request->generation.stop_texts.size() > kMaxStopTexts) {
     return bad_request("stop", "at most " + std::to_string(kMaxStopTexts) + " stop texts");
+  }
+  // vLLM's extension: words whose last token may not complete them. As vLLM, a word is banned as
+  // written (leading spaces removed) and, where a space before it gives another first token of the
+  // same count, inside the text too.
+  std::vector<std::string> bad_words;
+  fields.string_list("bad_words", &bad_words);
+  std::vector<std::vector<int32_t>>& banned = request->generation.request.bad_words;
+  banned.clear();
+  for (const std::string& bad_word : bad_words) {
+    const std::string word =
+        bad_word.substr(std::min(bad_word.find_first_not_of(' '), bad_word.size()));
+    std::vector<int32_t> ids = model.tokenizer.encode(word, false);
+    if (ids.empty()) continue;
+    std::vector<int32_t> spaced = model.tokenizer.encode(" " + word, false);
+    banned.push_back(ids);
+    if (spaced.size() == ids.size() && spaced.front() != ids.front())
+      banned.push_back(std::move(spaced));
   }
   bool ignore_eos = false;
   fields.boolean("ignore_eos", &ignore_eos);

@@ -5,6 +5,8 @@ Builds a small random-weight CPU engine with the tiny fixture tokenizer and a Ch
 starts `kite serve` on a free port with an API key, and checks:
   - the official `openai` client: completions and chat, streaming and not, usage;
   - the KServe v2 / Triton generate API and health routes over plain HTTP (urllib);
+  - bad words (KServe's bad_words, vLLM's on /v1/completions): a banned token of the greedy output
+    is never produced, and the output changes where it came;
   - a load of 32 concurrent clients and 320 requests: no errors, every stream complete, and greedy
     outputs identical to the same requests run one at a time;
   - a client that disconnects mid-stream: its request is cancelled and /metrics shows no KV cache
@@ -93,6 +95,8 @@ class Server:
     """`kite serve` on a free port; its URL comes from the line it prints when ready."""
 
     def __init__(self, kite, engine, work):
+        self.kite = kite
+        self.engine = engine
         self.stderr_path = os.path.join(work, "serve.stderr")
         self.stderr = open(self.stderr_path, "w")
         self.process = subprocess.Popen(
@@ -296,9 +300,55 @@ def test_kserve(server):
                                   {"text_input": prompt})
     check(status == 404 and "error" in output, f"unknown model: {status} {output}")
     status, output = http_request(server, "POST", f"/v2/models/{MODEL}/generate",
-                                  {"text_input": prompt, "bad_words": ["x"]})
-    check(status == 400 and "not supported" in output["error"], f"bad_words: {status} {output}")
+                                  {"text_input": prompt, "bad_words": 5})
+    check(status == 400 and "bad_words" in output["error"], f"bad_words: {status} {output}")
     print("ok: KServe generate, generate_stream, health")
+
+
+def token_ids(server, text):
+    """The ids of `text` tokenized alone, without special tokens (`kite tokenize`)."""
+    result = subprocess.run([server.kite, "tokenize", "--engine_dir", server.engine, "--text", text,
+                             "--no_special_tokens", "--json"], capture_output=True, text=True)
+    check(result.returncode == 0, f"kite tokenize {text!r}: {result.stdout}{result.stderr}")
+    return json.loads(result.stdout)["ids"]
+
+
+def test_bad_words(server):
+    """A token of the greedy output banned through bad_words: the output is the same up to where
+    it came, then another (KServe); the token never comes (vLLM's bad_words on /v1/completions)."""
+    prompt = "Tell me"
+    greedy = {"prompt": prompt, "max_tokens": 16, "temperature": 0, "logprobs": 1}
+    status, response = http_request(server, "POST", "/v1/completions", greedy)
+    check(status == 200, f"completions: {status} {response}")
+    tokens = response["choices"][0]["logprobs"]["tokens"]
+    # A token that is a word of its own (no leading space, which vLLM strips, and one token when
+    # tokenized alone) and new where it comes; after the first token if one is, so that the
+    # output before it is seen unchanged.
+    candidates = [i for i, token in enumerate(tokens)
+                  if token and token == token.lstrip() and token not in tokens[:i] and
+                  len(token_ids(server, token)) == 1]
+    check(candidates, f"no token of the greedy output {tokens} to ban")
+    at = next((i for i in candidates if i > 0), candidates[0])
+    word = tokens[at]
+    before = "".join(tokens[:at])
+
+    status, output = http_request(server, "POST", f"/v2/models/{MODEL}/generate",
+                                  {"text_input": prompt, "max_tokens": 16, "bad_words": [word],
+                                   "exclude_input_in_output": True})
+    check(status == 200, f"generate with bad_words: {status} {output}")
+    banned_text = output["text_output"]
+    check(banned_text.startswith(before) and banned_text != "".join(tokens),
+          f"bad_words {word!r}: {banned_text!r}, greedy {''.join(tokens)!r}")
+    check(not banned_text[len(before):].startswith(word),
+          f"bad_words {word!r}: {banned_text!r} has it at token {at}")
+
+    status, response = http_request(server, "POST", "/v1/completions",
+                                    dict(greedy, bad_words=[word]))
+    check(status == 200, f"completions with bad_words: {status} {response}")
+    banned_tokens = response["choices"][0]["logprobs"]["tokens"]
+    check(banned_tokens[:at] == tokens[:at] and word not in banned_tokens,
+          f"bad_words {word!r}: {banned_tokens}, greedy {tokens}")
+    print(f"ok: bad_words (KServe, vLLM's on /v1/completions): {word!r} banned at token {at}")
 
 
 def test_errors(server):
@@ -424,6 +474,7 @@ def main():
         try:
             test_openai_client(server)
             test_kserve(server)
+            test_bad_words(server)
             test_errors(server)
             test_load(server)
             test_disconnect(server)

@@ -1,9 +1,11 @@
 // Tests of the CPU backend's memory functions, make_backend, and the element-wise and row ops
-// (embedding, gather_rows, rms_norm, add_rms_norm, silu_mul, convert) against plain references.
+// (embedding, gather_rows, rms_norm, add_rms_norm, silu_mul, convert, ban_tokens) against plain
+// references.
 #include <gtest/gtest.h>
 #include <omp.h>
 
 #include <cstdint>
+#include <limits>
 
 #include "cpu_test_util.h"
 #include "kernels/backend_factory.h"
@@ -213,6 +215,26 @@ TEST(CpuOps, ConvertRoundsToNearestEvenBetweenFloatDTypes) {
   BackendTensor copy = test::make_tensor(backend, DType::kI32, {3});
   backend.convert(ints.tensor, copy.tensor);
   EXPECT_EQ(copy.as<int32_t>()[1], -2);
+}
+
+TEST(CpuOps, BanTokensSetsTheFirstCountPairsToMinusInfinity) {
+  CpuBackend backend;
+  const int64_t rows = 3, vocab = 11;
+  const auto values = test::random_values(rows * vocab, 12);
+  // Five pairs fit the buffer, three are this step's: the last two must stay untouched.
+  const std::vector<int32_t> pairs = {0, 10, 2, 0, 0, 4, 1, 7, 2, 3};
+  BackendTensor pair_tensor = test::int_tensor(backend, pairs);
+  for (int32_t count : {0, 1, 3}) {
+    BackendTensor logits = test::tensor_from(backend, DType::kF32, {rows, vocab}, values);
+    BackendTensor count_tensor = test::int_tensor(backend, {count});
+    backend.ban_tokens(logits.tensor, pair_tensor.as<int32_t>(), count_tensor.as<int32_t>(), 5);
+    std::vector<float> expected = values;
+    for (int32_t i = 0; i < count; ++i) {
+      expected[size_t(pairs[2 * i] * vocab + pairs[2 * i + 1])] =
+          -std::numeric_limits<float>::infinity();
+    }
+    EXPECT_EQ(test::load_floats(logits.tensor), expected) << count << " pairs";
+  }
 }
 
 TEST(CpuOps, RowOpsGiveTheSameBitsForAnyThreadCount) {

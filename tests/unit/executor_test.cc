@@ -1,9 +1,11 @@
 // The Executor (include/kite/executor.h) on a CPU engine of a random tiny Llama: many concurrent
 // requests, streamed or not, give the greedy tokens of the same requests run one at a time;
-// cancellation frees the blocks; refused requests get an error response; stop words, log-probs,
-// seeds and statistics.
+// cancellation frees the blocks; refused requests get an error response; stop words, bad words,
+// log-probs, seeds and statistics.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <map>
 #include <random>
 #include <thread>
@@ -240,6 +242,115 @@ TEST_F(ExecutorTest, StopWordsLogProbsAndSeeds) {
   for (float log_probability : log_response.result.log_probs) EXPECT_LE(log_probability, 0.0f);
   EXPECT_EQ(log_response.result.output_ids, std::vector<int32_t>(greedy.begin(), greedy.end()));
   EXPECT_EQ(done.at(seed_a).result.output_ids, done.at(seed_b).result.output_ids);
+}
+
+TEST_F(ExecutorTest, BadWordsAreNeverProducedAndChangeTheOutputWhereTheyWouldBe) {
+  const std::vector<int32_t> prompt = {7, 8, 9, 10};
+  const int64_t length = 12;
+  auto executor = make();
+  ASSERT_TRUE(executor);
+  auto request_with = [&](std::vector<std::vector<int32_t>> bad_words) {
+    Request request;
+    request.input_ids = prompt;
+    request.max_new_tokens = length;
+    request.sampling.temperature = 0.0f;
+    request.end_ids = std::vector<int32_t>{};  // every output runs to its length
+    request.bad_words = std::move(bad_words);
+    return request;
+  };
+  const RequestId plain_id = executor->enqueue_request(request_with({}));
+  const std::vector<int32_t> greedy = collect(*executor, 1).at(plain_id).result.output_ids;
+  ASSERT_EQ(greedy.size(), size_t(length));
+
+  // The first output index at which `word` would complete in the greedy sequence.
+  std::vector<int32_t> sequence = prompt;
+  sequence.insert(sequence.end(), greedy.begin(), greedy.end());
+  auto first_completion = [&](const std::vector<int32_t>& word) {
+    for (size_t i = 0; i < greedy.size(); ++i) {
+      const size_t end = prompt.size() + i + 1;
+      if (end >= word.size() &&
+          std::equal(word.begin(), word.end(), sequence.begin() + ptrdiff_t(end - word.size()))) {
+        return i;
+      }
+    }
+    return greedy.size();
+  };
+  const std::vector<std::vector<int32_t>> words = {
+      {greedy[2]},                // one token: never produced
+      {greedy[1], greedy[2]},     // two tokens: the second never right after the first
+      {prompt.back(), greedy[0]}  // a word that starts in the prompt
+  };
+  std::vector<RequestId> ids;
+  for (const std::vector<int32_t>& word : words) {
+    ids.push_back(executor->enqueue_request(request_with({word})));
+  }
+  // Beside them, a request without bad words still gives the greedy tokens (rows of one step
+  // with and without bans).
+  ids.push_back(executor->enqueue_request(request_with({})));
+  auto done = collect(*executor, ids.size());
+  for (size_t w = 0; w < words.size(); ++w) {
+    const Response& response = done.at(ids[w]);
+    ASSERT_FALSE(response.error) << *response.error;
+    const std::vector<int32_t>& output = response.result.output_ids;
+    ASSERT_EQ(output.size(), size_t(length)) << "word " << w;
+    // Up to where the word would complete, the greedy tokens; there, another token.
+    const size_t at = first_completion(words[w]);
+    ASSERT_LT(at, greedy.size()) << "word " << w;
+    EXPECT_TRUE(std::equal(greedy.begin(), greedy.begin() + ptrdiff_t(at), output.begin()))
+        << "word " << w;
+    EXPECT_NE(output[at], greedy[at]) << "word " << w;
+    // Nowhere in the output does the word complete.
+    std::vector<int32_t> produced = prompt;
+    produced.insert(produced.end(), output.begin(), output.end());
+    const std::vector<int32_t>& word = words[w];
+    for (size_t end = prompt.size() + 1; end <= produced.size(); ++end) {
+      EXPECT_FALSE(
+          end >= word.size() &&
+          std::equal(word.begin(), word.end(), produced.begin() + ptrdiff_t(end - word.size())))
+          << "word " << w << " completes at output token " << end - prompt.size() - 1;
+    }
+  }
+  EXPECT_EQ(done.at(ids.back()).result.output_ids, greedy);
+
+  // Sampling (at a low temperature, so that the greedy token would nearly always come) never
+  // draws a banned token either.
+  Request sampled = request_with({{greedy[0]}});
+  sampled.sampling.temperature = 0.01f;
+  sampled.sampling.seed = 5;
+  const RequestId sampled_id = executor->enqueue_request(sampled);
+  const std::vector<int32_t> sampled_output =
+      collect(*executor, 1).at(sampled_id).result.output_ids;
+  ASSERT_EQ(sampled_output.size(), size_t(length));
+  EXPECT_EQ(std::ranges::count(sampled_output, greedy[0]), 0);
+
+  // Every token banned: nothing crashes; the row picks token 0, greedy or sampled.
+  const int64_t vocab = Engine::load(*engine_).value()->config().model.vocab_size;
+  std::vector<std::vector<int32_t>> everything;
+  for (int32_t id = 0; id < vocab; ++id) everything.push_back({id});
+  Request all_banned = request_with(everything);
+  Request all_banned_sampled = all_banned;
+  all_banned_sampled.sampling.temperature = 1.0f;
+  all_banned_sampled.return_log_probs = true;
+  const RequestId all_id = executor->enqueue_request(all_banned);
+  const RequestId all_sampled_id = executor->enqueue_request(all_banned_sampled);
+  done = collect(*executor, 2);
+  for (const RequestId id : {all_id, all_sampled_id}) {
+    ASSERT_FALSE(done.at(id).error) << *done.at(id).error;
+    EXPECT_EQ(done.at(id).result.output_ids, std::vector<int32_t>(size_t(length), 0));
+  }
+  for (float log_probability : done.at(all_sampled_id).result.log_probs) {
+    EXPECT_TRUE(std::isinf(log_probability) && log_probability < 0) << log_probability;
+  }
+  EXPECT_EQ(done.at(all_sampled_id).result.log_probs.size(), size_t(length));
+
+  // Refused: an empty word, an id outside the vocabulary.
+  std::optional<std::string> problem = executor->check_request(request_with({{1}, {}}));
+  ASSERT_TRUE(problem);
+  EXPECT_EQ(*problem, "a bad word is empty");
+  problem = executor->check_request(request_with({{1, int32_t(vocab)}}));
+  ASSERT_TRUE(problem);
+  EXPECT_EQ(*problem, "bad word token id " + std::to_string(vocab) +
+                          " is outside the vocabulary of " + std::to_string(vocab));
 }
 
 TEST_F(ExecutorTest, ManyThreadsEnqueueAndAwaitTheirOwnRequests) {

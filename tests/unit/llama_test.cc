@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -168,9 +169,16 @@ class ModelRunner {
   }
 
   // Appends `new_tokens[s]` to each sequence s (empty: the sequence sits out) in one step and
-  // returns the logits of every new token, per sequence.
-  std::vector<Matrix> step(const std::vector<std::vector<int32_t>>& new_tokens) {
+  // returns the logits of every new token, per sequence. `banned_tokens`: StepInput's (logit row,
+  // token) pairs, rows counted over the whole step.
+  std::vector<Matrix> step(const std::vector<std::vector<int32_t>>& new_tokens,
+                           const std::vector<int32_t>& banned_tokens = {}) {
+    return try_step(new_tokens, banned_tokens).value();
+  }
+  Result<std::vector<Matrix>> try_step(const std::vector<std::vector<int32_t>>& new_tokens,
+                                       const std::vector<int32_t>& banned_tokens) {
     StepInput input;
+    input.banned_tokens = banned_tokens;
     input.query_start.push_back(0);
     std::vector<std::pair<size_t, int32_t>> row_owner;
     for (size_t s = 0; s < new_tokens.size(); ++s) {
@@ -194,7 +202,7 @@ class ModelRunner {
       }
     }
     input.max_blocks_per_sequence = blocks_per_sequence_;
-    const std::vector<float> logits = model_->forward(input, cache_).value();
+    KITE_ASSIGN_OR_RETURN(const std::vector<float> logits, model_->forward(input, cache_));
     std::vector<Matrix> result(new_tokens.size());
     const int64_t vocab = model_->config().vocab_size;
     for (size_t r = 0; r < row_owner.size(); ++r) {
@@ -292,6 +300,44 @@ TEST(LlamaForward, MatchesNaiveReferenceOutputBiasLinearRope) {
   config.rope_scaling.type = RopeScalingType::kLinear;
   config.rope_scaling.factor = 2.0;
   check_against_reference(config);
+}
+
+TEST(LlamaForward, BannedTokensGetMinusInfinityAndNothingElseChanges) {
+  const ModelConfig config = tiny_llama_config();
+  const HostWeights weights = random_llama_weights(config, 3);
+  const auto prompts = test_prompts(config.vocab_size);  // 11, 3 and 19 tokens: rows 0..32
+  ModelRunner plain(config, lookup_in(weights), int64_t(prompts.size()), 32);
+  ModelRunner banned(config, lookup_in(weights), int64_t(prompts.size()), 32);
+  const double minus_infinity = -std::numeric_limits<double>::infinity();
+  // (row, token) pairs as (sequence, token in it, vocabulary id), row = the step's logit row.
+  const std::vector<std::vector<int32_t>> prefill_bans = {
+      {0, 0, 5}, {1, 1, 49}, {1, 1, 0}, {2, 18, 17}};
+  const std::vector<std::vector<int32_t>> decode_bans = {{1, 0, 3}, {2, 0, 3}, {2, 0, 4}};
+  for (const bool prefill : {true, false}) {
+    const auto& bans = prefill ? prefill_bans : decode_bans;
+    std::vector<std::vector<int32_t>> tokens = prompts;
+    if (!prefill) tokens = {{1}, {2}, {3}};
+    std::vector<int32_t> pairs;
+    for (const std::vector<int32_t>& ban : bans) {
+      int32_t row = ban[1];
+      for (int32_t s = 0; s < ban[0]; ++s) row += int32_t(tokens[size_t(s)].size());
+      pairs.insert(pairs.end(), {row, ban[2]});
+    }
+    std::vector<Matrix> expected = plain.step(tokens);
+    for (const std::vector<int32_t>& ban : bans) {
+      expected[size_t(ban[0])][size_t(ban[1])][size_t(ban[2])] = minus_infinity;
+    }
+    // The same computation otherwise: bit for bit on the CPU.
+    EXPECT_EQ(banned.step(tokens, pairs), expected) << (prefill ? "prefill" : "decode");
+  }
+  // Pairs outside the logits are refused before the step runs.
+  for (const std::vector<int32_t>& bad :
+       std::vector<std::vector<int32_t>>{{0, 50}, {0, -1}, {3, 0}, {-1, 0}, {0}}) {
+    ModelRunner runner(config, lookup_in(weights), 1, 8);
+    const auto result = runner.try_step({{1, 2, 3}}, bad);
+    ASSERT_FALSE(result.is_ok());
+    EXPECT_EQ(result.status().code(), StatusCode::kInvalidArgument);
+  }
 }
 
 TEST(LlamaForward, RefusesWeightsOfTheWrongShape) {

@@ -1,10 +1,12 @@
 // Host sampling: greedy, the filters (top-k, top-p, min-p) against hand-computed distributions,
-// HF's repetition penalty, seeded reproducibility, and the stop conditions.
+// HF's repetition penalty, seeded reproducibility, the tokens bad words ban, and the stop
+// conditions.
 #include "runtime/sampling.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <map>
 #include <set>
 
@@ -150,6 +152,55 @@ TEST(Sampling, ValidatesOptions) {
   config.repetition_penalty = 0.0f;
   EXPECT_FALSE(validate_sampling_config(config).is_ok());
   EXPECT_TRUE(validate_sampling_config(SamplingConfig{}).is_ok());
+}
+
+TEST(BadWords, OneTokenWordsAreAlwaysBanned) {
+  const std::vector<std::vector<int32_t>> words = {{9}, {4}, {9}};
+  EXPECT_EQ(banned_next_tokens(std::vector<int32_t>{}, words), (std::vector<int32_t>{4, 9}));
+  EXPECT_EQ(banned_next_tokens(std::vector<int32_t>{1, 2, 3}, words), (std::vector<int32_t>{4, 9}));
+}
+
+TEST(BadWords, LongerWordsBanTheirLastTokenAfterTheRest) {
+  const std::vector<std::vector<int32_t>> words = {{5, 6, 7}, {6, 8}, {3, 5, 6, 1}};
+  // Ends with 5 6: word 0 bans 7; word 1 needs a 6 last, so it bans 8 too; word 2 needs 3 5 6.
+  EXPECT_EQ(banned_next_tokens(std::vector<int32_t>{1, 5, 6}, words), (std::vector<int32_t>{7, 8}));
+  EXPECT_EQ(banned_next_tokens(std::vector<int32_t>{3, 5, 6}, words),
+            (std::vector<int32_t>{1, 7, 8}));
+  // The prefix must be the sequence's end, in order, not anywhere in it.
+  EXPECT_TRUE(banned_next_tokens(std::vector<int32_t>{5, 6, 2}, words).empty());
+  EXPECT_TRUE(banned_next_tokens(std::vector<int32_t>{6, 5}, words).empty());
+  // Sequences shorter than the prefix match nothing; the whole sequence counts (prompt included).
+  EXPECT_TRUE(banned_next_tokens(std::vector<int32_t>{}, words).empty());
+  EXPECT_EQ(banned_next_tokens(std::vector<int32_t>{6}, words), (std::vector<int32_t>{8}));
+  // Empty words ban nothing.
+  EXPECT_TRUE(banned_next_tokens(std::vector<int32_t>{1}, {{}}).empty());
+}
+
+TEST(BadWords, EveryTokenBannedPicksTokenZeroWithoutGarbage) {
+  const float minus_infinity = -std::numeric_limits<float>::infinity();
+  const std::vector<float> logits(7, minus_infinity);
+  SamplingConfig greedy;
+  greedy.temperature = 0.0f;
+  EXPECT_EQ(Sampler(greedy).sample(logits, {}), 0);
+  SamplingConfig filtered;
+  filtered.temperature = 0.8f;
+  filtered.top_k = 3;
+  filtered.top_p = 0.9f;
+  filtered.min_p = 0.1f;
+  filtered.repetition_penalty = 1.3f;
+  const std::vector<int32_t> previous = {1, 2};
+  for (const SamplingConfig& config : {SamplingConfig{}, filtered}) {
+    Sampler sampler(config);
+    for (int draw = 0; draw < 20; ++draw) EXPECT_EQ(sampler.sample(logits, previous), 0);
+    for (double probability : sampling_distribution(logits, config, previous)) {
+      EXPECT_EQ(probability, 0.0);  // not NaN
+    }
+  }
+  // Banning all but one token leaves that one, however the row samples.
+  std::vector<float> one_left(7, minus_infinity);
+  one_left[5] = -3.0f;
+  EXPECT_EQ(support(filtered, one_left, {5}), (std::set<int32_t>{5}));
+  EXPECT_EQ(Sampler(greedy).sample(one_left, {}), 5);
 }
 
 TEST(StopConditions, EndIdsStopWordsAndLength) {

@@ -85,6 +85,22 @@ TEST_F(OpenAiParsing, CompletionDefaultsAndFields) {
   EXPECT_EQ(request.generation.request.end_ids, std::vector<int32_t>());
 }
 
+TEST_F(OpenAiParsing, BadWordsAsVllm) {
+  auto ids = [&](const std::string& text) { return model_->tokenizer.encode(text, false); };
+  // The fixture tokenizer: "the" is t|he and " the" Ġt|he (another first token, the same count:
+  // both banned); "x" is x but " x" is Ġ|x (another count: only "x").
+  ASSERT_EQ(ids("the").size(), ids(" the").size());
+  ASSERT_NE(ids("the").front(), ids(" the").front());
+  ASSERT_NE(ids("x").size(), ids(" x").size());
+  OpenAiRequest request;
+  ASSERT_FALSE(completion({{"prompt", "hi"}, {"bad_words", {"  the", "", "x"}}}, &request));
+  EXPECT_EQ(request.generation.request.bad_words,
+            (std::vector<std::vector<int32_t>>{ids("the"), ids(" the"), ids("x")}));
+  ASSERT_FALSE(chat({{"messages", user_messages()}, {"bad_words", {"x"}}}, &request));
+  EXPECT_EQ(request.generation.request.bad_words, (std::vector<std::vector<int32_t>>{ids("x")}));
+  EXPECT_EQ(completion_error({{"prompt", "hi"}, {"bad_words", 3}}).param, "bad_words");
+}
+
 TEST_F(OpenAiParsing, PromptForms) {
   const std::vector<int32_t> ids = {10, 11, 12};
   for (const Json& prompt : {Json(ids), Json::array({ids})}) {
@@ -431,6 +447,7 @@ TEST_F(KServeParsing, TritonFields) {
   EXPECT_EQ(request.generation.request.input_ids, model_->tokenizer.encode("What is"));
   EXPECT_EQ(request.generation.request.max_new_tokens, 20);
   EXPECT_TRUE(request.generation.stop_texts.empty());
+  EXPECT_TRUE(request.generation.request.bad_words.empty());
   // No temperature, top_k or top_p: greedy, as TensorRT-LLM.
   EXPECT_FLOAT_EQ(request.generation.request.sampling.temperature, 0.0f);
   EXPECT_FALSE(request.stream);
@@ -456,6 +473,16 @@ TEST_F(KServeParsing, TritonFields) {
   EXPECT_TRUE(request.return_log_probs);
   EXPECT_TRUE(request.exclude_input_in_output);
 
+  // Bad words: a string or a list of them, each tokenized alone without special tokens; "" is
+  // none.
+  for (const Json& words : {Json("darn"), Json::array({"", "darn", "x y"})}) {
+    KServeRequest with_bad_words;
+    ASSERT_FALSE(parse({{"text_input", "a"}, {"bad_words", words}}, &with_bad_words));
+    std::vector<std::vector<int32_t>> expected = {model_->tokenizer.encode("darn", false)};
+    if (words.is_array()) expected.push_back(model_->tokenizer.encode("x y", false));
+    EXPECT_EQ(with_bad_words.generation.request.bad_words, expected) << words.dump();
+  }
+
   ASSERT_FALSE(parse({{"text_input", "a"}}, &request, true));
   EXPECT_TRUE(request.stream);  // generate_stream streams unless told not to
   ASSERT_FALSE(parse({{"text_input", "a"}, {"stream", false}}, &request, true));
@@ -472,10 +499,8 @@ TEST_F(KServeParsing, RefusesBadRequests) {
       {{{"max_tokens", 3}}, "'text_input' is required"},
       {{{"text_input", 3}}, "'text_input' must be a string, not a number"},
       {{{"text_input", "a"}, {"max_tokens", "3"}}, "'max_tokens' must be an integer, not a string"},
-      {{{"text_input", "a"}, {"bad_words", "darn"}},
-       "bad_words is not supported (send \"\" or leave it out)"},
-      {{{"text_input", "a"}, {"bad_words", {"", "x"}}},
-       "bad_words is not supported (send \"\" or leave it out)"},
+      {{{"text_input", "a"}, {"bad_words", 5}},
+       "'bad_words' must be a string or an array of strings, not a number"},
       {{{"text_input", "a"}, {"stop_words", 5}}, ""},
       {{{"text_input", "a"}, {"beam_width", 2}}, "only beam_width 1 is supported"},
       {{{"text_input", "a"}, {"stream", true}}, "\"stream\": true needs /generate_stream"},

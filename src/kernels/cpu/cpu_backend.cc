@@ -11,6 +11,7 @@
 
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/ban_tokens.h"
 #include "kernels/cpu/convert.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/linear.h"
@@ -101,6 +102,11 @@ void CpuBackend::gather_rows(const DeviceTensor& x, const int32_t* indices, Devi
 
 void CpuBackend::convert(const DeviceTensor& source, DeviceTensor& destination) {
   cpu::convert(source, destination);
+}
+
+void CpuBackend::ban_tokens(DeviceTensor& logits, const int32_t* pairs, const int32_t* count,
+                            int64_t max_count) {
+  cpu::ban_tokens(logits, pairs, count, max_count);
 }
 
 }  // namespace kite

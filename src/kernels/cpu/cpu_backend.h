@@ -41,6 +41,8 @@ class CpuBackend final : public Backend {
   void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) override;
   void gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& out) override;
   void convert(const DeviceTensor& source, DeviceTensor& destination) override;
+  void ban_tokens(DeviceTensor& logits, const int32_t* pairs, const int32_t* count,
+                  int64_t max_count) override;
 
  private:
   cpu::Isa isa_;

@@ -6,6 +6,7 @@
 
 #include "kernels/cuda/activation.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/ban_tokens.h"
 #include "kernels/cuda/convert.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/embedding.h"
@@ -226,6 +227,11 @@ void CudaBackend::gather_rows(const DeviceTensor& x, const int32_t* indices, Dev
 
 void CudaBackend::convert(const DeviceTensor& source, DeviceTensor& destination) {
   cuda::convert(source, destination, stream_);
+}
+
+void CudaBackend::ban_tokens(DeviceTensor& logits, const int32_t* pairs, const int32_t* count,
+                             int64_t max_count) {
+  cuda::ban_tokens(logits, pairs, count, max_count, stream_);
 }
 
 }  // namespace kite
