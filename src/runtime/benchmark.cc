@@ -149,6 +149,11 @@ Result<std::vector<std::vector<int32_t>>> benchmark_prompts(const ModelConfig& m
     return unsupported("the tokenizer of " + source +
                        " has no ordinary (non-special) token to build benchmark prompts from");
   }
+  return draw_prompts(candidates, count, length);
+}
+
+std::vector<std::vector<int32_t>> draw_prompts(const std::vector<int32_t>& candidates,
+                                               int64_t count, int64_t length) {
   std::vector<std::vector<int32_t>> prompts;
   for (int64_t sequence = 0; sequence < count; ++sequence) {
     // A seed per sequence: prompt i is the same whatever the batch size. The modulo (not

@@ -58,6 +58,10 @@ Result<std::vector<std::vector<int32_t>>> benchmark_prompts(const ModelConfig& m
                                                             const Tokenizer& tokenizer,
                                                             int64_t count, int64_t length,
                                                             const std::string& source);
+// `count` prompts of `length` ids drawn from `candidates` (not empty), with the same seeds: prompt
+// i is the same for every count.
+std::vector<std::vector<int32_t>> draw_prompts(const std::vector<int32_t>& candidates,
+                                               int64_t count, int64_t length);
 
 struct BenchmarkOptions {
   int64_t warm_up_runs = 1;         // untimed runs first

@@ -209,7 +209,10 @@ void HttpServer::Impl::install_routes() {
         response,
         ApiError{.http_status = 500, .message = "internal error: " + what, .type = "server_error"});
   });
-  http_.set_logger([this](const httplib::Request& request, const httplib::Response& response) {
+  // Counted before the response is written (a logger runs after it, so a client could read
+  // /metrics before its own request was counted).
+  http_.set_post_routing_handler([this](const httplib::Request& request,
+                                        httplib::Response& response) {
     metrics_.count_request(endpoint_label(request.path), response.status);
   });
 

@@ -21,51 +21,9 @@ namespace {
 
 using Json = nlohmann::json;
 using namespace std::chrono_literals;
+using test::TestServer;
 
 const char* const kScriptText = "Hello world! This is a test of the server.";
-
-// A server on a free port over a FakeExecutor, serving until destroyed.
-class TestServer {
- public:
-  explicit TestServer(std::vector<int32_t> script, ServerOptions options = {},
-                      std::chrono::milliseconds step = 1ms)
-      : executor(std::move(script), step),
-        server(executor, test::test_served_model(), any_port(std::move(options))) {
-    Result<int> bound = server.bind();
-    EXPECT_TRUE(bound.is_ok()) << bound.status().message();
-    port = bound.is_ok() ? *bound : 0;
-    thread = std::thread([this] { server.serve(); });
-  }
-  ~TestServer() { shutdown(); }
-
-  // Stops the server and waits for serve() to return.
-  void shutdown() {
-    if (!thread.joinable()) return;
-    server.stop();
-    thread.join();
-  }
-
-  httplib::Client client() const {
-    httplib::Client client("127.0.0.1", port);
-    client.set_read_timeout(20, 0);
-    return client;
-  }
-  httplib::Result post(const std::string& path, const Json& body,
-                       const httplib::Headers& headers = {}) const {
-    return client().Post(path.c_str(), headers, body.dump(), "application/json");
-  }
-
-  test::FakeExecutor executor;
-  HttpServer server;
-  int port = 0;
-  std::thread thread;
-
- private:
-  static ServerOptions any_port(ServerOptions options) {
-    options.port = 0;
-    return options;
-  }
-};
 
 std::vector<int32_t> encode(const std::string& text) {
   static const ServedModel model = test::test_served_model();
@@ -352,10 +310,18 @@ TEST(ServerHttp, KServeGenerate) {
   EXPECT_EQ(response->status, 404);
   EXPECT_EQ(Json::parse(response->body),
             (Json{{"error", "Request for unknown model: 'other' is not found"}}));
-  response = server.post("/v2/models/tiny/generate", {{"text_input", "Q"}, {"bad_words", "x"}});
+  response = server.post("/v2/models/tiny/generate", {{"text_input", "Q"}, {"beam_width", 2}});
   ASSERT_TRUE(response);
   EXPECT_EQ(response->status, 400);
   EXPECT_TRUE(Json::parse(response->body).at("error").is_string());
+
+  // Bad words reach the Executor as token sequences.
+  response = server.post("/v2/models/tiny/generate",
+                         {{"text_input", "Q"}, {"bad_words", Json::array({"x", "is a"})}});
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 200) << response->body;
+  EXPECT_EQ(server.executor.requests_seen().back().bad_words,
+            (std::vector<std::vector<int32_t>>{encode("x"), encode("is a")}));
 }
 
 TEST(ServerHttp, BadRequestsGet400WithAnOpenAiErrorBody) {

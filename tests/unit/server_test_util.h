@@ -1,14 +1,19 @@
 // The served model of the server's tests: the tiny fixture tokenizer (byte-level BPE) with a
-// ChatML chat template, limits of FakeExecutor (64 input tokens, 128 in all).
+// ChatML chat template, limits of FakeExecutor (64 input tokens, 128 in all); and a server of it
+// over a FakeExecutor on a free port.
 #pragma once
 
 #include <gtest/gtest.h>
+#include <httplib.h>
 
+#include <chrono>
 #include <filesystem>
 #include <string>
+#include <thread>
 
 #include "core/file.h"
 #include "fake_executor.h"
+#include "server/http_server.h"
 #include "server/served_model.h"
 #include "test_util.h"
 
@@ -40,5 +45,48 @@ inline server::ServedModel test_served_model(const std::string& name = "tiny") {
   EXPECT_TRUE(model.is_ok()) << model.status().message();
   return std::move(*model);
 }
+
+// A server on a free port over a FakeExecutor, serving until destroyed.
+class TestServer {
+ public:
+  explicit TestServer(std::vector<int32_t> script, server::ServerOptions options = {},
+                      std::chrono::milliseconds step = std::chrono::milliseconds(1))
+      : executor(std::move(script), step),
+        server(executor, test_served_model(), any_port(std::move(options))) {
+    Result<int> bound = server.bind();
+    EXPECT_TRUE(bound.is_ok()) << bound.status().message();
+    port = bound.is_ok() ? *bound : 0;
+    thread = std::thread([this] { server.serve(); });
+  }
+  ~TestServer() { shutdown(); }
+
+  // Stops the server and waits for serve() to return.
+  void shutdown() {
+    if (!thread.joinable()) return;
+    server.stop();
+    thread.join();
+  }
+
+  httplib::Client client() const {
+    httplib::Client client("127.0.0.1", port);
+    client.set_read_timeout(20, 0);
+    return client;
+  }
+  httplib::Result post(const std::string& path, const nlohmann::json& body,
+                       const httplib::Headers& headers = {}) const {
+    return client().Post(path.c_str(), headers, body.dump(), "application/json");
+  }
+
+  FakeExecutor executor;
+  server::HttpServer server;
+  int port = 0;
+  std::thread thread;
+
+ private:
+  static server::ServerOptions any_port(server::ServerOptions options) {
+    options.port = 0;
+    return options;
+  }
+};
 
 }  // namespace kite::test
