@@ -147,6 +147,16 @@ class Backend {
   virtual void attention(const DeviceTensor& q, const AttentionBatch& batch,
                          const KvCacheView& cache, int64_t layer, float scale,
                          int64_t sliding_window, DeviceTensor& out) = 0;
+  // rope_and_store_kv then attention: q = rope(q), cache[slot] = (rope(k), v), out = attention.
+  // Backends that fuse the two (CUDA in decode steps) leave `q` untouched; the others compute q.
+  //                                        qkv [T, Hq*D + 2*Hkv*D], q [T, Hq*D], out [T, Hq*D]
+  virtual void rope_attention(const DeviceTensor& qkv, const RopeParams& rope,
+                              const AttentionBatch& batch, const KvCacheView& cache, int64_t layer,
+                              float scale, int64_t sliding_window, DeviceTensor& q,
+                              DeviceTensor& out) {
+    rope_and_store_kv(qkv, rope, batch, cache, layer, q);
+    attention(q, batch, cache, layer, scale, sliding_window, out);
+  }
   // out = silu(gate) * up, with gate_up[t] = [gate (F) | up (F)]    gate_up [T, 2F], out [T, F]
   virtual void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) = 0;
   // out = silu_mul(gate_up) @ weight^T       gate_up [T, 2F], weight [N, F], out [T, N]

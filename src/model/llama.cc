@@ -463,11 +463,16 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
       // [q | k | v] = h @ [Wq; Wk; Wv]^T (+ b)
       backend.linear(normed, w.qkv_proj, w.qkv_bias ? &*w.qkv_bias : nullptr, qkv);
       dump.add(name + "qkv", qkv);
-      // q = rope(q); cache[slot] = (rope(k), v)
-      backend.rope_and_store_kv(qkv, rope, batch, cache, l, q);
-      dump.add(name + "q_rope", q);
+      // q = rope(q); cache[slot] = (rope(k), v);
       // a = softmax(q k^T / sqrt(head_dim), causal, window) v   over the cached keys and values
-      backend.attention(q, batch, cache, l, scale, sliding_window, attended);
+      // (one kernel where the backend fuses them; apart when dumping, so that q can be dumped)
+      if (dump.enabled()) {
+        backend.rope_and_store_kv(qkv, rope, batch, cache, l, q);
+        dump.add(name + "q_rope", q);
+        backend.attention(q, batch, cache, l, scale, sliding_window, attended);
+      } else {
+        backend.rope_attention(qkv, rope, batch, cache, l, scale, sliding_window, q, attended);
+      }
       dump.add(name + "attention", attended);
       // o = a @ Wo^T (+ bo)
       backend.linear(attended, w.o_proj, w.o_bias ? &*w.o_bias : nullptr, block_out);

@@ -15,6 +15,7 @@
 
 #include "cuda_test_util.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cuda/rope.h"
 
 namespace kite {
 namespace {
@@ -196,6 +197,22 @@ GpuTensor upload_cache(const HostCache& cache) {
   return result;
 }
 
+// Split-KV scratch for `tokens` query tokens: partial results and zeroed counters.
+struct DeviceSplitWorkspace {
+  GpuTensor partials, counters;
+  cuda::SplitWorkspace view;
+
+  DeviceSplitWorkspace(int64_t tokens, int64_t q_heads, int64_t head_dim, int splits)
+      : partials(DType::kU8,
+                 {int64_t(std::max<size_t>(
+                     cuda::attention_workspace_bytes(tokens, q_heads, head_dim, splits), 1))}),
+        counters(DType::kI32, {int64_t(cuda::split_counter_count(tokens, q_heads))}) {
+    EXPECT_EQ(cudaMemset(counters.tensor.data, 0, counters.tensor.byte_size()), cudaSuccess);
+    view = {partials.tensor.data, cuda::attention_workspace_bytes(tokens, q_heads, head_dim, splits),
+            counters.as<int32_t>(), cuda::split_counter_count(tokens, q_heads)};
+  }
+};
+
 // q [T, Hq*D] (already rounded to the dtype) through the CPU twin over `image`.
 std::vector<float> cpu_attention(const std::vector<float>& q, int64_t q_heads,
                                  const HostBatch& batch, const HostCache& cache,
@@ -265,11 +282,9 @@ std::vector<float> gpu_attention(const AttentionCase& c, const std::vector<float
   view.data = device_cache.tensor.data;
   GpuTensor q_tensor = test::to_gpu(c.dtype, {tokens, q_heads * c.head_dim}, q);
   GpuTensor out(c.dtype, {tokens, q_heads * c.head_dim});
-  const size_t workspace_bytes =
-      cuda::attention_workspace_bytes(tokens, q_heads, c.head_dim, c.num_splits);
-  GpuTensor workspace(DType::kU8, {int64_t(std::max<size_t>(workspace_bytes, 1))});
+  DeviceSplitWorkspace workspace(tokens, q_heads, c.head_dim, c.num_splits);
   cuda::attention(q_tensor.tensor, device_batch.view, view, kLayer, scale, c.sliding_window,
-                  out.tensor, c.num_splits, workspace.tensor.data, workspace_bytes, nullptr);
+                  out.tensor, c.num_splits, workspace.view, nullptr);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   return test::to_host(out.tensor);
 }
@@ -475,9 +490,7 @@ TEST(CudaAttention, DecodeGraphReplaysWhileContextsGrow) {
   const auto q = test::random_values(size_t(tokens * q_heads * kHeadDim), 7, 2.0f, dtype);
   GpuTensor q_tensor = test::to_gpu(dtype, {tokens, q_heads * kHeadDim}, q);
   GpuTensor out(dtype, {tokens, q_heads * kHeadDim});
-  const size_t workspace_bytes =
-      cuda::attention_workspace_bytes(tokens, q_heads, kHeadDim, kSplits);
-  GpuTensor workspace(DType::kU8, {int64_t(workspace_bytes)});
+  DeviceSplitWorkspace workspace(tokens, q_heads, kHeadDim, kSplits);
   const HostBatch first_batch = batch_at(0);
   DeviceBatch device_batch(first_batch);
 
@@ -486,7 +499,7 @@ TEST(CudaAttention, DecodeGraphReplaysWhileContextsGrow) {
   cudaGraph_t graph;
   ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
   cuda::attention(q_tensor.tensor, device_batch.view, view, kLayer, 0.1f, 0, out.tensor, kSplits,
-                  workspace.tensor.data, workspace_bytes, stream);
+                  workspace.view, stream);
   ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
   cudaGraphExec_t graph_exec;
   ASSERT_EQ(cudaGraphInstantiate(&graph_exec, graph, 0), cudaSuccess);
@@ -533,8 +546,8 @@ TEST(CudaAttention, PrefillCanBeCapturedInAGraph) {
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
   cudaGraph_t graph;
   ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-  cuda::attention(q_tensor.tensor, device_batch.view, view, kLayer, 0.1f, 0, out.tensor, 1, nullptr,
-                  0, stream);
+  cuda::attention(q_tensor.tensor, device_batch.view, view, kLayer, 0.1f, 0, out.tensor, 1, {},
+                  stream);
   ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
   cudaGraphExec_t graph_exec;
   ASSERT_EQ(cudaGraphInstantiate(&graph_exec, graph, 0), cudaSuccess);
@@ -567,6 +580,134 @@ TEST(CudaAttention, ChoosesSplitsFromTheBatchAndTheLimits) {
   EXPECT_EQ(cuda::choose_attention_splits(1, 8, 512, 132, true), 16);
   EXPECT_GE(cuda::choose_attention_splits(1, 1, 1 << 20, 132, true), 1);
   EXPECT_LE(cuda::choose_attention_splits(1, 1, 1 << 20, 132, true), 64);
+}
+
+// decode_rope_attention (RoPE, the KV store and attention in one kernel) against
+// rope_and_store_kv + attention on the GPU (both tested against their CPU twins): the same output
+// within the dtype's rounding, the same cache image; twice in a row, so that the split counters
+// are seen to reset themselves.
+void check_fused_rope(DType dtype, int64_t head_dim, int64_t group, int64_t block_size,
+                      int64_t window, int splits, int64_t rotary_dim, uint32_t seed) {
+  constexpr int64_t kKvHeads = 2;
+  const std::vector<Sequence> sequences = {{1, 1}, {31, 1}, {33, 1}, {100, 1}, {300, 1}};
+  const HostBatch batch = make_batch(sequences, block_size, seed);
+  const HostCache cache = make_cache(dtype, batch, kKvHeads, block_size, head_dim, seed * 31u);
+  const int64_t q_heads = kKvHeads * group;
+  const int64_t tokens = batch.num_tokens();
+  const int64_t width = (q_heads + 2 * kKvHeads) * head_dim;
+  const auto qkv = test::random_values(size_t(tokens * width), seed + 3, 2.0f, dtype);
+  std::vector<float> inv_freq(size_t(rotary_dim / 2));
+  for (size_t i = 0; i < inv_freq.size(); ++i) {
+    inv_freq[i] = std::pow(10000.0f, -2.0f * float(i) / float(rotary_dim));
+  }
+  std::vector<int32_t> slots;
+  for (int64_t s = 0; s < batch.num_sequences(); ++s) {
+    const int32_t position = batch.positions[size_t(s)];
+    slots.push_back(batch.block(s, position, block_size) * int32_t(block_size) +
+                    position % int32_t(block_size));
+  }
+  GpuTensor device_slots = test::int_to_gpu(slots);
+  GpuTensor device_inv_freq = test::to_gpu(DType::kF32, {int64_t(inv_freq.size())}, inv_freq);
+  DeviceBatch device_batch(batch);
+  device_batch.view.slot_mapping = device_slots.as<int32_t>();
+  const RopeParams rope{device_inv_freq.as<float>(), rotary_dim, 1.0f};
+  GpuTensor qkv_tensor = test::to_gpu(dtype, {tokens, width}, qkv);
+  const float scale = 1.0f / std::sqrt(float(head_dim));
+  DeviceSplitWorkspace workspace(tokens, q_heads, head_dim, splits);
+  const std::string what = std::string(dtype_name(dtype)) + " D=" + std::to_string(head_dim) +
+                           " group=" + std::to_string(group) + " block=" +
+                           std::to_string(block_size) + " window=" + std::to_string(window) +
+                           " splits=" + std::to_string(splits) + " rotary=" +
+                           std::to_string(rotary_dim);
+
+  // Two kernels.
+  GpuTensor cache_a = upload_cache(cache);
+  KvCacheView view_a = cache.view;
+  view_a.data = cache_a.tensor.data;
+  GpuTensor q(dtype, {tokens, q_heads * head_dim});
+  GpuTensor expected(dtype, {tokens, q_heads * head_dim});
+  cuda::rope_and_store_kv(qkv_tensor.tensor, rope, device_batch.view, view_a, kLayer, q.tensor,
+                          nullptr);
+  cuda::attention(q.tensor, device_batch.view, view_a, kLayer, scale, window, expected.tensor,
+                  splits, workspace.view, nullptr);
+  const std::vector<float> expected_out = test::to_host(expected.tensor);
+
+  // One kernel, twice.
+  GpuTensor cache_b = upload_cache(cache);
+  KvCacheView view_b = cache.view;
+  view_b.data = cache_b.tensor.data;
+  std::vector<float> first;
+  for (int run = 0; run < 2; ++run) {
+    GpuTensor out(dtype, {tokens, q_heads * head_dim});
+    cuda::decode_rope_attention(qkv_tensor.tensor, rope, device_batch.view, view_b, kLayer, scale,
+                                window, out.tensor, splits, workspace.view, nullptr);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << what;
+    const std::vector<float> actual = test::to_host(out.tensor);
+    // A rotated query or key may round the other way (float32 contraction): scores move by
+    // about u |q||k|, far less than a wrong key, a missing new token or a wrong merge move them.
+    const double u = test::unit_roundoff(dtype);
+    test::expect_within(
+        actual, expected_out,
+        [&](size_t i) { return 2 * u * std::fabs(expected_out[i]) + 5e-3 * cache.max_abs_value; },
+        what);
+    if (run == 0) {
+      first = actual;
+    } else {
+      EXPECT_EQ(actual, first) << what << ": the second call differs (split counters)";
+    }
+  }
+  // The stored keys and values: the same bits, or one unit in the last place for a key.
+  std::vector<uint16_t> image_a(cache.bits.size()), image_b(cache.bits.size());
+  ASSERT_EQ(cudaMemcpy(image_a.data(), cache_a.tensor.data, image_a.size() * 2,
+                       cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(image_b.data(), cache_b.tensor.data, image_b.size() * 2,
+                       cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  int64_t differences = 0;
+  for (size_t i = 0; i < image_a.size(); ++i) {
+    if (image_a[i] == image_b[i]) continue;
+    ++differences;
+    EXPECT_LE(std::abs(int(image_a[i]) - int(image_b[i])), 1) << what << " cache element " << i;
+    if (::testing::Test::HasFailure()) return;
+  }
+  EXPECT_LE(differences, int64_t(slots.size()) * kKvHeads * head_dim / 16) << what;
+}
+
+TEST(CudaAttention, FusedRopeDecodeMatchesTwoKernels) {
+  KITE_REQUIRE_GPU();
+  uint32_t seed = 4000;
+  for (DType dtype : kDTypes) {
+    for (int64_t head_dim : {64, 128}) {
+      for (int64_t group : {1, 4, 8}) {
+        for (int64_t block_size : {16, 32}) {
+          for (int64_t window : {0, 40}) {
+            for (int splits : {1, 4, 16}) {
+              check_fused_rope(dtype, head_dim, group, block_size, window, splits, head_dim,
+                               seed++);
+              if (HasFailure()) return;
+            }
+          }
+        }
+      }
+    }
+  }
+  // Partial rotary (the rest of each head passes through).
+  check_fused_rope(DType::kBF16, 128, 4, 32, 0, 4, 64, seed++);
+  check_fused_rope(DType::kBF16, 64, 1, 16, 0, 1, 32, seed++);
+}
+
+TEST(CudaAttention, FusedRopeAppliesToDecodeStepsOnly) {
+  AttentionBatch decode;
+  decode.max_query_length = 1;
+  AttentionBatch prefill;
+  prefill.max_query_length = 7;
+  const RopeParams full{nullptr, 128, 1.0f};
+  const RopeParams odd{nullptr, 24, 1.0f};
+  EXPECT_TRUE(cuda::decode_rope_attention_applies(decode, full, 128));
+  EXPECT_FALSE(cuda::decode_rope_attention_applies(prefill, full, 128));
+  EXPECT_FALSE(cuda::decode_rope_attention_applies(decode, odd, 128));
+  EXPECT_FALSE(cuda::decode_rope_attention_applies(decode, full, 96));
 }
 
 TEST(CudaAttention, WorkspaceHoldsPartialOutputsOfEverySplit) {

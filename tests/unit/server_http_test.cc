@@ -119,7 +119,7 @@ TEST(ServerHttp, CompletionStreamingGivesTheSameText) {
   EXPECT_EQ(response->status, 200);
   EXPECT_EQ(response->get_header_value("Content-Type"), "text/event-stream");
   const OpenAiStream stream = read_openai_stream(response->body, false);
-  EXPECT_EQ(stream.text, Json::parse(whole->body).at("choices")[0].at("text"));
+  EXPECT_EQ(stream.text, Json::parse(whole->body).at("choices")[0].at("text").get<std::string>());
   EXPECT_EQ(stream.finish_reason, "length");
   EXPECT_EQ(stream.usage.at("completion_tokens"), 12);
   // Every chunk carries "usage" (null but the last), and the last has no choices.
@@ -159,7 +159,7 @@ TEST(ServerHttp, ChatCompletions) {
                          {{"messages", messages}, {"max_tokens", 4}, {"stream", true}});
   ASSERT_TRUE(response);
   const OpenAiStream stream = read_openai_stream(response->body, true);
-  EXPECT_EQ(stream.text, body.at("choices")[0].at("message").at("content"));
+  EXPECT_EQ(stream.text, body.at("choices")[0].at("message").at("content").get<std::string>());
   EXPECT_EQ(stream.chunks.front().at("choices")[0].at("delta"),
             (Json{{"role", "assistant"}, {"content", ""}}));
   EXPECT_EQ(stream.chunks.back().at("choices")[0].at("delta"), Json::object());

@@ -1,5 +1,6 @@
-// Paged attention kernels (attention.h): the split-KV decode kernel and the merge of its splits,
-// the flash-attention prefill kernel on the tensor cores, and the one table of their instances.
+// Paged attention kernels (attention.h): the split-KV decode kernel (which merges its splits and
+// may apply RoPE and store the new token's key and value itself), the flash-attention prefill
+// kernel on the tensor cores, and the one table of their instances.
 // Scores are kept in the log2 domain (scaled by scale * log2(e)) so that every exponential is one
 // exp2; a running maximum of -inf (nothing visible yet) is replaced by 0 before it is subtracted.
 #include "kernels/cuda/attention.h"
@@ -53,9 +54,9 @@ __device__ __forceinline__ float fast_exp2(float x) {
 // Everything the kernels read about one call. Element offsets in the cache are int64: a KV pool
 // can hold more than 2^31 elements.
 struct AttentionParams {
-  const void* q;            // [T, Hq * D]
-  void* out;                // [T, Hq * D]
-  const void* cache_layer;  // this layer's blocks: [num_blocks][2][Hkv][block_size][D]
+  const void* q;      // [T, Hq * D]
+  void* out;          // [T, Hq * D]
+  void* cache_layer;  // this layer's blocks: [num_blocks][2][Hkv][block_size][D]
   const int32_t* positions;
   const int32_t* query_start;
   const int32_t* block_table;
@@ -75,6 +76,14 @@ struct AttentionParams {
   int num_splits;
   float* partial_out;  // [num_splits][T][Hq][D], when num_splits > 1
   float* partial_lse;  // [num_splits][T][Hq], log2 of each split's softmax denominator
+  int* split_counters;  // [T][Hkv * head_chunks]: splits finished, when num_splits > 1
+  // Decode with RoPE fused (decode_rope_attention): queries and the new token's key and value
+  // come unrotated from qkv [T, (Hq + 2 Hkv) * D] instead of q and the cache; null otherwise.
+  const void* qkv;
+  const float* inv_freq;  // [rotary_half]
+  float rope_scaling;     // multiplies cos and sin
+  int rotary_half;        // rotary_dim / 2, a multiple of 8
+  const int32_t* slot_mapping;
 };
 
 __device__ __forceinline__ int first_visible(int position, int sliding_window) {
@@ -191,6 +200,12 @@ __device__ __forceinline__ void unpack8(const uint4& vector, float (&values)[8])
 // two tiles (32 KiB) per CTA in flight. The GQA group's query heads sit in registers and share
 // every load. Each key lane keeps its own online softmax; lanes are merged at the end, first
 // within the warp by shuffles, then across warps in shared memory.
+//
+// With several splits, each CTA writes its float32 partial result and log-sum-exp, then counts
+// itself done on an atomic counter; the last CTA of a (token, kv head, head chunk) merges the
+// splits (no second kernel). With RoPE fused, each CTA rotates its queries from qkv itself, and the
+// CTA whose split ends at the new token rotates that token's key, uses it and its value straight
+// from qkv, and (head chunk 0) stores both in the cache: no separate RoPE kernel, no q tensor.
 
 constexpr int kDecodeThreads = 128;
 constexpr int kDecodeWarps = kDecodeThreads / 32;
@@ -202,6 +217,7 @@ constexpr int kDecodeSharedBytes = kDecodeStages * kDecodeStageBytes;           
 // read mostly from L2). 8 heads in registers would take over 220 registers a thread and run slower
 // than two CTAs of 4 on the H100.
 constexpr int kMaxDecodeHeads = 4;
+constexpr int kMaxSplits = 256;
 
 template <int kHeadDim>
 struct DecodeShape {
@@ -209,6 +225,117 @@ struct DecodeShape {
   static constexpr int kKeyLanes = kDecodeThreads / kThreadsPerKey;
   static constexpr int kTileKeys = kKeyLanes * kDecodeKeysPerThread;
 };
+
+// RoPE of one 8-element chunk [8 part, 8 part + 8) of a head row, as rope_and_store_kv computes it:
+// element i < R/2 pairs with i + R/2 (x'[i] = x[i] cos - x[i + R/2] sin), i in [R/2, R) with
+// i - R/2 (x'[i] = x[i] cos + x[i - R/2] sin), the rest passes through. R/2 is a multiple of 8,
+// so a chunk lies on one side and its partner chunk is whole.
+struct RopeChunk {
+  float cosine[8], sine[8];
+  int partner_offset = 0;  // elements from the chunk to its partner; 0: passes through
+  float sign = 0.0f;       // -1 for the first half, +1 for the second
+
+  __device__ RopeChunk() {}
+  __device__ RopeChunk(const AttentionParams& p, int part, int position) {
+    const int first = 8 * part;
+    const int half = p.rotary_half;
+    if (first >= 2 * half) return;
+    const bool low = first < half;
+    partner_offset = low ? half : -half;
+    sign = low ? -1.0f : 1.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      float s, c;
+      sincosf(float(position) * p.inv_freq[(low ? first : first - half) + e], &s, &c);
+      cosine[e] = c * p.rope_scaling;
+      sine[e] = s * p.rope_scaling;
+    }
+  }
+
+  // The chunk of `row` (a head's D elements) rotated and rounded to Element, as floats.
+  template <typename Element>
+  __device__ void apply(const Element* row, int part, float (&out)[8]) const {
+    unpack8<Element>(*reinterpret_cast<const uint4*>(row + 8 * part), out);
+    if (partner_offset == 0) return;
+    float partner[8];
+    unpack8<Element>(*reinterpret_cast<const uint4*>(row + 8 * part + partner_offset), partner);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float rotated = sign < 0.0f ? out[e] * cosine[e] - partner[e] * sine[e]
+                                        : out[e] * cosine[e] + partner[e] * sine[e];
+      out[e] = to_float(from_float<Element>(rotated));
+    }
+  }
+};
+
+template <typename Element>
+__device__ __forceinline__ uint4 pack8(const float (&values)[8]) {
+  uint4 vector;
+  uint32_t* words = reinterpret_cast<uint32_t*>(&vector);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) words[i] = ElementOps<Element>::pack(values[2 * i], values[2 * i + 1]);
+  return vector;
+}
+
+// With several splits: counts this CTA's split as done and, in the last CTA to finish, merges the
+// splits of its heads: out = sum_s w_s o_s / sum_s w_s with w_s = 2^(lse_s - M), M = max_s lse_s.
+// Empty splits (lse = -inf) get weight 0; every token sees its own position, so some split is not
+// empty. `shared` holds kMergeSharedFloats floats (dynamic shared memory: the kernel's static
+// shared memory would push it past the 48 KiB a launch gets by default). Called by every thread.
+constexpr int kMergeSharedFloats = kMaxDecodeHeads * (kMaxSplits + 1) + 1;
+
+template <typename Element, int kHeadDim>
+__device__ void merge_if_last(const AttentionParams& p, int token, int first_head, int heads,
+                              int counter, float* shared) {
+  int* last = reinterpret_cast<int*>(shared + kMergeSharedFloats - 1);
+  __threadfence();  // this CTA's partial results are visible before it is counted
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    *last = atomicAdd(&p.split_counters[counter], 1) == p.num_splits - 1;
+    // Every other split has counted: reset for the next launch.
+    if (*last) p.split_counters[counter] = 0;
+  }
+  __syncthreads();
+  if (!*last) return;
+  __threadfence();
+
+  float* weights = shared;                                  // [head][split]
+  float* inverse_total = shared + kMaxDecodeHeads * kMaxSplits;  // [head]
+  const int64_t split_stride = int64_t(p.num_tokens) * p.num_q_heads;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  static_assert(kDecodeWarps >= kMaxDecodeHeads);
+  if (warp < heads) {
+    const int64_t row = int64_t(token) * p.num_q_heads + first_head + warp;
+    float maximum = -INFINITY;
+    for (int split = lane; split < p.num_splits; split += 32)
+      maximum = fmaxf(maximum, __ldcg(p.partial_lse + split * split_stride + row));
+    maximum = warp_max(maximum);
+    float total = 0.0f;
+    for (int split = lane; split < p.num_splits; split += 32) {
+      const float lse = __ldcg(p.partial_lse + split * split_stride + row);
+      const float weight = lse == -INFINITY ? 0.0f : fast_exp2(lse - maximum);
+      weights[warp * kMaxSplits + split] = weight;
+      total += weight;
+    }
+    total = warp_sum(total);
+    if (lane == 0) inverse_total[warp] = 1.0f / total;
+  }
+  __syncthreads();
+  for (int index = threadIdx.x; index < heads * kHeadDim; index += kDecodeThreads) {
+    const int h = index / kHeadDim;
+    const int64_t row = int64_t(token) * p.num_q_heads + first_head + h;
+    const float* partial = p.partial_out + row * kHeadDim + index % kHeadDim;
+    float sum = 0.0f;
+#pragma unroll 8
+    for (int split = 0; split < p.num_splits; ++split) {
+      const float weight = weights[h * kMaxSplits + split];
+      const float value = __ldcg(partial + split * split_stride * kHeadDim);
+      sum = weight != 0.0f ? fmaf(weight, value, sum) : sum;
+    }
+    static_cast<Element*>(p.out)[row * kHeadDim + index % kHeadDim] =
+        from_float<Element>(sum * inverse_total[h]);
+  }
+}
 
 template <typename Element, int kHeadDim, int kMaxHeads>
 __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionParams p) {
@@ -218,8 +345,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
   constexpr int kThreadsPerKey = Shape::kThreadsPerKey;
   constexpr int kKeyLanes = Shape::kKeyLanes;
   constexpr int kTileKeys = Shape::kTileKeys;
-  static_assert(kDecodeWarps * kMaxHeads * (kHeadDim + 2) * 4 <= kDecodeSharedBytes);
+  constexpr int kReductionFloats = kDecodeWarps * kMaxHeads * (kHeadDim + 2);
+  static_assert((kReductionFloats + kMergeSharedFloats) * 4 <= kDecodeSharedBytes);
   extern __shared__ __align__(16) unsigned char decode_shared[];
+  float* merge_shared = reinterpret_cast<float*>(decode_shared) + kReductionFloats;
 
   const int sequence = blockIdx.x;
   const int kv_head = blockIdx.y / p.head_chunks;
@@ -229,6 +358,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
   const int heads = min(p.heads_per_cta, p.group - chunk * p.heads_per_cta);
   const int token = p.query_start[sequence];
   if (p.query_start[sequence + 1] == token || heads <= 0) return;
+  const int counter = (token * p.num_kv_heads + kv_head) * p.head_chunks + chunk;
 
   // This split's share of the visible positions [first, position], whole tiles each.
   const int position = p.positions[token];
@@ -239,33 +369,61 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
   const int split_end = min(position + 1, split_begin + split_tiles * kTileKeys);
   if (split_begin >= split_end) {
     // A split past the end of a short context: weight exp2(-inf) = 0 in the merge.
-    if (p.num_splits > 1 && threadIdx.x < heads) {
+    if (threadIdx.x < heads) {
       p.partial_lse[(int64_t(split) * p.num_tokens + token) * p.num_q_heads + first_head +
                     threadIdx.x] = -INFINITY;
     }
+    merge_if_last<Element, kHeadDim>(p, token, first_head, heads, counter, merge_shared);
     return;
   }
 
   const int key_lane = threadIdx.x / kThreadsPerKey;
   const int part = threadIdx.x % kThreadsPerKey;  // elements [8 * part, 8 * part + 8) of a row
-  const auto* cache = static_cast<const Element*>(p.cache_layer);
+  auto* cache = static_cast<Element*>(p.cache_layer);
   const int32_t* block_table = p.block_table + int64_t(sequence) * p.max_blocks_per_sequence;
   const int64_t value_offset = int64_t(p.num_kv_heads) * p.block_size * kHeadDim;
 
-  // query[h] = q[token, first_head + h, this thread's 8 elements] * scale * log2(e)
+  // query[h] = (rotated) q[token, first_head + h, this thread's 8 elements] * scale * log2(e)
+  const bool fused_rope = p.qkv != nullptr;
+  const int qkv_width = (p.num_q_heads + 2 * p.num_kv_heads) * kHeadDim;
+  const Element* q_row =
+      fused_rope ? static_cast<const Element*>(p.qkv) + int64_t(token) * qkv_width
+                 : static_cast<const Element*>(p.q) + int64_t(token) * p.num_q_heads * kHeadDim;
+  const RopeChunk rope = fused_rope ? RopeChunk(p, part, position) : RopeChunk();
   float query[kMaxHeads][8];
-  const auto* q_row = static_cast<const Element*>(p.q) + int64_t(token) * p.num_q_heads * kHeadDim;
 #pragma unroll
   for (int h = 0; h < kMaxHeads; ++h) {
     if (h < heads) {
-      unpack8<Element>(
-          *reinterpret_cast<const uint4*>(q_row + (first_head + h) * kHeadDim + 8 * part),
-          query[h]);
+      const Element* head_row = q_row + (first_head + h) * kHeadDim;
+      if (fused_rope) {
+        rope.apply<Element>(head_row, part, query[h]);
+      } else {
+        unpack8<Element>(*reinterpret_cast<const uint4*>(head_row + 8 * part), query[h]);
+      }
 #pragma unroll
       for (int e = 0; e < 8; ++e) query[h][e] *= p.scale_log2;
     } else {
 #pragma unroll
       for (int e = 0; e < 8; ++e) query[h][e] = 0.0f;
+    }
+  }
+
+  // With RoPE fused, the new token's key (rotated) and value, for the split that ends with it.
+  const bool has_new_key = fused_rope && split_end == position + 1;
+  uint4 new_key{}, new_value{};
+  if (has_new_key) {
+    const Element* key_row = q_row + (p.num_q_heads + kv_head) * kHeadDim;
+    float key[8];
+    rope.apply<Element>(key_row, part, key);
+    new_key = pack8<Element>(key);
+    new_value = *reinterpret_cast<const uint4*>(key_row + p.num_kv_heads * kHeadDim + 8 * part);
+    const int slot = p.slot_mapping[token];
+    if (chunk == 0 && key_lane == 0 && slot >= 0) {  // one store per kv head (a padding token: none)
+      const int block = p.block_divider.divide(slot);
+      Element* destination =
+          cache + cache_offset(p, block, 0, kv_head, slot - block * p.block_size) + 8 * part;
+      *reinterpret_cast<uint4*>(destination) = new_key;
+      *reinterpret_cast<uint4*>(destination + value_offset) = new_value;
     }
   }
 
@@ -276,12 +434,16 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
   };
   const int tiles = (split_end - split_begin + kTileKeys - 1) / kTileKeys;
   // Copies tile `tile` of the split into its stage (nothing past the split) and commits a group.
+  // The new token's key and value (RoPE fused) are written from registers instead.
   auto issue_tile = [&](int tile) {
     const int tile_begin = split_begin + tile * kTileKeys;
 #pragma unroll
     for (int i = 0; i < kDecodeKeysPerThread; ++i) {
       const int key = tile_begin + i * kKeyLanes + key_lane;
-      if (key < split_end) {
+      if (has_new_key && key == position) {
+        *reinterpret_cast<uint4*>(slot(tile % kDecodeStages, 0, i)) = new_key;
+        *reinterpret_cast<uint4*>(slot(tile % kDecodeStages, 1, i)) = new_value;
+      } else if (key < split_end) {
         const int block_index = p.block_divider.divide(key);
         const Element* key_row = cache +
                                  cache_offset(p, block_table[block_index], 0, kv_head,
@@ -436,52 +598,11 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
       if (element == 0) p.partial_lse[row] = maximum + log2f(denominator);
     }
   }
-}
-
-// out[t, h] = sum_s w_s o_s / sum_s w_s with w_s = 2^(lse_s - M), M = max_s lse_s: one CTA per
-// (token, query head). Warp 0 computes the weights into shared memory; then each thread sums its
-// elements over the splits with several loads in flight. Empty splits (lse = -inf) get weight 0
-// and their partial outputs, never written, are not used. Every token sees its own position, so
-// some split is not empty.
-constexpr int kMergeThreads = 128;
-constexpr int kMaxSplits = 256;
-
-template <typename Element>
-__global__ void __launch_bounds__(kMergeThreads) merge_splits_kernel(const AttentionParams p) {
-  pdl_launch_dependents();
-  pdl_wait();
-  __shared__ float weights[kMaxSplits];
-  __shared__ float inverse_total;
-  const int64_t split_stride = int64_t(p.num_tokens) * p.num_q_heads;
-  const int64_t row = int64_t(blockIdx.x) * p.num_q_heads + blockIdx.y;
-  if (threadIdx.x < 32) {
-    float maximum = -INFINITY;
-    for (int split = threadIdx.x; split < p.num_splits; split += 32)
-      maximum = fmaxf(maximum, p.partial_lse[split * split_stride + row]);
-    maximum = warp_max(maximum);
-    float total = 0.0f;
-    for (int split = threadIdx.x; split < p.num_splits; split += 32) {
-      const float lse = p.partial_lse[split * split_stride + row];
-      const float weight = lse == -INFINITY ? 0.0f : fast_exp2(lse - maximum);
-      weights[split] = weight;
-      total += weight;
-    }
-    total = warp_sum(total);
-    if (threadIdx.x == 0) inverse_total = 1.0f / total;
-  }
-  __syncthreads();
-  for (int element = threadIdx.x; element < p.head_dim; element += kMergeThreads) {
-    const float* partial = p.partial_out + row * p.head_dim + element;
-    float sum = 0.0f;
-#pragma unroll 8
-    for (int split = 0; split < p.num_splits; ++split) {
-      const float value = partial[split * split_stride * p.head_dim];
-      sum = weights[split] != 0.0f ? fmaf(weights[split], value, sum) : sum;
-    }
-    static_cast<Element*>(p.out)[row * p.head_dim + element] =
-        from_float<Element>(sum * inverse_total);
+  if (p.num_splits > 1) {
+    merge_if_last<Element, kHeadDim>(p, token, first_head, heads, counter, merge_shared);
   }
 }
+
 
 // ---- prefill: FlashAttention-2 on mma.sync, one CTA per (64 query rows, query head) ----
 //
@@ -775,11 +896,6 @@ void launch_decode(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
   launch_kernel(kernel, grid, kDecodeThreads, kDecodeSharedBytes, stream, p);
 }
 
-template <typename Element>
-void launch_merge(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
-  launch_kernel(merge_splits_kernel<Element>, grid, kMergeThreads, 0, stream, p);
-}
-
 template <typename Element, int kHeadDim>
 void launch_prefill(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
   constexpr int kSharedBytes = PrefillShape<kHeadDim>::kSharedBytes;
@@ -797,15 +913,13 @@ struct AttentionKernels {
   DType dtype;
   int head_dim;
   Launcher decode;
-  Launcher merge;
   Launcher prefill;
 };
 
 template <typename Element, int kHeadDim>
 constexpr AttentionKernels kernels_for(DType dtype) {
   static_assert(kHeadDim % 16 == 0 && kHeadDim <= 128);
-  return {dtype, kHeadDim, &launch_decode<Element, kHeadDim>, &launch_merge<Element>,
-          &launch_prefill<Element, kHeadDim>};
+  return {dtype, kHeadDim, &launch_decode<Element, kHeadDim>, &launch_prefill<Element, kHeadDim>};
 }
 
 // Every (dtype, head dim) the kernels are compiled for.
@@ -839,6 +953,10 @@ int choose_attention_splits(int64_t num_sequences, int64_t num_kv_heads, int64_t
   return int(std::clamp<int64_t>(std::min(wanted, by_length), 1, kMaxSplitsChosen));
 }
 
+size_t split_counter_count(int64_t max_tokens, int64_t num_q_heads) {
+  return size_t(max_tokens) * size_t(num_q_heads);
+}
+
 size_t attention_workspace_bytes(int64_t max_tokens, int64_t num_q_heads, int64_t head_dim,
                                  int num_splits) {
   if (num_splits <= 1) return 0;
@@ -846,37 +964,35 @@ size_t attention_workspace_bytes(int64_t max_tokens, int64_t num_q_heads, int64_
          sizeof(float);
 }
 
-void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCacheView& cache,
-               int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out,
-               int num_splits, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+namespace {
+
+// The parameters every kernel shares, checked: `q_columns` is Hq * D.
+AttentionParams make_params(DType dtype, int64_t q_columns, const AttentionBatch& batch,
+                            const KvCacheView& cache, int64_t layer, float scale,
+                            int64_t sliding_window, const DeviceTensor& out,
+                            const AttentionKernels** kernels) {
   const int64_t head_dim = cache.head_dim;
   const int64_t kv_heads = cache.num_kv_heads;
-  KITE_CHECK(q.dtype == DType::kF16 || q.dtype == DType::kBF16);
-  KITE_CHECK(out.dtype == q.dtype && cache.dtype == q.dtype);
+  KITE_CHECK(dtype == DType::kF16 || dtype == DType::kBF16);
+  KITE_CHECK(out.dtype == dtype && cache.dtype == dtype);
   KITE_CHECK(head_dim > 0 && kv_heads > 0 && cache.block_size > 0);
   KITE_CHECK(layer >= 0 && layer < cache.num_layers);
-  KITE_CHECK(q.rows() == batch.num_tokens && q.cols() > 0 && q.cols() % (kv_heads * head_dim) == 0);
-  KITE_CHECK(out.rows() == q.rows() && out.cols() == q.cols());
-  KITE_CHECK(out.data != q.data);
-  KITE_CHECK(num_splits >= 1 && num_splits <= kMaxSplits);
-  // 16-byte vector loads and stores.
-  const void* const pointers[] = {q.data, out.data, cache.data};
-  for (const void* pointer : pointers) KITE_CHECK(reinterpret_cast<uintptr_t>(pointer) % 16 == 0);
-  if (batch.num_tokens == 0) return;
-  KITE_CHECK(batch.num_sequences > 0 && batch.max_query_length >= 1);
-  const int64_t q_heads = q.cols() / head_dim;
+  KITE_CHECK(q_columns > 0 && q_columns % (kv_heads * head_dim) == 0);
+  KITE_CHECK(out.rows() == batch.num_tokens && out.cols() == q_columns);
+  KITE_CHECK(reinterpret_cast<uintptr_t>(out.data) % 16 == 0);
+  KITE_CHECK(reinterpret_cast<uintptr_t>(cache.data) % 16 == 0);
+  const int64_t q_heads = q_columns / head_dim;
   KITE_CHECK(q_heads <= 65535 && batch.num_sequences <= 65535);  // grid dimensions
 
-  const AttentionKernels* kernels = nullptr;
+  *kernels = nullptr;
   for (const AttentionKernels& candidate : kAttentionKernels) {
-    if (candidate.dtype == q.dtype && candidate.head_dim == head_dim) kernels = &candidate;
+    if (candidate.dtype == dtype && candidate.head_dim == head_dim) *kernels = &candidate;
   }
-  KITE_CHECK(kernels != nullptr);  // head_dim must be 16, 32, 64 or 128
+  KITE_CHECK(*kernels != nullptr);  // head_dim must be 16, 32, 64 or 128
 
   AttentionParams p{};
-  p.q = q.data;
   p.out = out.data;
-  p.cache_layer = static_cast<const char*>(cache.data) +
+  p.cache_layer = static_cast<char*>(cache.data) +
                   layer * cache.layer_elements() * int64_t(dtype_size(cache.dtype));
   p.positions = batch.positions;
   p.query_start = batch.query_start;
@@ -892,6 +1008,47 @@ void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCache
   // A window longer than any position is no window.
   p.sliding_window = sliding_window > 0 && sliding_window < INT_MAX ? int(sliding_window) : 0;
   p.scale_log2 = scale * kLog2e;
+  return p;
+}
+
+// The decode kernel over the first `decodes` sequences (one token each, the batch's first tokens).
+void launch_decodes(AttentionParams d, const AttentionKernels& kernels, int64_t decodes,
+                    int num_splits, const SplitWorkspace& workspace, cudaStream_t stream) {
+  KITE_CHECK(num_splits >= 1 && num_splits <= kMaxSplits);
+  d.num_tokens = int(decodes);
+  d.head_chunks = int(ceil_div(d.group, kMaxDecodeHeads));
+  d.heads_per_cta = int(ceil_div(d.group, d.head_chunks));
+  d.num_splits = num_splits;
+  if (num_splits > 1) {
+    KITE_CHECK(workspace.partials != nullptr &&
+               workspace.partial_bytes >= attention_workspace_bytes(decodes, d.num_q_heads,
+                                                                    d.head_dim, num_splits));
+    KITE_CHECK(workspace.counters != nullptr &&
+               workspace.counter_count >= split_counter_count(decodes, d.num_q_heads));
+    d.partial_out = static_cast<float*>(workspace.partials);
+    d.partial_lse = d.partial_out + int64_t(num_splits) * decodes * d.num_q_heads * d.head_dim;
+    d.split_counters = workspace.counters;
+  }
+  KITE_CHECK(int64_t(d.num_kv_heads) * d.head_chunks <= 65535);
+  kernels.decode(d,
+                 dim3(unsigned(decodes), unsigned(d.num_kv_heads * d.head_chunks),
+                      unsigned(num_splits)),
+                 stream);
+}
+
+}  // namespace
+
+void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCacheView& cache,
+               int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out,
+               int num_splits, const SplitWorkspace& workspace, cudaStream_t stream) {
+  KITE_CHECK(q.rows() == batch.num_tokens && out.data != q.data);
+  KITE_CHECK(reinterpret_cast<uintptr_t>(q.data) % 16 == 0);
+  const AttentionKernels* kernels = nullptr;
+  AttentionParams p = make_params(q.dtype, q.cols(), batch, cache, layer, scale, sliding_window,
+                                  out, &kernels);
+  p.q = q.data;
+  if (batch.num_tokens == 0) return;
+  KITE_CHECK(batch.num_sequences > 0 && batch.max_query_length >= 1);
 
   // The decode kernel takes the leading one-token sequences (all of a decode step), the prefill
   // kernel the rest: a decode among prefills would otherwise read its whole context once per
@@ -900,34 +1057,46 @@ void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCache
       batch.max_query_length == 1
           ? batch.num_sequences
           : std::clamp<int64_t>(batch.num_leading_decodes, 0, batch.num_sequences);
-  if (decodes > 0) {
-    AttentionParams d = p;
-    d.num_tokens = int(decodes);  // the leading sequences' tokens are the first ones
-    d.head_chunks = int(ceil_div(p.group, kMaxDecodeHeads));
-    d.heads_per_cta = int(ceil_div(p.group, d.head_chunks));
-    d.num_splits = num_splits;
-    if (num_splits > 1) {
-      KITE_CHECK(workspace != nullptr &&
-                 workspace_bytes >=
-                     attention_workspace_bytes(decodes, q_heads, head_dim, num_splits));
-      d.partial_out = static_cast<float*>(workspace);
-      d.partial_lse = d.partial_out + int64_t(num_splits) * decodes * q_heads * head_dim;
-    }
-    KITE_CHECK(kv_heads * d.head_chunks <= 65535);
-    kernels->decode(
-        d, dim3(unsigned(decodes), unsigned(kv_heads * d.head_chunks), unsigned(num_splits)),
-        stream);
-    if (num_splits > 1) kernels->merge(d, dim3(unsigned(decodes), unsigned(q_heads)), stream);
-  }
+  if (decodes > 0) launch_decodes(p, *kernels, decodes, num_splits, workspace, stream);
   if (decodes < batch.num_sequences) {
     // Sequences [decodes, S): their rows of query_start and block_table.
     p.query_start = batch.query_start + decodes;
     p.block_table = batch.block_table + decodes * batch.max_blocks_per_sequence;
     const int64_t query_tiles = ceil_div(batch.max_query_length, kPrefillRows);
-    kernels->prefill(
-        p, dim3(unsigned(query_tiles), unsigned(q_heads), unsigned(batch.num_sequences - decodes)),
-        stream);
+    kernels->prefill(p,
+                     dim3(unsigned(query_tiles), unsigned(p.num_q_heads),
+                          unsigned(batch.num_sequences - decodes)),
+                     stream);
   }
+}
+
+bool decode_rope_attention_applies(const AttentionBatch& batch, const RopeParams& rope,
+                                   int64_t head_dim) {
+  return batch.max_query_length == 1 && rope.rotary_dim > 0 && rope.rotary_dim % 16 == 0 &&
+         rope.rotary_dim <= head_dim && (head_dim == 16 || head_dim == 32 || head_dim == 64 ||
+                                         head_dim == 128);
+}
+
+void decode_rope_attention(const DeviceTensor& qkv, const RopeParams& rope,
+                           const AttentionBatch& batch, const KvCacheView& cache, int64_t layer,
+                           float scale, int64_t sliding_window, DeviceTensor& out, int num_splits,
+                           const SplitWorkspace& workspace, cudaStream_t stream) {
+  KITE_CHECK(decode_rope_attention_applies(batch, rope, cache.head_dim));
+  const int64_t q_columns = out.cols();
+  KITE_CHECK(qkv.rows() == batch.num_tokens && qkv.dtype == out.dtype &&
+             qkv.cols() == q_columns + 2 * cache.num_kv_heads * cache.head_dim);
+  KITE_CHECK(reinterpret_cast<uintptr_t>(qkv.data) % 16 == 0);
+  const AttentionKernels* kernels = nullptr;
+  AttentionParams p = make_params(qkv.dtype, q_columns, batch, cache, layer, scale,
+                                  sliding_window, out, &kernels);
+  if (batch.num_tokens == 0) return;
+  KITE_CHECK(batch.num_sequences == batch.num_tokens);
+  p.qkv = qkv.data;
+  p.inv_freq = rope.inv_freq;
+  p.rope_scaling = rope.attention_scaling;
+  p.rotary_half = int(rope.rotary_dim / 2);
+  p.slot_mapping = batch.slot_mapping;
+  launch_decodes(p, *kernels, batch.num_sequences, num_splits, workspace, stream);
 }
 
 }  // namespace kite::cuda

@@ -24,6 +24,19 @@ int choose_attention_splits(int64_t num_sequences, int64_t num_kv_heads, int64_t
 // num_splits is 1): float32 partial outputs and log-sum-exps of every split.
 size_t attention_workspace_bytes(int64_t max_tokens, int64_t num_q_heads, int64_t head_dim,
                                  int num_splits);
+// int32 counters the split-KV decode needs for `max_tokens` query tokens: the CTAs of a token's
+// splits count themselves done there, and the last one merges them.
+size_t split_counter_count(int64_t max_tokens, int64_t num_q_heads);
+
+// Scratch of the split-KV decode (unused, may be null, when num_splits is 1).
+struct SplitWorkspace {
+  void* partials = nullptr;  // attention_workspace_bytes(...) bytes
+  size_t partial_bytes = 0;
+  // split_counter_count(...) int32 zeros before the first call (cudaMemset); every call leaves
+  // them zero, so one zeroing at allocation does.
+  int32_t* counters = nullptr;
+  size_t counter_count = 0;
+};
 
 // The semantics of cpu::attention: for token t of sequence s at position p = positions[t], query
 // head h attends to kv head h / (Hq / Hkv) at cache positions max(0, p - sliding_window + 1) <= j
@@ -39,8 +52,9 @@ size_t attention_workspace_bytes(int64_t max_tokens, int64_t num_q_heads, int64_
 // (sequence, kv head, split; and per 4 query heads for groups over 4) reads each key and value
 // once for the query heads it serves, so it moves 2 * context * D * 2 bytes per kv head and
 // sequence and is bound by HBM bandwidth (Llama-3-8B, 8 kv heads, D 128, context 4096: 16 MiB per
-// layer and sequence, about 6 us at 3 TB/s). With num_splits > 1 (at most 256) it writes float32
-// partial results to `workspace` and a second kernel merges them by log-sum-exp. Its grid depends
+// layer and sequence, about 6 us at 3 TB/s). With num_splits > 1 (at most 256) each CTA writes
+// float32 partial results to `workspace` and the last CTA of a token and kv head to finish (an
+// atomic counter) merges them by log-sum-exp, in the same kernel. Its grid depends
 // on num_sequences, num_kv_heads and num_splits only, and it reads positions and block tables from
 // device memory, so a CUDA graph captured for a batch size stays valid while the contexts grow
 // (batch.max_context_length is not read).
@@ -53,12 +67,28 @@ size_t attention_workspace_bytes(int64_t max_tokens, int64_t num_q_heads, int64_
 // causal prefill of T tokens (Llama-3-8B, T 2048: 34 GFLOP per layer, against 0.9 TFLOP in the
 // layer's GEMMs); the host reads batch.max_query_length to size the grid.
 //
-// `workspace` must hold attention_workspace_bytes(num tokens, Hq, D, num_splits) bytes when the
-// decode kernel runs with num_splits > 1; it may be null otherwise. Everything runs on `stream`,
+// `workspace` must hold attention_workspace_bytes(num tokens, Hq, D, num_splits) bytes and
+// split_counter_count(num tokens, Hq) counters when the decode kernel runs with num_splits > 1; it
+// may be empty otherwise. Everything runs on `stream`,
 // without synchronizing, and may be captured in a CUDA graph (the prefill kernel for D 128 sets
 // its shared-memory limit with cudaFuncSetAttribute on every call).
 void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCacheView& cache,
                int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out,
-               int num_splits, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+               int num_splits, const SplitWorkspace& workspace, cudaStream_t stream);
+
+// Whether decode_rope_attention takes this step: decode only (batch.max_query_length == 1), a
+// supported head_dim, rotary_dim a multiple of 16.
+bool decode_rope_attention_applies(const AttentionBatch& batch, const RopeParams& rope,
+                                   int64_t head_dim);
+
+// rope_and_store_kv followed by attention, for a decode step, in one kernel: the decode kernel
+// rotates the queries it reads from qkv [T, (Hq + 2 Hkv) * D] itself, and the CTA that covers a
+// sequence's new position rotates that token's key, stores key and value in the cache slot of
+// batch.slot_mapping and attends to them from registers. Saves the RoPE kernel (and its q tensor)
+// per layer. Same results as the two calls (the same rounding of the rotated values).
+void decode_rope_attention(const DeviceTensor& qkv, const RopeParams& rope,
+                           const AttentionBatch& batch, const KvCacheView& cache, int64_t layer,
+                           float scale, int64_t sliding_window, DeviceTensor& out, int num_splits,
+                           const SplitWorkspace& workspace, cudaStream_t stream);
 
 }  // namespace kite::cuda

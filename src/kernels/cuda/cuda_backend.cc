@@ -53,6 +53,8 @@ CudaBackend::~CudaBackend() {
     if (graph) cudaGraphExecDestroy(graph);
   }
   attention_workspace_.reset();
+  split_counters_.reset();
+  sampling_workspace_.reset();
   gemm_.reset();
   if (stream_) cudaStreamDestroy(stream_);
 }
@@ -177,23 +179,55 @@ void CudaBackend::rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& r
   cuda::rope_and_store_kv(qkv, rope, batch, cache, layer, q, stream_);
 }
 
+int CudaBackend::decode_splits(const AttentionBatch& batch, const KvCacheView& cache,
+                               int64_t decodes) const {
+  if (decodes <= 0) return 1;
+  // The table's width bounds every context of the step, and a graph is captured per width.
+  const int64_t longest_possible = batch.max_blocks_per_sequence * cache.block_size;
+  return cuda::choose_attention_splits(decodes, cache.num_kv_heads, longest_possible,
+                                       device_.multiprocessor_count, options_.multi_block_mode);
+}
+
+cuda::SplitWorkspace CudaBackend::split_workspace(int64_t decodes, int64_t query_heads,
+                                                  int64_t head_dim, int splits) {
+  if (splits <= 1) return {};
+  reserve_scratch(attention_workspace_,
+                  cuda::attention_workspace_bytes(decodes, query_heads, head_dim, splits));
+  const size_t counters = cuda::split_counter_count(decodes, query_heads);
+  if (split_counters_.size() < counters * sizeof(int32_t)) {
+    reserve_scratch(split_counters_, counters * sizeof(int32_t));
+    KITE_CUDA_CHECK(cudaMemsetAsync(split_counters_.data(), 0, split_counters_.size(), stream_));
+  }
+  return {attention_workspace_.data(), attention_workspace_.size(),
+          static_cast<int32_t*>(split_counters_.data()), split_counters_.size() / sizeof(int32_t)};
+}
+
 void CudaBackend::attention(const DeviceTensor& q, const AttentionBatch& batch,
                             const KvCacheView& cache, int64_t layer, float scale,
                             int64_t sliding_window, DeviceTensor& out) {
   const int64_t decodes =
       batch.max_query_length == 1 ? batch.num_sequences : batch.num_leading_decodes;
-  // The table's width bounds every context of the step, and a graph is captured per width.
-  const int64_t longest_possible = batch.max_blocks_per_sequence * cache.block_size;
-  const int splits = decodes > 0 ? cuda::choose_attention_splits(
-                                       decodes, cache.num_kv_heads, longest_possible,
-                                       device_.multiprocessor_count, options_.multi_block_mode)
-                                 : 1;
-  const int64_t query_heads = q.cols() / cache.head_dim;
-  const size_t needed = cuda::attention_workspace_bytes(std::max<int64_t>(decodes, 1), query_heads,
-                                                        cache.head_dim, splits);
-  reserve_scratch(attention_workspace_, needed);
-  cuda::attention(q, batch, cache, layer, scale, sliding_window, out, splits,
-                  attention_workspace_.data(), attention_workspace_.size(), stream_);
+  const int splits = decode_splits(batch, cache, decodes);
+  const cuda::SplitWorkspace workspace =
+      split_workspace(std::max<int64_t>(decodes, 1), q.cols() / cache.head_dim, cache.head_dim,
+                      splits);
+  cuda::attention(q, batch, cache, layer, scale, sliding_window, out, splits, workspace, stream_);
+}
+
+void CudaBackend::rope_attention(const DeviceTensor& qkv, const RopeParams& rope,
+                                 const AttentionBatch& batch, const KvCacheView& cache,
+                                 int64_t layer, float scale, int64_t sliding_window,
+                                 DeviceTensor& q, DeviceTensor& out) {
+  if (!cuda::decode_rope_attention_applies(batch, rope, cache.head_dim)) {
+    Backend::rope_attention(qkv, rope, batch, cache, layer, scale, sliding_window, q, out);
+    return;
+  }
+  const int splits = decode_splits(batch, cache, batch.num_sequences);
+  const cuda::SplitWorkspace workspace = split_workspace(
+      std::max<int64_t>(batch.num_sequences, 1), out.cols() / cache.head_dim, cache.head_dim,
+      splits);
+  cuda::decode_rope_attention(qkv, rope, batch, cache, layer, scale, sliding_window, out, splits,
+                              workspace, stream_);
 }
 
 void CudaBackend::reserve_scratch(DeviceBuffer& buffer, size_t bytes) {

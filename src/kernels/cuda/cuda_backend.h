@@ -8,6 +8,7 @@
 #include <memory>
 #include <vector>
 
+#include "kernels/cuda/attention.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/linear.h"
 #include "model/backend.h"
@@ -56,6 +57,10 @@ class CudaBackend final : public Backend {
   // cannot fill the GPU; the split count depends on the number of sequences only.
   void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCacheView& cache,
                  int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out) override;
+  // Decode steps: RoPE and the KV store inside the decode attention kernel.
+  void rope_attention(const DeviceTensor& qkv, const RopeParams& rope, const AttentionBatch& batch,
+                      const KvCacheView& cache, int64_t layer, float scale,
+                      int64_t sliding_window, DeviceTensor& q, DeviceTensor& out) override;
   void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) override;
   void silu_mul_linear(const DeviceTensor& gate_up, const DeviceTensor& weight,
                        DeviceTensor& hidden, DeviceTensor& out) override;
@@ -76,6 +81,10 @@ class CudaBackend final : public Backend {
   // sizes the scratch buffers before its capture).
   void reserve_scratch(DeviceBuffer& buffer, size_t bytes);
   int64_t graph_epoch() const override { return graph_epoch_; }
+  // The split count of a step's decode attention and its scratch, grown (never during capture).
+  int decode_splits(const AttentionBatch& batch, const KvCacheView& cache, int64_t decodes) const;
+  cuda::SplitWorkspace split_workspace(int64_t decodes, int64_t query_heads, int64_t head_dim,
+                                       int splits);
 
   BackendOptions options_;
   CudaDeviceInfo device_;
@@ -83,6 +92,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<cuda::GemmRunner> gemm_;
   // Split-KV partial results; grown outside graph capture (the first step of a shape).
   DeviceBuffer attention_workspace_;
+  DeviceBuffer split_counters_;          // zeroed when allocated; the kernels leave them zero
   DeviceBuffer sampling_workspace_;      // likewise
   std::vector<cudaGraphExec_t> graphs_;  // by id; destroyed ones are null
   int64_t graph_epoch_ = 0;              // bumped when a scratch buffer moves
