@@ -2,12 +2,17 @@
 #include "server/http_server.h"
 
 #include <httplib.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -56,6 +61,59 @@ void start_event_stream(httplib::Response& response) {
   response.set_header("Cache-Control", "no-cache");
   response.set_header("X-Accel-Buffering", "no");  // proxies must not hold events back
 }
+
+// The numeric host and the port of a socket address, as cpp-httplib writes them in a Request.
+bool numeric_address(const sockaddr_storage& address, socklen_t length, std::string* host,
+                     int* port) {
+  char buffer[NI_MAXHOST];
+  if (getnameinfo(reinterpret_cast<const sockaddr*>(&address), length, buffer, sizeof(buffer),
+                  nullptr, 0, NI_NUMERICHOST) != 0) {
+    return false;
+  }
+  *host = buffer;
+  *port = address.ss_family == AF_INET6
+              ? ntohs(reinterpret_cast<const sockaddr_in6*>(&address)->sin6_port)
+              : ntohs(reinterpret_cast<const sockaddr_in*>(&address)->sin_port);
+  return true;
+}
+
+// The server's socket of the connection `request` came on, or -1. cpp-httplib 0.11 gives a
+// handler no socket, so this finds it among the process's sockets by its two addresses (unique
+// while the handler runs: the connection stays open until the handler returns).
+int connection_socket(const httplib::Request& request) {
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", error)) {
+    const int fd = std::atoi(entry.path().filename().c_str());
+    struct stat status {};
+    if (fstat(fd, &status) != 0 || !S_ISSOCK(status.st_mode)) continue;
+    sockaddr_storage local{}, peer{};
+    socklen_t local_length = sizeof(local), peer_length = sizeof(peer);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_length) != 0 ||
+        getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_length) != 0) {
+      continue;
+    }
+    std::string local_host, peer_host;
+    int local_port = 0, peer_port = 0;
+    if (numeric_address(local, local_length, &local_host, &local_port) &&
+        numeric_address(peer, peer_length, &peer_host, &peer_port) &&
+        local_port == request.local_port && peer_port == request.remote_port &&
+        peer_host == request.remote_addr) {
+      return fd;
+    }
+  }
+  return -1;
+}
+
+// Whether the client closed its end of the connection (end of file waiting on the socket).
+bool client_gone(int socket_fd) {
+  if (socket_fd < 0) return false;
+  char byte;
+  const ssize_t received = ::recv(socket_fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return received == 0 || (received < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+}
+
+// The status a request whose client went away is counted under (nginx's "client closed request").
+constexpr int kClientClosedRequest = 499;
 
 }  // namespace
 
@@ -296,12 +354,21 @@ void HttpServer::Impl::handle_openai(const httplib::Request& request, httplib::R
                             std::time(nullptr));
 
   if (!parsed.stream) {
+    // A client that goes away before the whole answer is ready cancels its request (dropping the
+    // generation does).
+    const int socket_fd = connection_socket(request);
     GenerationOutput output;
     for (;;) {
       GenerationUpdate update = generation->next(kPollInterval);
       output.text += update.text;
       for (TokenLogProb& entry : update.log_probs) output.log_probs.push_back(std::move(entry));
-      if (!update.finished) continue;
+      if (!update.finished) {
+        if (client_gone(socket_fd)) {
+          response.status = kClientClosedRequest;
+          return;
+        }
+        continue;
+      }
       if (update.error) {
         return send_openai_error(
             response,
@@ -369,13 +436,20 @@ void HttpServer::Impl::handle_kserve(const httplib::Request& request, httplib::R
   const std::string prefix = parsed.exclude_input_in_output ? "" : parsed.text_input;
 
   if (!parsed.stream) {
+    const int socket_fd = connection_socket(request);  // as in handle_openai
     std::string text;
     std::vector<TokenLogProb> log_probs;
     for (;;) {
       GenerationUpdate update = generation->next(kPollInterval);
       text += update.text;
       for (TokenLogProb& entry : update.log_probs) log_probs.push_back(std::move(entry));
-      if (!update.finished) continue;
+      if (!update.finished) {
+        if (client_gone(socket_fd)) {
+          response.status = kClientClosedRequest;
+          return;
+        }
+        continue;
+      }
       if (update.error) {
         return send_kserve_error(response, ApiError{.http_status = 503, .message = *update.error});
       }

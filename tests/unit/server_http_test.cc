@@ -538,6 +538,45 @@ TEST(ServerHttp, ClientDisconnectingMidStreamCancelsItsRequest) {
   EXPECT_NE(metrics.find("kite_kv_cache_used_blocks 0\n"), std::string::npos) << metrics;
 }
 
+// Sends a request and closes the connection without reading the answer.
+void send_and_close(int port, const std::string& path, const Json& body) {
+  const int socket_fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(socket_fd, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(uint16_t(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(socket_fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  const std::string payload = body.dump();
+  const std::string request = "POST " + path +
+                              " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              "Content-Type: application/json\r\nContent-Length: " +
+                              std::to_string(payload.size()) + "\r\n\r\n" + payload;
+  ASSERT_EQ(::send(socket_fd, request.data(), request.size(), 0), ssize_t(request.size()));
+  std::this_thread::sleep_for(50ms);  // the request is under way
+  ::close(socket_fd);
+}
+
+TEST(ServerHttp, ClientDisconnectingBeforeAWholeAnswerCancelsItsRequest) {
+  // 20 ms a step and 120 tokens to go (2.4 s): only a cancellation ends these requests within 1.5 s.
+  TestServer server(encode(kScriptText), ServerOptions{}, 20ms);
+  const auto started = std::chrono::steady_clock::now();
+  send_and_close(server.port, "/v1/completions", {{"prompt", "x"}, {"max_tokens", 120}});
+  send_and_close(server.port, "/v2/models/tiny/generate",
+                 {{"text_input", "x"}, {"max_tokens", 120}});
+  while (server.executor.active_requests() > 0 &&
+         std::chrono::steady_clock::now() < started + 1500ms) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(server.executor.active_requests(), 0u);
+  EXPECT_EQ(server.executor.cancelled().size(), 2u);
+  const std::string metrics = server.client().Get("/metrics")->body;
+  EXPECT_NE(metrics.find("kite_requests_finished_total{finish_reason=\"cancelled\"} 2\n"),
+            std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("kite_kv_cache_used_blocks 0\n"), std::string::npos) << metrics;
+}
+
 TEST(ServerHttp, StopEndsOpenRequests) {
   auto server = std::make_unique<TestServer>(encode(kScriptText), ServerOptions{}, 20ms);
   std::optional<httplib::Result> streamed, whole;
