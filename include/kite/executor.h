@@ -56,6 +56,17 @@ struct Request {
   std::optional<std::vector<int32_t>> end_ids;
   bool streaming = false;         // a response per step with the new tokens, or one at the end
   bool return_log_probs = false;  // the log-probability of each new token under the model
+  // With return_log_probs: also the this many most likely tokens of each step, with their
+  // log-probabilities (OpenAI's top_logprobs); 0 to kMaxTopLogProbs.
+  int64_t top_log_probs = 0;
+};
+
+inline constexpr int64_t kMaxTopLogProbs = 20;
+
+// One of a step's most likely tokens.
+struct TopLogProb {
+  int32_t token = 0;
+  float log_prob = 0;
 };
 
 enum class FinishReason { kNotFinished, kEndId, kStopWords, kLength, kCancelled };
@@ -66,6 +77,9 @@ struct Result {
   // New tokens: streaming, those since the previous response; otherwise the whole output.
   std::vector<int32_t> output_ids;
   std::vector<float> log_probs;  // one per output id when the request asked for them
+  // One list per output id when the request asked for top_log_probs: the most likely tokens of
+  // that step, most likely first (the lower id first on ties).
+  std::vector<std::vector<TopLogProb>> top_log_probs;
   FinishReason finish_reason = FinishReason::kNotFinished;
   bool is_final = false;  // the last response of its request
 };

@@ -11,6 +11,7 @@
 #include <deque>
 #include <future>
 #include <mutex>
+#include <numeric>
 #include <thread>
 #include <unordered_map>
 
@@ -74,6 +75,26 @@ float log_probability(std::span<const float> logits, int32_t token) {
   return float(double(logits[size_t(token)]) - maximum - std::log(sum));
 }
 
+// The n most likely tokens of a row and their log softmax, most likely first (lower id on ties).
+std::vector<TopLogProb> top_log_probabilities(std::span<const float> logits, int64_t n) {
+  std::vector<TopLogProb> top;
+  const float maximum = *std::max_element(logits.begin(), logits.end());
+  if (n <= 0 || (std::isinf(maximum) && maximum < 0)) return top;
+  double sum = 0;
+  for (float value : logits) sum += std::exp(double(value) - maximum);
+  const double log_total = double(maximum) + std::log(sum);
+  std::vector<int32_t> ids(logits.size());
+  std::iota(ids.begin(), ids.end(), 0);
+  const auto count = std::min<ptrdiff_t>(ptrdiff_t(n), ptrdiff_t(ids.size()));
+  std::partial_sort(ids.begin(), ids.begin() + count, ids.end(), [&](int32_t a, int32_t b) {
+    return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
+  });
+  for (ptrdiff_t i = 0; i < count; ++i) {
+    top.push_back({ids[size_t(i)], float(double(logits[size_t(ids[size_t(i)])]) - log_total)});
+  }
+  return top;
+}
+
 class ExecutorImpl final : public Executor {
  public:
   ExecutorImpl() = default;
@@ -124,6 +145,12 @@ class ExecutorImpl final : public Executor {
                  std::to_string(vocab_size_);
         }
       }
+    }
+    if (request.top_log_probs < 0 || request.top_log_probs > kMaxTopLogProbs) {
+      return "top_log_probs must be between 0 and " + std::to_string(kMaxTopLogProbs);
+    }
+    if (request.top_log_probs > 0 && !request.return_log_probs) {
+      return "top_log_probs needs return_log_probs";
     }
     const Status sampling = validate_sampling_config(internal_sampling(request.sampling));
     if (!sampling.is_ok()) return sampling.message();
@@ -207,6 +234,8 @@ class ExecutorImpl final : public Executor {
     std::vector<int32_t> unsent;  // streaming: tokens not yet in a response
     std::vector<float> unsent_log_probs;
     std::vector<float> log_probs;  // all of them, for the final non-streaming response
+    std::vector<std::vector<TopLogProb>> unsent_top_log_probs;  // likewise, when asked
+    std::vector<std::vector<TopLogProb>> top_log_probs;
   };
 
   Status load(const std::string& engine_dir, const ExecutorConfig& config) {
@@ -337,9 +366,13 @@ class ExecutorImpl final : public Executor {
     if (active.request.streaming) {
       response.result.output_ids = std::move(active.unsent);
       response.result.log_probs = std::move(active.unsent_log_probs);
+      response.result.top_log_probs = std::move(active.unsent_top_log_probs);
     } else {
       response.result.output_ids = std::move(output);
-      if (active.request.return_log_probs) response.result.log_probs = std::move(active.log_probs);
+      if (active.request.return_log_probs) {
+        response.result.log_probs = std::move(active.log_probs);
+        response.result.top_log_probs = std::move(active.top_log_probs);
+      }
     }
     respond(std::move(response));
   }
@@ -398,7 +431,8 @@ class ExecutorImpl final : public Executor {
     }
 
     std::vector<float> log_probs(sampled.size(), 0.0f);
-    kite::Result<std::vector<int32_t>> tokens = run(input, sampled, log_probs);
+    std::vector<std::vector<TopLogProb>> top_log_probs(sampled.size());
+    kite::Result<std::vector<int32_t>> tokens = run(input, sampled, log_probs, top_log_probs);
     if (!tokens.is_ok()) {
       // The step failed as a whole (e.g. out of memory): its requests fail, the rest go on.
       for (const ScheduledSequence& sequence : plan.sequences) {
@@ -421,6 +455,10 @@ class ExecutorImpl final : public Executor {
         active.unsent_log_probs.push_back(log_probs[row]);
         active.log_probs.push_back(log_probs[row]);
       }
+      if (active.request.return_log_probs && active.request.top_log_probs > 0) {
+        active.unsent_top_log_probs.push_back(top_log_probs[row]);
+        active.top_log_probs.push_back(std::move(top_log_probs[row]));
+      }
       StepResult result{int64_t(id), token, kite::FinishReason::kNotFinished};
       if (ends_with_stop_word(active)) result.finish_reason = kite::FinishReason::kStopWords;
       results.push_back(result);
@@ -439,8 +477,10 @@ class ExecutorImpl final : public Executor {
       response.request_id = RequestId(request_id);
       response.result.output_ids = std::move(found->second.unsent);
       response.result.log_probs = std::move(found->second.unsent_log_probs);
+      response.result.top_log_probs = std::move(found->second.unsent_top_log_probs);
       found->second.unsent.clear();
       found->second.unsent_log_probs.clear();
+      found->second.unsent_top_log_probs.clear();
       respond(std::move(response));
     }
     IterationStats iteration;
@@ -462,10 +502,12 @@ class ExecutorImpl final : public Executor {
     });
   }
 
-  // Runs the step; the token of each logit row (and its log-probability when asked).
+  // Runs the step; the token of each logit row (and its log-probability, and the most likely
+  // tokens', when asked).
   kite::Result<std::vector<int32_t>> run(const StepInput& input,
                                          const std::vector<int64_t>& sampled,
-                                         std::vector<float>& log_probs) {
+                                         std::vector<float>& log_probs,
+                                         std::vector<std::vector<TopLogProb>>& top_log_probs) {
     LlamaModel& model = engine_->model();
     const KvCacheView& cache = engine_->kv_cache().view();
     bool want_log_probs = false;
@@ -494,8 +536,10 @@ class ExecutorImpl final : public Executor {
       Active& active = active_.at(RequestId(sampled[row]));
       const std::span<const float> row_logits(logits.data() + row * vocab, vocab);
       tokens[row] = active.sampler.sample(row_logits, scheduler_->tokens(sampled[row]));
-      if (active.request.return_log_probs)
+      if (active.request.return_log_probs) {
         log_probs[row] = log_probability(row_logits, tokens[row]);
+        top_log_probs[row] = top_log_probabilities(row_logits, active.request.top_log_probs);
+      }
     }
     return tokens;
   }

@@ -93,6 +93,13 @@ void Generation::add_tokens(const executor::Result& result, Clock::time_point re
       entry.text = tokenizer_.decode(std::span<const int32_t>(&id, 1), false);
       entry.log_prob = i < result.log_probs.size() ? result.log_probs[i] : 0.0f;
       entry.text_offset = text_.decoded_characters();
+      if (i < result.top_log_probs.size()) {
+        for (const executor::TopLogProb& alternative : result.top_log_probs[i]) {
+          entry.top.emplace_back(
+              tokenizer_.decode(std::span<const int32_t>(&alternative.token, 1), false),
+              alternative.log_prob);
+        }
+      }
       update->log_probs.push_back(std::move(entry));
     }
     update->text += text_.push(id);

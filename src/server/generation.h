@@ -29,6 +29,9 @@ struct TokenLogProb {
   std::string text;  // the token alone, decoded (may hold U+FFFD for part of a character)
   float log_prob = 0;
   int64_t text_offset = 0;  // characters of output text before this token's
+  // The most likely tokens at this position (decoded alone) and their log-probabilities, when
+  // the request asked for them.
+  std::vector<std::pair<std::string, float>> top;
 };
 
 // What came since the previous update.

@@ -286,15 +286,16 @@ std::optional<ApiError> parse_completion_request(const std::string& body_text,
   std::string suffix;
   fields.string("suffix", &suffix);
   if (!suffix.empty()) return bad_request("suffix", "'suffix' is not supported");
-  // logprobs: N asks for the chosen token's log-probability (and N alternatives, which Kite does
-  // not return: top_logprobs is null).
+  // logprobs: N asks for the chosen token's log-probability and the N most likely tokens'.
   int64_t log_probs = 0;
   fields.integer("logprobs", &log_probs, 0, kMaxLogProbs);
-  request->log_probs = fields.has("logprobs");
+  request->log_probs = fields.has("logprobs");  // null: none
   int64_t max_tokens = 16;
   fields.integer("max_tokens", &max_tokens, 1, std::numeric_limits<int64_t>::max());
   if (!fields.ok()) return fields.error();
   request->generation.request.return_log_probs = request->log_probs;
+  request->top_log_probs = request->log_probs ? log_probs : 0;
+  request->generation.request.top_log_probs = request->top_log_probs;
   return check_lengths(model, "prompt", "max_tokens", max_tokens, &request->generation.request);
 }
 
@@ -340,6 +341,8 @@ std::optional<ApiError> parse_chat_request(const std::string& body_text, const S
   // The template writes the special tokens itself (as transformers' apply_chat_template).
   request->generation.request.input_ids = model.tokenizer.encode(*prompt, false);
   request->generation.request.return_log_probs = request->log_probs;
+  request->top_log_probs = request->log_probs ? top_log_probs : 0;
+  request->generation.request.top_log_probs = request->top_log_probs;
   return check_lengths(model, "messages", max_tokens_param, max_tokens,
                        &request->generation.request);
 }
@@ -349,6 +352,7 @@ OpenAiFormatter::OpenAiFormatter(const OpenAiRequest& request, std::string id, s
     : chat_(request.chat),
       include_usage_(request.include_usage),
       log_probs_(request.log_probs),
+      top_log_probs_(request.top_log_probs),
       id_(std::move(id)),
       model_(std::move(model)),
       created_(created) {}
@@ -364,24 +368,35 @@ Json OpenAiFormatter::log_probs_json(const std::vector<TokenLogProb>& log_probs)
   if (chat_) {
     Json content = Json::array();
     for (const TokenLogProb& entry : log_probs) {
+      Json top = Json::array();
+      for (const auto& [text, log_prob] : entry.top) {
+        top.push_back(Json{{"token", text}, {"logprob", log_prob}, {"bytes", utf8_bytes(text)}});
+      }
       content.push_back(Json{{"token", entry.text},
                              {"logprob", entry.log_prob},
                              {"bytes", utf8_bytes(entry.text)},
-                             {"top_logprobs", Json::array()}});
+                             {"top_logprobs", top}});
     }
     return Json{{"content", content}};
   }
   Json tokens = Json::array();
   Json token_log_probs = Json::array();
   Json offsets = Json::array();
+  Json top_log_probs = Json::array();
   for (const TokenLogProb& entry : log_probs) {
     tokens.push_back(entry.text);
     token_log_probs.push_back(entry.log_prob);
     offsets.push_back(entry.text_offset);
+    // {text: log-probability}, most likely first; of two tokens with the same text, the likelier.
+    Json top = Json::object();
+    for (const auto& [text, log_prob] : entry.top) {
+      if (!top.contains(text)) top[text] = log_prob;
+    }
+    top_log_probs.push_back(std::move(top));
   }
   return Json{{"tokens", tokens},
               {"token_logprobs", token_log_probs},
-              {"top_logprobs", nullptr},
+              {"top_logprobs", top_log_probs_ > 0 ? top_log_probs : Json(nullptr)},
               {"text_offset", offsets}};
 }
 

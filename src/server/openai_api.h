@@ -22,6 +22,7 @@ struct OpenAiRequest {
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool log_probs = false;      // return the chosen tokens' log-probabilities
+  int64_t top_log_probs = 0;   // and this many most likely tokens' at each position
 };
 
 // Parses and validates a request body. `random_seed` seeds sampling when the request has no
@@ -64,6 +65,7 @@ class OpenAiFormatter {
   bool chat_;
   bool include_usage_;
   bool log_probs_;
+  int64_t top_log_probs_;
   std::string id_;
   std::string model_;
   std::time_t created_;

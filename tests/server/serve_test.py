@@ -255,6 +255,17 @@ def test_openai_client(server):
     check(sampled[0].choices[0].text == sampled[1].choices[0].text, "seeded sampling differs")
     check(len(sampled[0].choices[0].logprobs.token_logprobs) == sampled[0].usage.completion_tokens,
           "one log-prob per token")
+    # The most likely tokens of each position (greedy: the chosen one first).
+    top = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                         max_tokens=6, temperature=0, logprobs=True,
+                                         top_logprobs=3)
+    content = top.choices[0].logprobs.content
+    check(len(content) == top.usage.completion_tokens, "one log-prob entry per token")
+    for entry in content:
+        check(len(entry.top_logprobs) == 3, f"3 top log-probs, got {entry.top_logprobs}")
+        check(entry.top_logprobs[0].logprob == entry.logprob, "greedy: the top token is the chosen")
+        check(all(a.logprob >= b.logprob for a, b in zip(entry.top_logprobs, entry.top_logprobs[1:])),
+              "top log-probs in order")
 
     # Errors surface as the client's exceptions.
     for kwargs in ({"n": 2}, {"max_tokens": 100000}):

@@ -218,10 +218,12 @@ TEST_F(ExecutorTest, StopWordsLogProbsAndSeeds) {
       break;
     }
   }
-  // Log-probabilities: one per token, each <= 0.
+  // Log-probabilities: one per token, each <= 0; the 5 most likely tokens of each step, the first
+  // being the greedy choice.
   Request with_log_probs = stopped;
   with_log_probs.stop_words.clear();
   with_log_probs.return_log_probs = true;
+  with_log_probs.top_log_probs = 5;
   // Seeds: the same seed gives the same tokens, beside other requests.
   Request seeded;
   seeded.input_ids = prompt;
@@ -241,6 +243,22 @@ TEST_F(ExecutorTest, StopWordsLogProbsAndSeeds) {
   ASSERT_EQ(log_response.result.log_probs.size(), log_response.result.output_ids.size());
   for (float log_probability : log_response.result.log_probs) EXPECT_LE(log_probability, 0.0f);
   EXPECT_EQ(log_response.result.output_ids, std::vector<int32_t>(greedy.begin(), greedy.end()));
+  ASSERT_EQ(log_response.result.top_log_probs.size(), log_response.result.output_ids.size());
+  for (size_t i = 0; i < log_response.result.top_log_probs.size(); ++i) {
+    const std::vector<kite::executor::TopLogProb>& top = log_response.result.top_log_probs[i];
+    ASSERT_EQ(top.size(), 5u);
+    EXPECT_EQ(top[0].token, log_response.result.output_ids[i]);
+    EXPECT_EQ(top[0].log_prob, log_response.result.log_probs[i]);
+    double probability = 0;
+    for (size_t k = 0; k < top.size(); ++k) {
+      if (k > 0) {
+        EXPECT_LE(top[k].log_prob, top[k - 1].log_prob);
+      }
+      probability += std::exp(double(top[k].log_prob));
+    }
+    EXPECT_LE(probability, 1.0 + 1e-6);
+  }
+  EXPECT_TRUE(done.at(stop_id).result.top_log_probs.empty());
   EXPECT_EQ(done.at(seed_a).result.output_ids, done.at(seed_b).result.output_ids);
 }
 

@@ -152,6 +152,14 @@ class FakeExecutor final : public executor::Executor {
         response.result.output_ids = {token};
         if (active.request.return_log_probs) {
           response.result.log_probs = {-0.25f * float(active.produced + 1)};
+          // The script's token first, then the next ids down, each 1 less likely.
+          if (active.request.top_log_probs > 0) {
+            std::vector<executor::TopLogProb> top;
+            for (int64_t k = 0; k < active.request.top_log_probs; ++k) {
+              top.push_back({token - int32_t(k), response.result.log_probs[0] - float(k)});
+            }
+            response.result.top_log_probs = {top};
+          }
         }
         ++active.produced;
         const std::vector<int32_t> ends = active.request.end_ids.value_or(end_ids());

@@ -235,6 +235,40 @@ TEST(ServerHttp, LogProbs) {
   ASSERT_EQ(content.size(), 2u);
   EXPECT_EQ(content[1].at("logprob"), -0.5);
   EXPECT_EQ(content[0].at("top_logprobs"), Json::array());
+  EXPECT_EQ(server.executor.requests_seen().back().top_log_probs, 0);
+
+  // The most likely tokens: completions' {text: log-probability} per position, chat's lists.
+  response =
+      server.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}, {"logprobs", 3}});
+  ASSERT_TRUE(response);
+  const Json top = Json::parse(response->body).at("choices")[0].at("logprobs").at("top_logprobs");
+  ASSERT_EQ(top.size(), 2u);
+  ASSERT_EQ(top[0].size(), 3u);
+  EXPECT_EQ(top[0].at("a"), -0.25);  // the script's "a", then two other tokens (the fake's)
+  std::vector<double> values;
+  for (const auto& [text, log_prob] : top[1].items()) values.push_back(log_prob.get<double>());
+  std::ranges::sort(values, std::greater<>());  // (parsed into a key-sorted object)
+  EXPECT_EQ(values, (std::vector<double>{-0.5, -1.5, -2.5}));
+  EXPECT_EQ(server.executor.requests_seen().back().top_log_probs, 3);
+  response = server.post("/v1/chat/completions",
+                         {{"messages", Json::array({{{"role", "user"}, {"content", "x"}}})},
+                          {"max_tokens", 2},
+                          {"logprobs", true},
+                          {"top_logprobs", 2},
+                          {"stream", true}});
+  ASSERT_TRUE(response);
+  const OpenAiStream stream = read_openai_stream(response->body, true);
+  ASSERT_FALSE(stream.chunks.empty());
+  Json streamed_top = Json::array();
+  for (const Json& chunk : stream.chunks) {
+    const Json& choice = chunk.at("choices")[0];
+    if (!choice.contains("logprobs") || choice.at("logprobs").is_null()) continue;
+    for (const Json& entry : choice.at("logprobs").at("content")) streamed_top.push_back(entry);
+  }
+  ASSERT_EQ(streamed_top.size(), 2u);
+  EXPECT_EQ(streamed_top[1].at("top_logprobs").size(), 2u);
+  EXPECT_EQ(streamed_top[1].at("top_logprobs")[0].at("token"), streamed_top[1].at("token"));
+  EXPECT_EQ(streamed_top[1].at("top_logprobs")[1].at("logprob"), -1.5);
 }
 
 TEST(ServerHttp, StreamingNeverSplitsCharacters) {
