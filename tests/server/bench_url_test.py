@@ -14,95 +14,24 @@ checks that `kite bench --mode serve --url`:
 import argparse
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+
+from kite_server import Server, check, convert_and_build
 
 API_KEY = "kite-bench-key"
-
-
-def fail(message):
-    raise AssertionError(message)
-
-
-def check(condition, message):
-    if not condition:
-        fail(message)
 
 
 def build_engine(kite, source_dir, work):
     """The tiny fixture Llama with random weights, on the CPU."""
     fixture = os.path.join(source_dir, "tests", "fixtures", "tiny_llama")
-    checkpoint = os.path.join(work, "checkpoint")
-    engine = os.path.join(work, "tiny")
-    for command in (
-        [kite, "convert", "--random", "--dtype", "float32", "--model_dir", fixture,
-         "--output_dir", checkpoint],
-        [kite, "build", "--checkpoint_dir", checkpoint, "--output_dir", engine, "--device", "cpu",
-         "--max_batch_size", "8", "--max_input_len", "32", "--max_seq_len", "64",
-         "--tokens_per_block", "16"],
-    ):
-        result = subprocess.run(command, capture_output=True, text=True)
-        check(result.returncode == 0,
-              f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")
-    return engine
-
-
-def die_with_parent():
-    """Runs in the server's process before exec: SIGTERM when this script dies, even by SIGKILL
-    (a CTest timeout), so no server outlives its test."""
-    import ctypes
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
-
-
-class Server:
-    """`kite serve` on a free port; its URL comes from the line it prints when ready."""
-
-    def __init__(self, kite, engine, work):
-        self.stderr_path = os.path.join(work, "serve.stderr")
-        self.stderr = open(self.stderr_path, "w")
-        self.process = subprocess.Popen(
-            [kite, "serve", "--engine_dir", engine, "--port", "0", "--api_key", API_KEY],
-            stdout=subprocess.PIPE, stderr=self.stderr, text=True, preexec_fn=die_with_parent)
-        line = self.process.stdout.readline()
-        match = re.search(r"at (http://127\.0\.0\.1:\d+)$", line.strip())
-        if not match:
-            self.process.kill()
-            fail(f"no URL line from kite serve: {line!r}\n{self.log()}")
-        self.url = match.group(1)
-
-    def log(self):
-        self.stderr.flush()
-        with open(self.stderr_path) as f:
-            return f.read()
-
-    def metrics(self):
-        """The /metrics samples, by series (name and labels)."""
-        request = urllib.request.Request(self.url + "/metrics",
-                                         headers={"Authorization": f"Bearer {API_KEY}"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            text = response.read().decode()
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                series, value = line.rsplit(" ", 1)
-                samples[series] = float(value)
-        return samples
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+    return convert_and_build(kite, fixture, work,
+                             ["--max_batch_size", "8", "--max_input_len", "32",
+                              "--max_seq_len", "64", "--tokens_per_block", "16"])
 
 
 def bench(kite, *arguments):
@@ -233,7 +162,7 @@ def main():
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="kite_bench_url_test_") as work:
         engine = build_engine(args.kite, args.source_dir, work)
-        server = Server(args.kite, engine, work)
+        server = Server(args.kite, engine, work, API_KEY)
         try:
             test_measures_the_server(args.kite, server, engine)
             test_rate_and_concurrencies(args.kite, server, engine)

@@ -21,7 +21,6 @@ import concurrent.futures
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +31,8 @@ import time
 import urllib.error
 import urllib.request
 
+from kite_server import Server, check, convert_and_build, fail
+
 API_KEY = "kite-test-key"
 MODEL = "tiny"
 CHAT_TEMPLATE = (
@@ -40,15 +41,6 @@ CHAT_TEMPLATE = (
     "{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 MAX_SEQ_LEN = 1280
-
-
-def fail(message):
-    raise AssertionError(message)
-
-
-def check(condition, message):
-    if not condition:
-        fail(message)
 
 
 def build_engine(kite, source_dir, work):
@@ -68,63 +60,9 @@ def build_engine(kite, source_dir, work):
     tokenizer_config["chat_template"] = CHAT_TEMPLATE
     with open(os.path.join(model, "tokenizer_config.json"), "w") as f:
         json.dump(tokenizer_config, f)
-    checkpoint = os.path.join(work, "checkpoint")
-    engine = os.path.join(work, MODEL)
-    for command in (
-        [kite, "convert", "--random", "--dtype", "float32", "--model_dir", model,
-         "--output_dir", checkpoint],
-        [kite, "build", "--checkpoint_dir", checkpoint, "--output_dir", engine, "--device", "cpu",
-         "--max_batch_size", "16", "--max_input_len", "256", "--max_seq_len", str(MAX_SEQ_LEN),
-         "--tokens_per_block", "16"],
-    ):
-        result = subprocess.run(command, capture_output=True, text=True)
-        check(result.returncode == 0,
-              f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")
-    return engine
-
-
-def die_with_parent():
-    """Runs in the server's process before exec: SIGTERM when this script dies, even by SIGKILL
-    (a CTest timeout), so no server outlives its test."""
-    import ctypes
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
-
-
-class Server:
-    """`kite serve` on a free port; its URL comes from the line it prints when ready."""
-
-    def __init__(self, kite, engine, work):
-        self.kite = kite
-        self.engine = engine
-        self.stderr_path = os.path.join(work, "serve.stderr")
-        self.stderr = open(self.stderr_path, "w")
-        self.process = subprocess.Popen(
-            [kite, "serve", "--engine_dir", engine, "--port", "0", "--api_key", API_KEY],
-            stdout=subprocess.PIPE, stderr=self.stderr, text=True, preexec_fn=die_with_parent)
-        line = self.process.stdout.readline()
-        match = re.search(r"at (http://127\.0\.0\.1:(\d+))$", line.strip())
-        if not match:
-            self.process.kill()
-            fail(f"no URL line from kite serve: {line!r}\n{self.log()}")
-        self.url = match.group(1)
-        self.port = int(match.group(2))
-
-    def log(self):
-        self.stderr.flush()
-        with open(self.stderr_path) as f:
-            return f.read()
-
-    def stop(self):
-        """SIGTERM; returns the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            fail("kite serve did not stop within 20 s of SIGTERM")
+    return convert_and_build(kite, model, work,
+                             ["--max_batch_size", "16", "--max_input_len", "256",
+                              "--max_seq_len", str(MAX_SEQ_LEN), "--tokens_per_block", "16"])
 
 
 def http_request(server, method, path, body=None, key=API_KEY, raw_body=None):
@@ -143,18 +81,6 @@ def http_request(server, method, path, body=None, key=API_KEY, raw_body=None):
         return status, json.loads(text)
     except json.JSONDecodeError:
         return status, text
-
-
-def metrics(server):
-    """The /metrics samples, by series (name and labels)."""
-    status, text = http_request(server, "GET", "/metrics")
-    check(status == 200, f"/metrics: {status}")
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            series, value = line.rsplit(" ", 1)
-            samples[series] = float(value)
-    return samples
 
 
 def sse_events(response):
@@ -429,7 +355,7 @@ def test_load(server):
         list(pool.map(run, range(320)))
     seconds = time.time() - start
     check(not errors, f"{len(errors)} of 320 requests failed:\n" + "\n".join(errors[:10]))
-    samples = metrics(server)
+    samples = server.metrics()
     check(samples["kite_kv_cache_used_blocks"] == 0, "KV cache blocks still used after the load")
     check(samples["kite_num_requests_running"] == 0, "requests still running after the load")
     print(f"ok: 320 requests from 32 clients in {seconds:.1f} s, "
@@ -439,7 +365,7 @@ def test_load(server):
 def test_disconnect(server):
     """A client that goes away mid-stream: its request is cancelled and frees its blocks."""
     cancelled = 'kite_requests_finished_total{finish_reason="cancelled"}'
-    before = metrics(server).get(cancelled, 0)
+    before = server.metrics().get(cancelled, 0)
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     connection.request("POST", "/v1/completions",
                        json.dumps({"prompt": "Tell me a long story", "max_tokens": 1200,
@@ -450,12 +376,12 @@ def test_disconnect(server):
     events = sse_events(response)
     for _ in range(3):
         next(events)
-    check(metrics(server)["kite_kv_cache_used_blocks"] > 0, "the request holds no blocks")
+    check(server.metrics()["kite_kv_cache_used_blocks"] > 0, "the request holds no blocks")
     connection.sock.shutdown(2)
     connection.close()
     deadline = time.time() + 15
     while time.time() < deadline:
-        samples = metrics(server)
+        samples = server.metrics()
         if (samples["kite_kv_cache_used_blocks"] == 0 and
                 samples["kite_num_requests_running"] == 0 and samples.get(cancelled, 0) > before):
             print("ok: a client disconnecting mid-stream cancels its request; no KV blocks in use")
@@ -481,7 +407,7 @@ def main():
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="kite_serve_test_") as work:
         engine = build_engine(args.kite, args.source_dir, work)
-        server = Server(args.kite, engine, work)
+        server = Server(args.kite, engine, work, API_KEY)
         try:
             test_openai_client(server)
             test_kserve(server)

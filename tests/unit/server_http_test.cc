@@ -519,21 +519,29 @@ TEST(ServerHttp, MetricsCountRequestsTokensAndLatencies) {
   }
 }
 
-// Opens a raw connection, sends a streaming request, reads `events` events and closes the socket.
-void disconnect_after(int port, const std::string& path, const Json& body, int events) {
+// Opens a raw connection and sends a request on it; the socket, or -1 on failure.
+int send_request(int port, const std::string& path, const Json& body) {
   const int socket_fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  ASSERT_GE(socket_fd, 0);
+  EXPECT_GE(socket_fd, 0);
+  if (socket_fd < 0) return -1;
   sockaddr_in address{};
   address.sin_family = AF_INET;
   address.sin_port = htons(uint16_t(port));
   address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::connect(socket_fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  EXPECT_EQ(::connect(socket_fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
   const std::string payload = body.dump();
   const std::string request = "POST " + path +
                               " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                               "Content-Type: application/json\r\nContent-Length: " +
                               std::to_string(payload.size()) + "\r\n\r\n" + payload;
-  ASSERT_EQ(::send(socket_fd, request.data(), request.size(), 0), ssize_t(request.size()));
+  EXPECT_EQ(::send(socket_fd, request.data(), request.size(), 0), ssize_t(request.size()));
+  return socket_fd;
+}
+
+// Sends a streaming request, reads `events` events and closes the socket.
+void disconnect_after(int port, const std::string& path, const Json& body, int events) {
+  const int socket_fd = send_request(port, path, body);
+  ASSERT_GE(socket_fd, 0);
   std::string received;
   char buffer[4096];
   size_t seen = 0;
@@ -574,19 +582,8 @@ TEST(ServerHttp, ClientDisconnectingMidStreamCancelsItsRequest) {
 
 // Sends a request and closes the connection without reading the answer.
 void send_and_close(int port, const std::string& path, const Json& body) {
-  const int socket_fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  const int socket_fd = send_request(port, path, body);
   ASSERT_GE(socket_fd, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(uint16_t(port));
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::connect(socket_fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
-  const std::string payload = body.dump();
-  const std::string request = "POST " + path +
-                              " HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                              "Content-Type: application/json\r\nContent-Length: " +
-                              std::to_string(payload.size()) + "\r\n\r\n" + payload;
-  ASSERT_EQ(::send(socket_fd, request.data(), request.size(), 0), ssize_t(request.size()));
   std::this_thread::sleep_for(50ms);  // the request is under way
   ::close(socket_fd);
 }
