@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "core/file.h"
@@ -29,9 +30,10 @@ using Matrix = std::vector<std::vector<float>>;
 class ModelRunner {
  public:
   ModelRunner(BackendKind kind, const ModelConfig& config, const WeightLookup& lookup, DType dtype,
-              int64_t max_length) {
+              int64_t max_length, bool prefetch_weights = false) {
     BackendOptions options;
     options.activation_dtype = dtype;
+    options.prefetch_weights = prefetch_weights;
     backend_ = std::move(make_backend(kind, options).value());
     dtype = backend_->activation_dtype();
     model_ = std::make_unique<LlamaModel>(
@@ -79,6 +81,29 @@ class ModelRunner {
   int32_t length_ = 0;
 };
 
+// A golden model's float32 weights (model.safetensors in `directory`) rounded to bfloat16, as
+// `kite convert --dtype bfloat16` does.
+std::map<std::string, Tensor> bf16_weights(const std::string& directory) {
+  const SafetensorsFile file = SafetensorsFile::open(directory + "/model.safetensors").value();
+  std::map<std::string, Tensor> weights;
+  for (const std::string& name : file.names()) {
+    const std::vector<float> values = to_float32(file.tensor(name).value()).value();
+    Tensor tensor(DType::kBF16, file.tensor(name)->shape);
+    auto* bits = reinterpret_cast<uint16_t*>(tensor.data());
+    for (size_t i = 0; i < values.size(); ++i) bits[i] = float_to_bf16(values[i]);
+    weights.emplace(name, std::move(tensor));
+  }
+  return weights;
+}
+
+WeightLookup lookup_in(const std::map<std::string, Tensor>& weights) {
+  return [&weights](const std::string& name) -> Result<TensorView> {
+    auto found = weights.find(name);
+    if (found == weights.end()) return not_found("no weight " + name);
+    return found->second.view();
+  };
+}
+
 // max |a - b| / max(1, max |b|).
 double relative_difference(const std::vector<float>& a, const std::vector<float>& b) {
   double difference = 0, largest = 1;
@@ -114,21 +139,8 @@ TEST(CudaGolden, Bf16MatchesTransformers) {
   for (const std::string& directory : models) {
     SCOPED_TRACE(directory);
     const ModelConfig config = read_hf_config(directory + "/config.json").value();
-    const SafetensorsFile file = SafetensorsFile::open(directory + "/model.safetensors").value();
-    // The float32 fixture weights rounded to bfloat16, as `kite convert --dtype bfloat16` does.
-    std::map<std::string, Tensor> weights;
-    for (const std::string& name : file.names()) {
-      const std::vector<float> values = to_float32(file.tensor(name).value()).value();
-      Tensor tensor(DType::kBF16, file.tensor(name)->shape);
-      auto* bits = reinterpret_cast<uint16_t*>(tensor.data());
-      for (size_t i = 0; i < values.size(); ++i) bits[i] = float_to_bf16(values[i]);
-      weights.emplace(name, std::move(tensor));
-    }
-    const WeightLookup lookup = [&weights](const std::string& name) -> Result<TensorView> {
-      auto found = weights.find(name);
-      if (found == weights.end()) return not_found("no weight " + name);
-      return found->second.view();
-    };
+    const std::map<std::string, Tensor> weights = bf16_weights(directory);
+    const WeightLookup lookup = lookup_in(weights);
     const SafetensorsFile logits_file =
         SafetensorsFile::open(directory + "/reference.safetensors").value();
     const auto reference = nlohmann::json::parse(read_file(directory + "/reference.json").value());
@@ -180,6 +192,31 @@ TEST(CudaGolden, Bf16MatchesTransformers) {
   std::printf("[ TOKENS   ] %d of %d greedy tokens identical to transformers (bf16 engine)\n",
               compared_tokens, total_tokens);
   EXPECT_GE(compared_tokens, total_tokens * 3 / 4);
+}
+
+// Weight prefetching (BackendOptions::prefetch_weights) is a hint: with it, the prefill and every
+// decode step (graph replays included) give the same logits, bit for bit, as without it.
+TEST(CudaGolden, WeightPrefetchChangesNoLogit) {
+  KITE_REQUIRE_GPU();
+  const std::string directory = test::source_dir() + "/tests/fixtures/golden/hf/llama_gqa_llama3";
+  ASSERT_TRUE(path_exists(directory + "/config.json")) << directory;
+  const ModelConfig config = read_hf_config(directory + "/config.json").value();
+  const std::map<std::string, Tensor> weights = bf16_weights(directory);
+  const WeightLookup lookup = lookup_in(weights);
+  const std::vector<int32_t> prompt = {1, 17, 42, 5, 99, 3, 64, 8, 21};
+  constexpr int kSteps = 12;
+  ModelRunner plain(BackendKind::kCuda, config, lookup, DType::kBF16, 32, false);
+  ModelRunner prefetching(BackendKind::kCuda, config, lookup, DType::kBF16, 32, true);
+  Matrix expected = plain.step(prompt);
+  Matrix actual = prefetching.step(prompt);
+  ASSERT_EQ(actual, expected) << "prefill";
+  for (int k = 0; k < kSteps; ++k) {
+    const std::vector<float>& last = expected.back();
+    const auto next = int32_t(std::max_element(last.begin(), last.end()) - last.begin());
+    expected = plain.step({next});
+    actual = prefetching.step({next});
+    ASSERT_EQ(actual, expected) << "decode step " << k;
+  }
 }
 
 // SmolLM2-135M through the commands: convert to bfloat16, build for CUDA (with GEMM tuning), run

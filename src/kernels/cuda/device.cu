@@ -30,7 +30,8 @@ Result<std::vector<CudaDeviceInfo>> cuda_devices() {
                             cudaGetErrorString(property_error));
     }
     devices.push_back(CudaDeviceInfo{i, properties.name, properties.major * 10 + properties.minor,
-                                     properties.totalGlobalMem, properties.multiProcessorCount});
+                                     properties.totalGlobalMem, properties.multiProcessorCount,
+                                     size_t(properties.l2CacheSize)});
   }
   return devices;
 }

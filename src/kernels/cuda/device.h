@@ -15,6 +15,7 @@ struct CudaDeviceInfo {
   int compute_capability = 0;  // 90 for sm_90
   size_t total_memory_bytes = 0;
   int multiprocessor_count = 0;
+  size_t l2_cache_bytes = 0;
 };
 
 // The visible GPUs; empty when the driver reports none (cudaErrorNoDevice or
