@@ -167,6 +167,9 @@ nlohmann::ordered_json engine_config_to_json(const EngineConfig& config) {
                       {"dtype", dtype_name(config.kv_cache_dtype)}};
   json["model"] = model_config_to_json(config.model);
   json["built_from"] = config.built_from;
+  json["memory"] = {{"weights_bytes", config.memory.weights_bytes},
+                    {"activation_bytes", config.memory.activation_bytes},
+                    {"kv_cache_bytes_per_token", config.memory.kv_cache_bytes_per_token}};
   if (config.device == "cuda") {
     nlohmann::ordered_json tactics = nlohmann::ordered_json::array();
     for (const GemmChoice& choice : config.gemm_choices) {
@@ -233,6 +236,20 @@ Result<EngineConfig> engine_config_from_json(const nlohmann::json& json,
   const auto model = json.find("model");
   if (model == json.end() || !model->is_object()) return corrupt(source + " lacks \"model\"");
   KITE_ASSIGN_OR_RETURN(config.model, model_config_from_json(*model, source));
+  if (const auto memory = json.find("memory"); memory != json.end()) {
+    MemoryPlan& plan = config.memory;
+    for (auto [name, field] :
+         {std::pair{"weights_bytes", &plan.weights_bytes},
+          std::pair{"activation_bytes", &plan.activation_bytes},
+          std::pair{"kv_cache_bytes_per_token", &plan.kv_cache_bytes_per_token}}) {
+      const auto value = memory->is_object() ? memory->find(name) : memory->end();
+      if (value == memory->end() || !value->is_number_integer() || value->get<int64_t>() < 0) {
+        return corrupt(source + ": memory." + name +
+                       " must be a non-negative integer; build the engine again");
+      }
+      *field = value->get<int64_t>();
+    }
+  }
   if (config.device == "cuda") {
     const auto cuda = json.find("cuda");
     if (cuda == json.end() || !cuda->is_object()) return corrupt(source + " lacks \"cuda\"");
@@ -244,8 +261,7 @@ Result<EngineConfig> engine_config_from_json(const nlohmann::json& json,
         config.gemm_choices.push_back(
             GemmChoice{tactic.at("max_tokens").get<int64_t>(), tactic.at("n").get<int64_t>(),
                        tactic.at("k").get<int64_t>(), tactic.at("algorithm").get<int32_t>(),
-                       tactic.at("variant").get<int32_t>(),
-                       tactic.value("microseconds", 0.0f)});
+                       tactic.at("variant").get<int32_t>(), tactic.value("microseconds", 0.0f)});
       }
     } catch (const nlohmann::json::exception& error) {
       return corrupt(source + ": malformed \"cuda\" section (" + error.what() +

@@ -50,6 +50,16 @@ struct BuildLimits {
   bool operator==(const BuildLimits&) const = default;
 };
 
+// What an engine's memory holds besides its KV cache, planned by kite build from the limits
+// (runtime/memory_plan.h): zeros in engines built before the plan was recorded.
+struct MemoryPlan {
+  int64_t weights_bytes = 0;     // the tensors of rank0.engine, as uploaded
+  int64_t activation_bytes = 0;  // the workspace of the largest step (max_num_tokens tokens)
+  int64_t kv_cache_bytes_per_token = 0;
+
+  bool operator==(const MemoryPlan&) const = default;
+};
+
 struct EngineConfig {
   int format_version = kEngineFormatVersion;
   std::string kite_version;
@@ -59,6 +69,7 @@ struct EngineConfig {
   DType weight_dtype = DType::kF32;
   DType kv_cache_dtype = DType::kF32;
   std::string built_from;  // the checkpoint folder, for information
+  MemoryPlan memory;
   // device "cuda" only: the GPU the kernels were chosen on (an engine runs only on GPUs of the
   // same compute capability), the split-KV decode switch, and the tuned GEMM kernels.
   std::string gpu_name;

@@ -244,6 +244,18 @@ Status LlamaModel::check_step(const StepInput& step, const KvCacheView& cache) c
   return Status::ok();
 }
 
+size_t LlamaModel::activation_bytes(const ModelConfig& c, int64_t tokens, int64_t logit_rows,
+                                    DType activation_dtype) {
+  // The buffers run_step carves, in its order: per token residual, normed, qkv, q, attended,
+  // block_out, gate_up, mlp_hidden; per logit row last_hidden and logits, then float32 logits.
+  const int64_t per_token = 2 * c.hidden_size + (c.q_size() + 2 * c.kv_size()) + c.q_size() +
+                            c.q_size() + c.hidden_size + 2 * c.intermediate_size +
+                            c.intermediate_size;
+  const int64_t per_logit_row = c.hidden_size + c.vocab_size;
+  return size_t(tokens * per_token + logit_rows * per_logit_row) * dtype_size(activation_dtype) +
+         size_t(logit_rows * c.vocab_size) * sizeof(float);
+}
+
 Status LlamaModel::reserve_workspace(int64_t tokens, int64_t logit_rows, int64_t sequences,
                                      int64_t block_table_entries) {
   const size_t metadata_bytes =
@@ -257,14 +269,7 @@ Status LlamaModel::reserve_workspace(int64_t tokens, int64_t logit_rows, int64_t
   if (tokens <= workspace_tokens_ && logit_rows <= workspace_logit_rows_) return Status::ok();
   tokens = std::max(tokens, workspace_tokens_);
   logit_rows = std::max(logit_rows, workspace_logit_rows_);
-  const ModelConfig& c = config_;
-  const int64_t per_token = 2 * c.hidden_size + (c.q_size() + 2 * c.kv_size()) + c.q_size() +
-                            c.q_size() + c.hidden_size + 2 * c.intermediate_size +
-                            c.intermediate_size;
-  const int64_t per_logit_row = c.hidden_size + c.vocab_size;
-  const size_t bytes = size_t(tokens * per_token + logit_rows * per_logit_row) *
-                           dtype_size(backend_->activation_dtype()) +
-                       size_t(logit_rows * c.vocab_size) * sizeof(float);
+  const size_t bytes = activation_bytes(config_, tokens, logit_rows, backend_->activation_dtype());
   drop_graphs();
   backend_->synchronize();
   workspace_.reset();
@@ -440,6 +445,7 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
   DeviceTensor last_hidden = carve(act, {R, H});         // [R, H] rows that need logits
   DeviceTensor logits = carve(act, {R, V});              // [R, V]
   DeviceTensor logits_f32 = carve(DType::kF32, {R, V});  // [R, V]
+  KITE_CHECK(cursor <= static_cast<uint8_t*>(workspace_.data()) + workspace_.size());
   const int32_t* device_ids = device_metadata + ids_at;
   const int32_t* device_logit_rows = device_metadata + rows_at;
   StepDump dump(backend);

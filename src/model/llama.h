@@ -102,6 +102,11 @@ class LlamaModel {
   // before the KV cache takes the rest of the memory.
   Status reserve_workspace(int64_t tokens, int64_t logit_rows, int64_t sequences,
                            int64_t block_table_entries);
+  // The activations of a step of `tokens` tokens with `logit_rows` rows of logits: what
+  // reserve_workspace allocates for them (the step metadata comes on top, 4 bytes a token or
+  // table entry).
+  static size_t activation_bytes(const ModelConfig& config, int64_t tokens, int64_t logit_rows,
+                                 DType activation_dtype);
 
  private:
   // Where the sampling op of a step reads and writes (backend memory).

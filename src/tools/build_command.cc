@@ -6,10 +6,12 @@
 #include <string>
 
 #include "core/file.h"
-#include "formats/checkpoint.h"
 #include "core/progress.h"
+#include "formats/checkpoint.h"
 #include "formats/engine_file.h"
 #include "kernels/backend_factory.h"
+#include "runtime/engine.h"
+#include "runtime/memory_plan.h"
 #include "tools/command.h"
 
 namespace kite::tools {
@@ -102,6 +104,12 @@ Status run_build(const BuildFlags& flags) {
   config.weight_dtype = checkpoint_config.dtype;
   config.kv_cache_dtype = DType::kF32;  // the CPU backend's activation dtype
   config.built_from = flags.checkpoint_dir;
+  std::vector<EngineTensorInfo> tensors;
+  int64_t weights_bytes = 0;
+  for (const WeightInfo& info : model_weights(config.model)) {
+    tensors.push_back({info.name, checkpoint_config.dtype, info.shape});
+    weights_bytes += shape_numel(info.shape) * int64_t(dtype_size(checkpoint_config.dtype));
+  }
   if (flags.device == "cuda") {
     if (config.weight_dtype != DType::kF16 && config.weight_dtype != DType::kBF16) {
       return unsupported(flags.checkpoint_dir + " holds " +
@@ -114,6 +122,18 @@ Status run_build(const BuildFlags& flags) {
     config.compute_capability = gpu.compute_capability;
     config.multi_block_mode = flags.multi_block_mode;
     config.kv_cache_dtype = config.weight_dtype;  // the activation dtype
+    // The memory plan first: limits that cannot fit this GPU are refused before the tuning.
+    config.memory = plan_memory(config, weights_bytes);
+    KITE_RETURN_IF_ERROR(
+        check_memory_plan_fits(config.memory, limits, gpu.name, gpu.total_memory_bytes));
+    const double fraction = LoadOptions{}.kv_cache_free_gpu_mem_fraction;
+    std::printf(
+        "memory plan: %s; on %s about %lld tokens of KV cache fit (%.0f%% of what is "
+        "left)\n",
+        describe_memory_plan(config.memory, limits).c_str(), gpu.name.c_str(),
+        static_cast<long long>(
+            estimated_kv_cache_tokens(config.memory, gpu.total_memory_bytes, fraction)),
+        fraction * 100);
     // Kernel tuning: time every candidate GEMM kernel for each shape on this GPU.
     const std::vector<GemmShape> shapes = model_gemm_shapes(config.model, limits);
     Progress progress("tuning GEMM kernels", int64_t(shapes.size()));
@@ -121,12 +141,18 @@ Status run_build(const BuildFlags& flags) {
                           tune_gemms(shapes, config.weight_dtype, flags.gpu,
                                      [&](size_t done, size_t) { progress.update(int64_t(done)); }));
     progress.finish();
+  } else {
+    // The CPU engine's KV cache is fixed: max_seq_len tokens for each of max_batch_size sequences.
+    config.memory = plan_memory(config, weights_bytes);
+    const double kv_bytes =
+        double(config.memory.kv_cache_bytes_per_token) *
+        double(limits.max_batch_size * limits.blocks_per_sequence() * limits.tokens_per_block);
+    std::printf("memory plan: %s; KV cache %.2f GiB (%lld sequences of %lld tokens)\n",
+                describe_memory_plan(config.memory, limits).c_str(),
+                kv_bytes / double(size_t(1) << 30), static_cast<long long>(limits.max_batch_size),
+                static_cast<long long>(limits.max_seq_len));
   }
 
-  std::vector<EngineTensorInfo> tensors;
-  for (const WeightInfo& info : model_weights(config.model)) {
-    tensors.push_back({info.name, checkpoint_config.dtype, info.shape});
-  }
   const std::string path = engine_rank_path(flags.output_dir, 0);
   KITE_RETURN_IF_ERROR(write_engine_file(
       path, tensors, [&](size_t index) { return checkpoint.weight(tensors[index].name); }));

@@ -11,6 +11,7 @@
 #include "core/file.h"
 #include "formats/engine_file.h"
 #include "kernels/backend_factory.h"
+#include "model/llama.h"
 #include "test_util.h"
 
 namespace kite {
@@ -134,6 +135,36 @@ TEST_F(EngineCommands, BuildWritesConfigAndTokenizer) {
   EXPECT_EQ(config.device, "cpu");
   EXPECT_TRUE(path_exists(*engine_ + "/tokenizer.json"));
   EXPECT_TRUE(Engine::load(*engine_).is_ok());
+}
+
+TEST_F(EngineCommands, BuildRecordsItsMemoryPlan) {
+  const EngineConfig config = read_engine_config(*engine_).value();
+  // Weights: the bytes of rank0.engine's tensors.
+  const EngineFile file = EngineFile::open(engine_rank_path(*engine_, 0)).value();
+  int64_t weights_bytes = 0;
+  for (const std::string& name : file.names()) {
+    weights_bytes += int64_t(file.tensor(name)->byte_size());
+  }
+  EXPECT_GT(weights_bytes, 0);
+  EXPECT_EQ(config.memory.weights_bytes, weights_bytes);
+  // Activations: a step of max_num_tokens (8192 by default) tokens, a logit row per sequence, in
+  // the CPU backend's float32; the load reserves exactly that (a larger step would not fit).
+  EXPECT_EQ(config.memory.activation_bytes,
+            int64_t(LlamaModel::activation_bytes(config.model, 8192, 2, DType::kF32)));
+  EXPECT_EQ(config.memory.kv_cache_bytes_per_token,
+            int64_t(KvCache::block_bytes(config.model, DType::kF32, 4) / 4));
+  // Written, read back, the same.
+  EXPECT_EQ(engine_config_from_json(engine_config_to_json(config), "test").value().memory,
+            config.memory);
+  nlohmann::json broken = engine_config_to_json(config);
+  broken["memory"]["weights_bytes"] = "lots";
+  EXPECT_EQ(engine_config_from_json(broken, "test").status().code(), StatusCode::kCorrupt);
+  const test::CommandResult build = test::run_kite(
+      "build --checkpoint_dir " + *checkpoint_ + " --output_dir " + test::temp_dir() +
+      "/engine_plan --max_batch_size 2 --max_input_len 16 --max_seq_len 40");
+  ASSERT_EQ(build.exit_code, 0) << build.output;
+  EXPECT_NE(build.output.find("memory plan: weights"), std::string::npos) << build.output;
+  EXPECT_NE(build.output.find("KV cache"), std::string::npos) << build.output;
 }
 
 TEST_F(EngineCommands, RunPrintsLikeRunPyAndWritesJson) {
