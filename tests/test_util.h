@@ -25,7 +25,13 @@ CommandResult run_kite(const std::string& arguments);
 // tokenizer) made by `kite convert --random`; its directory, or "" (and a test failure) when a
 // command fails.
 std::string make_tiny_checkpoint();
-// A CPU engine of `checkpoint` built with `kite build ... <build_flags>`; "" on failure.
+// The demo model, models/SmolLM2-135M-Instruct.Q4_1.gguf, or "" when it was not fetched.
+std::string demo_model();
+// The demo model converted to a checkpoint of `dtype` ("float32", "bfloat16"); its directory,
+// or "" (and a test failure) when the command fails.
+std::string convert_demo_model(const std::string& dtype);
+// An engine of `checkpoint` built with `kite build ... <build_flags>` (a CPU one unless the
+// flags say --device cuda); "" on failure.
 std::string build_engine(const std::string& checkpoint, const std::string& build_flags);
 
 }  // namespace kite::test

@@ -39,6 +39,27 @@ class KvCache {
   std::vector<int32_t> free_;
 };
 
+// KV cache blocks lent to the sequences of one forward step (perplexity chunks, MMLU prompts),
+// returned to the cache however the step ends.
+class StepBlocks {
+ public:
+  explicit StepBlocks(KvCache& cache) : cache_(cache) {}
+  StepBlocks(const StepBlocks&) = delete;
+  StepBlocks& operator=(const StepBlocks&) = delete;
+  ~StepBlocks() {
+    for (const std::vector<int32_t>& blocks : per_sequence_) cache_.free_blocks(blocks);
+  }
+  Result<std::vector<int32_t>> allocate(int64_t count) {
+    KITE_ASSIGN_OR_RETURN(std::vector<int32_t> blocks, cache_.allocate_blocks(count));
+    per_sequence_.push_back(blocks);
+    return blocks;
+  }
+
+ private:
+  KvCache& cache_;
+  std::vector<std::vector<int32_t>> per_sequence_;
+};
+
 struct LoadOptions {
   // CUDA engines: the share of the GPU memory left after weights and activations that the KV cache
   // takes (TensorRT-LLM's kv_cache_free_gpu_mem_fraction). CPU engines get max_batch_size x

@@ -34,26 +34,6 @@ AddedIds added_ids(const Tokenizer& tokenizer) {
   return added;
 }
 
-// Returns the KV cache blocks of one step's chunks however the step ends.
-class StepBlocks {
- public:
-  explicit StepBlocks(KvCache& cache) : cache_(cache) {}
-  StepBlocks(const StepBlocks&) = delete;
-  StepBlocks& operator=(const StepBlocks&) = delete;
-  ~StepBlocks() {
-    for (const std::vector<int32_t>& blocks : per_chunk_) cache_.free_blocks(blocks);
-  }
-  Result<std::vector<int32_t>> allocate(int64_t count) {
-    KITE_ASSIGN_OR_RETURN(std::vector<int32_t> blocks, cache_.allocate_blocks(count));
-    per_chunk_.push_back(blocks);
-    return blocks;
-  }
-
- private:
-  KvCache& cache_;
-  std::vector<std::vector<int32_t>> per_chunk_;
-};
-
 }  // namespace
 
 PerplexityTokens tokenize_for_perplexity(const Tokenizer& tokenizer, std::string_view text) {

@@ -1,5 +1,7 @@
 // `kite eval`: accuracy of an engine. `kite eval perplexity` scores a text file the way llama.cpp's
-// llama-perplexity does (src/runtime/perplexity.h), so the two numbers can be compared.
+// llama-perplexity does (src/runtime/perplexity.h), so the two numbers can be compared; `kite eval
+// mmlu` asks MMLU as TensorRT-LLM's mmlu.py does (src/runtime/mmlu.h) and prints as it does.
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -10,6 +12,7 @@
 #include "core/file.h"
 #include "core/progress.h"
 #include "runtime/engine.h"
+#include "runtime/mmlu.h"
 #include "runtime/perplexity.h"
 #include "tools/command.h"
 
@@ -88,6 +91,95 @@ Status run_perplexity(const PerplexityFlags& flags) {
   return Status::ok();
 }
 
+struct MmluFlags {
+  std::string engine_dir;
+  std::string data_dir;
+  std::string subjects;  // comma-separated; empty: all
+  MmluOptions options;
+  std::string output_json;
+};
+
+Status run_mmlu(MmluFlags flags) {
+  if (flags.engine_dir.empty()) return invalid_argument("--engine_dir is required");
+  if (flags.data_dir.empty()) return invalid_argument("--data_dir is required (the MMLU folder)");
+  for (size_t begin = 0; begin < flags.subjects.size();) {
+    const size_t end = std::min(flags.subjects.find(',', begin), flags.subjects.size());
+    if (end > begin) flags.options.subjects.push_back(flags.subjects.substr(begin, end - begin));
+    begin = end + 1;
+  }
+  KITE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::load(flags.engine_dir));
+  std::optional<Progress> progress;  // the question count is known after the first step
+  KITE_ASSIGN_OR_RETURN(
+      const MmluResult result,
+      evaluate_mmlu(*engine, flags.data_dir, flags.options, [&](int64_t done, int64_t total) {
+        if (!progress) progress.emplace("kite eval mmlu", total);
+        progress->update(done, std::to_string(done) + " questions");
+      }));
+  if (progress) progress->finish();
+
+  // mmlu.py's report: subjects, then subcategories and categories in order of appearance, then
+  // the average over all questions.
+  struct Tally {
+    int64_t correct = 0, total = 0;
+  };
+  std::vector<std::pair<std::string, Tally>> subcategories, categories;
+  auto add = [](std::vector<std::pair<std::string, Tally>>& tallies, std::string_view name,
+                const MmluSubjectResult& subject) {
+    if (name.empty()) return;
+    auto found = std::find_if(tallies.begin(), tallies.end(),
+                              [&](const auto& entry) { return entry.first == name; });
+    if (found == tallies.end()) found = tallies.insert(tallies.end(), {std::string(name), {}});
+    found->second.correct += subject.correct;
+    found->second.total += subject.total;
+  };
+  for (const MmluSubjectResult& subject : result.subjects) {
+    std::printf("Average accuracy %.3f - %s\n", subject.accuracy(), subject.subject.c_str());
+    const MmluCategory category = mmlu_category(subject.subject);
+    add(subcategories, category.subcategory, subject);
+    add(categories, category.category, subject);
+  }
+  for (const auto* tallies : {&subcategories, &categories}) {
+    for (const auto& [name, tally] : *tallies) {
+      std::printf("Average accuracy %.3f - %s\n",
+                  tally.total > 0 ? double(tally.correct) / double(tally.total) : 0.0,
+                  name.c_str());
+    }
+  }
+  std::printf("Average accuracy: %.3f (%lld of %lld questions, %lld-shot)\n", result.accuracy(),
+              static_cast<long long>(result.correct()), static_cast<long long>(result.total()),
+              static_cast<long long>(flags.options.shots));
+  int64_t fewer_shots = 0;
+  for (const MmluSubjectResult& subject : result.subjects) fewer_shots += subject.fewer_shots;
+  if (fewer_shots > 0) {
+    std::printf(
+        "(%lld questions were asked with fewer shots: their prompts were longer than the "
+        "engine's max_input_len)\n",
+        static_cast<long long>(fewer_shots));
+  }
+  std::fflush(stdout);
+  if (!flags.output_json.empty()) {
+    nlohmann::ordered_json per_subject = nlohmann::ordered_json::array();
+    for (const MmluSubjectResult& subject : result.subjects) {
+      const MmluCategory category = mmlu_category(subject.subject);
+      per_subject.push_back({{"subject", subject.subject},
+                             {"subcategory", category.subcategory},
+                             {"category", category.category},
+                             {"correct", subject.correct},
+                             {"total", subject.total},
+                             {"accuracy", subject.accuracy()},
+                             {"fewer_shots", subject.fewer_shots},
+                             {"answers", subject.answers}});
+    }
+    const nlohmann::ordered_json record = {
+        {"engine_dir", flags.engine_dir}, {"data_dir", flags.data_dir},
+        {"split", flags.options.split},   {"shots", flags.options.shots},
+        {"correct", result.correct()},    {"total", result.total()},
+        {"accuracy", result.accuracy()},  {"subjects", per_subject}};
+    KITE_RETURN_IF_ERROR(write_file(flags.output_json, record.dump(1) + "\n"));
+  }
+  return Status::ok();
+}
+
 }  // namespace
 
 Command add_eval_command(CLI::App& kite) {
@@ -107,10 +199,28 @@ Command add_eval_command(CLI::App& kite) {
   perplexity_app->add_option("--output_json", perplexity->output_json,
                              "Write the per-chunk NLL sums and the total here");
 
-  return Command{eval, [perplexity, perplexity_app]() -> Status {
-                   if (perplexity_app->parsed()) return run_perplexity(*perplexity);
-                   return invalid_argument("name an evaluation: kite eval perplexity");
-                 }};
+  auto mmlu = std::make_shared<MmluFlags>();
+  CLI::App* mmlu_app = eval->add_subcommand(
+      "mmlu", "MMLU accuracy, k-shot, per subject, category and overall (as mmlu.py)");
+  mmlu_app->add_option("--engine_dir", mmlu->engine_dir, "Engine folder (kite build)");
+  mmlu_app->add_option("--data_dir", mmlu->data_dir,
+                       "The MMLU folder, holding dev/, val/ and test/ CSV files");
+  mmlu_app->add_option("--ntrain", mmlu->options.shots,
+                       "Solved dev questions before each question (5)");
+  mmlu_app->add_option("--split", mmlu->options.split, "Questions to ask: test or val (test)");
+  mmlu_app->add_option("--subjects", mmlu->subjects,
+                       "Comma-separated subjects, e.g. anatomy,virology (default: all)");
+  mmlu_app->add_option("--max_questions", mmlu->options.max_questions,
+                       "Ask at most the first N questions of each subject (0, the default: all)");
+  mmlu_app->add_option("--output_json", mmlu->output_json,
+                       "Write per-subject results and every answer here");
+
+  return Command{
+      eval, [perplexity, perplexity_app, mmlu, mmlu_app]() -> Status {
+        if (perplexity_app->parsed()) return run_perplexity(*perplexity);
+        if (mmlu_app->parsed()) return run_mmlu(*mmlu);
+        return invalid_argument("name an evaluation: kite eval perplexity or kite eval mmlu");
+      }};
 }
 
 }  // namespace kite::tools

@@ -224,25 +224,19 @@ TEST(CudaGolden, WeightPrefetchChangesNoLogit) {
 // and with llama.cpp's float32 continuations.
 TEST(CudaSmolLM2, GreedyTokensMatchCpuEngineAndLlamaCpp) {
   KITE_REQUIRE_GPU();
-  const std::string gguf = test::source_dir() + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-  if (!path_exists(gguf)) GTEST_SKIP() << "demo model not fetched: " << gguf;
+  if (test::demo_model().empty()) GTEST_SKIP() << "demo model not fetched";
   const nlohmann::json fixture = nlohmann::json::parse(
       read_file(test::source_dir() + "/tests/fixtures/golden/llamacpp/smollm2_reference.json")
           .value());
-  const std::string directory = test::temp_dir();
-  const auto converted = test::run_kite("convert --gguf " + gguf + " --output_dir " + directory +
-                                        "/ckpt --dtype bfloat16");
-  ASSERT_EQ(converted.exit_code, 0) << converted.output;
-  for (const char* device : {"cpu", "cuda"}) {
-    const auto built =
-        test::run_kite("build --checkpoint_dir " + directory + "/ckpt --output_dir " + directory +
-                       "/engine_" + device + " --device " + device +
-                       " --max_batch_size 8 --max_input_len 256 --max_seq_len 320");
-    ASSERT_EQ(built.exit_code, 0) << built.output;
-  }
-  auto cpu = Engine::load(directory + "/engine_cpu");
+  const std::string checkpoint = test::convert_demo_model("bfloat16");
+  ASSERT_FALSE(checkpoint.empty());
+  const std::string limits = " --max_batch_size 8 --max_input_len 256 --max_seq_len 320";
+  const std::string cpu_engine = test::build_engine(checkpoint, "--device cpu" + limits);
+  const std::string gpu_engine = test::build_engine(checkpoint, "--device cuda" + limits);
+  ASSERT_FALSE(cpu_engine.empty() || gpu_engine.empty());
+  auto cpu = Engine::load(cpu_engine);
   ASSERT_TRUE(cpu.is_ok()) << cpu.status().message();
-  auto gpu = Engine::load(directory + "/engine_cuda");
+  auto gpu = Engine::load(gpu_engine);
   ASSERT_TRUE(gpu.is_ok()) << gpu.status().message();
 
   GenerationRequest request;

@@ -347,8 +347,7 @@ TEST_F(PerplexityEngine, CommandErrorsAreOneLine) {
 
 // ---- SmolLM2-135M on WikiText-2 against llama.cpp ----
 TEST(SmolLM2Perplexity, MatchesLlamaCppOnWikiText2) {
-  const std::string gguf = test::source_dir() + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-  if (!path_exists(gguf)) GTEST_SKIP() << "demo model not fetched: " << gguf;
+  if (test::demo_model().empty()) GTEST_SKIP() << "demo model not fetched";
   const std::string dataset = test::data_dir() + "/wikitext-2-raw/wiki.test.raw";
   if (!path_exists(dataset)) GTEST_SKIP() << "WikiText-2 not found: " << dataset;
   const std::string golden = test::source_dir() + "/tests/fixtures/golden/llamacpp";
@@ -361,19 +360,15 @@ TEST(SmolLM2Perplexity, MatchesLlamaCppOnWikiText2) {
   ASSERT_EQ(reference_tokens.size(), 16384u);
 
   const auto started = std::chrono::steady_clock::now();
-  const std::string directory = test::temp_dir();
-  const auto converted = test::run_kite("convert --gguf " + gguf + " --output_dir " + directory +
-                                        "/ckpt --dtype float32");
-  ASSERT_EQ(converted.exit_code, 0) << converted.output;
-  const auto built =
-      test::run_kite("build --checkpoint_dir " + directory + "/ckpt --output_dir " + directory +
-                     "/engine --device cpu --max_batch_size 4 "
-                     "--max_input_len 512 --max_seq_len 544");
-  ASSERT_EQ(built.exit_code, 0) << built.output;
+  const std::string checkpoint = test::convert_demo_model("float32");
+  ASSERT_FALSE(checkpoint.empty());
+  const std::string engine =
+      test::build_engine(checkpoint, "--max_batch_size 4 --max_input_len 512 --max_seq_len 544");
+  ASSERT_FALSE(engine.empty());
   const auto prepared = std::chrono::steady_clock::now();
 
   // The token ids must be llama.cpp's for the chunk boundaries to agree.
-  const Tokenizer tokenizer = Tokenizer::from_directory(directory + "/engine").value();
+  const Tokenizer tokenizer = Tokenizer::from_directory(engine).value();
   const PerplexityTokens tokens = tokenize_for_perplexity(tokenizer, read_file(dataset).value());
   EXPECT_EQ(tokens.tokens.size(), reference.at("file_tokens").get<size_t>());
   EXPECT_FALSE(tokens.bos.has_value());
@@ -387,10 +382,9 @@ TEST(SmolLM2Perplexity, MatchesLlamaCppOnWikiText2) {
       << "first token id that differs from llama.cpp's: index "
       << mismatch.first - reference_tokens.begin();
 
-  const std::string json_path = directory + "/perplexity.json";
-  const auto evaluated =
-      test::run_kite("eval perplexity --engine_dir " + directory + "/engine --dataset " + dataset +
-                     " --max_tokens 16384 --output_json " + json_path);
+  const std::string json_path = test::temp_dir() + "/perplexity.json";
+  const auto evaluated = test::run_kite("eval perplexity --engine_dir " + engine + " --dataset " +
+                                        dataset + " --max_tokens 16384 --output_json " + json_path);
   ASSERT_EQ(evaluated.exit_code, 0) << evaluated.output;
   const auto finished = std::chrono::steady_clock::now();
   EXPECT_NE(evaluated.output.find("over 8160 tokens (32 chunks of 512)"), std::string::npos)

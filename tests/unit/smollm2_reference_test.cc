@@ -20,23 +20,18 @@ namespace {
 constexpr double kMinimumDecisiveMargin = 1e-3;
 
 TEST(SmolLM2Reference, GreedyTokensMatchLlamaCpp) {
-  const std::string gguf = test::source_dir() + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-  if (!path_exists(gguf)) GTEST_SKIP() << "demo model not fetched: " << gguf;
+  if (test::demo_model().empty()) GTEST_SKIP() << "demo model not fetched";
   auto fixture_text =
       read_file(test::source_dir() + "/tests/fixtures/golden/llamacpp/smollm2_reference.json");
   ASSERT_TRUE(fixture_text.is_ok()) << fixture_text.status().message();
   const nlohmann::json fixture = nlohmann::json::parse(*fixture_text);
 
-  const std::string directory = test::temp_dir();
-  const auto converted = test::run_kite("convert --gguf " + gguf + " --output_dir " + directory +
-                                        "/ckpt --dtype float32");
-  ASSERT_EQ(converted.exit_code, 0) << converted.output;
-  const auto built =
-      test::run_kite("build --checkpoint_dir " + directory + "/ckpt --output_dir " + directory +
-                     "/engine --device cpu --max_batch_size 1 "
-                     "--max_input_len 256 --max_seq_len 320");
-  ASSERT_EQ(built.exit_code, 0) << built.output;
-  auto engine = Engine::load(directory + "/engine");
+  const std::string checkpoint = test::convert_demo_model("float32");
+  ASSERT_FALSE(checkpoint.empty());
+  const std::string engine_dir =
+      test::build_engine(checkpoint, "--max_batch_size 1 --max_input_len 256 --max_seq_len 320");
+  ASSERT_FALSE(engine_dir.empty());
+  auto engine = Engine::load(engine_dir);
   ASSERT_TRUE(engine.is_ok()) << engine.status().message();
 
   int compared_tokens = 0;

@@ -86,6 +86,19 @@ std::string make_tiny_checkpoint() {
   return convert.exit_code == 0 ? checkpoint : "";
 }
 
+std::string demo_model() {
+  const std::string gguf = source_dir() + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  return std::filesystem::exists(gguf) ? gguf : "";
+}
+
+std::string convert_demo_model(const std::string& dtype) {
+  const std::string checkpoint = temp_dir() + "/ckpt";
+  const CommandResult convert = run_kite("convert --gguf " + demo_model() + " --output_dir " +
+                                         checkpoint + " --dtype " + dtype);
+  EXPECT_EQ(convert.exit_code, 0) << convert.output;
+  return convert.exit_code == 0 ? checkpoint : "";
+}
+
 std::string build_engine(const std::string& checkpoint, const std::string& build_flags) {
   const std::string engine = temp_dir() + "/engine";
   const CommandResult build = run_kite("build --checkpoint_dir " + checkpoint + " --output_dir " +
