@@ -58,7 +58,7 @@ nlohmann::ordered_json checkpoint_config_to_json(const CheckpointConfig& config)
   json["mapping"] = {{"world_size", config.mapping.world_size},
                      {"tp_size", config.mapping.tp_size},
                      {"pp_size", config.mapping.pp_size}};
-  json["quantization"] = {{"weight_only", nullptr}};
+  json["quantization"] = {{"weight_only", weight_only_config_to_json(config.weight_only)}};
   json["converted_from"] = config.converted_from;
   json["random_weights"] = config.random_weights;
   return json;
@@ -108,12 +108,16 @@ Result<CheckpointConfig> checkpoint_config_from_json(const nlohmann::json& json,
   if (quantization != json.end() && !quantization->is_null()) {
     if (!quantization->is_object()) return corrupt(source + ": \"quantization\" is not an object");
     for (const auto& [key, value] : quantization->items()) {
-      if (!value.is_null()) {
-        return unsupported(source + ": quantization " + key + " = " + value.dump() +
-                           " is not supported by this version of Kite");
+      if (value.is_null()) continue;
+      if (key == "weight_only") {
+        KITE_ASSIGN_OR_RETURN(config.weight_only, weight_only_config_from_json(value, source));
+        continue;
       }
+      return unsupported(source + ": quantization " + key + " = " + value.dump() +
+                         " is not supported by this version of Kite");
     }
   }
+  KITE_RETURN_IF_ERROR(check_weight_only(config.model, config.weight_only).with_context(source));
   const auto from = json.find("converted_from");
   if (from != json.end() && from->is_string()) config.converted_from = from->get<std::string>();
   const auto random = json.find("random_weights");
@@ -191,17 +195,19 @@ Result<Checkpoint> Checkpoint::open(const std::string& checkpoint_dir, int rank)
   KITE_ASSIGN_OR_RETURN(checkpoint.file_, SafetensorsFile::open(path));
 
   std::set<std::string> expected;
-  for (const WeightInfo& weight : model_weights(checkpoint.config_.model)) {
+  const CheckpointConfig& config = checkpoint.config_;
+  for (const StoredWeight& weight :
+       stored_weights(config.model, config.dtype, config.weight_only)) {
     const SafetensorsEntry* entry = checkpoint.file_.entry(weight.name);
     if (!entry) {
       return corrupt(path + " lacks weight '" + weight.name +
                      "' that config.json implies; convert the model again");
     }
-    if (entry->dtype != checkpoint.config_.dtype || entry->shape != weight.shape) {
-      return corrupt(
-          path + ": weight '" + weight.name + "' is " + std::string(dtype_name(entry->dtype)) +
-          " " + shape_to_string(entry->shape) + " but config.json implies " +
-          std::string(dtype_name(checkpoint.config_.dtype)) + " " + shape_to_string(weight.shape));
+    if (entry->dtype != weight.dtype || entry->shape != weight.shape) {
+      return corrupt(path + ": weight '" + weight.name + "' is " +
+                     std::string(dtype_name(entry->dtype)) + " " + shape_to_string(entry->shape) +
+                     " but config.json implies " + std::string(dtype_name(weight.dtype)) + " " +
+                     shape_to_string(weight.shape));
     }
     expected.insert(weight.name);
   }

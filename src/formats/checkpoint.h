@@ -11,6 +11,7 @@
 #include "core/dtype.h"
 #include "core/status.h"
 #include "formats/model_config.h"
+#include "formats/quantization.h"
 #include "formats/safetensors.h"
 
 namespace kite {
@@ -28,15 +29,17 @@ struct ParallelMapping {
 
 struct CheckpointConfig {
   ModelConfig model;
-  DType dtype = DType::kF16;  // of every weight: float32, float16 or bfloat16
+  DType dtype = DType::kF16;  // of every weight (and scale): float32, float16 or bfloat16
   ParallelMapping mapping;
+  // The decoder's linear weights stored as int8 / int4 with scales (stored_weights()), or not.
+  WeightOnlyConfig weight_only;
   // Informational: where the weights came from ("HF folder /x", "random (seed 0)").
   std::string converted_from;
   bool random_weights = false;
 };
 
 nlohmann::ordered_json checkpoint_config_to_json(const CheckpointConfig& config);
-// Refuses other schema versions and quantized checkpoints this version cannot read.
+// Refuses other schema versions and quantizations this version cannot read.
 Result<CheckpointConfig> checkpoint_config_from_json(const nlohmann::json& json,
                                                      const std::string& source);
 Result<CheckpointConfig> read_checkpoint_config(const std::string& checkpoint_dir);
@@ -49,15 +52,16 @@ std::string checkpoint_rank_path(const std::string& checkpoint_dir, int rank);
 // divisible by tp; layers by pp). The error lists the sizes that would work.
 Status check_parallel_mapping(const ModelConfig& model, int tp_size, int pp_size);
 
-// A checkpoint opened for one rank, with every weight present, of the checkpoint's dtype and of
-// the shape its config implies.
+// A checkpoint opened for one rank, with every tensor stored_weights() lists present, of the
+// dtype and shape its config implies.
 class Checkpoint {
  public:
   static Result<Checkpoint> open(const std::string& checkpoint_dir, int rank = 0);
 
   const std::string& directory() const { return directory_; }
   const CheckpointConfig& config() const { return config_; }
-  // A weight by its Hugging Face name; the view lives as long as this Checkpoint.
+  // A tensor by its Hugging Face name (or weight_scale_name()); the view lives as long as this
+  // Checkpoint.
   Result<TensorView> weight(const std::string& name) const { return file_.tensor(name); }
   const SafetensorsFile& file() const { return file_; }
 

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <thread>
 #include <vector>
@@ -255,6 +256,7 @@ Result<ConvertSummary> convert_to_checkpoint(const ConvertRequest& request) {
   }
   KITE_ASSIGN_OR_RETURN(ModelConfig model, parse_hf_config(hf_config, config_source));
   KITE_RETURN_IF_ERROR(check_parallel_mapping(model, request.tp_size, request.pp_size));
+  KITE_RETURN_IF_ERROR(check_weight_only(model, request.weight_only));
   if (request.tp_size > 1 || request.pp_size > 1) {
     return unsupported(
         "tensor/pipeline parallel conversion is not supported yet; use --tp_size 1 --pp_size 1");
@@ -266,6 +268,7 @@ Result<ConvertSummary> convert_to_checkpoint(const ConvertRequest& request) {
   CheckpointConfig checkpoint;
   checkpoint.model = model;
   checkpoint.dtype = request.dtype.value_or(default_dtype(model));
+  checkpoint.weight_only = request.weight_only;
   checkpoint.random_weights = request.random;
   checkpoint.converted_from =
       request.random
@@ -277,6 +280,7 @@ Result<ConvertSummary> convert_to_checkpoint(const ConvertRequest& request) {
   summary.output_dir = request.output_dir;
   summary.converted_from = checkpoint.converted_from;
   summary.dtype = checkpoint.dtype;
+  summary.weight_only = checkpoint.weight_only;
   // Tokenizer files first: they are small, and a folder we cannot write to fails here at once.
   if (source) {
     const Status copied = source->write_tokenizer_files(request.output_dir);
@@ -290,28 +294,57 @@ Result<ConvertSummary> convert_to_checkpoint(const ConvertRequest& request) {
                                                   /*required=*/false));
   }
 
+  // Each quantized weight is stored as two tensors, its values then its scales: stored[i] comes
+  // from weights[source_index[i]].
+  const std::vector<StoredWeight> stored =
+      stored_weights(model, checkpoint.dtype, checkpoint.weight_only);
+  std::vector<size_t> source_index;
   SafetensorsWriter writer;
   writer.set_metadata("format", "pt");  // lets transformers' safe_open load the file as torch
   writer.set_metadata("kite_checkpoint_version", std::to_string(kCheckpointVersion));
+  for (size_t i = 0, weight = 0; i < stored.size(); ++i) {
+    // The scales of the weight before.
+    if (weight == weights.size() || stored[i].name != weights[weight].name) --weight;
+    source_index.push_back(weight++);
+    writer.declare(stored[i].name, stored[i].dtype, stored[i].shape);
+    summary.bytes_written += uint64_t(shape_numel(stored[i].shape)) * dtype_size(stored[i].dtype);
+  }
   for (const WeightInfo& weight : weights) {
-    writer.declare(weight.name, checkpoint.dtype, weight.shape);
     summary.parameter_count += uint64_t(shape_numel(weight.shape));
   }
-  summary.tensor_count = weights.size();
-  summary.bytes_written = summary.parameter_count * dtype_size(checkpoint.dtype);
+  summary.tensor_count = stored.size();
 
   std::unique_ptr<Progress> progress;
   if (request.show_progress)
-    progress = std::make_unique<Progress>("convert", int64_t(weights.size()));
+    progress = std::make_unique<Progress>("convert", int64_t(stored.size()));
+  std::optional<Tensor> pending_scales;  // of the weight whose values were produced last
   auto produce = [&](size_t index) -> Result<Tensor> {
-    const WeightInfo& weight = weights[index];
-    if (request.random) return random_weight(weight, checkpoint.dtype, request.seed);
-    KITE_ASSIGN_OR_RETURN(Tensor tensor, source->load_tensor(weight.name));
+    const WeightInfo& weight = weights[source_index[index]];
+    if (stored[index].name != weight.name) {
+      KITE_CHECK(pending_scales.has_value());
+      Tensor scales = std::move(*pending_scales);
+      pending_scales.reset();
+      return scales;
+    }
+    Tensor tensor;
+    if (request.random) {
+      tensor = random_weight(weight, checkpoint.dtype, request.seed);
+    } else {
+      KITE_ASSIGN_OR_RETURN(tensor, source->load_tensor(weight.name));
+    }
+    if (is_weight_only_quantized(weight, checkpoint.weight_only)) {
+      Result<QuantizedWeight> quantized =
+          quantize_weight_only(tensor.view(), checkpoint.dtype, checkpoint.weight_only);
+      if (!quantized.is_ok())
+        return quantized.status().with_context("weight '" + weight.name + "'");
+      pending_scales = std::move(quantized->scales);
+      return std::move(quantized->values);
+    }
     if (tensor.dtype() == checkpoint.dtype) return tensor;
     return convert_dtype(tensor.view(), checkpoint.dtype);
   };
   auto on_progress = [&](size_t index) {
-    if (progress) progress->update(int64_t(index + 1), weights[index].name);
+    if (progress) progress->update(int64_t(index + 1), stored[index].name);
   };
   KITE_RETURN_IF_ERROR(
       writer.write(checkpoint_rank_path(request.output_dir, 0), produce, on_progress));

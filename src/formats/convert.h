@@ -10,6 +10,7 @@
 #include "core/status.h"
 #include "core/tensor.h"
 #include "formats/model_config.h"
+#include "formats/quantization.h"
 
 namespace kite {
 
@@ -27,6 +28,8 @@ struct ConvertRequest {
   uint64_t seed = 0;
   int tp_size = 1;
   int pp_size = 1;
+  // --use_weight_only: the decoder's linear weights quantized to int8 / int4 (W8A16 / W4A16).
+  WeightOnlyConfig weight_only;
   bool show_progress = true;
 };
 
@@ -34,6 +37,7 @@ struct ConvertSummary {
   std::string output_dir;
   std::string converted_from;
   DType dtype = DType::kF16;
+  WeightOnlyConfig weight_only;
   size_t tensor_count = 0;
   uint64_t parameter_count = 0;
   uint64_t bytes_written = 0;

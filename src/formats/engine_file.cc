@@ -163,6 +163,7 @@ nlohmann::ordered_json engine_config_to_json(const EngineConfig& config) {
                    {"tokens_per_block", config.limits.tokens_per_block},
                    {"max_num_tokens", config.limits.max_num_tokens}};
   json["weight_dtype"] = dtype_name(config.weight_dtype);
+  json["weight_only"] = weight_only_config_to_json(config.weight_only);
   json["kv_cache"] = {{"block_size", config.limits.tokens_per_block},
                       {"dtype", dtype_name(config.kv_cache_dtype)}};
   json["model"] = model_config_to_json(config.model);
@@ -229,6 +230,9 @@ Result<EngineConfig> engine_config_from_json(const nlohmann::json& json,
   if (config.limits.max_num_tokens < config.limits.max_batch_size)
     return corrupt(source + ": build.max_num_tokens is below build.max_batch_size");
   KITE_ASSIGN_OR_RETURN(config.weight_dtype, float_dtype_field(json, "weight_dtype", source));
+  if (const auto weight_only = json.find("weight_only"); weight_only != json.end()) {
+    KITE_ASSIGN_OR_RETURN(config.weight_only, weight_only_config_from_json(*weight_only, source));
+  }
   const auto kv_cache = json.find("kv_cache");
   if (kv_cache == json.end() || !kv_cache->is_object())
     return corrupt(source + " lacks \"kv_cache\"");
@@ -236,6 +240,7 @@ Result<EngineConfig> engine_config_from_json(const nlohmann::json& json,
   const auto model = json.find("model");
   if (model == json.end() || !model->is_object()) return corrupt(source + " lacks \"model\"");
   KITE_ASSIGN_OR_RETURN(config.model, model_config_from_json(*model, source));
+  KITE_RETURN_IF_ERROR(check_weight_only(config.model, config.weight_only).with_context(source));
   if (const auto memory = json.find("memory"); memory != json.end()) {
     MemoryPlan& plan = config.memory;
     for (auto [name, field] :

@@ -18,6 +18,7 @@
 #include "core/tensor.h"
 #include "formats/gemm_choice.h"
 #include "formats/model_config.h"
+#include "formats/quantization.h"
 
 namespace kite {
 
@@ -66,7 +67,8 @@ struct EngineConfig {
   std::string device = "cpu";  // "cpu" or "cuda"
   BuildLimits limits;
   ModelConfig model;
-  DType weight_dtype = DType::kF32;
+  DType weight_dtype = DType::kF32;  // of every floating weight and of the quantized ones' scales
+  WeightOnlyConfig weight_only;      // the decoder's linear weights as int8 / int4, or not
   DType kv_cache_dtype = DType::kF32;
   std::string built_from;  // the checkpoint folder, for information
   MemoryPlan memory;

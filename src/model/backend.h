@@ -21,6 +21,7 @@
 #include "core/status.h"
 #include "core/tensor.h"
 #include "formats/gemm_choice.h"
+#include "formats/quantization.h"
 #include "model/batch.h"
 
 namespace kite {
@@ -38,6 +39,23 @@ struct DeviceTensor {
   size_t byte_size() const { return size_t(numel()) * dtype_size(dtype); }
   int64_t rows() const { return shape.empty() ? 0 : shape_numel(shape) / shape.back(); }
   int64_t cols() const { return shape.empty() ? 0 : shape.back(); }
+};
+
+// A linear layer's weight, logically [N, K]: floating (`weight` holds it and `scales` is empty),
+// or weight-only quantized (W8A16 / W4A16, formats/quantization.h): `weight` holds the int8 values
+// [N, K] or the packed int4 values [N, K / 2], and w[n, k] = value[n, k] * scales[n, k / group],
+// with scales [N, K / group] floating.
+struct LinearWeight {
+  DeviceTensor weight;
+  DeviceTensor scales;
+  WeightOnlyConfig quantization;
+
+  bool quantized() const { return quantization.enabled(); }
+  int64_t out_features() const { return weight.shape.at(0); }
+  int64_t in_features() const {
+    return quantization.precision == WeightOnlyPrecision::kInt4 ? 2 * weight.shape.at(1)
+                                                                : weight.shape.at(1);
+  }
 };
 
 // Memory owned by a backend; freed when the buffer dies. Move-only.
@@ -143,6 +161,14 @@ class Backend {
   // out = x @ weight^T (+ bias)             x [T, K], weight [N, K], bias [N] or null, out [T, N]
   virtual void linear(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
                       DeviceTensor& out) = 0;
+  // Whether linear_weight_only runs weights quantized as `config`.
+  virtual bool supports_weight_only(const WeightOnlyConfig& /*config*/) const { return false; }
+  // out = x @ dequantize(weight)^T (+ bias) for a quantized weight (LinearWeight), without
+  // materialising the floating weight.   x [T, K], bias [N] or null, out [T, N]
+  virtual void linear_weight_only(const DeviceTensor& /*x*/, const LinearWeight& /*weight*/,
+                                  const DeviceTensor* /*bias*/, DeviceTensor& /*out*/) {
+    KITE_CHECK(false && "this backend has no weight-only quantized linear");
+  }
   // Applies RoPE at each token's position to its query and key heads, writes the rotated queries
   // to q and stores the rotated keys and the values into the paged cache at each token's slot.
   //                                        qkv [T, Hq*D + 2*Hkv*D] (q | k | v), q [T, Hq*D]

@@ -63,34 +63,65 @@ class StepDump {
   std::vector<std::pair<std::string, Tensor>> tensors_;
 };
 
+// out = x @ weight^T (+ bias), floating or weight-only quantized.
+void linear(Backend& backend, const DeviceTensor& x, const LinearWeight& weight,
+            const std::optional<DeviceTensor>& bias, DeviceTensor& out) {
+  const DeviceTensor* bias_tensor = bias ? &*bias : nullptr;
+  if (weight.quantized()) {
+    backend.linear_weight_only(x, weight, bias_tensor, out);
+  } else {
+    backend.linear(x, weight.weight, bias_tensor, out);
+  }
+}
+
 }  // namespace
 
 Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& config,
-                                        const WeightLookup& lookup, const std::string& source) {
-  // Every weight is checked against the shape the config implies before anything is uploaded.
+                                        const WeightLookup& lookup, const std::string& source,
+                                        const WeightOnlyConfig& weight_only) {
+  if (weight_only.enabled() && !backend.supports_weight_only(weight_only)) {
+    return unsupported(source + " holds weight-only quantized weights (" +
+                       describe_weight_only(weight_only) + "), which the " +
+                       std::string(backend_kind_name(backend.kind())) +
+                       " backend does not run; build the engine for the CPU");
+  }
+  KITE_RETURN_IF_ERROR(check_weight_only(config, weight_only).with_context(source));
+  // Every tensor is checked against the dtype and shape the config implies before anything is
+  // uploaded. The floating ones (all but the quantized values) must share one dtype.
   std::unordered_map<std::string, TensorView> views;
   std::optional<DType> weight_dtype;
-  for (const WeightInfo& info : model_weights(config)) {
-    Result<TensorView> view = lookup(info.name);
+  for (const StoredWeight& stored : stored_weights(config, DType::kF32, weight_only)) {
+    Result<TensorView> view = lookup(stored.name);
     if (!view.is_ok()) return view.status().with_context(source);
-    if (view->shape != info.shape) {
-      return corrupt(source + ": weight '" + info.name + "' has shape " +
+    if (view->shape != stored.shape) {
+      return corrupt(source + ": weight '" + stored.name + "' has shape " +
                      shape_to_string(view->shape) + ", the config implies " +
-                     shape_to_string(info.shape));
+                     shape_to_string(stored.shape));
+    }
+    const bool quantized_values = stored.dtype == DType::kI8 || stored.dtype == DType::kU8;
+    if (quantized_values) {
+      if (view->dtype != stored.dtype) {
+        return corrupt(source + ": weight '" + stored.name + "' is " +
+                       std::string(dtype_name(view->dtype)) + ", but " +
+                       describe_weight_only(weight_only) + " stores it as " +
+                       std::string(dtype_name(stored.dtype)));
+      }
+      views.emplace(stored.name, *view);
+      continue;
     }
     if (view->dtype != DType::kF32 && view->dtype != DType::kF16 && view->dtype != DType::kBF16) {
-      return unsupported(source + ": weight '" + info.name + "' has dtype " +
+      return unsupported(source + ": weight '" + stored.name + "' has dtype " +
                          std::string(dtype_name(view->dtype)) +
                          "; only float32, float16 and bfloat16 weights can run");
     }
     if (weight_dtype && *weight_dtype != view->dtype) {
-      return unsupported(source + ": weight '" + info.name + "' is " +
+      return unsupported(source + ": weight '" + stored.name + "' is " +
                          std::string(dtype_name(view->dtype)) + " but other weights are " +
                          std::string(dtype_name(*weight_dtype)) +
                          "; convert the checkpoint to one dtype");
     }
     weight_dtype = view->dtype;
-    views.emplace(info.name, *view);
+    views.emplace(stored.name, *view);
   }
 
   const int64_t hidden = config.hidden_size;
@@ -100,6 +131,24 @@ Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& con
     std::vector<TensorView> parts;
     for (const std::string& name : names) parts.push_back(views.at(name));
     return upload_stacked(backend, parts, std::move(shape), weights.storage);
+  };
+  // A linear weight [rows, columns] stacked from `names`, with its scales when quantized.
+  auto upload_linear = [&](const std::vector<std::string>& names, int64_t rows,
+                           int64_t columns) -> Result<LinearWeight> {
+    LinearWeight linear;
+    if (!weight_only.enabled()) {
+      KITE_ASSIGN_OR_RETURN(linear.weight, upload(names, {rows, columns}));
+      return linear;
+    }
+    linear.quantization = weight_only;
+    const bool int4 = weight_only.precision == WeightOnlyPrecision::kInt4;
+    KITE_ASSIGN_OR_RETURN(linear.weight, upload(names, {rows, int4 ? columns / 2 : columns}));
+    std::vector<std::string> scale_names;
+    for (const std::string& name : names) scale_names.push_back(weight_scale_name(name));
+    KITE_ASSIGN_OR_RETURN(
+        linear.scales,
+        upload(scale_names, {rows, columns / weight_only.columns_per_scale(columns)}));
+    return linear;
   };
 
   KITE_ASSIGN_OR_RETURN(weights.embed_tokens,
@@ -111,9 +160,9 @@ Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& con
     KITE_ASSIGN_OR_RETURN(layer_weights.input_layernorm,
                           upload({prefix + "input_layernorm.weight"}, {hidden}));
     KITE_ASSIGN_OR_RETURN(layer_weights.qkv_proj,
-                          upload({attention + "q_proj.weight", attention + "k_proj.weight",
-                                  attention + "v_proj.weight"},
-                                 {qkv_rows, hidden}));
+                          upload_linear({attention + "q_proj.weight", attention + "k_proj.weight",
+                                         attention + "v_proj.weight"},
+                                        qkv_rows, hidden));
     if (config.attention_bias) {
       KITE_ASSIGN_OR_RETURN(
           layer_weights.qkv_bias,
@@ -121,17 +170,18 @@ Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& con
                  {qkv_rows}));
     }
     KITE_ASSIGN_OR_RETURN(layer_weights.o_proj,
-                          upload({attention + "o_proj.weight"}, {hidden, config.q_size()}));
+                          upload_linear({attention + "o_proj.weight"}, hidden, config.q_size()));
     if (config.attention_output_bias) {
       KITE_ASSIGN_OR_RETURN(layer_weights.o_bias, upload({attention + "o_proj.bias"}, {hidden}));
     }
     KITE_ASSIGN_OR_RETURN(layer_weights.post_attention_layernorm,
                           upload({prefix + "post_attention_layernorm.weight"}, {hidden}));
-    KITE_ASSIGN_OR_RETURN(layer_weights.gate_up_proj,
-                          upload({prefix + "mlp.gate_proj.weight", prefix + "mlp.up_proj.weight"},
-                                 {2 * config.intermediate_size, hidden}));
-    KITE_ASSIGN_OR_RETURN(layer_weights.down_proj, upload({prefix + "mlp.down_proj.weight"},
-                                                          {hidden, config.intermediate_size}));
+    KITE_ASSIGN_OR_RETURN(
+        layer_weights.gate_up_proj,
+        upload_linear({prefix + "mlp.gate_proj.weight", prefix + "mlp.up_proj.weight"},
+                      2 * config.intermediate_size, hidden));
+    KITE_ASSIGN_OR_RETURN(layer_weights.down_proj, upload_linear({prefix + "mlp.down_proj.weight"},
+                                                                 hidden, config.intermediate_size));
   }
   KITE_ASSIGN_OR_RETURN(weights.norm, upload({"model.norm.weight"}, {hidden}));
   if (config.tie_word_embeddings) {
@@ -458,7 +508,7 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
     backend.embedding(weights_.embed_tokens, device_ids, residual);
     dump.add("embedding", residual);
     // Each linear's weight is announced one op ahead: a hint (Backend::prefetch_weight).
-    backend.prefetch_weight(weights_.layers.front().qkv_proj, T);
+    backend.prefetch_weight(weights_.layers.front().qkv_proj.weight, T);
     // h = rms_norm(x) * input_layernorm
     backend.rms_norm(residual, weights_.layers.front().input_layernorm, eps, normed);
 
@@ -469,9 +519,9 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
       const std::string name = "layers." + std::to_string(l) + ".";
       dump.add(name + "input_norm", normed);
       // [q | k | v] = h @ [Wq; Wk; Wv]^T (+ b)
-      backend.linear(normed, w.qkv_proj, w.qkv_bias ? &*w.qkv_bias : nullptr, qkv);
+      linear(backend, normed, w.qkv_proj, w.qkv_bias, qkv);
       dump.add(name + "qkv", qkv);
-      backend.prefetch_weight(w.o_proj, T);
+      backend.prefetch_weight(w.o_proj.weight, T);
       // q = rope(q); cache[slot] = (rope(k), v);
       // a = softmax(q k^T / sqrt(head_dim), causal, window) v   over the cached keys and values
       // (one kernel where the backend fuses them; apart when dumping, so that q can be dumped)
@@ -484,24 +534,24 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
       }
       dump.add(name + "attention", attended);
       // o = a @ Wo^T (+ bo)
-      backend.linear(attended, w.o_proj, w.o_bias ? &*w.o_bias : nullptr, block_out);
+      linear(backend, attended, w.o_proj, w.o_bias, block_out);
       dump.add(name + "o_proj", block_out);
-      backend.prefetch_weight(w.gate_up_proj, T);
+      backend.prefetch_weight(w.gate_up_proj.weight, T);
       // x += o; h = rms_norm(x) * post_attention_layernorm
       backend.add_rms_norm(residual, block_out, w.post_attention_layernorm, eps, normed);
       dump.add(name + "post_attention_norm", normed);
       // [g | u] = h @ [Wg; Wu]^T
-      backend.linear(normed, w.gate_up_proj, nullptr, gate_up);
+      linear(backend, normed, w.gate_up_proj, std::nullopt, gate_up);
       dump.add(name + "gate_up", gate_up);
-      backend.prefetch_weight(w.down_proj, T);
+      backend.prefetch_weight(w.down_proj.weight, T);
       // m = silu(g) * u; d = m @ Wd^T   (one kernel where the backend fuses them; apart when
-      // dumping, so that m can be dumped)
-      if (dump.enabled()) {
+      // dumping, so that m can be dumped, and for quantized weights)
+      if (dump.enabled() || w.down_proj.quantized()) {
         backend.silu_mul(gate_up, mlp_hidden);
         dump.add(name + "silu_mul", mlp_hidden);
-        backend.linear(mlp_hidden, w.down_proj, nullptr, block_out);
+        linear(backend, mlp_hidden, w.down_proj, std::nullopt, block_out);
       } else {
-        backend.silu_mul_linear(gate_up, w.down_proj, mlp_hidden, block_out);
+        backend.silu_mul_linear(gate_up, w.down_proj.weight, mlp_hidden, block_out);
       }
       dump.add(name + "down_proj", block_out);
       // x += d; h = rms_norm(x) * (next layer's input_layernorm, or the final norm)
@@ -511,7 +561,7 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
       if (last_layer && R > 0) {
         backend.prefetch_weight(weights_.lm_head, R);
       } else if (!last_layer) {
-        backend.prefetch_weight(weights_.layers[size_t(l) + 1].qkv_proj, T);
+        backend.prefetch_weight(weights_.layers[size_t(l) + 1].qkv_proj.weight, T);
       }
       backend.add_rms_norm(residual, block_out, next_norm, eps, normed);
       dump.add(name + "output", residual);

@@ -20,16 +20,18 @@
 namespace kite {
 
 // Shapes below: H = hidden_size, Q = num_attention_heads * head_dim, KV = num_key_value_heads *
-// head_dim, F = intermediate_size, V = vocab_size. Linear weights are [out, in] as in PyTorch.
+// head_dim, F = intermediate_size, V = vocab_size. Linear weights are [out, in] as in PyTorch,
+// floating or weight-only quantized (LinearWeight; the rows of fused weights and their scales
+// are stacked alike).
 struct LlamaLayerWeights {
   DeviceTensor input_layernorm;           // [H]
-  DeviceTensor qkv_proj;                  // [Q + 2 KV, H]: q_proj, k_proj, v_proj rows stacked
+  LinearWeight qkv_proj;                  // [Q + 2 KV, H]: q_proj, k_proj, v_proj rows stacked
   std::optional<DeviceTensor> qkv_bias;   // [Q + 2 KV] (Qwen2, attention_bias)
-  DeviceTensor o_proj;                    // [H, Q]
+  LinearWeight o_proj;                    // [H, Q]
   std::optional<DeviceTensor> o_bias;     // [H] (Llama with attention_bias)
   DeviceTensor post_attention_layernorm;  // [H]
-  DeviceTensor gate_up_proj;              // [2 F, H]: gate_proj rows, then up_proj rows
-  DeviceTensor down_proj;                 // [H, F]
+  LinearWeight gate_up_proj;              // [2 F, H]: gate_proj rows, then up_proj rows
+  LinearWeight down_proj;                 // [H, F]
 };
 
 struct LlamaWeights {
@@ -44,10 +46,12 @@ struct LlamaWeights {
 // Looks up a weight by its Hugging Face name ("model.layers.0.self_attn.q_proj.weight").
 using WeightLookup = std::function<Result<TensorView>(const std::string& name)>;
 
-// Uploads every weight of `config` (model_weights() names and shapes) to the backend, fusing
-// q/k/v and gate/up. All weights must share one floating dtype; `source` names them in messages.
+// Uploads every weight of `config` (stored_weights() names, dtypes and shapes) to the backend,
+// fusing q/k/v and gate/up. Floating weights must share one dtype; `weight_only` says which are
+// quantized (the backend must support it); `source` names them in messages.
 Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& config,
-                                        const WeightLookup& lookup, const std::string& source);
+                                        const WeightLookup& lookup, const std::string& source,
+                                        const WeightOnlyConfig& weight_only = {});
 
 // RoPE inverse frequencies [head_dim / 2] as Hugging Face transformers computes them
 // (ROPE_INIT_FUNCTIONS: default, linear, dynamic, llama3), in float32 like PyTorch. For dynamic

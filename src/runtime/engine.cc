@@ -92,11 +92,11 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& engine_dir,
   KITE_ASSIGN_OR_RETURN(EngineFile file, EngineFile::open(engine_rank_path(engine_dir, 0)));
   std::unique_ptr<Engine> engine(
       new Engine(engine_dir, config, std::move(backend), std::move(tokenizer)));
-  KITE_ASSIGN_OR_RETURN(
-      LlamaWeights weights,
-      load_llama_weights(
-          *engine->backend_, config.model,
-          [&file](const std::string& name) { return file.tensor(name); }, file.path()));
+  KITE_ASSIGN_OR_RETURN(LlamaWeights weights,
+                        load_llama_weights(
+                            *engine->backend_, config.model,
+                            [&file](const std::string& name) { return file.tensor(name); },
+                            file.path(), config.weight_only));
   engine->model_ =
       std::make_unique<LlamaModel>(*engine->backend_, config.model, std::move(weights));
   // The largest step: max_num_tokens tokens of up to max_batch_size sequences, a logit row each.

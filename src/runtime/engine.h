@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,19 @@ class StepBlocks {
   KvCache& cache_;
   std::vector<std::vector<int32_t>> per_sequence_;
 };
+
+// Appends `tokens` to `step` as positions 0, 1, ... of a new sequence whose KV cache blocks (of
+// `block_size` tokens) are `table`: their ids, positions and cache slots. The caller closes the
+// sequence (query_start, context_length, block_table).
+inline void append_sequence_start(StepInput& step, std::span<const int32_t> tokens,
+                                  const std::vector<int32_t>& table, int64_t block_size) {
+  for (size_t position = 0; position < tokens.size(); ++position) {
+    step.token_ids.push_back(tokens[position]);
+    step.positions.push_back(int32_t(position));
+    step.slot_mapping.push_back(table[position / size_t(block_size)] * int32_t(block_size) +
+                                int32_t(position % size_t(block_size)));
+  }
+}
 
 struct LoadOptions {
   // CUDA engines: the share of the GPU memory left after weights and activations that the KV cache

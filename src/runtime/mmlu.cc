@@ -244,8 +244,9 @@ Result<MmluResult> evaluate_mmlu(Engine& engine, const std::string& data_dir,
     }
     MmluSubjectResult& scores = result.subjects.emplace_back();
     scores.subject = subject;
+    const int64_t most_shots = std::min<int64_t>(options.shots, int64_t(dev.size()));
     for (size_t q = 0; q < questions.size(); ++q) {
-      int64_t shots = std::min<int64_t>(options.shots, int64_t(dev.size()));
+      int64_t shots = most_shots;
       std::vector<int32_t> tokens;
       for (;; --shots) {
         tokens = tokenizer.encode(
@@ -259,7 +260,7 @@ Result<MmluResult> evaluate_mmlu(Engine& engine, const std::string& data_dir,
                             "max_num_tokens (" +
                             std::to_string(longest) + "): build it with larger ones");
       }
-      if (shots < std::min<int64_t>(options.shots, int64_t(dev.size()))) ++scores.fewer_shots;
+      if (shots < most_shots) ++scores.fewer_shots;
       prompts.push_back(Prompt{std::move(tokens), result.subjects.size() - 1, questions[q].answer});
     }
   }
@@ -284,12 +285,7 @@ Result<MmluResult> evaluate_mmlu(Engine& engine, const std::string& data_dir,
         break;
       }
       KITE_ASSIGN_OR_RETURN(std::vector<int32_t> table, blocks.allocate(needed));
-      for (size_t position = 0; position < tokens.size(); ++position) {
-        step.token_ids.push_back(tokens[position]);
-        step.positions.push_back(int32_t(position));
-        step.slot_mapping.push_back(table[position / size_t(block_size)] * int32_t(block_size) +
-                                    int32_t(position % size_t(block_size)));
-      }
+      append_sequence_start(step, tokens, table, block_size);
       step.logit_rows.push_back(int32_t(step.token_ids.size()) - 1);
       step.query_start.push_back(int32_t(step.token_ids.size()));
       step.context_length.push_back(int32_t(tokens.size()));

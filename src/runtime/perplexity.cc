@@ -144,12 +144,7 @@ Result<PerplexityResult> evaluate_perplexity(Engine& engine,
       const std::vector<int32_t>& chunk = chunks[size_t(c)];
       KITE_ASSIGN_OR_RETURN(const std::vector<int32_t> table, blocks.allocate(blocks_per_chunk));
       const int32_t base = int32_t(step.token_ids.size());
-      for (int64_t position = 0; position < chunk_size; ++position) {
-        step.token_ids.push_back(chunk[size_t(position)]);
-        step.positions.push_back(int32_t(position));
-        step.slot_mapping.push_back(table[size_t(position / block_size)] * int32_t(block_size) +
-                                    int32_t(position % block_size));
-      }
+      append_sequence_start(step, std::span(chunk).first(size_t(chunk_size)), table, block_size);
       for (int64_t position = first_scored; position < chunk_size - 1; ++position) {
         step.logit_rows.push_back(base + int32_t(position));
       }

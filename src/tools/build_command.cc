@@ -12,19 +12,11 @@
 #include "kernels/backend_factory.h"
 #include "runtime/engine.h"
 #include "runtime/memory_plan.h"
+#include "tools/build.h"
 #include "tools/command.h"
 
 namespace kite::tools {
 namespace {
-
-struct BuildFlags {
-  std::string checkpoint_dir;
-  std::string output_dir;
-  std::string device = "cpu";
-  BuildLimits limits;
-  bool multi_block_mode = true;
-  int gpu = 0;
-};
 
 // Every GEMM the forward pass runs, by row-count bucket (powers of two up to the largest step),
 // for the kernel-tuning step.
@@ -58,7 +50,9 @@ std::vector<GemmShape> model_gemm_shapes(const ModelConfig& model, const BuildLi
 constexpr const char* kCopiedFiles[] = {"tokenizer.json", "tokenizer_config.json",
                                         "special_tokens_map.json", "generation_config.json"};
 
-Status run_build(const BuildFlags& flags) {
+}  // namespace
+
+Status build_engine(const BuildRequest& flags) {
   if (flags.checkpoint_dir.empty()) return invalid_argument("--checkpoint_dir is required");
   if (flags.output_dir.empty()) return invalid_argument("--output_dir is required");
   if (flags.device != "cpu" && flags.device != "cuda") {
@@ -102,14 +96,18 @@ Status run_build(const BuildFlags& flags) {
   config.limits = limits;
   config.model = checkpoint_config.model;
   config.weight_dtype = checkpoint_config.dtype;
-  config.kv_cache_dtype = DType::kF32;  // the CPU backend's activation dtype
+  config.weight_only = checkpoint_config.weight_only;
+  // The KV cache holds activations: float32 on the CPU, the weight dtype on CUDA.
+  config.kv_cache_dtype = flags.device == "cuda" ? config.weight_dtype : DType::kF32;
   config.built_from = flags.checkpoint_dir;
   std::vector<EngineTensorInfo> tensors;
   int64_t weights_bytes = 0;
-  for (const WeightInfo& info : model_weights(config.model)) {
-    tensors.push_back({info.name, checkpoint_config.dtype, info.shape});
-    weights_bytes += shape_numel(info.shape) * int64_t(dtype_size(checkpoint_config.dtype));
+  for (const StoredWeight& weight :
+       stored_weights(config.model, config.weight_dtype, config.weight_only)) {
+    tensors.push_back({weight.name, weight.dtype, weight.shape});
+    weights_bytes += shape_numel(weight.shape) * int64_t(dtype_size(weight.dtype));
   }
+  config.memory = plan_memory(config, weights_bytes);
   if (flags.device == "cuda") {
     if (config.weight_dtype != DType::kF16 && config.weight_dtype != DType::kBF16) {
       return unsupported(flags.checkpoint_dir + " holds " +
@@ -117,13 +115,17 @@ Status run_build(const BuildFlags& flags) {
                          " weights; CUDA engines run float16 or bfloat16: convert the checkpoint "
                          "with --dtype bfloat16");
     }
+    if (config.weight_only.enabled()) {
+      return unsupported(flags.checkpoint_dir + " holds weight-only quantized weights (" +
+                         describe_weight_only(config.weight_only) +
+                         "), which this version of Kite runs on the CPU only: build it with "
+                         "--device cpu, or convert without --use_weight_only for CUDA");
+    }
     KITE_ASSIGN_OR_RETURN(GpuIdentity gpu, gpu_identity(flags.gpu));
     config.gpu_name = gpu.name;
     config.compute_capability = gpu.compute_capability;
     config.multi_block_mode = flags.multi_block_mode;
-    config.kv_cache_dtype = config.weight_dtype;  // the activation dtype
     // The memory plan first: limits that cannot fit this GPU are refused before the tuning.
-    config.memory = plan_memory(config, weights_bytes);
     KITE_RETURN_IF_ERROR(
         check_memory_plan_fits(config.memory, limits, gpu.name, gpu.total_memory_bytes));
     const double fraction = LoadOptions{}.kv_cache_free_gpu_mem_fraction;
@@ -143,7 +145,6 @@ Status run_build(const BuildFlags& flags) {
     progress.finish();
   } else {
     // The CPU engine's KV cache is fixed: max_seq_len tokens for each of max_batch_size sequences.
-    config.memory = plan_memory(config, weights_bytes);
     const double kv_bytes =
         double(config.memory.kv_cache_bytes_per_token) *
         double(limits.max_batch_size * limits.blocks_per_sequence() * limits.tokens_per_block);
@@ -164,17 +165,18 @@ Status run_build(const BuildFlags& flags) {
   }
   // config.json last: a folder without it is not mistaken for a finished engine.
   KITE_RETURN_IF_ERROR(write_engine_config(flags.output_dir, config));
+  std::string dtype(dtype_name(config.weight_dtype));
+  if (config.weight_only.enabled()) {
+    dtype += ", linear weights " + describe_weight_only(config.weight_only);
+  }
   std::printf("Built %s engine of %s (%s, %zu tensors) in %s\n", flags.device.c_str(),
-              std::string(architecture_name(config.model.architecture)).c_str(),
-              std::string(dtype_name(config.weight_dtype)).c_str(), tensors.size(),
-              flags.output_dir.c_str());
+              std::string(architecture_name(config.model.architecture)).c_str(), dtype.c_str(),
+              tensors.size(), flags.output_dir.c_str());
   return Status::ok();
 }
 
-}  // namespace
-
 Command add_build_command(CLI::App& kite) {
-  auto flags = std::make_shared<BuildFlags>();
+  auto flags = std::make_shared<BuildRequest>();
   CLI::App* app = kite.add_subcommand("build", "Build an engine from a Kite checkpoint");
   app->add_option("--checkpoint_dir", flags->checkpoint_dir, "Kite checkpoint (kite convert)");
   app->add_option("--output_dir", flags->output_dir, "Engine folder to write");
@@ -190,7 +192,7 @@ Command add_build_command(CLI::App& kite) {
                   "Tokens of all sequences in one step; longer prefills are chunked (8192)");
   app->add_option("--tokens_per_block", flags->limits.tokens_per_block,
                   "KV cache block size in tokens (32)");
-  return Command{app, [flags] { return run_build(*flags); }};
+  return Command{app, [flags] { return build_engine(*flags); }};
 }
 
 }  // namespace kite::tools

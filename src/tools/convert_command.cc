@@ -12,6 +12,10 @@ namespace {
 struct ConvertFlags {
   ConvertRequest request;
   std::string dtype;
+  bool use_weight_only = false;
+  std::string weight_only_precision = "int8";
+  bool per_group = false;
+  int64_t group_size = 128;
 };
 
 Status run_convert(ConvertFlags& flags) {
@@ -22,10 +26,24 @@ Status run_convert(ConvertFlags& flags) {
     }
     flags.request.dtype = *parse_dtype_name(flags.dtype);
   }
+  if (flags.use_weight_only) {
+    KITE_ASSIGN_OR_RETURN(flags.request.weight_only.precision,
+                          parse_weight_only_precision(flags.weight_only_precision));
+    if (flags.per_group && flags.group_size < 1) {
+      return invalid_argument("--group_size must be positive (64 and 128 are usual)");
+    }
+    flags.request.weight_only.group_size = flags.per_group ? flags.group_size : 0;
+  } else if (flags.per_group) {
+    return invalid_argument("--per_group quantizes weights only with --use_weight_only");
+  }
   KITE_ASSIGN_OR_RETURN(ConvertSummary summary, convert_to_checkpoint(flags.request));
+  std::string dtype(dtype_name(summary.dtype));
+  if (summary.weight_only.enabled()) {
+    dtype += ", linear weights " + describe_weight_only(summary.weight_only);
+  }
   std::printf("wrote checkpoint %s: %zu tensors, %.1fM parameters, %s, %.1f MB%s\n",
               summary.output_dir.c_str(), summary.tensor_count,
-              double(summary.parameter_count) / 1e6, std::string(dtype_name(summary.dtype)).c_str(),
+              double(summary.parameter_count) / 1e6, dtype.c_str(),
               double(summary.bytes_written) / 1e6,
               summary.tokenizer_copied ? ", with tokenizer" : ", no tokenizer");
   std::printf("from %s\n", summary.converted_from.c_str());
@@ -53,6 +71,13 @@ Command add_convert_command(CLI::App& kite) {
   app->add_option("--seed", request.seed, "Seed of --random (default 0)");
   app->add_option("--tp_size", request.tp_size, "Tensor parallel size (default 1)");
   app->add_option("--pp_size", request.pp_size, "Pipeline parallel size (default 1)");
+  app->add_flag("--use_weight_only", flags->use_weight_only,
+                "Quantize the decoder's linear weights (W8A16 / W4A16); the rest stays in --dtype");
+  app->add_option("--weight_only_precision", flags->weight_only_precision,
+                  "int8 (default) or int4, with --use_weight_only");
+  app->add_flag("--per_group", flags->per_group,
+                "A scale per --group_size input columns instead of one per output row");
+  app->add_option("--group_size", flags->group_size, "Columns per scale with --per_group (128)");
   return Command{app, [flags] { return run_convert(*flags); }};
 }
 

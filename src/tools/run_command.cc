@@ -1,6 +1,6 @@
 // `kite run`: generates for a batch of prompts with an engine and prints the results the way
-// TensorRT-LLM's run.py does (Input [Text i] / Output [Text i Beam 0]); optional streaming, ChatML
-// chat formatting and a JSON record of ids and texts.
+// TensorRT-LLM's run.py does (Input [Text i] / Output [Text i Beam 0]); optional streaming, the
+// model's chat template (as `kite serve` renders it) and a JSON record of ids and texts.
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -10,13 +10,16 @@
 
 #include "core/file.h"
 #include "runtime/engine.h"
+#include "server/served_model.h"
 #include "tools/command.h"
+#include "tools/model_cache.h"
 
 namespace kite::tools {
 namespace {
 
 struct RunFlags {
   std::string engine_dir;
+  ModelEngineRequest model;
   std::vector<std::string> input_texts;
   int64_t max_output_len = 100;
   SamplingConfig sampling{.temperature = 0.0f};
@@ -31,49 +34,22 @@ std::string json_quoted(const std::string& text) {
   return nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-// The chat template of tokenizer_config.json, if it is the ChatML form (<|im_start|>role\n
-// content<|im_end|>\n, as SmolLM2 and Qwen2 use). Returns the default system prompt the template
-// inserts when the conversation has none ("" for none).
-Result<std::string> chatml_default_system(const std::string& engine_dir) {
-  const std::string path = engine_dir + "/tokenizer_config.json";
-  if (!path_exists(path)) return not_found("--chat: " + path + " not found, so no chat template");
-  KITE_ASSIGN_OR_RETURN(std::string text, read_file(path));
-  std::string chat_template;
-  try {
-    const auto json = nlohmann::json::parse(text);
-    if (json.contains("chat_template") && json.at("chat_template").is_string())
-      chat_template = json.at("chat_template").get<std::string>();
-  } catch (const nlohmann::json::exception&) {
-    return corrupt(path + " is not valid JSON");
+// The prompt of a one-message conversation, rendered by the chat template of the engine's
+// tokenizer_config.json as transformers' apply_chat_template renders it (with the generation
+// prompt, and whatever default system message the template adds).
+Result<std::string> chat_prompt(const server::ServedModel& model, const std::string& engine_dir,
+                                const std::string& user) {
+  if (!model.chat_template) {
+    if (!model.chat_template_error.empty())
+      return unsupported("--chat: " + model.chat_template_error);
+    return not_found("--chat: " + engine_dir +
+                     "/tokenizer_config.json has no chat_template; drop --chat and format the "
+                     "prompt yourself");
   }
-  if (chat_template.empty()) return not_found("--chat: " + path + " has no chat_template");
-  if (chat_template.find("<|im_start|>") == std::string::npos ||
-      chat_template.find("<|im_end|>") == std::string::npos) {
-    return unsupported("--chat: the chat template of " + path +
-                       " is not ChatML (<|im_start|>/<|im_end|>); only ChatML templates are "
-                       "supported: format the prompt yourself and drop --chat");
-  }
-  const std::string system_start = "<|im_start|>system\n";
-  const size_t start = chat_template.find(system_start);
-  if (start == std::string::npos) return std::string();
-  const size_t content = start + system_start.size();
-  const size_t end = chat_template.find("<|im_end|>", content);
-  const std::string system = chat_template.substr(content, end - content);
-  // A template that builds the system turn from a variable has no literal default.
-  if (system.find('{') != std::string::npos || system.find('\'') != std::string::npos)
-    return std::string();
-  return system;
+  return model.render_chat(nlohmann::ordered_json::array({{{"role", "user"}, {"content", user}}}));
 }
 
-std::string chatml_prompt(const std::string& default_system, const std::string& user) {
-  std::string prompt;
-  if (!default_system.empty()) prompt += "<|im_start|>system\n" + default_system + "<|im_end|>\n";
-  prompt += "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n";
-  return prompt;
-}
-
-Status run(const RunFlags& flags) {
-  if (flags.engine_dir.empty()) return invalid_argument("--engine_dir is required");
+Status run(RunFlags flags) {
   if (flags.input_texts.empty()) return invalid_argument("--input_text is required");
   for (size_t i = 0; i < flags.input_texts.size(); ++i) {
     if (flags.input_texts[i].empty())
@@ -81,6 +57,7 @@ Status run(const RunFlags& flags) {
   }
   KITE_RETURN_IF_ERROR(validate_sampling_config(flags.sampling));
   if (flags.max_output_len < 1) return invalid_argument("--max_output_len must be >= 1");
+  KITE_ASSIGN_OR_RETURN(flags.engine_dir, resolve_engine_dir(flags.engine_dir, flags.model));
   KITE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::load(flags.engine_dir, flags.load));
   const Tokenizer& tokenizer = engine->tokenizer();
   if (int64_t(flags.input_texts.size()) > engine->config().limits.max_batch_size) {
@@ -94,14 +71,19 @@ Status run(const RunFlags& flags) {
   request.stop.max_output_len = flags.max_output_len;
   request.stop.end_ids = engine->default_end_ids();
   request.stop.stop_texts = flags.stop_words;
-  std::optional<std::string> default_system;
+  std::optional<server::ServedModel> chat_model;
   if (flags.chat) {
-    KITE_ASSIGN_OR_RETURN(std::string system, chatml_default_system(flags.engine_dir));
-    default_system = system;
+    const BuildLimits& limits = engine->config().limits;
+    KITE_ASSIGN_OR_RETURN(
+        chat_model,
+        server::load_served_model(flags.engine_dir, "", limits.max_input_len, limits.max_seq_len));
   }
   for (const std::string& text : flags.input_texts) {
-    if (default_system) {
-      request.prompts.push_back(tokenizer.encode(chatml_prompt(*default_system, text), false));
+    if (chat_model) {
+      // The rendered conversation carries its own special tokens (BOS where the template puts it).
+      KITE_ASSIGN_OR_RETURN(const std::string prompt,
+                            chat_prompt(*chat_model, flags.engine_dir, text));
+      request.prompts.push_back(tokenizer.encode(prompt, false));
     } else {
       request.prompts.push_back(tokenizer.encode(text));
     }
@@ -165,6 +147,7 @@ Command add_run_command(CLI::App& kite) {
   auto flags = std::make_shared<RunFlags>();
   CLI::App* app = kite.add_subcommand("run", "Generate text for a batch of prompts with an engine");
   app->add_option("--engine_dir", flags->engine_dir, "Engine folder (kite build)");
+  add_model_options(*app, flags->model);
   app->add_option("--input_text", flags->input_texts, "A prompt; repeat for a batch");
   app->add_option("--max_output_len", flags->max_output_len, "Tokens to generate at most (100)");
   app->add_option("--temperature", flags->sampling.temperature, "0 (default) is greedy");
@@ -175,7 +158,8 @@ Command add_run_command(CLI::App& kite) {
   app->add_option("--seed", flags->sampling.seed, "Random seed of sampling (0)");
   app->add_option("--stop_words", flags->stop_words, "Texts that end the output; repeatable");
   app->add_flag("--streaming", flags->streaming, "Print tokens as they are generated");
-  app->add_flag("--chat", flags->chat, "Wrap each prompt in the model's ChatML chat template");
+  app->add_flag("--chat", flags->chat,
+                "Send each prompt as a user message through the model's chat template");
   app->add_option("--output_json", flags->output_json, "Write input/output ids and texts here");
   app->add_option("--kv_cache_free_gpu_mem_fraction", flags->load.kv_cache_free_gpu_mem_fraction,
                   "CUDA engines: share of the free GPU memory the KV cache takes (0.9)");

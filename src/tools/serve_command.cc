@@ -18,12 +18,14 @@
 #include "server/http_server.h"
 #include "server/served_model.h"
 #include "tools/command.h"
+#include "tools/model_cache.h"
 
 namespace kite::tools {
 namespace {
 
 struct ServeFlags {
   std::string engine_dir;
+  ModelEngineRequest model;
   std::string host = "127.0.0.1";
   int port = 8000;
   std::string api_key;
@@ -37,16 +39,21 @@ struct ServeFlags {
   size_t max_body_bytes = size_t(8) << 20;
 };
 
-// The model's public name: the engine folder's name unless --served_model_name says otherwise.
+// The model's public name: the engine folder's name (with --model, the model folder's or GGUF
+// file's name without .gguf) unless --served_model_name says otherwise.
 std::string model_name(const ServeFlags& flags) {
   if (!flags.served_model_name.empty()) return flags.served_model_name;
+  if (!flags.model.model.empty()) {
+    std::filesystem::path path(flags.model.model);
+    if (!path.has_filename()) path = path.parent_path();
+    return path.extension() == ".gguf" ? path.stem().string() : path.filename().string();
+  }
   std::filesystem::path path(flags.engine_dir);
   if (!path.has_filename()) path = path.parent_path();  // "engines/smollm2/"
   return path.filename().string();
 }
 
 Status check_flags(const ServeFlags& flags, executor::ExecutorConfig* config) {
-  if (flags.engine_dir.empty()) return invalid_argument("--engine_dir is required");
   if (flags.port < 0 || flags.port > 65535) {
     return invalid_argument("--port must be between 0 (any free port) and 65535");
   }
@@ -70,9 +77,10 @@ Status check_flags(const ServeFlags& flags, executor::ExecutorConfig* config) {
   return Status::ok();
 }
 
-Status run(const ServeFlags& flags) {
+Status run(ServeFlags flags) {
   executor::ExecutorConfig config;
   KITE_RETURN_IF_ERROR(check_flags(flags, &config));
+  KITE_ASSIGN_OR_RETURN(flags.engine_dir, resolve_engine_dir(flags.engine_dir, flags.model));
   if (!path_exists(flags.engine_dir + "/config.json")) {
     return not_found(flags.engine_dir +
                      "/config.json not found: --engine_dir takes a folder "
@@ -140,6 +148,7 @@ Command add_serve_command(CLI::App& kite) {
   CLI::App* app = kite.add_subcommand(
       "serve", "Serve an engine over HTTP: OpenAI API, KServe v2 generate API, Prometheus metrics");
   app->add_option("--engine_dir", flags->engine_dir, "Engine folder (kite build)");
+  add_model_options(*app, flags->model);
   app->add_option("--host", flags->host,
                   "Address to listen on (127.0.0.1; 0.0.0.0 for every interface)");
   app->add_option("--port", flags->port, "TCP port (8000; 0 picks a free one)");

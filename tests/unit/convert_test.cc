@@ -8,12 +8,15 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "core/file.h"
 #include "formats/checkpoint.h"
 #include "formats/convert.h"
+#include "formats/engine_file.h"
 #include "formats/model_config.h"
+#include "formats/quantization.h"
 #include "formats/safetensors.h"
 #include "test_util.h"
 
@@ -209,6 +212,145 @@ TEST(Convert, RandomCopiesTokenizerWhenPresent) {
   EXPECT_TRUE(path_exists(output + "/tokenizer.json"));
 }
 
+// --use_weight_only: each decoder linear weight becomes its quantized values and scales, exactly
+// as quantize_weight_only makes them from the converted weight; everything else is converted as
+// usual. The engine built from it records the quantization and runs on the CPU; CUDA refuses it.
+TEST(Convert, WeightOnlyQuantizesTheDecoderLinearWeights) {
+  std::map<std::string, Tensor> weights;
+  const std::string model_dir = make_hf_folder(DType::kF32, &weights);
+  for (const auto& [flags, expected] : std::vector<std::pair<std::string, WeightOnlyConfig>>{
+           {"--use_weight_only", {WeightOnlyPrecision::kInt8, 0}},
+           {"--use_weight_only --weight_only_precision int4 --per_group --group_size 32",
+            {WeightOnlyPrecision::kInt4, 32}}}) {
+    const std::string output = test::temp_dir() + "/quantized";
+    const test::CommandResult convert =
+        test::run_kite("convert --model_dir " + model_dir + " --output_dir " + output +
+                       " --dtype bfloat16 " + flags);
+    ASSERT_EQ(convert.exit_code, 0) << convert.output;
+    EXPECT_NE(convert.output.find("linear weights " + describe_weight_only(expected)),
+              std::string::npos)
+        << convert.output;
+    const Checkpoint checkpoint = Checkpoint::open(output).value();
+    EXPECT_EQ(checkpoint.config().weight_only, expected);
+    EXPECT_EQ(checkpoint.config().dtype, DType::kBF16);
+    for (const WeightInfo& info : model_weights(tiny_config())) {
+      const TensorView stored = checkpoint.weight(info.name).value();
+      const Tensor converted = convert_dtype(weights.at(info.name).view(), DType::kBF16).value();
+      if (!is_weight_only_quantized(info, expected)) {
+        EXPECT_EQ(stored.dtype, DType::kBF16) << info.name;
+        EXPECT_EQ(std::memcmp(stored.data, converted.data(), converted.byte_size()), 0)
+            << info.name;
+        continue;
+      }
+      const QuantizedWeight want =
+          quantize_weight_only(weights.at(info.name).view(), DType::kBF16, expected).value();
+      const TensorView scales = checkpoint.weight(weight_scale_name(info.name)).value();
+      ASSERT_EQ(stored.shape, want.values.shape()) << info.name;
+      ASSERT_EQ(scales.shape, want.scales.shape()) << info.name;
+      EXPECT_EQ(std::memcmp(stored.data, want.values.data(), want.values.byte_size()), 0)
+          << info.name;
+      EXPECT_EQ(std::memcmp(scales.data, want.scales.data(), want.scales.byte_size()), 0)
+          << info.name;
+    }
+    EXPECT_EQ(checkpoint.weight("lm_head.weight")->dtype, DType::kBF16);
+
+    const std::string engine = test::build_engine(output,
+                                                  "--max_batch_size 1 --max_seq_len 64 "
+                                                  "--max_input_len 32");
+    const EngineConfig engine_config = read_engine_config(engine).value();
+    EXPECT_EQ(engine_config.weight_only, expected);
+    const test::CommandResult run =
+        test::run_kite("run --engine_dir " + engine + " --input_text 'hello' --max_output_len 4");
+    EXPECT_EQ(run.exit_code, 0) << run.output;
+    expect_failure(test::run_kite("build --checkpoint_dir " + output + " --output_dir " +
+                                  test::temp_dir() + "/gpu --device cuda"),
+                   1, {"weight-only quantized", "--device cpu"});
+  }
+}
+
+// `kite run --model`: a Hugging Face folder is converted and built with the default limits once,
+// then found in the cache by its content; the outputs are those of the three-command workflow, and
+// a changed weight file makes a new engine.
+TEST(OneStepRun, BuildsOnceCachesByContentAndMatchesConvertBuildRun) {
+  std::map<std::string, Tensor> weights;
+  const std::string model_dir = make_hf_folder(DType::kF32, &weights);
+  const std::string cache = test::temp_dir();
+  ASSERT_EQ(setenv("KITE_CACHE_DIR", cache.c_str(), 1), 0);
+  const std::string prompt = " --input_text 'hello world' --max_output_len 6 --output_json ";
+  auto output_ids = [](const std::string& json_path) {
+    return nlohmann::json::parse(read_file(json_path).value()).at(0).at("output_ids");
+  };
+  const std::string first_json = test::temp_dir() + "/first.json";
+  const test::CommandResult first =
+      test::run_kite("run --model " + model_dir + " --device cpu" + prompt + first_json);
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  EXPECT_NE(first.output.find("building an engine of " + model_dir), std::string::npos)
+      << first.output;
+  const std::string second_json = test::temp_dir() + "/second.json";
+  const test::CommandResult second =
+      test::run_kite("run --model " + model_dir + " --device cpu" + prompt + second_json);
+  ASSERT_EQ(second.exit_code, 0) << second.output;
+  EXPECT_NE(second.output.find("from the cache"), std::string::npos) << second.output;
+  EXPECT_EQ(second.output.find("building"), std::string::npos) << second.output;
+  EXPECT_EQ(output_ids(first_json), output_ids(second_json));
+
+  const std::string checkpoint = test::temp_dir() + "/ckpt";
+  ASSERT_EQ(
+      test::run_kite("convert --model_dir " + model_dir + " --output_dir " + checkpoint).exit_code,
+      0);
+  const std::string engine = test::build_engine(checkpoint, "");
+  const std::string three_json = test::temp_dir() + "/three.json";
+  ASSERT_EQ(test::run_kite("run --engine_dir " + engine + prompt + three_json).exit_code, 0);
+  EXPECT_EQ(output_ids(first_json), output_ids(three_json));
+
+  // Other weights, same file names and sizes: another key, another engine.
+  std::vector<std::pair<std::string, Tensor>> changed;
+  for (auto& [name, tensor] : weights) {
+    Tensor copy = Tensor::copy_of(tensor.view());
+    copy.data_as<float>()[0] += 1.0f;
+    changed.emplace_back(name, std::move(copy));
+  }
+  ASSERT_TRUE(write_safetensors(model_dir + "/model.safetensors", changed).is_ok());
+  const test::CommandResult third =
+      test::run_kite("run --model " + model_dir + " --device cpu" + prompt + first_json);
+  ASSERT_EQ(third.exit_code, 0) << third.output;
+  EXPECT_NE(third.output.find("building an engine"), std::string::npos) << third.output;
+  size_t engines = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(cache + "/engines")) {
+    EXPECT_EQ(entry.path().string().find(".building"), std::string::npos) << entry.path();
+    ++engines;
+  }
+  EXPECT_EQ(engines, 2u);
+
+  const std::string run = "run --input_text hi ";
+  expect_failure(test::run_kite(run + "--model " + model_dir + " --engine_dir " + engine), 2,
+                 {"not both"});
+  expect_failure(test::run_kite(run + "--model " + model_dir + "/nothing"), 1, {"does not exist"});
+  expect_failure(test::run_kite(run + "--model " + model_dir + " --device tpu"), 2,
+                 {"choose cpu or cuda"});
+  expect_failure(test::run_kite(run + "--engine_dir " + engine + " --dtype float16"), 2,
+                 {"go with --model"});
+  expect_failure(test::run_kite(run), 2, {"--engine_dir", "--model"});
+  expect_failure(test::run_kite("serve --model " + model_dir + " --engine_dir " + engine), 2,
+                 {"not both"});
+  unsetenv("KITE_CACHE_DIR");
+}
+
+TEST(ConvertErrors, WeightOnlyFlags) {
+  const std::string model_dir = make_hf_folder(DType::kF32);
+  const std::string output = test::temp_dir() + "/out";
+  const std::string base = "convert --model_dir " + model_dir + " --output_dir " + output;
+  expect_failure(test::run_kite(base + " --use_weight_only --weight_only_precision int3"), 2,
+                 {"'int3' is not one of int8, int4"});
+  expect_failure(test::run_kite(base + " --per_group"), 2, {"with --use_weight_only"});
+  // The tiny model's linear weights have 64 and 160 columns.
+  expect_failure(test::run_kite(base + " --use_weight_only --per_group --group_size 48"), 2,
+                 {"--group_size 48 does not divide the 64 columns"});
+  expect_failure(test::run_kite(base + " --use_weight_only --per_group --group_size 0"), 2,
+                 {"--group_size must be positive"});
+  EXPECT_FALSE(path_exists(output + "/config.json"));
+}
+
 TEST(ConvertErrors, MissingInputs) {
   const std::string output = test::temp_dir() + "/out";
   expect_failure(test::run_kite("convert --model_dir /nonexistent/model --output_dir " + output), 1,
@@ -351,9 +493,25 @@ TEST(Checkpoint, RefusesBrokenCheckpoints) {
   EXPECT_NE(status.message().find("version 2"), std::string::npos);
   status = open_with([](nlohmann::json& config) { config.erase("kite_checkpoint_version"); });
   EXPECT_NE(status.message().find("kite convert"), std::string::npos);
+  // Quantizations this version does not know, and weight-only entries it cannot read.
+  status = open_with([](nlohmann::json& config) {
+    config["quantization"]["smoothquant"] = {{"alpha", 0.5}};
+  });
+  EXPECT_EQ(status.code(), StatusCode::kUnsupported);
+  status = open_with([](nlohmann::json& config) {
+    config["quantization"]["weight_only"] = {{"precision", "int2"}, {"group_size", 0}};
+  });
+  EXPECT_EQ(status.code(), StatusCode::kUnsupported);
   status =
       open_with([](nlohmann::json& config) { config["quantization"]["weight_only"] = "int4"; });
-  EXPECT_EQ(status.code(), StatusCode::kUnsupported);
+  EXPECT_EQ(status.code(), StatusCode::kCorrupt);
+  // Float weights under a config saying they are quantized.
+  status = open_with([](nlohmann::json& config) {
+    config["quantization"]["weight_only"] = {{"precision", "int8"}, {"group_size", 0}};
+  });
+  EXPECT_EQ(status.code(), StatusCode::kCorrupt);
+  EXPECT_NE(status.message().find("config.json implies int8"), std::string::npos)
+      << status.message();
   status = open_with([](nlohmann::json& config) { config["mapping"]["world_size"] = 3; });
   EXPECT_EQ(status.code(), StatusCode::kCorrupt);
   status = open_with([](nlohmann::json& config) { config["dtype"] = "int8"; });

@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include "cpu_test_util.h"
+#include "formats/quantization.h"
 #include "kernels/cpu/linear.h"
 
 namespace kite {
@@ -128,6 +129,57 @@ TEST_P(CpuLinear, SameBitsForAnyThreadCount) {
     EXPECT_TRUE(test::bitwise_equal(results[0], results[2])) << "T=" << tokens;
   }
   omp_set_num_threads(saved_threads);
+}
+
+// Weight-only quantized weights: the output is linear() of the dequantized float32 weight, bit
+// for bit (the dequantization is exact and the dot products run in the same order), over token
+// counts of both paths, group sizes, int8 and int4, scale dtypes and biases.
+TEST_P(CpuLinear, QuantizedWeightsGiveTheDequantizedWeightsOutputBitForBit) {
+  CpuBackend backend(GetParam());
+  uint32_t seed = 900;
+  for (WeightOnlyPrecision precision : {WeightOnlyPrecision::kInt8, WeightOnlyPrecision::kInt4}) {
+    for (int64_t group_size : {0, 32, 64}) {
+      for (DType scale_dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+        for (int64_t tokens : {1, 2, 3, 4, 70}) {
+          const int64_t k_size = 192, n_size = tokens % 2 ? 37 : 100;
+          const WeightOnlyConfig config{precision, group_size};
+          Tensor dense(DType::kF32, {n_size, k_size});
+          const std::vector<float> values = test::random_values(size_t(n_size * k_size), seed++);
+          std::memcpy(dense.data(), values.data(), dense.byte_size());
+          const QuantizedWeight quantized =
+              quantize_weight_only(dense.view(), scale_dtype, config).value();
+          const Tensor dequantized =
+              dequantize_weight_only(quantized.values.view(), quantized.scales.view(), config);
+
+          LinearWeight weight;
+          weight.quantization = config;
+          weight.weight = DeviceTensor{quantized.values.dtype(), quantized.values.shape(),
+                                       const_cast<uint8_t*>(quantized.values.data())};
+          weight.scales = DeviceTensor{quantized.scales.dtype(), quantized.scales.shape(),
+                                       const_cast<uint8_t*>(quantized.scales.data())};
+          const DeviceTensor reference_weight{
+              DType::kF32, {n_size, k_size}, const_cast<uint8_t*>(dequantized.data())};
+          BackendTensor x = test::tensor_from(backend, DType::kF32, {tokens, k_size},
+                                              test::random_values(size_t(tokens * k_size), seed++));
+          BackendTensor bias = test::tensor_from(backend, DType::kBF16, {n_size},
+                                                 test::random_values(size_t(n_size), seed++));
+          const bool with_bias = tokens == 3;
+          BackendTensor out = test::make_tensor(backend, DType::kF32, {tokens, n_size});
+          BackendTensor expected = test::make_tensor(backend, DType::kF32, {tokens, n_size});
+          test::poison(out.tensor);
+          backend.linear_weight_only(x.tensor, weight, with_bias ? &bias.tensor : nullptr,
+                                     out.tensor);
+          backend.linear(x.tensor, reference_weight, with_bias ? &bias.tensor : nullptr,
+                         expected.tensor);
+          EXPECT_TRUE(test::bitwise_equal(test::load_floats(out.tensor),
+                                          test::load_floats(expected.tensor)))
+              << describe_weight_only(config) << " scales " << dtype_name(scale_dtype)
+              << " T=" << tokens;
+          if (HasFailure()) return;
+        }
+      }
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Isas, CpuLinear, testing::ValuesIn(test::test_isas()),

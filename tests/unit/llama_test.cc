@@ -150,9 +150,10 @@ Matrix reference_logits(const ModelConfig& c, const HostWeights& w,
 class ModelRunner {
  public:
   ModelRunner(const ModelConfig& config, const WeightLookup& lookup, int64_t sequences,
-              int64_t max_length) {
+              int64_t max_length, const WeightOnlyConfig& weight_only = {}) {
     backend_ = std::move(make_backend(BackendKind::kCpu).value());
-    LlamaWeights weights = load_llama_weights(*backend_, config, lookup, "test").value();
+    LlamaWeights weights =
+        load_llama_weights(*backend_, config, lookup, "test", weight_only).value();
     model_ = std::make_unique<LlamaModel>(*backend_, config, std::move(weights));
     cache_.dtype = DType::kF32;
     cache_.num_layers = config.num_hidden_layers;
@@ -348,6 +349,64 @@ TEST(LlamaForward, RefusesWeightsOfTheWrongShape) {
   Result<LlamaWeights> loaded = load_llama_weights(*backend, config, lookup_in(weights), "m");
   ASSERT_FALSE(loaded.is_ok());
   EXPECT_NE(loaded.status().message().find("model.layers.1.mlp.up_proj.weight"), std::string::npos);
+}
+
+// Weight-only quantization swaps the linear weights at load time and nothing else: a model with
+// quantized weights gives, bit for bit, the logits of the same model whose float32 weights are the
+// dequantized values; and those stay close to the unquantized model's.
+TEST(LlamaForward, WeightOnlyQuantizedModelIsItsDequantizedModel) {
+  ModelConfig config = tiny_llama_config();
+  config.attention_bias = true;  // a bias after a quantized weight
+  const HostWeights original = random_llama_weights(config, 5);
+  const auto prompts = test_prompts(config.vocab_size);
+  ModelRunner plain(config, lookup_in(original), int64_t(prompts.size()), 32);
+  const std::vector<Matrix> plain_logits = plain.step(prompts);
+  for (const WeightOnlyConfig& weight_only : {WeightOnlyConfig{WeightOnlyPrecision::kInt8, 0},
+                                              WeightOnlyConfig{WeightOnlyPrecision::kInt4, 16}}) {
+    HostWeights quantized, dequantized;
+    for (const WeightInfo& info : model_weights(config)) {
+      const Tensor& weight = original.at(info.name);
+      if (!is_weight_only_quantized(info, weight_only)) {
+        quantized[info.name] = Tensor::copy_of(weight.view());
+        dequantized[info.name] = Tensor::copy_of(weight.view());
+        continue;
+      }
+      QuantizedWeight parts = quantize_weight_only(weight.view(), DType::kF32, weight_only).value();
+      dequantized[info.name] =
+          dequantize_weight_only(parts.values.view(), parts.scales.view(), weight_only);
+      quantized[info.name] = std::move(parts.values);
+      quantized[weight_scale_name(info.name)] = std::move(parts.scales);
+    }
+    ModelRunner runner(config, lookup_in(quantized), int64_t(prompts.size()), 32, weight_only);
+    ModelRunner reference(config, lookup_in(dequantized), int64_t(prompts.size()), 32);
+    const std::vector<Matrix> logits = runner.step(prompts);
+    EXPECT_EQ(logits, reference.step(prompts)) << describe_weight_only(weight_only);
+    // A decode step of every sequence too (the few-token path of the quantized linear).
+    EXPECT_EQ(runner.step({{1}, {2}, {3}}), reference.step({{1}, {2}, {3}}));
+    // The tiny model's weights are uniform in [-0.3, 0.3]: an int8 step is 0.3 / 127 and an int4
+    // step 0.3 / 7, whose errors, over two layers, move its logits by about 2.5% and 35%.
+    const double tolerance = weight_only.precision == WeightOnlyPrecision::kInt8 ? 0.05 : 0.6;
+    double worst = 0;
+    for (size_t s = 0; s < prompts.size(); ++s) {
+      for (size_t row = 0; row < logits[s].size(); ++row) {
+        worst = std::max(worst, relative_difference(logits[s][row], plain_logits[s][row]));
+      }
+    }
+    EXPECT_GT(worst, 0.0) << describe_weight_only(weight_only) << " changed nothing";
+    EXPECT_LT(worst, tolerance) << describe_weight_only(weight_only);
+  }
+  // Quantized tensors under a config that does not say so are refused, and so is the reverse.
+  auto backend = std::move(make_backend(BackendKind::kCpu).value());
+  HostWeights quantized;
+  const WeightOnlyConfig int8{WeightOnlyPrecision::kInt8, 0};
+  for (const WeightInfo& info : model_weights(config)) {
+    quantized[info.name] = Tensor::copy_of(original.at(info.name).view());
+  }
+  const Result<LlamaWeights> floats_as_int8 =
+      load_llama_weights(*backend, config, lookup_in(quantized), "m", int8);
+  ASSERT_FALSE(floats_as_int8.is_ok());
+  EXPECT_NE(floats_as_int8.status().message().find("stores it as int8"), std::string::npos)
+      << floats_as_int8.status().message();
 }
 
 TEST(RopeFrequencies, FollowTransformersRules) {

@@ -417,5 +417,44 @@ TEST(SmolLM2Perplexity, MatchesLlamaCppOnWikiText2) {
   EXPECT_LT(relative, 0.01);
 }
 
+// ---- SmolLM2-135M weight-only quantized: perplexity near the unquantized model's ----
+// The first 4 chunks of WikiText-2 (1020 scored tokens) through a bfloat16 engine and through
+// int8 (per channel) and int4 (groups of 64) weight-only engines of the same conversion; the
+// bounds leave about twice the change measured (docs/perf/weight_only.md).
+constexpr double kInt8Bound = 0.01;  // relative change of the perplexity (measured 0.4%)
+constexpr double kInt4Bound = 0.95;  // relative increase (measured 47.6%)
+TEST(SmolLM2Perplexity, WeightOnlyQuantizedStaysNearTheUnquantizedModel) {
+  if (test::demo_model().empty()) GTEST_SKIP() << "demo model not fetched";
+  const std::string dataset = test::data_dir() + "/wikitext-2-raw/wiki.test.raw";
+  if (!path_exists(dataset)) GTEST_SKIP() << "WikiText-2 not found: " << dataset;
+  auto perplexity = [&](const std::string& convert_flags) {
+    const std::string checkpoint = test::temp_dir() + "/ckpt";
+    const auto convert = test::run_kite("convert --gguf " + test::demo_model() + " --output_dir " +
+                                        checkpoint + " --dtype bfloat16 " + convert_flags);
+    EXPECT_EQ(convert.exit_code, 0) << convert.output;
+    const std::string engine =
+        test::build_engine(checkpoint, "--max_batch_size 4 --max_input_len 512 --max_seq_len 544");
+    const std::string json_path = test::temp_dir() + "/perplexity.json";
+    const auto evaluated =
+        test::run_kite("eval perplexity --engine_dir " + engine + " --dataset " + dataset +
+                       " --max_tokens 2048 --output_json " + json_path);
+    EXPECT_EQ(evaluated.exit_code, 0) << evaluated.output;
+    if (evaluated.exit_code != 0) return 0.0;
+    return nlohmann::json::parse(read_file(json_path).value()).at("perplexity").get<double>();
+  };
+  const double plain = perplexity("");
+  const double int8 = perplexity("--use_weight_only");
+  const double int4 = perplexity(
+      "--use_weight_only --weight_only_precision int4 --per_group "
+      "--group_size 64");
+  std::printf("[ PPL      ] SmolLM2 bfloat16 %.4f, int8 %.4f, int4 (groups of 64) %.4f\n", plain,
+              int8, int4);
+  ASSERT_GT(plain, 1.0);
+  EXPECT_NE(int8, plain);
+  EXPECT_LT(std::abs(int8 - plain) / plain, kInt8Bound);
+  EXPECT_GT(int4, plain);
+  EXPECT_LT((int4 - plain) / plain, kInt4Bound);
+}
+
 }  // namespace
 }  // namespace kite

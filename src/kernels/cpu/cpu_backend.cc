@@ -80,6 +80,11 @@ void CpuBackend::linear(const DeviceTensor& x, const DeviceTensor& weight, const
   cpu::linear(x, weight, bias, out, isa_);
 }
 
+void CpuBackend::linear_weight_only(const DeviceTensor& x, const LinearWeight& weight,
+                                    const DeviceTensor* bias, DeviceTensor& out) {
+  cpu::linear_weight_only(x, weight, bias, out, isa_);
+}
+
 void CpuBackend::rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope,
                                    const AttentionBatch& batch, const KvCacheView& cache,
                                    int64_t layer, DeviceTensor& q) {

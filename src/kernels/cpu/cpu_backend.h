@@ -33,6 +33,11 @@ class CpuBackend final : public Backend {
                     float eps, DeviceTensor& out) override;
   void linear(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
               DeviceTensor& out) override;
+  bool supports_weight_only(const WeightOnlyConfig& config) const override {
+    return config.enabled();
+  }
+  void linear_weight_only(const DeviceTensor& x, const LinearWeight& weight,
+                          const DeviceTensor* bias, DeviceTensor& out) override;
   void rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope,
                          const AttentionBatch& batch, const KvCacheView& cache, int64_t layer,
                          DeviceTensor& q) override;

@@ -5,11 +5,13 @@
 #include "kernels/cpu/linear.h"
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/dot_tiles.h"
 #include "kernels/cpu/float_types.h"
+#include "kernels/cpu/quantized_tiles.h"
 #include "kernels/cpu/threading.h"
 
 namespace kite::cpu {
@@ -126,6 +128,99 @@ void linear_prefill(const LinearProblem& problem, Isa isa) {
   }
 }
 
+// out[i] = level i x scale for `count` levels of int8 values or of packed int4 values (count
+// even), for the prefill path, which multiplies many tokens with each dequantized row. Portable;
+// the AVX2 versions below compute the same products (level to float is exact, the multiply
+// rounds once), so either gives the same bits.
+void dequantize_int8(const int8_t* values, int64_t count, float scale, float* out) {
+  for (int64_t i = 0; i < count; ++i) out[i] = float(values[i]) * scale;
+}
+
+void dequantize_int4(const uint8_t* packed, int64_t count, float scale, float* out) {
+  for (int64_t i = 0; i < count / 2; ++i) {
+    // Sign-extend each nibble: shift it to the top of a byte, then arithmetic-shift back.
+    out[2 * i] = float(int8_t(uint8_t(packed[i] << 4)) >> 4) * scale;
+    out[2 * i + 1] = float(int8_t(packed[i]) >> 4) * scale;
+  }
+}
+
+#if KITE_HAS_AVX2_KERNELS
+KITE_TARGET_AVX2 void dequantize_int8_avx2(const int8_t* values, int64_t count, float scale,
+                                           float* out) {
+  const __m256 scales = _mm256_set1_ps(scale);
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    const __m256 levels = load_levels8<false>(reinterpret_cast<const uint8_t*>(values), i);
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(levels, scales));
+  }
+  dequantize_int8(values + i, count - i, scale, out + i);
+}
+
+KITE_TARGET_AVX2 void dequantize_int4_avx2(const uint8_t* packed, int64_t count, float scale,
+                                           float* out) {
+  const __m256 scales = _mm256_set1_ps(scale);
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(load_levels8<true>(packed, i), scales));
+  }
+  dequantize_int4(packed + i / 2, count - i, scale, out + i);
+}
+#endif
+
+// Dequantizes rows [n0, n1) of a quantized weight into float32 `out` [(n1 - n0), K]: the same
+// values as dequantize_weight_only (value x scale, both exact in float32).
+template <typename ScaleElement>
+void dequantize_rows(const LinearWeight& weight, int64_t n0, int64_t n1, float* out, Isa isa) {
+  (void)isa;  // used only where AVX2 kernels exist
+  const int64_t k_size = weight.in_features();
+  const int64_t group = weight.quantization.columns_per_scale(k_size);
+  const int64_t groups = k_size / group;
+  const auto* scales = static_cast<const typename ScaleElement::Storage*>(weight.scales.data);
+  const bool int4 = weight.quantization.precision == WeightOnlyPrecision::kInt4;
+  for (int64_t n = n0; n < n1; ++n) {
+    float* out_row = out + (n - n0) * k_size;
+    for (int64_t g = 0; g < groups; ++g) {
+      const float scale = ScaleElement::load(scales[n * groups + g]);
+      float* out_group = out_row + g * group;
+      if (int4) {
+        const auto* packed =
+            static_cast<const uint8_t*>(weight.weight.data) + n * (k_size / 2) + g * (group / 2);
+#if KITE_HAS_AVX2_KERNELS
+        if (isa == Isa::kAvx2) {
+          dequantize_int4_avx2(packed, group, scale, out_group);
+          continue;
+        }
+#endif
+        dequantize_int4(packed, group, scale, out_group);
+      } else {
+        const auto* values =
+            static_cast<const int8_t*>(weight.weight.data) + n * k_size + g * group;
+#if KITE_HAS_AVX2_KERNELS
+        if (isa == Isa::kAvx2) {
+          dequantize_int8_avx2(values, group, scale, out_group);
+          continue;
+        }
+#endif
+        dequantize_int8(values, group, scale, out_group);
+      }
+    }
+  }
+}
+
+// The bias as float32, or an empty vector when there is none.
+std::vector<float> bias_as_float(const DeviceTensor* bias, int64_t rows) {
+  std::vector<float> values;
+  if (!bias) return values;
+  KITE_CHECK(is_cpu_float_dtype(bias->dtype) && bias->numel() == rows);
+  values.resize(size_t(rows));
+  dispatch_float_dtype(bias->dtype, [&](auto element) {
+    using Element = decltype(element);
+    const auto* source = static_cast<const typename Element::Storage*>(bias->data);
+    for (int64_t n = 0; n < rows; ++n) values[size_t(n)] = Element::load(source[n]);
+  });
+  return values;
+}
+
 }  // namespace
 
 void linear(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
@@ -140,16 +235,7 @@ void linear(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTenso
   KITE_CHECK(out.data != x.data);
   if (tokens == 0 || rows == 0) return;
 
-  std::vector<float> bias_values;
-  if (bias) {
-    KITE_CHECK(is_cpu_float_dtype(bias->dtype) && bias->numel() == rows);
-    bias_values.resize(size_t(rows));
-    dispatch_float_dtype(bias->dtype, [&](auto element) {
-      using Element = decltype(element);
-      const auto* source = static_cast<const typename Element::Storage*>(bias->data);
-      for (int64_t n = 0; n < rows; ++n) bias_values[size_t(n)] = Element::load(source[n]);
-    });
-  }
+  const std::vector<float> bias_values = bias_as_float(bias, rows);
   const LinearProblem problem{static_cast<const float*>(x.data),
                               weight.data,
                               bias ? bias_values.data() : nullptr,
@@ -163,6 +249,134 @@ void linear(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTenso
       linear_decode<Element>(problem, isa);
     } else {
       linear_prefill<Element>(problem, isa);
+    }
+  });
+}
+
+#if KITE_HAS_AVX2_KERNELS
+// Few tokens, AVX2: each quantized weight row is read once and dequantized in registers by the
+// tiles of quantized_tiles.h (the same bits as the float32 tiles on the dequantized rows).
+void linear_weight_only_decode_avx2(const LinearProblem& problem, const LinearWeight& weight) {
+  const bool int4 = weight.quantization.precision == WeightOnlyPrecision::kInt4;
+  const int64_t k_size = problem.k_size;
+  const int64_t group = weight.quantization.columns_per_scale(k_size);
+  const int64_t groups = k_size / group;
+  const int64_t row_bytes = int4 ? k_size / 2 : k_size;
+  const auto* values = static_cast<const uint8_t*>(weight.weight.data);
+  const int64_t tile_rows = problem.tokens == 1 ? 8 : 4;
+  const int64_t tasks = (problem.rows + kDecodeRowsPerTask - 1) / kDecodeRowsPerTask;
+#pragma omp parallel if (problem.rows * k_size >= kMinParallelWork)
+  {
+    std::vector<float> scales(size_t(kDecodeRowsPerTask * groups));
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t n0 = task * kDecodeRowsPerTask;
+      const int64_t n1 = std::min(problem.rows, n0 + kDecodeRowsPerTask);
+      dispatch_float_dtype(weight.scales.dtype, [&](auto element) {
+        using Element = decltype(element);
+        const auto* source = static_cast<const typename Element::Storage*>(weight.scales.data);
+        for (int64_t i = 0; i < (n1 - n0) * groups; ++i) {
+          scales[size_t(i)] = Element::load(source[n0 * groups + i]);
+        }
+      });
+      for (int64_t n = n0; n < n1; n += tile_rows) {
+        const int64_t rows = std::min(tile_rows, n1 - n);
+        const bool prefetch_next = n + 2 * rows <= problem.rows;
+        const QuantizedTileArguments arguments{
+            problem.x,
+            k_size,
+            values + n * row_bytes,
+            row_bytes,
+            scales.data() + (n - n0) * groups,
+            groups,
+            group,
+            k_size,
+            problem.out + n,
+            problem.rows,
+            prefetch_next ? reinterpret_cast<const char*>(values + (n + rows) * row_bytes)
+                          : nullptr};
+        (int4 ? quantized_tile<true> : quantized_tile<false>)(problem.tokens, rows)(arguments);
+      }
+      if (problem.bias) {
+        for (int64_t t = 0; t < problem.tokens; ++t) {
+          for (int64_t n = n0; n < n1; ++n) problem.out[t * problem.rows + n] += problem.bias[n];
+        }
+      }
+    }
+  }
+}
+#endif
+
+// Quantized weights: tasks are (block of weight rows) x (block of tokens) as in linear_prefill,
+// with small row blocks when there are few tokens (the decode case, bound by reading the int8 /
+// int4 values). A task dequantizes its rows to float32 once and multiplies its tokens with them in
+// float32 tiles, whose order depends only on K: the result is that of linear() on the dequantized
+// weight, bit for bit, for any T and thread count.
+void linear_weight_only(const DeviceTensor& x, const LinearWeight& weight, const DeviceTensor* bias,
+                        DeviceTensor& out, Isa isa) {
+  KITE_CHECK(weight.quantized() && weight.weight.shape.size() == 2);
+  KITE_CHECK(x.dtype == DType::kF32 && out.dtype == DType::kF32);
+  const int64_t tokens = x.rows();
+  const int64_t k_size = x.cols();
+  const int64_t rows = weight.out_features();
+  KITE_CHECK(weight.in_features() == k_size);
+  KITE_CHECK(
+      weight.weight.dtype ==
+      (weight.quantization.precision == WeightOnlyPrecision::kInt4 ? DType::kU8 : DType::kI8));
+  const int64_t group = weight.quantization.columns_per_scale(k_size);
+  KITE_CHECK(group > 0 && k_size % group == 0 && group % 2 == 0);
+  KITE_CHECK(is_cpu_float_dtype(weight.scales.dtype) && weight.scales.rows() == rows &&
+             weight.scales.cols() == k_size / group);
+  KITE_CHECK(out.rows() == tokens && out.cols() == rows && out.data != x.data);
+  if (tokens == 0 || rows == 0) return;
+
+  const std::vector<float> bias_values = bias_as_float(bias, rows);
+  const LinearProblem problem{static_cast<const float*>(x.data),
+                              nullptr,
+                              bias ? bias_values.data() : nullptr,
+                              static_cast<float*>(out.data),
+                              tokens,
+                              k_size,
+                              rows};
+  const bool decode = tokens < kGemmMinTokens;
+#if KITE_HAS_AVX2_KERNELS
+  if (decode && isa == Isa::kAvx2 && group % kLanes == 0) {
+    linear_weight_only_decode_avx2(problem, weight);
+    return;
+  }
+#endif
+  int64_t rows_per_block = kDecodeRowsPerTask;
+  if (!decode) {
+    rows_per_block = kGemmBlockBytes / (std::max<int64_t>(k_size, 1) * int64_t(sizeof(float)));
+    rows_per_block = std::clamp<int64_t>(rows_per_block / 12 * 12, 12, 96);
+  }
+  const int64_t tile_tokens = decode ? tokens : kGemmTileTokens;
+  const int64_t tile_rows = decode ? (tokens == 1 ? 8 : 4) : kGemmTileRows;
+  const int64_t token_block_size = decode ? tokens : kGemmTokensPerTask;
+  const int64_t row_blocks = (rows + rows_per_block - 1) / rows_per_block;
+  const int64_t token_blocks = (tokens + token_block_size - 1) / token_block_size;
+  const int64_t tasks = row_blocks * token_blocks;
+  dispatch_float_dtype(weight.scales.dtype, [&](auto scale_element) {
+    using ScaleElement = decltype(scale_element);
+#pragma omp parallel if (tokens * rows * k_size >= kMinParallelWork)
+    {
+      std::vector<float> converted;
+      int64_t converted_block = -1;
+#pragma omp for schedule(static)
+      for (int64_t task = 0; task < tasks; ++task) {
+        const int64_t row_block = task / token_blocks;
+        const int64_t n0 = row_block * rows_per_block;
+        const int64_t n1 = std::min(rows, n0 + rows_per_block);
+        const int64_t t0 = (task % token_blocks) * token_block_size;
+        const int64_t t1 = std::min(tokens, t0 + token_block_size);
+        if (converted_block != row_block) {
+          converted.resize(size_t((n1 - n0) * k_size));
+          dequantize_rows<ScaleElement>(weight, n0, n1, converted.data(), isa);
+          converted_block = row_block;
+        }
+        run_tiles<Float32>(problem, isa, converted.data(), t0, t1, n0, n1, tile_tokens, tile_rows,
+                           /*prefetch=*/false);
+      }
     }
   });
 }

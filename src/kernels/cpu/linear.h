@@ -14,4 +14,9 @@ namespace kite::cpu {
 void linear(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
             DeviceTensor& out, Isa isa);
 
+// The same with a weight-only quantized weight (LinearWeight: int8 or int4 values and their
+// scales): out equals linear() of x with the dequantized float32 weight, bit for bit.
+void linear_weight_only(const DeviceTensor& x, const LinearWeight& weight, const DeviceTensor* bias,
+                        DeviceTensor& out, Isa isa);
+
 }  // namespace kite::cpu

@@ -1,0 +1,25 @@
+// `kite build` as a function: a Kite checkpoint -> an engine folder, for the build command and for
+// the commands that build a model in one step (`--model`, model_cache.h).
+#pragma once
+
+#include <string>
+
+#include "core/status.h"
+#include "formats/engine_file.h"
+
+namespace kite::tools {
+
+struct BuildRequest {
+  std::string checkpoint_dir;
+  std::string output_dir;
+  std::string device = "cpu";  // "cpu" or "cuda"
+  BuildLimits limits;
+  bool multi_block_mode = true;
+  int gpu = 0;  // the GPU the kernels are tuned on
+};
+
+// Checks the limits, plans memory, tunes the GEMMs (CUDA) and writes the engine, printing the plan
+// and a summary line.
+Status build_engine(const BuildRequest& request);
+
+}  // namespace kite::tools
