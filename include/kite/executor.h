@@ -39,6 +39,10 @@ struct SamplingConfig {
   float min_p = 0.0f;               // 0: off
   float repetition_penalty = 1.0f;  // 1: off
   uint64_t seed = 0;                // the same seed gives the same tokens, whatever the batch
+  // OpenAI's penalties over the output so far: a token that occurs count > 0 times in it loses
+  // count * frequency_penalty + presence_penalty from its logit (after the repetition penalty).
+  float presence_penalty = 0.0f;   // 0: off
+  float frequency_penalty = 0.0f;  // 0: off
 };
 
 struct Request {

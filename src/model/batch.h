@@ -65,7 +65,10 @@ struct SamplingRow {
   float min_p = 0.0f;               // 0: off
   float repetition_penalty = 1.0f;  // 1: off
   uint64_t seed = 0;
-  uint64_t step = 0;  // which draw of this sequence: the counter of its random stream
+  uint64_t step = 0;               // which draw of this sequence: the counter of its random stream
+  float presence_penalty = 0.0f;   // 0: off (OpenAI's, over the output: see runtime/sampling.h)
+  float frequency_penalty = 0.0f;  // 0: off
+  int32_t output_start = 0;        // where the output starts in the row's history
 };
 
 }  // namespace kite

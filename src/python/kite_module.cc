@@ -131,18 +131,24 @@ PYBIND11_MODULE(kite, module) {
 
   py::class_<SamplingConfig>(module, "SamplingConfig")
       .def(py::init([](float temperature, int64_t top_k, float top_p, float min_p,
-                       float repetition_penalty, uint64_t seed) {
-             return SamplingConfig{temperature, top_k, top_p, min_p, repetition_penalty, seed};
+                       float repetition_penalty, uint64_t seed, float presence_penalty,
+                       float frequency_penalty) {
+             return SamplingConfig{
+                 temperature,      top_k, top_p, min_p, repetition_penalty, seed, presence_penalty,
+                 frequency_penalty};
            }),
            py::kw_only(), py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
            py::arg("top_p") = 1.0f, py::arg("min_p") = 0.0f, py::arg("repetition_penalty") = 1.0f,
-           py::arg("seed") = 0)
+           py::arg("seed") = 0, py::arg("presence_penalty") = 0.0f,
+           py::arg("frequency_penalty") = 0.0f)
       .def_readwrite("temperature", &SamplingConfig::temperature)
       .def_readwrite("top_k", &SamplingConfig::top_k)
       .def_readwrite("top_p", &SamplingConfig::top_p)
       .def_readwrite("min_p", &SamplingConfig::min_p)
       .def_readwrite("repetition_penalty", &SamplingConfig::repetition_penalty)
-      .def_readwrite("seed", &SamplingConfig::seed);
+      .def_readwrite("seed", &SamplingConfig::seed)
+      .def_readwrite("presence_penalty", &SamplingConfig::presence_penalty)
+      .def_readwrite("frequency_penalty", &SamplingConfig::frequency_penalty);
 
   py::class_<Request>(module, "Request")
       .def(py::init(&make_request), py::arg("input_ids"), py::kw_only(),

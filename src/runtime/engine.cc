@@ -209,11 +209,12 @@ Result<std::vector<int32_t>> next_tokens(Engine& engine, const StepInput& step,
     std::vector<std::vector<int32_t>> history;
     for (size_t owner : owners) {
       const Sequence& sequence = sequences[owner];
-      rows.push_back(SamplingRow{sampling.greedy() ? 0.0f : sampling.temperature,
-                                 int32_t(sampling.top_k), sampling.top_p, sampling.min_p,
-                                 sampling.repetition_penalty, sampling.seed,
-                                 uint64_t(sequence.result.output_ids.size())});
-      if (sampling.repetition_penalty != 1.0f) history.push_back(sequence.tokens);
+      rows.push_back(
+          SamplingRow{sampling.greedy() ? 0.0f : sampling.temperature, int32_t(sampling.top_k),
+                      sampling.top_p, sampling.min_p, sampling.repetition_penalty, sampling.seed,
+                      uint64_t(sequence.result.output_ids.size()), sampling.presence_penalty,
+                      sampling.frequency_penalty, int32_t(sequence.prompt_length)});
+      if (needs_history(sampling)) history.push_back(sequence.tokens);
     }
     return model.forward_and_sample(step, cache, rows, history);
   }
@@ -221,8 +222,9 @@ Result<std::vector<int32_t>> next_tokens(Engine& engine, const StepInput& step,
   const size_t vocab = size_t(engine.config().model.vocab_size);
   for (size_t row = 0; row < owners.size(); ++row) {
     Sequence& sequence = sequences[owners[row]];
-    tokens[row] = sequence.sampler.sample(
-        std::span<const float>(logits.data() + row * vocab, vocab), sequence.tokens);
+    tokens[row] =
+        sequence.sampler.sample(std::span<const float>(logits.data() + row * vocab, vocab),
+                                sequence.tokens, sequence.prompt_length);
   }
   return tokens;
 }

@@ -61,9 +61,16 @@ FinishReason public_reason(kite::FinishReason reason) {
 }
 
 kite::SamplingConfig internal_sampling(const SamplingConfig& sampling) {
-  return kite::SamplingConfig{
-      sampling.temperature,        sampling.top_k, sampling.top_p, sampling.min_p,
-      sampling.repetition_penalty, sampling.seed};
+  kite::SamplingConfig config;
+  config.temperature = sampling.temperature;
+  config.top_k = sampling.top_k;
+  config.top_p = sampling.top_p;
+  config.min_p = sampling.min_p;
+  config.repetition_penalty = sampling.repetition_penalty;
+  config.seed = sampling.seed;
+  config.presence_penalty = sampling.presence_penalty;
+  config.frequency_penalty = sampling.frequency_penalty;
+  return config;
 }
 
 // log softmax(logits)[token], in double; -inf when every logit is (every token banned).
@@ -87,7 +94,8 @@ std::vector<TopLogProb> top_log_probabilities(std::span<const float> logits, int
   std::iota(ids.begin(), ids.end(), 0);
   const auto count = std::min<ptrdiff_t>(ptrdiff_t(n), ptrdiff_t(ids.size()));
   std::partial_sort(ids.begin(), ids.begin() + count, ids.end(), [&](int32_t a, int32_t b) {
-    return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b);
+    return logits[size_t(a)] > logits[size_t(b)] ||
+           (logits[size_t(a)] == logits[size_t(b)] && a < b);
   });
   for (ptrdiff_t i = 0; i < count; ++i) {
     top.push_back({ids[size_t(i)], float(double(logits[size_t(ids[size_t(i)])]) - log_total)});
@@ -517,14 +525,16 @@ class ExecutorImpl final : public Executor {
       std::vector<std::vector<int32_t>> history;
       bool penalty = false;
       for (int64_t id : sampled)
-        penalty |= active_.at(RequestId(id)).request.sampling.repetition_penalty != 1.0f;
+        penalty |= needs_history(internal_sampling(active_.at(RequestId(id)).request.sampling));
       for (int64_t id : sampled) {
         const Active& active = active_.at(RequestId(id));
         const SamplingConfig& sampling = active.request.sampling;
         const bool greedy = internal_sampling(sampling).greedy();
         rows.push_back(SamplingRow{greedy ? 0.0f : sampling.temperature, int32_t(sampling.top_k),
                                    sampling.top_p, sampling.min_p, sampling.repetition_penalty,
-                                   sampling.seed, uint64_t(active.output.size())});
+                                   sampling.seed, uint64_t(active.output.size()),
+                                   sampling.presence_penalty, sampling.frequency_penalty,
+                                   int32_t(active.request.input_ids.size())});
         if (penalty) history.push_back(scheduler_->tokens(id));
       }
       return model.forward_and_sample(input, cache, rows, history);
@@ -535,7 +545,8 @@ class ExecutorImpl final : public Executor {
     for (size_t row = 0; row < sampled.size(); ++row) {
       Active& active = active_.at(RequestId(sampled[row]));
       const std::span<const float> row_logits(logits.data() + row * vocab, vocab);
-      tokens[row] = active.sampler.sample(row_logits, scheduler_->tokens(sampled[row]));
+      tokens[row] = active.sampler.sample(row_logits, scheduler_->tokens(sampled[row]),
+                                          active.request.input_ids.size());
       if (active.request.return_log_probs) {
         log_probs[row] = log_probability(row_logits, tokens[row]);
         top_log_probs[row] = top_log_probabilities(row_logits, active.request.top_log_probs);

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <unordered_map>
 #include <unordered_set>
 
 namespace kite {
@@ -43,6 +44,10 @@ Status validate_sampling_config(const SamplingConfig& config) {
     return invalid_argument("--min_p must be in [0, 1] (0 means off)");
   if (!(config.repetition_penalty > 0.0f) || !std::isfinite(config.repetition_penalty))
     return invalid_argument("--repetition_penalty must be > 0 (1 means off)");
+  if (!std::isfinite(config.presence_penalty))
+    return invalid_argument("--presence_penalty must be a finite number (0 means off)");
+  if (!std::isfinite(config.frequency_penalty))
+    return invalid_argument("--frequency_penalty must be a finite number (0 means off)");
   return Status::ok();
 }
 
@@ -74,6 +79,20 @@ void apply_repetition_penalty(std::span<float> logits, std::span<const int32_t> 
   }
 }
 
+void apply_presence_frequency_penalties(std::span<float> logits,
+                                        std::span<const int32_t> output_tokens, float presence,
+                                        float frequency) {
+  if (presence == 0.0f && frequency == 0.0f) return;
+  std::unordered_map<int32_t, int32_t> counts;
+  for (int32_t token : output_tokens) ++counts[token];
+  for (const auto& [token, count] : counts) {
+    if (token < 0 || size_t(token) >= logits.size()) continue;
+    const float product = float(count) * frequency;
+    const float penalty = product + presence;
+    logits[size_t(token)] -= penalty;
+  }
+}
+
 Sampler::Sampler(const SamplingConfig& config) : config_(config), generator_(config.seed) {}
 
 double Sampler::uniform() {
@@ -82,10 +101,13 @@ double Sampler::uniform() {
 
 std::vector<double> sampling_distribution(std::span<const float> logits,
                                           const SamplingConfig& config,
-                                          std::span<const int32_t> previous_tokens) {
-  KITE_CHECK(!logits.empty());
+                                          std::span<const int32_t> previous_tokens,
+                                          size_t output_start) {
+  KITE_CHECK(!logits.empty() && output_start <= previous_tokens.size());
   std::vector<float> scores(logits.begin(), logits.end());
   apply_repetition_penalty(scores, previous_tokens, config.repetition_penalty);
+  apply_presence_frequency_penalties(scores, previous_tokens.subspan(output_start),
+                                     config.presence_penalty, config.frequency_penalty);
   const size_t vocab = scores.size();
   if (config.greedy()) {
     std::vector<double> one_hot(vocab, 0.0);
@@ -129,8 +151,10 @@ std::vector<double> sampling_distribution(std::span<const float> logits,
   return softmax(scores);
 }
 
-int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> previous_tokens) {
-  const std::vector<double> probabilities = sampling_distribution(logits, config_, previous_tokens);
+int32_t Sampler::sample(std::span<const float> logits, std::span<const int32_t> previous_tokens,
+                        size_t output_start) {
+  const std::vector<double> probabilities =
+      sampling_distribution(logits, config_, previous_tokens, output_start);
   const int32_t most_likely =
       int32_t(std::max_element(probabilities.begin(), probabilities.end()) - probabilities.begin());
   if (config_.greedy()) return most_likely;

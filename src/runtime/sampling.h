@@ -21,12 +21,22 @@ struct SamplingConfig {
   float min_p = 0.0f;               // 0: off
   float repetition_penalty = 1.0f;  // 1: off; applies to every token of the prompt and output
   uint64_t seed = 0;
+  // OpenAI's (and vLLM's) penalties over the output so far: a token's logit loses
+  // count * frequency_penalty + presence_penalty when it occurs count > 0 times. 0: off.
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
 
   bool greedy() const { return temperature == 0.0f || top_k == 1; }
 };
 
+// Whether sampling with `config` reads the sequence so far (a penalty is on).
+inline bool needs_history(const SamplingConfig& config) {
+  return config.repetition_penalty != 1.0f || config.presence_penalty != 0.0f ||
+         config.frequency_penalty != 0.0f;
+}
+
 // Checks ranges: temperature >= 0, top_k >= 0, 0 < top_p <= 1, 0 <= min_p <= 1,
-// repetition_penalty > 0. Messages name the option.
+// repetition_penalty > 0, finite presence and frequency penalties. Messages name the option.
 Status validate_sampling_config(const SamplingConfig& config);
 
 // One per sequence: the random stream is the sequence's own, so the same seed gives the same
@@ -36,8 +46,10 @@ class Sampler {
   explicit Sampler(const SamplingConfig& config);
 
   // The next token given the logits [V] of the last position and every token the sequence has so
-  // far (prompt and output), which the repetition penalty looks at.
-  int32_t sample(std::span<const float> logits, std::span<const int32_t> previous_tokens);
+  // far (prompt and output), which the repetition penalty looks at; the output starts at
+  // previous_tokens[output_start] (the presence and frequency penalties look at it).
+  int32_t sample(std::span<const float> logits, std::span<const int32_t> previous_tokens,
+                 size_t output_start);
 
  private:
   // A uniform double in [0, 1) from 53 random bits: the same on every standard library.
@@ -48,13 +60,15 @@ class Sampler {
 };
 
 // The distribution Sampler::sample draws from, over the whole vocabulary: softmax of the logits
-// after the repetition penalty, temperature, top-k, top-p and min-p, with 0 for every token a
+// after the repetition penalty, the presence and frequency penalties (over
+// previous_tokens[output_start:]), temperature, top-k, top-p and min-p, with 0 for every token a
 // filter removed. A greedy configuration gives 1 at the argmax (the lowest index on ties). The
 // reference the GPU sampler is tested against. When every logit is -inf (every token banned),
 // Sampler::sample picks token 0, as the GPU sampler does.
 std::vector<double> sampling_distribution(std::span<const float> logits,
                                           const SamplingConfig& config,
-                                          std::span<const int32_t> previous_tokens);
+                                          std::span<const int32_t> previous_tokens,
+                                          size_t output_start);
 
 // TensorRT-LLM's bad words (BanWordsLayer): the tokens that may not come next after `sequence`
 // (the whole sequence so far, prompt and output). A one-token word is always banned; a longer word
@@ -67,6 +81,13 @@ std::vector<int32_t> banned_next_tokens(std::span<const int32_t> sequence,
 // positive and multiplied by it when negative. Applied in place.
 void apply_repetition_penalty(std::span<float> logits, std::span<const int32_t> previous_tokens,
                               float penalty);
+
+// OpenAI's presence and frequency penalties (vLLM's order: after the repetition penalty): each
+// token that occurs count > 0 times in `output_tokens` loses count * frequency + presence, computed
+// as (float(count) * frequency) + presence, each operation rounded once. In place.
+void apply_presence_frequency_penalties(std::span<float> logits,
+                                        std::span<const int32_t> output_tokens, float presence,
+                                        float frequency);
 
 enum class FinishReason { kNotFinished, kEndId, kStopWords, kLength };
 std::string_view finish_reason_name(FinishReason reason);

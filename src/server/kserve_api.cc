@@ -42,12 +42,17 @@ std::optional<ApiError> parse_kserve_request(const std::string& body_text, const
   fields.integer("top_k", &top_k, 0, std::numeric_limits<int32_t>::max());
   fields.number("top_p", &top_p, 0.0, 1.0);
   fields.number("repetition_penalty", &repetition_penalty, 0.01, 100.0);
+  double presence_penalty = 0.0, frequency_penalty = 0.0;
+  fields.number("presence_penalty", &presence_penalty, -2.0, 2.0);
+  fields.number("frequency_penalty", &frequency_penalty, -2.0, 2.0);
   fields.integer("random_seed", &seed, std::numeric_limits<int64_t>::min(),
                  std::numeric_limits<int64_t>::max());
   sampling.temperature = float(temperature);
   sampling.top_k = top_k;
   sampling.top_p = top_p == 0.0 ? 1.0f : float(top_p);  // TensorRT-LLM's 0 means off
   sampling.repetition_penalty = float(repetition_penalty);
+  sampling.presence_penalty = float(presence_penalty);
+  sampling.frequency_penalty = float(frequency_penalty);
   sampling.seed = static_cast<uint64_t>(seed);
 
   int64_t beam_width = 1;

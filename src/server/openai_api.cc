@@ -76,15 +76,11 @@ std::optional<ApiError> parse_shared_fields(const Json& body, const ServedModel&
                  std::numeric_limits<int64_t>::max());
   if (fields.has("seed")) sampling.seed = static_cast<uint64_t>(seed);
 
-  // Not implemented by the Executor: refused rather than ignored.
-  for (const char* penalty : {"presence_penalty", "frequency_penalty"}) {
-    double value = 0.0;
-    fields.number(penalty, &value, -2.0, 2.0);
-    if (fields.ok() && value != 0.0) {
-      return bad_request(
-          penalty, std::string("'") + penalty + "' is not supported (use 'repetition_penalty')");
-    }
-  }
+  double presence_penalty = 0.0, frequency_penalty = 0.0;
+  fields.number("presence_penalty", &presence_penalty, -2.0, 2.0);
+  fields.number("frequency_penalty", &frequency_penalty, -2.0, 2.0);
+  sampling.presence_penalty = float(presence_penalty);
+  sampling.frequency_penalty = float(frequency_penalty);
   if (fields.ok() && fields.has("logit_bias")) {
     const Json& bias = body.at("logit_bias");
     if (!bias.is_object()) return bad_request("logit_bias", "'logit_bias' must be an object");

@@ -155,6 +155,10 @@ Command add_run_command(CLI::App& kite) {
   app->add_option("--top_p", flags->sampling.top_p, "Nucleus sampling threshold (1: off)");
   app->add_option("--min_p", flags->sampling.min_p, "Relative probability floor (0: off)");
   app->add_option("--repetition_penalty", flags->sampling.repetition_penalty, "1: off");
+  app->add_option("--presence_penalty", flags->sampling.presence_penalty,
+                  "Subtracted once from the logit of every token already in the output (0: off)");
+  app->add_option("--frequency_penalty", flags->sampling.frequency_penalty,
+                  "Subtracted from a token's logit for each time it is in the output (0: off)");
   app->add_option("--seed", flags->sampling.seed, "Random seed of sampling (0)");
   app->add_option("--stop_words", flags->stop_words, "Texts that end the output; repeatable");
   app->add_flag("--streaming", flags->streaming, "Print tokens as they are generated");

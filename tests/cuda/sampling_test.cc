@@ -37,6 +37,8 @@ SamplingConfig host_config(const SamplingRow& row) {
   config.min_p = row.min_p;
   config.repetition_penalty = row.repetition_penalty;
   config.seed = row.seed;
+  config.presence_penalty = row.presence_penalty;
+  config.frequency_penalty = row.frequency_penalty;
   return config;
 }
 
@@ -151,7 +153,8 @@ TEST(CudaSampling, GreedyIsTheHostArgmax) {
       for (int64_t r = 0; r < rows; ++r) {
         const std::span<const float> row(logits.data() + r * vocab, size_t(vocab));
         const int32_t expected =
-            Sampler(host_config(configs[size_t(r)])).sample(row, histories[size_t(r)]);
+            Sampler(host_config(configs[size_t(r)]))
+                .sample(row, histories[size_t(r)], size_t(configs[size_t(r)].output_start));
         EXPECT_EQ(ids[size_t(r)], expected) << "V " << vocab << ", R " << rows << ", row " << r;
       }
     }
@@ -172,7 +175,8 @@ void expect_host_distribution(const std::string& name, const std::vector<float>&
                               SamplingRow row, const std::vector<int32_t>& history = {}) {
   constexpr int64_t kRows = 64, kCalls = 128;
   const int64_t vocab = int64_t(logits.size());
-  const std::vector<double> expected = sampling_distribution(logits, host_config(row), history);
+  const std::vector<double> expected =
+      sampling_distribution(logits, host_config(row), history, size_t(row.output_start));
   GpuSampling gpu(repeat_rows(logits, kRows), kRows, vocab,
                   std::vector<std::vector<int32_t>>(size_t(kRows), history));
   std::vector<int64_t> counts(size_t(vocab), 0);
@@ -208,6 +212,49 @@ void expect_host_distribution(const std::string& name, const std::vector<float>&
   }
   distance += std::fabs(rest_drawn - rest_expected);
   EXPECT_LE(distance, 0.1) << name << ": L1 distance to the host distribution";
+}
+
+// OpenAI's presence and frequency penalties count the history from output_start only, each
+// occurrence for frequency and once for presence, after the repetition penalty; greedy picks and
+// filtered distributions are the host's.
+TEST(CudaSampling, PresenceAndFrequencyPenaltiesAreTheHosts) {
+  KITE_REQUIRE_GPU();
+  for (int64_t vocab : {int64_t(50), int64_t(5000), kLlama3Vocab}) {
+    const int64_t rows = 8;
+    std::vector<float> logits = test::random_values(size_t(rows * vocab), uint32_t(vocab), 2.0f);
+    std::vector<SamplingRow> configs;
+    std::vector<std::vector<int32_t>> histories;
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = logits.data() + r * vocab;
+      // The best token, repeated in the output: the penalties must move the pick elsewhere.
+      const int32_t best = int32_t(std::max_element(row, row + vocab) - row);
+      const int32_t other = (best + 1 + int32_t(r)) % int32_t(vocab);
+      SamplingRow config = make_row(0.0f);
+      // The prompt (before output_start) holds tokens the penalties must not see.
+      histories.push_back({other, other, other, best, other, best, best, int32_t(vocab - 1), -3,
+                           int32_t(vocab) + 2});
+      config.output_start = 3;
+      config.presence_penalty = r % 2 ? 0.0f : 0.4f + 0.1f * float(r);
+      config.frequency_penalty = r % 3 == 0 ? -0.2f : 0.75f;
+      if (r == 5) config.repetition_penalty = 1.3f;
+      if (r >= 6) config.temperature = 0.9f, config.top_k = 40, config.seed = uint64_t(r);
+      configs.push_back(config);
+    }
+    GpuSampling gpu(logits, rows, vocab, histories);
+    const std::vector<int32_t> ids = gpu.sample(configs);
+    for (int64_t r = 0; r < 6; ++r) {  // the greedy rows
+      const std::span<const float> row(logits.data() + r * vocab, size_t(vocab));
+      const int32_t expected =
+          Sampler(host_config(configs[size_t(r)])).sample(row, histories[size_t(r)], 3);
+      EXPECT_EQ(ids[size_t(r)], expected) << "V " << vocab << ", row " << r;
+    }
+    if (vocab == 5000) {
+      expect_host_distribution(
+          "penalties, top-k 40",
+          std::vector<float>(logits.begin() + 6 * vocab, logits.begin() + 7 * vocab), configs[6],
+          histories[6]);
+    }
+  }
 }
 
 TEST(CudaSampling, FiltersDrawFromTheHostDistribution) {
@@ -323,9 +370,9 @@ TEST(CudaSampling, MixedBatch) {
   GpuSampling gpu(logits, rows, kVocab, histories);
   std::vector<std::vector<double>> expected;
   for (int64_t r = 0; r < rows; ++r) {
-    expected.push_back(
-        sampling_distribution(std::span<const float>(logits.data() + r * kVocab, kVocab),
-                              host_config(configs[size_t(r)]), histories[size_t(r)]));
+    expected.push_back(sampling_distribution(
+        std::span<const float>(logits.data() + r * kVocab, kVocab), host_config(configs[size_t(r)]),
+        histories[size_t(r)], size_t(configs[size_t(r)].output_start)));
   }
   std::vector<SamplingRow> steps = configs;
   for (uint64_t step = 0; step < 50; ++step) {

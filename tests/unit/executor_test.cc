@@ -8,6 +8,7 @@
 #include <cmath>
 #include <map>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "kite/executor.h"
@@ -369,6 +370,32 @@ TEST_F(ExecutorTest, BadWordsAreNeverProducedAndChangeTheOutputWhereTheyWouldBe)
   ASSERT_TRUE(problem);
   EXPECT_EQ(*problem, "bad word token id " + std::to_string(vocab) +
                           " is outside the vocabulary of " + std::to_string(vocab));
+}
+
+// Large presence and frequency penalties make greedy decoding avoid every token it has produced
+// (the prompt's tokens stay free), in flight beside a request without them.
+TEST_F(ExecutorTest, FrequencyPenaltyKeepsGreedyOutputsFromRepeating) {
+  auto executor = make();
+  const std::vector<int32_t> prompt = {5, 6, 7, 5, 6, 7};
+  Request plain;
+  plain.input_ids = prompt;
+  plain.max_new_tokens = 40;
+  plain.end_ids = std::vector<int32_t>{};
+  plain.sampling.temperature = 0.0f;
+  Request penalized = plain;
+  penalized.sampling.frequency_penalty = 2.0f;
+  penalized.sampling.presence_penalty = 100.0f;
+  const RequestId plain_id = executor->enqueue_request(plain);
+  const RequestId penalized_id = executor->enqueue_request(penalized);
+  const RequestId again_id = executor->enqueue_request(penalized);
+  auto done = collect(*executor, 3);
+  const std::vector<int32_t>& output = done[penalized_id].result.output_ids;
+  ASSERT_EQ(output.size(), 40u);
+  EXPECT_EQ(std::set<int32_t>(output.begin(), output.end()).size(), 40u)
+      << "a token repeated despite the penalty";
+  EXPECT_EQ(done[again_id].result.output_ids, output);
+  const std::vector<int32_t>& unpenalized = done[plain_id].result.output_ids;
+  EXPECT_NE(unpenalized, output) << "the penalties changed nothing";
 }
 
 TEST_F(ExecutorTest, ManyThreadsEnqueueAndAwaitTheirOwnRequests) {

@@ -18,7 +18,7 @@ std::set<int32_t> support(const SamplingConfig& config, const std::vector<float>
                           const std::vector<int32_t>& previous = {}, int draws = 2000) {
   Sampler sampler(config);
   std::set<int32_t> seen;
-  for (int i = 0; i < draws; ++i) seen.insert(sampler.sample(logits, previous));
+  for (int i = 0; i < draws; ++i) seen.insert(sampler.sample(logits, previous, 0));
   return seen;
 }
 
@@ -26,10 +26,10 @@ TEST(Sampling, GreedyTakesTheArgmax) {
   SamplingConfig config;
   config.temperature = 0.0f;
   Sampler sampler(config);
-  EXPECT_EQ(sampler.sample(std::vector<float>{0.1f, 3.0f, -1.0f, 2.9f}, {}), 1);
+  EXPECT_EQ(sampler.sample(std::vector<float>{0.1f, 3.0f, -1.0f, 2.9f}, {}, 0), 1);
   config.temperature = 0.7f;
   config.top_k = 1;
-  EXPECT_EQ(Sampler(config).sample(std::vector<float>{0.1f, 3.0f, -1.0f, 2.9f}, {}), 1);
+  EXPECT_EQ(Sampler(config).sample(std::vector<float>{0.1f, 3.0f, -1.0f, 2.9f}, {}, 0), 1);
 }
 
 TEST(Sampling, RepetitionPenaltyFollowsTransformers) {
@@ -41,7 +41,7 @@ TEST(Sampling, RepetitionPenaltyFollowsTransformers) {
   config.temperature = 0.0f;
   config.repetition_penalty = 3.0f;
   Sampler sampler(config);
-  EXPECT_EQ(sampler.sample(std::vector<float>{3.0f, 2.0f}, std::vector<int32_t>{0}), 1);
+  EXPECT_EQ(sampler.sample(std::vector<float>{3.0f, 2.0f}, std::vector<int32_t>{0}, 0), 1);
 }
 
 TEST(Sampling, TopKKeepsTheKLargest) {
@@ -79,7 +79,7 @@ TEST(Sampling, TemperatureSharpensTheDistribution) {
     config.seed = 11;
     Sampler sampler(config);
     int first = 0;
-    for (int i = 0; i < 20000; ++i) first += sampler.sample(logits, {}) == 0;
+    for (int i = 0; i < 20000; ++i) first += sampler.sample(logits, {}, 0) == 0;
     return first / 20000.0;
   };
   EXPECT_NEAR(share_of_first(1.0f), 1.0 / (1.0 + std::exp(-1.0)), 0.02);
@@ -92,7 +92,7 @@ TEST(Sampling, DistributionIsWhatTheSamplerDrawsFrom) {
   config.temperature = 0.5f;
   config.top_k = 2;
   const std::vector<double> top_two =
-      sampling_distribution(std::vector<float>{1.0f, 5.0f, 4.5f, 0.0f}, config, {});
+      sampling_distribution(std::vector<float>{1.0f, 5.0f, 4.5f, 0.0f}, config, {}, 0);
   const double first = 1.0 / (1.0 + std::exp(-1.0));
   EXPECT_EQ(top_two[0], 0.0);
   EXPECT_NEAR(top_two[1], first, 1e-9);
@@ -101,12 +101,13 @@ TEST(Sampling, DistributionIsWhatTheSamplerDrawsFrom) {
   // Greedy: all the mass on the lowest index among tied maxima.
   config = {};
   config.temperature = 0.0f;
-  EXPECT_EQ(sampling_distribution(std::vector<float>{1.0f, 3.0f, 3.0f}, config, {}),
+  EXPECT_EQ(sampling_distribution(std::vector<float>{1.0f, 3.0f, 3.0f}, config, {}, 0),
             (std::vector<double>{0.0, 1.0, 0.0}));
   // Ten equal logits, top_p 0.35: the stable ascending sort drops the six lowest indices.
   config = {};
   config.top_p = 0.35f;
-  const std::vector<double> ties = sampling_distribution(std::vector<float>(10, 1.0f), config, {});
+  const std::vector<double> ties =
+      sampling_distribution(std::vector<float>(10, 1.0f), config, {}, 0);
   for (size_t i = 0; i < ties.size(); ++i) EXPECT_NEAR(ties[i], i >= 6 ? 0.25 : 0.0, 1e-12) << i;
   // The Sampler's frequencies follow it.
   config = {};
@@ -115,11 +116,11 @@ TEST(Sampling, DistributionIsWhatTheSamplerDrawsFrom) {
   config.seed = 3;
   std::vector<float> logits(50);
   for (size_t i = 0; i < logits.size(); ++i) logits[i] = 0.1f * float(i % 13);
-  const std::vector<double> expected = sampling_distribution(logits, config, {});
+  const std::vector<double> expected = sampling_distribution(logits, config, {}, 0);
   Sampler sampler(config);
   std::vector<int> counts(logits.size(), 0);
   constexpr int kDraws = 20000;
-  for (int i = 0; i < kDraws; ++i) ++counts[size_t(sampler.sample(logits, {}))];
+  for (int i = 0; i < kDraws; ++i) ++counts[size_t(sampler.sample(logits, {}, 0))];
   for (size_t i = 0; i < logits.size(); ++i)
     EXPECT_NEAR(double(counts[i]) / kDraws, expected[i], 0.015) << "token " << i;
 }
@@ -134,11 +135,39 @@ TEST(Sampling, SameSeedSameOutput) {
     config.seed = seed;
     Sampler sampler(config);
     std::vector<int32_t> out;
-    for (int i = 0; i < 50; ++i) out.push_back(sampler.sample(logits, out));
+    for (int i = 0; i < 50; ++i) out.push_back(sampler.sample(logits, out, 0));
     return out;
   };
   EXPECT_EQ(draw(42), draw(42));
   EXPECT_NE(draw(42), draw(43));
+}
+
+// OpenAI's penalties count the output only (from output_start): presence once per token,
+// frequency once per occurrence, after the repetition penalty.
+TEST(Sampling, PresenceAndFrequencyPenaltiesCountTheOutputOnly) {
+  std::vector<float> logits = {1.0f, 1.0f, 1.0f, 1.0f};
+  apply_presence_frequency_penalties(logits, std::vector<int32_t>{1, 1, 1, 2, -1, 9}, 0.5f, 0.25f);
+  EXPECT_EQ(logits, (std::vector<float>{1.0f, -0.25f, 0.25f, 1.0f}));
+
+  SamplingConfig config;
+  config.temperature = 0.0f;
+  config.presence_penalty = 0.5f;
+  config.frequency_penalty = 0.25f;
+  // Token 0 is best and repeated in the prompt only (positions 0-1): the penalties leave it.
+  const std::vector<int32_t> history = {0, 0, 1, 1, 1, 2};
+  EXPECT_EQ(Sampler(config).sample(std::vector<float>{1.0f, 1.1f, 1.0f}, history, 2), 0);
+  // Counted from the start, token 0 would lose 1.0 and token 2 win.
+  EXPECT_EQ(Sampler(config).sample(std::vector<float>{1.0f, 1.1f, 1.0f}, history, 0), 2);
+  // After the repetition penalty: 4 / 2 = 2, then 2 - (1 * 1 + 0.5) = 0.5 for token 1.
+  config.repetition_penalty = 2.0f;
+  config.frequency_penalty = 1.0f;
+  const std::vector<double> distribution =
+      sampling_distribution(std::vector<float>{0.6f, 4.0f}, config, std::vector<int32_t>{1}, 0);
+  EXPECT_EQ(distribution, (std::vector<double>{1.0, 0.0}));
+  config.temperature = 1.0f;
+  const std::vector<double> soft =
+      sampling_distribution(std::vector<float>{0.6f, 4.0f}, config, std::vector<int32_t>{1}, 0);
+  EXPECT_NEAR(soft[0], 1.0 / (1.0 + std::exp(0.5 - 0.6)), 1e-6);
 }
 
 TEST(Sampling, ValidatesOptions) {
@@ -151,6 +180,18 @@ TEST(Sampling, ValidatesOptions) {
   config = {};
   config.repetition_penalty = 0.0f;
   EXPECT_FALSE(validate_sampling_config(config).is_ok());
+  config = {};
+  config.presence_penalty = std::nanf("");
+  EXPECT_NE(validate_sampling_config(config).message().find("--presence_penalty"),
+            std::string::npos);
+  config = {};
+  config.frequency_penalty = INFINITY;
+  EXPECT_NE(validate_sampling_config(config).message().find("--frequency_penalty"),
+            std::string::npos);
+  config = {};
+  config.presence_penalty = -1.5f;
+  config.frequency_penalty = 2.0f;
+  EXPECT_TRUE(validate_sampling_config(config).is_ok());
   EXPECT_TRUE(validate_sampling_config(SamplingConfig{}).is_ok());
 }
 
@@ -181,7 +222,7 @@ TEST(BadWords, EveryTokenBannedPicksTokenZeroWithoutGarbage) {
   const std::vector<float> logits(7, minus_infinity);
   SamplingConfig greedy;
   greedy.temperature = 0.0f;
-  EXPECT_EQ(Sampler(greedy).sample(logits, {}), 0);
+  EXPECT_EQ(Sampler(greedy).sample(logits, {}, 0), 0);
   SamplingConfig filtered;
   filtered.temperature = 0.8f;
   filtered.top_k = 3;
@@ -191,8 +232,8 @@ TEST(BadWords, EveryTokenBannedPicksTokenZeroWithoutGarbage) {
   const std::vector<int32_t> previous = {1, 2};
   for (const SamplingConfig& config : {SamplingConfig{}, filtered}) {
     Sampler sampler(config);
-    for (int draw = 0; draw < 20; ++draw) EXPECT_EQ(sampler.sample(logits, previous), 0);
-    for (double probability : sampling_distribution(logits, config, previous)) {
+    for (int draw = 0; draw < 20; ++draw) EXPECT_EQ(sampler.sample(logits, previous, 0), 0);
+    for (double probability : sampling_distribution(logits, config, previous, 0)) {
       EXPECT_EQ(probability, 0.0);  // not NaN
     }
   }
@@ -200,7 +241,7 @@ TEST(BadWords, EveryTokenBannedPicksTokenZeroWithoutGarbage) {
   std::vector<float> one_left(7, minus_infinity);
   one_left[5] = -3.0f;
   EXPECT_EQ(support(filtered, one_left, {5}), (std::set<int32_t>{5}));
-  EXPECT_EQ(Sampler(greedy).sample(one_left, {}), 5);
+  EXPECT_EQ(Sampler(greedy).sample(one_left, {}, 0), 5);
 }
 
 TEST(StopConditions, EndIdsStopWordsAndLength) {

@@ -162,8 +162,9 @@ TEST_F(OpenAiParsing, RefusesWrongTypesAndRanges) {
       {{{"prompt", "a"}, {"best_of", 3}}, "best_of", ""},
       {{{"prompt", "a"}, {"echo", true}}, "echo", "'echo' is not supported"},
       {{{"prompt", "a"}, {"suffix", "z"}}, "suffix", ""},
-      {{{"prompt", "a"}, {"presence_penalty", 0.5}}, "presence_penalty", ""},
-      {{{"prompt", "a"}, {"frequency_penalty", 0.5}}, "frequency_penalty", ""},
+      {{{"prompt", "a"}, {"presence_penalty", 2.5}}, "presence_penalty", ""},
+      {{{"prompt", "a"}, {"frequency_penalty", -3}}, "frequency_penalty", ""},
+      {{{"prompt", "a"}, {"frequency_penalty", "much"}}, "frequency_penalty", ""},
       {{{"prompt", "a"}, {"logit_bias", {{"5", 10}}}}, "logit_bias", ""},
       {{{"prompt", "a"}, {"logprobs", 50}}, "logprobs", ""},
       {{{"prompt", "a"}, {"logprobs", true}}, "logprobs", ""},
@@ -190,6 +191,11 @@ TEST_F(OpenAiParsing, RefusesWrongTypesAndRanges) {
                            {"frequency_penalty", 0.0},
                            {"logit_bias", Json::object()}},
                           &request));
+  // Others, within OpenAI's [-2, 2], reach the Executor's request.
+  EXPECT_FALSE(completion(
+      {{"prompt", "a"}, {"presence_penalty", 0.5}, {"frequency_penalty", -1.25}}, &request));
+  EXPECT_EQ(request.generation.request.sampling.presence_penalty, 0.5f);
+  EXPECT_EQ(request.generation.request.sampling.frequency_penalty, -1.25f);
 }
 
 TEST_F(OpenAiParsing, ChecksTheModelAndTheLengths) {

@@ -5,7 +5,8 @@
 //
 // Three kernels over [slices, R] blocks (a slice is kSliceSize logits of one row); the last block
 // of a row through a kernel's first part runs the row's epilogue:
-//  1. penalty_and_max     repetition penalty in place; max and argmax of each slice
+//  1. penalty_and_max     repetition, presence and frequency penalties in place; max and argmax
+//                         of each slice
 //  2. histogram_and_plan  count and mass of the row's tokens per 11-bit key prefix (coarse bin);
 //                         epilogue: greedy rows write the argmax, the others choose the bins that
 //                         can hold their answer
@@ -354,6 +355,28 @@ __global__ void __launch_bounds__(kThreads)
       if (atomicOr(&seen[offset >> 5], bit) & bit) continue;
       const float logit = row_logits[token];
       row_logits[token] = logit < 0.0f ? logit * penalty : __fdiv_rn(logit, penalty);
+    }
+    __syncthreads();  // the penalized logits are read below
+  }
+  // OpenAI's presence and frequency penalties over the output (history from output_start): each
+  // token of the slice loses count * frequency + presence, rounded as the host rounds it.
+  const float presence = config.presence_penalty, frequency = config.frequency_penalty;
+  if ((presence != 0.0f || frequency != 0.0f) && history_length != nullptr) {
+    __shared__ uint32_t counts[kSliceSize];
+    for (int i = threadIdx.x; i < kSliceSize; i += kThreads) counts[i] = 0;
+    __syncthreads();
+    const int32_t* tokens = history + row * history_stride;
+    const int64_t length = history_length[row];
+    for (int64_t i = config.output_start + threadIdx.x; i < length; i += kThreads) {
+      const int32_t token = tokens[i];
+      if (token >= begin && token < end) atomicAdd(&counts[token - begin], 1u);
+    }
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < end - begin; i += kThreads) {
+      const uint32_t count = counts[i];
+      if (count == 0) continue;
+      const float penalty = __fadd_rn(__fmul_rn(float(count), frequency), presence);
+      row_logits[begin + i] = __fsub_rn(row_logits[begin + i], penalty);
     }
     __syncthreads();  // the penalized logits are read below
   }
