@@ -12,6 +12,7 @@
 
 #include "core/file.h"
 #include "formats/convert.h"
+#include "formats/model_config.h"
 #include "kernels/backend_factory.h"
 #include "tools/build.h"
 
@@ -113,16 +114,16 @@ Result<std::string> engine_for_model(const ModelEngineRequest& request) {
                                 "' is not one of float32, float16, bfloat16");
       }
       convert.dtype = *dtype;
+    } else if (device == "cuda") {
+      // CUDA engines run 16-bit weights: float16 for a float16 model, bfloat16 for the rest.
+      Result<ModelConfig> config = read_hf_config(request.model + "/config.json");
+      const bool float16 =
+          !convert.model_dir.empty() && config.is_ok() && config->torch_dtype == "float16";
+      convert.dtype = float16 ? DType::kF16 : DType::kBF16;
     }
     std::fprintf(stderr, "kite: building an engine of %s for %s (once; cached in %s)\n",
                  request.model.c_str(), device.c_str(), engine.c_str());
-    Result<ConvertSummary> converted = convert_to_checkpoint(convert);
-    KITE_RETURN_IF_ERROR(converted.status());
-    if (device == "cuda" && converted->dtype == DType::kF32 && request.dtype.empty()) {
-      // CUDA engines run 16-bit weights: a float32 model is converted again to bfloat16.
-      convert.dtype = DType::kBF16;
-      KITE_RETURN_IF_ERROR(convert_to_checkpoint(convert).status());
-    }
+    KITE_RETURN_IF_ERROR(convert_to_checkpoint(convert).status());
     BuildRequest build;
     build.checkpoint_dir = convert.output_dir;
     build.output_dir = work + "/engine";
@@ -149,7 +150,8 @@ void add_model_options(CLI::App& app, ModelEngineRequest& request) {
   app.add_option("--device", request.device,
                  "With --model: cpu or cuda (default: cuda when a GPU is visible)");
   app.add_option("--dtype", request.dtype,
-                 "With --model: float32, float16 or bfloat16 (default: the model's)");
+                 "With --model: float32, float16 or bfloat16 (default: the model's; 16-bit on "
+                 "CUDA)");
 }
 
 Result<std::string> resolve_engine_dir(const std::string& engine_dir,

@@ -15,7 +15,8 @@ namespace kite::tools {
 struct ModelEngineRequest {
   std::string model;   // a Hugging Face folder or a .gguf file
   std::string device;  // "cpu" or "cuda"; empty: cuda when a GPU is visible, else cpu
-  std::string dtype;   // empty: the model's torch_dtype (bfloat16 for CUDA if that is float32)
+  // Empty: the model's torch_dtype on the CPU; on CUDA float16 for a float16 model, else bfloat16.
+  std::string dtype;
   // Empty: $KITE_CACHE_DIR, else $XDG_CACHE_HOME/kite, else ~/.cache/kite.
   std::string cache_dir;
   BuildLimits limits;
