@@ -37,6 +37,15 @@ struct LinearProblem {
   int64_t rows = 0;
 };
 
+// out[t0:t1, n0:n1] += bias[n0:n1], when the problem has a bias.
+void add_bias(const LinearProblem& problem, int64_t t0, int64_t t1, int64_t n0, int64_t n1) {
+  if (!problem.bias) return;
+  for (int64_t t = t0; t < t1; ++t) {
+    float* out_row = problem.out + t * problem.rows;
+    for (int64_t n = n0; n < n1; ++n) out_row[n] += problem.bias[n];
+  }
+}
+
 // Computes out[t0:t1, n0:n1] with tiles of at most tile_tokens x tile_rows; `weight` points at
 // row n0.
 template <typename Element>
@@ -63,12 +72,7 @@ void run_tiles(const LinearProblem& problem, Isa isa, const typename Element::St
       dot_tile<Element>(isa, tokens, rows)(arguments);
     }
   }
-  if (problem.bias) {
-    for (int64_t t = t0; t < t1; ++t) {
-      float* out_row = problem.out + t * problem.rows;
-      for (int64_t n = n0; n < n1; ++n) out_row[n] += problem.bias[n];
-    }
-  }
+  add_bias(problem, t0, t1, n0, n1);
 }
 
 // Few tokens: each weight row is read once, converted in registers, and used by every token.
@@ -297,11 +301,7 @@ void linear_weight_only_decode_avx2(const LinearProblem& problem, const LinearWe
                           : nullptr};
         (int4 ? quantized_tile<true> : quantized_tile<false>)(problem.tokens, rows)(arguments);
       }
-      if (problem.bias) {
-        for (int64_t t = 0; t < problem.tokens; ++t) {
-          for (int64_t n = n0; n < n1; ++n) problem.out[t * problem.rows + n] += problem.bias[n];
-        }
-      }
+      add_bias(problem, 0, problem.tokens, n0, n1);
     }
   }
 }
