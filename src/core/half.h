@@ -47,6 +47,12 @@ inline uint16_t float_to_fp16(float value) {
   return uint16_t(sign | uint16_t((rounded - 0x38000000u) >> 13));
 }
 
+// int4, two's complement, packed two to a byte with the even element in the low nibble: the level
+// of the low (high = false) or high nibble of `byte`, sign-extended by an arithmetic shift.
+inline int int4_level(uint8_t byte, bool high) {
+  return int(int8_t(high ? uint8_t(byte & 0xf0u) : uint8_t(byte << 4))) >> 4;
+}
+
 // float8 e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa bits; no infinities; 0x7f is NaN.
 inline float fp8_e4m3_to_float(uint8_t bits) {
   const bool negative = bits & 0x80u;

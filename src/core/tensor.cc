@@ -11,6 +11,8 @@ bool is_floating(DType dtype) {
          dtype == DType::kF8E4M3;
 }
 
+}  // namespace
+
 float load_float(DType dtype, const uint8_t* data, size_t index) {
   switch (dtype) {
     case DType::kF32: {
@@ -58,8 +60,6 @@ void store_float(DType dtype, uint8_t* data, size_t index, float value) {
       KITE_CHECK(false);
   }
 }
-
-}  // namespace
 
 std::string shape_to_string(const Shape& shape) {
   std::string text = "[";

@@ -71,6 +71,11 @@ class Tensor {
   std::vector<uint8_t> bytes_;
 };
 
+// Element `index` of an array of a floating dtype (F32, F16, BF16, F8_E4M3), as float32; and the
+// store of a float32 into such an array (rounding to nearest even).
+float load_float(DType dtype, const uint8_t* data, size_t index);
+void store_float(DType dtype, uint8_t* data, size_t index, float value);
+
 // Element-wise conversion between floating dtypes (F32, F16, BF16, F8_E4M3); integer dtypes
 // convert only to themselves.
 Result<Tensor> convert_dtype(const TensorView& source, DType target);

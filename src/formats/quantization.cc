@@ -15,23 +15,9 @@ int quantized_max(WeightOnlyPrecision precision) {
 
 // `value` as `dtype` stores it (float32, float16 or bfloat16), read back as float.
 float round_to(float value, DType dtype) {
-  switch (dtype) {
-    case DType::kF16:
-      return fp16_to_float(float_to_fp16(value));
-    case DType::kBF16:
-      return bf16_to_float(float_to_bf16(value));
-    default:
-      return value;
-  }
-}
-
-void store_float(DType dtype, uint8_t* data, int64_t index, float value) {
-  if (dtype == DType::kF32) {
-    std::memcpy(data + index * 4, &value, 4);
-    return;
-  }
-  const uint16_t bits = dtype == DType::kF16 ? float_to_fp16(value) : float_to_bf16(value);
-  std::memcpy(data + index * 2, &bits, 2);
+  uint8_t stored[4];
+  store_float(dtype, stored, 0, value);
+  return load_float(dtype, stored, 0);
 }
 
 }  // namespace
@@ -172,8 +158,8 @@ Result<QuantizedWeight> quantize_weight_only(const TensorView& weight, DType sca
         largest = std::max(largest, std::fabs(source[i]));
       }
       const float scale = round_to(largest / float(limit), scale_dtype);
-      store_float(scale_dtype, quantized.scales.data(), row * (columns / group) + start / group,
-                  scale);
+      store_float(scale_dtype, quantized.scales.data(),
+                  size_t(row * (columns / group) + start / group), scale);
       for (int64_t i = 0; i < group; ++i) {
         const int64_t column = start + i;
         const float ratio = scale > 0.0f ? source[i] / scale : 0.0f;
@@ -205,8 +191,7 @@ Tensor dequantize_weight_only(const TensorView& values, const TensorView& scales
     for (int64_t column = 0; column < columns; ++column) {
       int level;
       if (int4) {
-        const uint8_t byte = values.data[row * (columns / 2) + column / 2];
-        level = int(int8_t(uint8_t((column % 2 ? byte >> 4 : byte) << 4)) >> 4);
+        level = int4_level(values.data[row * (columns / 2) + column / 2], column % 2);
       } else {
         level = int8_t(values.data[row * columns + column]);
       }

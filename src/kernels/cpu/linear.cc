@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/half.h"
 #include "kernels/cpu/dot_tiles.h"
 #include "kernels/cpu/float_types.h"
 #include "kernels/cpu/quantized_tiles.h"
@@ -142,9 +143,8 @@ void dequantize_int8(const int8_t* values, int64_t count, float scale, float* ou
 
 void dequantize_int4(const uint8_t* packed, int64_t count, float scale, float* out) {
   for (int64_t i = 0; i < count / 2; ++i) {
-    // Sign-extend each nibble: shift it to the top of a byte, then arithmetic-shift back.
-    out[2 * i] = float(int8_t(uint8_t(packed[i] << 4)) >> 4) * scale;
-    out[2 * i + 1] = float(int8_t(packed[i]) >> 4) * scale;
+    out[2 * i] = float(int4_level(packed[i], false)) * scale;
+    out[2 * i + 1] = float(int4_level(packed[i], true)) * scale;
   }
 }
 
