@@ -15,6 +15,7 @@
 #include <memory>
 #include <span>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "core/dtype.h"
@@ -205,6 +206,11 @@ class Backend {
   virtual void gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& out) = 0;
   // Converts between dtypes element-wise (e.g. activations to float32 logits).
   virtual void convert(const DeviceTensor& source, DeviceTensor& destination) = 0;
+  // Copies whole KV cache blocks, every layer's keys and values: for each (from, to) pair, block
+  // `from` onto block `to` (beam search gives a beam its own copy of a block it shares). In stream
+  // order with the steps around it.
+  virtual void copy_kv_blocks(const KvCacheView& cache,
+                              std::span<const std::pair<int32_t, int32_t>> copies) = 0;
 
   // ---- bad words ----
   // logits[pairs[2i], pairs[2i + 1]] = -inf for i < *count: the (row, token) pairs that may not be

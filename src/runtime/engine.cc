@@ -158,33 +158,6 @@ std::vector<int32_t> Engine::default_end_ids() const {
 
 namespace {
 
-Status check_request(const Engine& engine, const GenerationRequest& request) {
-  const BuildLimits& limits = engine.config().limits;
-  if (request.prompts.empty()) return invalid_argument("no prompt given");
-  if (int64_t(request.prompts.size()) > limits.max_batch_size) {
-    return out_of_range(std::to_string(request.prompts.size()) + " prompts exceed the engine's " +
-                        "max_batch_size " + std::to_string(limits.max_batch_size) +
-                        " (build the engine with a larger --max_batch_size)");
-  }
-  if (request.stop.max_output_len < 1) return invalid_argument("--max_output_len must be >= 1");
-  for (size_t i = 0; i < request.prompts.size(); ++i) {
-    const int64_t length = int64_t(request.prompts[i].size());
-    if (length == 0) return invalid_argument("prompt " + std::to_string(i) + " is empty");
-    if (length > limits.max_input_len) {
-      return out_of_range("prompt " + std::to_string(i) + " has " + std::to_string(length) +
-                          " tokens, more than the engine's max_input_len " +
-                          std::to_string(limits.max_input_len));
-    }
-    if (length + request.stop.max_output_len > limits.max_seq_len) {
-      return out_of_range(
-          "prompt " + std::to_string(i) + " (" + std::to_string(length) +
-          " tokens) + --max_output_len " + std::to_string(request.stop.max_output_len) +
-          " exceeds the engine's max_seq_len " + std::to_string(limits.max_seq_len));
-    }
-  }
-  return validate_sampling_config(request.sampling);
-}
-
 struct Sequence {
   std::vector<int32_t> tokens;  // prompt, then output
   size_t prompt_length = 0;
@@ -231,10 +204,37 @@ Result<std::vector<int32_t>> next_tokens(Engine& engine, const StepInput& step,
 
 }  // namespace
 
+Status check_generation_request(const Engine& engine, const GenerationRequest& request) {
+  const BuildLimits& limits = engine.config().limits;
+  if (request.prompts.empty()) return invalid_argument("no prompt given");
+  if (int64_t(request.prompts.size()) > limits.max_batch_size) {
+    return out_of_range(std::to_string(request.prompts.size()) + " prompts exceed the engine's " +
+                        "max_batch_size " + std::to_string(limits.max_batch_size) +
+                        " (build the engine with a larger --max_batch_size)");
+  }
+  if (request.stop.max_output_len < 1) return invalid_argument("--max_output_len must be >= 1");
+  for (size_t i = 0; i < request.prompts.size(); ++i) {
+    const int64_t length = int64_t(request.prompts[i].size());
+    if (length == 0) return invalid_argument("prompt " + std::to_string(i) + " is empty");
+    if (length > limits.max_input_len) {
+      return out_of_range("prompt " + std::to_string(i) + " has " + std::to_string(length) +
+                          " tokens, more than the engine's max_input_len " +
+                          std::to_string(limits.max_input_len));
+    }
+    if (length + request.stop.max_output_len > limits.max_seq_len) {
+      return out_of_range(
+          "prompt " + std::to_string(i) + " (" + std::to_string(length) +
+          " tokens) + --max_output_len " + std::to_string(request.stop.max_output_len) +
+          " exceeds the engine's max_seq_len " + std::to_string(limits.max_seq_len));
+    }
+  }
+  return validate_sampling_config(request.sampling);
+}
+
 Result<std::vector<GenerationResult>> generate(Engine& engine, const GenerationRequest& request,
                                                const TokenCallback& on_token,
                                                GenerationStats* stats) {
-  KITE_RETURN_IF_ERROR(check_request(engine, request));
+  KITE_RETURN_IF_ERROR(check_generation_request(engine, request));
   KvCache& cache = engine.kv_cache();
   const int64_t block_size = cache.view().block_size;
   const BuildLimits& limits = engine.config().limits;

@@ -139,8 +139,11 @@ struct GenerationStats {
 using TokenCallback = std::function<void(size_t sequence, int32_t token)>;
 
 // Checks the request against the engine's limits (empty prompt, too many prompts, prompt longer
-// than max_input_len, prompt + max_output_len beyond max_seq_len) with messages naming the
-// option, then generates.
+// than max_input_len, prompt + max_output_len beyond max_seq_len) and its sampling config, with
+// messages naming the option.
+Status check_generation_request(const Engine& engine, const GenerationRequest& request);
+
+// Checks the request (check_generation_request), then generates.
 Result<std::vector<GenerationResult>> generate(Engine& engine, const GenerationRequest& request,
                                                const TokenCallback& on_token = {},
                                                GenerationStats* stats = nullptr);

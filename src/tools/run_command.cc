@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/file.h"
+#include "runtime/beam_search.h"
 #include "runtime/engine.h"
 #include "server/served_model.h"
 #include "tools/command.h"
@@ -27,6 +28,7 @@ struct RunFlags {
   bool chat = false;
   std::string output_json;
   std::vector<std::string> stop_words;
+  BeamSearchOptions beams;
   LoadOptions load;
 };
 
@@ -49,6 +51,59 @@ Result<std::string> chat_prompt(const server::ServedModel& model, const std::str
   return model.render_chat(nlohmann::ordered_json::array({{{"role", "user"}, {"content", user}}}));
 }
 
+void print_stats(const GenerationStats& stats) {
+  std::fflush(stdout);  // the statistics line goes to stderr, after the outputs
+  if (stats.decode_tokens > 0) {
+    std::fprintf(stderr,
+                 "kite run: prefill %.1f ms, decode %lld tokens in %.2f s (%.1f tokens/s)\n",
+                 stats.prefill_seconds * 1e3, static_cast<long long>(stats.decode_tokens),
+                 stats.decode_seconds, double(stats.decode_tokens) / stats.decode_seconds);
+  }
+}
+
+Status write_record(const std::string& path, const nlohmann::ordered_json& record) {
+  if (path.empty()) return Status::ok();
+  return write_file(path,
+                    record.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+}
+
+// Beam search, one prompt after the other: every finished beam, best first, as run.py prints them
+// (Output [Text i Beam b]); the JSON record keeps the best as output_ids / output_text and all of
+// them, with their scores, under "beams".
+Status print_beams(Engine& engine, const GenerationRequest& request, const RunFlags& flags,
+                   GenerationStats* stats) {
+  const Tokenizer& tokenizer = engine.tokenizer();
+  nlohmann::ordered_json record = nlohmann::ordered_json::array();
+  for (size_t i = 0; i < request.prompts.size(); ++i) {
+    KITE_ASSIGN_OR_RETURN(
+        const std::vector<BeamHypothesis> beams,
+        beam_search(engine, request.prompts[i], flags.beams, request.stop, stats));
+    std::printf("Input [Text %zu]: %s\n", i, json_quoted(flags.input_texts[i]).c_str());
+    nlohmann::ordered_json entries = nlohmann::ordered_json::array();
+    for (size_t b = 0; b < beams.size(); ++b) {
+      std::string output = tokenizer.decode(beams[b].output_ids);
+      if (beams[b].text_length != std::string::npos) output.resize(beams[b].text_length);
+      std::printf("Output [Text %zu Beam %zu]: %s\n", i, b, json_quoted(output).c_str());
+      entries.push_back({{"output_ids", beams[b].output_ids},
+                         {"output_text", output},
+                         {"score", beams[b].score},
+                         {"cum_log_prob", beams[b].cum_log_prob},
+                         {"finish_reason", finish_reason_name(beams[b].finish_reason)}});
+    }
+    nlohmann::ordered_json entry = {{"input_text", flags.input_texts[i]},
+                                    {"input_ids", request.prompts[i]}};
+    if (!entries.empty()) {
+      entry["output_ids"] = entries[0]["output_ids"];
+      entry["output_text"] = entries[0]["output_text"];
+      entry["finish_reason"] = entries[0]["finish_reason"];
+    }
+    entry["beams"] = std::move(entries);
+    record.push_back(std::move(entry));
+  }
+  print_stats(*stats);
+  return write_record(flags.output_json, record);
+}
+
 Status run(RunFlags flags) {
   if (flags.input_texts.empty()) return invalid_argument("--input_text is required");
   for (size_t i = 0; i < flags.input_texts.size(); ++i) {
@@ -56,6 +111,21 @@ Status run(RunFlags flags) {
       return invalid_argument("--input_text " + std::to_string(i) + " is empty");
   }
   KITE_RETURN_IF_ERROR(validate_sampling_config(flags.sampling));
+  KITE_RETURN_IF_ERROR(validate_beam_search_options(flags.beams));
+  if (flags.beams.beam_width > 1) {
+    const SamplingConfig greedy{.temperature = 0.0f};
+    const SamplingConfig& given = flags.sampling;
+    if (given.temperature != greedy.temperature || given.top_k != greedy.top_k ||
+        given.top_p != greedy.top_p || given.min_p != greedy.min_p ||
+        given.repetition_penalty != greedy.repetition_penalty ||
+        given.presence_penalty != greedy.presence_penalty ||
+        given.frequency_penalty != greedy.frequency_penalty) {
+      return invalid_argument(
+          "--num_beams > 1 is deterministic beam search: drop the sampling options (--temperature, "
+          "--top_k, --top_p, --min_p and the penalties)");
+    }
+    if (flags.streaming) return invalid_argument("--streaming works with --num_beams 1 only");
+  }
   if (flags.max_output_len < 1) return invalid_argument("--max_output_len must be >= 1");
   KITE_ASSIGN_OR_RETURN(flags.engine_dir, resolve_engine_dir(flags.engine_dir, flags.model));
   KITE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::load(flags.engine_dir, flags.load));
@@ -106,6 +176,9 @@ Status run(RunFlags flags) {
     };
   }
   GenerationStats stats;
+  if (flags.beams.beam_width > 1) {
+    return print_beams(*engine, request, flags, &stats);
+  }
   KITE_ASSIGN_OR_RETURN(std::vector<GenerationResult> results,
                         generate(*engine, request, on_token, &stats));
   if (flags.streaming && request.prompts.size() == 1) {
@@ -126,19 +199,8 @@ Status run(RunFlags flags) {
                       {"output_text", output},
                       {"finish_reason", finish_reason_name(results[i].finish_reason)}});
   }
-  std::fflush(stdout);  // the statistics line goes to stderr, after the outputs
-  if (stats.decode_tokens > 0) {
-    std::fprintf(stderr,
-                 "kite run: prefill %.1f ms, decode %lld tokens in %.2f s (%.1f tokens/s)\n",
-                 stats.prefill_seconds * 1e3, static_cast<long long>(stats.decode_tokens),
-                 stats.decode_seconds, double(stats.decode_tokens) / stats.decode_seconds);
-  }
-  if (!flags.output_json.empty()) {
-    KITE_RETURN_IF_ERROR(
-        write_file(flags.output_json,
-                   record.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"));
-  }
-  return Status::ok();
+  print_stats(stats);
+  return write_record(flags.output_json, record);
 }
 
 }  // namespace
@@ -161,6 +223,12 @@ Command add_run_command(CLI::App& kite) {
                   "Subtracted from a token's logit for each time it is in the output (0: off)");
   app->add_option("--seed", flags->sampling.seed, "Random seed of sampling (0)");
   app->add_option("--stop_words", flags->stop_words, "Texts that end the output; repeatable");
+  app->add_option("--num_beams", flags->beams.beam_width,
+                  "Beam search with this many beams (1, the default: sampling or greedy)");
+  app->add_option("--length_penalty", flags->beams.length_penalty,
+                  "Beam scores are log-probability / length^this (1)");
+  app->add_flag("--early_stopping", flags->beams.early_stopping,
+                "Beam search stops once --num_beams beams have finished");
   app->add_flag("--streaming", flags->streaming, "Print tokens as they are generated");
   app->add_flag("--chat", flags->chat,
                 "Send each prompt as a user message through the model's chat template");

@@ -109,6 +109,19 @@ void CpuBackend::convert(const DeviceTensor& source, DeviceTensor& destination) 
   cpu::convert(source, destination);
 }
 
+void CpuBackend::copy_kv_blocks(const KvCacheView& cache,
+                                std::span<const std::pair<int32_t, int32_t>> copies) {
+  const size_t element = dtype_size(cache.dtype);
+  const size_t block_bytes = size_t(cache.block_elements()) * element;
+  auto* data = static_cast<uint8_t*>(cache.data);
+  for (const auto& [from, to] : copies) {
+    for (int64_t layer = 0; layer < cache.num_layers; ++layer) {
+      std::memcpy(data + size_t(cache.offset(layer, to, 0, 0, 0)) * element,
+                  data + size_t(cache.offset(layer, from, 0, 0, 0)) * element, block_bytes);
+    }
+  }
+}
+
 void CpuBackend::ban_tokens(DeviceTensor& logits, const int32_t* pairs, const int32_t* count,
                             int64_t max_count) {
   cpu::ban_tokens(logits, pairs, count, max_count);

@@ -46,6 +46,8 @@ class CpuBackend final : public Backend {
   void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) override;
   void gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& out) override;
   void convert(const DeviceTensor& source, DeviceTensor& destination) override;
+  void copy_kv_blocks(const KvCacheView& cache,
+                      std::span<const std::pair<int32_t, int32_t>> copies) override;
   void ban_tokens(DeviceTensor& logits, const int32_t* pairs, const int32_t* count,
                   int64_t max_count) override;
 

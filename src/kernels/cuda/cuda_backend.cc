@@ -273,6 +273,20 @@ void CudaBackend::convert(const DeviceTensor& source, DeviceTensor& destination)
   cuda::convert(source, destination, stream_);
 }
 
+void CudaBackend::copy_kv_blocks(const KvCacheView& cache,
+                                 std::span<const std::pair<int32_t, int32_t>> copies) {
+  // One strided copy per block: a row per layer, the layers a layer's elements apart.
+  const size_t element = dtype_size(cache.dtype);
+  const size_t block_bytes = size_t(cache.block_elements()) * element;
+  const size_t layer_bytes = size_t(cache.layer_elements()) * element;
+  auto* data = static_cast<uint8_t*>(cache.data);
+  for (const auto& [from, to] : copies) {
+    KITE_CUDA_CHECK(cudaMemcpy2DAsync(data + size_t(to) * block_bytes, layer_bytes,
+                                      data + size_t(from) * block_bytes, layer_bytes, block_bytes,
+                                      size_t(cache.num_layers), cudaMemcpyDeviceToDevice, stream_));
+  }
+}
+
 void CudaBackend::ban_tokens(DeviceTensor& logits, const int32_t* pairs, const int32_t* count,
                              int64_t max_count) {
   cuda::ban_tokens(logits, pairs, count, max_count, stream_);
