@@ -3,8 +3,7 @@
 # measures the GPU's ceilings, makes a random-weight Llama-3-8B checkpoint (bf16), builds a CUDA
 # engine (with GEMM tuning) and runs `kite bench` on the cases of the table, then Hugging Face
 # transformers on the same shape and cases, then llama.cpp (scripts/gpu/llamacpp_bench.sh) when
-# .deps/llama.cpp.tar.xz exists. The batch-1 and batch-64 decode cases run again with
-# --prefetch_weights (its A/B).
+# .deps/llama.cpp.tar.xz exists.
 # Usage: bash scripts/gpu/bench.sh LOG_DIR [--skip-hf] [--skip-llamacpp] [--cases quick]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -44,18 +43,12 @@ bench=("$kite" bench --engine_dir "$work/engine" --ceilings)
   if ((quick)); then
     "${bench[@]}" --batch_size "1" --input_output_len "128,128;2048,1"
     "$kite" bench --engine_dir "$work/engine" --batch_size "64" --input_output_len "128,128"
-    echo "with --prefetch_weights:"
-    "$kite" bench --engine_dir "$work/engine" --batch_size "1;64" --input_output_len "128,128" \
-      --prefetch_weights
   else
     "${bench[@]}" --batch_size "1" --input_output_len "128,128;2048,1;8192,256"
     "${bench[@]}" --batch_size "1" --input_output_len "8192,256" --multi_block_mode false
     "${bench[@]}" --batch_size "64" --input_output_len "128,128;2048,128"
-    echo "with --prefetch_weights:"
-    "$kite" bench --engine_dir "$work/engine" --batch_size "1;64" --input_output_len "128,128" \
-      --prefetch_weights
   fi
-} 2>&1 | tee "$log_dir/kite_bench.log" | grep -E "BENCHMARK|CEILING|KV cache|error|with --"
+} 2>&1 | tee "$log_dir/kite_bench.log" | grep -E "BENCHMARK|CEILING|KV cache|error"
 if ((run_hf)); then
   PYTHONUNBUFFERED=1 python3 scripts/gpu/hf_bench.py --config tests/fixtures/hf_configs/llama-3-8b.json \
     --batch_size "1;64" --input_output_len "128,128;2048,128" 2>&1 | tee "$log_dir/hf_bench.log" |

@@ -12,6 +12,10 @@ if [[ -d "$root/.deps/root" ]]; then
   # the compiler searches only under /usr.
   export CPLUS_INCLUDE_PATH="$root/.deps/root/usr/include/x86_64-linux-gnu${CPLUS_INCLUDE_PATH:+:$CPLUS_INCLUDE_PATH}"
 fi
+# Libraries staged next to a prebuilt binary (scripts/gpu/stage_prebuilt.sh).
+if [[ -d "$root/.deps/rt" ]]; then
+  export LD_LIBRARY_PATH="$root/.deps/rt${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 demo_model="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 if [[ ! -f "$demo_model" ]] && compgen -G "$root/models/parts/smollm2.gguf.part*" > /dev/null; then
   cat "$root"/models/parts/smollm2.gguf.part* > "$demo_model.tmp"

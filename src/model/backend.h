@@ -110,7 +110,6 @@ struct BackendOptions {
   DType activation_dtype = DType::kF32;  // CUDA: float16 or bfloat16, the engine's weight dtype
   std::vector<GemmChoice> gemm_choices;  // CUDA: tuned kernels; shapes without one get a default
   bool multi_block_mode = true;          // CUDA: split-KV decode attention when it pays
-  bool prefetch_weights = false;         // CUDA: act on prefetch_weight hints (into L2)
 };
 
 class Backend {
@@ -142,13 +141,6 @@ class Backend {
   // Changes whenever the backend reallocates scratch memory that recorded graphs may point into
   // (its own workspaces, grown by a larger step): graphs recorded before must be recorded again.
   virtual int64_t graph_epoch() const { return 0; }
-
-  // ---- hints ----
-  // The next linear op, over `tokens` rows, reads `weight`: a backend may start moving it toward
-  // the compute units now, while the ops in between run. Changes no value; the default does
-  // nothing. (CUDA, with BackendOptions::prefetch_weights: into L2 at decode sizes, where GEMMs
-  // wait on their weights' bytes and the memory is idle during the small ops between them.)
-  virtual void prefetch_weight(const DeviceTensor& /*weight*/, int64_t /*tokens*/) {}
 
   // ---- ops of the Llama family ----
   // out[t, :] = table[ids[t], :]            table [V, H], ids [T] (backend memory), out [T, H]

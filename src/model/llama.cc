@@ -507,8 +507,6 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
     // x = embed_tokens[ids]
     backend.embedding(weights_.embed_tokens, device_ids, residual);
     dump.add("embedding", residual);
-    // Each linear's weight is announced one op ahead: a hint (Backend::prefetch_weight).
-    backend.prefetch_weight(weights_.layers.front().qkv_proj.weight, T);
     // h = rms_norm(x) * input_layernorm
     backend.rms_norm(residual, weights_.layers.front().input_layernorm, eps, normed);
 
@@ -521,7 +519,6 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
       // [q | k | v] = h @ [Wq; Wk; Wv]^T (+ b)
       linear(backend, normed, w.qkv_proj, w.qkv_bias, qkv);
       dump.add(name + "qkv", qkv);
-      backend.prefetch_weight(w.o_proj.weight, T);
       // q = rope(q); cache[slot] = (rope(k), v);
       // a = softmax(q k^T / sqrt(head_dim), causal, window) v   over the cached keys and values
       // (one kernel where the backend fuses them; apart when dumping, so that q can be dumped)
@@ -536,14 +533,12 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
       // o = a @ Wo^T (+ bo)
       linear(backend, attended, w.o_proj, w.o_bias, block_out);
       dump.add(name + "o_proj", block_out);
-      backend.prefetch_weight(w.gate_up_proj.weight, T);
       // x += o; h = rms_norm(x) * post_attention_layernorm
       backend.add_rms_norm(residual, block_out, w.post_attention_layernorm, eps, normed);
       dump.add(name + "post_attention_norm", normed);
       // [g | u] = h @ [Wg; Wu]^T
       linear(backend, normed, w.gate_up_proj, std::nullopt, gate_up);
       dump.add(name + "gate_up", gate_up);
-      backend.prefetch_weight(w.down_proj.weight, T);
       // m = silu(g) * u; d = m @ Wd^T   (one kernel where the backend fuses them; apart when
       // dumping, so that m can be dumped, and for quantized weights)
       if (dump.enabled() || w.down_proj.quantized()) {
@@ -558,11 +553,6 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
       const bool last_layer = l + 1 == c.num_hidden_layers;
       const DeviceTensor& next_norm =
           last_layer ? weights_.norm : weights_.layers[size_t(l) + 1].input_layernorm;
-      if (last_layer && R > 0) {
-        backend.prefetch_weight(weights_.lm_head, R);
-      } else if (!last_layer) {
-        backend.prefetch_weight(weights_.layers[size_t(l) + 1].qkv_proj.weight, T);
-      }
       backend.add_rms_norm(residual, block_out, next_norm, eps, normed);
       dump.add(name + "output", residual);
     }

@@ -84,8 +84,7 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& engine_dir,
     }
     kind = BackendKind::kCuda;
     backend_options = BackendOptions{options.device_index, config.weight_dtype, config.gemm_choices,
-                                     options.multi_block_mode.value_or(config.multi_block_mode),
-                                     options.prefetch_weights};
+                                     options.multi_block_mode.value_or(config.multi_block_mode)};
   }
   KITE_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, make_backend(kind, backend_options));
   KITE_ASSIGN_OR_RETURN(Tokenizer tokenizer, Tokenizer::from_directory(engine_dir));

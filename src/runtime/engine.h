@@ -82,9 +82,6 @@ struct LoadOptions {
   int device_index = 0;
   // CUDA engines: overrides the engine's multi_block_mode (split-KV decode attention) when set.
   std::optional<bool> multi_block_mode;
-  // CUDA engines: decode steps move each GEMM's weights into L2 one op ahead
-  // (BackendOptions::prefetch_weights; off until measured faster).
-  bool prefetch_weights = false;
 };
 
 class Engine {

@@ -333,9 +333,6 @@ Command add_bench_command(CLI::App& kite) {
                 "First measure the GPU's copy bandwidth and bf16 GEMM rate ([CEILING] line)");
   app->add_option("--multi_block_mode", flags->multi_block_mode,
                   "true or false: override the engine's split-KV decode attention");
-  app->add_flag(
-      "--prefetch_weights", flags->load.prefetch_weights,
-      "CUDA: move each GEMM's weights into L2 one op ahead in decode steps (experimental)");
   app->add_option("--kv_cache_free_gpu_mem_fraction", flags->load.kv_cache_free_gpu_mem_fraction,
                   "Share of the free GPU memory the KV cache takes (0.9)");
   app->add_option("--mode", flags->mode,
@@ -357,15 +354,15 @@ Command add_bench_command(CLI::App& kite) {
       ->envname("KITE_API_KEY");
   app->add_option("--model", flags->model,
                   "serve --url: the requests' model name (default: none, the server's own)");
-  return Command{app, [flags, app] {
-                   // In-process engine settings that mean nothing to a server at --url.
-                   for (const char* name : {"--scheduler_policy", "--max_batch_size",
-                                            "--kv_cache_free_gpu_mem_fraction",
-                                            "--multi_block_mode", "--prefetch_weights"}) {
-                     if (app->count(name) > 0) flags->engine_flags_given.push_back(name);
-                   }
-                   return run(*flags);
-                 }};
+  return Command{
+      app, [flags, app] {
+        // In-process engine settings that mean nothing to a server at --url.
+        for (const char* name : {"--scheduler_policy", "--max_batch_size",
+                                 "--kv_cache_free_gpu_mem_fraction", "--multi_block_mode"}) {
+          if (app->count(name) > 0) flags->engine_flags_given.push_back(name);
+        }
+        return run(*flags);
+      }};
 }
 
 }  // namespace kite::tools

@@ -10,7 +10,6 @@
 #include "kernels/cuda/convert.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/embedding.h"
-#include "kernels/cuda/prefetch.h"
 #include "kernels/cuda/rms_norm.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/sampling.h"
@@ -164,16 +163,6 @@ cuda::GemmTactic CudaBackend::tactic_for(int64_t m, int64_t n, int64_t k) const 
 void CudaBackend::linear(const DeviceTensor& x, const DeviceTensor& weight,
                          const DeviceTensor* bias, DeviceTensor& out) {
   gemm_->linear(x, weight, bias, out, tactic_for(x.rows(), weight.rows(), weight.cols()), stream_);
-}
-
-void CudaBackend::prefetch_weight(const DeviceTensor& weight, int64_t tokens) {
-  // GEMMs of up to 64 rows are bound by their weights' bytes (64 FLOP per byte, against the ~200
-  // of a Hopper GPU's ridge). A weight larger than the cache goes in part: its head, which the
-  // GEMM's first CTAs read, leaving a quarter of L2 to what the ops in between touch.
-  constexpr int64_t kMaxTokens = 64;
-  if (!options_.prefetch_weights || tokens > kMaxTokens) return;
-  cuda::prefetch_to_l2(weight.data, std::min(weight.byte_size(), device_.l2_cache_bytes / 4 * 3),
-                       stream_);
 }
 
 void CudaBackend::silu_mul_linear(const DeviceTensor& gate_up, const DeviceTensor& weight,

@@ -62,9 +62,6 @@ class CudaBackend final : public Backend {
                       const KvCacheView& cache, int64_t layer, float scale, int64_t sliding_window,
                       DeviceTensor& q, DeviceTensor& out) override;
   void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) override;
-  // With options.prefetch_weights, for up to 64 rows: the weight (its head, at most 3/4 of L2)
-  // into L2 (kernels/cuda/prefetch.h).
-  void prefetch_weight(const DeviceTensor& weight, int64_t tokens) override;
   void silu_mul_linear(const DeviceTensor& gate_up, const DeviceTensor& weight,
                        DeviceTensor& hidden, DeviceTensor& out) override;
   void gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& out) override;

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Stages a CUDA build made on another machine (nvcc for sm_90 works without a GPU) for a GPU machine
+# that should not spend minutes compiling: copies `kite` and `kite_cuda_tests` from BUILD_DIR into
+# build-gpu/ (stripped), where scripts/gpu/bench.sh, serve_bench.sh and profile.sh use them as they
+# are and `run.sh --prebuilt` runs the tests, and the shared libraries a GPU machine may lack
+# (utf8proc, cpp-httplib, brotli, PCRE2) into .deps/rt/, which env.sh puts on LD_LIBRARY_PATH. Both
+# folders are git-ignored: name them when copying the tree over. Debian 12's libraries run on newer
+# distributions (Ubuntu 24.04); build where the CUDA toolkit's major version matches the GPU
+# machine's driver.
+# Usage: bash scripts/gpu/stage_prebuilt.sh [BUILD_DIR]   (default: build)
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+build="${1:-$root/build}"
+cd "$root"
+for binary in "$build/kite" "$build/tests/kite_cuda_tests"; do
+  [[ -x "$binary" ]] || { echo "stage_prebuilt.sh: $binary is missing (build with CUDA first)" >&2; exit 1; }
+done
+ldd "$build/kite" | grep -q libcudart || { echo "stage_prebuilt.sh: $build/kite has no CUDA backend" >&2; exit 1; }
+mkdir -p build-gpu/tests .deps/rt
+cp "$build/kite" build-gpu/kite
+cp "$build/tests/kite_cuda_tests" build-gpu/tests/kite_cuda_tests
+strip build-gpu/kite build-gpu/tests/kite_cuda_tests
+rm -f .deps/rt/*
+for library in libutf8proc.so.2 libcpp-httplib.so.0.11 libbrotlicommon.so.1 libbrotlidec.so.1 \
+  libbrotlienc.so.1 libpcre2-8.so.0; do
+  path="$(ldd build-gpu/kite | awk -v name="$library" '$1 == name { print $3 }')"
+  [[ -n "$path" ]] && cp -L "$path" ".deps/rt/$library"
+done
+du -sh build-gpu .deps/rt
