@@ -269,10 +269,10 @@ void HttpServer::Impl::install_routes() {
   });
   // Counted before the response is written (a logger runs after it, so a client could read
   // /metrics before its own request was counted).
-  http_.set_post_routing_handler([this](const httplib::Request& request,
-                                        httplib::Response& response) {
-    metrics_.count_request(endpoint_label(request.path), response.status);
-  });
+  http_.set_post_routing_handler(
+      [this](const httplib::Request& request, httplib::Response& response) {
+        metrics_.count_request(endpoint_label(request.path), response.status);
+      });
 
   const auto ok = [](const httplib::Request&, httplib::Response& response) {
     response.set_content("", "text/plain");
@@ -347,47 +347,59 @@ void HttpServer::Impl::handle_openai(const httplib::Request& request, httplib::R
                : parse_completion_request(request.body, model_, seed, &parsed)) {
     return send_openai_error(response, *error);
   }
-  ApiError error;
-  std::unique_ptr<Generation> generation = start(parsed.generation, arrival, &error);
-  if (!generation) return send_openai_error(response, error);
+  // One Executor request per choice, all in flight together; a choice's seed is the request's + i.
+  std::vector<std::unique_ptr<Generation>> generations;
+  for (int64_t i = 0; i < parsed.n; ++i) {
+    GenerationSpec spec = parsed.generation;
+    spec.request.sampling.seed += uint64_t(i);
+    ApiError error;
+    std::unique_ptr<Generation> generation = start(spec, arrival, &error);
+    if (!generation) return send_openai_error(response, error);  // the others are cancelled
+    generations.push_back(std::move(generation));
+  }
   OpenAiFormatter formatter(parsed, request_id(chat ? "chatcmpl-" : "cmpl-"), model_.name,
                             std::time(nullptr));
 
   if (!parsed.stream) {
-    // A client that goes away before the whole answer is ready cancels its request (dropping the
-    // generation does).
+    // A client that goes away before the whole answer is ready cancels its requests (dropping the
+    // generations does).
     const int socket_fd = connection_socket(request);
-    GenerationOutput output;
-    for (;;) {
-      GenerationUpdate update = generation->next(kPollInterval);
-      output.text += update.text;
-      for (TokenLogProb& entry : update.log_probs) output.log_probs.push_back(std::move(entry));
-      if (!update.finished) {
-        if (client_gone(socket_fd)) {
-          response.status = kClientClosedRequest;
-          return;
+    std::vector<GenerationOutput> outputs(generations.size());
+    for (size_t i = 0; i < generations.size(); ++i) {
+      Generation& generation = *generations[i];
+      GenerationOutput& output = outputs[i];
+      for (;;) {
+        GenerationUpdate update = generation.next(kPollInterval);
+        output.text += update.text;
+        for (TokenLogProb& entry : update.log_probs) output.log_probs.push_back(std::move(entry));
+        if (!update.finished) {
+          if (client_gone(socket_fd)) {
+            response.status = kClientClosedRequest;
+            return;
+          }
+          continue;
         }
-        continue;
+        if (update.error) {
+          return send_openai_error(
+              response,
+              ApiError{.http_status = 503, .message = *update.error, .type = "server_error"});
+        }
+        output.finish_reason = update.finish_reason;
+        break;
       }
-      if (update.error) {
-        return send_openai_error(
-            response,
-            ApiError{.http_status = 503, .message = *update.error, .type = "server_error"});
-      }
-      output.finish_reason = update.finish_reason;
-      break;
+      output.prompt_tokens = generation.prompt_tokens();
+      output.completion_tokens = generation.completion_tokens();
     }
-    output.prompt_tokens = generation->prompt_tokens();
-    output.completion_tokens = generation->completion_tokens();
-    return send_json(response, 200, formatter.response(output));
+    return send_json(response, 200, formatter.response(outputs));
   }
 
   struct Stream {
-    std::unique_ptr<Generation> generation;
+    std::vector<std::unique_ptr<Generation>> generations;
     OpenAiFormatter formatter;
     bool started = false;
+    int64_t completion_tokens = 0;  // of the finished choices
   };
-  auto stream = std::make_shared<Stream>(Stream{std::move(generation), std::move(formatter)});
+  auto stream = std::make_shared<Stream>(Stream{std::move(generations), std::move(formatter)});
   start_event_stream(response);
   response.set_chunked_content_provider(
       "text/event-stream",
@@ -397,23 +409,40 @@ void HttpServer::Impl::handle_openai(const httplib::Request& request, httplib::R
           events = stream->formatter.stream_start();
           stream->started = true;
         }
-        const GenerationUpdate update = stream->generation->next(kPollInterval);
-        events += stream->formatter.stream_update(update);
-        if (update.finished) {
-          events += update.error
-                        ? stream->formatter.stream_error(ApiError{
-                              .http_status = 503, .message = *update.error, .type = "server_error"})
-                        : stream->formatter.stream_end(update.finish_reason,
-                                                       stream->generation->prompt_tokens(),
-                                                       stream->generation->completion_tokens());
+        // Every unfinished choice, each waited on for a share of the poll interval (the choices
+        // advance in the same steps, so one that has news usually means all have).
+        int64_t unfinished = 0;
+        for (const auto& generation : stream->generations) unfinished += !generation->finished();
+        const auto share = std::max(std::chrono::milliseconds(1), kPollInterval / unfinished);
+        bool failed = false;
+        for (size_t i = 0; i < stream->generations.size() && !failed; ++i) {
+          Generation& generation = *stream->generations[i];
+          if (generation.finished()) continue;
+          const GenerationUpdate update = generation.next(share);
+          events += stream->formatter.stream_update(update, int64_t(i));
+          if (!update.finished) continue;
+          if (update.error) {
+            events += stream->formatter.stream_error(
+                ApiError{.http_status = 503, .message = *update.error, .type = "server_error"});
+            failed = true;
+          } else {
+            events += stream->formatter.stream_choice_end(update.finish_reason, int64_t(i));
+            stream->completion_tokens += generation.completion_tokens();
+            --unfinished;
+          }
+        }
+        const bool done = failed || unfinished == 0;
+        if (done && !failed) {
+          events += stream->formatter.stream_done(stream->generations.front()->prompt_tokens(),
+                                                  stream->completion_tokens);
         }
         // A failed write means the client went away: returning false ends the response, and the
-        // releaser below cancels the request.
+        // releaser below cancels the requests.
         if (!events.empty() && !sink.write(events.data(), events.size())) return false;
-        if (update.finished) sink.done();
+        if (done) sink.done();
         return true;
       },
-      [stream](bool) { stream->generation.reset(); });
+      [stream](bool) { stream->generations.clear(); });
 }
 
 void HttpServer::Impl::handle_kserve(const httplib::Request& request, httplib::Response& response,

@@ -30,10 +30,7 @@ std::optional<ApiError> parse_shared_fields(const Json& body, const ServedModel&
                     .param = "model",
                     .code = "model_not_found"};
   }
-  int64_t n = 1;
-  fields.integer("n", &n, 1, std::numeric_limits<int64_t>::max());
-  if (fields.ok() && n != 1)
-    return bad_request("n", "only n=1 is supported (one choice per request)");
+  fields.integer("n", &request->n, 1, kMaxChoices);
 
   fields.boolean("stream", &request->stream);
   if (fields.ok() && fields.has("stream_options")) {
@@ -346,6 +343,7 @@ std::optional<ApiError> parse_chat_request(const std::string& body_text, const S
 OpenAiFormatter::OpenAiFormatter(const OpenAiRequest& request, std::string id, std::string model,
                                  std::time_t created)
     : chat_(request.chat),
+      choices_(request.n),
       include_usage_(request.include_usage),
       log_probs_(request.log_probs),
       top_log_probs_(request.top_log_probs),
@@ -396,23 +394,31 @@ Json OpenAiFormatter::log_probs_json(const std::vector<TokenLogProb>& log_probs)
               {"text_offset", offsets}};
 }
 
-Json OpenAiFormatter::response(const GenerationOutput& output) const {
-  Json choice;
-  choice["index"] = 0;
-  if (chat_) {
-    choice["message"] = Json{{"role", "assistant"}, {"content", output.text}};
-  } else {
-    choice["text"] = output.text;
+Json OpenAiFormatter::response(const std::vector<GenerationOutput>& outputs) const {
+  Json choices = Json::array();
+  int64_t completion_tokens = 0;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const GenerationOutput& output = outputs[i];
+    Json choice;
+    choice["index"] = int64_t(i);
+    if (chat_) {
+      choice["message"] = Json{{"role", "assistant"}, {"content", output.text}};
+    } else {
+      choice["text"] = output.text;
+    }
+    choice["logprobs"] = log_probs_json(output.log_probs);
+    choice["finish_reason"] = output.finish_reason;
+    choices.push_back(std::move(choice));
+    completion_tokens += output.completion_tokens;
   }
-  choice["logprobs"] = log_probs_json(output.log_probs);
-  choice["finish_reason"] = output.finish_reason;
   Json body;
   body["id"] = id_;
   body["object"] = chat_ ? "chat.completion" : "text_completion";
   body["created"] = int64_t(created_);
   body["model"] = model_;
-  body["choices"] = Json::array({choice});
-  body["usage"] = usage_json(output.prompt_tokens, output.completion_tokens);
+  body["choices"] = std::move(choices);
+  body["usage"] =
+      usage_json(outputs.empty() ? 0 : outputs.front().prompt_tokens, completion_tokens);
   return body;
 }
 
@@ -429,18 +435,22 @@ Json OpenAiFormatter::chunk(Json choice) const {
 
 std::string OpenAiFormatter::stream_start() const {
   if (!chat_) return "";
-  Json choice;
-  choice["index"] = 0;
-  choice["delta"] = Json{{"role", "assistant"}, {"content", ""}};
-  choice["logprobs"] = nullptr;
-  choice["finish_reason"] = nullptr;
-  return sse_event(dump_json(chunk(std::move(choice))));
+  std::string events;
+  for (int64_t i = 0; i < choices_; ++i) {
+    Json choice;
+    choice["index"] = i;
+    choice["delta"] = Json{{"role", "assistant"}, {"content", ""}};
+    choice["logprobs"] = nullptr;
+    choice["finish_reason"] = nullptr;
+    events += sse_event(dump_json(chunk(std::move(choice))));
+  }
+  return events;
 }
 
-std::string OpenAiFormatter::stream_update(const GenerationUpdate& update) const {
+std::string OpenAiFormatter::stream_update(const GenerationUpdate& update, int64_t index) const {
   if (update.text.empty() && update.log_probs.empty()) return "";
   Json choice;
-  choice["index"] = 0;
+  choice["index"] = index;
   if (chat_) {
     choice["delta"] = Json{{"content", update.text}};
   } else {
@@ -451,10 +461,10 @@ std::string OpenAiFormatter::stream_update(const GenerationUpdate& update) const
   return sse_event(dump_json(chunk(std::move(choice))));
 }
 
-std::string OpenAiFormatter::stream_end(const std::string& finish_reason, int64_t prompt_tokens,
-                                        int64_t completion_tokens) const {
+std::string OpenAiFormatter::stream_choice_end(const std::string& finish_reason,
+                                               int64_t index) const {
   Json choice;
-  choice["index"] = 0;
+  choice["index"] = index;
   if (chat_) {
     choice["delta"] = Json::object();
   } else {
@@ -462,7 +472,11 @@ std::string OpenAiFormatter::stream_end(const std::string& finish_reason, int64_
   }
   choice["logprobs"] = nullptr;
   choice["finish_reason"] = finish_reason;
-  std::string events = sse_event(dump_json(chunk(std::move(choice))));
+  return sse_event(dump_json(chunk(std::move(choice))));
+}
+
+std::string OpenAiFormatter::stream_done(int64_t prompt_tokens, int64_t completion_tokens) const {
+  std::string events;
   if (include_usage_) {
     Json usage_chunk = chunk(nullptr);
     usage_chunk["usage"] = usage_json(prompt_tokens, completion_tokens);

@@ -16,9 +16,15 @@
 
 namespace kite::server {
 
+// OpenAI's limit on `n`.
+inline constexpr int64_t kMaxChoices = 128;
+
 struct OpenAiRequest {
   bool chat = false;
+  // Choice i is generation.request run on its own, its sampling seed + i (so that sampled choices
+  // differ and a seeded request repeats itself).
   GenerationSpec generation;
+  int64_t n = 1;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool log_probs = false;      // return the chosen tokens' log-probabilities
@@ -32,7 +38,7 @@ std::optional<ApiError> parse_completion_request(const std::string& body, const 
 std::optional<ApiError> parse_chat_request(const std::string& body, const ServedModel& model,
                                            uint64_t random_seed, OpenAiRequest* request);
 
-// The whole output of a request, for the non-streaming response.
+// The whole output of one choice, for the non-streaming response.
 struct GenerationOutput {
   std::string text;
   std::vector<TokenLogProb> log_probs;
@@ -47,13 +53,15 @@ class OpenAiFormatter {
   OpenAiFormatter(const OpenAiRequest& request, std::string id, std::string model,
                   std::time_t created);
 
-  nlohmann::ordered_json response(const GenerationOutput& output) const;
-  // Server-sent events: the first (chat: the assistant role), one per update with text or
-  // log-probs, and at the end the finish reason, the usage when asked for, and [DONE].
+  // One choice per output, in order; the usage counts the prompt once and every choice's tokens.
+  nlohmann::ordered_json response(const std::vector<GenerationOutput>& outputs) const;
+  // Server-sent events: the first (chat: the assistant role of each choice), one per update of a
+  // choice with text or log-probs, each choice's finish reason, and at the very end the usage when
+  // asked for and [DONE].
   std::string stream_start() const;
-  std::string stream_update(const GenerationUpdate& update) const;
-  std::string stream_end(const std::string& finish_reason, int64_t prompt_tokens,
-                         int64_t completion_tokens) const;
+  std::string stream_update(const GenerationUpdate& update, int64_t choice = 0) const;
+  std::string stream_choice_end(const std::string& finish_reason, int64_t choice = 0) const;
+  std::string stream_done(int64_t prompt_tokens, int64_t completion_tokens) const;
   // An error after the stream began: an error event, then [DONE].
   std::string stream_error(const ApiError& error) const;
 
@@ -63,6 +71,7 @@ class OpenAiFormatter {
   static nlohmann::ordered_json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
 
   bool chat_;
+  int64_t choices_;
   bool include_usage_;
   bool log_probs_;
   int64_t top_log_probs_;

@@ -193,8 +193,30 @@ def test_openai_client(server):
         check(all(a.logprob >= b.logprob for a, b in zip(entry.top_logprobs, entry.top_logprobs[1:])),
               "top log-probs in order")
 
+    # n choices, a request each with seeds seed, seed + 1, ...: choice 0 is the request alone,
+    # sampled choices differ; streamed greedy choices are each the greedy text.
+    several = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=8,
+                                        temperature=1.0, seed=3, n=3)
+    check([choice.index for choice in several.choices] == [0, 1, 2], f"choices {several}")
+    alone = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=8,
+                                      temperature=1.0, seed=3)
+    check(several.choices[0].text == alone.choices[0].text,
+          f"choice 0 {several.choices[0].text!r} != the request alone {alone.choices[0].text!r}")
+    check(len({choice.text for choice in several.choices}) > 1, f"3 equal samples: {several}")
+    check(several.usage.prompt_tokens == alone.usage.prompt_tokens and
+          0 < several.usage.completion_tokens <= 24, f"usage {several.usage}")
+    texts = ["", ""]
+    finishes = [0, 0]
+    for chunk in client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10,
+                                                temperature=0, stream=True, n=2):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            finishes[choice.index] += choice.finish_reason is not None
+    check(texts == [chat.choices[0].message.content] * 2 and finishes == [1, 1],
+          f"streamed n=2 {texts} {finishes}")
+
     # Errors surface as the client's exceptions.
-    for kwargs in ({"n": 2}, {"max_tokens": 100000}):
+    for kwargs in ({"n": 0}, {"max_tokens": 100000}):
         try:
             client.completions.create(model=MODEL, prompt="x", **kwargs)
             fail(f"{kwargs} was accepted")
@@ -205,7 +227,7 @@ def test_openai_client(server):
         fail("a wrong API key was accepted")
     except openai.AuthenticationError:
         pass
-    print("ok: openai client (completions, chat, streaming, usage, errors)")
+    print("ok: openai client (completions, chat, streaming, usage, n choices, errors)")
 
 
 def test_kserve(server):
@@ -293,7 +315,7 @@ def test_errors(server):
         ("/v1/completions", b'{"prompt": "x", ', "malformed JSON"),
         ("/v1/completions", json.dumps({"prompt": "x", "max_tokens": "ten"}).encode(),
          "wrong type"),
-        ("/v1/completions", json.dumps({"prompt": "x", "n": 2}).encode(), "n > 1"),
+        ("/v1/completions", json.dumps({"prompt": "x", "n": 0}).encode(), "n < 1"),
         ("/v1/completions", json.dumps({"prompt": "word " * 300}).encode(), "prompt too long"),
         ("/v1/completions", json.dumps({"prompt": "x", "max_tokens": MAX_SEQ_LEN}).encode(),
          "max_tokens over the limit"),

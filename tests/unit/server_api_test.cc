@@ -158,7 +158,9 @@ TEST_F(OpenAiParsing, RefusesWrongTypesAndRanges) {
       {{{"prompt", "a"}, {"stream", "yes"}}, "stream", "'stream' must be a boolean, not a string"},
       {{{"prompt", "a"}, {"stop", Json::array({"a", 1})}}, "stop", ""},
       {{{"prompt", "a"}, {"stop", 3}}, "stop", ""},
-      {{{"prompt", "a"}, {"n", 2}}, "n", "only n=1 is supported (one choice per request)"},
+      {{{"prompt", "a"}, {"n", 0}}, "n", "'n' must be between 1 and 128; got 0"},
+      {{{"prompt", "a"}, {"n", 129}}, "n", ""},
+      {{{"prompt", "a"}, {"n", 1.5}}, "n", ""},
       {{{"prompt", "a"}, {"best_of", 3}}, "best_of", ""},
       {{{"prompt", "a"}, {"echo", true}}, "echo", "'echo' is not supported"},
       {{{"prompt", "a"}, {"suffix", "z"}}, "suffix", ""},
@@ -289,7 +291,7 @@ TEST_F(OpenAiParsing, ChatRefusesBadMessages) {
        ""},
       {{{"messages", user_messages()}, {"top_logprobs", 2}}, "top_logprobs", ""},
       {{{"messages", user_messages()}, {"logprobs", 1}}, "logprobs", ""},
-      {{{"messages", user_messages()}, {"n", 3}}, "n", ""},
+      {{{"messages", user_messages()}, {"n", 200}}, "n", ""},
       {{{"messages", user_messages()}, {"max_tokens", 200}}, "max_tokens", ""},
   };
   for (const Case& c : cases) {
@@ -360,10 +362,11 @@ TEST(OpenAiFormatter, CompletionResponseAndChunks) {
             "\"model\":\"tiny\",\"choices\":[{\"index\":0,\"text\":\"Hi\",\"logprobs\":null,"
             "\"finish_reason\":null}],\"usage\":null}\n\n");
   EXPECT_EQ(formatter.stream_update(GenerationUpdate{}), "");  // nothing new: no event
-  EXPECT_EQ(formatter.stream_end("length", 3, 2),
+  EXPECT_EQ(formatter.stream_choice_end("length"),
             "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1700000000,"
             "\"model\":\"tiny\",\"choices\":[{\"index\":0,\"text\":\"\",\"logprobs\":null,"
-            "\"finish_reason\":\"length\"}],\"usage\":null}\n\n"
+            "\"finish_reason\":\"length\"}],\"usage\":null}\n\n");
+  EXPECT_EQ(formatter.stream_done(3, 2),
             "data: {\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1700000000,"
             "\"model\":\"tiny\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,"
             "\"completion_tokens\":2,\"total_tokens\":5}}\n\n"
@@ -378,7 +381,7 @@ TEST(OpenAiFormatter, CompletionResponseAndChunks) {
                           .finish_reason = "stop",
                           .prompt_tokens = 4,
                           .completion_tokens = 2};
-  EXPECT_EQ(dump_json(whole.response(output)),
+  EXPECT_EQ(dump_json(whole.response({output})),
             "{\"id\":\"cmpl-2\",\"object\":\"text_completion\",\"created\":1700000000,"
             "\"model\":\"tiny\",\"choices\":[{\"index\":0,\"text\":\"ab\",\"logprobs\":{"
             "\"tokens\":[\"a\",\"b\"],\"token_logprobs\":[-0.5,-0.25],\"top_logprobs\":null,"
@@ -404,7 +407,7 @@ TEST(OpenAiFormatter, ChatResponseAndChunks) {
             "\"model\":\"tiny\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"é\"},"
             "\"logprobs\":{\"content\":[{\"token\":\"é\",\"logprob\":-1.0,\"bytes\":[195,169],"
             "\"top_logprobs\":[]}]},\"finish_reason\":null}]}\n\n");
-  EXPECT_EQ(formatter.stream_end("stop", 1, 1),
+  EXPECT_EQ(formatter.stream_choice_end("stop") + formatter.stream_done(1, 1),
             "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,"
             "\"model\":\"tiny\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,"
             "\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n");
@@ -417,13 +420,50 @@ TEST(OpenAiFormatter, ChatResponseAndChunks) {
   request.stream = false;
   request.log_probs = false;
   OpenAiFormatter whole(request, "chatcmpl-2", "tiny", 1);
-  EXPECT_EQ(
-      dump_json(whole.response(GenerationOutput{
-          .text = "Hello", .finish_reason = "length", .prompt_tokens = 1, .completion_tokens = 1})),
-      "{\"id\":\"chatcmpl-2\",\"object\":\"chat.completion\",\"created\":1,\"model\":"
-      "\"tiny\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":"
-      "\"Hello\"},\"logprobs\":null,\"finish_reason\":\"length\"}],\"usage\":{"
-      "\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}");
+  EXPECT_EQ(dump_json(whole.response({GenerationOutput{.text = "Hello",
+                                                       .finish_reason = "length",
+                                                       .prompt_tokens = 1,
+                                                       .completion_tokens = 1}})),
+            "{\"id\":\"chatcmpl-2\",\"object\":\"chat.completion\",\"created\":1,\"model\":"
+            "\"tiny\",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":"
+            "\"Hello\"},\"logprobs\":null,\"finish_reason\":\"length\"}],\"usage\":{"
+            "\"prompt_tokens\":1,\"completion_tokens\":1,\"total_tokens\":2}}");
+}
+
+// n = 2: a choice per output, usage counting the prompt once; streamed, each choice's role chunk
+// first, updates and ends by index, one usage chunk and [DONE] at the end.
+TEST(OpenAiFormatter, SeveralChoices) {
+  OpenAiRequest request;
+  request.chat = true;
+  request.n = 2;
+  OpenAiFormatter whole(request, "chatcmpl-3", "tiny", 1);
+  const Json body = whole.response(
+      {GenerationOutput{
+           .text = "A", .finish_reason = "stop", .prompt_tokens = 5, .completion_tokens = 2},
+       GenerationOutput{
+           .text = "B", .finish_reason = "length", .prompt_tokens = 5, .completion_tokens = 4}});
+  ASSERT_EQ(body["choices"].size(), 2u);
+  EXPECT_EQ(body["choices"][1]["index"], 1);
+  EXPECT_EQ(body["choices"][1]["message"]["content"], "B");
+  EXPECT_EQ(body["choices"][1]["finish_reason"], "length");
+  EXPECT_EQ(dump_json(body["usage"]),
+            "{\"prompt_tokens\":5,\"completion_tokens\":6,\"total_tokens\":11}");
+
+  request.stream = true;
+  request.include_usage = true;
+  OpenAiFormatter streamed(request, "chatcmpl-4", "tiny", 1);
+  const std::string start = streamed.stream_start();
+  EXPECT_NE(start.find("{\"index\":0,\"delta\":{\"role\":\"assistant\""), std::string::npos);
+  EXPECT_NE(start.find("{\"index\":1,\"delta\":{\"role\":\"assistant\""), std::string::npos);
+  GenerationUpdate update;
+  update.text = "x";
+  EXPECT_NE(streamed.stream_update(update, 1).find("{\"index\":1,\"delta\":{\"content\":\"x\"}"),
+            std::string::npos);
+  EXPECT_NE(streamed.stream_choice_end("stop", 1).find("{\"index\":1,\"delta\":{},"),
+            std::string::npos);
+  const std::string done = streamed.stream_done(5, 6);
+  EXPECT_NE(done.find("\"completion_tokens\":6"), std::string::npos);
+  EXPECT_TRUE(done.ends_with("data: [DONE]\n\n"));
 }
 
 TEST(RequestFields, ErrorBodyAndEvents) {

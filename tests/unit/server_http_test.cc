@@ -137,6 +137,55 @@ TEST(ServerHttp, CompletionStreamingGivesTheSameText) {
   EXPECT_EQ(plain.text, stream.text);
 }
 
+// n: a request of its own per choice (seeds seed, seed + 1, ...), answered together; streamed,
+// the choices' chunks interleave, each choice ends with its finish reason, one usage and [DONE].
+TEST(ServerHttp, SeveralChoices) {
+  const std::vector<int32_t> script = encode(kScriptText);
+  TestServer server(script);
+  const Json request = {{"prompt", "x"}, {"max_tokens", 4}, {"n", 3}, {"seed", 10}};
+  auto response = server.post("/v1/completions", request);
+  ASSERT_TRUE(response);
+  ASSERT_EQ(response->status, 200) << response->body;
+  const Json body = Json::parse(response->body);
+  ASSERT_EQ(body.at("choices").size(), 3u);
+  for (int64_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(body.at("choices")[size_t(i)].at("index"), i);
+    EXPECT_EQ(body.at("choices")[size_t(i)].at("text"),
+              decode({script.begin(), script.begin() + 4}));
+  }
+  EXPECT_EQ(body.at("usage").at("completion_tokens"), 12);
+  const std::vector<executor::Request> seen = server.executor.requests_seen();
+  ASSERT_EQ(seen.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(seen[i].sampling.seed, 10 + i);
+
+  Json streaming = request;
+  streaming["stream"] = true;
+  streaming["stream_options"] = {{"include_usage", true}};
+  response = server.post("/v1/completions", streaming);
+  ASSERT_TRUE(response);
+  const std::vector<std::string> events = sse_data(response->body);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::vector<std::string> texts(3);
+  std::vector<int> finishes(3, 0);
+  Json usage;
+  for (size_t e = 0; e + 1 < events.size(); ++e) {
+    const Json chunk = Json::parse(events[e]);
+    if (!chunk.at("usage").is_null()) usage = chunk.at("usage");
+    for (const Json& choice : chunk.at("choices")) {
+      const size_t index = choice.at("index").get<size_t>();
+      ASSERT_LT(index, 3u);
+      texts[index] += choice.at("text").get<std::string>();
+      finishes[index] += !choice.at("finish_reason").is_null();
+    }
+  }
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(texts[i], body.at("choices")[i].at("text").get<std::string>()) << i;
+    EXPECT_EQ(finishes[i], 1) << i;
+  }
+  EXPECT_EQ(usage.at("completion_tokens"), 12);
+}
+
 TEST(ServerHttp, ChatCompletions) {
   const std::vector<int32_t> script = encode(kScriptText);
   TestServer server(script);
@@ -238,8 +287,7 @@ TEST(ServerHttp, LogProbs) {
   EXPECT_EQ(server.executor.requests_seen().back().top_log_probs, 0);
 
   // The most likely tokens: completions' {text: log-probability} per position, chat's lists.
-  response =
-      server.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}, {"logprobs", 3}});
+  response = server.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}, {"logprobs", 3}});
   ASSERT_TRUE(response);
   const Json top = Json::parse(response->body).at("choices")[0].at("logprobs").at("top_logprobs");
   ASSERT_EQ(top.size(), 2u);
@@ -370,7 +418,7 @@ TEST(ServerHttp, BadRequestsGet400WithAnOpenAiErrorBody) {
       {"/v1/completions", "{\"prompt\": ", ""},
       {"/v1/completions", "not json", ""},
       {"/v1/completions", Json{{"prompt", "x"}, {"max_tokens", "many"}}.dump(), "max_tokens"},
-      {"/v1/completions", Json{{"prompt", "x"}, {"n", 2}}.dump(), "n"},
+      {"/v1/completions", Json{{"prompt", "x"}, {"n", 0}}.dump(), "n"},
       {"/v1/completions", Json{{"prompt", std::vector<int32_t>(65, 10)}}.dump(), "prompt"},
       {"/v1/completions", Json{{"prompt", "x"}, {"max_tokens", 1000}}.dump(), "max_tokens"},
       {"/v1/chat/completions",
@@ -497,7 +545,7 @@ TEST(ServerHttp, MetricsCountRequestsTokensAndLatencies) {
   for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(server.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 4}}));
   }
-  ASSERT_TRUE(server.post("/v1/completions", {{"prompt", "x"}, {"n", 2}}));
+  ASSERT_TRUE(server.post("/v1/completions", {{"prompt", "x"}, {"n", 0}}));
   ASSERT_TRUE(server.post("/v2/models/tiny/generate", {{"text_input", "x"}, {"max_tokens", 2}}));
   ASSERT_TRUE(server.client().Get("/nowhere"));
   auto response = server.client().Get("/metrics");
