@@ -236,7 +236,11 @@ Result<EngineConfig> engine_config_from_json(const nlohmann::json& json,
   const auto kv_cache = json.find("kv_cache");
   if (kv_cache == json.end() || !kv_cache->is_object())
     return corrupt(source + " lacks \"kv_cache\"");
-  KITE_ASSIGN_OR_RETURN(config.kv_cache_dtype, float_dtype_field(*kv_cache, "dtype", source));
+  if (kv_cache->value("dtype", "") == dtype_name(DType::kF8E4M3)) {
+    config.kv_cache_dtype = DType::kF8E4M3;
+  } else {
+    KITE_ASSIGN_OR_RETURN(config.kv_cache_dtype, float_dtype_field(*kv_cache, "dtype", source));
+  }
   const auto model = json.find("model");
   if (model == json.end() || !model->is_object()) return corrupt(source + " lacks \"model\"");
   KITE_ASSIGN_OR_RETURN(config.model, model_config_from_json(*model, source));

@@ -16,6 +16,8 @@ struct BuildRequest {
   BuildLimits limits;
   bool multi_block_mode = true;
   int gpu = 0;  // the GPU the kernels are tuned on
+  // auto (CPU: float32, CUDA: the weights' dtype), float32, float16, bfloat16 or fp8 (e4m3; CPU).
+  std::string kv_cache_dtype = "auto";
 };
 
 // Checks the limits, plans memory, tunes the GEMMs (CUDA) and writes the engine, printing the plan

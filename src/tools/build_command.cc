@@ -46,6 +46,29 @@ std::vector<GemmShape> model_gemm_shapes(const ModelConfig& model, const BuildLi
   return shapes;
 }
 
+// The KV cache's dtype for --kv_cache_dtype `name` on `device`, whose weights are `weight_dtype`.
+Result<DType> kv_cache_dtype(const std::string& name, const std::string& device,
+                             DType weight_dtype) {
+  DType dtype;
+  if (name == "auto") {
+    // The KV cache holds activations: float32 on the CPU, the weight dtype on CUDA.
+    dtype = device == "cuda" ? weight_dtype : DType::kF32;
+  } else if (name == "float32" || name == "float16" || name == "bfloat16") {
+    dtype = parse_dtype_name(name).value();
+  } else if (name == "fp8") {
+    dtype = DType::kF8E4M3;
+  } else {
+    return invalid_argument("--kv_cache_dtype " + name +
+                            ": choose auto, float32, float16, bfloat16 or fp8");
+  }
+  if (device == "cuda" && dtype != weight_dtype) {
+    return unsupported("--kv_cache_dtype " + name + ": CUDA engines keep the KV cache in the " +
+                       "weights' dtype (" + std::string(dtype_name(weight_dtype)) +
+                       ") for now; drop the flag, or build for --device cpu");
+  }
+  return dtype;
+}
+
 // The tokenizer and generation files the runtime reads, copied when the checkpoint has them.
 constexpr const char* kCopiedFiles[] = {"tokenizer.json", "tokenizer_config.json",
                                         "special_tokens_map.json", "generation_config.json"};
@@ -78,6 +101,8 @@ Status build_engine(const BuildRequest& flags) {
   }
   KITE_ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::open(flags.checkpoint_dir));
   const CheckpointConfig& checkpoint_config = checkpoint.config();
+  KITE_ASSIGN_OR_RETURN(const DType cache_dtype, kv_cache_dtype(flags.kv_cache_dtype, flags.device,
+                                                                checkpoint_config.dtype));
   if (checkpoint_config.mapping.world_size != 1) {
     return unsupported(flags.checkpoint_dir + " is split over " +
                        std::to_string(checkpoint_config.mapping.world_size) +
@@ -97,8 +122,7 @@ Status build_engine(const BuildRequest& flags) {
   config.model = checkpoint_config.model;
   config.weight_dtype = checkpoint_config.dtype;
   config.weight_only = checkpoint_config.weight_only;
-  // The KV cache holds activations: float32 on the CPU, the weight dtype on CUDA.
-  config.kv_cache_dtype = flags.device == "cuda" ? config.weight_dtype : DType::kF32;
+  config.kv_cache_dtype = cache_dtype;
   config.built_from = flags.checkpoint_dir;
   std::vector<EngineTensorInfo> tensors;
   int64_t weights_bytes = 0;
@@ -182,6 +206,9 @@ Command add_build_command(CLI::App& kite) {
   app->add_option("--output_dir", flags->output_dir, "Engine folder to write");
   app->add_option("--device", flags->device, "Device the engine runs on: cpu (default) or cuda");
   app->add_option("--gpu", flags->gpu, "GPU to tune the kernels on (0)");
+  app->add_option("--kv_cache_dtype", flags->kv_cache_dtype,
+                  "auto (CPU: float32, CUDA: the weights' dtype), float32, float16, bfloat16 or "
+                  "fp8 (e4m3, CPU engines)");
   app->add_option("--multi_block_mode", flags->multi_block_mode,
                   "Split long decode contexts over several CTAs when the batch is small (true)");
   app->add_option("--max_batch_size", flags->limits.max_batch_size, "Prompts per batch (8)");

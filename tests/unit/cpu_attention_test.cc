@@ -6,9 +6,13 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
+#include <cmath>
 #include <numeric>
 
 #include "cpu_test_util.h"
+#include "kernels/cpu/dot_tiles.h"
+#include "kernels/cpu/float_types.h"
 
 namespace kite {
 namespace {
@@ -161,12 +165,8 @@ std::vector<float> check_attention(cpu::Isa isa, const AttentionCase& c, uint32_
           const int64_t offset =
               cache.view.offset(kLayer, slot / c.block_size, kv, h, slot % c.block_size);
           for (int64_t d = 0; d < D; ++d) {
-            const float value = source[size_t((p * c.kv_heads + h) * D + d)];
-            if (c.cache_dtype == DType::kF32) cache.storage.as<float>()[offset + d] = value;
-            if (c.cache_dtype == DType::kF16)
-              cache.storage.as<uint16_t>()[offset + d] = float_to_fp16(value);
-            if (c.cache_dtype == DType::kBF16)
-              cache.storage.as<uint16_t>()[offset + d] = float_to_bf16(value);
+            store_float(c.cache_dtype, cache.storage.as<uint8_t>(), size_t(offset + d),
+                        source[size_t((p * c.kv_heads + h) * D + d)]);
           }
         }
       }
@@ -234,8 +234,8 @@ TEST_P(CpuAttention, MatchesReferenceOverHeadsGroupsBlocksAndWindows) {
   }
 }
 
-TEST_P(CpuAttention, ReadsFloat16AndBFloat16Caches) {
-  for (DType dtype : {DType::kF16, DType::kBF16}) {
+TEST_P(CpuAttention, ReadsFloat16BFloat16AndFloat8Caches) {
+  for (DType dtype : {DType::kF16, DType::kBF16, DType::kF8E4M3}) {
     check_attention(GetParam(), {64, 3, 3, 16, 0, dtype, kMixedBatch}, 11);
     check_attention(GetParam(), {128, 1, 4, 32, 40, dtype, kMixedBatch}, 12);
   }
@@ -378,8 +378,8 @@ void check_rope_and_store(const RopeCase& c, uint32_t seed) {
   const auto k_values = test::random_values(tokens * c.kv_heads * D, seed + 3);
   const auto v_values = test::random_values(tokens * c.kv_heads * D, seed + 4);
   const auto qkv_values = fused_qkv(q_values, k_values, v_values, tokens);
-  BackendTensor qkv = test::tensor_from(
-      backend, DType::kF32, {tokens, (query_heads + 2 * c.kv_heads) * D}, qkv_values);
+  BackendTensor qkv = test::tensor_from(backend, DType::kF32,
+                                        {tokens, (query_heads + 2 * c.kv_heads) * D}, qkv_values);
   BackendTensor q = test::make_tensor(backend, DType::kF32, {tokens, query_heads * D});
   test::poison(q.tensor);
   const auto inv_freq = default_inv_freq(c.rotary_dim, 10000.0f);
@@ -418,9 +418,11 @@ void check_rope_and_store(const RopeCase& c, uint32_t seed) {
       }
     }
   }
-  const double cache_tolerance = c.cache_dtype == DType::kF32   ? 1e-5
-                                 : c.cache_dtype == DType::kF16 ? 1e-3
-                                                                : 8e-3;
+  // Rounding to the cache's dtype: half an ulp (2^-11, 2^-8, 2^-4 relative) and a margin.
+  const double cache_tolerance = c.cache_dtype == DType::kF32    ? 1e-5
+                                 : c.cache_dtype == DType::kF16  ? 1e-3
+                                 : c.cache_dtype == DType::kBF16 ? 8e-3
+                                                                 : 7e-2;
   test::expect_close(stored, expected, cache_tolerance, what + " cache");
   int64_t changed_elsewhere = 0;
   for (size_t i = 0; i < cache_after.size(); ++i) {
@@ -442,11 +444,12 @@ TEST(CpuRope, RotatesQueriesAndStoresKeysAndValues) {
   }
 }
 
-TEST(CpuRope, ScalingPartialRotaryAndHalfPrecisionCaches) {
+TEST(CpuRope, ScalingPartialRotaryHalfPrecisionAndFloat8Caches) {
   check_rope_and_store({64, 64, 3, 3, 16, 1.25f, DType::kF32}, 200);
   check_rope_and_store({128, 64, 1, 4, 16, 1.0f, DType::kF32}, 201);
   check_rope_and_store({64, 64, 3, 3, 16, 1.0f, DType::kF16}, 202);
   check_rope_and_store({64, 64, 3, 3, 16, 1.0f, DType::kBF16}, 203);
+  check_rope_and_store({64, 64, 3, 3, 16, 1.0f, DType::kF8E4M3}, 204);
 }
 
 // Prefill in chunks, then decode token by token, through rope_and_store_kv and attention: every
@@ -479,10 +482,10 @@ TEST_P(CpuAttention, ChunkedPrefillThenDecodeEqualsFullCausalAttention) {
     auto slice = [&](const std::vector<float>& all, int64_t width) {
       return std::vector<float>(all.begin() + done * width, all.begin() + (done + chunk) * width);
     };
-    BackendTensor qkv = test::tensor_from(
-        backend, DType::kF32, {chunk, (query_heads + 2 * kv_heads) * D},
-        fused_qkv(slice(q_all, query_heads * D), slice(k_all, kv_heads * D),
-                  slice(v_all, kv_heads * D), chunk));
+    BackendTensor qkv =
+        test::tensor_from(backend, DType::kF32, {chunk, (query_heads + 2 * kv_heads) * D},
+                          fused_qkv(slice(q_all, query_heads * D), slice(k_all, kv_heads * D),
+                                    slice(v_all, kv_heads * D), chunk));
     BackendTensor q = test::make_tensor(backend, DType::kF32, {chunk, query_heads * D});
     BackendTensor out = test::make_tensor(backend, DType::kF32, {chunk, query_heads * D});
     test::poison(out.tensor);
@@ -523,6 +526,45 @@ TEST_P(CpuAttention, ChunkedPrefillThenDecodeEqualsFullCausalAttention) {
     }
   }
   test::expect_close(outputs, expected, 1e-5, "chunked prefill + decode");
+}
+
+// float8 e4m3 (fp8 KV caches): the table holds torch's values of the 256 codes, store and load
+// round-trip every finite code, and the AVX2 load (through float16) gives the table's bits.
+#if KITE_HAS_AVX2_KERNELS
+KITE_TARGET_AVX2 void load_float8_avx2(const uint8_t* bytes, float* out) {
+  _mm256_storeu_ps(out, cpu::load8<cpu::Float8E4M3>(bytes));
+}
+#endif
+
+TEST(CpuFloat8, LoadsAndStoresEveryCode) {
+  EXPECT_EQ(cpu::Float8E4M3::load(0x38), 1.0f);
+  EXPECT_EQ(cpu::Float8E4M3::load(0x7e), 448.0f);
+  EXPECT_EQ(cpu::Float8E4M3::load(0x01), std::ldexp(1.0f, -9));  // the smallest subnormal
+  EXPECT_TRUE(std::isnan(cpu::Float8E4M3::load(0x7f)));
+  for (int code = 0; code < 256; ++code) {
+    if ((code & 0x7f) == 0x7f) continue;  // NaN
+    EXPECT_EQ(cpu::Float8E4M3::store(cpu::Float8E4M3::load(uint8_t(code))), code) << code;
+  }
+  EXPECT_EQ(cpu::Float8E4M3::store(1000.0f), 0x7e);  // saturates
+#if KITE_HAS_AVX2_KERNELS
+  if (cpu::detect_isa() != cpu::Isa::kAvx2) GTEST_SKIP() << "no AVX2 on this machine";
+  for (int first = 0; first < 256; first += 8) {
+    uint8_t bytes[8];
+    float loaded[8];
+    for (int i = 0; i < 8; ++i) bytes[i] = uint8_t(first + i);
+    load_float8_avx2(bytes, loaded);
+    for (int i = 0; i < 8; ++i) {
+      const int code = first + i;
+      if ((code & 0x7f) == 0x7f) {
+        EXPECT_EQ(std::fabs(loaded[i]), 480.0f) << code;
+      } else {
+        EXPECT_EQ(std::bit_cast<uint32_t>(loaded[i]),
+                  std::bit_cast<uint32_t>(cpu::Float8E4M3::load(uint8_t(code))))
+            << code;
+      }
+    }
+  }
+#endif
 }
 
 }  // namespace

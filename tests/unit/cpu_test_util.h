@@ -41,9 +41,9 @@ inline BackendTensor make_tensor(Backend& backend, DType dtype, Shape shape) {
 
 // The value `value` has once stored as `dtype` (float32, float16 or bfloat16).
 inline float round_to(DType dtype, float value) {
-  if (dtype == DType::kF16) return fp16_to_float(float_to_fp16(value));
-  if (dtype == DType::kBF16) return bf16_to_float(float_to_bf16(value));
-  return value;
+  uint8_t stored[4];
+  store_float(dtype, stored, 0, value);
+  return load_float(dtype, stored, 0);
 }
 
 inline std::vector<float> round_all(DType dtype, std::vector<float> values) {
@@ -62,33 +62,18 @@ inline std::vector<float> random_values(size_t count, uint32_t seed, float scale
 // Stores float values into a float32 / float16 / bfloat16 tensor (rounding to nearest even).
 inline void store_floats(DeviceTensor& tensor, const std::vector<float>& values) {
   ASSERT_EQ(int64_t(values.size()), tensor.numel());
+  ASSERT_TRUE(tensor.dtype == DType::kF32 || tensor.dtype == DType::kF16 ||
+              tensor.dtype == DType::kBF16 || tensor.dtype == DType::kF8E4M3)
+      << "store_floats: not a float dtype";
   for (size_t i = 0; i < values.size(); ++i) {
-    switch (tensor.dtype) {
-      case DType::kF32:
-        static_cast<float*>(tensor.data)[i] = values[i];
-        break;
-      case DType::kF16:
-        static_cast<uint16_t*>(tensor.data)[i] = float_to_fp16(values[i]);
-        break;
-      case DType::kBF16:
-        static_cast<uint16_t*>(tensor.data)[i] = float_to_bf16(values[i]);
-        break;
-      default:
-        FAIL() << "store_floats: not a float dtype";
-    }
+    store_float(tensor.dtype, static_cast<uint8_t*>(tensor.data), i, values[i]);
   }
 }
 
 inline std::vector<float> load_floats(const DeviceTensor& tensor) {
   std::vector<float> values(size_t(tensor.numel()));
   for (size_t i = 0; i < values.size(); ++i) {
-    if (tensor.dtype == DType::kF32) values[i] = static_cast<const float*>(tensor.data)[i];
-    if (tensor.dtype == DType::kF16) {
-      values[i] = fp16_to_float(static_cast<const uint16_t*>(tensor.data)[i]);
-    }
-    if (tensor.dtype == DType::kBF16) {
-      values[i] = bf16_to_float(static_cast<const uint16_t*>(tensor.data)[i]);
-    }
+    values[i] = load_float(tensor.dtype, static_cast<const uint8_t*>(tensor.data), i);
   }
   return values;
 }

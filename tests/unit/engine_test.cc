@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "core/file.h"
 #include "formats/engine_file.h"
@@ -223,6 +224,50 @@ TEST_F(EngineCommands, ChunkedPrefillGivesTheSameTokens) {
   EXPECT_NE(too_small.output.find("--max_num_tokens (3) must be at least --max_batch_size"),
             std::string::npos)
       << too_small.output;
+}
+
+// --kv_cache_dtype: a CPU engine keeps its KV cache in float16, bfloat16 or float8 e4m3 (half and a
+// quarter of float32's bytes per token), records it, and runs; unknown names and a CUDA engine's
+// KV cache in another dtype than its weights' are refused.
+TEST_F(EngineCommands, BuildTakesTheKvCacheDtype) {
+  const EngineConfig float32 = read_engine_config(*engine_).value();
+  EXPECT_EQ(float32.kv_cache_dtype, DType::kF32);
+  for (const auto& [name, dtype, divisor] :
+       std::vector<std::tuple<std::string, DType, int64_t>>{{"float16", DType::kF16, 2},
+                                                            {"bfloat16", DType::kBF16, 2},
+                                                            {"fp8", DType::kF8E4M3, 4}}) {
+    const std::string output = test::temp_dir() + "/kv_" + name;
+    const test::CommandResult build = test::run_kite(
+        "build --checkpoint_dir " + *checkpoint_ + " --output_dir " + output +
+        " --max_batch_size 2 --max_input_len 16 --max_seq_len 40 --tokens_per_block 4"
+        " --kv_cache_dtype " +
+        name);
+    ASSERT_EQ(build.exit_code, 0) << build.output;
+    const EngineConfig config = read_engine_config(output).value();
+    EXPECT_EQ(config.kv_cache_dtype, dtype) << name;
+    EXPECT_EQ(config.memory.kv_cache_bytes_per_token * divisor,
+              float32.memory.kv_cache_bytes_per_token)
+        << name;
+    const test::CommandResult run = test::run_kite(
+        "run --engine_dir " + output + " --input_text 'hello world' --max_output_len 6");
+    EXPECT_EQ(run.exit_code, 0) << run.output;
+    EXPECT_NE(run.output.find("Output [Text 0 Beam 0]"), std::string::npos) << run.output;
+  }
+  const std::string output = test::temp_dir() + "/kv_refused";
+  const test::CommandResult unknown =
+      test::run_kite("build --checkpoint_dir " + *checkpoint_ + " --output_dir " + output +
+                     " --kv_cache_dtype int3");
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_NE(unknown.output.find("choose auto, float32, float16, bfloat16 or fp8"),
+            std::string::npos)
+      << unknown.output;
+  const test::CommandResult cuda =
+      test::run_kite("build --checkpoint_dir " + *checkpoint_ + " --output_dir " + output +
+                     " --device cuda --kv_cache_dtype fp8");
+  EXPECT_EQ(cuda.exit_code, 1);
+  EXPECT_NE(cuda.output.find("CUDA engines keep the KV cache in the weights' dtype"),
+            std::string::npos)
+      << cuda.output;
 }
 
 // CUDA engines: float16/bfloat16 checkpoints only, a GPU to tune on, and known devices only.

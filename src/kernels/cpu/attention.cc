@@ -282,7 +282,7 @@ void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCache
                int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out, Isa isa) {
   const int64_t head_dim = cache.head_dim;
   KITE_CHECK(q.dtype == DType::kF32 && out.dtype == DType::kF32);
-  KITE_CHECK(is_cpu_float_dtype(cache.dtype));
+  KITE_CHECK(is_cpu_cache_dtype(cache.dtype));
   KITE_CHECK(head_dim > 0 && cache.num_kv_heads > 0 && cache.block_size > 0);
   KITE_CHECK(layer >= 0 && layer < cache.num_layers);
   KITE_CHECK(q.rows() == batch.num_tokens && q.cols() % (cache.num_kv_heads * head_dim) == 0);
@@ -290,7 +290,7 @@ void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCache
   KITE_CHECK(out.data != q.data || q.numel() == 0);
   check_batch(batch, cache);
   const int64_t query_heads = q.cols() / head_dim;
-  dispatch_float_dtype(cache.dtype, [&](auto element) {
+  dispatch_cache_dtype(cache.dtype, [&](auto element) {
     attention_typed<decltype(element)>(static_cast<const float*>(q.data), batch, cache, layer,
                                        scale, sliding_window, query_heads,
                                        static_cast<float*>(out.data), isa);

@@ -29,14 +29,13 @@ void store_row(const float* source, int64_t size, typename Element::Storage* des
 
 }  // namespace
 
-void rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope,
-                       const AttentionBatch& batch, const KvCacheView& cache, int64_t layer,
-                       DeviceTensor& q) {
+void rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope, const AttentionBatch& batch,
+                       const KvCacheView& cache, int64_t layer, DeviceTensor& q) {
   const int64_t tokens = batch.num_tokens;
   const int64_t head_dim = cache.head_dim;
   const int64_t kv_heads = cache.num_kv_heads;
   KITE_CHECK(q.dtype == DType::kF32 && qkv.dtype == DType::kF32);
-  KITE_CHECK(is_cpu_float_dtype(cache.dtype));
+  KITE_CHECK(is_cpu_cache_dtype(cache.dtype));
   KITE_CHECK(head_dim > 0 && kv_heads > 0 && cache.block_size > 0);
   KITE_CHECK(layer >= 0 && layer < cache.num_layers);
   KITE_CHECK(q.rows() == tokens && q.cols() % head_dim == 0);
@@ -53,7 +52,7 @@ void rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope,
   const auto* rows = static_cast<const float*>(qkv.data);
   auto* queries = static_cast<float*>(q.data);
 
-  dispatch_float_dtype(cache.dtype, [&](auto element) {
+  dispatch_cache_dtype(cache.dtype, [&](auto element) {
     using Element = decltype(element);
     auto* cache_data = static_cast<typename Element::Storage*>(cache.data);
 #pragma omp parallel if (qkv.numel() >= kMinParallelWork)
