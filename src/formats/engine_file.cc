@@ -239,7 +239,13 @@ Result<EngineConfig> engine_config_from_json(const nlohmann::json& json,
   if (kv_cache->value("dtype", "") == dtype_name(DType::kF8E4M3)) {
     config.kv_cache_dtype = DType::kF8E4M3;
   } else {
-    KITE_ASSIGN_OR_RETURN(config.kv_cache_dtype, float_dtype_field(*kv_cache, "dtype", source));
+    Result<DType> dtype = float_dtype_field(*kv_cache, "dtype", source);
+    if (!dtype.is_ok()) {
+      return corrupt(source +
+                     ": \"kv_cache\" needs a \"dtype\" of float32, float16, bfloat16 "
+                     "or float8_e4m3");
+    }
+    config.kv_cache_dtype = *dtype;
   }
   const auto model = json.find("model");
   if (model == json.end() || !model->is_object()) return corrupt(source + " lacks \"model\"");

@@ -71,6 +71,12 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& engine_dir,
   BackendKind kind = BackendKind::kCpu;
   BackendOptions backend_options;
   if (config.device == "cuda") {
+    if (config.kv_cache_dtype != config.weight_dtype) {
+      return unsupported(engine_dir + "/config.json: a CUDA engine's KV cache must be in its " +
+                         "weights' dtype (" + std::string(dtype_name(config.weight_dtype)) +
+                         "), not " + std::string(dtype_name(config.kv_cache_dtype)) +
+                         "; build the engine again");
+    }
     if (!(options.kv_cache_free_gpu_mem_fraction > 0 &&
           options.kv_cache_free_gpu_mem_fraction < 1)) {
       return invalid_argument("--kv_cache_free_gpu_mem_fraction must be between 0 and 1");

@@ -55,13 +55,14 @@ Result<DType> kv_cache_dtype(const std::string& name, const std::string& device,
     dtype = device == "cuda" ? weight_dtype : DType::kF32;
   } else if (name == "float32" || name == "float16" || name == "bfloat16") {
     dtype = parse_dtype_name(name).value();
-  } else if (name == "fp8") {
+  } else if (name == "fp8" || name == dtype_name(DType::kF8E4M3)) {
     dtype = DType::kF8E4M3;
   } else {
     return invalid_argument("--kv_cache_dtype " + name +
                             ": choose auto, float32, float16, bfloat16 or fp8");
   }
-  if (device == "cuda" && dtype != weight_dtype) {
+  // (A float32 checkpoint cannot build for CUDA at all; build_engine says so below.)
+  if (device == "cuda" && weight_dtype != DType::kF32 && dtype != weight_dtype) {
     return unsupported("--kv_cache_dtype " + name + ": CUDA engines keep the KV cache in the " +
                        "weights' dtype (" + std::string(dtype_name(weight_dtype)) +
                        ") for now; drop the flag, or build for --device cpu");

@@ -125,6 +125,8 @@ Status run(RunFlags flags) {
           "--top_k, --top_p, --min_p and the penalties)");
     }
     if (flags.streaming) return invalid_argument("--streaming works with --num_beams 1 only");
+  } else if (flags.beams.length_penalty != 1.0f || flags.beams.early_stopping) {
+    return invalid_argument("--length_penalty and --early_stopping need --num_beams above 1");
   }
   if (flags.max_output_len < 1) return invalid_argument("--max_output_len must be >= 1");
   KITE_ASSIGN_OR_RETURN(flags.engine_dir, resolve_engine_dir(flags.engine_dir, flags.model));

@@ -254,6 +254,7 @@ TEST_F(BeamSearchEngine, RunPrintsEveryBeamAndRecordsThem) {
            {"--num_beams 2 --temperature 0.7", "drop the sampling options"},
            {"--num_beams 2 --streaming", "--num_beams 1 only"},
            {"--num_beams 0", "--num_beams must be >= 1"},
+           {"--length_penalty 0.5", "need --num_beams above 1"},
            {"--num_beams 9", "max_batch_size"}}) {
     const test::CommandResult refused = test::run_kite(
         "run --engine_dir " + *engine_dir_ + " --input_text hi --max_output_len 6 " + flags);

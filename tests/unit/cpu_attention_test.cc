@@ -556,7 +556,7 @@ TEST(CpuFloat8, LoadsAndStoresEveryCode) {
     for (int i = 0; i < 8; ++i) {
       const int code = first + i;
       if ((code & 0x7f) == 0x7f) {
-        EXPECT_EQ(std::fabs(loaded[i]), 480.0f) << code;
+        EXPECT_TRUE(std::isnan(loaded[i])) << code;
       } else {
         EXPECT_EQ(std::bit_cast<uint32_t>(loaded[i]),
                   std::bit_cast<uint32_t>(cpu::Float8E4M3::load(uint8_t(code))))

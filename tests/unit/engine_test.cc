@@ -261,8 +261,19 @@ TEST_F(EngineCommands, BuildTakesTheKvCacheDtype) {
   EXPECT_NE(unknown.output.find("choose auto, float32, float16, bfloat16 or fp8"),
             std::string::npos)
       << unknown.output;
+  // (For CUDA the checkpoint must be 16-bit; a float32 one is refused for that first.)
+  const std::string model_dir = test::temp_dir();
+  for (const char* name : {"config.json", "tokenizer.json"}) {
+    std::filesystem::copy_file(test::source_dir() + "/tests/fixtures/tiny_llama/" + name,
+                               model_dir + "/" + name);
+  }
+  const std::string bf16 = test::temp_dir() + "/bf16";
+  ASSERT_EQ(test::run_kite("convert --random --dtype bfloat16 --model_dir " + model_dir +
+                           " --output_dir " + bf16)
+                .exit_code,
+            0);
   const test::CommandResult cuda =
-      test::run_kite("build --checkpoint_dir " + *checkpoint_ + " --output_dir " + output +
+      test::run_kite("build --checkpoint_dir " + bf16 + " --output_dir " + output +
                      " --device cuda --kv_cache_dtype fp8");
   EXPECT_EQ(cuda.exit_code, 1);
   EXPECT_NE(cuda.output.find("CUDA engines keep the KV cache in the weights' dtype"),
@@ -371,6 +382,15 @@ TEST_F(EngineCommands, LoadRefusesCorruptedEngineAndOtherDevice) {
               other_device.output.find("no CUDA GPU") != std::string::npos ||
               other_device.output.find("built without CUDA") != std::string::npos)
       << other_device.output;
+  // A CUDA engine's KV cache in another dtype than its weights' (kite build never writes one).
+  config["kv_cache"]["dtype"] = "float8_e4m3";
+  ASSERT_TRUE(write_file(copy + "/config.json", config.dump()).is_ok());
+  const test::CommandResult cache_dtype =
+      test::run_kite("run --engine_dir " + copy + " --input_text hi");
+  EXPECT_EQ(cache_dtype.exit_code, 1);
+  EXPECT_NE(cache_dtype.output.find("KV cache must be in its weights' dtype"), std::string::npos)
+      << cache_dtype.output;
+  config["kv_cache"]["dtype"] = "float32";
   config["device"] = "cpu";
   config["kite_engine_version"] = 7;
   ASSERT_TRUE(write_file(copy + "/config.json", config.dump()).is_ok());

@@ -105,13 +105,16 @@ KITE_TARGET_AVX2 inline __m256 load8<Float16>(const uint16_t* source) {
 // float8 e4m3 through float16: its exponent and mantissa bits, moved to float16's (the sign to
 // bit 15, the rest up by 7), read as a float16 of the same digits at an exponent bias of 15
 // instead of 7, then scaled by 2^8. Exact for every finite value, subnormals included; the NaN
-// codes (0x7f, 0xff) come out as +-480, never stored by Float8E4M3::store for finite input.
+// codes (0x7f, 0xff) get float16's all-ones exponent, so that they stay NaN.
 template <>
 KITE_TARGET_AVX2 inline __m256 load8<Float8E4M3>(const uint8_t* source) {
   const __m128i words =
       _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(source)));
+  const __m128i magnitude = _mm_and_si128(words, _mm_set1_epi16(0x7f));
+  const __m128i nan = _mm_cmpeq_epi16(magnitude, _mm_set1_epi16(0x7f));
   const __m128i sign = _mm_slli_epi16(_mm_and_si128(words, _mm_set1_epi16(0x80)), 8);
-  const __m128i rest = _mm_slli_epi16(_mm_and_si128(words, _mm_set1_epi16(0x7f)), 7);
+  const __m128i rest =
+      _mm_or_si128(_mm_slli_epi16(magnitude, 7), _mm_and_si128(nan, _mm_set1_epi16(0x7c00)));
   return _mm256_mul_ps(_mm256_cvtph_ps(_mm_or_si128(sign, rest)), _mm256_set1_ps(256.0f));
 }
 
