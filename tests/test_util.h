@@ -21,10 +21,10 @@ struct CommandResult {
 // Runs `kite <arguments>` (arguments are passed to the shell as written).
 CommandResult run_kite(const std::string& arguments);
 
-// A random float32 checkpoint of the tiny fixture Llama (tests/fixtures/tiny_llama, with its
-// tokenizer) made by `kite convert --random`; its directory, or "" (and a test failure) when a
-// command fails.
-std::string make_tiny_checkpoint();
+// A random checkpoint of `dtype` ("float32", "bfloat16", ...) of the tiny fixture Llama
+// (tests/fixtures/tiny_llama, with its tokenizer) made by `kite convert --random`; its directory,
+// or "" (and a test failure) when a command fails.
+std::string make_tiny_checkpoint(const std::string& dtype = "float32");
 // The demo model, models/SmolLM2-135M-Instruct.Q4_1.gguf, or "" when it was not fetched.
 std::string demo_model();
 // The demo model converted to a checkpoint of `dtype` ("float32", "bfloat16"); its directory,

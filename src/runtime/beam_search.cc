@@ -262,12 +262,7 @@ Result<std::vector<float>> run_step(Engine& engine, std::span<const StepSequence
   // log softmax per row, in double as torch's float32 kernel accumulates in wider registers.
   const size_t vocab = logits.size() / sequences.size();
   for (size_t row = 0; row < sequences.size(); ++row) {
-    std::span<float> values(logits.data() + row * vocab, vocab);
-    const float maximum = *std::max_element(values.begin(), values.end());
-    double sum = 0;
-    for (float value : values) sum += std::exp(double(value) - double(maximum));
-    const double log_total = double(maximum) + std::log(sum);
-    for (float& value : values) value = float(double(value) - log_total);
+    log_softmax(std::span<float>(logits.data() + row * vocab, vocab));
   }
   return logits;
 }

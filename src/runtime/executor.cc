@@ -87,9 +87,7 @@ std::vector<TopLogProb> top_log_probabilities(std::span<const float> logits, int
   std::vector<TopLogProb> top;
   const float maximum = *std::max_element(logits.begin(), logits.end());
   if (n <= 0 || (std::isinf(maximum) && maximum < 0)) return top;
-  double sum = 0;
-  for (float value : logits) sum += std::exp(double(value) - maximum);
-  const double log_total = double(maximum) + std::log(sum);
+  const double log_total = log_sum_exp(logits);
   std::vector<int32_t> ids(logits.size());
   std::iota(ids.begin(), ids.end(), 0);
   const auto count = std::min<ptrdiff_t>(ptrdiff_t(n), ptrdiff_t(ids.size()));

@@ -34,6 +34,19 @@ std::vector<double> softmax(std::span<const float> scores) {
 
 }  // namespace
 
+double log_sum_exp(std::span<const float> logits) {
+  const float maximum = *std::max_element(logits.begin(), logits.end());
+  if (std::isinf(maximum) && maximum < 0) return maximum;
+  double sum = 0;
+  for (float value : logits) sum += std::exp(double(value) - double(maximum));
+  return double(maximum) + std::log(sum);
+}
+
+void log_softmax(std::span<float> logits) {
+  const double log_total = log_sum_exp(logits);
+  for (float& value : logits) value = float(double(value) - log_total);
+}
+
 Status validate_sampling_config(const SamplingConfig& config) {
   if (!(config.temperature >= 0.0f) || !std::isfinite(config.temperature))
     return invalid_argument("--temperature must be >= 0 (0 means greedy)");

@@ -35,6 +35,12 @@ inline bool needs_history(const SamplingConfig& config) {
          config.frequency_penalty != 0.0f;
 }
 
+// log(sum_i exp(logits[i])), summed in double around the largest logit (-inf when every logit is
+// -inf); and the log softmax of a row in place, logits[i] - log_sum_exp(logits), in the same
+// arithmetic.
+double log_sum_exp(std::span<const float> logits);
+void log_softmax(std::span<float> logits);
+
 // Checks ranges: temperature >= 0, top_k >= 0, 0 < top_p <= 1, 0 <= min_p <= 1,
 // repetition_penalty > 0, finite presence and frequency penalties. Messages name the option.
 Status validate_sampling_config(const SamplingConfig& config);

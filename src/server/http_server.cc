@@ -115,6 +115,21 @@ bool client_gone(int socket_fd) {
 // The status a request whose client went away is counted under (nginx's "client closed request").
 constexpr int kClientClosedRequest = 499;
 
+// A non-streaming answer: waits for the whole output of `generation`, appending its text and
+// log-probs. The final update (finish reason or error), or nullopt when the client on `socket_fd`
+// went away first: the caller then drops the generation, which cancels its request.
+std::optional<GenerationUpdate> await_whole_output(Generation& generation, int socket_fd,
+                                                   std::string* text,
+                                                   std::vector<TokenLogProb>* log_probs) {
+  for (;;) {
+    GenerationUpdate update = generation.next(kPollInterval);
+    *text += update.text;
+    for (TokenLogProb& entry : update.log_probs) log_probs->push_back(std::move(entry));
+    if (update.finished) return update;
+    if (client_gone(socket_fd)) return std::nullopt;
+  }
+}
+
 }  // namespace
 
 class HttpServer::Impl {
@@ -368,25 +383,18 @@ void HttpServer::Impl::handle_openai(const httplib::Request& request, httplib::R
     for (size_t i = 0; i < generations.size(); ++i) {
       Generation& generation = *generations[i];
       GenerationOutput& output = outputs[i];
-      for (;;) {
-        GenerationUpdate update = generation.next(kPollInterval);
-        output.text += update.text;
-        for (TokenLogProb& entry : update.log_probs) output.log_probs.push_back(std::move(entry));
-        if (!update.finished) {
-          if (client_gone(socket_fd)) {
-            response.status = kClientClosedRequest;
-            return;
-          }
-          continue;
-        }
-        if (update.error) {
-          return send_openai_error(
-              response,
-              ApiError{.http_status = 503, .message = *update.error, .type = "server_error"});
-        }
-        output.finish_reason = update.finish_reason;
-        break;
+      const std::optional<GenerationUpdate> last =
+          await_whole_output(generation, socket_fd, &output.text, &output.log_probs);
+      if (!last) {
+        response.status = kClientClosedRequest;
+        return;
       }
+      if (last->error) {
+        return send_openai_error(
+            response,
+            ApiError{.http_status = 503, .message = *last->error, .type = "server_error"});
+      }
+      output.finish_reason = last->finish_reason;
       output.prompt_tokens = generation.prompt_tokens();
       output.completion_tokens = generation.completion_tokens();
     }
@@ -468,21 +476,14 @@ void HttpServer::Impl::handle_kserve(const httplib::Request& request, httplib::R
     const int socket_fd = connection_socket(request);  // as in handle_openai
     std::string text;
     std::vector<TokenLogProb> log_probs;
-    for (;;) {
-      GenerationUpdate update = generation->next(kPollInterval);
-      text += update.text;
-      for (TokenLogProb& entry : update.log_probs) log_probs.push_back(std::move(entry));
-      if (!update.finished) {
-        if (client_gone(socket_fd)) {
-          response.status = kClientClosedRequest;
-          return;
-        }
-        continue;
-      }
-      if (update.error) {
-        return send_kserve_error(response, ApiError{.http_status = 503, .message = *update.error});
-      }
-      break;
+    const std::optional<GenerationUpdate> last =
+        await_whole_output(*generation, socket_fd, &text, &log_probs);
+    if (!last) {
+      response.status = kClientClosedRequest;
+      return;
+    }
+    if (last->error) {
+      return send_kserve_error(response, ApiError{.http_status = 503, .message = *last->error});
     }
     const Json output =
         kserve_output_json(model_, prefix + text, parsed.return_log_probs ? &log_probs : nullptr);

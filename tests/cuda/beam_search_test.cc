@@ -4,9 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <filesystem>
+#include <span>
 
 #include "cuda_test_util.h"
+#include "engine_test_util.h"
 #include "kernels/backend_factory.h"
 #include "runtime/beam_search.h"
 #include "runtime/engine.h"
@@ -47,49 +48,23 @@ double log_probability_from_scratch(Engine& engine, const std::vector<int32_t>& 
                                     const std::vector<int32_t>& output) {
   std::vector<int32_t> tokens = prompt;
   tokens.insert(tokens.end(), output.begin(), output.end());
-  const int64_t block_size = engine.kv_cache().view().block_size;
-  StepBlocks blocks(engine.kv_cache());
-  const std::vector<int32_t> table =
-      blocks.allocate((int64_t(tokens.size()) + block_size - 1) / block_size).value();
-  StepInput step;
-  step.token_ids = tokens;
-  step.query_start = {0, int32_t(tokens.size())};
-  step.context_length = {int32_t(tokens.size())};
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    step.positions.push_back(int32_t(i));
-    step.slot_mapping.push_back(table[i / size_t(block_size)] * int32_t(block_size) +
-                                int32_t(i % size_t(block_size)));
-  }
   // The rows that predict each output token.
-  for (size_t i = 0; i < output.size(); ++i)
-    step.logit_rows.push_back(int32_t(prompt.size() + i) - 1);
-  step.max_blocks_per_sequence = int64_t(table.size());
-  step.block_table = table;
-  const std::vector<float> logits = engine.model().forward(step, engine.kv_cache().view()).value();
+  std::vector<int32_t> rows;
+  for (size_t i = 0; i < output.size(); ++i) rows.push_back(int32_t(prompt.size() + i) - 1);
+  const std::vector<float> logits = test::forward_from_scratch(engine, tokens, rows);
   const size_t vocab = logits.size() / output.size();
   double sum = 0;
   for (size_t i = 0; i < output.size(); ++i) {
-    const float* row = logits.data() + i * vocab;
-    const float maximum = *std::max_element(row, row + vocab);
-    double total = 0;
-    for (size_t v = 0; v < vocab; ++v) total += std::exp(double(row[v]) - maximum);
-    sum += double(row[size_t(output[i])]) - maximum - std::log(total);
+    const std::span<const float> row(logits.data() + i * vocab, vocab);
+    sum += double(row[size_t(output[i])]) - log_sum_exp(row);
   }
   return sum;
 }
 
 TEST(CudaBeamSearch, BeamScoresAreTheirLogProbabilities) {
   KITE_REQUIRE_GPU();
-  const std::string model_dir = test::temp_dir();
-  const std::string fixture = test::source_dir() + "/tests/fixtures/tiny_llama";
-  for (const char* name : {"config.json", "tokenizer.json"}) {
-    std::filesystem::copy_file(fixture + "/" + name, model_dir + "/" + name);
-  }
-  const std::string checkpoint = test::temp_dir() + "/bf16";
-  ASSERT_EQ(test::run_kite("convert --random --dtype bfloat16 --model_dir " + model_dir +
-                           " --output_dir " + checkpoint)
-                .exit_code,
-            0);
+  const std::string checkpoint = test::make_tiny_checkpoint("bfloat16");
+  ASSERT_FALSE(checkpoint.empty());
   // 4-token blocks: the beams share and copy blocks at most steps.
   const std::string engine_dir = test::build_engine(
       checkpoint,

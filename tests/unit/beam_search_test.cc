@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/file.h"
+#include "engine_test_util.h"
 #include "runtime/engine.h"
 #include "test_util.h"
 
@@ -140,28 +141,9 @@ std::string* BeamSearchEngine::engine_dir_ = nullptr;
 
 // log softmax of the last position's logits for `tokens` computed alone in fresh blocks.
 std::vector<float> log_probs_from_scratch(Engine& engine, const std::vector<int32_t>& tokens) {
-  const int64_t block_size = engine.kv_cache().view().block_size;
-  StepBlocks blocks(engine.kv_cache());
-  const std::vector<int32_t> table =
-      blocks.allocate((int64_t(tokens.size()) + block_size - 1) / block_size).value();
-  StepInput step;
-  step.token_ids = tokens;
-  step.query_start = {0, int32_t(tokens.size())};
-  step.context_length = {int32_t(tokens.size())};
-  step.logit_rows = {int32_t(tokens.size()) - 1};
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    step.positions.push_back(int32_t(i));
-    step.slot_mapping.push_back(table[i / size_t(block_size)] * int32_t(block_size) +
-                                int32_t(i % size_t(block_size)));
-  }
-  step.max_blocks_per_sequence = int64_t(table.size());
-  step.block_table = table;
-  std::vector<float> logits = engine.model().forward(step, engine.kv_cache().view()).value();
-  const float maximum = *std::max_element(logits.begin(), logits.end());
-  double sum = 0;
-  for (float value : logits) sum += std::exp(double(value) - double(maximum));
-  const double log_total = double(maximum) + std::log(sum);
-  for (float& value : logits) value = float(double(value) - log_total);
+  std::vector<float> logits =
+      test::forward_from_scratch(engine, tokens, {int32_t(tokens.size()) - 1});
+  log_softmax(logits);
   return logits;
 }
 

@@ -262,16 +262,8 @@ TEST_F(EngineCommands, BuildTakesTheKvCacheDtype) {
             std::string::npos)
       << unknown.output;
   // (For CUDA the checkpoint must be 16-bit; a float32 one is refused for that first.)
-  const std::string model_dir = test::temp_dir();
-  for (const char* name : {"config.json", "tokenizer.json"}) {
-    std::filesystem::copy_file(test::source_dir() + "/tests/fixtures/tiny_llama/" + name,
-                               model_dir + "/" + name);
-  }
-  const std::string bf16 = test::temp_dir() + "/bf16";
-  ASSERT_EQ(test::run_kite("convert --random --dtype bfloat16 --model_dir " + model_dir +
-                           " --output_dir " + bf16)
-                .exit_code,
-            0);
+  const std::string bf16 = test::make_tiny_checkpoint("bfloat16");
+  ASSERT_FALSE(bf16.empty());
   const test::CommandResult cuda =
       test::run_kite("build --checkpoint_dir " + bf16 + " --output_dir " + output +
                      " --device cuda --kv_cache_dtype fp8");
@@ -294,16 +286,8 @@ TEST_F(EngineCommands, BuildForCudaRefusesWhatCannotRun) {
   EXPECT_EQ(unknown.exit_code, 2);
   EXPECT_NE(unknown.output.find("choose cpu or cuda"), std::string::npos) << unknown.output;
   if (cuda_devices_visible()) GTEST_SKIP() << "this machine has a GPU";
-  const std::string model_dir = test::temp_dir();
-  const std::string fixture = test::source_dir() + "/tests/fixtures/tiny_llama";
-  for (const char* name : {"config.json", "tokenizer.json"}) {
-    std::filesystem::copy_file(fixture + "/" + name, model_dir + "/" + name);
-  }
-  const std::string bf16 = test::temp_dir() + "/bf16";
-  ASSERT_EQ(test::run_kite("convert --random --dtype bfloat16 --model_dir " + model_dir +
-                           " --output_dir " + bf16)
-                .exit_code,
-            0);
+  const std::string bf16 = test::make_tiny_checkpoint("bfloat16");
+  ASSERT_FALSE(bf16.empty());
   const test::CommandResult no_gpu = test::run_kite("build --checkpoint_dir " + bf16 +
                                                     " --output_dir " + output + " --device cuda");
   EXPECT_EQ(no_gpu.exit_code, 1);

@@ -73,14 +73,14 @@ CommandResult run_kite(const std::string& arguments) {
   return result;
 }
 
-std::string make_tiny_checkpoint() {
+std::string make_tiny_checkpoint(const std::string& dtype) {
   const std::string fixture = source_dir() + "/tests/fixtures/tiny_llama";
   const std::string model_dir = temp_dir();
   for (const char* name : {"config.json", "tokenizer.json", "tokenizer_config.json"}) {
     std::filesystem::copy_file(fixture + "/" + name, model_dir + "/" + name);
   }
   const std::string checkpoint = temp_dir() + "/checkpoint";
-  const CommandResult convert = run_kite("convert --random --dtype float32 --model_dir " +
+  const CommandResult convert = run_kite("convert --random --dtype " + dtype + " --model_dir " +
                                          model_dir + " --output_dir " + checkpoint);
   EXPECT_EQ(convert.exit_code, 0) << convert.output;
   return convert.exit_code == 0 ? checkpoint : "";
