@@ -74,8 +74,8 @@ struct AttentionParams {
   int head_chunks;
   int heads_per_cta;
   int num_splits;
-  float* partial_out;  // [num_splits][T][Hq][D], when num_splits > 1
-  float* partial_lse;  // [num_splits][T][Hq], log2 of each split's softmax denominator
+  float* partial_out;   // [num_splits][T][Hq][D], when num_splits > 1
+  float* partial_lse;   // [num_splits][T][Hq], log2 of each split's softmax denominator
   int* split_counters;  // [T][Hkv * head_chunks]: splits finished, when num_splits > 1
   // Decode with RoPE fused (decode_rope_attention): queries and the new token's key and value
   // come unrotated from qkv [T, (Hq + 2 Hkv) * D] instead of q and the cache; null otherwise.
@@ -273,7 +273,8 @@ __device__ __forceinline__ uint4 pack8(const float (&values)[8]) {
   uint4 vector;
   uint32_t* words = reinterpret_cast<uint32_t*>(&vector);
 #pragma unroll
-  for (int i = 0; i < 4; ++i) words[i] = ElementOps<Element>::pack(values[2 * i], values[2 * i + 1]);
+  for (int i = 0; i < 4; ++i)
+    words[i] = ElementOps<Element>::pack(values[2 * i], values[2 * i + 1]);
   return vector;
 }
 
@@ -299,7 +300,7 @@ __device__ void merge_if_last(const AttentionParams& p, int token, int first_hea
   if (!*last) return;
   __threadfence();
 
-  float* weights = shared;                                  // [head][split]
+  float* weights = shared;                                       // [head][split]
   float* inverse_total = shared + kMaxDecodeHeads * kMaxSplits;  // [head]
   const int64_t split_stride = int64_t(p.num_tokens) * p.num_q_heads;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -340,7 +341,6 @@ __device__ void merge_if_last(const AttentionParams& p, int token, int first_hea
 template <typename Element, int kHeadDim, int kMaxHeads>
 __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionParams p) {
   pdl_launch_dependents();
-  pdl_wait();
   using Shape = DecodeShape<kHeadDim>;
   constexpr int kThreadsPerKey = Shape::kThreadsPerKey;
   constexpr int kKeyLanes = Shape::kKeyLanes;
@@ -357,7 +357,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
   const int first_head = kv_head * p.group + chunk * p.heads_per_cta;
   const int heads = min(p.heads_per_cta, p.group - chunk * p.heads_per_cta);
   const int token = p.query_start[sequence];
-  if (p.query_start[sequence + 1] == token || heads <= 0) return;
+  if (p.query_start[sequence + 1] == token || heads <= 0) {
+    pdl_wait();  // a CTA finishes after its predecessors (launch.cuh)
+    return;
+  }
   const int counter = (token * p.num_kv_heads + kv_head) * p.head_chunks + chunk;
 
   // This split's share of the visible positions [first, position], whole tiles each.
@@ -369,6 +372,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
   const int split_end = min(position + 1, split_begin + split_tiles * kTileKeys);
   if (split_begin >= split_end) {
     // A split past the end of a short context: weight exp2(-inf) = 0 in the merge.
+    pdl_wait();
     if (threadIdx.x < heads) {
       p.partial_lse[(int64_t(split) * p.num_tokens + token) * p.num_q_heads + first_head +
                     threadIdx.x] = -INFINITY;
@@ -383,13 +387,55 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
   const int32_t* block_table = p.block_table + int64_t(sequence) * p.max_blocks_per_sequence;
   const int64_t value_offset = int64_t(p.num_kv_heads) * p.block_size * kHeadDim;
 
-  // query[h] = (rotated) q[token, first_head + h, this thread's 8 elements] * scale * log2(e)
+  // Before the previous kernel has finished (PDL), only what no kernel of this step writes is read:
+  // the step's metadata (uploaded before its first kernel) and the cache rows of earlier
+  // positions (written by earlier steps). So the first tiles' loads, all but the new token's row,
+  // and the RoPE angles are issued before pdl_wait(); the queries, the new token's key and value
+  // and everything written come after it.
   const bool fused_rope = p.qkv != nullptr;
+  const RopeChunk rope = fused_rope ? RopeChunk(p, part, position) : RopeChunk();
+
+  // Slot of (stage, key=0 / value=1, row i) of this thread: 16 bytes, consecutive across threads.
+  auto slot = [&](int stage, int kv, int i) {
+    return decode_shared + stage * kDecodeStageBytes +
+           ((kv * kDecodeKeysPerThread + i) * kDecodeThreads + threadIdx.x) * 16;
+  };
+  const int tiles = (split_end - split_begin + kTileKeys - 1) / kTileKeys;
+  uint4 new_key{}, new_value{};  // RoPE fused: the new token's, once read after pdl_wait()
+  // Copies tile `tile` of the split into its stage (nothing past the split) and commits a group.
+  // The new token's row is left out before pdl_wait() (fill_new_row() writes it after); after it,
+  // with RoPE fused, it is written from registers.
+  auto issue_tile = [&](int tile, bool waited) {
+    const int tile_begin = split_begin + tile * kTileKeys;
+#pragma unroll
+    for (int i = 0; i < kDecodeKeysPerThread; ++i) {
+      const int key = tile_begin + i * kKeyLanes + key_lane;
+      if (key == position && (fused_rope || !waited)) {
+        if (waited) {
+          *reinterpret_cast<uint4*>(slot(tile % kDecodeStages, 0, i)) = new_key;
+          *reinterpret_cast<uint4*>(slot(tile % kDecodeStages, 1, i)) = new_value;
+        }
+      } else if (key < split_end) {
+        const int block_index = p.block_divider.divide(key);
+        const Element* key_row = cache +
+                                 cache_offset(p, block_table[block_index], 0, kv_head,
+                                              key - block_index * p.block_size) +
+                                 8 * part;
+        copy_async_16(slot(tile % kDecodeStages, 0, i), key_row);
+        copy_async_16(slot(tile % kDecodeStages, 1, i), key_row + value_offset);
+      }
+    }
+    copy_async_commit();
+  };
+#pragma unroll
+  for (int stage = 0; stage < kDecodeStages - 1; ++stage) issue_tile(stage, false);
+  pdl_wait();
+
+  // query[h] = (rotated) q[token, first_head + h, this thread's 8 elements] * scale * log2(e)
   const int qkv_width = (p.num_q_heads + 2 * p.num_kv_heads) * kHeadDim;
   const Element* q_row =
       fused_rope ? static_cast<const Element*>(p.qkv) + int64_t(token) * qkv_width
                  : static_cast<const Element*>(p.q) + int64_t(token) * p.num_q_heads * kHeadDim;
-  const RopeChunk rope = fused_rope ? RopeChunk(p, part, position) : RopeChunk();
   float query[kMaxHeads][8];
 #pragma unroll
   for (int h = 0; h < kMaxHeads; ++h) {
@@ -408,53 +454,42 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
     }
   }
 
-  // With RoPE fused, the new token's key (rotated) and value, for the split that ends with it.
-  const bool has_new_key = fused_rope && split_end == position + 1;
-  uint4 new_key{}, new_value{};
-  if (has_new_key) {
-    const Element* key_row = q_row + (p.num_q_heads + kv_head) * kHeadDim;
-    float key[8];
-    rope.apply<Element>(key_row, part, key);
-    new_key = pack8<Element>(key);
-    new_value = *reinterpret_cast<const uint4*>(key_row + p.num_kv_heads * kHeadDim + 8 * part);
-    const int slot = p.slot_mapping[token];
-    if (chunk == 0 && key_lane == 0 && slot >= 0) {  // one store per kv head (a padding token: none)
-      const int block = p.block_divider.divide(slot);
-      Element* destination =
-          cache + cache_offset(p, block, 0, kv_head, slot - block * p.block_size) + 8 * part;
-      *reinterpret_cast<uint4*>(destination) = new_key;
-      *reinterpret_cast<uint4*>(destination + value_offset) = new_value;
-    }
-  }
-
-  // Slot of (stage, key=0 / value=1, row i) of this thread: 16 bytes, consecutive across threads.
-  auto slot = [&](int stage, int kv, int i) {
-    return decode_shared + stage * kDecodeStageBytes +
-           ((kv * kDecodeKeysPerThread + i) * kDecodeThreads + threadIdx.x) * 16;
-  };
-  const int tiles = (split_end - split_begin + kTileKeys - 1) / kTileKeys;
-  // Copies tile `tile` of the split into its stage (nothing past the split) and commits a group.
-  // The new token's key and value (RoPE fused) are written from registers instead.
-  auto issue_tile = [&](int tile) {
-    const int tile_begin = split_begin + tile * kTileKeys;
-#pragma unroll
-    for (int i = 0; i < kDecodeKeysPerThread; ++i) {
-      const int key = tile_begin + i * kKeyLanes + key_lane;
-      if (has_new_key && key == position) {
-        *reinterpret_cast<uint4*>(slot(tile % kDecodeStages, 0, i)) = new_key;
-        *reinterpret_cast<uint4*>(slot(tile % kDecodeStages, 1, i)) = new_value;
-      } else if (key < split_end) {
-        const int block_index = p.block_divider.divide(key);
-        const Element* key_row = cache +
-                                 cache_offset(p, block_table[block_index], 0, kv_head,
-                                              key - block_index * p.block_size) +
-                                 8 * part;
-        copy_async_16(slot(tile % kDecodeStages, 0, i), key_row);
-        copy_async_16(slot(tile % kDecodeStages, 1, i), key_row + value_offset);
+  // The new token's key and value: with RoPE fused, rotated from qkv (and stored in the cache by
+  // one CTA per kv head), else as the previous kernel stored them. Into its slot, if the tiles
+  // issued before pdl_wait() hold it.
+  if (split_end == position + 1) {
+    if (fused_rope) {
+      const Element* key_row = q_row + (p.num_q_heads + kv_head) * kHeadDim;
+      float key[8];
+      rope.apply<Element>(key_row, part, key);
+      new_key = pack8<Element>(key);
+      new_value = *reinterpret_cast<const uint4*>(key_row + p.num_kv_heads * kHeadDim + 8 * part);
+      const int slot = p.slot_mapping[token];
+      if (chunk == 0 && key_lane == 0 && slot >= 0) {  // one store per kv head (padding: none)
+        const int block = p.block_divider.divide(slot);
+        Element* destination =
+            cache + cache_offset(p, block, 0, kv_head, slot - block * p.block_size) + 8 * part;
+        *reinterpret_cast<uint4*>(destination) = new_key;
+        *reinterpret_cast<uint4*>(destination + value_offset) = new_value;
       }
     }
-    copy_async_commit();
-  };
+    const int tile = (position - split_begin) / kTileKeys;
+    const int i = (position - split_begin) % kTileKeys / kKeyLanes;
+    if (tile < kDecodeStages - 1 && (position - split_begin) % kKeyLanes == key_lane) {
+      if (!fused_rope) {
+        const int block_index = p.block_divider.divide(position);
+        const Element* key_row = cache +
+                                 cache_offset(p, block_table[block_index], 0, kv_head,
+                                              position - block_index * p.block_size) +
+                                 8 * part;
+        new_key = __ldcg(reinterpret_cast<const uint4*>(key_row));
+        new_value = __ldcg(reinterpret_cast<const uint4*>(key_row + value_offset));
+      }
+      // This thread reads the slot back itself: program order is enough.
+      *reinterpret_cast<uint4*>(slot(tile % kDecodeStages, 0, i)) = new_key;
+      *reinterpret_cast<uint4*>(slot(tile % kDecodeStages, 1, i)) = new_value;
+    }
+  }
 
   float running_max[kMaxHeads], running_sum[kMaxHeads], accumulator[kMaxHeads][8];
 #pragma unroll
@@ -465,11 +500,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
     for (int e = 0; e < 8; ++e) accumulator[h][e] = 0.0f;
   }
 
-#pragma unroll
-  for (int stage = 0; stage < kDecodeStages - 1; ++stage) issue_tile(stage);
   for (int tile = 0; tile < tiles; ++tile) {
     // The stage refilled here was read by this thread in the previous iteration.
-    issue_tile(tile + kDecodeStages - 1);
+    issue_tile(tile + kDecodeStages - 1, true);
     copy_async_wait<kDecodeStages - 1>();
     const int stage = tile % kDecodeStages;
     const int tile_begin = split_begin + tile * kTileKeys;
@@ -603,61 +636,74 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
   }
 }
 
-
-// ---- prefill: FlashAttention-2 on mma.sync, one CTA per (64 query rows, query head) ----
+// ---- prefill: FlashAttention-2 on mma.sync, one CTA per (128 query rows, query head) ----
 //
-// 4 warps; warp w owns query rows 16w..16w+15 of the tile. Shared memory holds the Q tile and one
-// K and one V tile of 64 keys, rows padded by 16 bytes so that ldmatrix is free of bank conflicts.
-// The V tile is fetched while S = Q K^T is computed, the next K tile while O += P V is computed.
-// Thread (group g = lane / 4, t = lane % 4) holds rows g and g + 8 of its warp's 16: S and O in
-// the mma accumulator layout (columns 2t, 2t + 1 of every 8-column tile), so P feeds the second
-// product from registers.
+// Warp w owns query rows 16w..16w+15 of the CTA's tile. Shared memory holds the Q tile and a
+// two-stage ring of (K, V) tiles of 64 keys, rows padded by 16 bytes so that ldmatrix is free of
+// bank conflicts: the loads of tile j + 1 are issued as the CTA starts on tile j, so they have a
+// whole tile of math to land in, and the loop has one barrier a tile. Thread (group g = lane / 4,
+// t = lane % 4) holds rows g and g + 8 of its warp's 16: S and O in the mma accumulator layout
+// (columns 2t, 2t + 1 of every 8-column tile), so P feeds the second product from registers.
+// Scores stay unscaled until the exponential, 2^(s scale log2(e) - m scale log2(e)) in one FMA;
+// only tiles that cut a warp's visible range (the causal diagonal, a sliding window's edge, the
+// ends of the context) are masked.
 
-constexpr int kPrefillRows = 64;
 constexpr int kPrefillKeys = 64;
-constexpr int kPrefillThreads = 128;
+// 8 warps (128 query rows) with Q in registers: ~210 registers a thread, one CTA an SM. On an H100
+// (Llama-3-8B, 2048-token prefill) faster than 4 warps with two CTAs an SM (49.2 against 51.3 ms
+// a step) and than 8 warps reading Q from shared memory at 128 registers, two CTAs an SM (50.6).
+constexpr int kPrefillWarps = 8;
 
-template <int kHeadDim>
+template <int kHeadDim, int kWarps>
 struct PrefillShape {
+  static constexpr int kRows = 16 * kWarps;
+  static constexpr int kThreads = 32 * kWarps;
   static constexpr int kRowStride = kHeadDim + 8;  // elements
   static constexpr int kChunksPerRow = kHeadDim / 8;
-  static constexpr int kSharedBytes = (kPrefillRows + 2 * kPrefillKeys) * kRowStride * 2;
+  static constexpr int kTileElements = kPrefillKeys * kRowStride;
+  // Q, then [stage][K, V] tiles.
+  static constexpr int kSharedBytes = (kRows * kRowStride + 4 * kTileElements) * 2;
 };
 
-template <typename Element, int kHeadDim>
-__global__ void __launch_bounds__(kPrefillThreads, 3) prefill_kernel(const AttentionParams p) {
+template <typename Element, int kHeadDim, int kWarps>
+__global__ void __launch_bounds__(32 * kWarps, 1) prefill_kernel(const AttentionParams p) {
   pdl_launch_dependents();
   pdl_wait();
-  using Shape = PrefillShape<kHeadDim>;
+  using Shape = PrefillShape<kHeadDim, kWarps>;
   using Ops = ElementOps<Element>;
+  constexpr int kRows = Shape::kRows;
+  constexpr int kThreads = Shape::kThreads;
   constexpr int kRowStride = Shape::kRowStride;
   constexpr int kChunksPerRow = Shape::kChunksPerRow;
   constexpr int kKeySteps = kHeadDim / 16;  // k-steps of S = Q K^T
   constexpr int kOutputTiles = kHeadDim / 8;
   constexpr int kScoreTiles = kPrefillKeys / 8;
+  static_assert(kThreads >= kPrefillKeys);
   extern __shared__ __align__(16) unsigned char prefill_shared[];
   __shared__ int cta_first_key, cta_last_key;
   __shared__ int64_t row_offset[2][kPrefillKeys];
   Element* q_tile = reinterpret_cast<Element*>(prefill_shared);
-  Element* k_tile = q_tile + kPrefillRows * kRowStride;
-  Element* v_tile = k_tile + kPrefillKeys * kRowStride;
+  Element* kv_tiles = q_tile + kRows * kRowStride;
+  auto key_tile = [&](int stage) { return kv_tiles + 2 * stage * Shape::kTileElements; };
+  auto value_tile = [&](int stage) { return kv_tiles + (2 * stage + 1) * Shape::kTileElements; };
 
   const int sequence = blockIdx.z;
   const int q_head = blockIdx.y;
   const int kv_head = q_head / p.group;
   const int query_end = p.query_start[sequence + 1];
   // The longest sequences' last tiles (the most keys) start first.
-  const int row_begin = p.query_start[sequence] + int(gridDim.x - 1 - blockIdx.x) * kPrefillRows;
+  const int row_begin = p.query_start[sequence] + int(gridDim.x - 1 - blockIdx.x) * kRows;
   if (row_begin >= query_end) return;
-  const int rows = min(kPrefillRows, query_end - row_begin);
+  const int rows = min(kRows, query_end - row_begin);
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int group_row = lane / 4;
   const int group_column = 2 * (lane % 4);
 
   // Visible keys of rows g and g + 8: [row_first, row_last]; empty (last = -1) for padding rows.
+  // The warp sees keys in [warp_first, warp_last], all its rows see [widest_first, narrowest_last].
   int row_first[2], row_last[2];
-  int warp_first = INT_MAX, warp_last = -1;
+  int warp_first = INT_MAX, warp_last = -1, widest_first = 0, narrowest_last = INT_MAX;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = warp * 16 + group_row + 8 * r;
@@ -669,11 +715,15 @@ __global__ void __launch_bounds__(kPrefillThreads, 3) prefill_kernel(const Atten
       warp_first = min(warp_first, row_first[r]);
       warp_last = max(warp_last, row_last[r]);
     }
+    widest_first = max(widest_first, row_first[r]);
+    narrowest_last = min(narrowest_last, row_last[r]);
   }
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
     warp_first = min(warp_first, __shfl_xor_sync(0xffffffffu, warp_first, offset));
     warp_last = max(warp_last, __shfl_xor_sync(0xffffffffu, warp_last, offset));
+    widest_first = max(widest_first, __shfl_xor_sync(0xffffffffu, widest_first, offset));
+    narrowest_last = min(narrowest_last, __shfl_xor_sync(0xffffffffu, narrowest_last, offset));
   }
   if (threadIdx.x == 0) {
     cta_first_key = INT_MAX;
@@ -686,13 +736,12 @@ __global__ void __launch_bounds__(kPrefillThreads, 3) prefill_kernel(const Atten
   }
   __syncthreads();
   const int first_key = cta_first_key;
-  const int last_key = cta_last_key;
+  const int last_key = cta_last_key;  // >= 0: the first row sees at least its own position
 
   // Tile rows: row_offset[buffer][row] is the cache offset of the key at position tile_begin + row
   // (its block, kv head and slot; its value is value_offset further), -1 outside [first_key,
   // last_key], which is never read. One division and table lookup per key, shared by the K and V
-  // loads of the tile; two buffers, so the next tile's rows are found while this tile's are still
-  // in use.
+  // loads; tile j uses buffer j % 2, written two tiles ahead.
   const auto* cache = static_cast<const Element*>(p.cache_layer);
   const int32_t* block_table = p.block_table + int64_t(sequence) * p.max_blocks_per_sequence;
   const int64_t value_offset = int64_t(p.num_kv_heads) * p.block_size * kHeadDim;
@@ -709,16 +758,19 @@ __global__ void __launch_bounds__(kPrefillThreads, 3) prefill_kernel(const Atten
       row_offset[buffer][threadIdx.x] = offset;
     }
   };
-  // Copies keys (kv_offset 0) or values (value_offset) of the tile into `tile`, zeros where the
-  // row is outside the range.
-  auto load_cache_tile = [&](Element* tile, int64_t kv_offset, const int64_t* rows_of_tile) {
-    for (int chunk = threadIdx.x; chunk < kPrefillKeys * kChunksPerRow; chunk += kPrefillThreads) {
-      const int row = chunk / kChunksPerRow;
+  // Copies the keys and values of a tile into `stage`, zeros for rows outside the range (a P of 0
+  // times stale bytes could be NaN).
+  auto load_tiles = [&](int stage, const int64_t* rows_of_tile) {
+    constexpr int kTileChunks = kPrefillKeys * kChunksPerRow;
+#pragma unroll
+    for (int chunk = threadIdx.x; chunk < 2 * kTileChunks; chunk += kThreads) {
+      const int kv = chunk / kTileChunks;
+      const int row = chunk % kTileChunks / kChunksPerRow;
       const int column = 8 * (chunk % kChunksPerRow);
-      Element* destination = tile + row * kRowStride + column;
+      Element* destination = (kv ? value_tile(stage) : key_tile(stage)) + row * kRowStride + column;
       const int64_t offset = rows_of_tile[row];
       if (offset >= 0) {
-        copy_async_16(destination, cache + offset + kv_offset + column);
+        copy_async_16(destination, cache + offset + kv * value_offset + column);
       } else {
         *reinterpret_cast<uint4*>(destination) = make_uint4(0, 0, 0, 0);
       }
@@ -726,10 +778,13 @@ __global__ void __launch_bounds__(kPrefillThreads, 3) prefill_kernel(const Atten
   };
 
   const int first_tile_begin = first_key / kPrefillKeys * kPrefillKeys;
+  const int tiles = (last_key - first_tile_begin) / kPrefillKeys + 1;
   find_rows(0, first_tile_begin);
+  if (tiles > 1) find_rows(1, first_tile_begin + kPrefillKeys);
   // Q rows past the sequence's tokens are zero.
   const auto* q = static_cast<const Element*>(p.q);
-  for (int chunk = threadIdx.x; chunk < kPrefillRows * kChunksPerRow; chunk += kPrefillThreads) {
+#pragma unroll
+  for (int chunk = threadIdx.x; chunk < kRows * kChunksPerRow; chunk += kThreads) {
     const int row = chunk / kChunksPerRow;
     const int column = 8 * (chunk % kChunksPerRow);
     Element* destination = q_tile + row * kRowStride + column;
@@ -740,8 +795,8 @@ __global__ void __launch_bounds__(kPrefillThreads, 3) prefill_kernel(const Atten
       *reinterpret_cast<uint4*>(destination) = make_uint4(0, 0, 0, 0);
     }
   }
-  __syncthreads();  // the first tile's rows
-  load_cache_tile(k_tile, 0, row_offset[0]);
+  __syncthreads();  // the first tiles' rows
+  load_tiles(0, row_offset[0]);
   copy_async_commit();
 
   uint32_t q_fragment[kKeySteps][4];
@@ -751,116 +806,112 @@ __global__ void __launch_bounds__(kPrefillThreads, 3) prefill_kernel(const Atten
 #pragma unroll
     for (int c = 0; c < 4; ++c) output[n][c] = 0.0f;
   }
-  float row_max[2] = {-INFINITY, -INFINITY};
+  float row_max[2] = {-INFINITY, -INFINITY};  // unscaled scores
   float row_sum[2] = {0.0f, 0.0f};  // this thread's columns only; summed over the 4 at the end
 
-  for (int tile_begin = first_tile_begin, buffer = 0; tile_begin <= last_key;
-       tile_begin += kPrefillKeys, buffer ^= 1) {
-    // K of this tile (and Q) landed; every warp is done with the previous V tile.
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int stage = tile & 1;
+    const int tile_begin = first_tile_begin + tile * kPrefillKeys;
+    // This tile's K and V (and Q) landed; every warp is done with the other stage and the
+    // next tile's rows are found.
     copy_async_wait<0>();
     __syncthreads();
-    if (tile_begin == first_tile_begin) {
+    if (tile + 1 < tiles) load_tiles(stage ^ 1, row_offset[stage ^ 1]);
+    copy_async_commit();
+    if (tile + 2 < tiles) find_rows(stage, tile_begin + 2 * kPrefillKeys);
+    if (tile == 0) {
 #pragma unroll
       for (int step = 0; step < kKeySteps; ++step) {
         load_matrix_x4(q_fragment[step], q_tile + (warp * 16 + (lane & 15)) * kRowStride +
                                              step * 16 + (lane >> 4) * 8);
       }
     }
-    load_cache_tile(v_tile, value_offset, row_offset[buffer]);
-    copy_async_commit();
-    const bool has_next_tile = tile_begin + kPrefillKeys <= last_key;
-    if (has_next_tile) find_rows(buffer ^ 1, tile_begin + kPrefillKeys);
 
     // A warp whose rows see no key of this tile skips it (causal diagonal, sliding window).
     const bool warp_active =
         warp_last >= 0 && tile_begin <= warp_last && tile_begin + kPrefillKeys > warp_first;
+    if (!warp_active) continue;
+    const Element* k_tile = key_tile(stage);
+    const Element* v_tile = value_tile(stage);
+
+    // S = Q K^T: B fragments of two 8-key tiles per ldmatrix (keys are K^T's columns).
     float score[kScoreTiles][4];
-    if (warp_active) {
-      // S = Q K^T: B fragments of two 8-key tiles per ldmatrix (keys are K^T's columns).
 #pragma unroll
-      for (int n = 0; n < kScoreTiles; ++n) {
+    for (int n = 0; n < kScoreTiles; ++n) {
 #pragma unroll
-        for (int c = 0; c < 4; ++c) score[n][c] = 0.0f;
-      }
+      for (int c = 0; c < 4; ++c) score[n][c] = 0.0f;
+    }
 #pragma unroll
-      for (int step = 0; step < kKeySteps; ++step) {
+    for (int step = 0; step < kKeySteps; ++step) {
 #pragma unroll
-        for (int pair = 0; pair < kScoreTiles / 2; ++pair) {
-          uint32_t key_fragment[4];
-          load_matrix_x4(key_fragment, k_tile +
-                                           (pair * 16 + (lane & 7) + (lane >> 4) * 8) * kRowStride +
-                                           step * 16 + ((lane >> 3) & 1) * 8);
-          Ops::mma(score[2 * pair], q_fragment[step], key_fragment[0], key_fragment[1]);
-          Ops::mma(score[2 * pair + 1], q_fragment[step], key_fragment[2], key_fragment[3]);
-        }
+      for (int pair = 0; pair < kScoreTiles / 2; ++pair) {
+        uint32_t key_fragment[4];
+        load_matrix_x4(key_fragment, k_tile +
+                                         (pair * 16 + (lane & 7) + (lane >> 4) * 8) * kRowStride +
+                                         step * 16 + ((lane >> 3) & 1) * 8);
+        Ops::mma(score[2 * pair], q_fragment[step], key_fragment[0], key_fragment[1]);
+        Ops::mma(score[2 * pair + 1], q_fragment[step], key_fragment[2], key_fragment[3]);
       }
     }
-    __syncthreads();  // every warp is done with this K tile; the next tile's rows are found
-    if (has_next_tile) load_cache_tile(k_tile, 0, row_offset[buffer ^ 1]);
-    copy_async_commit();
 
-    if (warp_active) {
-      // Mask, then online softmax per row: m' = max(m, max_j s_j), O *= 2^(m - m'), p = 2^(s - m').
+    // Mask where some row of the warp does not see the whole tile.
+    if (tile_begin < widest_first || tile_begin + kPrefillKeys - 1 > narrowest_last) {
 #pragma unroll
       for (int n = 0; n < kScoreTiles; ++n) {
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
           const int key = tile_begin + 8 * n + group_column + (c & 1);
           const int r = c >> 1;
-          score[n][c] =
-              key >= row_first[r] && key <= row_last[r] ? score[n][c] * p.scale_log2 : -INFINITY;
+          if (key < row_first[r] || key > row_last[r]) score[n][c] = -INFINITY;
         }
       }
+    }
+    // Online softmax per row: m' = max(m, max_j s_j), O *= 2^((m - m') c), p = 2^((s - m') c)
+    // with c = scale log2(e).
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float tile_max = -INFINITY;
+    for (int r = 0; r < 2; ++r) {
+      float tile_max = -INFINITY;
 #pragma unroll
-        for (int n = 0; n < kScoreTiles; ++n)
-          tile_max = fmaxf(tile_max, fmaxf(score[n][2 * r], score[n][2 * r + 1]));
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-        const float new_max = fmaxf(row_max[r], tile_max);
-        const float base = new_max == -INFINITY ? 0.0f : new_max;
-        const float correction = fast_exp2(row_max[r] - base);
-        row_max[r] = new_max;
-        row_sum[r] *= correction;
+      for (int n = 0; n < kScoreTiles; ++n)
+        tile_max = fmaxf(tile_max, fmaxf(score[n][2 * r], score[n][2 * r + 1]));
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+      const float new_max = fmaxf(row_max[r], tile_max);
+      const float base = new_max == -INFINITY ? 0.0f : new_max * p.scale_log2;
+      const float correction = fast_exp2(fmaf(row_max[r], p.scale_log2, -base));
+      row_max[r] = new_max;
+      row_sum[r] *= correction;
 #pragma unroll
-        for (int n = 0; n < kOutputTiles; ++n) {
-          output[n][2 * r] *= correction;
-          output[n][2 * r + 1] *= correction;
-        }
+      for (int n = 0; n < kOutputTiles; ++n) {
+        output[n][2 * r] *= correction;
+        output[n][2 * r + 1] *= correction;
+      }
 #pragma unroll
-        for (int n = 0; n < kScoreTiles; ++n) {
+      for (int n = 0; n < kScoreTiles; ++n) {
 #pragma unroll
-          for (int c = 2 * r; c < 2 * r + 2; ++c) {
-            score[n][c] = fast_exp2(score[n][c] - base);
-            row_sum[r] += score[n][c];
-          }
+        for (int c = 2 * r; c < 2 * r + 2; ++c) {
+          score[n][c] = fast_exp2(fmaf(score[n][c], p.scale_log2, -base));
+          row_sum[r] += score[n][c];
         }
       }
     }
 
-    copy_async_wait<1>();  // this tile's V landed (the next K may still be in flight)
-    __syncthreads();
-    if (warp_active) {
-      // O += P V: P (rounded to the element type) from the S accumulators, V^T fragments by
-      // transposing ldmatrix, two 8-column output tiles per load.
+    // O += P V: P (rounded to the element type) from the S accumulators, V^T fragments by
+    // transposing ldmatrix, two 8-column output tiles per load.
 #pragma unroll
-      for (int step = 0; step < kPrefillKeys / 16; ++step) {
-        const uint32_t probability[4] = {Ops::pack(score[2 * step][0], score[2 * step][1]),
-                                         Ops::pack(score[2 * step][2], score[2 * step][3]),
-                                         Ops::pack(score[2 * step + 1][0], score[2 * step + 1][1]),
-                                         Ops::pack(score[2 * step + 1][2], score[2 * step + 1][3])};
+    for (int step = 0; step < kPrefillKeys / 16; ++step) {
+      const uint32_t probability[4] = {Ops::pack(score[2 * step][0], score[2 * step][1]),
+                                       Ops::pack(score[2 * step][2], score[2 * step][3]),
+                                       Ops::pack(score[2 * step + 1][0], score[2 * step + 1][1]),
+                                       Ops::pack(score[2 * step + 1][2], score[2 * step + 1][3])};
 #pragma unroll
-        for (int pair = 0; pair < kOutputTiles / 2; ++pair) {
-          uint32_t value_fragment[4];
-          load_matrix_x4_transposed(
-              value_fragment, v_tile +
-                                  (step * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kRowStride +
-                                  pair * 16 + (lane >> 4) * 8);
-          Ops::mma(output[2 * pair], probability, value_fragment[0], value_fragment[1]);
-          Ops::mma(output[2 * pair + 1], probability, value_fragment[2], value_fragment[3]);
-        }
+      for (int pair = 0; pair < kOutputTiles / 2; ++pair) {
+        uint32_t value_fragment[4];
+        load_matrix_x4_transposed(
+            value_fragment, v_tile + (step * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kRowStride +
+                                pair * 16 + (lane >> 4) * 8);
+        Ops::mma(output[2 * pair], probability, value_fragment[0], value_fragment[1]);
+        Ops::mma(output[2 * pair + 1], probability, value_fragment[2], value_fragment[3]);
       }
     }
   }
@@ -896,24 +947,31 @@ void launch_decode(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
   launch_kernel(kernel, grid, kDecodeThreads, kDecodeSharedBytes, stream, p);
 }
 
+// Launched over ceil(max_query_length / rows) x Hq x sequences CTAs.
 template <typename Element, int kHeadDim>
-void launch_prefill(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
-  constexpr int kSharedBytes = PrefillShape<kHeadDim>::kSharedBytes;
-  if (kSharedBytes > 48 * 1024) {
-    KITE_CUDA_CHECK(cudaFuncSetAttribute(prefill_kernel<Element, kHeadDim>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         kSharedBytes));
-  }
-  launch_kernel(prefill_kernel<Element, kHeadDim>, grid, kPrefillThreads, kSharedBytes, stream, p);
+void launch_prefill(const AttentionParams& p, int64_t max_query_length, unsigned sequences,
+                    cudaStream_t stream) {
+  using Shape = PrefillShape<kHeadDim, kPrefillWarps>;
+  constexpr auto kernel = prefill_kernel<Element, kHeadDim, kPrefillWarps>;
+  static const bool shared_set = [] {
+    KITE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         Shape::kSharedBytes));
+    return true;
+  }();
+  (void)shared_set;
+  const dim3 grid(unsigned((max_query_length + Shape::kRows - 1) / Shape::kRows),
+                  unsigned(p.num_q_heads), sequences);
+  launch_kernel(kernel, grid, Shape::kThreads, Shape::kSharedBytes, stream, p);
 }
 
 using Launcher = void (*)(const AttentionParams&, dim3, cudaStream_t);
+using PrefillLauncher = void (*)(const AttentionParams&, int64_t, unsigned, cudaStream_t);
 
 struct AttentionKernels {
   DType dtype;
   int head_dim;
   Launcher decode;
-  Launcher prefill;
+  PrefillLauncher prefill;
 };
 
 template <typename Element, int kHeadDim>
@@ -1021,8 +1079,8 @@ void launch_decodes(AttentionParams d, const AttentionKernels& kernels, int64_t 
   d.num_splits = num_splits;
   if (num_splits > 1) {
     KITE_CHECK(workspace.partials != nullptr &&
-               workspace.partial_bytes >= attention_workspace_bytes(decodes, d.num_q_heads,
-                                                                    d.head_dim, num_splits));
+               workspace.partial_bytes >=
+                   attention_workspace_bytes(decodes, d.num_q_heads, d.head_dim, num_splits));
     KITE_CHECK(workspace.counters != nullptr &&
                workspace.counter_count >= split_counter_count(decodes, d.num_q_heads));
     d.partial_out = static_cast<float*>(workspace.partials);
@@ -1030,10 +1088,9 @@ void launch_decodes(AttentionParams d, const AttentionKernels& kernels, int64_t 
     d.split_counters = workspace.counters;
   }
   KITE_CHECK(int64_t(d.num_kv_heads) * d.head_chunks <= 65535);
-  kernels.decode(d,
-                 dim3(unsigned(decodes), unsigned(d.num_kv_heads * d.head_chunks),
-                      unsigned(num_splits)),
-                 stream);
+  kernels.decode(
+      d, dim3(unsigned(decodes), unsigned(d.num_kv_heads * d.head_chunks), unsigned(num_splits)),
+      stream);
 }
 
 }  // namespace
@@ -1044,8 +1101,8 @@ void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCache
   KITE_CHECK(q.rows() == batch.num_tokens && out.data != q.data);
   KITE_CHECK(reinterpret_cast<uintptr_t>(q.data) % 16 == 0);
   const AttentionKernels* kernels = nullptr;
-  AttentionParams p = make_params(q.dtype, q.cols(), batch, cache, layer, scale, sliding_window,
-                                  out, &kernels);
+  AttentionParams p =
+      make_params(q.dtype, q.cols(), batch, cache, layer, scale, sliding_window, out, &kernels);
   p.q = q.data;
   if (batch.num_tokens == 0) return;
   KITE_CHECK(batch.num_sequences > 0 && batch.max_query_length >= 1);
@@ -1062,19 +1119,15 @@ void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCache
     // Sequences [decodes, S): their rows of query_start and block_table.
     p.query_start = batch.query_start + decodes;
     p.block_table = batch.block_table + decodes * batch.max_blocks_per_sequence;
-    const int64_t query_tiles = ceil_div(batch.max_query_length, kPrefillRows);
-    kernels->prefill(p,
-                     dim3(unsigned(query_tiles), unsigned(p.num_q_heads),
-                          unsigned(batch.num_sequences - decodes)),
-                     stream);
+    kernels->prefill(p, batch.max_query_length, unsigned(batch.num_sequences - decodes), stream);
   }
 }
 
 bool decode_rope_attention_applies(const AttentionBatch& batch, const RopeParams& rope,
                                    int64_t head_dim) {
   return batch.max_query_length == 1 && rope.rotary_dim > 0 && rope.rotary_dim % 16 == 0 &&
-         rope.rotary_dim <= head_dim && (head_dim == 16 || head_dim == 32 || head_dim == 64 ||
-                                         head_dim == 128);
+         rope.rotary_dim <= head_dim &&
+         (head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128);
 }
 
 void decode_rope_attention(const DeviceTensor& qkv, const RopeParams& rope,
@@ -1087,8 +1140,8 @@ void decode_rope_attention(const DeviceTensor& qkv, const RopeParams& rope,
              qkv.cols() == q_columns + 2 * cache.num_kv_heads * cache.head_dim);
   KITE_CHECK(reinterpret_cast<uintptr_t>(qkv.data) % 16 == 0);
   const AttentionKernels* kernels = nullptr;
-  AttentionParams p = make_params(qkv.dtype, q_columns, batch, cache, layer, scale,
-                                  sliding_window, out, &kernels);
+  AttentionParams p =
+      make_params(qkv.dtype, q_columns, batch, cache, layer, scale, sliding_window, out, &kernels);
   if (batch.num_tokens == 0) return;
   KITE_CHECK(batch.num_sequences == batch.num_tokens);
   p.qkv = qkv.data;

@@ -9,7 +9,11 @@
 //   2. calls pdl_wait() before it reads anything an earlier kernel wrote (and before any early
 //      return), which blocks until the previous kernel has finished and its writes are visible.
 // Work that needs nothing from earlier kernels (a GEMV's first weight loads) goes between the
-// two, overlapping the previous kernel's tail. A kernel launched without the attribute (cuBLASLt's)
+// two, overlapping the previous kernel's tail: weights, what was copied to the GPU before the
+// step's first kernel (a memcpy is never overlapped, so the step's metadata), and what earlier
+// steps wrote (the KV cache of earlier positions: the host waits for each step's sampled ids).
+// Writes always come after pdl_wait(): a kernel may start while kernels before its predecessor
+// still run. A kernel launched without the attribute (cuBLASLt's)
 // simply runs after its predecessor as usual, and pdl_wait() returns at once in a kernel that was
 // launched without it. Since every kernel waits before it finishes, "finished" stays transitive
 // along the stream: a kernel's predecessors have all finished when pdl_wait() returns.
