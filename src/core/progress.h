@@ -1,5 +1,6 @@
-// Progress reporting for long work (convert, build, eval, bench): a redrawn bar on a terminal,
-// plain lines (at most one per 10% or per 5 s) when stderr is a file or a pipe.
+// Progress reporting for long work (convert, build, eval, bench): a redrawn bar on a terminal (at
+// most ten redraws a second), plain lines (at most one per 10% or per 5 s) when stderr is a file
+// or a pipe.
 #pragma once
 
 #include <chrono>
