@@ -2,6 +2,9 @@
 # Per-kernel GPU time of `kite bench` on an engine: with Nsight Systems when the machine has it
 # (kernels inside CUDA graphs traced one by one, so the sum per step shows the gaps as well), else
 # with Nsight Compute (each kernel timed alone; slower, no gaps). Prints the kernels by total time.
+# When .deps/trace/libkite_trace.so exists (scripts/gpu/trace/build.sh), first a kernel timeline
+# of a warmed-up run as it really runs (CUPTI): busy and idle GPU time, and what the gaps sit
+# between (scripts/gpu/trace/timeline.py).
 # Usage: bash scripts/gpu/profile.sh LOG_DIR ENGINE_DIR [BATCH] [INPUT,OUTPUT]
 #   e.g. bash scripts/gpu/profile.sh /tmp/prof /tmp/kite-bench/engine 1 128,32
 set -euo pipefail
@@ -16,6 +19,13 @@ kite=build-gpu/kite
 bench=("$kite" bench --engine_dir "$engine" --batch_size "$batch" --input_output_len "$lengths"
        --warm_up 0 --num_runs 1)
 summarize=(python3 scripts/gpu/kernel_summary.py)
+if [[ -f .deps/trace/libkite_trace.so ]]; then
+  KITE_TRACE_FILE="$log_dir/trace.csv" LD_PRELOAD="$root/.deps/trace/libkite_trace.so" \
+    "$kite" bench --engine_dir "$engine" --batch_size "$batch" --input_output_len "$lengths" \
+    --warm_up 1 --num_runs 1 > "$log_dir/trace_run.log" 2>&1
+  python3 scripts/gpu/trace/timeline.py "$log_dir/trace.csv"
+  echo
+fi
 if command -v nsys > /dev/null; then
   nsys profile --cuda-graph-trace=node --trace=cuda --force-overwrite=true \
     -o "$log_dir/profile" "${bench[@]}" > "$log_dir/profile_run.log" 2>&1
