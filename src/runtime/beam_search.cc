@@ -222,13 +222,13 @@ class BeamBlocks {
   std::unordered_map<int32_t, int32_t> references_;
 };
 
-// One step of `sequences` (their tokens [first, end) computed, logits for the last) and the log
-// softmax of each logit row.
+// One step of `sequences` (the tokens at positions [first, first + tokens.size()) computed, logits
+// for the last) and the log softmax of each logit row.
 struct StepSequence {
-  const std::vector<int32_t>* tokens;  // prompt, then output
+  std::span<const int32_t> tokens;
   const std::vector<int32_t>* blocks;
   size_t first;
-  size_t end;
+  size_t end() const { return first + tokens.size(); }
 };
 
 Result<std::vector<float>> run_step(Engine& engine, std::span<const StepSequence> sequences) {
@@ -237,21 +237,21 @@ Result<std::vector<float>> run_step(Engine& engine, std::span<const StepSequence
   step.query_start.push_back(0);
   int32_t longest = 0;
   for (const StepSequence& sequence : sequences) {
-    for (size_t position = sequence.first; position < sequence.end; ++position) {
-      step.token_ids.push_back((*sequence.tokens)[position]);
+    for (size_t position = sequence.first; position < sequence.end(); ++position) {
+      step.token_ids.push_back(sequence.tokens[position - sequence.first]);
       step.positions.push_back(int32_t(position));
       step.slot_mapping.push_back((*sequence.blocks)[position / size_t(block_size)] *
                                       int32_t(block_size) +
                                   int32_t(position % size_t(block_size)));
     }
     step.query_start.push_back(int32_t(step.token_ids.size()));
-    step.context_length.push_back(int32_t(sequence.end));
+    step.context_length.push_back(int32_t(sequence.end()));
     step.logit_rows.push_back(int32_t(step.token_ids.size()) - 1);
-    longest = std::max(longest, int32_t(sequence.end));
+    longest = std::max(longest, int32_t(sequence.end()));
   }
   step.max_blocks_per_sequence = engine.config().limits.block_table_width(longest);
   for (const StepSequence& sequence : sequences) {
-    const size_t used = (sequence.end + size_t(block_size) - 1) / size_t(block_size);
+    const size_t used = (sequence.end() + size_t(block_size) - 1) / size_t(block_size);
     step.block_table.insert(step.block_table.end(), sequence.blocks->begin(),
                             sequence.blocks->begin() + ptrdiff_t(used));
     step.block_table.resize(step.block_table.size() + size_t(step.max_blocks_per_sequence) - used,
@@ -303,8 +303,9 @@ Result<std::vector<BeamHypothesis>> beam_search(Engine& engine, std::span<const 
   std::vector<float> log_probs;
   const auto prefill_started = clock();
   for (size_t first = 0; first < prompt.size(); first += size_t(limits.max_num_tokens)) {
-    const StepSequence chunk{&prompt_tokens, &prompt_table, first,
-                             std::min(prompt.size(), first + size_t(limits.max_num_tokens))};
+    const size_t end = std::min(prompt.size(), first + size_t(limits.max_num_tokens));
+    const StepSequence chunk{std::span(prompt_tokens).subspan(first, end - first), &prompt_table,
+                             first};
     KITE_ASSIGN_OR_RETURN(log_probs, run_step(engine, std::span(&chunk, 1)));
   }
   if (stats) {
@@ -352,14 +353,11 @@ Result<std::vector<BeamHypothesis>> beam_search(Engine& engine, std::span<const 
     }
     if (!copies.empty()) backend.copy_kv_blocks(cache.view(), copies);
 
-    std::vector<std::vector<int32_t>> sequences;
-    for (const std::vector<int32_t>& output : search.running()) {
-      sequences.push_back(prompt_tokens);
-      sequences.back().insert(sequences.back().end(), output.begin(), output.end());
-    }
+    // Each beam computes its newest token (the last of its output).
     std::vector<StepSequence> step;
     for (int64_t beam = 0; beam < width; ++beam) {
-      step.push_back({&sequences[size_t(beam)], &tables[size_t(beam)], position, position + 1});
+      const std::vector<int32_t>& output = search.running()[size_t(beam)];
+      step.push_back({std::span(output).last(1), &tables[size_t(beam)], position});
     }
     KITE_ASSIGN_OR_RETURN(rows, run_step(engine, step));
     if (stats) {
