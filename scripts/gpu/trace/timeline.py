@@ -11,21 +11,11 @@ Usage: python3 timeline.py TRACE.csv [--split_us 1000] [--windows 3]
 """
 import argparse
 import collections
-import re
+import os
+import sys
 
-
-def short_name(name: str) -> str:
-    name = name.strip()
-    if name.endswith(")"):  # drop the argument list
-        depth = 0
-        for index in range(len(name) - 1, -1, -1):
-            depth += {")": 1, "(": -1}.get(name[index], 0)
-            if depth == 0:
-                name = name[:index]
-                break
-    name = re.sub(r"^void ", "", name)
-    name = re.sub(r"^(\w+::|\(anonymous namespace\)::)+", "", name)
-    return name[:90]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from kernel_summary import short_name  # noqa: E402
 
 
 def read(path: str):
@@ -34,7 +24,7 @@ def read(path: str):
         next(handle)
         for line in handle:
             start, end, graph, name = line.rstrip("\n").split(",", 3)
-            kernels.append((int(start), int(end), int(graph), short_name(name)))
+            kernels.append((int(start), int(end), int(graph), short_name(name)[:90]))
     kernels.sort()
     return kernels
 

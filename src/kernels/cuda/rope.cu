@@ -20,6 +20,18 @@ constexpr int kHeadsPerCta = 4;
 // The 16-byte kernel's CTA (one per token): Llama-3-8B has 448 chunks of work a token.
 constexpr int kVectorThreads = 256;
 
+// cos and sin of position * inv_freq[i] for i < half, scaled, into shared memory (the caller
+// synchronises before reading them).
+__device__ void token_angles(float position, const float* inv_freq, float attention_scaling,
+                             int half, float* cos_values, float* sin_values) {
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    float sine, cosine;
+    sincosf(position * inv_freq[i], &sine, &cosine);
+    cos_values[i] = cosine * attention_scaling;
+    sin_values[i] = sine * attention_scaling;
+  }
+}
+
 // x'[i] = x[i] cos_i - x[i + R/2] sin_i;  x'[i + R/2] = x[i + R/2] cos_i + x[i] sin_i
 template <typename T>
 __device__ void rotate_heads(const T* source, T* destination, int64_t destination_head_stride,
@@ -51,13 +63,7 @@ __global__ void rope_and_store_kv_kernel(const T* qkv, const float* inv_freq,
   pdl_wait();
   const int64_t token = blockIdx.x;
   const int head_dim = int(cache.head_dim), kv_heads = int(cache.num_kv_heads);
-  const float position = float(positions[token]);
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    float sine, cosine;
-    sincosf(position * inv_freq[i], &sine, &cosine);
-    cos_values[i] = cosine * attention_scaling;
-    sin_values[i] = sine * attention_scaling;
-  }
+  token_angles(float(positions[token]), inv_freq, attention_scaling, half, cos_values, sin_values);
   __syncthreads();
   // This CTA's heads of the token's [q heads | k heads | v heads], as ranges of each kind.
   const int first = int(blockIdx.y) * kHeadsPerCta;
@@ -107,13 +113,7 @@ __global__ void rope_and_store_kv_vector_kernel(const T* qkv, const float* inv_f
   using Vector = Pack<T, 8>;
   const int64_t token = blockIdx.x;
   const int head_dim = int(cache.head_dim), kv_heads = int(cache.num_kv_heads);
-  const float position = float(positions[token]);
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    float sine, cosine;
-    sincosf(position * inv_freq[i], &sine, &cosine);
-    cos_values[i] = cosine * attention_scaling;
-    sin_values[i] = sine * attention_scaling;
-  }
+  token_angles(float(positions[token]), inv_freq, attention_scaling, half, cos_values, sin_values);
   const int64_t slot = slot_mapping[token];  // < 0: a padding token stores nothing
   __syncthreads();
   const T* row = qkv + token * int64_t(query_heads + 2 * kv_heads) * head_dim;
