@@ -22,8 +22,8 @@ summarize=(python3 scripts/gpu/kernel_summary.py)
 if [[ -f .deps/trace/libkite_trace.so ]]; then
   KITE_TRACE_FILE="$log_dir/trace.csv" LD_PRELOAD="$root/.deps/trace/libkite_trace.so" \
     "$kite" bench --engine_dir "$engine" --batch_size "$batch" --input_output_len "$lengths" \
-    --warm_up 1 --num_runs 1 > "$log_dir/trace_run.log" 2>&1
-  python3 scripts/gpu/trace/timeline.py "$log_dir/trace.csv"
+    --warm_up 1 --num_runs 1 > "$log_dir/trace_run.log" 2>&1 || echo "traced run failed: $log_dir/trace_run.log"
+  python3 scripts/gpu/trace/timeline.py "$log_dir/trace.csv" || echo "no timeline"
   echo
 fi
 if command -v nsys > /dev/null; then

@@ -35,8 +35,13 @@ void Progress::update(int64_t done, const std::string& detail) {
   done = std::clamp<int64_t>(done, 0, total_);
   const int percent = int(done * 100 / total_);
   if (terminal_) {
-    // At most ten redraws a second: a benchmark updates every step of a few milliseconds.
-    if (done < total_ && seconds_since(last_print_) < 0.1) return;
+    // At most ten redraws a second while only the count moves: a benchmark updates every step of
+    // a few milliseconds. A new detail or the end is drawn at once.
+    if (drawn_ && done < total_ && detail == last_detail_ && seconds_since(last_print_) < 0.1) {
+      return;
+    }
+    drawn_ = true;
+    last_detail_ = detail;
     last_print_ = std::chrono::steady_clock::now();
     constexpr int kWidth = 30;
     const int filled = int(done * kWidth / total_);

@@ -29,6 +29,8 @@ class Progress {
   int last_percent_printed_ = -1;
   std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point last_print_;
+  bool drawn_ = false;       // terminal: the bar has been drawn once
+  std::string last_detail_;  // terminal: the detail last drawn
 };
 
 }  // namespace kite

@@ -75,8 +75,9 @@ struct BenchmarkResult {
   double latency_ms = 0;              // mean wall time of a timed run (prefill + all decode steps)
   double tokens_per_second = 0;       // batch_size * output_length / latency
   double first_token_latency_ms = 0;  // mean prefill step (the first token of every sequence)
-  double peak_memory_gb = 0;          // Backend::memory_in_use_bytes(), max over the case, 1e9 B
-  int64_t tokens_per_run = 0;         // tokens the runs generated, checked == batch * output
+  double peak_memory_gb = 0;   // Backend::memory_in_use_bytes() after each run's first two steps
+                               // and after each run, the largest, in 1e9 B
+  int64_t tokens_per_run = 0;  // tokens the runs generated, checked == batch * output
   BackendKind backend = BackendKind::kCpu;
 };
 

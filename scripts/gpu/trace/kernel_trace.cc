@@ -1,8 +1,9 @@
 // Kernel timeline of a CUDA program, for machines without Nsight Systems: an LD_PRELOAD library
-// that collects every kernel's start and end on the GPU (CUPTI activity records, kernels inside CUDA
-// graphs included, with programmatic dependent launch as it runs) and writes them to
+// that collects every kernel's start and end on the GPU (CUPTI activity records, kernels inside
+// CUDA graphs included, with programmatic dependent launch as it runs) and writes them to
 // $KITE_TRACE_FILE as CSV: start_ns,end_ns,graph_id,name. Records arrive from CUPTI's worker
-// thread every 100 ms and at exit. scripts/gpu/trace/build.sh builds it, profile.sh --trace uses it.
+// thread every 100 ms and at exit. scripts/gpu/trace/build.sh builds it, profile.sh --trace uses
+// it.
 #include <cupti.h>
 #include <cxxabi.h>
 
@@ -32,16 +33,16 @@ void CUPTIAPI give_buffer(uint8_t** buffer, size_t* size, size_t* max_records) {
 void CUPTIAPI take_buffer(CUcontext, uint32_t, uint8_t* buffer, size_t, size_t valid_bytes) {
   std::lock_guard<std::mutex> lock(trace_mutex);
   CUpti_Activity* record = nullptr;
-  while (trace_file &&
-         cuptiActivityGetNextRecord(buffer, valid_bytes, &record) == CUPTI_SUCCESS) {
+  while (trace_file && cuptiActivityGetNextRecord(buffer, valid_bytes, &record) == CUPTI_SUCCESS) {
     if (record->kind != CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) continue;
     const auto* kernel = reinterpret_cast<const CUpti_ActivityKernel10*>(record);
+    const char* name = kernel->name ? kernel->name : "?";
     int status = 0;
-    char* readable = abi::__cxa_demangle(kernel->name, nullptr, nullptr, &status);
+    char* readable = abi::__cxa_demangle(name, nullptr, nullptr, &status);
     // Names hold commas (template arguments): the name is the last field, read to the line end.
     std::fprintf(trace_file, "%llu,%llu,%u,%s\n", static_cast<unsigned long long>(kernel->start),
                  static_cast<unsigned long long>(kernel->end), kernel->graphId,
-                 status == 0 && readable ? readable : kernel->name);
+                 status == 0 && readable ? readable : name);
     std::free(readable);
   }
   std::free(buffer);
@@ -57,13 +58,19 @@ struct Tracer {
       return;
     }
     std::fprintf(trace_file, "start_ns,end_ns,graph_id,name\n");
-    report("cuptiActivityRegisterCallbacks", cuptiActivityRegisterCallbacks(give_buffer, take_buffer));
+    report("cuptiActivityRegisterCallbacks",
+           cuptiActivityRegisterCallbacks(give_buffer, take_buffer));
     report("cuptiActivityEnable", cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL));
     report("cuptiActivityFlushPeriod", cuptiActivityFlushPeriod(100));
   }
   ~Tracer() {
     if (!trace_file) return;
     cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+    size_t dropped = 0;
+    if (cuptiActivityGetNumDroppedRecords(nullptr, 0, &dropped) == CUPTI_SUCCESS && dropped > 0) {
+      std::fprintf(stderr, "kernel_trace: CUPTI dropped %zu records: the trace has holes\n",
+                   dropped);
+    }
     std::lock_guard<std::mutex> lock(trace_mutex);
     std::fclose(trace_file);
     trace_file = nullptr;

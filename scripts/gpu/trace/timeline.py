@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=3)
     args = parser.parse_args()
     all_windows = list(windows(read(args.trace), args.split_us * 1e3))
+    if not all_windows:
+        print("no kernels in the trace")
+        return
     print(f"{len(all_windows)} windows (idle > {args.split_us:g} us between them)")
     first = max(0, len(all_windows) - args.windows)
     for index, window in enumerate(all_windows[first:], start=first):

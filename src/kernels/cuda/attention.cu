@@ -403,8 +403,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
   const int tiles = (split_end - split_begin + kTileKeys - 1) / kTileKeys;
   uint4 new_key{}, new_value{};  // RoPE fused: the new token's, once read after pdl_wait()
   // Copies tile `tile` of the split into its stage (nothing past the split) and commits a group.
-  // The new token's row is left out before pdl_wait() (fill_new_row() writes it after); after it,
-  // with RoPE fused, it is written from registers.
+  // The new token's row is left out before pdl_wait() (written into its slot right after the
+  // wait, below); after it, with RoPE fused, it is written from registers.
   auto issue_tile = [&](int tile, bool waited) {
     const int tile_begin = split_begin + tile * kTileKeys;
 #pragma unroll
@@ -953,12 +953,9 @@ void launch_prefill(const AttentionParams& p, int64_t max_query_length, unsigned
                     cudaStream_t stream) {
   using Shape = PrefillShape<kHeadDim, kPrefillWarps>;
   constexpr auto kernel = prefill_kernel<Element, kHeadDim, kPrefillWarps>;
-  static const bool shared_set = [] {
-    KITE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         Shape::kSharedBytes));
-    return true;
-  }();
-  (void)shared_set;
+  // Per launch (the setting belongs to the current device; the call is cheap).
+  KITE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       Shape::kSharedBytes));
   const dim3 grid(unsigned((max_query_length + Shape::kRows - 1) / Shape::kRows),
                   unsigned(p.num_q_heads), sequences);
   launch_kernel(kernel, grid, Shape::kThreads, Shape::kSharedBytes, stream, p);
