@@ -405,24 +405,29 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
   // Copies tile `tile` of the split into its stage (nothing past the split) and commits a group.
   // The new token's row is left out before pdl_wait() (written into its slot right after the
   // wait, below); after it, with RoPE fused, it is written from registers.
+  // This thread's 8 elements of the cached key at `key` (its value is value_offset further).
+  auto cached_key_row = [&](int key) {
+    const int block_index = p.block_divider.divide(key);
+    return cache +
+           cache_offset(p, block_table[block_index], 0, kv_head, key - block_index * p.block_size) +
+           8 * part;
+  };
+  // The new token's key and value into row i of a tile's stage, from registers.
+  auto store_new_row = [&](int tile, int i) {
+    *reinterpret_cast<uint4*>(slot(tile % kDecodeStages, 0, i)) = new_key;
+    *reinterpret_cast<uint4*>(slot(tile % kDecodeStages, 1, i)) = new_value;
+  };
   auto issue_tile = [&](int tile, bool waited) {
     const int tile_begin = split_begin + tile * kTileKeys;
 #pragma unroll
     for (int i = 0; i < kDecodeKeysPerThread; ++i) {
       const int key = tile_begin + i * kKeyLanes + key_lane;
       if (key == position && (fused_rope || !waited)) {
-        if (waited) {
-          *reinterpret_cast<uint4*>(slot(tile % kDecodeStages, 0, i)) = new_key;
-          *reinterpret_cast<uint4*>(slot(tile % kDecodeStages, 1, i)) = new_value;
-        }
+        if (waited) store_new_row(tile, i);
       } else if (key < split_end) {
-        const int block_index = p.block_divider.divide(key);
-        const Element* key_row = cache +
-                                 cache_offset(p, block_table[block_index], 0, kv_head,
-                                              key - block_index * p.block_size) +
-                                 8 * part;
-        copy_async_16(slot(tile % kDecodeStages, 0, i), key_row);
-        copy_async_16(slot(tile % kDecodeStages, 1, i), key_row + value_offset);
+        const Element* row = cached_key_row(key);
+        copy_async_16(slot(tile % kDecodeStages, 0, i), row);
+        copy_async_16(slot(tile % kDecodeStages, 1, i), row + value_offset);
       }
     }
     copy_async_commit();
@@ -477,17 +482,12 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
     const int i = (position - split_begin) % kTileKeys / kKeyLanes;
     if (tile < kDecodeStages - 1 && (position - split_begin) % kKeyLanes == key_lane) {
       if (!fused_rope) {
-        const int block_index = p.block_divider.divide(position);
-        const Element* key_row = cache +
-                                 cache_offset(p, block_table[block_index], 0, kv_head,
-                                              position - block_index * p.block_size) +
-                                 8 * part;
-        new_key = __ldcg(reinterpret_cast<const uint4*>(key_row));
-        new_value = __ldcg(reinterpret_cast<const uint4*>(key_row + value_offset));
+        const Element* row = cached_key_row(position);
+        new_key = __ldcg(reinterpret_cast<const uint4*>(row));
+        new_value = __ldcg(reinterpret_cast<const uint4*>(row + value_offset));
       }
       // This thread reads the slot back itself: program order is enough.
-      *reinterpret_cast<uint4*>(slot(tile % kDecodeStages, 0, i)) = new_key;
-      *reinterpret_cast<uint4*>(slot(tile % kDecodeStages, 1, i)) = new_value;
+      store_new_row(tile, i);
     }
   }
 
