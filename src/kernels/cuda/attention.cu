@@ -687,14 +687,17 @@ __global__ void __launch_bounds__(32 * kWarps, 1) prefill_kernel(const Attention
   auto key_tile = [&](int stage) { return kv_tiles + 2 * stage * Shape::kTileElements; };
   auto value_tile = [&](int stage) { return kv_tiles + (2 * stage + 1) * Shape::kTileElements; };
 
-  const int sequence = blockIdx.z;
-  const int q_head = blockIdx.y;
+  // Tiles count back from each sequence's last row (its first tile may be partial), and the CTAs
+  // start in the order of blockIdx: every head's and sequence's last tile (the most keys) first,
+  // the shortest last, which keeps the last wave short.
+  const int q_head = blockIdx.x;
+  const int sequence = blockIdx.y;
   const int kv_head = q_head / p.group;
-  const int query_end = p.query_start[sequence + 1];
-  // The longest sequences' last tiles (the most keys) start first.
-  const int row_begin = p.query_start[sequence] + int(gridDim.x - 1 - blockIdx.x) * kRows;
-  if (row_begin >= query_end) return;
-  const int rows = min(kRows, query_end - row_begin);
+  const int query_begin = p.query_start[sequence];
+  const int tile_end = p.query_start[sequence + 1] - int(blockIdx.z) * kRows;
+  if (tile_end <= query_begin) return;
+  const int row_begin = max(query_begin, tile_end - kRows);
+  const int rows = tile_end - row_begin;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int group_row = lane / 4;
@@ -947,7 +950,7 @@ void launch_decode(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
   launch_kernel(kernel, grid, kDecodeThreads, kDecodeSharedBytes, stream, p);
 }
 
-// Launched over ceil(max_query_length / rows) x Hq x sequences CTAs.
+// Launched over Hq x sequences x ceil(max_query_length / rows) CTAs.
 template <typename Element, int kHeadDim>
 void launch_prefill(const AttentionParams& p, int64_t max_query_length, unsigned sequences,
                     cudaStream_t stream) {
@@ -956,8 +959,9 @@ void launch_prefill(const AttentionParams& p, int64_t max_query_length, unsigned
   // Per launch (the setting belongs to the current device; the call is cheap).
   KITE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        Shape::kSharedBytes));
-  const dim3 grid(unsigned((max_query_length + Shape::kRows - 1) / Shape::kRows),
-                  unsigned(p.num_q_heads), sequences);
+  KITE_CHECK(sequences <= 65535);  // gridDim.y
+  const dim3 grid(unsigned(p.num_q_heads), sequences,
+                  unsigned((max_query_length + Shape::kRows - 1) / Shape::kRows));
   launch_kernel(kernel, grid, Shape::kThreads, Shape::kSharedBytes, stream, p);
 }
 
