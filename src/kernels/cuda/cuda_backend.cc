@@ -2,6 +2,7 @@
 #include "kernels/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <bit>
 #include <string>
 
 #include "kernels/cuda/activation.h"
@@ -237,7 +238,7 @@ void CudaBackend::reserve_scratch(DeviceBuffer& buffer, size_t bytes) {
   synchronize();  // the old buffer may still be read by queued kernels
   buffer.reset();
   ++graph_epoch_;  // recorded graphs may point into the old buffer
-  Result<DeviceBuffer> grown = allocate(bytes);
+  Result<DeviceBuffer> grown = allocate(std::bit_ceil(bytes));
   KITE_CHECK(grown.is_ok());
   buffer = std::move(*grown);
 }
