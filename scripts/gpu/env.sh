@@ -12,7 +12,10 @@ if [[ -d "$root/.deps/root" ]]; then
   # the compiler searches only under /usr.
   export CPLUS_INCLUDE_PATH="$root/.deps/root/usr/include/x86_64-linux-gnu${CPLUS_INCLUDE_PATH:+:$CPLUS_INCLUDE_PATH}"
 fi
-# Libraries staged next to a prebuilt binary (scripts/gpu/stage_prebuilt.sh).
+# A prebuilt binary packed by scripts/gpu/stage_prebuilt.sh --pack, and its libraries.
+if [[ ! -x "$root/build-gpu/kite" && -f "$root/.deps/prebuilt.tar.xz" ]]; then
+  tar -xJf "$root/.deps/prebuilt.tar.xz" -C "$root"
+fi
 if [[ -d "$root/.deps/rt" ]]; then
   export LD_LIBRARY_PATH="$root/.deps/rt${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi

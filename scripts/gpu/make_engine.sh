@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes a random-weight bf16 checkpoint of a config (default: Llama-3-8B) and builds a CUDA engine
 # of it with the given limits, unless ENGINE_DIR already holds one. For the GPU benchmarks.
+# KITE_ENGINE_BINARY: the `kite` that converts and builds (default build-gpu/kite).
 # Usage: bash scripts/gpu/make_engine.sh ENGINE_DIR [CONFIG.json] -- [kite build limits...]
 #   e.g. bash scripts/gpu/make_engine.sh /tmp/e -- --max_batch_size 64 --max_input_len 2048 ...
 set -euo pipefail
@@ -11,7 +12,7 @@ config="$root/tests/fixtures/hf_configs/llama-3-8b.json"
 if (($#)) && [[ "$1" != "--" ]]; then config="$1"; shift; fi
 [[ "${1:-}" == "--" ]] && shift
 [[ -f "$engine/config.json" ]] && exit 0
-kite="$root/build-gpu/kite"
+kite="${KITE_ENGINE_BINARY:-$root/build-gpu/kite}"  # the binary that converts and builds
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/model"

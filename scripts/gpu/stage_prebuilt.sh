@@ -1,16 +1,31 @@
 #!/usr/bin/env bash
 # Stages a CUDA build made on another machine (nvcc for sm_90 works without a GPU) for a GPU machine
 # that should not spend minutes compiling: copies `kite` and `kite_cuda_tests` from BUILD_DIR into
-# build-gpu/ (stripped), where scripts/gpu/bench.sh, serve_bench.sh and profile.sh use them as they
-# are and `run.sh --prebuilt` runs the tests, and the shared libraries a GPU machine may lack
-# (utf8proc, cpp-httplib, brotli, PCRE2) into .deps/rt/, which env.sh puts on LD_LIBRARY_PATH. Both
-# folders are git-ignored: name them when copying the tree over. Debian 12's libraries run on newer
-# distributions (Ubuntu 24.04); build where the CUDA toolkit's major version matches the GPU
-# machine's driver.
-# Usage: bash scripts/gpu/stage_prebuilt.sh [BUILD_DIR]   (default: build)
+# build-gpu/ (stripped), where scripts/gpu/bench.sh, serve_bench.sh, profile.sh and compare.sh use
+# them as they are and `run.sh --prebuilt` runs the tests, and the shared libraries a GPU machine
+# may lack (utf8proc, cpp-httplib, brotli, PCRE2) into .deps/rt/, which env.sh puts on
+# LD_LIBRARY_PATH. Both folders are git-ignored: name them when copying the tree over. Debian 12's
+# libraries run on newer distributions (Ubuntu 24.04); build where the CUDA toolkit's major version
+# matches the GPU machine's driver.
+# Usage: bash scripts/gpu/stage_prebuilt.sh [BUILD_DIR] [--extra NAME=BINARY]... [--pack]
+#   BUILD_DIR             default: build
+#   --extra NAME=BINARY   also stage another `kite` as build-gpu/kite-NAME (a baseline for
+#                         scripts/gpu/compare.sh)
+#   --pack                then pack build-gpu/ and .deps/rt/ into .deps/prebuilt.tar.xz (a third of
+#                         their size), which env.sh unpacks where build-gpu/kite is missing
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-build="${1:-$root/build}"
+build="$root/build"
+extras=()
+pack=0
+while (($#)); do
+  case "$1" in
+    --extra) extras+=("$2"); shift 2 ;;
+    --pack) pack=1; shift ;;
+    -*) echo "stage_prebuilt.sh: unknown option $1" >&2; exit 2 ;;
+    *) build="$1"; shift ;;
+  esac
+done
 cd "$root"
 for binary in "$build/kite" "$build/tests/kite_cuda_tests"; do
   [[ -x "$binary" ]] || { echo "stage_prebuilt.sh: $binary is missing (build with CUDA first)" >&2; exit 1; }
@@ -26,4 +41,14 @@ for library in libutf8proc.so.2 libcpp-httplib.so.0.11 libbrotlicommon.so.1 libb
   path="$(ldd build-gpu/kite | awk -v name="$library" '$1 == name { print $3 }')"
   [[ -n "$path" ]] && cp -L "$path" ".deps/rt/$library"
 done
+for extra in "${extras[@]}"; do
+  name="${extra%%=*}" binary="${extra#*=}"
+  [[ "$extra" == *=* && -x "$binary" ]] || { echo "stage_prebuilt.sh: --extra $extra: want NAME=BINARY" >&2; exit 2; }
+  cp "$binary" "build-gpu/kite-$name"
+  strip "build-gpu/kite-$name"
+done
 du -sh build-gpu .deps/rt
+if ((pack)); then
+  tar -cJf .deps/prebuilt.tar.xz build-gpu .deps/rt
+  du -sh .deps/prebuilt.tar.xz
+fi

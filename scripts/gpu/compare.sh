@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Same-machine comparison of several `kite` binaries on one engine, in one call: the GPU moves a
+# figure by a few percent from one process (and one machine) to the next, so a change is judged
+# against its baseline measured in turn, several times, on the same GPU and engine.
+# Usage: bash scripts/gpu/compare.sh LOG_DIR [options] NAME=BINARY [NAME=BINARY...]
+#   --static CASES    kite bench cases at batch 1 (default "2048,1;128,128"; "" for none)
+#   --batch N         batch size of the static cases (default 1)
+#   --serve CASES     serving cases, e.g. "2048,128;128,128" (kite bench --mode serve, max_utilization;
+#                     the engine then has the serving limits of serve_bench.sh)
+#   --requests N      requests per serving case (default 1024)
+#   --reps R          rounds; each runs every binary once, in the order given (default 3)
+#   --trace           then one traced run of the first static case per binary and its timeline
+#                     (needs .deps/trace from scripts/gpu/trace/build.sh)
+#   --tests FILTER    first run build-gpu/tests/kite_cuda_tests with this gtest filter
+#   --env NAME=K=V    run binary NAME with environment variable K=V (repeatable), e.g. for a switch
+# Binaries come from scripts/gpu/stage_prebuilt.sh (e.g. build-gpu/kite and build-gpu/kite-base).
+# Every figure goes to LOG_DIR/compare.log with the machine, date and commit; a summary per binary
+# and case (all runs, then the mean) ends it.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+log_dir="${1:?usage: compare.sh LOG_DIR [options] NAME=BINARY...}"
+shift
+static_cases="2048,1;128,128"
+batch=1
+serve_cases=""
+requests=1024
+reps=3
+trace=0
+tests=""
+names=()
+binaries=()
+declare -A extra_env=()
+while (($#)); do
+  case "$1" in
+    --static) static_cases="$2"; shift 2 ;;
+    --batch) batch="$2"; shift 2 ;;
+    --serve) serve_cases="$2"; shift 2 ;;
+    --requests) requests="$2"; shift 2 ;;
+    --reps) reps="$2"; shift 2 ;;
+    --trace) trace=1; shift ;;
+    --tests) tests="$2"; shift 2 ;;
+    --env) extra_env["${2%%=*}"]+=" ${2#*=}"; shift 2 ;;
+    -*) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
+    *=*) names+=("${1%%=*}"); binaries+=("${1#*=}"); shift ;;
+    *) echo "compare.sh: expected NAME=BINARY, got $1" >&2; exit 2 ;;
+  esac
+done
+((${#names[@]})) || { echo "compare.sh: name at least one NAME=BINARY" >&2; exit 2; }
+mkdir -p "$log_dir"
+cd "$root"
+source scripts/gpu/env.sh
+for binary in "${binaries[@]}"; do
+  [[ -x "$binary" ]] || { echo "compare.sh: $binary is not an executable" >&2; exit 1; }
+done
+log="$log_dir/compare.log"
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "commit: ${KITE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
+  for i in "${!names[@]}"; do echo "binary ${names[$i]}: ${binaries[$i]}${extra_env[${names[$i]}]:+ (env${extra_env[${names[$i]}]})}"; done
+  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader
+} | tee "$log"
+
+if [[ -n "$tests" ]]; then
+  build-gpu/tests/kite_cuda_tests --gtest_filter="$tests" > "$log_dir/tests.log" 2>&1 &&
+    echo "tests ($tests): passed" | tee -a "$log" ||
+    { echo "tests ($tests): FAILED (tests.log)" | tee -a "$log"; grep -E "FAILED|Failure" "$log_dir/tests.log" | head -20; }
+fi
+
+engine=/tmp/kite-compare/engine
+limits=(--max_batch_size 64 --max_input_len 8192 --max_seq_len 8448 --max_num_tokens 8192)
+if [[ -n "$serve_cases" ]]; then
+  engine=/tmp/kite-compare/serve-engine
+  limits=(--max_batch_size 1024 --max_input_len 2048 --max_seq_len 2304 --max_num_tokens 8192)
+fi
+KITE_ENGINE_BINARY="${binaries[0]}" bash scripts/gpu/make_engine.sh "$engine" -- "${limits[@]}" \
+  > "$log_dir/engine.log" 2>&1 || { echo "compare.sh: engine build failed (engine.log)" >&2; exit 1; }
+"${binaries[0]}" bench --engine_dir "$engine" --ceilings --batch_size 1 --input_output_len 128,2 \
+  2>&1 | grep -E "CEILING" | tee -a "$log"
+
+# run NAME BINARY ARGS...: one bench process, its [BENCHMARK] lines tagged with NAME.
+run() {
+  local name="$1" binary="$2"
+  shift 2
+  env ${extra_env[$name]:-} "$binary" "$@" 2>&1 | grep -E "BENCHMARK|rror" | sed "s/^/$name /" |
+    tee -a "$log"
+}
+for ((rep = 1; rep <= reps; ++rep)); do
+  for i in "${!names[@]}"; do
+    if [[ -n "$static_cases" ]]; then
+      run "${names[$i]}" "${binaries[$i]}" bench --engine_dir "$engine" --batch_size "$batch" \
+        --input_output_len "$static_cases"
+    fi
+    IFS=';' read -ra cases <<< "$serve_cases"
+    for case in "${cases[@]}"; do
+      run "${names[$i]}" "${binaries[$i]}" bench --engine_dir "$engine" --mode serve \
+        --scheduler_policy max_utilization --num_requests "$requests" --input_output_len "$case"
+    done
+  done
+done
+
+if ((trace)) && [[ -n "$static_cases" ]]; then
+  [[ -f .deps/trace/libkite_trace.so ]] ||
+    { echo "compare.sh: --trace needs .deps/trace (scripts/gpu/trace/build.sh)" >&2; exit 1; }
+  first_case="${static_cases%%;*}"
+  for i in "${!names[@]}"; do
+    env ${extra_env[${names[$i]}]:-} KITE_TRACE_FILE="$log_dir/trace_${names[$i]}.csv" \
+      LD_PRELOAD="$root/.deps/trace/libkite_trace.so" "${binaries[$i]}" bench --engine_dir "$engine" \
+      --batch_size "$batch" --input_output_len "$first_case" --warm_up 1 --num_runs 1 > /dev/null 2>&1 ||
+      echo "traced run of ${names[$i]} failed" | tee -a "$log"
+    python3 scripts/gpu/trace/timeline.py "$log_dir/trace_${names[$i]}.csv" \
+      > "$log_dir/timeline_${names[$i]}.txt" 2>&1 || true
+  done
+fi
+
+python3 - "$log" <<'EOF'
+import re, statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    match = re.match(r"(\S+) \[BENCHMARK\] (.*)", line)
+    if not match:
+        continue
+    name, fields = match.groups()
+    values = dict(re.findall(r"(\S+) (\S+)", fields))
+    if values.get("mode") == "serve":
+        case = f"serve {values['input_length']}/{values['output_length']}"
+        figure = ("output tokens/s", float(values["tokensPerSec"]))
+    elif int(values["output_length"]) == 1:
+        case = f"batch {values['batch_size']} prefill {values['input_length']}"
+        figure = ("first token ms", float(values["first_token_latency(ms)"]))
+    else:
+        case = f"batch {values['batch_size']} {values['input_length']}/{values['output_length']}"
+        latency, first = float(values["latency(ms)"]), float(values["first_token_latency(ms)"])
+        steps = int(values["output_length"]) - 1
+        figure = ("decode tokens/s per sequence", steps * 1000.0 / (latency - first))
+    runs.setdefault((case, figure[0]), {}).setdefault(name, []).append(figure[1])
+print("\nsummary (each run, then the mean):")
+for (case, unit), by_name in runs.items():
+    print(f"{case} ({unit}):")
+    for name, values in by_name.items():
+        print(f"  {name:>12}: " + ", ".join(f"{v:.2f}" for v in values) +
+              f"  mean {statistics.mean(values):.2f}")
+EOF
