@@ -95,6 +95,13 @@ Status build_engine(const BuildRequest& flags) {
                             std::to_string(limits.max_batch_size) +
                             "): a decode step has a token per sequence");
   }
+  // CUDA kernels put the sequences of a step (and the sampled rows) on a grid dimension.
+  constexpr int64_t kCudaMaxBatchSize = 65535;
+  if (flags.device == "cuda" && limits.max_batch_size > kCudaMaxBatchSize) {
+    return invalid_argument("--max_batch_size " + std::to_string(limits.max_batch_size) +
+                            ": a CUDA engine takes at most " + std::to_string(kCudaMaxBatchSize) +
+                            " sequences a step");
+  }
   if (limits.max_input_len >= limits.max_seq_len) {
     return invalid_argument("--max_input_len (" + std::to_string(limits.max_input_len) +
                             ") must be smaller than --max_seq_len (" +

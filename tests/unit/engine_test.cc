@@ -217,13 +217,18 @@ TEST_F(EngineCommands, ChunkedPrefillGivesTheSameTokens) {
   for (size_t i = 0; i < 2; ++i) {
     EXPECT_EQ(records[0][i].at("output_ids"), records[1][i].at("output_ids")) << "prompt " << i;
   }
-  const test::CommandResult too_small =
-      test::run_kite("build --checkpoint_dir " + *checkpoint_ + " --output_dir " + chunked +
-                     " --max_batch_size 4 --max_num_tokens 3");
-  EXPECT_EQ(too_small.exit_code, 2);
-  EXPECT_NE(too_small.output.find("--max_num_tokens (3) must be at least --max_batch_size"),
-            std::string::npos)
-      << too_small.output;
+  // Limits a build refuses before it reads anything: a step must fit a decode of every sequence,
+  // and CUDA kernels take at most 65535 sequences a step.
+  for (const auto& [limits, message] : std::vector<std::pair<std::string, std::string>>{
+           {"--max_batch_size 4 --max_num_tokens 3",
+            "--max_num_tokens (3) must be at least --max_batch_size"},
+           {"--device cuda --max_batch_size 70000 --max_num_tokens 70000",
+            "a CUDA engine takes at most 65535 sequences a step"}}) {
+    const test::CommandResult refused = test::run_kite("build --checkpoint_dir " + *checkpoint_ +
+                                                       " --output_dir " + chunked + " " + limits);
+    EXPECT_EQ(refused.exit_code, 2) << limits;
+    EXPECT_NE(refused.output.find(message), std::string::npos) << refused.output;
+  }
 }
 
 // --kv_cache_dtype: a CPU engine keeps its KV cache in float16, bfloat16 or float8 e4m3 (half and a
