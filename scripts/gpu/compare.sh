@@ -39,14 +39,25 @@ while (($#)); do
     --reps) reps="$2"; shift 2 ;;
     --trace) trace=1; shift ;;
     --tests) tests="$2"; shift 2 ;;
-    --env) extra_env["${2%%=*}"]+=" ${2#*=}"; shift 2 ;;
+    --env)
+      [[ "$2" == *=*=* ]] || { echo "compare.sh: --env wants NAME=VARIABLE=VALUE, got $2" >&2; exit 2; }
+      extra_env["${2%%=*}"]+="${2#*=}"$'\n'
+      shift 2 ;;
     -*) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     *=*) names+=("${1%%=*}"); binaries+=("${1#*=}"); shift ;;
     *) echo "compare.sh: expected NAME=BINARY, got $1" >&2; exit 2 ;;
   esac
 done
 ((${#names[@]})) || { echo "compare.sh: name at least one NAME=BINARY" >&2; exit 2; }
+for name in "${!extra_env[@]}"; do
+  [[ " ${names[*]} " == *" $name "* ]] || { echo "compare.sh: --env names no binary: $name" >&2; exit 2; }
+done
+if ((trace)) && [[ ! -f "$root/.deps/trace/libkite_trace.so" ]]; then
+  echo "compare.sh: --trace needs .deps/trace (scripts/gpu/trace/build.sh)" >&2
+  exit 2
+fi
 mkdir -p "$log_dir"
+log_dir="$(cd "$log_dir" && pwd)"
 cd "$root"
 source scripts/gpu/env.sh
 for binary in "${binaries[@]}"; do
@@ -56,14 +67,17 @@ log="$log_dir/compare.log"
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
   echo "commit: ${KITE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
-  for i in "${!names[@]}"; do echo "binary ${names[$i]}: ${binaries[$i]}${extra_env[${names[$i]}]:+ (env${extra_env[${names[$i]}]})}"; done
+  for i in "${!names[@]}"; do
+    echo "binary ${names[$i]}: ${binaries[$i]} $(tr '\n' ' ' <<< "${extra_env[${names[$i]}]:-}")"
+  done
   nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader
 } | tee "$log"
 
 if [[ -n "$tests" ]]; then
   build-gpu/tests/kite_cuda_tests --gtest_filter="$tests" > "$log_dir/tests.log" 2>&1 &&
     echo "tests ($tests): passed" | tee -a "$log" ||
-    { echo "tests ($tests): FAILED (tests.log)" | tee -a "$log"; grep -E "FAILED|Failure" "$log_dir/tests.log" | head -20; }
+    { echo "tests ($tests): FAILED (tests.log)" | tee -a "$log"
+      { grep -E "FAILED|Failure" "$log_dir/tests.log" | head -20; } || true; }
 fi
 
 engine=/tmp/kite-compare/engine
@@ -75,14 +89,23 @@ fi
 KITE_ENGINE_BINARY="${binaries[0]}" bash scripts/gpu/make_engine.sh "$engine" -- "${limits[@]}" \
   > "$log_dir/engine.log" 2>&1 || { echo "compare.sh: engine build failed (engine.log)" >&2; exit 1; }
 "${binaries[0]}" bench --engine_dir "$engine" --ceilings --batch_size 1 --input_output_len 128,2 \
-  2>&1 | grep -E "CEILING" | tee -a "$log"
+  2>&1 | grep -E "CEILING" | tee -a "$log" || echo "ceilings: none printed" | tee -a "$log"
 
-# run NAME BINARY ARGS...: one bench process, its [BENCHMARK] lines tagged with NAME.
+# The environment assignments of binary NAME, into the array env_args.
+environment_of() {
+  env_args=()
+  [[ -n "${extra_env[$1]:-}" ]] && readarray -t env_args < <(printf '%s' "${extra_env[$1]}")
+  return 0
+}
+# run NAME BINARY ARGS...: one bench process, its [BENCHMARK] lines (and errors) tagged with NAME;
+# a failed run is logged and the comparison goes on.
 run() {
-  local name="$1" binary="$2"
+  local name="$1" binary="$2" output rc=0
   shift 2
-  env ${extra_env[$name]:-} "$binary" "$@" 2>&1 | grep -E "BENCHMARK|rror" | sed "s/^/$name /" |
-    tee -a "$log"
+  environment_of "$name"
+  output="$(env "${env_args[@]}" "$binary" "$@" 2>&1)" || rc=$?
+  { grep -E "BENCHMARK|rror|check failed" <<< "$output" | sed "s/^/$name /" | tee -a "$log"; } || true
+  ((rc == 0)) || echo "$name: run failed (exit $rc): $*" | tee -a "$log"
 }
 for ((rep = 1; rep <= reps; ++rep)); do
   for i in "${!names[@]}"; do
@@ -99,11 +122,10 @@ for ((rep = 1; rep <= reps; ++rep)); do
 done
 
 if ((trace)) && [[ -n "$static_cases" ]]; then
-  [[ -f .deps/trace/libkite_trace.so ]] ||
-    { echo "compare.sh: --trace needs .deps/trace (scripts/gpu/trace/build.sh)" >&2; exit 1; }
   first_case="${static_cases%%;*}"
   for i in "${!names[@]}"; do
-    env ${extra_env[${names[$i]}]:-} KITE_TRACE_FILE="$log_dir/trace_${names[$i]}.csv" \
+    environment_of "${names[$i]}"
+    env "${env_args[@]}" KITE_TRACE_FILE="$log_dir/trace_${names[$i]}.csv" \
       LD_PRELOAD="$root/.deps/trace/libkite_trace.so" "${binaries[$i]}" bench --engine_dir "$engine" \
       --batch_size "$batch" --input_output_len "$first_case" --warm_up 1 --num_runs 1 > /dev/null 2>&1 ||
       echo "traced run of ${names[$i]} failed" | tee -a "$log"

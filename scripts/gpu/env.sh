@@ -12,9 +12,16 @@ if [[ -d "$root/.deps/root" ]]; then
   # the compiler searches only under /usr.
   export CPLUS_INCLUDE_PATH="$root/.deps/root/usr/include/x86_64-linux-gnu${CPLUS_INCLUDE_PATH:+:$CPLUS_INCLUDE_PATH}"
 fi
-# A prebuilt binary packed by scripts/gpu/stage_prebuilt.sh --pack, and its libraries.
-if [[ ! -x "$root/build-gpu/kite" && -f "$root/.deps/prebuilt.tar.xz" ]]; then
-  tar -xJf "$root/.deps/prebuilt.tar.xz" -C "$root"
+# Binaries packed by scripts/gpu/stage_prebuilt.sh --pack, and their libraries: unpacked over
+# build-gpu/ whenever the package differs from the one unpacked last (a stamp of its checksum).
+if [[ -f "$root/.deps/prebuilt.tar.xz" ]]; then
+  prebuilt_sum="$(sha256sum "$root/.deps/prebuilt.tar.xz" | cut -d' ' -f1)"
+  if [[ "$(cat "$root/build-gpu/.prebuilt" 2>/dev/null)" != "$prebuilt_sum" ]]; then
+    rm -f "$root"/build-gpu/kite-*
+    tar -xJf "$root/.deps/prebuilt.tar.xz" -C "$root"
+    echo "$prebuilt_sum" > "$root/build-gpu/.prebuilt"
+    echo "unpacked .deps/prebuilt.tar.xz into build-gpu/" >&2
+  fi
 fi
 if [[ -d "$root/.deps/rt" ]]; then
   export LD_LIBRARY_PATH="$root/.deps/rt${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

@@ -27,6 +27,11 @@ while (($#)); do
   esac
 done
 cd "$root"
+for extra in "${extras[@]}"; do
+  name="${extra%%=*}" binary="${extra#*=}"
+  [[ "$extra" == *=* && "$name" =~ ^[A-Za-z0-9_.-]+$ && -x "$binary" ]] ||
+    { echo "stage_prebuilt.sh: --extra $extra: want NAME=BINARY (an executable)" >&2; exit 2; }
+done
 for binary in "$build/kite" "$build/tests/kite_cuda_tests"; do
   [[ -x "$binary" ]] || { echo "stage_prebuilt.sh: $binary is missing (build with CUDA first)" >&2; exit 1; }
 done
@@ -41,14 +46,16 @@ for library in libutf8proc.so.2 libcpp-httplib.so.0.11 libbrotlicommon.so.1 libb
   path="$(ldd build-gpu/kite | awk -v name="$library" '$1 == name { print $3 }')"
   [[ -n "$path" ]] && cp -L "$path" ".deps/rt/$library"
 done
+rm -f build-gpu/kite-*
+staged=(build-gpu/kite build-gpu/tests/kite_cuda_tests)
 for extra in "${extras[@]}"; do
   name="${extra%%=*}" binary="${extra#*=}"
-  [[ "$extra" == *=* && -x "$binary" ]] || { echo "stage_prebuilt.sh: --extra $extra: want NAME=BINARY" >&2; exit 2; }
   cp "$binary" "build-gpu/kite-$name"
   strip "build-gpu/kite-$name"
+  staged+=("build-gpu/kite-$name")
 done
-du -sh build-gpu .deps/rt
+du -sh "${staged[@]}" .deps/rt
 if ((pack)); then
-  tar -cJf .deps/prebuilt.tar.xz build-gpu .deps/rt
+  tar -cJf .deps/prebuilt.tar.xz "${staged[@]}" .deps/rt
   du -sh .deps/prebuilt.tar.xz
 fi

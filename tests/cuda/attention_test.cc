@@ -333,8 +333,8 @@ TEST(CudaAttention, DecodeMatchesCpuTwin) {
   }
 }
 
-// Whole prompts of odd lengths, one and several query tiles (64 rows), and a chunk of 61 tokens
-// whose sequence already holds 139 in the cache.
+// Whole prompts of odd lengths, one and several query tiles (128 rows; a sequence's first tile is
+// the partial one), and a chunk of 61 tokens whose sequence already holds 139 in the cache.
 const std::vector<Sequence> kPrefillBatch = {{77, 77}, {5, 5}, {130, 130}, {64, 64}, {200, 61}};
 
 TEST(CudaAttention, PrefillMatchesCpuTwin) {

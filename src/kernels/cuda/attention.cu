@@ -959,9 +959,9 @@ void launch_prefill(const AttentionParams& p, int64_t max_query_length, unsigned
   // Per launch (the setting belongs to the current device; the call is cheap).
   KITE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        Shape::kSharedBytes));
-  KITE_CHECK(sequences <= 65535);  // gridDim.y
-  const dim3 grid(unsigned(p.num_q_heads), sequences,
-                  unsigned((max_query_length + Shape::kRows - 1) / Shape::kRows));
+  const int64_t tiles = (max_query_length + Shape::kRows - 1) / Shape::kRows;
+  KITE_CHECK(sequences <= 65535 && tiles <= 65535);  // gridDim.y, gridDim.z
+  const dim3 grid(unsigned(p.num_q_heads), sequences, unsigned(tiles));
   launch_kernel(kernel, grid, Shape::kThreads, Shape::kSharedBytes, stream, p);
 }
 

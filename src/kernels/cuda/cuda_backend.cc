@@ -239,6 +239,7 @@ void CudaBackend::reserve_scratch(DeviceBuffer& buffer, size_t bytes) {
   buffer.reset();
   ++graph_epoch_;  // recorded graphs may point into the old buffer
   Result<DeviceBuffer> grown = allocate(std::bit_ceil(bytes));
+  if (!grown.is_ok()) grown = allocate(bytes);  // the rounding is a convenience, not a need
   KITE_CHECK(grown.is_ok());
   buffer = std::move(*grown);
 }

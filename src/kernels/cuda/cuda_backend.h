@@ -82,8 +82,9 @@ class CudaBackend final : public Backend {
   // Grows `buffer` to hold `bytes`, to the next power of two: a growth waits for the GPU and drops
   // every captured graph, and in serving the sampling workspace's row count rises a request at a
   // time (a traced 256-request run idled 55 times before its first sampling kernel, 29 ms in all,
-  // when growth was exact); at most twice the memory. Never while the stream is being captured
-  // (the eager run of a shape sizes the scratch buffers before its capture).
+  // when growth was exact); at most twice the memory, and exactly `bytes` where the GPU has no room
+  // for the rounding. Never while the stream is being captured (the eager run of a shape sizes the
+  // scratch buffers before its capture).
   void reserve_scratch(DeviceBuffer& buffer, size_t bytes);
   int64_t graph_epoch() const override { return graph_epoch_; }
   // The split count of a step's decode attention and its scratch, grown (never during capture).
