@@ -6,9 +6,11 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <string_view>
 
 #include "core/file.h"
 #include "kernels/backend_factory.h"
+#include "runtime/stop_text.h"
 
 namespace kite {
 
@@ -171,6 +173,7 @@ struct Sequence {
   Sampler sampler;
   GenerationResult result;
   bool active = true;
+  std::optional<StopTextScanner> stop_texts;  // when the request has stop texts
 };
 
 // Runs the step and picks each logit row's token: on the backend when it samples (only ids cross
@@ -257,7 +260,10 @@ Result<std::vector<GenerationResult>> generate(Engine& engine, const GenerationR
     KITE_ASSIGN_OR_RETURN(std::vector<int32_t> blocks,
                           cache.allocate_blocks((length + block_size - 1) / block_size));
     sequences.push_back(
-        {prompt, prompt.size(), 0, std::move(blocks), Sampler(request.sampling), {}, true});
+        {prompt, prompt.size(), 0, std::move(blocks), Sampler(request.sampling), {}, true, {}});
+    if (!request.stop.stop_texts.empty()) {
+      sequences.back().stop_texts.emplace(engine.tokenizer(), request.stop.stop_texts);
+    }
   }
 
   auto clock = [] { return std::chrono::steady_clock::now(); };
@@ -318,11 +324,15 @@ Result<std::vector<GenerationResult>> generate(Engine& engine, const GenerationR
       sequence.tokens.push_back(token);
       sequence.result.output_ids.push_back(token);
       if (on_token) on_token(owners[row], token);
-      std::string text;
-      if (!request.stop.stop_texts.empty()) {
-        text = engine.tokenizer().decode(sequence.result.output_ids);
+      std::string_view text;
+      size_t text_offset = 0;
+      if (sequence.stop_texts) {
+        sequence.stop_texts->push(token);
+        text = sequence.stop_texts->tail();
+        text_offset = sequence.stop_texts->tail_offset();
       }
-      const StopCheck check = check_stop(request.stop, sequence.result.output_ids, text);
+      const StopCheck check =
+          check_stop(request.stop, sequence.result.output_ids, text, text_offset);
       if (check.reason != FinishReason::kNotFinished) {
         sequence.active = false;
         sequence.result.finish_reason = check.reason;

@@ -199,7 +199,7 @@ std::string_view finish_reason_name(FinishReason reason) {
 }
 
 StopCheck check_stop(const StopConditions& conditions, std::span<const int32_t> output_ids,
-                     std::string_view output_text) {
+                     std::string_view output_text, size_t text_offset) {
   StopCheck check;
   if (!output_ids.empty()) {
     const int32_t last = output_ids.back();
@@ -222,7 +222,7 @@ StopCheck check_stop(const StopConditions& conditions, std::span<const int32_t> 
     const size_t found = output_text.find(stop);
     if (found != std::string_view::npos) {
       check.reason = FinishReason::kStopWords;
-      check.text_length = std::min(check.text_length, found);
+      check.text_length = std::min(check.text_length, text_offset + found);
     }
   }
   if (check.reason != FinishReason::kNotFinished) return check;

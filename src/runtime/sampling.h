@@ -114,8 +114,10 @@ struct StopCheck {
 
 // Whether the output (generated tokens only, and their decoded text) is finished. The last token
 // is checked against end_ids and the output's tail against stop_sequences; stop_texts are
-// searched in the whole text, so a stop word split over several tokens is found.
+// searched in the whole text, so a stop word split over several tokens is found. `output_text`
+// may be the decoded output from byte `text_offset` on (StopTextScanner::tail), text_length still
+// counting from its start.
 StopCheck check_stop(const StopConditions& conditions, std::span<const int32_t> output_ids,
-                     std::string_view output_text);
+                     std::string_view output_text, size_t text_offset = 0);
 
 }  // namespace kite

@@ -337,11 +337,16 @@ std::string StreamingDecoder::push(int32_t id) {
 }
 
 std::string StreamingDecoder::finish() {
+  std::string rest = pending();
+  prefix_offset_ = read_offset_ = ids_.size();
+  return rest;
+}
+
+std::string StreamingDecoder::pending() const {
   const std::span<const int32_t> all(ids_);
   const std::string prefix_text =
       stable_decode(all.subspan(prefix_offset_, read_offset_ - prefix_offset_));
   const std::string new_text = tokenizer_.decode(all.subspan(prefix_offset_), skip_special_tokens_);
-  prefix_offset_ = read_offset_ = ids_.size();
   if (!new_text.starts_with(prefix_text)) return {};
   return new_text.substr(prefix_text.size());
 }

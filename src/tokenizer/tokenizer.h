@@ -63,6 +63,9 @@ class StreamingDecoder {
   std::string push(int32_t id);
   // Returns whatever remains at the end (an incomplete character becomes U+FFFD).
   std::string finish();
+  // What finish() would return now, without finishing: everything push() returned and this make
+  // the text of all ids so far, as decoding them at once gives it.
+  std::string pending() const;
 
  private:
   // decode(ids), cut back to the part that more ids cannot change.

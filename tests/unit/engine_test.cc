@@ -4,9 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <tuple>
 
 #include "core/file.h"
@@ -192,6 +194,48 @@ TEST_F(EngineCommands, RunPrintsLikeRunPyAndWritesJson) {
       0);
   const auto alone = nlohmann::json::parse(read_file(alone_path).value());
   EXPECT_EQ(alone[0].at("output_ids"), record[0].at("output_ids"));
+}
+
+// Stop texts end generation at the token that completes them, wherever they fall in the text: the
+// stop taken from the middle of an unstopped output cuts that output there, one prompt of a batch
+// stops while the other runs on, and results are those of decoding the whole output each step.
+TEST_F(EngineCommands, StopTextsEndTheOutputWhereTheyAppear) {
+  Result<std::unique_ptr<Engine>> loaded = Engine::load(*engine_);
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().message();
+  Engine& engine = **loaded;
+  const Tokenizer& tokenizer = engine.tokenizer();
+  GenerationRequest request;
+  request.prompts = {tokenizer.encode("hello world"), tokenizer.encode("the cat")};
+  request.stop.max_output_len = 20;
+  const std::vector<GenerationResult> free_run = generate(engine, request).value();
+  const std::vector<int32_t>& ids = free_run[0].output_ids;
+  ASSERT_EQ(ids.size(), 20u);
+  const std::string text = tokenizer.decode(ids);
+  // The stop text: two bytes of the output past its first token's text (the first
+  // occurrence of those bytes decides where the output stops).
+  const size_t first_token = tokenizer.decode(std::span(ids.data(), 1)).size();
+  ASSERT_GT(text.size(), first_token + 2);
+  const std::string stop = text.substr(first_token, 2);
+  size_t stop_after = 0;  // ids until the decoded output first holds the stop text
+  while (tokenizer.decode(std::span(ids.data(), stop_after)).find(stop) == std::string::npos) {
+    ++stop_after;
+  }
+  const size_t cut = tokenizer.decode(std::span(ids.data(), stop_after)).find(stop);
+  request.stop.stop_texts = {stop};
+  const std::vector<GenerationResult> stopped = generate(engine, request).value();
+  EXPECT_EQ(stopped[0].finish_reason, FinishReason::kStopWords);
+  EXPECT_EQ(stopped[0].text_length, cut);
+  EXPECT_EQ(stopped[0].output_ids, std::vector<int32_t>(ids.begin(), ids.begin() + stop_after));
+  // The other prompt stops where its own output first holds the stop text, or runs on.
+  const std::vector<int32_t>& other = free_run[1].output_ids;
+  size_t other_after = 1;
+  while (other_after <= other.size() &&
+         tokenizer.decode(std::span(other.data(), other_after)).find(stop) == std::string::npos) {
+    ++other_after;
+  }
+  const size_t other_length = std::min(other_after, other.size());
+  EXPECT_EQ(stopped[1].output_ids,
+            std::vector<int32_t>(other.begin(), other.begin() + other_length));
 }
 
 // An engine whose steps hold at most 3 tokens prefills the prompts in chunks over several steps

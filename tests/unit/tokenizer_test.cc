@@ -121,10 +121,13 @@ TEST_P(FixtureTest, StreamingMatchesDecodeAndNeverSplitsCharacters) {
     for (const bool skip : {true, false}) {
       StreamingDecoder stream(tokenizer, skip);
       std::string streamed;
-      for (const int32_t id : ids) {
-        const std::string piece = stream.push(id);
+      for (size_t i = 0; i < ids.size(); ++i) {
+        const std::string piece = stream.push(ids[i]);
         EXPECT_TRUE(unicode::is_valid_utf8(piece));
         streamed += piece;
+        // What is held back completes the text of the ids so far.
+        const std::span<const int32_t> so_far(ids.data(), i + 1);
+        EXPECT_EQ(streamed + stream.pending(), tokenizer.decode(so_far, skip));
       }
       streamed += stream.finish();
       EXPECT_EQ(streamed, tokenizer.decode(ids, skip));
