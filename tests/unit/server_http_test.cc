@@ -615,16 +615,24 @@ TEST(ServerHttp, ClientDisconnectingMidStreamCancelsItsRequest) {
                    3);
   disconnect_after(server.port, "/v2/models/tiny/generate_stream",
                    {{"text_input", "x"}, {"max_tokens", 120}}, 3);
+  // The handlers notice the closed connections, cancel, and count, each in its own time: wait
+  // for all of it (a loaded machine may take a while), then check.
+  const std::string cancelled_line =
+      "kite_requests_finished_total{finish_reason=\"cancelled\"} 3\n";
   const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (server.executor.active_requests() > 0 && std::chrono::steady_clock::now() < deadline) {
+  std::string metrics;
+  while (std::chrono::steady_clock::now() < deadline) {
+    metrics = server.client().Get("/metrics")->body;
+    if (server.executor.active_requests() == 0 && server.executor.cancelled().size() == 3 &&
+        metrics.find(cancelled_line) != std::string::npos &&
+        metrics.find("kite_kv_cache_used_blocks 0\n") != std::string::npos) {
+      break;
+    }
     std::this_thread::sleep_for(10ms);
   }
   EXPECT_EQ(server.executor.active_requests(), 0u);
   EXPECT_EQ(server.executor.cancelled().size(), 3u);
-  const std::string metrics = server.client().Get("/metrics")->body;
-  EXPECT_NE(metrics.find("kite_requests_finished_total{finish_reason=\"cancelled\"} 3\n"),
-            std::string::npos)
-      << metrics;
+  EXPECT_NE(metrics.find(cancelled_line), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("kite_kv_cache_used_blocks 0\n"), std::string::npos) << metrics;
 }
 
