@@ -257,6 +257,7 @@ struct AttentionCase {
   int64_t sliding_window;
   int num_splits;
   std::vector<Sequence> sequences;
+  bool side_stream = false;  // the decode kernel on a second stream, beside the prefill kernel
 };
 
 std::string describe(const AttentionCase& c) {
@@ -268,7 +269,8 @@ std::string describe(const AttentionCase& c) {
   return std::string(dtype_name(c.dtype)) + " D=" + std::to_string(c.head_dim) +
          " Hkv=" + std::to_string(c.kv_heads) + " group=" + std::to_string(c.group) +
          " block=" + std::to_string(c.block_size) + " window=" + std::to_string(c.sliding_window) +
-         " splits=" + std::to_string(c.num_splits) + " sequences" + sequences;
+         " splits=" + std::to_string(c.num_splits) + (c.side_stream ? " side_stream" : "") +
+         " sequences" + sequences;
 }
 
 // Runs cuda::attention on GPU copies of q, batch and cache; returns the output as floats.
@@ -283,10 +285,31 @@ std::vector<float> gpu_attention(const AttentionCase& c, const std::vector<float
   GpuTensor q_tensor = test::to_gpu(c.dtype, {tokens, q_heads * c.head_dim}, q);
   GpuTensor out(c.dtype, {tokens, q_heads * c.head_dim});
   DeviceSplitWorkspace workspace(tokens, q_heads, c.head_dim, c.num_splits);
+  if (!c.side_stream) {
+    cuda::attention(q_tensor.tensor, device_batch.view, view, kLayer, scale, c.sliding_window,
+                    out.tensor, c.num_splits, workspace.view, nullptr);
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+    return test::to_host(out.tensor);
+  }
+  cuda::SideStream side;
+  EXPECT_EQ(cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking), cudaSuccess);
+  EXPECT_EQ(cudaEventCreateWithFlags(&side.fork, cudaEventDisableTiming), cudaSuccess);
+  EXPECT_EQ(cudaEventCreateWithFlags(&side.join, cudaEventDisableTiming), cudaSuccess);
   cuda::attention(q_tensor.tensor, device_batch.view, view, kLayer, scale, c.sliding_window,
-                  out.tensor, c.num_splits, workspace.view, nullptr);
+                  out.tensor, c.num_splits, workspace.view, nullptr, &side);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
-  return test::to_host(out.tensor);
+  // Read back after the default stream alone (the side stream does not wait for it): complete
+  // only if the side stream's kernel was joined to it.
+  std::vector<uint8_t> bytes(out.tensor.byte_size());
+  EXPECT_EQ(cudaMemcpyAsync(bytes.data(), out.tensor.data, bytes.size(), cudaMemcpyDeviceToHost,
+                            nullptr),
+            cudaSuccess);
+  EXPECT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
+  EXPECT_EQ(cudaStreamSynchronize(side.stream), cudaSuccess);
+  EXPECT_EQ(cudaEventDestroy(side.join), cudaSuccess);
+  EXPECT_EQ(cudaEventDestroy(side.fork), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(side.stream), cudaSuccess);
+  return test::decode(out.tensor.dtype, bytes.data(), size_t(out.tensor.numel()));
 }
 
 void check_attention(const AttentionCase& c, uint32_t seed) {
@@ -376,7 +399,8 @@ TEST(CudaAttention, MixedPrefillAndDecodeMatchesCpuTwin) {
 }
 
 // An in-flight batch: decodes first (the decode kernel, split or not), then prefills, chunks and
-// a sequence with no token (the prefill kernel).
+// a sequence with no token (the prefill kernel); the two kernels one after the other and side by
+// side on two streams.
 const std::vector<Sequence> kDecodesFirstBatch = {{70, 1},  {1, 1},    {300, 1}, {5, 5},
                                                   {45, 13}, {200, 70}, {50, 0},  {129, 65}};
 
@@ -387,8 +411,12 @@ TEST(CudaAttention, DecodesFirstThenPrefillsMatchCpuTwin) {
     for (int64_t head_dim : {64, 128}) {
       for (int64_t group : {1, 4, 8}) {
         for (int splits : {1, 5}) {
-          check_attention({dtype, head_dim, 2, group, 16, 0, splits, kDecodesFirstBatch}, seed++);
-          if (HasFailure()) return;
+          for (bool side_stream : {false, true}) {
+            check_attention(
+                {dtype, head_dim, 2, group, 16, 0, splits, kDecodesFirstBatch, side_stream},
+                seed++);
+            if (HasFailure()) return;
+          }
         }
       }
     }

@@ -638,26 +638,34 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
 
 // ---- prefill: FlashAttention-2 on mma.sync, one CTA per (128 query rows, query head) ----
 //
-// Warp w owns query rows 16w..16w+15 of the CTA's tile. Shared memory holds the Q tile and a
-// two-stage ring of (K, V) tiles of 64 keys, rows padded by 16 bytes so that ldmatrix is free of
-// bank conflicts: the loads of tile j + 1 are issued as the CTA starts on tile j, so they have a
-// whole tile of math to land in, and the loop has one barrier a tile. Thread (group g = lane / 4,
-// t = lane % 4) holds rows g and g + 8 of its warp's 16: S and O in the mma accumulator layout
-// (columns 2t, 2t + 1 of every 8-column tile), so P feeds the second product from registers.
+// Warp w owns 32 consecutive query rows of the CTA's 128, as two 16-row tiles. Shared memory holds
+// the Q tile and a two-stage ring of (K, V) tiles of 64 keys, rows padded by 16 bytes so that
+// ldmatrix is free of bank conflicts: the loads of tile j + 1 are issued as the CTA starts on tile
+// j, so they have a whole tile of math to land in, and the loop has one barrier a tile. In each
+// 16-row tile, thread (group g = lane / 4, t = lane % 4) holds rows g and g + 8: S and O in the mma
+// accumulator layout (columns 2t, 2t + 1 of every 8-column tile), so P feeds the second product
+// from registers. Each K and V fragment a warp reads from shared memory feeds both row tiles, and Q
+// fragments are read from shared memory for every tile of keys (the registers hold the two tiles'
+// S and O instead: 255 registers a thread at head dim 128, two CTAs an SM).
 // Scores stay unscaled until the exponential, 2^(s scale log2(e) - m scale log2(e)) in one FMA;
 // only tiles that cut a warp's visible range (the causal diagonal, a sliding window's edge, the
 // ends of the context) are masked.
 
-constexpr int kPrefillKeys = 64;
-// 8 warps (128 query rows) with Q in registers: ~210 registers a thread, one CTA an SM. On an H100
-// (Llama-3-8B, 2048-token prefill) faster than 4 warps with two CTAs an SM (49.2 against 51.3 ms
-// a step) and than 8 warps reading Q from shared memory at 128 registers, two CTAs an SM (50.6).
-constexpr int kPrefillWarps = 8;
+//
+// Measured on an H200 (Llama-3-8B, 2048-token prefill, CUPTI trace of a whole step): 182.4 us a
+// layer, against 197.6 for 8 warps of one row tile each with Q in registers (one CTA an SM, which
+// read every K and V fragment for 16 rows only). On an H100 that shape had been faster than 4
+// warps of one row tile with two CTAs an SM (49.2 against 51.3 ms a step) and than 8 warps reading
+// Q from shared memory at 128 registers (50.6).
 
-template <int kHeadDim, int kWarps>
+constexpr int kPrefillKeys = 64;
+constexpr int kPrefillWarps = 4;
+constexpr int kPrefillWarpTiles = 2;  // 16-row tiles a warp
+
+template <int kHeadDim>
 struct PrefillShape {
-  static constexpr int kRows = 16 * kWarps;
-  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kRows = 16 * kPrefillWarps * kPrefillWarpTiles;
+  static constexpr int kThreads = 32 * kPrefillWarps;
   static constexpr int kRowStride = kHeadDim + 8;  // elements
   static constexpr int kChunksPerRow = kHeadDim / 8;
   static constexpr int kTileElements = kPrefillKeys * kRowStride;
@@ -665,11 +673,12 @@ struct PrefillShape {
   static constexpr int kSharedBytes = (kRows * kRowStride + 4 * kTileElements) * 2;
 };
 
-template <typename Element, int kHeadDim, int kWarps>
-__global__ void __launch_bounds__(32 * kWarps, 1) prefill_kernel(const AttentionParams p) {
+template <typename Element, int kHeadDim>
+__global__ void __launch_bounds__(32 * kPrefillWarps, 2) prefill_kernel(const AttentionParams p) {
   pdl_launch_dependents();
   pdl_wait();
-  using Shape = PrefillShape<kHeadDim, kWarps>;
+  using Shape = PrefillShape<kHeadDim>;
+  constexpr int kWarpTiles = kPrefillWarpTiles;
   using Ops = ElementOps<Element>;
   constexpr int kRows = Shape::kRows;
   constexpr int kThreads = Shape::kThreads;
@@ -678,6 +687,7 @@ __global__ void __launch_bounds__(32 * kWarps, 1) prefill_kernel(const Attention
   constexpr int kKeySteps = kHeadDim / 16;  // k-steps of S = Q K^T
   constexpr int kOutputTiles = kHeadDim / 8;
   constexpr int kScoreTiles = kPrefillKeys / 8;
+  constexpr int kWarpRows = 16 * kWarpTiles;
   static_assert(kThreads >= kPrefillKeys);
   extern __shared__ __align__(16) unsigned char prefill_shared[];
   __shared__ int cta_first_key, cta_last_key;
@@ -702,24 +712,29 @@ __global__ void __launch_bounds__(32 * kWarps, 1) prefill_kernel(const Attention
   const int lane = threadIdx.x % 32;
   const int group_row = lane / 4;
   const int group_column = 2 * (lane % 4);
+  // CTA row of row r (0: g, 1: g + 8) of the warp's row tile m.
+  auto cta_row = [&](int m, int r) { return warp * kWarpRows + m * 16 + group_row + 8 * r; };
 
-  // Visible keys of rows g and g + 8: [row_first, row_last]; empty (last = -1) for padding rows.
-  // The warp sees keys in [warp_first, warp_last], all its rows see [widest_first, narrowest_last].
-  int row_first[2], row_last[2];
+  // Visible keys of each of this thread's rows: [first_visible(row_last), row_last]; empty
+  // (row_last = -1) for padding rows. The warp sees keys in [warp_first, warp_last], all its rows
+  // see [widest_first, narrowest_last].
+  int row_last[kWarpTiles][2];
   int warp_first = INT_MAX, warp_last = -1, widest_first = 0, narrowest_last = INT_MAX;
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = warp * 16 + group_row + 8 * r;
-    row_first[r] = 0;
-    row_last[r] = -1;
-    if (row < rows) {
-      row_last[r] = p.positions[row_begin + row];
-      row_first[r] = first_visible(row_last[r], p.sliding_window);
-      warp_first = min(warp_first, row_first[r]);
-      warp_last = max(warp_last, row_last[r]);
+  for (int m = 0; m < kWarpTiles; ++m) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = cta_row(m, r);
+      row_last[m][r] = -1;
+      if (row < rows) {
+        row_last[m][r] = p.positions[row_begin + row];
+        const int row_first = first_visible(row_last[m][r], p.sliding_window);
+        warp_first = min(warp_first, row_first);
+        warp_last = max(warp_last, row_last[m][r]);
+        widest_first = max(widest_first, row_first);
+      }
+      narrowest_last = min(narrowest_last, row_last[m][r]);
     }
-    widest_first = max(widest_first, row_first[r]);
-    narrowest_last = min(narrowest_last, row_last[r]);
   }
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
@@ -802,15 +817,27 @@ __global__ void __launch_bounds__(32 * kWarps, 1) prefill_kernel(const Attention
   load_tiles(0, row_offset[0]);
   copy_async_commit();
 
-  uint32_t q_fragment[kKeySteps][4];
-  float output[kOutputTiles][4];
+  // The A fragment of Q for k-step `step` of row tile m, from shared memory.
+  auto load_q = [&](uint32_t(&fragment)[4], int m, int step) {
+    load_matrix_x4(fragment, q_tile + (warp * kWarpRows + m * 16 + (lane & 15)) * kRowStride +
+                                 step * 16 + (lane >> 4) * 8);
+  };
+  float output[kWarpTiles][kOutputTiles][4];
 #pragma unroll
-  for (int n = 0; n < kOutputTiles; ++n) {
+  for (int m = 0; m < kWarpTiles; ++m) {
 #pragma unroll
-    for (int c = 0; c < 4; ++c) output[n][c] = 0.0f;
+    for (int n = 0; n < kOutputTiles; ++n) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) output[m][n][c] = 0.0f;
+    }
   }
-  float row_max[2] = {-INFINITY, -INFINITY};  // unscaled scores
-  float row_sum[2] = {0.0f, 0.0f};  // this thread's columns only; summed over the 4 at the end
+  float row_max[kWarpTiles][2];  // unscaled scores
+  float row_sum[kWarpTiles][2];  // this thread's columns only; summed over the 4 at the end
+#pragma unroll
+  for (int m = 0; m < kWarpTiles; ++m) {
+    row_max[m][0] = row_max[m][1] = -INFINITY;
+    row_sum[m][0] = row_sum[m][1] = 0.0f;
+  }
 
   for (int tile = 0; tile < tiles; ++tile) {
     const int stage = tile & 1;
@@ -822,13 +849,6 @@ __global__ void __launch_bounds__(32 * kWarps, 1) prefill_kernel(const Attention
     if (tile + 1 < tiles) load_tiles(stage ^ 1, row_offset[stage ^ 1]);
     copy_async_commit();
     if (tile + 2 < tiles) find_rows(stage, tile_begin + 2 * kPrefillKeys);
-    if (tile == 0) {
-#pragma unroll
-      for (int step = 0; step < kKeySteps; ++step) {
-        load_matrix_x4(q_fragment[step], q_tile + (warp * 16 + (lane & 15)) * kRowStride +
-                                             step * 16 + (lane >> 4) * 8);
-      }
-    }
 
     // A warp whose rows see no key of this tile skips it (causal diagonal, sliding window).
     const bool warp_active =
@@ -838,63 +858,82 @@ __global__ void __launch_bounds__(32 * kWarps, 1) prefill_kernel(const Attention
     const Element* v_tile = value_tile(stage);
 
     // S = Q K^T: B fragments of two 8-key tiles per ldmatrix (keys are K^T's columns).
-    float score[kScoreTiles][4];
+    float score[kWarpTiles][kScoreTiles][4];
 #pragma unroll
-    for (int n = 0; n < kScoreTiles; ++n) {
+    for (int m = 0; m < kWarpTiles; ++m) {
 #pragma unroll
-      for (int c = 0; c < 4; ++c) score[n][c] = 0.0f;
+      for (int n = 0; n < kScoreTiles; ++n) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) score[m][n][c] = 0.0f;
+      }
     }
 #pragma unroll
     for (int step = 0; step < kKeySteps; ++step) {
+      uint32_t step_q[kWarpTiles][4];
+#pragma unroll
+      for (int m = 0; m < kWarpTiles; ++m) load_q(step_q[m], m, step);
 #pragma unroll
       for (int pair = 0; pair < kScoreTiles / 2; ++pair) {
         uint32_t key_fragment[4];
         load_matrix_x4(key_fragment, k_tile +
                                          (pair * 16 + (lane & 7) + (lane >> 4) * 8) * kRowStride +
                                          step * 16 + ((lane >> 3) & 1) * 8);
-        Ops::mma(score[2 * pair], q_fragment[step], key_fragment[0], key_fragment[1]);
-        Ops::mma(score[2 * pair + 1], q_fragment[step], key_fragment[2], key_fragment[3]);
+#pragma unroll
+        for (int m = 0; m < kWarpTiles; ++m) {
+          Ops::mma(score[m][2 * pair], step_q[m], key_fragment[0], key_fragment[1]);
+          Ops::mma(score[m][2 * pair + 1], step_q[m], key_fragment[2], key_fragment[3]);
+        }
       }
     }
 
     // Mask where some row of the warp does not see the whole tile.
     if (tile_begin < widest_first || tile_begin + kPrefillKeys - 1 > narrowest_last) {
 #pragma unroll
-      for (int n = 0; n < kScoreTiles; ++n) {
+      for (int m = 0; m < kWarpTiles; ++m) {
 #pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          const int key = tile_begin + 8 * n + group_column + (c & 1);
-          const int r = c >> 1;
-          if (key < row_first[r] || key > row_last[r]) score[n][c] = -INFINITY;
+        for (int r = 0; r < 2; ++r) {
+          const int last = row_last[m][r];
+          const int first = first_visible(last, p.sliding_window);
+#pragma unroll
+          for (int n = 0; n < kScoreTiles; ++n) {
+#pragma unroll
+            for (int c = 2 * r; c < 2 * r + 2; ++c) {
+              const int key = tile_begin + 8 * n + group_column + (c & 1);
+              if (key < first || key > last) score[m][n][c] = -INFINITY;
+            }
+          }
         }
       }
     }
     // Online softmax per row: m' = max(m, max_j s_j), O *= 2^((m - m') c), p = 2^((s - m') c)
     // with c = scale log2(e).
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float tile_max = -INFINITY;
+    for (int m = 0; m < kWarpTiles; ++m) {
 #pragma unroll
-      for (int n = 0; n < kScoreTiles; ++n)
-        tile_max = fmaxf(tile_max, fmaxf(score[n][2 * r], score[n][2 * r + 1]));
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-      tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-      const float new_max = fmaxf(row_max[r], tile_max);
-      const float base = new_max == -INFINITY ? 0.0f : new_max * p.scale_log2;
-      const float correction = fast_exp2(fmaf(row_max[r], p.scale_log2, -base));
-      row_max[r] = new_max;
-      row_sum[r] *= correction;
+      for (int r = 0; r < 2; ++r) {
+        float tile_max = -INFINITY;
 #pragma unroll
-      for (int n = 0; n < kOutputTiles; ++n) {
-        output[n][2 * r] *= correction;
-        output[n][2 * r + 1] *= correction;
-      }
+        for (int n = 0; n < kScoreTiles; ++n)
+          tile_max = fmaxf(tile_max, fmaxf(score[m][n][2 * r], score[m][n][2 * r + 1]));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+        const float new_max = fmaxf(row_max[m][r], tile_max);
+        const float base = new_max == -INFINITY ? 0.0f : new_max * p.scale_log2;
+        const float correction = fast_exp2(fmaf(row_max[m][r], p.scale_log2, -base));
+        row_max[m][r] = new_max;
+        row_sum[m][r] *= correction;
 #pragma unroll
-      for (int n = 0; n < kScoreTiles; ++n) {
+        for (int n = 0; n < kOutputTiles; ++n) {
+          output[m][n][2 * r] *= correction;
+          output[m][n][2 * r + 1] *= correction;
+        }
 #pragma unroll
-        for (int c = 2 * r; c < 2 * r + 2; ++c) {
-          score[n][c] = fast_exp2(fmaf(score[n][c], p.scale_log2, -base));
-          row_sum[r] += score[n][c];
+        for (int n = 0; n < kScoreTiles; ++n) {
+#pragma unroll
+          for (int c = 2 * r; c < 2 * r + 2; ++c) {
+            score[m][n][c] = fast_exp2(fmaf(score[m][n][c], p.scale_log2, -base));
+            row_sum[m][r] += score[m][n][c];
+          }
         }
       }
     }
@@ -903,39 +942,46 @@ __global__ void __launch_bounds__(32 * kWarps, 1) prefill_kernel(const Attention
     // transposing ldmatrix, two 8-column output tiles per load.
 #pragma unroll
     for (int step = 0; step < kPrefillKeys / 16; ++step) {
-      const uint32_t probability[4] = {Ops::pack(score[2 * step][0], score[2 * step][1]),
-                                       Ops::pack(score[2 * step][2], score[2 * step][3]),
-                                       Ops::pack(score[2 * step + 1][0], score[2 * step + 1][1]),
-                                       Ops::pack(score[2 * step + 1][2], score[2 * step + 1][3])};
+      uint32_t probability[kWarpTiles][4];
+#pragma unroll
+      for (int m = 0; m < kWarpTiles; ++m) {
+        probability[m][0] = Ops::pack(score[m][2 * step][0], score[m][2 * step][1]);
+        probability[m][1] = Ops::pack(score[m][2 * step][2], score[m][2 * step][3]);
+        probability[m][2] = Ops::pack(score[m][2 * step + 1][0], score[m][2 * step + 1][1]);
+        probability[m][3] = Ops::pack(score[m][2 * step + 1][2], score[m][2 * step + 1][3]);
+      }
 #pragma unroll
       for (int pair = 0; pair < kOutputTiles / 2; ++pair) {
         uint32_t value_fragment[4];
         load_matrix_x4_transposed(
             value_fragment, v_tile + (step * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * kRowStride +
                                 pair * 16 + (lane >> 4) * 8);
-        Ops::mma(output[2 * pair], probability, value_fragment[0], value_fragment[1]);
-        Ops::mma(output[2 * pair + 1], probability, value_fragment[2], value_fragment[3]);
+#pragma unroll
+        for (int m = 0; m < kWarpTiles; ++m) {
+          Ops::mma(output[m][2 * pair], probability[m], value_fragment[0], value_fragment[1]);
+          Ops::mma(output[m][2 * pair + 1], probability[m], value_fragment[2], value_fragment[3]);
+        }
       }
     }
   }
 
   // out = O / sum: a real row sees at least its own position, so its sum is at least 1.
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 1);
-    row_sum[r] += __shfl_xor_sync(0xffffffffu, row_sum[r], 2);
-  }
+  for (int m = 0; m < kWarpTiles; ++m) {
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = warp * 16 + group_row + 8 * r;
-    if (row >= rows) continue;
-    const float inverse = 1.0f / row_sum[r];
-    auto* out_row = static_cast<Element*>(p.out) +
-                    (int64_t(row_begin + row) * p.num_q_heads + q_head) * kHeadDim + group_column;
+    for (int r = 0; r < 2; ++r) {
+      row_sum[m][r] += __shfl_xor_sync(0xffffffffu, row_sum[m][r], 1);
+      row_sum[m][r] += __shfl_xor_sync(0xffffffffu, row_sum[m][r], 2);
+      const int row = cta_row(m, r);
+      if (row >= rows) continue;
+      const float inverse = 1.0f / row_sum[m][r];
+      auto* out_row = static_cast<Element*>(p.out) +
+                      (int64_t(row_begin + row) * p.num_q_heads + q_head) * kHeadDim + group_column;
 #pragma unroll
-    for (int n = 0; n < kOutputTiles; ++n) {
-      *reinterpret_cast<uint32_t*>(out_row + 8 * n) =
-          Ops::pack(output[n][2 * r] * inverse, output[n][2 * r + 1] * inverse);
+      for (int n = 0; n < kOutputTiles; ++n) {
+        *reinterpret_cast<uint32_t*>(out_row + 8 * n) =
+            Ops::pack(output[m][n][2 * r] * inverse, output[m][n][2 * r + 1] * inverse);
+      }
     }
   }
 }
@@ -954,8 +1000,8 @@ void launch_decode(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
 template <typename Element, int kHeadDim>
 void launch_prefill(const AttentionParams& p, int64_t max_query_length, unsigned sequences,
                     cudaStream_t stream) {
-  using Shape = PrefillShape<kHeadDim, kPrefillWarps>;
-  constexpr auto kernel = prefill_kernel<Element, kHeadDim, kPrefillWarps>;
+  using Shape = PrefillShape<kHeadDim>;
+  constexpr auto kernel = prefill_kernel<Element, kHeadDim>;
   // Per launch (the setting belongs to the current device; the call is cheap).
   KITE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                        Shape::kSharedBytes));
@@ -1098,7 +1144,8 @@ void launch_decodes(AttentionParams d, const AttentionKernels& kernels, int64_t 
 
 void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCacheView& cache,
                int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out,
-               int num_splits, const SplitWorkspace& workspace, cudaStream_t stream) {
+               int num_splits, const SplitWorkspace& workspace, cudaStream_t stream,
+               const SideStream* side) {
   KITE_CHECK(q.rows() == batch.num_tokens && out.data != q.data);
   KITE_CHECK(reinterpret_cast<uintptr_t>(q.data) % 16 == 0);
   const AttentionKernels* kernels = nullptr;
@@ -1115,12 +1162,24 @@ void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCache
       batch.max_query_length == 1
           ? batch.num_sequences
           : std::clamp<int64_t>(batch.num_leading_decodes, 0, batch.num_sequences);
-  if (decodes > 0) launch_decodes(p, *kernels, decodes, num_splits, workspace, stream);
-  if (decodes < batch.num_sequences) {
+  const bool prefills = decodes < batch.num_sequences;
+  const bool beside = side != nullptr && decodes > 0 && prefills;
+  if (beside) {
+    KITE_CUDA_CHECK(cudaEventRecord(side->fork, stream));
+    KITE_CUDA_CHECK(cudaStreamWaitEvent(side->stream, side->fork));
+  }
+  if (decodes > 0) {
+    launch_decodes(p, *kernels, decodes, num_splits, workspace, beside ? side->stream : stream);
+  }
+  if (prefills) {
     // Sequences [decodes, S): their rows of query_start and block_table.
     p.query_start = batch.query_start + decodes;
     p.block_table = batch.block_table + decodes * batch.max_blocks_per_sequence;
     kernels->prefill(p, batch.max_query_length, unsigned(batch.num_sequences - decodes), stream);
+  }
+  if (beside) {
+    KITE_CUDA_CHECK(cudaEventRecord(side->join, side->stream));
+    KITE_CUDA_CHECK(cudaStreamWaitEvent(stream, side->join));
   }
 }
 

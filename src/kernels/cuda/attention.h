@@ -61,20 +61,34 @@ struct SplitWorkspace {
 //
 // Anything else takes the prefill kernel (FlashAttention-2 on mma.sync m16n8k16, float32
 // accumulation and online softmax; the score matrix never leaves registers): one CTA per
-// (64 query rows of one sequence, query head), K/V tiles of 64 keys gathered from the paged cache,
-// tiles outside every row's causal / sliding window skipped. It handles prefill, chunked prefill
-// and decode tokens in one batch; num_splits is ignored. Work: 4 * T^2 / 2 * D * Hq FLOPs for a
-// causal prefill of T tokens (Llama-3-8B, T 2048: 34 GFLOP per layer, against 0.9 TFLOP in the
-// layer's GEMMs); the host reads batch.max_query_length to size the grid.
+// (128 query rows of one sequence, query head), 4 warps of 32 rows, two CTAs an SM, the CTAs of
+// each sequence's last rows (the most keys) first; K/V tiles of 64 keys gathered from the paged
+// cache, tiles outside every row's causal / sliding window skipped. It handles prefill, chunked
+// prefill and decode tokens in one batch; num_splits is ignored. Work: 4 * T^2 / 2 * D * Hq FLOPs
+// for a causal prefill of T tokens (Llama-3-8B, T 2048: 34 GFLOP per layer, against 0.9 TFLOP in
+// the layer's GEMMs); the host reads batch.max_query_length to size the grid.
 //
 // `workspace` must hold attention_workspace_bytes(num tokens, Hq, D, num_splits) bytes and
 // split_counter_count(num tokens, Hq) counters when the decode kernel runs with num_splits > 1; it
-// may be empty otherwise. Everything runs on `stream`,
-// without synchronizing, and may be captured in a CUDA graph (the prefill kernel for D 128 sets
-// its shared-memory limit with cudaFuncSetAttribute on every call).
+// may be empty otherwise. Everything runs on `stream` (and `side`), without synchronizing, and may
+// be captured in a CUDA graph (the prefill kernel for D 128 sets its shared-memory limit with
+// cudaFuncSetAttribute on every call).
+//
+// A batch of leading decodes and then prefills (an in-flight batching step) runs both kernels.
+// They read and write disjoint rows, and the decode kernel is bound by HBM bandwidth while the
+// prefill kernel is bound by the SMs, so with a `side` stream the decode kernel runs there, beside
+// the prefill kernel on `stream`: `side->fork` is recorded on `stream` and waited for on the side
+// stream before it, `side->join` recorded on the side stream after it and waited for on `stream`.
+// Without one (null) the two kernels run one after the other on `stream`.
+struct SideStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t fork = nullptr;  // both created with cudaEventDisableTiming
+  cudaEvent_t join = nullptr;
+};
 void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCacheView& cache,
                int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out,
-               int num_splits, const SplitWorkspace& workspace, cudaStream_t stream);
+               int num_splits, const SplitWorkspace& workspace, cudaStream_t stream,
+               const SideStream* side = nullptr);
 
 // Whether decode_rope_attention takes this step: decode only (batch.max_query_length == 1), a
 // supported head_dim, rotary_dim a multiple of 16.

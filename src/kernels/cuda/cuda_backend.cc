@@ -3,7 +3,9 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstdlib>
 #include <string>
+#include <string_view>
 
 #include "kernels/cuda/activation.h"
 #include "kernels/cuda/attention.h"
@@ -22,6 +24,13 @@ void free_device_memory(void* data) {
   KITE_CUDA_CHECK(cudaFree(data));
 }
 
+void destroy_side_stream(const cuda::SideStream& side) {
+  if (!side.stream) return;
+  cudaEventDestroy(side.join);
+  cudaEventDestroy(side.fork);
+  cudaStreamDestroy(side.stream);
+}
+
 }  // namespace
 
 Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& options) {
@@ -33,20 +42,31 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& o
   KITE_CUDA_CHECK(cudaSetDevice(options.device_index));
   cudaStream_t stream = nullptr;
   KITE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  // KITE_ATTENTION_SIDE_STREAM=0 runs a step's decode and prefill attention one after the other
+  // (for A/B measurements).
+  cuda::SideStream side;
+  const char* side_setting = std::getenv("KITE_ATTENTION_SIDE_STREAM");
+  if (!(side_setting && std::string_view(side_setting) == "0")) {
+    KITE_CUDA_CHECK(cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking));
+    KITE_CUDA_CHECK(cudaEventCreateWithFlags(&side.fork, cudaEventDisableTiming));
+    KITE_CUDA_CHECK(cudaEventCreateWithFlags(&side.join, cudaEventDisableTiming));
+  }
   Result<std::unique_ptr<cuda::GemmRunner>> gemm = cuda::GemmRunner::create();
   if (!gemm.is_ok()) {
+    destroy_side_stream(side);
     KITE_CUDA_CHECK(cudaStreamDestroy(stream));
     return gemm.status();
   }
   return std::unique_ptr<CudaBackend>(
-      new CudaBackend(options, std::move(device), stream, std::move(*gemm)));
+      new CudaBackend(options, std::move(device), stream, side, std::move(*gemm)));
 }
 
 CudaBackend::CudaBackend(BackendOptions options, CudaDeviceInfo device, cudaStream_t stream,
-                         std::unique_ptr<cuda::GemmRunner> gemm)
+                         cuda::SideStream side, std::unique_ptr<cuda::GemmRunner> gemm)
     : options_(std::move(options)),
       device_(std::move(device)),
       stream_(stream),
+      side_(side),
       gemm_(std::move(gemm)) {}
 
 CudaBackend::~CudaBackend() {
@@ -57,6 +77,7 @@ CudaBackend::~CudaBackend() {
   split_counters_.reset();
   sampling_workspace_.reset();
   gemm_.reset();
+  destroy_side_stream(side_);
   if (stream_) cudaStreamDestroy(stream_);
 }
 
@@ -211,7 +232,8 @@ void CudaBackend::attention(const DeviceTensor& q, const AttentionBatch& batch,
   const int splits = decode_splits(batch, cache, decodes);
   const cuda::SplitWorkspace workspace = split_workspace(
       std::max<int64_t>(decodes, 1), q.cols() / cache.head_dim, cache.head_dim, splits);
-  cuda::attention(q, batch, cache, layer, scale, sliding_window, out, splits, workspace, stream_);
+  cuda::attention(q, batch, cache, layer, scale, sliding_window, out, splits, workspace, stream_,
+                  side_.stream ? &side_ : nullptr);
 }
 
 void CudaBackend::rope_attention(const DeviceTensor& qkv, const RopeParams& rope,
