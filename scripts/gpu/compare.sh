@@ -9,8 +9,10 @@
 #                     the engine then has the serving limits of serve_bench.sh)
 #   --requests N      requests per serving case (default 1024)
 #   --reps R          rounds; each runs every binary once, in the order given (default 3)
-#   --trace           then one traced run of the first static case per binary and its timeline
-#                     (needs .deps/trace from scripts/gpu/trace/build.sh)
+#   --trace           then one traced run per binary of the first static case, or without static
+#                     cases of the first serving case with at most 256 requests, and its timeline
+#                     (needs .deps/trace from scripts/gpu/trace/build.sh); the timelines go to
+#                     LOG_DIR, the raw traces (tens of MB) to /tmp/kite-compare/traces
 #   --tests FILTER    first run build-gpu/tests/kite_cuda_tests with this gtest filter
 #   --env NAME=K=V    run binary NAME with environment variable K=V (repeatable), e.g. for a switch
 # Binaries come from scripts/gpu/stage_prebuilt.sh (e.g. build-gpu/kite and build-gpu/kite-base).
@@ -121,15 +123,29 @@ for ((rep = 1; rep <= reps; ++rep)); do
   done
 done
 
-if ((trace)) && [[ -n "$static_cases" ]]; then
-  first_case="${static_cases%%;*}"
+if ((trace)); then
+  # The run to trace: the first static case (its two steps), else the first serving case with at
+  # most 256 requests (the whole run as one window: where its time goes).
+  if [[ -n "$static_cases" ]]; then
+    traced=(--batch_size "$batch" --input_output_len "${static_cases%%;*}" --warm_up 1 --num_runs 1)
+    timeline_args=()
+  else
+    traced=(--mode serve --scheduler_policy max_utilization --num_requests "$((requests < 256 ? requests : 256))"
+            --input_output_len "${serve_cases%%;*}")
+    timeline_args=(--split_us 1e9 --windows 1)
+  fi
+  traces=/tmp/kite-compare/traces
+  mkdir -p "$traces"
+  echo "traced: kite bench --engine_dir $engine ${traced[*]}; raw traces: $traces" >> "$log"
   for i in "${!names[@]}"; do
     environment_of "${names[$i]}"
-    env "${env_args[@]}" KITE_TRACE_FILE="$log_dir/trace_${names[$i]}.csv" \
+    env "${env_args[@]}" KITE_TRACE_FILE="$traces/trace_${names[$i]}.csv" \
       LD_PRELOAD="$root/.deps/trace/libkite_trace.so" "${binaries[$i]}" bench --engine_dir "$engine" \
-      --batch_size "$batch" --input_output_len "$first_case" --warm_up 1 --num_runs 1 > /dev/null 2>&1 ||
+      "${traced[@]}" > "$log_dir/traced_${names[$i]}.log" 2>&1 ||
       echo "traced run of ${names[$i]} failed" | tee -a "$log"
-    python3 scripts/gpu/trace/timeline.py "$log_dir/trace_${names[$i]}.csv" \
+    grep -E "BENCHMARK" "$log_dir/traced_${names[$i]}.log" | sed "s/^/${names[$i]} traced /" >> "$log" || true
+    rm -f "$log_dir/traced_${names[$i]}.log"
+    python3 scripts/gpu/trace/timeline.py "$traces/trace_${names[$i]}.csv" "${timeline_args[@]}" \
       > "$log_dir/timeline_${names[$i]}.txt" 2>&1 || true
   done
 fi
