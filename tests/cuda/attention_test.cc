@@ -301,9 +301,9 @@ std::vector<float> gpu_attention(const AttentionCase& c, const std::vector<float
   // Read back after the default stream alone (the side stream does not wait for it): complete
   // only if the side stream's kernel was joined to it.
   std::vector<uint8_t> bytes(out.tensor.byte_size());
-  EXPECT_EQ(cudaMemcpyAsync(bytes.data(), out.tensor.data, bytes.size(), cudaMemcpyDeviceToHost,
-                            nullptr),
-            cudaSuccess);
+  EXPECT_EQ(
+      cudaMemcpyAsync(bytes.data(), out.tensor.data, bytes.size(), cudaMemcpyDeviceToHost, nullptr),
+      cudaSuccess);
   EXPECT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
   EXPECT_EQ(cudaStreamSynchronize(side.stream), cudaSuccess);
   EXPECT_EQ(cudaEventDestroy(side.join), cudaSuccess);
@@ -421,6 +421,79 @@ TEST(CudaAttention, DecodesFirstThenPrefillsMatchCpuTwin) {
       }
     }
   }
+}
+
+// A mixed step as the backend runs it, on a non-blocking stream: RoPE and the KV store (launched
+// with programmatic dependent launch), then attention with the decode kernel on a side stream.
+// That kernel reads the queries and new keys the RoPE kernel writes, so it must wait for it: the
+// output must be the bits of the same calls on one stream, on every repetition.
+TEST(CudaAttention, SideStreamWaitsForTheKernelBeforeIt) {
+  KITE_REQUIRE_GPU();
+  constexpr DType kDType = DType::kBF16;
+  constexpr int64_t kHeadDim = 128, kKvHeads = 8, kGroup = 4, kBlockSize = 32;
+  // 32 decodes of long contexts (work for the decode kernel), then chunks of prompts.
+  std::vector<Sequence> sequences;
+  for (int64_t i = 0; i < 32; ++i) sequences.push_back({300 + 29 * i, 1});
+  sequences.insert(sequences.end(), {{700, 700}, {513, 200}, {90, 90}});
+  const HostBatch batch = make_batch(sequences, kBlockSize, 77);
+  const HostCache cache = make_cache(kDType, batch, kKvHeads, kBlockSize, kHeadDim, 78);
+  const int64_t q_heads = kKvHeads * kGroup;
+  const int64_t tokens = batch.num_tokens();
+  const int64_t width = (q_heads + 2 * kKvHeads) * kHeadDim;
+  GpuTensor qkv = test::to_gpu(kDType, {tokens, width},
+                               test::random_values(size_t(tokens * width), 79, 2.0f, kDType));
+  std::vector<float> inv_freq(size_t(kHeadDim / 2));
+  for (size_t i = 0; i < inv_freq.size(); ++i) {
+    inv_freq[i] = std::pow(500000.0f, -2.0f * float(i) / float(kHeadDim));
+  }
+  GpuTensor device_inv_freq = test::to_gpu(DType::kF32, {int64_t(inv_freq.size())}, inv_freq);
+  const RopeParams rope{device_inv_freq.as<float>(), kHeadDim, 1.0f};
+  std::vector<int32_t> slots;  // every new token's
+  for (int64_t s = 0; s < batch.num_sequences(); ++s) {
+    for (int32_t t = batch.query_start[size_t(s)]; t < batch.query_start[size_t(s) + 1]; ++t) {
+      const int32_t position = batch.positions[size_t(t)];
+      slots.push_back(batch.block(s, position, kBlockSize) * int32_t(kBlockSize) +
+                      position % int32_t(kBlockSize));
+    }
+  }
+  GpuTensor device_slots = test::int_to_gpu(slots);
+  DeviceBatch device_batch(batch);
+  device_batch.view.slot_mapping = device_slots.as<int32_t>();
+  DeviceSplitWorkspace workspace(tokens, q_heads, kHeadDim, 1);
+  cudaStream_t stream = nullptr;
+  cuda::SideStream side;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaEventCreateWithFlags(&side.fork, cudaEventDisableTiming), cudaSuccess);
+  ASSERT_EQ(cudaEventCreateWithFlags(&side.join, cudaEventDisableTiming), cudaSuccess);
+
+  // The output's bits after rope_and_store_kv + attention on a fresh copy of the cache.
+  auto run = [&](const cuda::SideStream* side_stream) {
+    GpuTensor device_cache = upload_cache(cache);
+    KvCacheView view = cache.view;
+    view.data = device_cache.tensor.data;
+    GpuTensor q(kDType, {tokens, q_heads * kHeadDim});
+    GpuTensor out(kDType, {tokens, q_heads * kHeadDim});
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    cuda::rope_and_store_kv(qkv.tensor, rope, device_batch.view, view, kLayer, q.tensor, stream);
+    cuda::attention(q.tensor, device_batch.view, view, kLayer, 1.0f / std::sqrt(float(kHeadDim)), 0,
+                    out.tensor, 1, workspace.view, stream, side_stream);
+    std::vector<uint16_t> bits(size_t(out.tensor.numel()));
+    EXPECT_EQ(cudaMemcpyAsync(bits.data(), out.tensor.data, bits.size() * 2, cudaMemcpyDeviceToHost,
+                              stream),
+              cudaSuccess);
+    EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    return bits;
+  };
+  const std::vector<uint16_t> expected = run(nullptr);
+  for (int repetition = 0; repetition < 10 && !HasFailure(); ++repetition) {
+    EXPECT_EQ(run(&side), expected) << "repetition " << repetition;
+  }
+  EXPECT_EQ(cudaEventDestroy(side.join), cudaSuccess);
+  EXPECT_EQ(cudaEventDestroy(side.fork), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(side.stream), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(stream), cudaSuccess);
 }
 
 // Groups larger than the decode kernel's 4 register-resident heads take several CTAs per kv head
