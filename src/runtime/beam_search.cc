@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "runtime/engine.h"
+#include "runtime/stop_text.h"
 
 namespace kite {
 namespace {
@@ -89,7 +90,7 @@ std::vector<int64_t> BeamSearch::step(std::span<const float> log_probs, int64_t 
     Candidate candidate{index / vocab, int32_t(index % vocab), accumulated[size_t(index)], {}};
     std::vector<int32_t> output = running_[size_t(candidate.parent)];
     output.push_back(candidate.token);
-    candidate.stop = stops(output);
+    candidate.stop = stops(candidate.parent, output);
     if (candidate.stop.reason == FinishReason::kNotFinished && generated >= max_new_tokens_) {
       candidate.stop.reason = FinishReason::kLength;
     }
@@ -319,15 +320,32 @@ Result<std::vector<BeamHypothesis>> beam_search(Engine& engine, std::span<const 
   for (int64_t beam = 1; beam < width; ++beam) blocks.hold(prompt_table);
 
   BeamSearch search(options, stop.max_output_len, int64_t(stop.end_ids.size()));
-  const Tokenizer& tokenizer = engine.tokenizer();
-  const BeamStopCheck stops = [&](std::span<const int32_t> output) {
-    const std::string text = stop.stop_texts.empty() ? std::string() : tokenizer.decode(output);
-    return check_stop(stop, output, text);
+  // With stop texts, each running beam's output text grows in a scanner of its own; a candidate is
+  // checked on a copy of its parent's with the candidate's token.
+  std::vector<StopTextScanner> scanners;
+  if (!stop.stop_texts.empty()) {
+    for (int64_t beam = 0; beam < width; ++beam) {
+      scanners.emplace_back(engine.tokenizer(), stop.stop_texts);
+    }
+  }
+  const BeamStopCheck stops = [&](int64_t parent, std::span<const int32_t> output) {
+    if (scanners.empty()) return check_stop(stop, output, {});
+    StopTextScanner scanner = scanners[size_t(parent)];
+    scanner.push(output.back());
+    return check_stop(stop, output, scanner.tail(), scanner.tail_offset());
   };
   Backend& backend = engine.backend();
   while (true) {
     const std::vector<int64_t> parents = search.step(rows, vocab, stops);
     if (search.done()) break;
+    if (!scanners.empty()) {
+      std::vector<StopTextScanner> next;
+      for (size_t beam = 0; beam < parents.size(); ++beam) {
+        next.push_back(scanners[size_t(parents[beam])]);
+        next.back().push(search.running()[beam].back());
+      }
+      scanners = std::move(next);
+    }
     const auto started = clock();
     // Each beam takes its parent's table; the block its new token goes to must be its own.
     std::vector<std::vector<int32_t>> next_tables;

@@ -40,8 +40,9 @@ struct BeamHypothesis {
   size_t text_length = std::string::npos;  // where a stop text cut the decoded output
 };
 
-// Whether a beam whose output (generated tokens) is `output` has finished, and why.
-using BeamStopCheck = std::function<StopCheck(std::span<const int32_t> output)>;
+// Whether a beam whose output (generated tokens) is `output` has finished, and why: `output` is
+// running()[parent] with one more token.
+using BeamStopCheck = std::function<StopCheck(int64_t parent, std::span<const int32_t> output)>;
 
 class BeamSearch {
  public:
@@ -82,7 +83,9 @@ class BeamSearch {
 };
 
 // Beam search for one prompt on an engine: the prompt is computed once, then the beam_width beams
-// step together (one logit row each). `stop` gives max_output_len, the end ids and stop texts.
+// step together (one logit row each). `stop` gives max_output_len, the end ids and stop texts;
+// stop texts are looked for as each beam's output grows (a StopTextScanner per running beam), not
+// in its whole decoded output at every step.
 // Checks the request against the engine's limits first (beam_width within max_batch_size).
 Result<std::vector<BeamHypothesis>> beam_search(Engine& engine, std::span<const int32_t> prompt,
                                                 const BeamSearchOptions& options,

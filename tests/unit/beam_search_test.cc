@@ -21,7 +21,7 @@ constexpr float kNone = -1.0e9f;  // a log-probability no beam should take
 
 // Stops at token `end`.
 BeamStopCheck end_at(int32_t end) {
-  return [end](std::span<const int32_t> output) {
+  return [end](int64_t /*parent*/, std::span<const int32_t> output) {
     StopCheck check;
     if (!output.empty() && output.back() == end) check.reason = FinishReason::kEndId;
     return check;
@@ -160,7 +160,7 @@ TEST_F(BeamSearchEngine, SharedBlocksGiveTheBeamsOfRecomputingEveryBeam) {
     const std::vector<BeamHypothesis> beams = beam_search(*engine, prompt, options, stop).value();
 
     BeamSearch reference(options, stop.max_output_len, 1);
-    const BeamStopCheck stops = [&](std::span<const int32_t> output) {
+    const BeamStopCheck stops = [&](int64_t /*parent*/, std::span<const int32_t> output) {
       return check_stop(stop, output, "");
     };
     std::vector<float> rows = repeated(log_probs_from_scratch(*engine, prompt), width);
@@ -185,6 +185,61 @@ TEST_F(BeamSearchEngine, SharedBlocksGiveTheBeamsOfRecomputingEveryBeam) {
     }
     EXPECT_EQ(engine->kv_cache().free_blocks(), free_before);  // every block given back
   }
+}
+
+// Stop texts: beam_search (a scanner per beam, searched where a stop text can newly end) against
+// the selection checked on each candidate's whole decoded output, with stop texts cut from the
+// middle of the beams' outputs without them (so that they end some beams, spanning tokens).
+TEST_F(BeamSearchEngine, StopTextsEndTheBeamsWhereTheyAppear) {
+  std::unique_ptr<Engine> engine = Engine::load(*engine_dir_).value();
+  const Tokenizer& tokenizer = engine->tokenizer();
+  const int64_t vocab = engine->config().model.vocab_size;
+  const std::vector<int32_t> prompt = {5, 9, 2, 7, 11};
+  const BeamSearchOptions options{.beam_width = 3};
+  StopConditions free_run;
+  free_run.max_output_len = 16;
+  const std::vector<BeamHypothesis> unstopped =
+      beam_search(*engine, prompt, options, free_run).value();
+  int stopped_beams = 0;
+  for (const BeamHypothesis& beam : unstopped) {
+    const std::string text = tokenizer.decode(beam.output_ids);
+    if (text.size() < 8) continue;
+    // Three bytes from the middle, widened to whole UTF-8 characters.
+    size_t begin = text.size() / 2, end = begin + 3;
+    auto continues = [&](size_t i) { return i < text.size() && (text[i] & 0xC0) == 0x80; };
+    while (begin > 0 && continues(begin)) --begin;
+    while (continues(end)) ++end;
+    StopConditions stop = free_run;
+    stop.stop_texts = {text.substr(begin, end - begin), "no such text in the output"};
+    SCOPED_TRACE("stop text '" + stop.stop_texts.front() + "'");
+    const std::vector<BeamHypothesis> beams = beam_search(*engine, prompt, options, stop).value();
+
+    BeamSearch reference(options, stop.max_output_len, 0);
+    const BeamStopCheck stops = [&](int64_t /*parent*/, std::span<const int32_t> output) {
+      return check_stop(stop, output, tokenizer.decode(output));
+    };
+    std::vector<float> rows = repeated(log_probs_from_scratch(*engine, prompt), options.beam_width);
+    while (true) {
+      reference.step(rows, vocab, stops);
+      if (reference.done()) break;
+      rows.clear();
+      for (const std::vector<int32_t>& output : reference.running()) {
+        std::vector<int32_t> tokens = prompt;
+        tokens.insert(tokens.end(), output.begin(), output.end());
+        const std::vector<float> row = log_probs_from_scratch(*engine, tokens);
+        rows.insert(rows.end(), row.begin(), row.end());
+      }
+    }
+    const std::vector<BeamHypothesis> expected = reference.results();
+    ASSERT_EQ(beams.size(), expected.size());
+    for (size_t b = 0; b < beams.size(); ++b) {
+      EXPECT_EQ(beams[b].output_ids, expected[b].output_ids) << "beam " << b;
+      EXPECT_EQ(beams[b].finish_reason, expected[b].finish_reason) << "beam " << b;
+      EXPECT_EQ(beams[b].text_length, expected[b].text_length) << "beam " << b;
+      stopped_beams += beams[b].finish_reason == FinishReason::kStopWords;
+    }
+  }
+  EXPECT_GT(stopped_beams, 0) << "no stop text ended a beam: the test checks nothing";
 }
 
 TEST_F(BeamSearchEngine, OneBeamWithoutEndIdsIsGreedy) {
