@@ -147,9 +147,29 @@ std::vector<float> log_probs_from_scratch(Engine& engine, const std::vector<int3
   return logits;
 }
 
+// The beams of the selection alone, every beam's row recomputed from scratch at every step.
+std::vector<BeamHypothesis> beams_from_scratch(Engine& engine, const std::vector<int32_t>& prompt,
+                                               const BeamSearchOptions& options,
+                                               const StopConditions& stop,
+                                               const BeamStopCheck& stops) {
+  BeamSearch search(options, stop.max_output_len, int64_t(stop.end_ids.size()));
+  const int64_t vocab = engine.config().model.vocab_size;
+  std::vector<float> rows = repeated(log_probs_from_scratch(engine, prompt), options.beam_width);
+  while (true) {
+    search.step(rows, vocab, stops);
+    if (search.done()) return search.results();
+    rows.clear();
+    for (const std::vector<int32_t>& output : search.running()) {
+      std::vector<int32_t> tokens = prompt;
+      tokens.insert(tokens.end(), output.begin(), output.end());
+      const std::vector<float> row = log_probs_from_scratch(engine, tokens);
+      rows.insert(rows.end(), row.begin(), row.end());
+    }
+  }
+}
+
 TEST_F(BeamSearchEngine, SharedBlocksGiveTheBeamsOfRecomputingEveryBeam) {
   std::unique_ptr<Engine> engine = Engine::load(*engine_dir_).value();
-  const int64_t vocab = engine->config().model.vocab_size;
   const int64_t free_before = engine->kv_cache().free_blocks();
   for (const auto& [prompt, width] : std::vector<std::pair<std::vector<int32_t>, int64_t>>{
            {{5, 9, 2, 7, 11}, 3}, {{3, 1, 4, 1}, 4}, {{8}, 2}}) {
@@ -159,23 +179,11 @@ TEST_F(BeamSearchEngine, SharedBlocksGiveTheBeamsOfRecomputingEveryBeam) {
     const BeamSearchOptions options{.beam_width = width, .length_penalty = 0.8f};
     const std::vector<BeamHypothesis> beams = beam_search(*engine, prompt, options, stop).value();
 
-    BeamSearch reference(options, stop.max_output_len, 1);
     const BeamStopCheck stops = [&](int64_t /*parent*/, std::span<const int32_t> output) {
       return check_stop(stop, output, "");
     };
-    std::vector<float> rows = repeated(log_probs_from_scratch(*engine, prompt), width);
-    while (true) {
-      reference.step(rows, vocab, stops);
-      if (reference.done()) break;
-      rows.clear();
-      for (const std::vector<int32_t>& output : reference.running()) {
-        std::vector<int32_t> tokens = prompt;
-        tokens.insert(tokens.end(), output.begin(), output.end());
-        const std::vector<float> row = log_probs_from_scratch(*engine, tokens);
-        rows.insert(rows.end(), row.begin(), row.end());
-      }
-    }
-    const std::vector<BeamHypothesis> expected = reference.results();
+    const std::vector<BeamHypothesis> expected =
+        beams_from_scratch(*engine, prompt, options, stop, stops);
     ASSERT_EQ(beams.size(), expected.size());
     ASSERT_EQ(beams.size(), size_t(width));
     for (size_t b = 0; b < beams.size(); ++b) {
@@ -193,7 +201,6 @@ TEST_F(BeamSearchEngine, SharedBlocksGiveTheBeamsOfRecomputingEveryBeam) {
 TEST_F(BeamSearchEngine, StopTextsEndTheBeamsWhereTheyAppear) {
   std::unique_ptr<Engine> engine = Engine::load(*engine_dir_).value();
   const Tokenizer& tokenizer = engine->tokenizer();
-  const int64_t vocab = engine->config().model.vocab_size;
   const std::vector<int32_t> prompt = {5, 9, 2, 7, 11};
   const BeamSearchOptions options{.beam_width = 3};
   StopConditions free_run;
@@ -214,23 +221,11 @@ TEST_F(BeamSearchEngine, StopTextsEndTheBeamsWhereTheyAppear) {
     SCOPED_TRACE("stop text '" + stop.stop_texts.front() + "'");
     const std::vector<BeamHypothesis> beams = beam_search(*engine, prompt, options, stop).value();
 
-    BeamSearch reference(options, stop.max_output_len, 0);
     const BeamStopCheck stops = [&](int64_t /*parent*/, std::span<const int32_t> output) {
       return check_stop(stop, output, tokenizer.decode(output));
     };
-    std::vector<float> rows = repeated(log_probs_from_scratch(*engine, prompt), options.beam_width);
-    while (true) {
-      reference.step(rows, vocab, stops);
-      if (reference.done()) break;
-      rows.clear();
-      for (const std::vector<int32_t>& output : reference.running()) {
-        std::vector<int32_t> tokens = prompt;
-        tokens.insert(tokens.end(), output.begin(), output.end());
-        const std::vector<float> row = log_probs_from_scratch(*engine, tokens);
-        rows.insert(rows.end(), row.begin(), row.end());
-      }
-    }
-    const std::vector<BeamHypothesis> expected = reference.results();
+    const std::vector<BeamHypothesis> expected =
+        beams_from_scratch(*engine, prompt, options, stop, stops);
     ASSERT_EQ(beams.size(), expected.size());
     for (size_t b = 0; b < beams.size(); ++b) {
       EXPECT_EQ(beams[b].output_ids, expected[b].output_ids) << "beam " << b;
