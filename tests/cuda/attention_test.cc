@@ -15,6 +15,7 @@
 
 #include "cuda_test_util.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cuda/convert.h"
 #include "kernels/cuda/rope.h"
 
 namespace kite {
@@ -426,7 +427,9 @@ TEST(CudaAttention, DecodesFirstThenPrefillsMatchCpuTwin) {
 // A mixed step as the backend runs it, on a non-blocking stream: RoPE and the KV store (launched
 // with programmatic dependent launch), then attention with the decode kernel on a side stream.
 // That kernel reads the queries and new keys the RoPE kernel writes, so it must wait for it: the
-// output must be the bits of the same calls on one stream, on every repetition.
+// output must be the bits of the same calls on one stream, on every repetition. A long kernel
+// before the RoPE kernel keeps it waiting (it starts early, as PDL lets it, and waits for its
+// predecessor), so that a decode kernel started too early would read unwritten queries.
 TEST(CudaAttention, SideStreamWaitsForTheKernelBeforeIt) {
   KITE_REQUIRE_GPU();
   constexpr DType kDType = DType::kBF16;
@@ -460,6 +463,10 @@ TEST(CudaAttention, SideStreamWaitsForTheKernelBeforeIt) {
   DeviceBatch device_batch(batch);
   device_batch.view.slot_mapping = device_slots.as<int32_t>();
   DeviceSplitWorkspace workspace(tokens, q_heads, kHeadDim, 1);
+  // ~100 us of conversion on an H100: 64 Mi float32 elements to bfloat16.
+  GpuTensor long_source(DType::kF32, {int64_t(1) << 26});
+  GpuTensor long_destination(kDType, {int64_t(1) << 26});
+  ASSERT_EQ(cudaMemset(long_source.tensor.data, 0, long_source.tensor.byte_size()), cudaSuccess);
   cudaStream_t stream = nullptr;
   cuda::SideStream side;
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
@@ -474,7 +481,9 @@ TEST(CudaAttention, SideStreamWaitsForTheKernelBeforeIt) {
     view.data = device_cache.tensor.data;
     GpuTensor q(kDType, {tokens, q_heads * kHeadDim});
     GpuTensor out(kDType, {tokens, q_heads * kHeadDim});
+    EXPECT_EQ(cudaMemset(q.tensor.data, 0xff, q.tensor.byte_size()), cudaSuccess);  // NaN
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    cuda::convert(long_source.tensor, long_destination.tensor, stream);
     cuda::rope_and_store_kv(qkv.tensor, rope, device_batch.view, view, kLayer, q.tensor, stream);
     cuda::attention(q.tensor, device_batch.view, view, kLayer, 1.0f / std::sqrt(float(kHeadDim)), 0,
                     out.tensor, 1, workspace.view, stream, side_stream);
@@ -488,7 +497,12 @@ TEST(CudaAttention, SideStreamWaitsForTheKernelBeforeIt) {
   };
   const std::vector<uint16_t> expected = run(nullptr);
   for (int repetition = 0; repetition < 10 && !HasFailure(); ++repetition) {
-    EXPECT_EQ(run(&side), expected) << "repetition " << repetition;
+    const std::vector<uint16_t> actual = run(&side);
+    ASSERT_EQ(actual.size(), expected.size());
+    const auto differing = std::ranges::mismatch(actual, expected);
+    EXPECT_TRUE(differing.in1 == actual.end())
+        << "repetition " << repetition << ": output element " << (differing.in1 - actual.begin())
+        << " differs from the one-stream run";
   }
   EXPECT_EQ(cudaEventDestroy(side.join), cudaSuccess);
   EXPECT_EQ(cudaEventDestroy(side.fork), cudaSuccess);
