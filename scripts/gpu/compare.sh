@@ -99,15 +99,17 @@ environment_of() {
   [[ -n "${extra_env[$1]:-}" ]] && readarray -t env_args < <(printf '%s' "${extra_env[$1]}")
   return 0
 }
-# run NAME BINARY ARGS...: one bench process, its [BENCHMARK] lines (and errors) tagged with NAME;
+# run NAME BINARY ARGS...: one bench process with NAME's environment, its [BENCHMARK] lines (and
+# errors) tagged with NAME and run_suffix (set for the traced runs, which the summary leaves out);
 # a failed run is logged and the comparison goes on.
 run() {
   local name="$1" binary="$2" output rc=0
+  local tag="$name${run_suffix:-}"
   shift 2
   environment_of "$name"
   output="$(env "${env_args[@]}" "$binary" "$@" 2>&1)" || rc=$?
-  { grep -E "BENCHMARK|rror|check failed" <<< "$output" | sed "s/^/$name /" | tee -a "$log"; } || true
-  ((rc == 0)) || echo "$name: run failed (exit $rc): $*" | tee -a "$log"
+  { grep -E "BENCHMARK|rror|check failed" <<< "$output" | sed "s/^/$tag /" | tee -a "$log"; } || true
+  ((rc == 0)) || echo "$tag: run failed (exit $rc): $*" | tee -a "$log"
 }
 for ((rep = 1; rep <= reps; ++rep)); do
   for i in "${!names[@]}"; do
@@ -138,13 +140,9 @@ if ((trace)); then
   mkdir -p "$traces"
   echo "traced: kite bench --engine_dir $engine ${traced[*]}; raw traces: $traces" >> "$log"
   for i in "${!names[@]}"; do
-    environment_of "${names[$i]}"
-    env "${env_args[@]}" KITE_TRACE_FILE="$traces/trace_${names[$i]}.csv" \
+    run_suffix=" traced" run "${names[$i]}" env KITE_TRACE_FILE="$traces/trace_${names[$i]}.csv" \
       LD_PRELOAD="$root/.deps/trace/libkite_trace.so" "${binaries[$i]}" bench --engine_dir "$engine" \
-      "${traced[@]}" > "$log_dir/traced_${names[$i]}.log" 2>&1 ||
-      echo "traced run of ${names[$i]} failed" | tee -a "$log"
-    grep -E "BENCHMARK" "$log_dir/traced_${names[$i]}.log" | sed "s/^/${names[$i]} traced /" >> "$log" || true
-    rm -f "$log_dir/traced_${names[$i]}.log"
+      "${traced[@]}"
     python3 scripts/gpu/trace/timeline.py "$traces/trace_${names[$i]}.csv" "${timeline_args[@]}" \
       > "$log_dir/timeline_${names[$i]}.txt" 2>&1 || true
   done

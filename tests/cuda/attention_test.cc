@@ -292,10 +292,7 @@ std::vector<float> gpu_attention(const AttentionCase& c, const std::vector<float
     EXPECT_EQ(cudaGetLastError(), cudaSuccess);
     return test::to_host(out.tensor);
   }
-  cuda::SideStream side;
-  EXPECT_EQ(cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking), cudaSuccess);
-  EXPECT_EQ(cudaEventCreateWithFlags(&side.fork, cudaEventDisableTiming), cudaSuccess);
-  EXPECT_EQ(cudaEventCreateWithFlags(&side.join, cudaEventDisableTiming), cudaSuccess);
+  const cuda::SideStream side = cuda::create_side_stream();
   cuda::attention(q_tensor.tensor, device_batch.view, view, kLayer, scale, c.sliding_window,
                   out.tensor, c.num_splits, workspace.view, nullptr, &side);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
@@ -307,9 +304,7 @@ std::vector<float> gpu_attention(const AttentionCase& c, const std::vector<float
       cudaSuccess);
   EXPECT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
   EXPECT_EQ(cudaStreamSynchronize(side.stream), cudaSuccess);
-  EXPECT_EQ(cudaEventDestroy(side.join), cudaSuccess);
-  EXPECT_EQ(cudaEventDestroy(side.fork), cudaSuccess);
-  EXPECT_EQ(cudaStreamDestroy(side.stream), cudaSuccess);
+  cuda::destroy_side_stream(side);
   return test::decode(out.tensor.dtype, bytes.data(), size_t(out.tensor.numel()));
 }
 
@@ -468,11 +463,8 @@ TEST(CudaAttention, SideStreamWaitsForTheKernelBeforeIt) {
   GpuTensor long_destination(kDType, {int64_t(1) << 26});
   ASSERT_EQ(cudaMemset(long_source.tensor.data, 0, long_source.tensor.byte_size()), cudaSuccess);
   cudaStream_t stream = nullptr;
-  cuda::SideStream side;
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
-  ASSERT_EQ(cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking), cudaSuccess);
-  ASSERT_EQ(cudaEventCreateWithFlags(&side.fork, cudaEventDisableTiming), cudaSuccess);
-  ASSERT_EQ(cudaEventCreateWithFlags(&side.join, cudaEventDisableTiming), cudaSuccess);
+  const cuda::SideStream side = cuda::create_side_stream();
 
   // The output's bits after rope_and_store_kv + attention on a fresh copy of the cache.
   auto run = [&](const cuda::SideStream* side_stream) {
@@ -504,9 +496,7 @@ TEST(CudaAttention, SideStreamWaitsForTheKernelBeforeIt) {
         << "repetition " << repetition << ": output element " << (differing.in1 - actual.begin())
         << " differs from the one-stream run";
   }
-  EXPECT_EQ(cudaEventDestroy(side.join), cudaSuccess);
-  EXPECT_EQ(cudaEventDestroy(side.fork), cudaSuccess);
-  EXPECT_EQ(cudaStreamDestroy(side.stream), cudaSuccess);
+  cuda::destroy_side_stream(side);
   EXPECT_EQ(cudaStreamDestroy(stream), cudaSuccess);
 }
 

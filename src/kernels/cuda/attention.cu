@@ -1182,6 +1182,22 @@ void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCache
   }
 }
 
+SideStream create_side_stream() {
+  SideStream side;
+  KITE_CUDA_CHECK(cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking));
+  KITE_CUDA_CHECK(cudaEventCreateWithFlags(&side.fork, cudaEventDisableTiming));
+  KITE_CUDA_CHECK(cudaEventCreateWithFlags(&side.join, cudaEventDisableTiming));
+  return side;
+}
+
+void destroy_side_stream(const SideStream& side) {
+  if (!side.stream) return;
+  // Unchecked, as the backend's destructor releases its other CUDA objects.
+  cudaEventDestroy(side.join);
+  cudaEventDestroy(side.fork);
+  cudaStreamDestroy(side.stream);
+}
+
 bool decode_rope_attention_applies(const AttentionBatch& batch, const RopeParams& rope,
                                    int64_t head_dim) {
   return batch.max_query_length == 1 && rope.rotary_dim > 0 && rope.rotary_dim % 16 == 0 &&

@@ -82,9 +82,13 @@ struct SplitWorkspace {
 // Without one (null) the two kernels run one after the other on `stream`.
 struct SideStream {
   cudaStream_t stream = nullptr;
-  cudaEvent_t fork = nullptr;  // both created with cudaEventDisableTiming
+  cudaEvent_t fork = nullptr;
   cudaEvent_t join = nullptr;
 };
+// A non-blocking stream and its two events (without timing), on the current device; destroying
+// one without a stream does nothing.
+SideStream create_side_stream();
+void destroy_side_stream(const SideStream& side);
 void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCacheView& cache,
                int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out,
                int num_splits, const SplitWorkspace& workspace, cudaStream_t stream,

@@ -3,9 +3,7 @@
 
 #include <algorithm>
 #include <bit>
-#include <cstdlib>
 #include <string>
-#include <string_view>
 
 #include "kernels/cuda/activation.h"
 #include "kernels/cuda/attention.h"
@@ -24,13 +22,6 @@ void free_device_memory(void* data) {
   KITE_CUDA_CHECK(cudaFree(data));
 }
 
-void destroy_side_stream(const cuda::SideStream& side) {
-  if (!side.stream) return;
-  cudaEventDestroy(side.join);
-  cudaEventDestroy(side.fork);
-  cudaStreamDestroy(side.stream);
-}
-
 }  // namespace
 
 Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& options) {
@@ -42,18 +33,12 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& o
   KITE_CUDA_CHECK(cudaSetDevice(options.device_index));
   cudaStream_t stream = nullptr;
   KITE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  // KITE_ATTENTION_SIDE_STREAM=0 runs a step's decode and prefill attention one after the other
-  // (for A/B measurements).
-  cuda::SideStream side;
-  const char* side_setting = std::getenv("KITE_ATTENTION_SIDE_STREAM");
-  if (!(side_setting && std::string_view(side_setting) == "0")) {
-    KITE_CUDA_CHECK(cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking));
-    KITE_CUDA_CHECK(cudaEventCreateWithFlags(&side.fork, cudaEventDisableTiming));
-    KITE_CUDA_CHECK(cudaEventCreateWithFlags(&side.join, cudaEventDisableTiming));
-  }
+  // KITE_ATTENTION_SIDE_STREAM=0 runs a step's decode and prefill attention one after the other.
+  const cuda::SideStream side =
+      switched_off("KITE_ATTENTION_SIDE_STREAM") ? cuda::SideStream{} : cuda::create_side_stream();
   Result<std::unique_ptr<cuda::GemmRunner>> gemm = cuda::GemmRunner::create();
   if (!gemm.is_ok()) {
-    destroy_side_stream(side);
+    cuda::destroy_side_stream(side);
     KITE_CUDA_CHECK(cudaStreamDestroy(stream));
     return gemm.status();
   }
@@ -77,7 +62,7 @@ CudaBackend::~CudaBackend() {
   split_counters_.reset();
   sampling_workspace_.reset();
   gemm_.reset();
-  destroy_side_stream(side_);
+  cuda::destroy_side_stream(side_);
   if (stream_) cudaStreamDestroy(stream_);
 }
 

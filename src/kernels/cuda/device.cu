@@ -50,15 +50,17 @@ Result<CudaDeviceInfo> cuda_device(int index) {
   return devices[size_t(index)];
 }
 
+bool switched_off(const char* variable) {
+  const char* setting = std::getenv(variable);
+  return setting && std::string_view(setting) == "0";
+}
+
 }  // namespace kite
 
 namespace kite::cuda {
 
 bool programmatic_launch_enabled() {
-  static const bool allowed = [] {
-    const char* setting = std::getenv("KITE_ENABLE_PDL");
-    return !(setting && std::string_view(setting) == "0");
-  }();
+  static const bool allowed = !switched_off("KITE_ENABLE_PDL");
   if (!allowed) return false;
   // Per device, asked once: 0 = not asked yet, 1 = no PDL, 2 = PDL (compute capability 9.0+).
   constexpr int kDevices = 64;

@@ -25,4 +25,8 @@ Result<std::vector<CudaDeviceInfo>> cuda_devices();
 // GPU `index`: kUnsupported when no GPU is visible, kInvalidArgument for an index past the last.
 Result<CudaDeviceInfo> cuda_device(int index);
 
+// Whether environment variable `variable` is set to "0": the switches that turn a CUDA
+// optimisation off for A/B measurements (KITE_ENABLE_PDL, KITE_ATTENTION_SIDE_STREAM).
+bool switched_off(const char* variable);
+
 }  // namespace kite
