@@ -11,8 +11,9 @@
 #   --reps R          rounds; each runs every binary once, in the order given (default 3)
 #   --trace           then one traced run per binary of the first static case, or without static
 #                     cases of the first serving case with at most 256 requests, and its timeline
-#                     (needs .deps/trace from scripts/gpu/trace/build.sh); the timelines go to
-#                     LOG_DIR, the raw traces (tens of MB) to /tmp/kite-compare/traces
+#                     (needs .deps/trace from scripts/gpu/trace/build.sh), with the host's CUDA
+#                     calls during the GPU's idle gaps; the timelines go to LOG_DIR, the raw
+#                     traces (tens of MB) to /tmp/kite-compare/traces
 #   --tests FILTER    first run build-gpu/tests/kite_cuda_tests with this gtest filter
 #   --env NAME=K=V    run binary NAME with environment variable K=V (repeatable), e.g. for a switch
 # Binaries come from scripts/gpu/stage_prebuilt.sh (e.g. build-gpu/kite and build-gpu/kite-base).
@@ -141,10 +142,11 @@ if ((trace)); then
   echo "traced: kite bench --engine_dir $engine ${traced[*]}; raw traces: $traces" >> "$log"
   for i in "${!names[@]}"; do
     run_suffix=" traced" run "${names[$i]}" env KITE_TRACE_FILE="$traces/trace_${names[$i]}.csv" \
+      KITE_TRACE_API_FILE="$traces/api_${names[$i]}.csv" \
       LD_PRELOAD="$root/.deps/trace/libkite_trace.so" "${binaries[$i]}" bench --engine_dir "$engine" \
       "${traced[@]}"
     python3 scripts/gpu/trace/timeline.py "$traces/trace_${names[$i]}.csv" "${timeline_args[@]}" \
-      > "$log_dir/timeline_${names[$i]}.txt" 2>&1 || true
+      --api "$traces/api_${names[$i]}.csv" > "$log_dir/timeline_${names[$i]}.txt" 2>&1 || true
   done
 fi
 

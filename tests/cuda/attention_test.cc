@@ -15,7 +15,6 @@
 
 #include "cuda_test_util.h"
 #include "kernels/cpu/attention.h"
-#include "kernels/cuda/convert.h"
 #include "kernels/cuda/rope.h"
 
 namespace kite {
@@ -258,7 +257,6 @@ struct AttentionCase {
   int64_t sliding_window;
   int num_splits;
   std::vector<Sequence> sequences;
-  bool side_stream = false;  // the decode kernel on a second stream, beside the prefill kernel
 };
 
 std::string describe(const AttentionCase& c) {
@@ -270,8 +268,7 @@ std::string describe(const AttentionCase& c) {
   return std::string(dtype_name(c.dtype)) + " D=" + std::to_string(c.head_dim) +
          " Hkv=" + std::to_string(c.kv_heads) + " group=" + std::to_string(c.group) +
          " block=" + std::to_string(c.block_size) + " window=" + std::to_string(c.sliding_window) +
-         " splits=" + std::to_string(c.num_splits) + (c.side_stream ? " side_stream" : "") +
-         " sequences" + sequences;
+         " splits=" + std::to_string(c.num_splits) + " sequences" + sequences;
 }
 
 // Runs cuda::attention on GPU copies of q, batch and cache; returns the output as floats.
@@ -286,26 +283,10 @@ std::vector<float> gpu_attention(const AttentionCase& c, const std::vector<float
   GpuTensor q_tensor = test::to_gpu(c.dtype, {tokens, q_heads * c.head_dim}, q);
   GpuTensor out(c.dtype, {tokens, q_heads * c.head_dim});
   DeviceSplitWorkspace workspace(tokens, q_heads, c.head_dim, c.num_splits);
-  if (!c.side_stream) {
-    cuda::attention(q_tensor.tensor, device_batch.view, view, kLayer, scale, c.sliding_window,
-                    out.tensor, c.num_splits, workspace.view, nullptr);
-    EXPECT_EQ(cudaGetLastError(), cudaSuccess);
-    return test::to_host(out.tensor);
-  }
-  const cuda::SideStream side = cuda::create_side_stream();
   cuda::attention(q_tensor.tensor, device_batch.view, view, kLayer, scale, c.sliding_window,
-                  out.tensor, c.num_splits, workspace.view, nullptr, &side);
+                  out.tensor, c.num_splits, workspace.view, nullptr);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
-  // Read back after the default stream alone (the side stream does not wait for it): complete
-  // only if the side stream's kernel was joined to it.
-  std::vector<uint8_t> bytes(out.tensor.byte_size());
-  EXPECT_EQ(
-      cudaMemcpyAsync(bytes.data(), out.tensor.data, bytes.size(), cudaMemcpyDeviceToHost, nullptr),
-      cudaSuccess);
-  EXPECT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
-  EXPECT_EQ(cudaStreamSynchronize(side.stream), cudaSuccess);
-  cuda::destroy_side_stream(side);
-  return test::decode(out.tensor.dtype, bytes.data(), size_t(out.tensor.numel()));
+  return test::to_host(out.tensor);
 }
 
 void check_attention(const AttentionCase& c, uint32_t seed) {
@@ -395,8 +376,7 @@ TEST(CudaAttention, MixedPrefillAndDecodeMatchesCpuTwin) {
 }
 
 // An in-flight batch: decodes first (the decode kernel, split or not), then prefills, chunks and
-// a sequence with no token (the prefill kernel); the two kernels one after the other and side by
-// side on two streams.
+// a sequence with no token (the prefill kernel).
 const std::vector<Sequence> kDecodesFirstBatch = {{70, 1},  {1, 1},    {300, 1}, {5, 5},
                                                   {45, 13}, {200, 70}, {50, 0},  {129, 65}};
 
@@ -407,97 +387,12 @@ TEST(CudaAttention, DecodesFirstThenPrefillsMatchCpuTwin) {
     for (int64_t head_dim : {64, 128}) {
       for (int64_t group : {1, 4, 8}) {
         for (int splits : {1, 5}) {
-          for (bool side_stream : {false, true}) {
-            check_attention(
-                {dtype, head_dim, 2, group, 16, 0, splits, kDecodesFirstBatch, side_stream},
-                seed++);
-            if (HasFailure()) return;
-          }
+          check_attention({dtype, head_dim, 2, group, 16, 0, splits, kDecodesFirstBatch}, seed++);
+          if (HasFailure()) return;
         }
       }
     }
   }
-}
-
-// A mixed step as the backend runs it, on a non-blocking stream: RoPE and the KV store (launched
-// with programmatic dependent launch), then attention with the decode kernel on a side stream.
-// That kernel reads the queries and new keys the RoPE kernel writes, so it must wait for it: the
-// output must be the bits of the same calls on one stream, on every repetition. A long kernel
-// before the RoPE kernel keeps it waiting (it starts early, as PDL lets it, and waits for its
-// predecessor), so that a decode kernel started too early would read unwritten queries.
-TEST(CudaAttention, SideStreamWaitsForTheKernelBeforeIt) {
-  KITE_REQUIRE_GPU();
-  constexpr DType kDType = DType::kBF16;
-  constexpr int64_t kHeadDim = 128, kKvHeads = 8, kGroup = 4, kBlockSize = 32;
-  // 32 decodes of long contexts (work for the decode kernel), then chunks of prompts.
-  std::vector<Sequence> sequences;
-  for (int64_t i = 0; i < 32; ++i) sequences.push_back({300 + 29 * i, 1});
-  sequences.insert(sequences.end(), {{700, 700}, {513, 200}, {90, 90}});
-  const HostBatch batch = make_batch(sequences, kBlockSize, 77);
-  const HostCache cache = make_cache(kDType, batch, kKvHeads, kBlockSize, kHeadDim, 78);
-  const int64_t q_heads = kKvHeads * kGroup;
-  const int64_t tokens = batch.num_tokens();
-  const int64_t width = (q_heads + 2 * kKvHeads) * kHeadDim;
-  GpuTensor qkv = test::to_gpu(kDType, {tokens, width},
-                               test::random_values(size_t(tokens * width), 79, 2.0f, kDType));
-  std::vector<float> inv_freq(size_t(kHeadDim / 2));
-  for (size_t i = 0; i < inv_freq.size(); ++i) {
-    inv_freq[i] = std::pow(500000.0f, -2.0f * float(i) / float(kHeadDim));
-  }
-  GpuTensor device_inv_freq = test::to_gpu(DType::kF32, {int64_t(inv_freq.size())}, inv_freq);
-  const RopeParams rope{device_inv_freq.as<float>(), kHeadDim, 1.0f};
-  std::vector<int32_t> slots;  // every new token's
-  for (int64_t s = 0; s < batch.num_sequences(); ++s) {
-    for (int32_t t = batch.query_start[size_t(s)]; t < batch.query_start[size_t(s) + 1]; ++t) {
-      const int32_t position = batch.positions[size_t(t)];
-      slots.push_back(batch.block(s, position, kBlockSize) * int32_t(kBlockSize) +
-                      position % int32_t(kBlockSize));
-    }
-  }
-  GpuTensor device_slots = test::int_to_gpu(slots);
-  DeviceBatch device_batch(batch);
-  device_batch.view.slot_mapping = device_slots.as<int32_t>();
-  DeviceSplitWorkspace workspace(tokens, q_heads, kHeadDim, 1);
-  // ~100 us of conversion on an H100: 64 Mi float32 elements to bfloat16.
-  GpuTensor long_source(DType::kF32, {int64_t(1) << 26});
-  GpuTensor long_destination(kDType, {int64_t(1) << 26});
-  ASSERT_EQ(cudaMemset(long_source.tensor.data, 0, long_source.tensor.byte_size()), cudaSuccess);
-  cudaStream_t stream = nullptr;
-  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
-  const cuda::SideStream side = cuda::create_side_stream();
-
-  // The output's bits after rope_and_store_kv + attention on a fresh copy of the cache.
-  auto run = [&](const cuda::SideStream* side_stream) {
-    GpuTensor device_cache = upload_cache(cache);
-    KvCacheView view = cache.view;
-    view.data = device_cache.tensor.data;
-    GpuTensor q(kDType, {tokens, q_heads * kHeadDim});
-    GpuTensor out(kDType, {tokens, q_heads * kHeadDim});
-    EXPECT_EQ(cudaMemset(q.tensor.data, 0xff, q.tensor.byte_size()), cudaSuccess);  // NaN
-    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    cuda::convert(long_source.tensor, long_destination.tensor, stream);
-    cuda::rope_and_store_kv(qkv.tensor, rope, device_batch.view, view, kLayer, q.tensor, stream);
-    cuda::attention(q.tensor, device_batch.view, view, kLayer, 1.0f / std::sqrt(float(kHeadDim)), 0,
-                    out.tensor, 1, workspace.view, stream, side_stream);
-    std::vector<uint16_t> bits(size_t(out.tensor.numel()));
-    EXPECT_EQ(cudaMemcpyAsync(bits.data(), out.tensor.data, bits.size() * 2, cudaMemcpyDeviceToHost,
-                              stream),
-              cudaSuccess);
-    EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    return bits;
-  };
-  const std::vector<uint16_t> expected = run(nullptr);
-  for (int repetition = 0; repetition < 10 && !HasFailure(); ++repetition) {
-    const std::vector<uint16_t> actual = run(&side);
-    ASSERT_EQ(actual.size(), expected.size());
-    const auto differing = std::ranges::mismatch(actual, expected);
-    EXPECT_TRUE(differing.in1 == actual.end())
-        << "repetition " << repetition << ": output element " << (differing.in1 - actual.begin())
-        << " differs from the one-stream run";
-  }
-  cuda::destroy_side_stream(side);
-  EXPECT_EQ(cudaStreamDestroy(stream), cudaSuccess);
 }
 
 // Groups larger than the decode kernel's 4 register-resident heads take several CTAs per kv head

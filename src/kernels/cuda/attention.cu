@@ -1143,8 +1143,7 @@ void launch_decodes(AttentionParams d, const AttentionKernels& kernels, int64_t 
 
 void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCacheView& cache,
                int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out,
-               int num_splits, const SplitWorkspace& workspace, cudaStream_t stream,
-               const SideStream* side) {
+               int num_splits, const SplitWorkspace& workspace, cudaStream_t stream) {
   KITE_CHECK(q.rows() == batch.num_tokens && out.data != q.data);
   KITE_CHECK(reinterpret_cast<uintptr_t>(q.data) % 16 == 0);
   const AttentionKernels* kernels = nullptr;
@@ -1161,41 +1160,13 @@ void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCache
       batch.max_query_length == 1
           ? batch.num_sequences
           : std::clamp<int64_t>(batch.num_leading_decodes, 0, batch.num_sequences);
-  const bool prefills = decodes < batch.num_sequences;
-  const bool beside = side != nullptr && decodes > 0 && prefills;
-  if (beside) {
-    KITE_CUDA_CHECK(cudaEventRecord(side->fork, stream));
-    KITE_CUDA_CHECK(cudaStreamWaitEvent(side->stream, side->fork));
-  }
-  if (decodes > 0) {
-    launch_decodes(p, *kernels, decodes, num_splits, workspace, beside ? side->stream : stream);
-  }
-  if (prefills) {
+  if (decodes > 0) launch_decodes(p, *kernels, decodes, num_splits, workspace, stream);
+  if (decodes < batch.num_sequences) {
     // Sequences [decodes, S): their rows of query_start and block_table.
     p.query_start = batch.query_start + decodes;
     p.block_table = batch.block_table + decodes * batch.max_blocks_per_sequence;
     kernels->prefill(p, batch.max_query_length, unsigned(batch.num_sequences - decodes), stream);
   }
-  if (beside) {
-    KITE_CUDA_CHECK(cudaEventRecord(side->join, side->stream));
-    KITE_CUDA_CHECK(cudaStreamWaitEvent(stream, side->join));
-  }
-}
-
-SideStream create_side_stream() {
-  SideStream side;
-  KITE_CUDA_CHECK(cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking));
-  KITE_CUDA_CHECK(cudaEventCreateWithFlags(&side.fork, cudaEventDisableTiming));
-  KITE_CUDA_CHECK(cudaEventCreateWithFlags(&side.join, cudaEventDisableTiming));
-  return side;
-}
-
-void destroy_side_stream(const SideStream& side) {
-  if (!side.stream) return;
-  // Unchecked, as the backend's destructor releases its other CUDA objects.
-  cudaEventDestroy(side.join);
-  cudaEventDestroy(side.fork);
-  cudaStreamDestroy(side.stream);
 }
 
 bool decode_rope_attention_applies(const AttentionBatch& batch, const RopeParams& rope,

@@ -74,25 +74,13 @@ struct SplitWorkspace {
 // be captured in a CUDA graph (the prefill kernel for D 128 sets its shared-memory limit with
 // cudaFuncSetAttribute on every call).
 //
-// A batch of leading decodes and then prefills (an in-flight batching step) runs both kernels.
-// They read and write disjoint rows, and the decode kernel is bound by HBM bandwidth while the
-// prefill kernel is bound by the SMs, so with a `side` stream the decode kernel runs there, beside
-// the prefill kernel on `stream`: `side->fork` is recorded on `stream` and waited for on the side
-// stream before it, `side->join` recorded on the side stream after it and waited for on `stream`.
-// Without one (null) the two kernels run one after the other on `stream`.
-struct SideStream {
-  cudaStream_t stream = nullptr;
-  cudaEvent_t fork = nullptr;
-  cudaEvent_t join = nullptr;
-};
-// A non-blocking stream and its two events (without timing), on the current device; destroying
-// one without a stream does nothing.
-SideStream create_side_stream();
-void destroy_side_stream(const SideStream& side);
+// A batch of leading decodes and then prefills (an in-flight batching step) runs both kernels,
+// one after the other. (Running the decode kernel on a second stream beside the prefill kernel
+// gained nothing measurable: the prefill kernel's CTAs fill every SM until its last wave, see
+// docs/perf/cuda_serving.md.)
 void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCacheView& cache,
                int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out,
-               int num_splits, const SplitWorkspace& workspace, cudaStream_t stream,
-               const SideStream* side = nullptr);
+               int num_splits, const SplitWorkspace& workspace, cudaStream_t stream);
 
 // Whether decode_rope_attention takes this step: decode only (batch.max_query_length == 1), a
 // supported head_dim, rotary_dim a multiple of 16.

@@ -33,25 +33,20 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& o
   KITE_CUDA_CHECK(cudaSetDevice(options.device_index));
   cudaStream_t stream = nullptr;
   KITE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  // KITE_ATTENTION_SIDE_STREAM=0 runs a step's decode and prefill attention one after the other.
-  const cuda::SideStream side =
-      switched_off("KITE_ATTENTION_SIDE_STREAM") ? cuda::SideStream{} : cuda::create_side_stream();
   Result<std::unique_ptr<cuda::GemmRunner>> gemm = cuda::GemmRunner::create();
   if (!gemm.is_ok()) {
-    cuda::destroy_side_stream(side);
     KITE_CUDA_CHECK(cudaStreamDestroy(stream));
     return gemm.status();
   }
   return std::unique_ptr<CudaBackend>(
-      new CudaBackend(options, std::move(device), stream, side, std::move(*gemm)));
+      new CudaBackend(options, std::move(device), stream, std::move(*gemm)));
 }
 
 CudaBackend::CudaBackend(BackendOptions options, CudaDeviceInfo device, cudaStream_t stream,
-                         cuda::SideStream side, std::unique_ptr<cuda::GemmRunner> gemm)
+                         std::unique_ptr<cuda::GemmRunner> gemm)
     : options_(std::move(options)),
       device_(std::move(device)),
       stream_(stream),
-      side_(side),
       gemm_(std::move(gemm)) {}
 
 CudaBackend::~CudaBackend() {
@@ -62,7 +57,6 @@ CudaBackend::~CudaBackend() {
   split_counters_.reset();
   sampling_workspace_.reset();
   gemm_.reset();
-  cuda::destroy_side_stream(side_);
   if (stream_) cudaStreamDestroy(stream_);
 }
 
@@ -217,8 +211,7 @@ void CudaBackend::attention(const DeviceTensor& q, const AttentionBatch& batch,
   const int splits = decode_splits(batch, cache, decodes);
   const cuda::SplitWorkspace workspace = split_workspace(
       std::max<int64_t>(decodes, 1), q.cols() / cache.head_dim, cache.head_dim, splits);
-  cuda::attention(q, batch, cache, layer, scale, sliding_window, out, splits, workspace, stream_,
-                  side_.stream ? &side_ : nullptr);
+  cuda::attention(q, batch, cache, layer, scale, sliding_window, out, splits, workspace, stream_);
 }
 
 void CudaBackend::rope_attention(const DeviceTensor& qkv, const RopeParams& rope,

@@ -77,7 +77,7 @@ class CudaBackend final : public Backend {
 
  private:
   CudaBackend(BackendOptions options, CudaDeviceInfo device, cudaStream_t stream,
-              cuda::SideStream side, std::unique_ptr<cuda::GemmRunner> gemm);
+              std::unique_ptr<cuda::GemmRunner> gemm);
   cuda::GemmTactic tactic_for(int64_t m, int64_t n, int64_t k) const;
   // Grows `buffer` to hold `bytes`, to the next power of two: a growth waits for the GPU and drops
   // every captured graph, and in serving the sampling workspace's row count rises a request at a
@@ -95,9 +95,6 @@ class CudaBackend final : public Backend {
   BackendOptions options_;
   CudaDeviceInfo device_;
   cudaStream_t stream_ = nullptr;
-  // Where a step's decode attention runs beside its prefill attention (cuda::attention); no
-  // stream with KITE_ATTENTION_SIDE_STREAM=0.
-  cuda::SideStream side_;
   std::unique_ptr<cuda::GemmRunner> gemm_;
   // Split-KV partial results; grown outside graph capture (the first step of a shape).
   DeviceBuffer attention_workspace_;

@@ -26,7 +26,7 @@ Result<std::vector<CudaDeviceInfo>> cuda_devices();
 Result<CudaDeviceInfo> cuda_device(int index);
 
 // Whether environment variable `variable` is set to "0": the switches that turn a CUDA
-// optimisation off for A/B measurements (KITE_ENABLE_PDL, KITE_ATTENTION_SIDE_STREAM).
+// optimisation off for A/B measurements (KITE_ENABLE_PDL).
 bool switched_off(const char* variable);
 
 }  // namespace kite
