@@ -21,7 +21,7 @@ using test::GgufBuilder;
 
 const std::string kSpace = "\xe2\x96\x81";  // U+2581
 
-Result<GgufFile> open_built(const GgufBuilder& builder, const std::string& name = "vocab.gguf") {
+Result<GgufFile> open_vocabulary(const GgufBuilder& builder, const std::string& name = "vocab.gguf") {
   const std::string path = test::temp_dir() + "/" + name;
   EXPECT_TRUE(write_file(path, builder.build()).is_ok());
   return GgufFile::open(path);
@@ -44,7 +44,7 @@ GgufBuilder byte_level_builder(const std::string& pre) {
 }
 
 TEST(GgufTokenizer, ByteLevelVocabulary) {
-  auto file = open_built(byte_level_builder("llama-bpe"));
+  auto file = open_vocabulary(byte_level_builder("llama-bpe"));
   ASSERT_TRUE(file.is_ok()) << file.status().message();
   auto tokenizer = tokenizer_json_from_gguf(*file);
   ASSERT_TRUE(tokenizer.is_ok()) << tokenizer.status().message();
@@ -98,7 +98,7 @@ TEST(GgufTokenizer, PreTokenizerNamesFollowLlamaCpp) {
                         {"default", 4, false, false},      {"qwen2", 1, false, false},
                         {"deepseek-llm", 6, false, false}, {"tekken", 1, true, true}};
   for (const Case& c : cases) {
-    auto file = open_built(byte_level_builder(c.pre));
+    auto file = open_vocabulary(byte_level_builder(c.pre));
     ASSERT_TRUE(file.is_ok());
     auto tokenizer = tokenizer_json_from_gguf(*file);
     ASSERT_TRUE(tokenizer.is_ok()) << c.pre << ": " << tokenizer.status().message();
@@ -106,7 +106,7 @@ TEST(GgufTokenizer, PreTokenizerNamesFollowLlamaCpp) {
     EXPECT_EQ((*tokenizer)["model"]["ignore_merges"], c.ignore_merges) << c.pre;
     EXPECT_EQ((*tokenizer)["post_processor"].is_null(), !c.adds_bos) << c.pre;
   }
-  auto smollm = open_built(byte_level_builder("smollm"));
+  auto smollm = open_vocabulary(byte_level_builder("smollm"));
   const json splits = (*tokenizer_json_from_gguf(*smollm))["pre_tokenizer"]["pretokenizers"];
   EXPECT_EQ(splits[0]["pattern"]["Regex"], R"(\p{N})");
 }
@@ -115,7 +115,7 @@ TEST(GgufTokenizer, FileFlagsOverrideDefaults) {
   GgufBuilder builder = byte_level_builder("llama-bpe");
   builder.add_bool("tokenizer.ggml.add_bos_token", false)
       .add_bool("tokenizer.ggml.add_eos_token", true);
-  auto file = open_built(builder);
+  auto file = open_vocabulary(builder);
   auto tokenizer = tokenizer_json_from_gguf(*file);
   ASSERT_TRUE(tokenizer.is_ok()) << tokenizer.status().message();
   const json& single = (*tokenizer)["post_processor"]["single"];
@@ -144,7 +144,7 @@ GgufBuilder sentencepiece_builder() {
 }
 
 TEST(GgufTokenizer, SentencePieceVocabulary) {
-  auto file = open_built(sentencepiece_builder());
+  auto file = open_vocabulary(sentencepiece_builder());
   ASSERT_TRUE(file.is_ok());
   auto tokenizer = tokenizer_json_from_gguf(*file);
   ASSERT_TRUE(tokenizer.is_ok()) << tokenizer.status().message();
@@ -183,7 +183,7 @@ TEST(GgufTokenizer, SentencePieceVocabulary) {
 TEST(GgufTokenizer, SentencePieceWithoutPrefixSpace) {
   GgufBuilder builder = sentencepiece_builder();
   builder.add_bool("tokenizer.ggml.add_space_prefix", false);
-  auto file = open_built(builder);
+  auto file = open_vocabulary(builder);
   auto tokenizer = tokenizer_json_from_gguf(*file);
   ASSERT_TRUE(tokenizer.is_ok()) << tokenizer.status().message();
   EXPECT_EQ((*tokenizer)["normalizer"]["normalizers"].size(), 1u);
@@ -191,7 +191,7 @@ TEST(GgufTokenizer, SentencePieceWithoutPrefixSpace) {
 }
 
 TEST(GgufTokenizer, TokenizerConfig) {
-  auto file = open_built(sentencepiece_builder());
+  auto file = open_vocabulary(sentencepiece_builder());
   auto config = tokenizer_config_from_gguf(*file);
   ASSERT_TRUE(config.is_ok()) << config.status().message();
   EXPECT_EQ((*config)["bos_token"], "<s>");
@@ -203,7 +203,7 @@ TEST(GgufTokenizer, TokenizerConfig) {
   EXPECT_EQ((*config)["chat_template"], "{{ messages }}");
   EXPECT_FALSE(config->contains("model_max_length"));
 
-  auto byte_level = open_built(byte_level_builder("smollm"));
+  auto byte_level = open_vocabulary(byte_level_builder("smollm"));
   auto byte_config = tokenizer_config_from_gguf(*byte_level);
   ASSERT_TRUE(byte_config.is_ok());
   EXPECT_EQ((*byte_config)["model_max_length"], 4096);
@@ -211,8 +211,9 @@ TEST(GgufTokenizer, TokenizerConfig) {
   EXPECT_EQ((*byte_config)["clean_up_tokenization_spaces"], false);  // smollm, as llama.cpp
 }
 
-void expect_refused(const GgufBuilder& builder, StatusCode code, const std::string& fragment) {
-  auto file = open_built(builder, "refused.gguf");
+void expect_vocabulary_refused(const GgufBuilder& builder, StatusCode code,
+                               const std::string& fragment) {
+  auto file = open_vocabulary(builder, "refused.gguf");
   ASSERT_TRUE(file.is_ok()) << file.status().message();
   auto tokenizer = tokenizer_json_from_gguf(*file);
   ASSERT_FALSE(tokenizer.is_ok()) << fragment;
@@ -226,49 +227,51 @@ void expect_refused(const GgufBuilder& builder, StatusCode code, const std::stri
 TEST(GgufTokenizer, RefusesWhatItCannotConvert) {
   GgufBuilder bert;
   bert.add_string("tokenizer.ggml.model", "bert").add_string_array("tokenizer.ggml.tokens", {"a"});
-  expect_refused(bert, StatusCode::kUnsupported, "tokenizer model 'bert' is not supported");
+  expect_vocabulary_refused(bert, StatusCode::kUnsupported,
+                            "tokenizer model 'bert' is not supported");
 
-  expect_refused(byte_level_builder("kimi-k2"), StatusCode::kUnsupported,
-                 "pre-tokenizer 'kimi-k2' (tokenizer.ggml.pre) is not supported");
+  expect_vocabulary_refused(byte_level_builder("kimi-k2"), StatusCode::kUnsupported,
+                            "pre-tokenizer 'kimi-k2' (tokenizer.ggml.pre) is not supported");
 
   GgufBuilder no_vocab;
   no_vocab.add_string("tokenizer.ggml.model", "gpt2");
-  expect_refused(no_vocab, StatusCode::kCorrupt, "'tokenizer.ggml.tokens' is missing");
+  expect_vocabulary_refused(no_vocab, StatusCode::kCorrupt, "'tokenizer.ggml.tokens' is missing");
 
   GgufBuilder no_merges;
   no_merges.add_string("tokenizer.ggml.model", "gpt2")
       .add_string_array("tokenizer.ggml.tokens", {"a"});
-  expect_refused(no_merges, StatusCode::kCorrupt, "tokenizer.ggml.merges is missing");
+  expect_vocabulary_refused(no_merges, StatusCode::kCorrupt, "tokenizer.ggml.merges is missing");
 
   GgufBuilder no_scores;
   no_scores.add_string("tokenizer.ggml.model", "llama")
       .add_string_array("tokenizer.ggml.tokens", {"a"});
-  expect_refused(no_scores, StatusCode::kCorrupt, "needs tokenizer.ggml.scores");
+  expect_vocabulary_refused(no_scores, StatusCode::kCorrupt, "needs tokenizer.ggml.scores");
 
   GgufBuilder invalid;
   invalid.add_string("tokenizer.ggml.model", "llama")
       .add_string_array("tokenizer.ggml.tokens", {"a", "\xc3\x28"})
       .add_float32_array("tokenizer.ggml.scores", {0, 0});
-  expect_refused(invalid, StatusCode::kCorrupt, "token 1 is not valid UTF-8");
+  expect_vocabulary_refused(invalid, StatusCode::kCorrupt, "token 1 is not valid UTF-8");
 
   GgufBuilder short_types;
   short_types.add_string("tokenizer.ggml.model", "llama")
       .add_string_array("tokenizer.ggml.tokens", {"a", "b"})
       .add_float32_array("tokenizer.ggml.scores", {0, 0})
       .add_int32_array("tokenizer.ggml.token_type", {1});
-  expect_refused(short_types, StatusCode::kCorrupt, "token_type has 1 entries for 2 tokens");
+  expect_vocabulary_refused(short_types, StatusCode::kCorrupt,
+                            "token_type has 1 entries for 2 tokens");
 
   GgufBuilder nan_scores;
   nan_scores.add_string("tokenizer.ggml.model", "llama")
       .add_string_array("tokenizer.ggml.tokens", {"a", "b"})
       .add_float32_array("tokenizer.ggml.scores", {0, std::nanf("")});
-  expect_refused(nan_scores, StatusCode::kCorrupt, "scores holds NaN");
+  expect_vocabulary_refused(nan_scores, StatusCode::kCorrupt, "scores holds NaN");
 
   GgufBuilder spaceless;
   spaceless.add_string("tokenizer.ggml.model", "gpt2")
       .add_string_array("tokenizer.ggml.tokens", {"a"})
       .add_string_array("tokenizer.ggml.merges", {"ab"});
-  expect_refused(spaceless, StatusCode::kCorrupt, "merge 0 is not two UTF-8 pieces");
+  expect_vocabulary_refused(spaceless, StatusCode::kCorrupt, "merge 0 is not two UTF-8 pieces");
 
   GgufBuilder bos_without_id;
   bos_without_id.add_string("tokenizer.ggml.model", "gpt2")
@@ -276,7 +279,7 @@ TEST(GgufTokenizer, RefusesWhatItCannotConvert) {
       .add_string_array("tokenizer.ggml.tokens", {"a"})
       .add_string_array("tokenizer.ggml.merges", {})
       .add_uint32("tokenizer.ggml.bos_token_id", 7);
-  expect_refused(bos_without_id, StatusCode::kCorrupt, "no valid bos_token_id");
+  expect_vocabulary_refused(bos_without_id, StatusCode::kCorrupt, "no valid bos_token_id");
 }
 
 // The fuzzer's vocabulary seeds convert, and the model seed opens as a model source.

@@ -9,33 +9,35 @@
 namespace kite::server {
 namespace {
 
-using Json = nlohmann::ordered_json;
+using OrderedJson = nlohmann::ordered_json;
 
 class OpenAiParsing : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { model_ = new ServedModel(test::test_served_model()); }
   static void TearDownTestSuite() { delete model_; }
 
-  std::optional<ApiError> completion(const Json& body, OpenAiRequest* request) {
+  std::optional<ApiError> completion(const OrderedJson& body, OpenAiRequest* request) {
     return parse_completion_request(body.dump(), *model_, 1234, request);
   }
-  std::optional<ApiError> chat(const Json& body, OpenAiRequest* request) {
+  std::optional<ApiError> chat(const OrderedJson& body, OpenAiRequest* request) {
     return parse_chat_request(body.dump(), *model_, 1234, request);
   }
   // The error a bad completion (or chat) request gets.
-  ApiError completion_error(const Json& body) {
+  ApiError completion_error(const OrderedJson& body) {
     OpenAiRequest request;
     const auto error = completion(body, &request);
     EXPECT_TRUE(error.has_value()) << body.dump();
     return error.value_or(ApiError{});
   }
-  ApiError chat_error(const Json& body) {
+  ApiError chat_error(const OrderedJson& body) {
     OpenAiRequest request;
     const auto error = chat(body, &request);
     EXPECT_TRUE(error.has_value()) << body.dump();
     return error.value_or(ApiError{});
   }
-  static Json user_messages() { return Json::array({{{"role", "user"}, {"content", "hi"}}}); }
+  static OrderedJson user_messages() {
+    return OrderedJson::array({{{"role", "user"}, {"content", "hi"}}});
+  }
 
   static ServedModel* model_;
 };
@@ -103,21 +105,21 @@ TEST_F(OpenAiParsing, BadWordsAsVllm) {
 
 TEST_F(OpenAiParsing, PromptForms) {
   const std::vector<int32_t> ids = {10, 11, 12};
-  for (const Json& prompt : {Json(ids), Json::array({ids})}) {
+  for (const OrderedJson& prompt : {OrderedJson(ids), OrderedJson::array({ids})}) {
     OpenAiRequest request;
     ASSERT_FALSE(completion({{"prompt", prompt}}, &request)) << prompt.dump();
     EXPECT_EQ(request.generation.request.input_ids, ids);
   }
   OpenAiRequest request;
-  ASSERT_FALSE(completion({{"prompt", Json::array({"hello"})}}, &request));
+  ASSERT_FALSE(completion({{"prompt", OrderedJson::array({"hello"})}}, &request));
   EXPECT_EQ(request.generation.request.input_ids, model_->tokenizer.encode("hello"));
 
-  EXPECT_EQ(completion_error({{"prompt", Json::array({"a", "b"})}}).message,
+  EXPECT_EQ(completion_error({{"prompt", OrderedJson::array({"a", "b"})}}).message,
             "only one prompt per request is supported");
-  EXPECT_EQ(completion_error({{"prompt", Json::array({1, 99999})}}).message,
+  EXPECT_EQ(completion_error({{"prompt", OrderedJson::array({1, 99999})}}).message,
             "token id 99999 is not in the vocabulary");
   EXPECT_EQ(completion_error({{"prompt", 5}}).param, "prompt");
-  EXPECT_EQ(completion_error({{"prompt", Json::array()}}).param, "prompt");
+  EXPECT_EQ(completion_error({{"prompt", OrderedJson::array()}}).param, "prompt");
   EXPECT_EQ(completion_error({{"max_tokens", 5}}).message, "'prompt' is required");
   EXPECT_EQ(completion_error({{"prompt", ""}}).message, "the prompt is empty");
 }
@@ -138,7 +140,7 @@ TEST_F(OpenAiParsing, RefusesMalformedBodies) {
 
 TEST_F(OpenAiParsing, RefusesWrongTypesAndRanges) {
   struct Case {
-    Json body;
+    OrderedJson body;
     std::string param;
     std::string message;
   };
@@ -156,7 +158,7 @@ TEST_F(OpenAiParsing, RefusesWrongTypesAndRanges) {
       {{{"prompt", "a"}, {"temperature", "hot"}}, "temperature", ""},
       {{{"prompt", "a"}, {"top_p", 0}}, "top_p", "'top_p' must be above 0"},
       {{{"prompt", "a"}, {"stream", "yes"}}, "stream", "'stream' must be a boolean, not a string"},
-      {{{"prompt", "a"}, {"stop", Json::array({"a", 1})}}, "stop", ""},
+      {{{"prompt", "a"}, {"stop", OrderedJson::array({"a", 1})}}, "stop", ""},
       {{{"prompt", "a"}, {"stop", 3}}, "stop", ""},
       {{{"prompt", "a"}, {"n", 0}}, "n", "'n' must be between 1 and 128; got 0"},
       {{{"prompt", "a"}, {"n", 129}}, "n", ""},
@@ -191,7 +193,7 @@ TEST_F(OpenAiParsing, RefusesWrongTypesAndRanges) {
   EXPECT_FALSE(completion({{"prompt", "a"},
                            {"presence_penalty", 0},
                            {"frequency_penalty", 0.0},
-                           {"logit_bias", Json::object()}},
+                           {"logit_bias", OrderedJson::object()}},
                           &request));
   // Others, within OpenAI's [-2, 2], reach the Executor's request.
   EXPECT_FALSE(completion(
@@ -225,13 +227,13 @@ TEST_F(OpenAiParsing, ChecksTheModelAndTheLengths) {
 
 TEST_F(OpenAiParsing, ChatRendersTheTemplate) {
   OpenAiRequest request;
-  const Json messages = Json::array(
-      {{{"role", "system"}, {"content", "S"}},
-       {{"role", "user"}, {"content", "Hi"}},
-       {{"role", "assistant"}, {"content", "Yo"}},
-       {{"role", "user"},
-        {"content",
-         Json::array({{{"type", "text"}, {"text", "A"}}, {{"type", "text"}, {"text", "B"}}})}}});
+  const OrderedJson messages =
+      OrderedJson::array({{{"role", "system"}, {"content", "S"}},
+                          {{"role", "user"}, {"content", "Hi"}},
+                          {{"role", "assistant"}, {"content", "Yo"}},
+                          {{"role", "user"},
+                           {"content", OrderedJson::array({{{"type", "text"}, {"text", "A"}},
+                                                           {{"type", "text"}, {"text", "B"}}})}}});
   const auto error = chat({{"model", "tiny"}, {"messages", messages}}, &request);
   ASSERT_FALSE(error) << error->message;
   EXPECT_TRUE(request.chat);
@@ -252,37 +254,38 @@ TEST_F(OpenAiParsing, ChatRendersTheTemplate) {
   ASSERT_FALSE(chat({{"messages", user_messages()}, {"max_tokens", 9}}, &request));
   EXPECT_EQ(request.generation.request.max_new_tokens, 9);
   // A tool result and an assistant turn without content are valid messages.
-  ASSERT_FALSE(chat({{"messages", Json::array({{{"role", "user"}, {"content", "x"}},
-                                               {{"role", "assistant"}, {"content", nullptr}},
-                                               {{"role", "tool"}, {"content", "42"}}})}},
+  ASSERT_FALSE(chat({{"messages", OrderedJson::array({{{"role", "user"}, {"content", "x"}},
+                                                      {{"role", "assistant"}, {"content", nullptr}},
+                                                      {{"role", "tool"}, {"content", "42"}}})}},
                     &request));
 }
 
 TEST_F(OpenAiParsing, ChatRefusesBadMessages) {
   struct Case {
-    Json body;
+    OrderedJson body;
     std::string param;
     std::string message;
   };
   const std::vector<Case> cases = {
       {{{"model", "tiny"}}, "messages", "'messages' is required"},
-      {{{"messages", Json::array()}}, "messages", ""},
+      {{{"messages", OrderedJson::array()}}, "messages", ""},
       {{{"messages", "hi"}}, "messages", ""},
-      {{{"messages", Json::array({"hi"})}}, "messages[0]", ""},
-      {{{"messages", Json::array({{{"content", "hi"}}})}}, "messages[0].role", ""},
-      {{{"messages", Json::array({{{"role", "wizard"}, {"content", "hi"}}})}},
+      {{{"messages", OrderedJson::array({"hi"})}}, "messages[0]", ""},
+      {{{"messages", OrderedJson::array({{{"content", "hi"}}})}}, "messages[0].role", ""},
+      {{{"messages", OrderedJson::array({{{"role", "wizard"}, {"content", "hi"}}})}},
        "messages[0].role",
        "unknown role 'wizard' (system, user, assistant or tool)"},
-      {{{"messages", Json::array({{{"role", "user"}}})}}, "messages[0].content", ""},
-      {{{"messages", Json::array({{{"role", "user"}, {"content", 5}}})}},
+      {{{"messages", OrderedJson::array({{{"role", "user"}}})}}, "messages[0].content", ""},
+      {{{"messages", OrderedJson::array({{{"role", "user"}, {"content", 5}}})}},
        "messages[0].content",
        ""},
       {{{"messages",
-         Json::array({{{"role", "user"},
-                       {"content", Json::array({{{"type", "image_url"}, {"image_url", "x"}}})}}})}},
+         OrderedJson::array(
+             {{{"role", "user"},
+               {"content", OrderedJson::array({{{"type", "image_url"}, {"image_url", "x"}}})}}})}},
        "messages[0].content",
        "content parts of type 'image_url' are not supported (text only)"},
-      {{{"messages", user_messages()}, {"tools", Json::array({{{"type", "function"}}})}},
+      {{{"messages", user_messages()}, {"tools", OrderedJson::array({{{"type", "function"}}})}},
        "tools",
        "tool calling is not supported"},
       {{{"messages", user_messages()}, {"tool_choice", "auto"}}, "tool_choice", ""},
@@ -311,30 +314,30 @@ TEST_F(OpenAiParsing, ChatTemplateErrorsAreBadRequests) {
   ASSERT_TRUE(model.is_ok());
   OpenAiRequest request;
   const auto error =
-      parse_chat_request(Json{{"messages", user_messages()}}.dump(), *model, 0, &request);
+      parse_chat_request(OrderedJson{{"messages", user_messages()}}.dump(), *model, 0, &request);
   ASSERT_TRUE(error);
   EXPECT_EQ(error->param, "messages");
   EXPECT_NE(error->message.find("no system role"), std::string::npos) << error->message;
 }
 
 TEST(ServedModel, ReadsTemplateListsAndTokenObjects) {
-  Json config;
+  OrderedJson config;
   config["bos_token"] = {{"content", "<s>"}, {"lstrip", false}};
   config["eos_token"] = "</s>";
   config["chat_template"] =
-      Json::array({{{"name", "tool_use"}, {"template", "TOOLS"}},
-                   {{"name", "default"}, {"template", "DEFAULT{{ bos_token }}"}}});
+      OrderedJson::array({{{"name", "tool_use"}, {"template", "TOOLS"}},
+                          {{"name", "default"}, {"template", "DEFAULT{{ bos_token }}"}}});
   auto model = load_served_model(test::served_model_dir(config.dump()), "m", 64, 128);
   ASSERT_TRUE(model.is_ok()) << model.status().message();
   EXPECT_EQ(model->bos_token, "<s>");
   EXPECT_EQ(model->eos_token, "</s>");
-  EXPECT_EQ(model->render_chat(Json::array()).value(), "DEFAULT<s>");
+  EXPECT_EQ(model->render_chat(OrderedJson::array()).value(), "DEFAULT<s>");
 
   // No chat template: chat is refused with a message that says what to do.
   auto plain = load_served_model(test::served_model_dir("{}"), "m", 64, 128);
   ASSERT_TRUE(plain.is_ok());
   EXPECT_FALSE(plain->chat_template.has_value());
-  EXPECT_NE(plain->render_chat(Json::array()).status().message().find("no chat template"),
+  EXPECT_NE(plain->render_chat(OrderedJson::array()).status().message().find("no chat template"),
             std::string::npos);
 
   // A template Kite cannot parse: completions still work, chat says why.
@@ -342,7 +345,7 @@ TEST(ServedModel, ReadsTemplateListsAndTokenObjects) {
       load_served_model(test::served_model_dir(R"({"chat_template": "{% for %}"})"), "m", 64, 128);
   ASSERT_TRUE(broken.is_ok());
   EXPECT_FALSE(broken->chat_template_error.empty());
-  EXPECT_FALSE(broken->render_chat(Json::array()).is_ok());
+  EXPECT_FALSE(broken->render_chat(OrderedJson::array()).is_ok());
 
   EXPECT_FALSE(load_served_model(test::served_model_dir("{not json"), "m", 64, 128).is_ok());
 }
@@ -437,7 +440,7 @@ TEST(OpenAiFormatter, SeveralChoices) {
   request.chat = true;
   request.n = 2;
   OpenAiFormatter whole(request, "chatcmpl-3", "tiny", 1);
-  const Json body = whole.response(
+  const OrderedJson body = whole.response(
       {GenerationOutput{
            .text = "A", .finish_reason = "stop", .prompt_tokens = 5, .completion_tokens = 2},
        GenerationOutput{
@@ -472,14 +475,15 @@ TEST(RequestFields, ErrorBodyAndEvents) {
             "\"code\":null}}");
   EXPECT_EQ(sse_event("[DONE]"), "data: [DONE]\n\n");
   // A token's own text can end inside a character: replaced, never invalid JSON.
-  EXPECT_EQ(dump_json(Json{{"t", "a\xe6"}}), "{\"t\":\"a\xef\xbf\xbd\"}");
+  EXPECT_EQ(dump_json(OrderedJson{{"t", "a\xe6"}}), "{\"t\":\"a\xef\xbf\xbd\"}");
 }
 
 // ---- KServe / Triton ----
 
 class KServeParsing : public OpenAiParsing {
  protected:
-  std::optional<ApiError> parse(const Json& body, KServeRequest* request, bool stream = false) {
+  std::optional<ApiError> parse(const OrderedJson& body, KServeRequest* request,
+                                bool stream = false) {
     return parse_kserve_request(body.dump(), *model_, stream, request);
   }
 };
@@ -521,7 +525,7 @@ TEST_F(KServeParsing, TritonFields) {
 
   // Bad words: a string or a list of them, each tokenized alone without special tokens; "" is
   // none.
-  for (const Json& words : {Json("darn"), Json::array({"", "darn", "x y"})}) {
+  for (const OrderedJson& words : {OrderedJson("darn"), OrderedJson::array({"", "darn", "x y"})}) {
     KServeRequest with_bad_words;
     ASSERT_FALSE(parse({{"text_input", "a"}, {"bad_words", words}}, &with_bad_words));
     std::vector<std::vector<int32_t>> expected = {model_->tokenizer.encode("darn", false)};
@@ -538,7 +542,7 @@ TEST_F(KServeParsing, TritonFields) {
 TEST_F(KServeParsing, RefusesBadRequests) {
   KServeRequest request;
   struct Case {
-    Json body;
+    OrderedJson body;
     std::string message;
   };
   const std::vector<Case> cases = {
