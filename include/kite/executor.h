@@ -43,6 +43,17 @@ struct SamplingConfig {
   // count * frequency_penalty + presence_penalty from its logit (after the repetition penalty).
   float presence_penalty = 0.0f;   // 0: off
   float frequency_penalty = 0.0f;  // 0: off
+  // Beam search (TensorRT-LLM's beamWidth): above 1, the beam_width most likely continuations are
+  // kept at every step, as Hugging Face transformers' generate(num_beams=...) keeps them, and the
+  // final response carries every finished beam (Result::beams). The beams are chosen by the
+  // model's log-probabilities (bad words banned): temperature, top-k/p, min-p, the penalties and
+  // the seed do not apply. Needs streaming and return_log_probs off; at most the engine's
+  // max_batch_size (each beam is a sequence of a step).
+  int64_t beam_width = 1;
+  // A finished beam's score: its summed log-probability / (output tokens ^ length_penalty).
+  float length_penalty = 1.0f;
+  // Stop once beam_width beams have finished, instead of once no running beam can beat them.
+  bool early_stopping = false;
 };
 
 struct Request {
@@ -77,6 +88,14 @@ enum class FinishReason { kNotFinished, kEndId, kStopWords, kLength, kCancelled 
 // "not_finished", "end_id", "stop_words", "length", "cancelled".
 const char* finish_reason_name(FinishReason reason);
 
+// A finished beam of a beam search, best first in Result::beams.
+struct Beam {
+  std::vector<int32_t> output_ids;
+  float cum_log_prob = 0;  // the sum of its tokens' log-probabilities
+  float score = 0;         // cum_log_prob / output_ids.size() ^ length_penalty
+  FinishReason finish_reason = FinishReason::kNotFinished;
+};
+
 struct Result {
   // New tokens: streaming, those since the previous response; otherwise the whole output.
   std::vector<int32_t> output_ids;
@@ -86,6 +105,9 @@ struct Result {
   std::vector<std::vector<TopLogProb>> top_log_probs;
   FinishReason finish_reason = FinishReason::kNotFinished;
   bool is_final = false;  // the last response of its request
+  // Beam search (beam_width > 1): every finished beam, best first; output_ids and finish_reason
+  // are the best one's.
+  std::vector<Beam> beams;
 };
 
 struct Response {

@@ -132,15 +132,25 @@ PYBIND11_MODULE(kite, module) {
   py::class_<SamplingConfig>(module, "SamplingConfig")
       .def(py::init([](float temperature, int64_t top_k, float top_p, float min_p,
                        float repetition_penalty, uint64_t seed, float presence_penalty,
-                       float frequency_penalty) {
-             return SamplingConfig{
-                 temperature,      top_k, top_p, min_p, repetition_penalty, seed, presence_penalty,
-                 frequency_penalty};
+                       float frequency_penalty, int64_t beam_width, float length_penalty,
+                       bool early_stopping) {
+             return SamplingConfig{temperature,
+                                   top_k,
+                                   top_p,
+                                   min_p,
+                                   repetition_penalty,
+                                   seed,
+                                   presence_penalty,
+                                   frequency_penalty,
+                                   beam_width,
+                                   length_penalty,
+                                   early_stopping};
            }),
            py::kw_only(), py::arg("temperature") = 1.0f, py::arg("top_k") = 0,
            py::arg("top_p") = 1.0f, py::arg("min_p") = 0.0f, py::arg("repetition_penalty") = 1.0f,
            py::arg("seed") = 0, py::arg("presence_penalty") = 0.0f,
-           py::arg("frequency_penalty") = 0.0f)
+           py::arg("frequency_penalty") = 0.0f, py::arg("beam_width") = 1,
+           py::arg("length_penalty") = 1.0f, py::arg("early_stopping") = false)
       .def_readwrite("temperature", &SamplingConfig::temperature)
       .def_readwrite("top_k", &SamplingConfig::top_k)
       .def_readwrite("top_p", &SamplingConfig::top_p)
@@ -148,7 +158,10 @@ PYBIND11_MODULE(kite, module) {
       .def_readwrite("repetition_penalty", &SamplingConfig::repetition_penalty)
       .def_readwrite("seed", &SamplingConfig::seed)
       .def_readwrite("presence_penalty", &SamplingConfig::presence_penalty)
-      .def_readwrite("frequency_penalty", &SamplingConfig::frequency_penalty);
+      .def_readwrite("frequency_penalty", &SamplingConfig::frequency_penalty)
+      .def_readwrite("beam_width", &SamplingConfig::beam_width)
+      .def_readwrite("length_penalty", &SamplingConfig::length_penalty)
+      .def_readwrite("early_stopping", &SamplingConfig::early_stopping);
 
   py::class_<Request>(module, "Request")
       .def(py::init(&make_request), py::arg("input_ids"), py::kw_only(),
@@ -174,12 +187,18 @@ PYBIND11_MODULE(kite, module) {
         return "TopLogProb(token=" + std::to_string(top.token) +
                ", log_prob=" + std::to_string(top.log_prob) + ")";
       });
+  py::class_<Beam>(module, "Beam")
+      .def_readonly("output_ids", &Beam::output_ids)
+      .def_readonly("cum_log_prob", &Beam::cum_log_prob)
+      .def_readonly("score", &Beam::score)
+      .def_readonly("finish_reason", &Beam::finish_reason);
   py::class_<Result>(module, "Result")
       .def_readonly("output_ids", &Result::output_ids)
       .def_readonly("log_probs", &Result::log_probs)
       .def_readonly("top_log_probs", &Result::top_log_probs)
       .def_readonly("finish_reason", &Result::finish_reason)
-      .def_readonly("is_final", &Result::is_final);
+      .def_readonly("is_final", &Result::is_final)
+      .def_readonly("beams", &Result::beams);
   py::class_<Response>(module, "Response")
       .def_readonly("request_id", &Response::request_id)
       .def_readonly("error", &Response::error)

@@ -2,7 +2,8 @@
 // in-flight batching loop — admit and cancel requests, ask the Scheduler for a step, turn its plan
 // into the model's StepInput (each request's block table from the KV cache manager, the tokens its
 // bad words ban), run the step with sampling on the backend where it has it, and hand the new
-// tokens back as responses.
+// tokens back as responses. A beam search runs each of its steps as requests of the scheduler of
+// its own, one a running beam (BeamGroup).
 #include "kite/executor.h"
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "runtime/beam_search.h"
 #include "runtime/engine.h"
 #include "runtime/scheduler.h"
 
@@ -160,6 +162,19 @@ class ExecutorImpl final : public Executor {
     }
     const Status sampling = validate_sampling_config(internal_sampling(request.sampling));
     if (!sampling.is_ok()) return sampling.message();
+    const SamplingConfig& beams = request.sampling;
+    if (beams.beam_width < 1) return "beam_width must be at least 1";
+    if (!std::isfinite(beams.length_penalty)) return "length_penalty must be a finite number";
+    if (beams.beam_width > max_batch_size_) {
+      return "beam_width " + std::to_string(beams.beam_width) + " exceeds max_batch_size " +
+             std::to_string(max_batch_size_) + " (each beam is a sequence of a step)";
+    }
+    if (beams.beam_width > 1 && request.streaming) {
+      return "beam search answers once, with every beam: set streaming to false";
+    }
+    if (beams.beam_width > 1 && request.return_log_probs) {
+      return "beam search does not return log-probs per token (each beam has its cum_log_prob)";
+    }
     return std::nullopt;
   }
 
@@ -244,6 +259,20 @@ class ExecutorImpl final : public Executor {
     std::vector<std::vector<TopLogProb>> top_log_probs;
   };
 
+  // A beam search (beam_width > 1). Each step enqueues a request of the scheduler per running
+  // beam: its prompt and output so far, one new token, whose logit row comes back as
+  // log-probabilities (the prefix cache keeps the blocks the beams share from being computed
+  // again; only each beam's last, partial block is). Once every beam's row is in, BeamSearch
+  // picks the next beams. The first step has one request (every beam is the prompt alone).
+  struct BeamGroup {
+    Request request;
+    std::optional<BeamSearch> search;
+    StopConditions stop;
+    std::vector<float> rows;        // [beam_width, vocab] log-probabilities of this step
+    std::vector<int64_t> step_ids;  // this step's requests (scheduler ids)
+    int64_t outstanding = 0;        // how many of them have no row yet
+  };
+
   Status load(const std::string& engine_dir, const ExecutorConfig& config) {
     LoadOptions options;
     options.kv_cache_free_gpu_mem_fraction = config.kv_cache_free_gpu_mem_fraction;
@@ -262,7 +291,9 @@ class ExecutorImpl final : public Executor {
         config.max_batch_size ? config.max_batch_size : limits.max_batch_size;
     scheduler.max_num_tokens =
         config.max_num_tokens ? config.max_num_tokens : limits.max_num_tokens;
-    scheduler.max_input_len = limits.max_input_len;
+    // A beam's next step is a request whose prompt holds the beam's output so far: the scheduler
+    // checks prompts against max_seq_len; check_request holds users to max_input_len.
+    scheduler.max_input_len = limits.max_seq_len;
     scheduler.max_seq_len = limits.max_seq_len;
     scheduler.policy = config.policy == SchedulerPolicy::kMaxUtilization
                            ? kite::SchedulerPolicy::kMaxUtilization
@@ -274,6 +305,7 @@ class ExecutorImpl final : public Executor {
     KITE_ASSIGN_OR_RETURN(Scheduler created, Scheduler::create(scheduler));
     scheduler_.emplace(std::move(created));
     max_input_len_ = limits.max_input_len;
+    max_batch_size_ = scheduler.max_batch_size;
     max_seq_len_ = limits.max_seq_len;
     vocab_size_ = engine_->config().model.vocab_size;
     end_ids_ = engine_->default_end_ids();
@@ -328,6 +360,12 @@ class ExecutorImpl final : public Executor {
       fail(id, "the executor is shut down");
     }
     active_.clear();
+    for (auto& [id, group] : beam_groups_) {
+      for (int64_t step_id : group.step_ids) (void)scheduler_->cancel(step_id);
+      fail(id, "the executor is shut down");
+    }
+    beam_groups_.clear();
+    beam_rows_.clear();
     flush({});
     std::lock_guard lock(mutex_);
     for (auto& [id, request] : pending_) {
@@ -342,6 +380,10 @@ class ExecutorImpl final : public Executor {
   }
 
   void admit(RequestId id, Request request) {
+    if (request.sampling.beam_width > 1) {
+      admit_beam_search(id, std::move(request));
+      return;
+    }
     NewRequest added;
     added.id = int64_t(id);
     added.prompt = request.input_ids;
@@ -356,6 +398,16 @@ class ExecutorImpl final : public Executor {
   }
 
   void cancel(RequestId id) {
+    if (const auto group = beam_groups_.find(id); group != beam_groups_.end()) {
+      end_beam_step(group->second);
+      Response response;
+      response.request_id = id;
+      response.result.finish_reason = FinishReason::kCancelled;
+      response.result.is_final = true;
+      respond(std::move(response));
+      beam_groups_.erase(group);
+      return;
+    }
     const auto found = active_.find(id);
     if (found == active_.end()) return;  // unknown, finished or refused
     KITE_CHECK(scheduler_->cancel(int64_t(id)).is_ok());
@@ -381,6 +433,106 @@ class ExecutorImpl final : public Executor {
       }
     }
     respond(std::move(response));
+  }
+
+  void admit_beam_search(RequestId id, Request request) {
+    BeamGroup& group = beam_groups_[id];
+    const SamplingConfig& sampling = request.sampling;
+    group.stop.end_ids = request.end_ids ? *request.end_ids : end_ids_;
+    group.stop.stop_sequences = request.stop_words;
+    group.stop.max_output_len = request.max_new_tokens;
+    group.search.emplace(
+        BeamSearchOptions{sampling.beam_width, sampling.length_penalty, sampling.early_stopping},
+        request.max_new_tokens, int64_t(group.stop.end_ids.size()));
+    group.request = std::move(request);
+    start_beam_step(id, group);
+  }
+
+  // Enqueues a step's requests of `group`; fails the search (and drops it) when the scheduler
+  // refuses one.
+  void start_beam_step(RequestId id, BeamGroup& group) {
+    const std::vector<std::vector<int32_t>>& running = group.search->running();
+    const size_t beams = running.empty() ? 1 : running.size();
+    group.rows.assign(size_t(group.search->beam_width()) * size_t(vocab_size_), 0.0f);
+    group.outstanding = int64_t(beams);
+    for (size_t beam = 0; beam < beams; ++beam) {
+      NewRequest added;
+      added.id = next_beam_request_--;
+      added.prompt = group.request.input_ids;
+      if (!running.empty()) {
+        added.prompt.insert(added.prompt.end(), running[beam].begin(), running[beam].end());
+      }
+      added.max_new_tokens = 1;
+      if (Status status = scheduler_->add_request(std::move(added)); !status.is_ok()) {
+        end_beam_step(group);
+        fail(id, status.message());
+        beam_groups_.erase(id);
+        return;
+      }
+      group.step_ids.push_back(next_beam_request_ + 1);
+      beam_rows_[next_beam_request_ + 1] = {id, int64_t(beam)};
+    }
+  }
+
+  // Cancels the step's requests still in the scheduler.
+  void end_beam_step(BeamGroup& group) {
+    for (int64_t step_id : group.step_ids) {
+      (void)scheduler_->cancel(step_id);  // NOT_FOUND for those already finished
+      beam_rows_.erase(step_id);
+    }
+    group.step_ids.clear();
+  }
+
+  // A beam's log-probabilities of this step (the log softmax of its logit row) are in; once all
+  // are, the search takes its step and either answers or enqueues the next one.
+  void take_beam_row(int64_t step_id, std::span<const float> logits) {
+    const auto found = beam_rows_.find(step_id);
+    if (found == beam_rows_.end()) return;  // its search failed earlier in this step
+    const auto [id, beam] = found->second;
+    BeamGroup& group = beam_groups_.at(id);
+    const size_t vocab = logits.size();
+    std::span<float> row(group.rows.data() + size_t(beam) * vocab, vocab);
+    std::copy(logits.begin(), logits.end(), row.begin());
+    log_softmax(row);
+    if (group.search->running().empty()) {
+      // Before the first step every beam is the prompt (BeamSearch scores only the first).
+      for (int64_t other = 1; other < group.search->beam_width(); ++other) {
+        std::copy(row.begin(), row.end(), group.rows.begin() + ptrdiff_t(size_t(other) * vocab));
+      }
+    }
+    if (--group.outstanding > 0) return;
+    for (int64_t done : group.step_ids) beam_rows_.erase(done);
+    group.step_ids.clear();
+    const BeamStopCheck stops = [&](int64_t, std::span<const int32_t> output) {
+      return check_stop(group.stop, output, {});
+    };
+    (void)group.search->step(group.rows, int64_t(vocab), stops);
+    if (!group.search->done()) {
+      start_beam_step(id, group);
+      return;
+    }
+    Response response;
+    response.request_id = id;
+    response.result.is_final = true;
+    for (const BeamHypothesis& hypothesis : group.search->results()) {
+      response.result.beams.push_back({hypothesis.output_ids, hypothesis.cum_log_prob,
+                                       hypothesis.score, public_reason(hypothesis.finish_reason)});
+    }
+    if (!response.result.beams.empty()) {
+      response.result.output_ids = response.result.beams.front().output_ids;
+      response.result.finish_reason = response.result.beams.front().finish_reason;
+    }
+    respond(std::move(response));
+    ++completed_;
+    beam_groups_.erase(id);
+  }
+
+  // The request (its bad words, sampling and log-probs options) behind a scheduler id.
+  const Request& request_of(int64_t scheduler_id) const {
+    if (const auto beam = beam_rows_.find(scheduler_id); beam != beam_rows_.end()) {
+      return beam_groups_.at(beam->second.first).request;
+    }
+    return active_.at(RequestId(scheduler_id)).request;
   }
 
   // Runs one step; its statistics (iteration 0 when nothing ran).
@@ -426,7 +578,7 @@ class ExecutorImpl final : public Executor {
       if (sequence.samples) {
         // Bad words: the tokens this row may not pick, given its whole sequence so far.
         const int32_t row = int32_t(input.logit_rows.size());
-        const Request& request = active_.at(RequestId(sequence.request_id)).request;
+        const Request& request = request_of(sequence.request_id);
         for (int32_t token : banned_next_tokens(tokens, request.bad_words)) {
           input.banned_tokens.insert(input.banned_tokens.end(), {row, token});
         }
@@ -442,8 +594,17 @@ class ExecutorImpl final : public Executor {
     if (!tokens.is_ok()) {
       // The step failed as a whole (e.g. out of memory): its requests fail, the rest go on.
       for (const ScheduledSequence& sequence : plan.sequences) {
-        const RequestId id = RequestId(sequence.request_id);
         (void)scheduler_->cancel(sequence.request_id);
+        if (sequence.request_id < 0) {  // a beam step's: its search fails (once)
+          const auto beam = beam_rows_.find(sequence.request_id);
+          if (beam == beam_rows_.end()) continue;
+          const RequestId id = beam->second.first;
+          end_beam_step(beam_groups_.at(id));
+          fail(id, tokens.status().message());
+          beam_groups_.erase(id);
+          continue;
+        }
+        const RequestId id = RequestId(sequence.request_id);
         fail(id, tokens.status().message());
         active_.erase(id);
       }
@@ -452,6 +613,11 @@ class ExecutorImpl final : public Executor {
 
     std::vector<StepResult> results;
     for (size_t row = 0; row < sampled.size(); ++row) {
+      if (beam_rows_.contains(sampled[row])) {
+        // The scheduler's request of one beam step ends with it; its row went to the search.
+        results.push_back({sampled[row], (*tokens)[row], kite::FinishReason::kNotFinished});
+        continue;
+      }
       const RequestId id = RequestId(sampled[row]);
       Active& active = active_.at(id);
       const int32_t token = (*tokens)[row];
@@ -470,13 +636,19 @@ class ExecutorImpl final : public Executor {
       results.push_back(result);
     }
     std::vector<FinishedRequest> finished = scheduler_->on_step_done(results);
+    int64_t beam_steps_done = 0;
     for (FinishedRequest& done : finished) {
+      if (done.request_id < 0) {  // a beam step's request: the search answers for it
+        ++beam_steps_done;
+        continue;
+      }
       const RequestId id = RequestId(done.request_id);
       finish(active_.at(id), id, public_reason(done.finish_reason), std::move(done.output_ids));
       active_.erase(id);
     }
     // Streaming requests that go on: this step's tokens.
     for (int64_t request_id : sampled) {
+      if (request_id < 0) continue;
       const auto found = active_.find(RequestId(request_id));
       if (found == active_.end() || !found->second.request.streaming) continue;
       Response response;
@@ -496,7 +668,11 @@ class ExecutorImpl final : public Executor {
     iteration.scheduled_requests = int64_t(plan.sequences.size());
     iteration.context_tokens = context_tokens;
     iteration.generation_tokens = int64_t(sampled.size());
-    completed_ += int64_t(finished.size());
+    completed_ += int64_t(finished.size()) - beam_steps_done;
+    // The beam searches' rows of this step, now that their requests have left the scheduler (and
+    // left their blocks in the prefix cache for the next step's).
+    for (const auto& [step_id, logits] : beam_logits_) take_beam_row(step_id, logits);
+    beam_logits_.clear();
     return iteration;
   }
 
@@ -517,7 +693,8 @@ class ExecutorImpl final : public Executor {
     LlamaModel& model = engine_->model();
     const KvCacheView& cache = engine_->kv_cache().view();
     bool want_log_probs = false;
-    for (int64_t id : sampled) want_log_probs |= active_.at(RequestId(id)).request.return_log_probs;
+    // A beam step's row goes back as logits (to become log-probabilities), so from the host.
+    for (int64_t id : sampled) want_log_probs |= id < 0 || request_of(id).return_log_probs;
     if (engine_->backend().has_sampling() && !want_log_probs) {
       std::vector<SamplingRow> rows;
       std::vector<std::vector<int32_t>> history;
@@ -541,8 +718,14 @@ class ExecutorImpl final : public Executor {
     const size_t vocab = size_t(engine_->config().model.vocab_size);
     std::vector<int32_t> tokens(sampled.size());
     for (size_t row = 0; row < sampled.size(); ++row) {
-      Active& active = active_.at(RequestId(sampled[row]));
       const std::span<const float> row_logits(logits.data() + row * vocab, vocab);
+      if (sampled[row] < 0) {
+        beam_logits_.emplace_back(sampled[row],
+                                  std::vector<float>(row_logits.begin(), row_logits.end()));
+        tokens[row] = 0;  // the step's request ends with this token; the search picks the beams
+        continue;
+      }
+      Active& active = active_.at(RequestId(sampled[row]));
       tokens[row] = active.sampler.sample(row_logits, scheduler_->tokens(sampled[row]),
                                           active.request.input_ids.size());
       if (active.request.return_log_probs) {
@@ -576,11 +759,17 @@ class ExecutorImpl final : public Executor {
   std::unique_ptr<Engine> engine_;
   std::optional<Scheduler> scheduler_;
   std::unordered_map<RequestId, Active> active_;
+  std::unordered_map<RequestId, BeamGroup> beam_groups_;
+  // The scheduler requests of the beam searches' current steps: (search, beam). Their ids are
+  // negative, apart from the public ones.
+  std::unordered_map<int64_t, std::pair<RequestId, int64_t>> beam_rows_;
+  int64_t next_beam_request_ = -1;
+  std::vector<std::pair<int64_t, std::vector<float>>> beam_logits_;  // this step's beam rows
   std::vector<Response> outbox_;
   int64_t iterations_done_ = 0;
   int64_t completed_ = 0;
   // Fixed after load.
-  int64_t max_input_len_ = 0, max_seq_len_ = 0, vocab_size_ = 0;
+  int64_t max_input_len_ = 0, max_seq_len_ = 0, vocab_size_ = 0, max_batch_size_ = 0;
   std::vector<int32_t> end_ids_;
   // Shared, under mutex_.
   mutable std::mutex mutex_;

@@ -17,9 +17,10 @@ std::string openai_finish_reason(executor::FinishReason reason) {
 std::unique_ptr<Generation> Generation::start(ResponseRouter& router, const Tokenizer& tokenizer,
                                               GenerationSpec spec, ServerMetrics& metrics,
                                               Clock::time_point arrival) {
-  // Always streamed from the Executor: stop texts are found, and the request cancelled, as soon
-  // as they appear, and the latency metrics see every token.
-  spec.request.streaming = true;
+  // Streamed from the Executor: stop texts are found, and the request cancelled, as soon as they
+  // appear, and the latency metrics see every token. A beam search answers once, with its beams
+  // (its stop words are token sequences the search itself ends beams at).
+  spec.request.streaming = spec.request.sampling.beam_width <= 1;
   std::unique_ptr<RequestStream> stream = router.submit(spec.request);
   if (!stream) return nullptr;
   metrics.prompt_tokens.increment(double(spec.request.input_ids.size()));
@@ -68,6 +69,9 @@ GenerationUpdate Generation::next(std::chrono::milliseconds timeout) {
         return update;
       }
       update.text += text_.finish();
+      for (const executor::Beam& beam : response.result.beams) {
+        update.beam_texts.push_back(tokenizer_.decode(beam.output_ids));
+      }
       finish(&update, openai_finish_reason(response.result.finish_reason));
       return update;
     }

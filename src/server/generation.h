@@ -37,6 +37,9 @@ struct TokenLogProb {
 // What came since the previous update.
 struct GenerationUpdate {
   std::string text;
+  // Beam search (beam_width > 1), in the finishing update: each finished beam's text, best first
+  // (text holds the best one's).
+  std::vector<std::string> beam_texts;
   std::vector<TokenLogProb> log_probs;  // when the request asked for them
   bool finished = false;
   std::string finish_reason;         // when finished without error: "stop" or "length"

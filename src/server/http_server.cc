@@ -485,8 +485,10 @@ void HttpServer::Impl::handle_kserve(const httplib::Request& request, httplib::R
     if (last->error) {
       return send_kserve_error(response, ApiError{.http_status = 503, .message = *last->error});
     }
-    const Json output =
-        kserve_output_json(model_, prefix + text, parsed.return_log_probs ? &log_probs : nullptr);
+    std::vector<std::string> beam_texts;  // beam search: every beam, after the same prefix
+    for (const std::string& beam : last->beam_texts) beam_texts.push_back(prefix + beam);
+    const Json output = kserve_output_json(
+        model_, prefix + text, parsed.return_log_probs ? &log_probs : nullptr, &beam_texts);
     // generate_stream with "stream": false answers with one event holding the whole output.
     if (!streaming_endpoint) return send_json(response, 200, output);
     response.set_content(sse_event(dump_json(output)), "text/event-stream");

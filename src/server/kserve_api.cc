@@ -55,10 +55,11 @@ std::optional<ApiError> parse_kserve_request(const std::string& body_text, const
   sampling.frequency_penalty = float(frequency_penalty);
   sampling.seed = static_cast<uint64_t>(seed);
 
-  int64_t beam_width = 1;
-  fields.integer("beam_width", &beam_width, 1, std::numeric_limits<int64_t>::max());
-  if (fields.ok() && beam_width != 1)
-    return bad_request("beam_width", "only beam_width 1 is supported");
+  fields.integer("beam_width", &sampling.beam_width, 1, std::numeric_limits<int32_t>::max());
+  double length_penalty = 1.0;
+  fields.number("length_penalty", &length_penalty, -100.0, 100.0);
+  sampling.length_penalty = float(length_penalty);
+  fields.boolean("early_stopping", &sampling.early_stopping);
   int64_t end_id = -1;
   fields.integer("end_id", &end_id, 0, std::numeric_limits<int32_t>::max());
   if (fields.has("end_id"))
@@ -71,6 +72,15 @@ std::optional<ApiError> parse_kserve_request(const std::string& body_text, const
   if (request->stream && !streaming_endpoint) {
     return bad_request("stream", "\"stream\": true needs /generate_stream");
   }
+  const bool beams = sampling.beam_width > 1;
+  if (beams && request->stream) {
+    return bad_request("beam_width",
+                       "beam search answers once, with every beam: use /generate or "
+                       "\"stream\": false");
+  }
+  if (beams && request->return_log_probs) {
+    return bad_request("return_log_probs", "return_log_probs is not supported with beam_width > 1");
+  }
 
   executor::Request& executor_request = request->generation.request;
   executor_request.input_ids = model.tokenizer.encode(request->text_input);
@@ -80,6 +90,15 @@ std::optional<ApiError> parse_kserve_request(const std::string& body_text, const
   for (const std::string& word : bad_words) {
     std::vector<int32_t> ids = model.tokenizer.encode(word, false);
     if (!ids.empty()) executor_request.bad_words.push_back(std::move(ids));
+  }
+  if (beams) {
+    // The search ends beams at stop words itself: as token sequences, as TensorRT-LLM's
+    // preprocessing makes them (each word alone, without special tokens).
+    for (const std::string& word : request->generation.stop_texts) {
+      std::vector<int32_t> ids = model.tokenizer.encode(word, false);
+      if (!ids.empty()) executor_request.stop_words.push_back(std::move(ids));
+    }
+    request->generation.stop_texts.clear();
   }
   executor_request.return_log_probs = request->return_log_probs;
   executor_request.max_new_tokens = max_tokens;
@@ -103,11 +122,16 @@ std::optional<ApiError> parse_kserve_request(const std::string& body_text, const
 }
 
 Json kserve_output_json(const ServedModel& model, const std::string& text,
-                        const std::vector<TokenLogProb>* log_probs) {
+                        const std::vector<TokenLogProb>* log_probs,
+                        const std::vector<std::string>* beam_texts) {
   Json body;
   body["model_name"] = model.name;
   body["model_version"] = "1";
-  body["text_output"] = text;
+  if (beam_texts && !beam_texts->empty()) {
+    body["text_output"] = *beam_texts;
+  } else {
+    body["text_output"] = text;
+  }
   if (log_probs) {
     Json values = Json::array();
     double sum = 0;

@@ -28,9 +28,11 @@ struct KServeRequest {
 std::optional<ApiError> parse_kserve_request(const std::string& body, const ServedModel& model,
                                              bool streaming_endpoint, KServeRequest* request);
 
-// {"model_name", "model_version", "text_output"[, "output_log_probs", "cum_log_probs"]}.
+// {"model_name", "model_version", "text_output"[, "output_log_probs", "cum_log_probs"]};
+// with beam texts (beam search), text_output is their list, best first.
 nlohmann::ordered_json kserve_output_json(const ServedModel& model, const std::string& text,
-                                          const std::vector<TokenLogProb>* log_probs);
+                                          const std::vector<TokenLogProb>* log_probs,
+                                          const std::vector<std::string>* beam_texts = nullptr);
 // {"error": "message"}.
 nlohmann::ordered_json kserve_error_json(const std::string& message);
 

@@ -96,6 +96,26 @@ class ModuleTest(unittest.TestCase):
         self.assertGreater(stats.kv_cache.total_blocks, 0)
         self.assertTrue(stats.recent_iterations)
 
+    def test_beam_search(self):
+        prompt = self.tokenizer.encode("hello world")
+        request = kite.Request(prompt, max_new_tokens=6, end_ids=[],
+                               sampling=kite.SamplingConfig(beam_width=3, length_penalty=0.5))
+        request_id = self.executor.enqueue_request(request)
+        final = None
+        while final is None:
+            for response in self.executor.await_responses(request_id, timeout=5.0):
+                self.assertIsNone(response.error)
+                if response.result.is_final:
+                    final = response.result
+        self.assertEqual(len(final.beams), 3)
+        scores = [beam.score for beam in final.beams]
+        self.assertEqual(scores, sorted(scores, reverse=True))
+        self.assertEqual(list(final.output_ids), list(final.beams[0].output_ids))
+        for beam in final.beams:
+            self.assertEqual(len(beam.output_ids), 6)
+            self.assertEqual(beam.finish_reason, kite.FinishReason.LENGTH)
+            self.assertLess(beam.cum_log_prob, 0.0)
+
     def test_cancel_frees_the_blocks(self):
         # A model slow enough that the cancel lands mid-generation: SmolLM2 (the demo model).
         if not DEMO_ENGINE:

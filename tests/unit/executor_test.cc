@@ -1,17 +1,19 @@
 // The Executor (include/kite/executor.h) on a CPU engine of a random tiny Llama: many concurrent
 // requests, streamed or not, give the greedy tokens of the same requests run one at a time;
 // cancellation frees the blocks; refused requests get an error response; stop words, bad words,
-// log-probs, seeds and statistics.
+// log-probs, seeds, beam search and statistics.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <map>
 #include <random>
 #include <set>
 #include <thread>
 
 #include "kite/executor.h"
+#include "runtime/beam_search.h"
 #include "runtime/engine.h"
 #include "runtime/serve_benchmark.h"
 #include "test_util.h"
@@ -195,6 +197,122 @@ TEST_F(ExecutorTest, RefusedRequestsGetOneErrorResponse) {
   too_big.max_batch_size = 5;
   EXPECT_FALSE(Executor::create(*engine_, too_big, &error));
   EXPECT_NE(error.find("max_batch_size"), std::string::npos) << error;
+}
+
+// Beam searches through the executor (each step a request per beam, its prompt and output so far
+// computed again where the prefix cache does not hold it) beside greedy requests, in steps of 12
+// tokens: the beams of the engine's own beam_search (the beams sharing blocks, one sequence each).
+TEST_F(ExecutorTest, BeamSearchGivesTheBeamsOfTheEngineBeamSearch) {
+  auto executor = make();
+  ASSERT_TRUE(executor);
+  struct Case {
+    std::vector<int32_t> prompt;
+    int64_t width;
+    float length_penalty;
+    bool early_stopping;
+  };
+  const std::vector<Case> cases = {{{5, 9, 2, 7, 11}, 3, 0.8f, false},
+                                   {{3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9}, 4, 1.0f, false},
+                                   {{8}, 2, 1.0f, true},
+                                   {{2, 7, 1, 8, 2, 8}, 1, 1.0f, false}};
+  const std::vector<std::vector<int32_t>> greedy_prompts = prompts(3, 31, kVocab);
+  std::vector<RequestId> beam_ids, greedy_ids;
+  for (const Case& c : cases) {
+    Request request;
+    request.input_ids = c.prompt;
+    request.max_new_tokens = 10;
+    request.end_ids = std::vector<int32_t>{7};
+    request.sampling.beam_width = c.width;
+    request.sampling.length_penalty = c.length_penalty;
+    request.sampling.early_stopping = c.early_stopping;
+    request.sampling.temperature = 0.0f;
+    beam_ids.push_back(executor->enqueue_request(request));
+  }
+  for (const auto& prompt : greedy_prompts) {
+    Request request;
+    request.input_ids = prompt;
+    request.max_new_tokens = 8;
+    request.sampling.temperature = 0.0f;
+    greedy_ids.push_back(executor->enqueue_request(request));
+  }
+  const auto done = collect(*executor, beam_ids.size() + greedy_ids.size());
+
+  auto engine = Engine::load(*engine_).value();
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Response& response = done.at(beam_ids[i]);
+    ASSERT_FALSE(response.error) << *response.error;
+    StopConditions stop;
+    stop.max_output_len = 10;
+    stop.end_ids = {7};
+    const BeamSearchOptions options{cases[i].width, cases[i].length_penalty,
+                                    cases[i].early_stopping};
+    const std::vector<BeamHypothesis> expected =
+        beam_search(*engine, cases[i].prompt, options, stop).value();
+    if (cases[i].width == 1) {  // an ordinary request: one output, no beams
+      EXPECT_TRUE(response.result.beams.empty());
+      EXPECT_EQ(response.result.output_ids, expected.front().output_ids);
+      continue;
+    }
+    ASSERT_EQ(response.result.beams.size(), expected.size()) << "case " << i;
+    for (size_t b = 0; b < expected.size(); ++b) {
+      const executor::Beam& beam = response.result.beams[b];
+      EXPECT_EQ(beam.output_ids, expected[b].output_ids) << "case " << i << " beam " << b;
+      EXPECT_NEAR(beam.score, expected[b].score, 1e-4) << "case " << i << " beam " << b;
+      EXPECT_NEAR(beam.cum_log_prob, expected[b].cum_log_prob, 1e-4)
+          << "case " << i << " beam " << b;
+      EXPECT_EQ(executor::finish_reason_name(beam.finish_reason),
+                kite::finish_reason_name(expected[b].finish_reason))
+          << "case " << i << " beam " << b;
+    }
+    EXPECT_EQ(response.result.output_ids, response.result.beams.front().output_ids);
+    EXPECT_EQ(response.result.finish_reason, response.result.beams.front().finish_reason);
+  }
+  const std::vector<std::vector<int32_t>> expected_greedy = alone(greedy_prompts, 8);
+  for (size_t i = 0; i < greedy_ids.size(); ++i) {
+    EXPECT_EQ(done.at(greedy_ids[i]).result.output_ids, expected_greedy[i]) << "request " << i;
+  }
+  const executor::ExecutorStats stats = executor->stats();
+  EXPECT_EQ(stats.kv_cache.used_blocks, 0);
+  EXPECT_EQ(stats.completed_requests, int64_t(cases.size() + greedy_ids.size()));
+  EXPECT_EQ(stats.active_requests, 0);
+}
+
+TEST_F(ExecutorTest, BeamSearchRefusalsAndCancellation) {
+  auto executor = make();
+  ASSERT_TRUE(executor);
+  Request beams;
+  beams.input_ids = {1, 2, 3};
+  beams.max_new_tokens = 40;
+  beams.end_ids = std::vector<int32_t>{};
+  beams.sampling.beam_width = 3;
+  for (auto [change, fragment] : std::vector<std::pair<std::function<void(Request&)>, std::string>>{
+           {[](Request& r) { r.streaming = true; }, "streaming"},
+           {[](Request& r) { r.return_log_probs = true; }, "log-probs"},
+           {[](Request& r) { r.sampling.beam_width = 5; }, "max_batch_size"},
+           {[](Request& r) { r.sampling.beam_width = 0; }, "beam_width"},
+           {[](Request& r) { r.sampling.length_penalty = NAN; }, "length_penalty"}}) {
+    Request refused = beams;
+    change(refused);
+    const std::optional<std::string> problem = executor->check_request(refused);
+    ASSERT_TRUE(problem) << fragment;
+    EXPECT_NE(problem->find(fragment), std::string::npos) << *problem;
+  }
+  // A long search, cancelled while it runs: a final cancelled response, and no block held.
+  const RequestId id = executor->enqueue_request(beams);
+  for (int i = 0; i < 500 && executor->stats().recent_iterations.size() < 3; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  executor->cancel_request(id);
+  const auto done = collect(*executor, 1);
+  const Response& response = done.at(id);
+  ASSERT_FALSE(response.error) << *response.error;
+  EXPECT_EQ(response.result.finish_reason, FinishReason::kCancelled);
+  EXPECT_TRUE(response.result.beams.empty());
+  for (int i = 0; i < 100 && executor->stats().kv_cache.used_blocks != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(executor->stats().kv_cache.used_blocks, 0);
+  EXPECT_EQ(executor->stats().active_requests, 0);
 }
 
 TEST_F(ExecutorTest, StopWordsLogProbsAndSeeds) {

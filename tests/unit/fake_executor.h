@@ -132,6 +132,7 @@ class FakeExecutor final : public executor::Executor {
   struct Active {
     executor::Request request;
     size_t produced = 0;
+    std::vector<int32_t> output;  // beam search: held back for the final response
   };
 
   void push(executor::Response response) {
@@ -170,6 +171,26 @@ class FakeExecutor final : public executor::Executor {
         }
         const bool is_final = response.result.finish_reason != executor::FinishReason::kNotFinished;
         response.result.is_final = is_final;
+        if (active.request.sampling.beam_width > 1) {
+          // A beam search answers once: the script as its best beam, and beam b that output
+          // without its last b tokens.
+          active.output.push_back(token);
+          if (!is_final) {
+            ++it;
+            continue;
+          }
+          response.result.output_ids = active.output;
+          for (int64_t b = 0; b < active.request.sampling.beam_width; ++b) {
+            executor::Beam beam;
+            beam.output_ids.assign(
+                active.output.begin(),
+                active.output.end() - std::min<ptrdiff_t>(b, ptrdiff_t(active.output.size())));
+            beam.cum_log_prob = -float(b + 1);
+            beam.score = beam.cum_log_prob;
+            beam.finish_reason = response.result.finish_reason;
+            response.result.beams.push_back(std::move(beam));
+          }
+        }
         push(std::move(response));
         it = is_final ? active_.erase(it) : std::next(it);
       }

@@ -533,6 +533,25 @@ TEST_F(KServeParsing, TritonFields) {
     EXPECT_EQ(with_bad_words.generation.request.bad_words, expected) << words.dump();
   }
 
+  // Beam search: its stop words become token sequences for the Executor.
+  KServeRequest beams;
+  ASSERT_FALSE(parse({{"text_input", "a"},
+                      {"beam_width", 4},
+                      {"length_penalty", 0.7},
+                      {"early_stopping", true},
+                      {"stop_words", {"x y"}}},
+                     &beams));
+  EXPECT_EQ(beams.generation.request.sampling.beam_width, 4);
+  EXPECT_FLOAT_EQ(beams.generation.request.sampling.length_penalty, 0.7f);
+  EXPECT_TRUE(beams.generation.request.sampling.early_stopping);
+  EXPECT_TRUE(beams.generation.stop_texts.empty());
+  EXPECT_EQ(beams.generation.request.stop_words,
+            (std::vector<std::vector<int32_t>>{model_->tokenizer.encode("x y", false)}));
+  KServeRequest streamed_beams;
+  const auto refused = parse({{"text_input", "a"}, {"beam_width", 2}}, &streamed_beams, true);
+  ASSERT_TRUE(refused);
+  EXPECT_EQ(refused->param, "beam_width");
+
   ASSERT_FALSE(parse({{"text_input", "a"}}, &request, true));
   EXPECT_TRUE(request.stream);  // generate_stream streams unless told not to
   ASSERT_FALSE(parse({{"text_input", "a"}, {"stream", false}}, &request, true));
@@ -552,13 +571,16 @@ TEST_F(KServeParsing, RefusesBadRequests) {
       {{{"text_input", "a"}, {"bad_words", 5}},
        "'bad_words' must be a string or an array of strings, not a number"},
       {{{"text_input", "a"}, {"stop_words", 5}}, ""},
-      {{{"text_input", "a"}, {"beam_width", 2}}, "only beam_width 1 is supported"},
+      {{{"text_input", "a"}, {"beam_width", 0}}, ""},
+      {{{"text_input", "a"}, {"beam_width", 2}, {"return_log_probs", true}},
+       "return_log_probs is not supported with beam_width > 1"},
       {{{"text_input", "a"}, {"stream", true}}, "\"stream\": true needs /generate_stream"},
       {{{"text_input", ""}}, "'text_input' is empty"},
       {{{"text_input", "a"}, {"max_tokens", 500}}, ""},
       {{{"text_input", std::string(300, 'x')}}, ""},
   };
   for (const Case& c : cases) {
+    request = {};
     const auto error = parse(c.body, &request);
     ASSERT_TRUE(error) << c.body.dump();
     EXPECT_EQ(error->http_status, 400);
@@ -576,6 +598,10 @@ TEST_F(KServeParsing, Output) {
   EXPECT_EQ(kserve_output_json(*model_, "ab", &log_probs).dump(),
             "{\"model_name\":\"tiny\",\"model_version\":\"1\",\"text_output\":\"ab\","
             "\"output_log_probs\":[-0.5,-0.25],\"cum_log_probs\":-0.75}");
+  const std::vector<std::string> beams = {"best", "next"};
+  EXPECT_EQ(
+      kserve_output_json(*model_, "best", nullptr, &beams).dump(),
+      "{\"model_name\":\"tiny\",\"model_version\":\"1\",\"text_output\":[\"best\",\"next\"]}");
 }
 
 }  // namespace

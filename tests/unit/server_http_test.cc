@@ -392,10 +392,33 @@ TEST(ServerHttp, KServeGenerate) {
   EXPECT_EQ(response->status, 404);
   EXPECT_EQ(Json::parse(response->body),
             (Json{{"error", "Request for unknown model: 'other' is not found"}}));
-  response = server.post("/v2/models/tiny/generate", {{"text_input", "Q"}, {"beam_width", 2}});
+  // Beam search: one answer with every beam's text (after the input, unless excluded); its stop
+  // words reach the Executor as token sequences; never streamed.
+  response = server.post("/v2/models/tiny/generate", {{"text_input", "Q: "},
+                                                      {"max_tokens", 4},
+                                                      {"beam_width", 3},
+                                                      {"length_penalty", 0.5},
+                                                      {"stop_words", Json::array({"zz"})}});
   ASSERT_TRUE(response);
-  EXPECT_EQ(response->status, 400);
-  EXPECT_TRUE(Json::parse(response->body).at("error").is_string());
+  ASSERT_EQ(response->status, 200) << response->body;
+  const executor::Request beam_request = server.executor.requests_seen().back();
+  EXPECT_EQ(beam_request.sampling.beam_width, 3);
+  EXPECT_FLOAT_EQ(beam_request.sampling.length_penalty, 0.5f);
+  EXPECT_FALSE(beam_request.streaming);
+  EXPECT_EQ(beam_request.stop_words, (std::vector<std::vector<int32_t>>{encode("zz")}));
+  Json beams = Json::array();
+  for (size_t b = 0; b < 3; ++b) {
+    beams.push_back("Q: " +
+                    test::test_served_model().tokenizer.decode(std::span(script).first(4 - b)));
+  }
+  EXPECT_EQ(Json::parse(response->body).at("text_output"), beams);
+  for (const Json& body : {Json{{"text_input", "Q"}, {"beam_width", 2}}}) {
+    response = server.post("/v2/models/tiny/generate_stream", body);
+    ASSERT_TRUE(response);
+    EXPECT_EQ(response->status, 400);
+    EXPECT_NE(Json::parse(response->body).at("error").get<std::string>().find("beam"),
+              std::string::npos);
+  }
 
   // Bad words reach the Executor as token sequences.
   response = server.post("/v2/models/tiny/generate",
