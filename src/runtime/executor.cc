@@ -175,6 +175,15 @@ class ExecutorImpl final : public Executor {
     if (beams.beam_width > 1 && request.return_log_probs) {
       return "beam search does not return log-probs per token (each beam has its cum_log_prob)";
     }
+    // A beam's last step computes its prompt and output in one step without chunked prefill.
+    if (beams.beam_width > 1 && !chunked_prefill_ &&
+        length + request.max_new_tokens - 1 > max_num_tokens_) {
+      return "beam search without chunked prefill computes up to the prompt + max_new_tokens - 1 "
+             "(" +
+             std::to_string(length + request.max_new_tokens - 1) +
+             ") tokens in one step, more than max_num_tokens " + std::to_string(max_num_tokens_) +
+             ": enable chunked prefill or lower max_new_tokens";
+    }
     return std::nullopt;
   }
 
@@ -306,6 +315,8 @@ class ExecutorImpl final : public Executor {
     scheduler_.emplace(std::move(created));
     max_input_len_ = limits.max_input_len;
     max_batch_size_ = scheduler.max_batch_size;
+    max_num_tokens_ = scheduler.max_num_tokens;
+    chunked_prefill_ = scheduler.enable_chunked_prefill;
     max_seq_len_ = limits.max_seq_len;
     vocab_size_ = engine_->config().model.vocab_size;
     end_ids_ = engine_->default_end_ids();
@@ -770,6 +781,8 @@ class ExecutorImpl final : public Executor {
   int64_t completed_ = 0;
   // Fixed after load.
   int64_t max_input_len_ = 0, max_seq_len_ = 0, vocab_size_ = 0, max_batch_size_ = 0;
+  int64_t max_num_tokens_ = 0;
+  bool chunked_prefill_ = true;
   std::vector<int32_t> end_ids_;
   // Shared, under mutex_.
   mutable std::mutex mutex_;

@@ -297,6 +297,19 @@ TEST_F(ExecutorTest, BeamSearchRefusalsAndCancellation) {
     ASSERT_TRUE(problem) << fragment;
     EXPECT_NE(problem->find(fragment), std::string::npos) << *problem;
   }
+  // Without chunked prefill a beam's last step holds its prompt and output: at most 12 tokens.
+  ExecutorConfig unchunked;
+  unchunked.enable_chunked_prefill = false;
+  auto whole_steps = make(unchunked);
+  ASSERT_TRUE(whole_steps);
+  Request long_beams = beams;
+  long_beams.max_new_tokens = 11;  // 3 + 11 - 1 = 13 tokens
+  const std::optional<std::string> too_long = whole_steps->check_request(long_beams);
+  ASSERT_TRUE(too_long);
+  EXPECT_NE(too_long->find("max_num_tokens 12"), std::string::npos) << *too_long;
+  long_beams.max_new_tokens = 10;  // 12 tokens
+  EXPECT_FALSE(whole_steps->check_request(long_beams));
+
   // A long search, cancelled while it runs: a final cancelled response, and no block held.
   const RequestId id = executor->enqueue_request(beams);
   for (int i = 0; i < 500 && executor->stats().recent_iterations.size() < 3; ++i) {
