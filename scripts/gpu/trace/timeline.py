@@ -21,15 +21,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from kernel_summary import short_name  # noqa: E402
 
 
-def read(path: str):
-    kernels = []
+def rows(path: str):
+    """kernel_trace.cc's CSV rows: (start_ns, end_ns, graph or thread id, name)."""
     with open(path) as handle:
         next(handle)
         for line in handle:
-            start, end, graph, name = line.rstrip("\n").split(",", 3)
-            kernels.append((int(start), int(end), int(graph), short_name(name)[:90]))
-    kernels.sort()
-    return kernels
+            start, end, third, name = line.rstrip("\n").split(",", 3)
+            yield int(start), int(end), int(third), name
+
+
+def read(path: str):
+    return sorted((start, end, graph, short_name(name)[:90])
+                  for start, end, graph, name in rows(path))
 
 
 def windows(kernels, split_ns):
@@ -71,13 +74,7 @@ def analyse(window):
 
 
 def read_api(path: str):
-    calls = []
-    with open(path) as handle:
-        next(handle)
-        for line in handle:
-            start, end, _, name = line.rstrip("\n").split(",", 3)
-            calls.append((int(start), int(end), name))
-    return calls
+    return [(start, end, name) for start, end, _, name in rows(path)]
 
 
 def host_during_gaps(intervals, calls):
