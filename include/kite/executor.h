@@ -150,6 +150,7 @@ struct IterationStats {
   int64_t generation_tokens = 0;   // tokens sampled
 };
 
+// A beam search counts as one request per beam of its current step (it runs as those).
 struct ExecutorStats {
   int64_t queued_requests = 0;  // waiting to be admitted
   int64_t active_requests = 0;  // running

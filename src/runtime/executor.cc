@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <deque>
 #include <future>
+#include <limits>
 #include <mutex>
 #include <numeric>
 #include <thread>
@@ -447,6 +448,16 @@ class ExecutorImpl final : public Executor {
   }
 
   void admit_beam_search(RequestId id, Request request) {
+    // Its last step holds the prompt and all but the last output token, as a request would.
+    const int64_t tokens = int64_t(request.input_ids.size()) + request.max_new_tokens - 1;
+    const int64_t blocks = scheduler_->kv_cache().blocks_for_tokens(tokens);
+    if (blocks > engine_->kv_cache().num_blocks()) {
+      fail(id, "the beam search needs " + std::to_string(blocks) +
+                   " KV cache blocks, more than the cache has (" +
+                   std::to_string(engine_->kv_cache().num_blocks()) +
+                   "): lower max_new_tokens or give the KV cache more memory");
+      return;
+    }
     BeamGroup& group = beam_groups_[id];
     const SamplingConfig& sampling = request.sampling;
     group.stop.end_ids = request.end_ids ? *request.end_ids : end_ids_;
@@ -462,15 +473,17 @@ class ExecutorImpl final : public Executor {
   // Enqueues a step's requests of `group`; fails the search (and drops it) when the scheduler
   // refuses one.
   void start_beam_step(RequestId id, BeamGroup& group) {
+    // Before the first step every beam is the prompt alone (empty outputs): one request.
     const std::vector<std::vector<int32_t>>& running = group.search->running();
-    const size_t beams = running.empty() ? 1 : running.size();
+    const bool first = running.front().empty();
+    const size_t beams = first ? 1 : running.size();
     group.rows.assign(size_t(group.search->beam_width()) * size_t(vocab_size_), 0.0f);
     group.outstanding = int64_t(beams);
     for (size_t beam = 0; beam < beams; ++beam) {
       NewRequest added;
       added.id = next_beam_request_--;
       added.prompt = group.request.input_ids;
-      if (!running.empty()) {
+      if (!first) {
         added.prompt.insert(added.prompt.end(), running[beam].begin(), running[beam].end());
       }
       added.max_new_tokens = 1;
@@ -503,9 +516,13 @@ class ExecutorImpl final : public Executor {
     BeamGroup& group = beam_groups_.at(id);
     const size_t vocab = logits.size();
     std::span<float> row(group.rows.data() + size_t(beam) * vocab, vocab);
-    std::copy(logits.begin(), logits.end(), row.begin());
-    log_softmax(row);
-    if (group.search->running().empty()) {
+    if (std::ranges::all_of(logits, [](float value) { return std::isinf(value) && value < 0; })) {
+      std::ranges::fill(row, -std::numeric_limits<float>::infinity());  // every token banned
+    } else {
+      std::copy(logits.begin(), logits.end(), row.begin());
+      log_softmax(row);
+    }
+    if (group.search->running().front().empty()) {
       // Before the first step every beam is the prompt (BeamSearch scores only the first).
       for (int64_t other = 1; other < group.search->beam_width(); ++other) {
         std::copy(row.begin(), row.end(), group.rows.begin() + ptrdiff_t(size_t(other) * vocab));
@@ -619,6 +636,7 @@ class ExecutorImpl final : public Executor {
         fail(id, tokens.status().message());
         active_.erase(id);
       }
+      (void)scheduler_->on_step_done({});  // every request of the step is gone
       return {};
     }
 

@@ -111,6 +111,7 @@ class ModuleTest(unittest.TestCase):
         scores = [beam.score for beam in final.beams]
         self.assertEqual(scores, sorted(scores, reverse=True))
         self.assertEqual(list(final.output_ids), list(final.beams[0].output_ids))
+        self.assertEqual(len({tuple(beam.output_ids) for beam in final.beams}), 3)
         for beam in final.beams:
             self.assertEqual(len(beam.output_ids), 6)
             self.assertEqual(beam.finish_reason, kite.FinishReason.LENGTH)

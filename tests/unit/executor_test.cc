@@ -210,11 +210,13 @@ TEST_F(ExecutorTest, BeamSearchGivesTheBeamsOfTheEngineBeamSearch) {
     int64_t width;
     float length_penalty;
     bool early_stopping;
+    std::vector<std::vector<int32_t>> stop_words = {};
   };
   const std::vector<Case> cases = {{{5, 9, 2, 7, 11}, 3, 0.8f, false},
                                    {{3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9}, 4, 1.0f, false},
                                    {{8}, 2, 1.0f, true},
-                                   {{2, 7, 1, 8, 2, 8}, 1, 1.0f, false}};
+                                   {{2, 7, 1, 8, 2, 8}, 1, 1.0f, false},
+                                   {{6, 6, 1}, 3, 1.0f, false, {{3}, {12, 5}, {9}}}};
   const std::vector<std::vector<int32_t>> greedy_prompts = prompts(3, 31, kVocab);
   std::vector<RequestId> beam_ids, greedy_ids;
   for (const Case& c : cases) {
@@ -226,6 +228,7 @@ TEST_F(ExecutorTest, BeamSearchGivesTheBeamsOfTheEngineBeamSearch) {
     request.sampling.length_penalty = c.length_penalty;
     request.sampling.early_stopping = c.early_stopping;
     request.sampling.temperature = 0.0f;
+    request.stop_words = c.stop_words;
     beam_ids.push_back(executor->enqueue_request(request));
   }
   for (const auto& prompt : greedy_prompts) {
@@ -244,6 +247,7 @@ TEST_F(ExecutorTest, BeamSearchGivesTheBeamsOfTheEngineBeamSearch) {
     StopConditions stop;
     stop.max_output_len = 10;
     stop.end_ids = {7};
+    stop.stop_sequences = cases[i].stop_words;
     const BeamSearchOptions options{cases[i].width, cases[i].length_penalty,
                                     cases[i].early_stopping};
     const std::vector<BeamHypothesis> expected =
@@ -316,6 +320,12 @@ TEST_F(ExecutorTest, BeamSearchRefusalsAndCancellation) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   executor->cancel_request(id);
+  // Its first step is the prompt alone, once; then a request per beam.
+  const std::vector<executor::IterationStats> iterations = executor->stats().recent_iterations;
+  ASSERT_GE(iterations.size(), 2u);
+  EXPECT_EQ(iterations[0].scheduled_requests, 1);
+  EXPECT_EQ(iterations[0].context_tokens, 3);
+  EXPECT_EQ(iterations[1].scheduled_requests, 3);
   const auto done = collect(*executor, 1);
   const Response& response = done.at(id);
   ASSERT_FALSE(response.error) << *response.error;
