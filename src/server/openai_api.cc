@@ -31,6 +31,15 @@ std::optional<ApiError> parse_shared_fields(const Json& body, const ServedModel&
                     .code = "model_not_found"};
   }
   fields.integer("n", &request->n, 1, kMaxChoices);
+  // vLLM's beam search extension: refused rather than ignored (the answer would not be beams).
+  bool use_beam_search = false;
+  fields.boolean("use_beam_search", &use_beam_search);
+  if (use_beam_search) {
+    return bad_request("use_beam_search",
+                       "beam search is served by /v2/models/" + model.name +
+                           "/generate with 'beam_width'; the OpenAI routes sample or decode "
+                           "greedily");
+  }
 
   fields.boolean("stream", &request->stream);
   if (fields.ok() && fields.has("stream_options")) {

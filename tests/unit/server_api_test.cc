@@ -164,6 +164,8 @@ TEST_F(OpenAiParsing, RefusesWrongTypesAndRanges) {
       {{{"prompt", "a"}, {"n", 129}}, "n", ""},
       {{{"prompt", "a"}, {"n", 1.5}}, "n", ""},
       {{{"prompt", "a"}, {"best_of", 3}}, "best_of", ""},
+      {{{"prompt", "a"}, {"use_beam_search", true}}, "use_beam_search", ""},
+      {{{"prompt", "a"}, {"use_beam_search", 1}}, "use_beam_search", ""},
       {{{"prompt", "a"}, {"echo", true}}, "echo", "'echo' is not supported"},
       {{{"prompt", "a"}, {"suffix", "z"}}, "suffix", ""},
       {{{"prompt", "a"}, {"presence_penalty", 2.5}}, "presence_penalty", ""},
