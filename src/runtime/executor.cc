@@ -11,7 +11,6 @@
 #include <condition_variable>
 #include <deque>
 #include <future>
-#include <limits>
 #include <mutex>
 #include <numeric>
 #include <thread>
@@ -516,12 +515,8 @@ class ExecutorImpl final : public Executor {
     BeamGroup& group = beam_groups_.at(id);
     const size_t vocab = logits.size();
     std::span<float> row(group.rows.data() + size_t(beam) * vocab, vocab);
-    if (std::ranges::all_of(logits, [](float value) { return std::isinf(value) && value < 0; })) {
-      std::ranges::fill(row, -std::numeric_limits<float>::infinity());  // every token banned
-    } else {
-      std::copy(logits.begin(), logits.end(), row.begin());
-      log_softmax(row);
-    }
+    std::copy(logits.begin(), logits.end(), row.begin());
+    log_softmax(row);
     if (group.search->running().front().empty()) {
       // Before the first step every beam is the prompt (BeamSearch scores only the first).
       for (int64_t other = 1; other < group.search->beam_width(); ++other) {

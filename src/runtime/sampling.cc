@@ -44,6 +44,7 @@ double log_sum_exp(std::span<const float> logits) {
 
 void log_softmax(std::span<float> logits) {
   const double log_total = log_sum_exp(logits);
+  if (std::isinf(log_total)) return;  // every logit -inf (every token banned): they stay so
   for (float& value : logits) value = float(double(value) - log_total);
 }
 

@@ -37,7 +37,7 @@ inline bool needs_history(const SamplingConfig& config) {
 
 // log(sum_i exp(logits[i])), summed in double around the largest logit (-inf when every logit is
 // -inf); and the log softmax of a row in place, logits[i] - log_sum_exp(logits), in the same
-// arithmetic.
+// arithmetic (a row of -inf stays -inf).
 double log_sum_exp(std::span<const float> logits);
 void log_softmax(std::span<float> logits);
 

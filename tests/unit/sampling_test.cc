@@ -32,6 +32,17 @@ TEST(Sampling, GreedyTakesTheArgmax) {
   EXPECT_EQ(Sampler(config).sample(std::vector<float>{0.1f, 3.0f, -1.0f, 2.9f}, {}, 0), 1);
 }
 
+TEST(Sampling, LogSoftmaxOfABannedRowStaysMinusInfinity) {
+  const float minus_infinity = -std::numeric_limits<float>::infinity();
+  std::vector<float> row = {minus_infinity, minus_infinity, minus_infinity};
+  log_softmax(row);
+  for (float value : row) EXPECT_EQ(value, minus_infinity);
+  std::vector<float> partly = {0.0f, minus_infinity};
+  log_softmax(partly);
+  EXPECT_FLOAT_EQ(partly[0], 0.0f);
+  EXPECT_EQ(partly[1], minus_infinity);
+}
+
 TEST(Sampling, RepetitionPenaltyFollowsTransformers) {
   std::vector<float> logits = {2.0f, -2.0f, 1.0f, 4.0f};
   apply_repetition_penalty(logits, std::vector<int32_t>{0, 1, 1}, 2.0f);
