@@ -23,6 +23,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -67,6 +68,11 @@ struct Request {
   // sequence so far (prompt and output) ends with the rest of the word. Greedy decoding then takes
   // the best token left. Should a step ban every token of the vocabulary, it picks token 0.
   std::vector<std::vector<int32_t>> bad_words;
+  // Token id -> a finite bias added to its logit at every step, before the penalties, temperature
+  // and the rest of the sampling (OpenAI's logit_bias; TensorRT-LLM's embedding bias): -100 all
+  // but bans a token, +100 all but forces it. Log-probabilities and beam search see the biased
+  // logits.
+  std::map<int32_t, float> logit_bias;
   // Ids that end the output (included). Unset: the engine's end-of-sequence ids.
   std::optional<std::vector<int32_t>> end_ids;
   bool streaming = false;         // a response per step with the new tokens, or one at the end

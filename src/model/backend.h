@@ -204,14 +204,15 @@ class Backend {
   virtual void copy_kv_blocks(const KvCacheView& cache,
                               std::span<const std::pair<int32_t, int32_t>> copies) = 0;
 
-  // ---- bad words ----
-  // logits[pairs[2i], pairs[2i + 1]] = -inf for i < *count: the (row, token) pairs that may not be
-  // picked this step.  logits [R, V] float32; pairs [2 * max_count], each row in [0, R) and token
-  // in [0, V); count [1] in [0, max_count]; all in backend memory. The count is read when the op
-  // runs, not when it is issued, so a recorded graph bans each replay's pairs; max_count fixes
-  // the work issued.
-  virtual void ban_tokens(DeviceTensor& logits, const int32_t* pairs, const int32_t* count,
-                          int64_t max_count) = 0;
+  // ---- logit bias and bad words ----
+  // logits[row, token] += bias for the first *count entries (row, token, bias): OpenAI's
+  // logit_bias, and bad words as a bias of -inf (the token may not be picked this step). logits
+  // [R, V] float32; entries [max_count] LogitBiasEntry, each (row, token) in [0, R) x [0, V) and
+  // at most once; count [1] in [0, max_count]; all in backend memory. The count is read when the
+  // op runs, not when it is issued, so a recorded graph applies each replay's entries; max_count
+  // fixes the work issued.
+  virtual void add_logit_bias(DeviceTensor& logits, const LogitBiasEntry* entries,
+                              const int32_t* count, int64_t max_count) = 0;
 
   // ---- sampling on the backend (optional) ----
   // Whether sample() exists; without it the runtime samples the downloaded logits on the host.

@@ -71,4 +71,13 @@ struct SamplingRow {
   int32_t output_start = 0;        // where the output starts in the row's history
 };
 
+// One addition to a step's float32 logits (Backend::add_logit_bias): logits[row, token] += bias.
+// A bias of -inf bans the token (bad words).
+struct LogitBiasEntry {
+  int32_t row = 0;
+  int32_t token = 0;
+  float bias = 0.0f;
+  bool operator==(const LogitBiasEntry&) const = default;
+};
+
 }  // namespace kite

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <numbers>
 #include <string_view>
 #include <utility>
@@ -276,15 +277,15 @@ Status LlamaModel::check_step(const StepInput& step, const KvCacheView& cache) c
   for (int32_t row : step.logit_rows) {
     if (row < 0 || size_t(row) >= tokens) return invalid_argument("logit row out of the step");
   }
-  if (step.banned_tokens.size() % 2 != 0) {
-    return invalid_argument("banned tokens must come as (logit row, token) pairs");
-  }
-  for (size_t i = 0; i < step.banned_tokens.size(); i += 2) {
-    const int32_t row = step.banned_tokens[i], token = step.banned_tokens[i + 1];
-    if (row < 0 || size_t(row) >= step.logit_rows.size() || token < 0 ||
-        token >= config_.vocab_size) {
-      return invalid_argument("banned token (" + std::to_string(row) + ", " +
-                              std::to_string(token) + ") is outside the logits");
+  for (const LogitBiasEntry& entry : step.logit_bias) {
+    if (entry.row < 0 || size_t(entry.row) >= step.logit_rows.size() || entry.token < 0 ||
+        entry.token >= config_.vocab_size) {
+      return invalid_argument("logit bias entry (" + std::to_string(entry.row) + ", " +
+                              std::to_string(entry.token) + ") is outside the logits");
+    }
+    if (std::isnan(entry.bias) || entry.bias == std::numeric_limits<float>::infinity()) {
+      return invalid_argument("logit bias of token " + std::to_string(entry.token) +
+                              " is not a number or +inf");
     }
   }
   if (cache.num_layers != config_.num_hidden_layers ||
@@ -329,24 +330,36 @@ Status LlamaModel::reserve_workspace(int64_t tokens, int64_t logit_rows, int64_t
   return Status::ok();
 }
 
-Status LlamaModel::upload_banned_tokens(const std::vector<int32_t>& pairs) {
-  const int64_t count = int64_t(pairs.size() / 2);
-  if (count > banned_capacity_) {
+Status LlamaModel::upload_logit_bias(const std::vector<LogitBiasEntry>& entries) {
+  // Each (row, token) once, its biases summed (-inf stays -inf): the op adds without atomics.
+  std::vector<LogitBiasEntry> packed(1 + entries.size());  // packed[0].row: the count
+  std::copy(entries.begin(), entries.end(), packed.begin() + 1);
+  std::sort(packed.begin() + 1, packed.end(), [](const auto& a, const auto& b) {
+    return std::pair(a.row, a.token) < std::pair(b.row, b.token);
+  });
+  size_t count = 0;
+  for (size_t i = 1; i < packed.size(); ++i) {
+    LogitBiasEntry& last = packed[count];
+    if (count > 0 && last.row == packed[i].row && last.token == packed[i].token) {
+      last.bias += packed[i].bias;
+    } else {
+      packed[++count] = packed[i];
+    }
+  }
+  packed.resize(1 + count);
+  packed[0] = LogitBiasEntry{int32_t(count), 0, 0.0f};
+  if (int64_t(count) > logit_bias_capacity_) {
     drop_graphs();            // they read the old buffer
     backend_->synchronize();  // steps in flight may still read it
-    banned_tokens_.reset();
-    banned_capacity_ = 0;
+    logit_bias_.reset();
+    logit_bias_capacity_ = 0;
     // Doubling keeps reallocations (and the graphs they drop) rare as requests come and go.
     const int64_t capacity = std::max<int64_t>(int64_t(std::bit_ceil(uint64_t(count))), 256);
-    KITE_ASSIGN_OR_RETURN(banned_tokens_,
-                          backend_->allocate(size_t(1 + 2 * capacity) * sizeof(int32_t)));
-    banned_capacity_ = capacity;
+    KITE_ASSIGN_OR_RETURN(logit_bias_,
+                          backend_->allocate(size_t(1 + capacity) * sizeof(LogitBiasEntry)));
+    logit_bias_capacity_ = capacity;
   }
-  std::vector<int32_t> packed;
-  packed.reserve(1 + pairs.size());
-  packed.push_back(int32_t(count));
-  packed.insert(packed.end(), pairs.begin(), pairs.end());
-  backend_->upload(banned_tokens_.data(), packed.data(), packed.size() * sizeof(int32_t));
+  backend_->upload(logit_bias_.data(), packed.data(), packed.size() * sizeof(LogitBiasEntry));
   return Status::ok();
 }
 
@@ -433,10 +446,10 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
   KITE_RETURN_IF_ERROR(reserve_workspace(T, R, S, int64_t(step.block_table.size())));
   backend.upload(metadata_.data(), metadata.data(), metadata.size() * sizeof(int32_t));
   const auto* device_metadata = static_cast<const int32_t*>(metadata_.data());
-  // Bad words: only steps that ban something upload or run anything for them.
-  const bool bans = !step.banned_tokens.empty();
-  if (bans) KITE_RETURN_IF_ERROR(upload_banned_tokens(step.banned_tokens));
-  const auto* banned_count = static_cast<const int32_t*>(banned_tokens_.data());
+  // Logit bias and bad words: only steps that have some upload or run anything for them.
+  const bool biased = !step.logit_bias.empty();
+  if (biased) KITE_RETURN_IF_ERROR(upload_logit_bias(step.logit_bias));
+  const auto* bias_entries = static_cast<const LogitBiasEntry*>(logit_bias_.data());
 
   AttentionBatch batch;
   batch.num_tokens = T;
@@ -564,8 +577,11 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
       // logits = h_r @ lm_head^T   (lm_head may be embed_tokens)
       backend.linear(last_hidden, weights_.lm_head, nullptr, logits);
       backend.convert(logits, logits_f32);
-      // logits[r, token] = -inf for each banned (row, token)
-      if (bans) backend.ban_tokens(logits_f32, banned_count + 1, banned_count, banned_capacity_);
+      // logits[r, token] += bias for each entry (-inf: banned)
+      if (biased) {
+        backend.add_logit_bias(logits_f32, bias_entries + 1, &bias_entries->row,
+                               logit_bias_capacity_);
+      }
       // ids = sample(logits)   (backends that sample)
       if (sampling) {
         backend.sample(logits_f32, sampling->rows, sampling->history, sampling->history_length,
@@ -575,7 +591,7 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
   };
   const bool graphable = batch.max_query_length == 1 && R == T && !dump.enabled();
   const int64_t mode = !sampling ? 0 : sampling->history ? 2 : 1;
-  const GraphKey key{S, step.max_blocks_per_sequence, mode, bans};
+  const GraphKey key{S, step.max_blocks_per_sequence, mode, biased};
   drop_stale_graphs();
   const auto graph = graphable ? graphs_.find(key) : graphs_.end();
   if (graph != graphs_.end()) {

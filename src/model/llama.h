@@ -71,9 +71,11 @@ struct StepInput {
   std::vector<int32_t> block_table;     // [S * max_blocks_per_sequence]
   int64_t max_blocks_per_sequence = 0;
   std::vector<int32_t> logit_rows;  // [R] rows of the step (0 <= row < T) that need logits
-  // [2 * N] (logit row r, token) pairs: row r may not pick the token, whose logit becomes -inf
-  // before sampling (bad words). Usually empty, which adds no op to the step.
-  std::vector<int32_t> banned_tokens;
+  // Additions to the logits before sampling: logits[row, token] += bias for each entry, row
+  // indexing logit_rows (OpenAI's logit_bias; bad words as -inf: the row may not pick the token).
+  // A (row, token) that comes more than once gets the sum of its biases. Usually empty, which adds
+  // no op to the step.
+  std::vector<LogitBiasEntry> logit_bias;
 };
 
 class LlamaModel {
@@ -87,14 +89,14 @@ class LlamaModel {
   Backend& backend() const { return *backend_; }
 
   // Runs the step, writing keys and values into `cache`, and returns float32 logits [R, V] row
-  // by row in the order of step.logit_rows, -inf at step.banned_tokens. Decode steps replay a
+  // by row in the order of step.logit_rows, with step.logit_bias added. Decode steps replay a
   // captured graph on backends that have graphs (the cache's buffer must then stay the same from
   // step to step). When KITE_DUMP=<dir> is set, every named intermediate of the step is also
   // written to <dir>/step_<n>.safetensors.
   Result<std::vector<float>> forward(const StepInput& step, const KvCacheView& cache);
 
   // Like forward(), then picks one token per logit row on the backend (Backend::has_sampling
-  // must hold; never one of step.banned_tokens unless the row bans all), so that only the ids
+  // must hold; never a token step.logit_bias bans unless the row bans all), so that only the ids
   // come back: rows[r] is row r's sampling; history[r] its sequence so far, for the repetition
   // penalty (empty: no row has a penalty).
   Result<std::vector<int32_t>> forward_and_sample(const StepInput& step, const KvCacheView& cache,
@@ -126,9 +128,9 @@ class LlamaModel {
   Result<DeviceTensor> run_step(const StepInput& step, const KvCacheView& cache,
                                 const SamplingInputs* sampling);
   Status check_step(const StepInput& step, const KvCacheView& cache) const;
-  // Uploads the count and the pairs of step.banned_tokens into banned_tokens_, growing it (and
-  // dropping the graphs that read it) when they do not fit.
-  Status upload_banned_tokens(const std::vector<int32_t>& pairs);
+  // Uploads the count and the entries of step.logit_bias (each (row, token) once, biases summed)
+  // into logit_bias_, growing it (and dropping the graphs that read it) when they do not fit.
+  Status upload_logit_bias(const std::vector<LogitBiasEntry>& entries);
   void drop_graphs();
   // drop_graphs() when the backend's graph_epoch() moved since they were recorded.
   void drop_stale_graphs();
@@ -146,14 +148,14 @@ class LlamaModel {
   DeviceBuffer sampling_rows_;     // [R] SamplingRow
   DeviceBuffer sampled_ids_;       // [R] int32
   DeviceBuffer sampling_history_;  // [R] lengths, then [R, stride] tokens
-  // [1 + 2 * banned_capacity_] int32: the step's count of banned (row, token) pairs, then the
-  // pairs. Graphs of steps with bans capture its address and capacity and read the count at
-  // replay, so the pairs may change from step to step.
-  DeviceBuffer banned_tokens_;
-  int64_t banned_capacity_ = 0;
+  // The step's count of logit bias entries (int32, padded to an entry's size), then
+  // logit_bias_capacity_ entries. Graphs of steps with a bias capture its address and capacity and
+  // read the count at replay, so the entries may change from step to step.
+  DeviceBuffer logit_bias_;
+  int64_t logit_bias_capacity_ = 0;
   int64_t step_counter_ = 0;  // names dump files
-  // Captured decode steps by (sequences, max_blocks_per_sequence, sampling mode, any banned
-  // tokens): what fixes a graph.
+  // Captured decode steps by (sequences, max_blocks_per_sequence, sampling mode, any logit bias):
+  // what fixes a graph.
   using GraphKey = std::tuple<int64_t, int64_t, int64_t, bool>;
   std::map<GraphKey, int64_t> graphs_;
   int64_t graph_epoch_ = 0;  // the backend's graph_epoch() when graphs_ were recorded

@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <deque>
 #include <future>
+#include <limits>
 #include <mutex>
 #include <numeric>
 #include <thread>
@@ -152,6 +153,15 @@ class ExecutorImpl final : public Executor {
           return "bad word token id " + std::to_string(id) + " is outside the vocabulary of " +
                  std::to_string(vocab_size_);
         }
+      }
+    }
+    for (const auto& [token, bias] : request.logit_bias) {
+      if (token < 0 || token >= vocab_size_) {
+        return "logit bias token id " + std::to_string(token) + " is outside the vocabulary of " +
+               std::to_string(vocab_size_);
+      }
+      if (!std::isfinite(bias)) {
+        return "the logit bias of token " + std::to_string(token) + " must be a finite number";
       }
     }
     if (request.top_log_probs < 0 || request.top_log_probs > kMaxTopLogProbs) {
@@ -599,11 +609,15 @@ class ExecutorImpl final : public Executor {
       std::copy(blocks.begin(), blocks.begin() + used,
                 input.block_table.begin() + ptrdiff_t(table_at));
       if (sequence.samples) {
-        // Bad words: the tokens this row may not pick, given its whole sequence so far.
+        // The request's logit bias, and bad words: the tokens this row may not pick, given its
+        // whole sequence so far.
         const int32_t row = int32_t(input.logit_rows.size());
         const Request& request = request_of(sequence.request_id);
+        for (const auto& [token, bias] : request.logit_bias) {
+          input.logit_bias.push_back({row, token, bias});
+        }
         for (int32_t token : banned_next_tokens(tokens, request.bad_words)) {
-          input.banned_tokens.insert(input.banned_tokens.end(), {row, token});
+          input.logit_bias.push_back({row, token, -std::numeric_limits<float>::infinity()});
         }
         input.logit_rows.push_back(int32_t(input.token_ids.size()) - 1);
         sampled.push_back(sequence.request_id);

@@ -1,5 +1,5 @@
 // Tests of the CPU backend's memory functions, make_backend, and the element-wise and row ops
-// (embedding, gather_rows, rms_norm, add_rms_norm, silu_mul, convert, ban_tokens) against plain
+// (embedding, gather_rows, rms_norm, add_rms_norm, silu_mul, convert, add_logit_bias) against plain
 // references.
 #include <gtest/gtest.h>
 #include <omp.h>
@@ -217,23 +217,23 @@ TEST(CpuOps, ConvertRoundsToNearestEvenBetweenFloatDTypes) {
   EXPECT_EQ(copy.as<int32_t>()[1], -2);
 }
 
-TEST(CpuOps, BanTokensSetsTheFirstCountPairsToMinusInfinity) {
+TEST(CpuOps, LogitBiasAddsTheFirstCountEntries) {
   CpuBackend backend;
   const int64_t rows = 3, vocab = 11;
   const auto values = test::random_values(rows * vocab, 12);
-  // Five pairs fit the buffer, three are this step's: the last two must stay untouched.
-  const std::vector<int32_t> pairs = {0, 10, 2, 0, 0, 4, 1, 7, 2, 3};
-  BackendTensor pair_tensor = test::int_tensor(backend, pairs);
+  // Five entries fit the buffer, three are this step's: the last two must stay untouched.
+  const float minus_infinity = -std::numeric_limits<float>::infinity();
+  const std::vector<LogitBiasEntry> entries = {
+      {0, 10, minus_infinity}, {2, 0, 3.5f}, {0, 4, -100.0f}, {1, 7, 1.0f}, {2, 3, 2.0f}};
   for (int32_t count : {0, 1, 3}) {
     BackendTensor logits = test::tensor_from(backend, DType::kF32, {rows, vocab}, values);
-    BackendTensor count_tensor = test::int_tensor(backend, {count});
-    backend.ban_tokens(logits.tensor, pair_tensor.as<int32_t>(), count_tensor.as<int32_t>(), 5);
+    backend.add_logit_bias(logits.tensor, entries.data(), &count, 5);
     std::vector<float> expected = values;
     for (int32_t i = 0; i < count; ++i) {
-      expected[size_t(pairs[2 * i] * vocab + pairs[2 * i + 1])] =
-          -std::numeric_limits<float>::infinity();
+      expected[size_t(entries[size_t(i)].row * vocab + entries[size_t(i)].token)] +=
+          entries[size_t(i)].bias;
     }
-    EXPECT_EQ(test::load_floats(logits.tensor), expected) << count << " pairs";
+    EXPECT_EQ(test::load_floats(logits.tensor), expected) << count << " entries";
   }
 }
 

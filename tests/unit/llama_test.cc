@@ -12,6 +12,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <tuple>
 
 #include "core/file.h"
 #include "formats/safetensors.h"
@@ -170,16 +171,16 @@ class ModelRunner {
   }
 
   // Appends `new_tokens[s]` to each sequence s (empty: the sequence sits out) in one step and
-  // returns the logits of every new token, per sequence. `banned_tokens`: StepInput's (logit row,
-  // token) pairs, rows counted over the whole step.
+  // returns the logits of every new token, per sequence. `logit_bias`: StepInput's entries, rows
+  // counted over the whole step.
   std::vector<Matrix> step(const std::vector<std::vector<int32_t>>& new_tokens,
-                           const std::vector<int32_t>& banned_tokens = {}) {
-    return try_step(new_tokens, banned_tokens).value();
+                           const std::vector<LogitBiasEntry>& logit_bias = {}) {
+    return try_step(new_tokens, logit_bias).value();
   }
   Result<std::vector<Matrix>> try_step(const std::vector<std::vector<int32_t>>& new_tokens,
-                                       const std::vector<int32_t>& banned_tokens) {
+                                       const std::vector<LogitBiasEntry>& logit_bias) {
     StepInput input;
-    input.banned_tokens = banned_tokens;
+    input.logit_bias = logit_bias;
     input.query_start.push_back(0);
     std::vector<std::pair<size_t, int32_t>> row_owner;
     for (size_t s = 0; s < new_tokens.size(); ++s) {
@@ -303,39 +304,55 @@ TEST(LlamaForward, MatchesNaiveReferenceOutputBiasLinearRope) {
   check_against_reference(config);
 }
 
-TEST(LlamaForward, BannedTokensGetMinusInfinityAndNothingElseChanges) {
+TEST(LlamaForward, LogitBiasIsAddedAndNothingElseChanges) {
   const ModelConfig config = tiny_llama_config();
   const HostWeights weights = random_llama_weights(config, 3);
   const auto prompts = test_prompts(config.vocab_size);  // 11, 3 and 19 tokens: rows 0..32
   ModelRunner plain(config, lookup_in(weights), int64_t(prompts.size()), 32);
-  ModelRunner banned(config, lookup_in(weights), int64_t(prompts.size()), 32);
-  const double minus_infinity = -std::numeric_limits<double>::infinity();
-  // (row, token) pairs as (sequence, token in it, vocabulary id), row = the step's logit row.
-  const std::vector<std::vector<int32_t>> prefill_bans = {
-      {0, 0, 5}, {1, 1, 49}, {1, 1, 0}, {2, 18, 17}};
-  const std::vector<std::vector<int32_t>> decode_bans = {{1, 0, 3}, {2, 0, 3}, {2, 0, 4}};
+  ModelRunner biased(config, lookup_in(weights), int64_t(prompts.size()), 32);
+  const float minus_infinity = -std::numeric_limits<float>::infinity();
+  // A bias at (sequence, token in it, vocabulary id); its logit row is the step's row of that
+  // token. A (row, token) listed twice gets the sum (exact here); -inf on top of a bias bans.
+  struct Bias {
+    int32_t sequence, index, token;
+    float bias;
+  };
+  const std::vector<Bias> prefill_biases = {{0, 0, 5, minus_infinity}, {1, 1, 49, 1.5f},
+                                            {1, 1, 0, -100.0f},        {2, 18, 17, 2.0f},
+                                            {1, 1, 49, 2.25f},         {2, 18, 17, minus_infinity}};
+  const std::vector<Bias> decode_biases = {
+      {1, 0, 3, minus_infinity}, {2, 0, 3, 0.5f}, {2, 0, 4, minus_infinity}, {0, 0, 4, 100.0f}};
   for (const bool prefill : {true, false}) {
-    const auto& bans = prefill ? prefill_bans : decode_bans;
+    const auto& biases = prefill ? prefill_biases : decode_biases;
     std::vector<std::vector<int32_t>> tokens = prompts;
     if (!prefill) tokens = {{1}, {2}, {3}};
-    std::vector<int32_t> pairs;
-    for (const std::vector<int32_t>& ban : bans) {
-      int32_t row = ban[1];
-      for (int32_t s = 0; s < ban[0]; ++s) row += int32_t(tokens[size_t(s)].size());
-      pairs.insert(pairs.end(), {row, ban[2]});
+    std::vector<LogitBiasEntry> entries;
+    std::map<std::tuple<int32_t, int32_t, int32_t>, float> summed;
+    for (const Bias& bias : biases) {
+      int32_t row = bias.index;
+      for (int32_t s = 0; s < bias.sequence; ++s) row += int32_t(tokens[size_t(s)].size());
+      entries.push_back({row, bias.token, bias.bias});
+      summed[{bias.sequence, bias.index, bias.token}] += bias.bias;
     }
     std::vector<Matrix> expected = plain.step(tokens);
-    for (const std::vector<int32_t>& ban : bans) {
-      expected[size_t(ban[0])][size_t(ban[1])][size_t(ban[2])] = minus_infinity;
+    for (const auto& [at, bias] : summed) {
+      auto& logit =
+          expected[size_t(std::get<0>(at))][size_t(std::get<1>(at))][size_t(std::get<2>(at))];
+      logit = double(float(logit) + bias);
     }
     // The same computation otherwise: bit for bit on the CPU.
-    EXPECT_EQ(banned.step(tokens, pairs), expected) << (prefill ? "prefill" : "decode");
+    EXPECT_EQ(biased.step(tokens, entries), expected) << (prefill ? "prefill" : "decode");
   }
-  // Pairs outside the logits are refused before the step runs.
-  for (const std::vector<int32_t>& bad :
-       std::vector<std::vector<int32_t>>{{0, 50}, {0, -1}, {3, 0}, {-1, 0}, {0}}) {
+  // Entries outside the logits, NaN and +inf are refused before the step runs.
+  for (const LogitBiasEntry& bad :
+       std::vector<LogitBiasEntry>{{0, 50, 1.0f},
+                                   {0, -1, 1.0f},
+                                   {3, 0, 1.0f},
+                                   {-1, 0, 1.0f},
+                                   {0, 1, std::numeric_limits<float>::quiet_NaN()},
+                                   {0, 1, std::numeric_limits<float>::infinity()}}) {
     ModelRunner runner(config, lookup_in(weights), 1, 8);
-    const auto result = runner.try_step({{1, 2, 3}}, bad);
+    const auto result = runner.try_step({{1, 2, 3}}, {bad});
     ASSERT_FALSE(result.is_ok());
     EXPECT_EQ(result.status().code(), StatusCode::kInvalidArgument);
   }

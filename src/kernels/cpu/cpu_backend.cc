@@ -11,10 +11,10 @@
 
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/attention.h"
-#include "kernels/cpu/ban_tokens.h"
 #include "kernels/cpu/convert.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/linear.h"
+#include "kernels/cpu/logit_bias.h"
 #include "kernels/cpu/rms_norm.h"
 #include "kernels/cpu/rope.h"
 
@@ -122,9 +122,9 @@ void CpuBackend::copy_kv_blocks(const KvCacheView& cache,
   }
 }
 
-void CpuBackend::ban_tokens(DeviceTensor& logits, const int32_t* pairs, const int32_t* count,
-                            int64_t max_count) {
-  cpu::ban_tokens(logits, pairs, count, max_count);
+void CpuBackend::add_logit_bias(DeviceTensor& logits, const LogitBiasEntry* entries,
+                                const int32_t* count, int64_t max_count) {
+  cpu::add_logit_bias(logits, entries, count, max_count);
 }
 
 }  // namespace kite

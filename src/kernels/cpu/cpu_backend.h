@@ -48,8 +48,8 @@ class CpuBackend final : public Backend {
   void convert(const DeviceTensor& source, DeviceTensor& destination) override;
   void copy_kv_blocks(const KvCacheView& cache,
                       std::span<const std::pair<int32_t, int32_t>> copies) override;
-  void ban_tokens(DeviceTensor& logits, const int32_t* pairs, const int32_t* count,
-                  int64_t max_count) override;
+  void add_logit_bias(DeviceTensor& logits, const LogitBiasEntry* entries, const int32_t* count,
+                      int64_t max_count) override;
 
  private:
   cpu::Isa isa_;

@@ -7,10 +7,10 @@
 
 #include "kernels/cuda/activation.h"
 #include "kernels/cuda/attention.h"
-#include "kernels/cuda/ban_tokens.h"
 #include "kernels/cuda/convert.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/embedding.h"
+#include "kernels/cuda/logit_bias.h"
 #include "kernels/cuda/rms_norm.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/sampling.h"
@@ -274,9 +274,9 @@ void CudaBackend::copy_kv_blocks(const KvCacheView& cache,
   }
 }
 
-void CudaBackend::ban_tokens(DeviceTensor& logits, const int32_t* pairs, const int32_t* count,
-                             int64_t max_count) {
-  cuda::ban_tokens(logits, pairs, count, max_count, stream_);
+void CudaBackend::add_logit_bias(DeviceTensor& logits, const LogitBiasEntry* entries,
+                                 const int32_t* count, int64_t max_count) {
+  cuda::add_logit_bias(logits, entries, count, max_count, stream_);
 }
 
 }  // namespace kite

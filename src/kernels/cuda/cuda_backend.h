@@ -68,8 +68,8 @@ class CudaBackend final : public Backend {
   void convert(const DeviceTensor& source, DeviceTensor& destination) override;
   void copy_kv_blocks(const KvCacheView& cache,
                       std::span<const std::pair<int32_t, int32_t>> copies) override;
-  void ban_tokens(DeviceTensor& logits, const int32_t* pairs, const int32_t* count,
-                  int64_t max_count) override;
+  void add_logit_bias(DeviceTensor& logits, const LogitBiasEntry* entries, const int32_t* count,
+                      int64_t max_count) override;
   // Sampling on the GPU (kernels/cuda/sampling.h): only the ids go back to the host.
   bool has_sampling() const override { return true; }
   void sample(DeviceTensor& logits, const SamplingRow* rows, const int32_t* history,

@@ -1,8 +1,8 @@
-// Bad words on the GPU: cuda::ban_tokens against its CPU twin over a sweep of shapes, inside a
-// captured graph whose replays ban different pairs, and through the model's decode steps (CUDA
-// graphs) with bans that change from step to step, grow past the buffer's capacity, or cover the
-// whole vocabulary.
-#include "kernels/cuda/ban_tokens.h"
+// Logit bias and bad words on the GPU: cuda::add_logit_bias against its CPU twin over a sweep of
+// shapes, inside a captured graph whose replays apply different entries, and through the model's
+// decode steps (CUDA graphs) with biases and bans that change from step to step, grow past the
+// buffer's capacity, or cover the whole vocabulary.
+#include "kernels/cuda/logit_bias.h"
 
 #include <gtest/gtest.h>
 
@@ -12,13 +12,14 @@
 #include <map>
 #include <numeric>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "core/half.h"
 #include "cuda_test_util.h"
 #include "kernels/backend_factory.h"
-#include "kernels/cpu/ban_tokens.h"
+#include "kernels/cpu/logit_bias.h"
 #include "model/llama.h"
 #include "unit/tiny_llama.h"
 
@@ -29,55 +30,71 @@ using test::GpuTensor;
 
 constexpr float kMinusInfinity = -std::numeric_limits<float>::infinity();
 
-// `count` random (row, token) pairs of an [rows, vocab] matrix, repeats included.
-std::vector<int32_t> random_pairs(int64_t count, int64_t rows, int64_t vocab, uint32_t seed) {
+// `count` random entries of an [rows, vocab] matrix, each (row, token) once (count <= rows *
+// vocab): a quarter bans (-inf), the rest biases in [-100, 100).
+std::vector<LogitBiasEntry> random_entries(int64_t count, int64_t rows, int64_t vocab,
+                                           uint32_t seed) {
   std::mt19937 generator(seed);
-  std::vector<int32_t> pairs;
-  for (int64_t i = 0; i < count; ++i) {
-    pairs.push_back(int32_t(generator() % uint32_t(rows)));
-    pairs.push_back(int32_t(generator() % uint32_t(vocab)));
+  std::uniform_real_distribution<float> bias(-100.0f, 100.0f);
+  std::set<std::pair<int32_t, int32_t>> taken;
+  std::vector<LogitBiasEntry> entries;
+  while (int64_t(entries.size()) < count) {
+    const int32_t row = int32_t(generator() % uint32_t(rows));
+    const int32_t token = int32_t(generator() % uint32_t(vocab));
+    if (!taken.emplace(row, token).second) continue;
+    entries.push_back({row, token, generator() % 4 == 0 ? kMinusInfinity : bias(generator)});
   }
-  return pairs;
+  return entries;
 }
 
-// What the CPU twin makes of `logits` with the first `count` of `pairs`.
-std::vector<float> cpu_banned(std::vector<float> logits, int64_t rows, int64_t vocab,
-                              const std::vector<int32_t>& pairs, int32_t count) {
+// What the CPU twin makes of `logits` with the first `count` of `entries`.
+std::vector<float> cpu_biased(std::vector<float> logits, int64_t rows, int64_t vocab,
+                              const std::vector<LogitBiasEntry>& entries, int32_t count) {
   DeviceTensor tensor{DType::kF32, {rows, vocab}, logits.data()};
-  cpu::ban_tokens(tensor, pairs.data(), &count, int64_t(pairs.size() / 2));
+  cpu::add_logit_bias(tensor, entries.data(), &count, int64_t(entries.size()));
   return logits;
 }
 
-TEST(CudaBanTokens, MatchesCpuTwin) {
+// Entries in device memory.
+GpuTensor entries_to_gpu(const std::vector<LogitBiasEntry>& entries) {
+  GpuTensor tensor(DType::kI32, {std::max<int64_t>(1, 3 * int64_t(entries.size()))});
+  EXPECT_EQ(cudaMemcpy(tensor.tensor.data, entries.data(), entries.size() * sizeof(LogitBiasEntry),
+                       cudaMemcpyHostToDevice),
+            cudaSuccess);
+  return tensor;
+}
+
+TEST(CudaLogitBias, MatchesCpuTwin) {
   KITE_REQUIRE_GPU();
   struct Shape {
-    int64_t rows, vocab, pairs, count;  // `pairs` fit the buffer, `count` of them are banned
+    int64_t rows, vocab, entries, count;  // `entries` fit the buffer, `count` of them apply
   };
   for (const Shape& shape : {Shape{1, 7, 1, 1}, Shape{3, 320, 256, 100}, Shape{8, 32000, 700, 513},
-                             Shape{64, 128256, 4096, 4096}, Shape{5, 50, 300, 0}}) {
+                             Shape{64, 128256, 4096, 4096}, Shape{5, 50, 250, 0}}) {
     const std::string what = std::to_string(shape.rows) + " x " + std::to_string(shape.vocab) +
                              ", " + std::to_string(shape.count) + " of " +
-                             std::to_string(shape.pairs) + " pairs";
+                             std::to_string(shape.entries) + " entries";
     const auto values = test::random_values(size_t(shape.rows * shape.vocab), 3, 4.0f);
-    const auto pairs = random_pairs(shape.pairs, shape.rows, shape.vocab, 4);
+    const auto entries = random_entries(shape.entries, shape.rows, shape.vocab, 4);
     GpuTensor logits = test::to_gpu(DType::kF32, {shape.rows, shape.vocab}, values);
-    GpuTensor pairs_gpu = test::int_to_gpu(pairs);
+    GpuTensor entries_gpu = entries_to_gpu(entries);
     GpuTensor count_gpu = test::int_to_gpu({int32_t(shape.count)});
-    cuda::ban_tokens(logits.tensor, pairs_gpu.as<int32_t>(), count_gpu.as<int32_t>(), shape.pairs,
-                     nullptr);
-    const auto expected = cpu_banned(values, shape.rows, shape.vocab, pairs, int32_t(shape.count));
+    cuda::add_logit_bias(logits.tensor, entries_gpu.as<LogitBiasEntry>(), count_gpu.as<int32_t>(),
+                         shape.entries, nullptr);
+    const auto expected =
+        cpu_biased(values, shape.rows, shape.vocab, entries, int32_t(shape.count));
     EXPECT_EQ(test::to_host(logits.tensor), expected) << what;
   }
 }
 
-TEST(CudaBanTokens, GraphReplaysBanEachReplaysPairs) {
+TEST(CudaLogitBias, GraphReplaysApplyEachReplaysEntries) {
   KITE_REQUIRE_GPU();
   const int64_t rows = 4, vocab = 1000, capacity = 256;
   const auto values = test::random_values(size_t(rows * vocab), 5);
   GpuTensor original = test::to_gpu(DType::kF32, {rows, vocab}, values);
   GpuTensor logits(DType::kF32, {rows, vocab});
-  // The count, then the pairs: the layout LlamaModel uploads.
-  GpuTensor banned(DType::kI32, {1 + 2 * capacity});
+  // The count (padded to an entry), then the entries: the layout LlamaModel uploads.
+  GpuTensor biases(DType::kI32, {3 * (1 + capacity)});
   cudaStream_t stream;
   ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
   cudaGraph_t graph;
@@ -85,21 +102,23 @@ TEST(CudaBanTokens, GraphReplaysBanEachReplaysPairs) {
   ASSERT_EQ(cudaMemcpyAsync(logits.tensor.data, original.tensor.data, logits.tensor.byte_size(),
                             cudaMemcpyDeviceToDevice, stream),
             cudaSuccess);
-  cuda::ban_tokens(logits.tensor, banned.as<int32_t>() + 1, banned.as<int32_t>(), capacity, stream);
+  cuda::add_logit_bias(logits.tensor, biases.as<LogitBiasEntry>() + 1, biases.as<int32_t>(),
+                       capacity, stream);
   ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
   cudaGraphExec_t graph_exec;
   ASSERT_EQ(cudaGraphInstantiate(&graph_exec, graph, 0), cudaSuccess);
   for (const int32_t count : {3, 0, 256, 17}) {
-    const auto pairs = random_pairs(count, rows, vocab, uint32_t(10 + count));
-    std::vector<int32_t> packed = {count};
-    packed.insert(packed.end(), pairs.begin(), pairs.end());
-    ASSERT_EQ(cudaMemcpyAsync(banned.tensor.data, packed.data(), packed.size() * sizeof(int32_t),
-                              cudaMemcpyHostToDevice, stream),
-              cudaSuccess);
+    const auto entries = random_entries(count, rows, vocab, uint32_t(10 + count));
+    std::vector<LogitBiasEntry> packed = {{count, 0, 0.0f}};
+    packed.insert(packed.end(), entries.begin(), entries.end());
+    ASSERT_EQ(
+        cudaMemcpyAsync(biases.tensor.data, packed.data(), packed.size() * sizeof(LogitBiasEntry),
+                        cudaMemcpyHostToDevice, stream),
+        cudaSuccess);
     ASSERT_EQ(cudaGraphLaunch(graph_exec, stream), cudaSuccess);
     ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-    EXPECT_EQ(test::to_host(logits.tensor), cpu_banned(values, rows, vocab, pairs, count))
-        << count << " pairs";
+    EXPECT_EQ(test::to_host(logits.tensor), cpu_biased(values, rows, vocab, entries, count))
+        << count << " entries";
   }
   cudaGraphExecDestroy(graph_exec);
   cudaGraphDestroy(graph);
@@ -107,7 +126,7 @@ TEST(CudaBanTokens, GraphReplaysBanEachReplaysPairs) {
 }
 
 // A random bfloat16 Llama on the CUDA backend with S sequences of fixed block tables, so that
-// every decode step has the same shape (one captured graph per sampling mode and ban bit).
+// every decode step has the same shape (one captured graph per sampling mode and bias bit).
 class CudaModelRunner {
  public:
   CudaModelRunner(const ModelConfig& config, int64_t sequences, int64_t max_length)
@@ -186,7 +205,7 @@ class CudaModelRunner {
   std::vector<int32_t> lengths_;
 };
 
-TEST(CudaBanTokens, ModelDecodeGraphsApplyEachStepsBans) {
+TEST(CudaLogitBias, ModelDecodeGraphsApplyEachStepsBiasAndBans) {
   KITE_REQUIRE_GPU();
   ModelConfig config = test::tiny_llama_config();
   config.hidden_size = 64;
@@ -204,9 +223,11 @@ TEST(CudaBanTokens, ModelDecodeGraphsApplyEachStepsBans) {
     StepInput input = runner.step(tokens);
     const std::vector<float> plain = runner.model().forward(input, runner.cache()).value();
     // Row r bans its (step + r) % 4 best tokens; step 4 also bans 400 more tokens of row 0 (past
-    // the buffer's first capacity of 256 pairs: graphs recorded again), step 6 every token of
-    // row 1 (greedy then picks token 0).
+    // the buffer's first capacity of 256 entries: graphs recorded again), step 6 every token of
+    // row 1 (greedy then picks token 0). On odd steps, row 2's worst token gets +1000 (greedy
+    // then picks it) and its second best -0.5 (listed twice, -0.25 each).
     std::vector<std::vector<bool>> banned(size_t(S), std::vector<bool>(size_t(V), false));
+    std::vector<float> expected_logits = plain;
     for (int64_t r = 0; r < S; ++r) {
       std::vector<int32_t> order(static_cast<size_t>(V));
       std::iota(order.begin(), order.end(), 0);
@@ -218,17 +239,25 @@ TEST(CudaBanTokens, ModelDecodeGraphsApplyEachStepsBans) {
       if (step == 6 && r == 1) count = V;
       for (int64_t i = 0; i < count; ++i) {
         banned[size_t(r)][size_t(order[size_t(i)])] = true;
-        input.banned_tokens.insert(input.banned_tokens.end(), {int32_t(r), order[size_t(i)]});
+        expected_logits[size_t(r * V + order[size_t(i)])] = kMinusInfinity;
+        input.logit_bias.push_back({int32_t(r), order[size_t(i)], kMinusInfinity});
+      }
+      if (r == 2 && step % 2 == 1) {
+        const int32_t worst = order.back(), second = order[1];
+        expected_logits[size_t(r * V + worst)] += 1000.0f;
+        input.logit_bias.push_back({int32_t(r), worst, 1000.0f});
+        if (!banned[size_t(r)][size_t(second)]) expected_logits[size_t(r * V + second)] -= 0.5f;
+        input.logit_bias.push_back({int32_t(r), second, -0.25f});
+        input.logit_bias.push_back({int32_t(r), second, -0.25f});
       }
     }
-    // The logits: -inf where banned, the same as without bans elsewhere.
+    // The logits: the bias added (-inf where banned), the same as without it elsewhere.
     const std::vector<float> with_bans = runner.model().forward(input, runner.cache()).value();
     ASSERT_EQ(with_bans.size(), plain.size());
     for (int64_t r = 0; r < S; ++r) {
       for (int64_t t = 0; t < V; ++t) {
         const size_t i = size_t(r * V + t);
-        ASSERT_EQ(with_bans[i], banned[size_t(r)][size_t(t)] ? kMinusInfinity : plain[i])
-            << "row " << r << " token " << t;
+        ASSERT_EQ(with_bans[i], expected_logits[i]) << "row " << r << " token " << t;
       }
     }
     // Greedy sampling on the GPU: the best token left (the lowest index on ties), token 0 when
