@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -511,6 +512,61 @@ TEST_F(ExecutorTest, BadWordsAreNeverProducedAndChangeTheOutputWhereTheyWouldBe)
   ASSERT_TRUE(problem);
   EXPECT_EQ(*problem, "bad word token id " + std::to_string(vocab) +
                           " is outside the vocabulary of " + std::to_string(vocab));
+}
+
+// A logit bias moves greedy decoding: +100 on one token makes it every output token (its
+// log-probability under the biased logits near 0), -100 on the greedy first token makes the first
+// token another; a request without a bias in the same steps keeps the greedy tokens. Ids outside the
+// vocabulary and biases that are not finite are refused.
+TEST_F(ExecutorTest, LogitBiasForcesAndAvoidsTokens) {
+  auto executor = make();
+  ASSERT_TRUE(executor);
+  const int64_t length = 8;
+  Request plain;
+  plain.input_ids = {3, 1, 4, 1, 5};
+  plain.max_new_tokens = length;
+  plain.end_ids = std::vector<int32_t>{};
+  plain.sampling.temperature = 0.0f;
+  plain.return_log_probs = true;
+  const RequestId plain_id = executor->enqueue_request(plain);
+  const auto greedy = collect(*executor, 1).at(plain_id).result;
+  ASSERT_EQ(greedy.output_ids.size(), size_t(length));
+
+  Request forced = plain;
+  const int32_t favourite = greedy.output_ids[0] == 9 ? 10 : 9;
+  forced.logit_bias = {{favourite, 100.0f}};
+  Request avoided = plain;
+  avoided.logit_bias = {{greedy.output_ids[0], -100.0f}, {kVocab - 1, 0.5f}};
+  Request sampled = forced;  // at temperature 1 the +100 token still always comes
+  sampled.sampling.temperature = 1.0f;
+  sampled.sampling.seed = 3;
+  const RequestId forced_id = executor->enqueue_request(forced);
+  const RequestId avoided_id = executor->enqueue_request(avoided);
+  const RequestId sampled_id = executor->enqueue_request(sampled);
+  const RequestId again_id = executor->enqueue_request(plain);
+  auto done = collect(*executor, 4);
+  for (const RequestId id : {forced_id, avoided_id, sampled_id, again_id}) {
+    ASSERT_FALSE(done.at(id).error) << *done.at(id).error;
+  }
+  EXPECT_EQ(done.at(forced_id).result.output_ids, std::vector<int32_t>(size_t(length), favourite));
+  EXPECT_EQ(done.at(sampled_id).result.output_ids,
+            std::vector<int32_t>(size_t(length), favourite));
+  for (const float log_probability : done.at(forced_id).result.log_probs) {
+    EXPECT_GT(log_probability, -1e-3f);  // all but certain under the biased logits
+  }
+  const auto& other = done.at(avoided_id).result;
+  EXPECT_NE(other.output_ids[0], greedy.output_ids[0]);
+  EXPECT_EQ(done.at(again_id).result.output_ids, greedy.output_ids);
+
+  Request refused = plain;
+  refused.logit_bias = {{kVocab + 1000, 1.0f}};
+  std::optional<std::string> problem = executor->check_request(refused);
+  ASSERT_TRUE(problem);
+  EXPECT_NE(problem->find("logit bias token id"), std::string::npos) << *problem;
+  refused.logit_bias = {{1, std::numeric_limits<float>::infinity()}};
+  problem = executor->check_request(refused);
+  ASSERT_TRUE(problem);
+  EXPECT_EQ(*problem, "the logit bias of token 1 must be a finite number");
 }
 
 // Large presence and frequency penalties make greedy decoding avoid every token it has produced
