@@ -28,6 +28,12 @@ std::optional<ApiError> parse_kserve_request(const std::string& body_text, const
   std::vector<std::string> bad_words;
   fields.string_list("bad_words", &bad_words);
   fields.string_list("stop_words", &request->generation.stop_texts);
+  // Triton's embedding bias: each word's weight added to the logit of each of its tokens.
+  std::vector<std::string> bias_words;
+  std::vector<double> bias_weights;
+  fields.string_list("embedding_bias_words", &bias_words);
+  fields.number_list("embedding_bias_weights", &bias_weights, -std::numeric_limits<float>::max(),
+                     std::numeric_limits<float>::max());
   request->generation.include_stop_text = true;  // TensorRT-LLM keeps the stop word in the output
 
   // As TensorRT-LLM: with none of temperature, top_k and top_p, decoding is greedy.
@@ -69,6 +75,13 @@ std::optional<ApiError> parse_kserve_request(const std::string& body_text, const
   request->stream = streaming_endpoint;
   fields.boolean("stream", &request->stream);
   if (!fields.ok()) return fields.error();
+  if (bias_words.size() != bias_weights.size()) {
+    return bad_request("embedding_bias_weights",
+                       "'embedding_bias_words' (" + std::to_string(bias_words.size()) +
+                           ") and 'embedding_bias_weights' (" +
+                           std::to_string(bias_weights.size()) +
+                           ") must have as many entries (empty words are not allowed)");
+  }
   if (request->stream && !streaming_endpoint) {
     return bad_request("stream", "\"stream\": true needs /generate_stream");
   }
@@ -90,6 +103,14 @@ std::optional<ApiError> parse_kserve_request(const std::string& body_text, const
   for (const std::string& word : bad_words) {
     std::vector<int32_t> ids = model.tokenizer.encode(word, false);
     if (!ids.empty()) executor_request.bad_words.push_back(std::move(ids));
+  }
+  // As Triton's preprocessing: a word's weight goes to every token of the word tokenized alone
+  // (without special tokens); a token in several words gets their sum.
+  executor_request.logit_bias.clear();
+  for (size_t i = 0; i < bias_words.size(); ++i) {
+    for (const int32_t id : model.tokenizer.encode(bias_words[i], false)) {
+      executor_request.logit_bias[id] += float(bias_weights[i]);
+    }
   }
   if (beams) {
     // The search ends beams at stop words itself: as token sequences, as TensorRT-LLM's

@@ -2,7 +2,10 @@
 #include "server/openai_api.h"
 
 #include <algorithm>
+#include <charconv>
 #include <limits>
+#include <map>
+#include <system_error>
 
 namespace kite::server {
 namespace {
@@ -87,10 +90,22 @@ std::optional<ApiError> parse_shared_fields(const Json& body, const ServedModel&
   fields.number("frequency_penalty", &frequency_penalty, -2.0, 2.0);
   sampling.presence_penalty = float(presence_penalty);
   sampling.frequency_penalty = float(frequency_penalty);
-  if (fields.ok() && fields.has("logit_bias")) {
-    const Json& bias = body.at("logit_bias");
-    if (!bias.is_object()) return bad_request("logit_bias", "'logit_bias' must be an object");
-    if (!bias.empty()) return bad_request("logit_bias", "'logit_bias' is not supported");
+  if (fields.ok() && fields.has("logit_bias") && !body.at("logit_bias").is_null()) {
+    // {"token id": bias in [-100, 100]}, added to the token's logit at every step.
+    const Json& biases = body.at("logit_bias");
+    if (!biases.is_object()) return bad_request("logit_bias", "'logit_bias' must be an object");
+    std::map<int32_t, float>& logit_bias = request->generation.request.logit_bias;
+    for (const auto& [key, value] : biases.items()) {
+      int32_t token = -1;
+      const auto [end, error] = std::from_chars(key.data(), key.data() + key.size(), token);
+      if (error != std::errc() || end != key.data() + key.size() || token < 0) {
+        return bad_request("logit_bias", "'logit_bias' keys must be token ids, got '" + key + "'");
+      }
+      if (!value.is_number() || !(value.get<double>() >= -100.0 && value.get<double>() <= 100.0)) {
+        return bad_request("logit_bias", "'logit_bias' values must be numbers from -100 to 100");
+      }
+      logit_bias[token] = value.get<float>();
+    }
   }
 
   fields.string_list("stop", &request->generation.stop_texts);

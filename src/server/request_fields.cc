@@ -150,6 +150,34 @@ void FieldReader::string_list(const std::string& name, std::vector<std::string>*
   }
 }
 
+void FieldReader::number_list(const std::string& name, std::vector<double>* value, double minimum,
+                              double maximum) {
+  const nlohmann::ordered_json* json = field(name);
+  if (!json) return;
+  std::vector<double> numbers;
+  if (json->is_number()) {
+    numbers.push_back(json->get<double>());
+  } else if (json->is_array()) {
+    for (const auto& element : *json) {
+      if (!element.is_number()) {
+        return fail(name, "'" + name + "' must be a number or an array of numbers; it holds " +
+                              json_type_name(element));
+      }
+      numbers.push_back(element.get<double>());
+    }
+  } else {
+    return fail(name, "'" + name + "' must be a number or an array of numbers, not " +
+                          json_type_name(*json));
+  }
+  for (const double number : numbers) {
+    if (!(number >= minimum && number <= maximum)) {
+      return fail(name, "'" + name + "' values must be between " + format_number(minimum) +
+                            " and " + format_number(maximum) + "; got " + format_number(number));
+    }
+  }
+  *value = std::move(numbers);
+}
+
 std::string sse_event(const std::string& data) {
   return "data: " + data + "\n\n";
 }

@@ -39,6 +39,9 @@ class FieldReader {
   void string(const std::string& name, std::string* value);
   // A string or an array of strings (an empty string stands for none).
   void string_list(const std::string& name, std::vector<std::string>* value);
+  // A number or an array of numbers, each in [minimum, maximum].
+  void number_list(const std::string& name, std::vector<double>* value, double minimum,
+                   double maximum);
 
   void fail(const std::string& param, const std::string& message);
   bool ok() const { return !error_.has_value(); }

@@ -2,6 +2,11 @@
 // events they write, and the served model's chat template loading.
 #include <gtest/gtest.h>
 
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "server/kserve_api.h"
 #include "server/openai_api.h"
 #include "server_test_util.h"
@@ -171,7 +176,14 @@ TEST_F(OpenAiParsing, RefusesWrongTypesAndRanges) {
       {{{"prompt", "a"}, {"presence_penalty", 2.5}}, "presence_penalty", ""},
       {{{"prompt", "a"}, {"frequency_penalty", -3}}, "frequency_penalty", ""},
       {{{"prompt", "a"}, {"frequency_penalty", "much"}}, "frequency_penalty", ""},
-      {{{"prompt", "a"}, {"logit_bias", {{"5", 10}}}}, "logit_bias", ""},
+      {{{"prompt", "a"}, {"logit_bias", {{"5", 101}}}}, "logit_bias", ""},
+      {{{"prompt", "a"}, {"logit_bias", {{"5", "up"}}}}, "logit_bias", ""},
+      {{{"prompt", "a"}, {"logit_bias", {{"five", 1}}}},
+       "logit_bias",
+       "'logit_bias' keys must be token ids, got 'five'"},
+      {{{"prompt", "a"}, {"logit_bias", {{"-3", 1}}}}, "logit_bias", ""},
+      {{{"prompt", "a"}, {"logit_bias", {{"3x", 1}}}}, "logit_bias", ""},
+      {{{"prompt", "a"}, {"logit_bias", {1, 2}}}, "logit_bias", "'logit_bias' must be an object"},
       {{{"prompt", "a"}, {"logprobs", 50}}, "logprobs", ""},
       {{{"prompt", "a"}, {"logprobs", true}}, "logprobs", ""},
       {{{"prompt", "a"}, {"stream_options", {{"include_usage", true}}}},
@@ -202,6 +214,11 @@ TEST_F(OpenAiParsing, RefusesWrongTypesAndRanges) {
       {{"prompt", "a"}, {"presence_penalty", 0.5}, {"frequency_penalty", -1.25}}, &request));
   EXPECT_EQ(request.generation.request.sampling.presence_penalty, 0.5f);
   EXPECT_EQ(request.generation.request.sampling.frequency_penalty, -1.25f);
+  // A logit bias reaches it as token id -> bias.
+  EXPECT_FALSE(completion({{"prompt", "a"}, {"logit_bias", {{"5", 10}, {"17", -100}, {"0", 0.5}}}},
+                          &request));
+  EXPECT_EQ(request.generation.request.logit_bias,
+            (std::map<int32_t, float>{{0, 0.5f}, {5, 10.0f}, {17, -100.0f}}));
 }
 
 TEST_F(OpenAiParsing, ChecksTheModelAndTheLengths) {
@@ -535,6 +552,21 @@ TEST_F(KServeParsing, TritonFields) {
     EXPECT_EQ(with_bad_words.generation.request.bad_words, expected) << words.dump();
   }
 
+  // Embedding bias: each word's weight on every token of the word tokenized alone, summed where
+  // words share a token.
+  KServeRequest biased;
+  ASSERT_FALSE(parse({{"text_input", "a"},
+                      {"embedding_bias_words", {"darn", "x y", "x"}},
+                      {"embedding_bias_weights", {2.5, -1, 0.25}}},
+                     &biased));
+  std::map<int32_t, float> expected_bias;
+  for (const auto& [word, weight] :
+       std::vector<std::pair<std::string, float>>{{"darn", 2.5f}, {"x y", -1.0f}, {"x", 0.25f}}) {
+    for (const int32_t id : model_->tokenizer.encode(word, false)) expected_bias[id] += weight;
+  }
+  EXPECT_FALSE(expected_bias.empty());
+  EXPECT_EQ(biased.generation.request.logit_bias, expected_bias);
+
   // Beam search: its stop words become token sequences for the Executor.
   KServeRequest beams;
   ASSERT_FALSE(parse({{"text_input", "a"},
@@ -573,6 +605,11 @@ TEST_F(KServeParsing, RefusesBadRequests) {
       {{{"text_input", "a"}, {"bad_words", 5}},
        "'bad_words' must be a string or an array of strings, not a number"},
       {{{"text_input", "a"}, {"stop_words", 5}}, ""},
+      {{{"text_input", "a"}, {"embedding_bias_words", {"x", "y"}}, {"embedding_bias_weights", 1}},
+       "'embedding_bias_words' (2) and 'embedding_bias_weights' (1) must have as many entries "
+       "(empty words are not allowed)"},
+      {{{"text_input", "a"}, {"embedding_bias_words", "x"}, {"embedding_bias_weights", {"1"}}},
+       "'embedding_bias_weights' must be a number or an array of numbers; it holds a string"},
       {{{"text_input", "a"}, {"beam_width", 0}}, ""},
       {{{"text_input", "a"}, {"beam_width", 2}, {"return_log_probs", true}},
        "return_log_probs is not supported with beam_width > 1"},
