@@ -1,7 +1,6 @@
 // The CUDA linear op (GemmRunner) against its CPU twin cpu::linear: every algorithm over a sweep of
 // shapes, both 16-bit dtypes, with and without bias; misaligned views; the candidates of the
-// tuning step, also on fewer rows than they were tuned at; the default tactic; a run captured into
-// a CUDA graph.
+// tuning step; the default tactic; a run captured into a CUDA graph.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -136,7 +135,6 @@ std::unique_ptr<GemmRunner> make_runner() {
 TEST(CudaLinear, TacticNames) {
   EXPECT_EQ(cuda::gemm_tactic_name({GemmAlgorithm::kCublasLt, 3}), "cublaslt:3");
   EXPECT_EQ(cuda::gemm_tactic_name({GemmAlgorithm::kGemv, 1}), "gemv:1");
-  EXPECT_EQ(cuda::gemm_tactic_name({GemmAlgorithm::kCublasLt, 2, 512}), "cublaslt:2@512");
 }
 
 // Every tactic on every shape of the sweep. GEMV tactics on shapes it does not take (M > 16,
@@ -244,33 +242,6 @@ TEST(CudaLinear, TimeCandidatesSortedAndCorrect) {
   }
 }
 
-// A cuBLASLt tactic tuned at a bucket's row count runs on every smaller M of the bucket (the
-// serving path: a step's M is rarely a bucket's): each of the bucket's candidates, on odd Ms below
-// it, matches the CPU twin; a variant past the bucket's list falls back to cuBLASLt's pick for M.
-TEST(CudaLinear, TunedRowsTacticRunsFewerRows) {
-  KITE_REQUIRE_GPU();
-  auto runner = make_runner();
-  ASSERT_TRUE(runner);
-  const std::vector<std::tuple<int64_t, LinearShape, DType, bool>> cases = {
-      {64, {33, 96, 1000}, DType::kBF16, true},
-      {256, {129, 576, 1536}, DType::kF16, false},
-      {256, {255, 512, 256}, DType::kBF16, true},
-      {2048, {1031, 1024, 512}, DType::kBF16, false},
-  };
-  for (const auto& [rows, shape, dtype, has_bias] : cases) {
-    const std::vector<cuda::GemmTiming> timings =
-        runner->time_candidates(rows, shape.n, shape.k, dtype, has_bias, nullptr);
-    ASSERT_FALSE(timings.empty()) << describe(shape, dtype, has_bias, {});
-    const LinearProblem problem(shape, dtype, has_bias, 41);
-    for (const cuda::GemmTiming& timing : timings) {
-      ASSERT_EQ(timing.tactic.algorithm, GemmAlgorithm::kCublasLt);
-      EXPECT_EQ(timing.tactic.rows, rows);
-      check_tactic(*runner, problem, timing.tactic);
-    }
-    check_tactic(*runner, problem, GemmTactic{GemmAlgorithm::kCublasLt, 1000, rows});
-  }
-}
-
 TEST(CudaLinear, DefaultTacticIsCorrect) {
   KITE_REQUIRE_GPU();
   auto runner = make_runner();
@@ -303,7 +274,7 @@ TEST(CudaLinear, RunsInsideGraphCapture) {
   runner->linear(small.x.tensor, small.weight.tensor, small.bias_tensor(), small_out.tensor,
                  {GemmAlgorithm::kGemv, 0}, stream);
   runner->linear(large.x.tensor, large.weight.tensor, large.bias_tensor(), large_out.tensor,
-                 {GemmAlgorithm::kCublasLt, 0, 64}, stream);
+                 {GemmAlgorithm::kCublasLt, 0}, stream);
   ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
   cudaGraphExec_t executable = nullptr;
   ASSERT_EQ(cudaGraphInstantiate(&executable, graph, 0), cudaSuccess);

@@ -152,9 +152,13 @@ cuda::GemmTactic CudaBackend::tactic_for(int64_t m, int64_t n, int64_t k) const 
     if (!best || choice.max_tokens < best->max_tokens) best = &choice;
   }
   if (!best) return gemm_->default_tactic(m, n, k);
-  // A cuBLASLt variant indexes the heuristic's list for the tuned row count, which the runner
-  // keeps for every call of that bucket.
-  return cuda::GemmTactic{cuda::GemmAlgorithm(best->algorithm), best->variant, best->max_tokens};
+  const auto algorithm = cuda::GemmAlgorithm(best->algorithm);
+  // A cuBLASLt variant indexes the heuristic's list for the tuned row count; another row count
+  // has another list, whose first entry is cuBLASLt's own pick.
+  if (algorithm == cuda::GemmAlgorithm::kCublasLt && m != best->max_tokens) {
+    return cuda::GemmTactic{algorithm, 0};
+  }
+  return cuda::GemmTactic{algorithm, best->variant};
 }
 
 void CudaBackend::linear(const DeviceTensor& x, const DeviceTensor& weight,

@@ -68,20 +68,21 @@ struct CublasAlgorithm {
   cublasLtMatmulAlgo_t algo;
 };
 
-// The descriptors of one PlanKey. cuBLASLt is column-major, so the row-major product
-// out[M, N] = x[M, K] @ weight[N, K]^T runs as out^T (N x M, ld N) = op(A) * B with A = weight
-// seen column-major (K x N, ld K) and op(A) = A^T, B = x^T (K x M, ld K): the "TN" layout
-// cuBLASLt's Hopper kernels prefer.
-struct CublasDescriptors {
+// Descriptors and heuristic results for one PlanKey, made once. cuBLASLt is column-major, so the
+// row-major product out[M, N] = x[M, K] @ weight[N, K]^T runs as out^T (N x M, ld N) =
+// op(A) * B with A = weight seen column-major (K x N, ld K) and op(A) = A^T, B = x^T (K x M, ld
+// K): the "TN" layout cuBLASLt's Hopper kernels prefer.
+struct CublasPlan {
   cublasLtMatmulDesc_t operation = nullptr;
   cublasLtMatrixLayout_t weight_layout = nullptr;
   cublasLtMatrixLayout_t x_layout = nullptr;
   cublasLtMatrixLayout_t out_layout = nullptr;
+  std::vector<CublasAlgorithm> algorithms;  // heuristic order, best first
 
-  CublasDescriptors() = default;
-  CublasDescriptors(const CublasDescriptors&) = delete;
-  CublasDescriptors& operator=(const CublasDescriptors&) = delete;
-  ~CublasDescriptors() {
+  CublasPlan() = default;
+  CublasPlan(const CublasPlan&) = delete;
+  CublasPlan& operator=(const CublasPlan&) = delete;
+  ~CublasPlan() {
     if (out_layout) cublasLtMatrixLayoutDestroy(out_layout);
     if (x_layout) cublasLtMatrixLayoutDestroy(x_layout);
     if (weight_layout) cublasLtMatrixLayoutDestroy(weight_layout);
@@ -89,48 +90,31 @@ struct CublasDescriptors {
   }
 };
 
-// Makes the descriptors of `key` (host work of a few microseconds); null when cuBLASLt refuses.
-std::unique_ptr<CublasDescriptors> make_descriptors(const PlanKey& key) {
-  auto descriptors = std::make_unique<CublasDescriptors>();
+// Makes the descriptors of `key` and asks the heuristic for its algorithms; null when cuBLASLt
+// refuses the problem or has no algorithm for it.
+std::unique_ptr<CublasPlan> make_plan(cublasLtHandle_t handle, const PlanKey& key) {
+  auto plan = std::make_unique<CublasPlan>();
   const cudaDataType_t type = cuda_data_type(key.dtype);
   const cublasOperation_t transpose = CUBLAS_OP_T;
   const cublasOperation_t no_transpose = CUBLAS_OP_N;
   const cublasLtEpilogue_t epilogue =
       key.has_bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
-  cublasLtMatmulDesc_t& operation = descriptors->operation;
-  if (cublasLtMatmulDescCreate(&operation, CUBLAS_COMPUTE_32F, CUDA_R_32F) !=
+  if (cublasLtMatmulDescCreate(&plan->operation, CUBLAS_COMPUTE_32F, CUDA_R_32F) !=
           CUBLAS_STATUS_SUCCESS ||
-      cublasLtMatmulDescSetAttribute(operation, CUBLASLT_MATMUL_DESC_TRANSA, &transpose,
+      cublasLtMatmulDescSetAttribute(plan->operation, CUBLASLT_MATMUL_DESC_TRANSA, &transpose,
                                      sizeof(transpose)) != CUBLAS_STATUS_SUCCESS ||
-      cublasLtMatmulDescSetAttribute(operation, CUBLASLT_MATMUL_DESC_TRANSB, &no_transpose,
+      cublasLtMatmulDescSetAttribute(plan->operation, CUBLASLT_MATMUL_DESC_TRANSB, &no_transpose,
                                      sizeof(no_transpose)) != CUBLAS_STATUS_SUCCESS ||
-      cublasLtMatmulDescSetAttribute(operation, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
+      cublasLtMatmulDescSetAttribute(plan->operation, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue,
                                      sizeof(epilogue)) != CUBLAS_STATUS_SUCCESS ||
-      cublasLtMatrixLayoutCreate(&descriptors->weight_layout, type, uint64_t(key.k),
-                                 uint64_t(key.n), key.k) != CUBLAS_STATUS_SUCCESS ||
-      cublasLtMatrixLayoutCreate(&descriptors->x_layout, type, uint64_t(key.k), uint64_t(key.m),
+      cublasLtMatrixLayoutCreate(&plan->weight_layout, type, uint64_t(key.k), uint64_t(key.n),
                                  key.k) != CUBLAS_STATUS_SUCCESS ||
-      cublasLtMatrixLayoutCreate(&descriptors->out_layout, type, uint64_t(key.n), uint64_t(key.m),
+      cublasLtMatrixLayoutCreate(&plan->x_layout, type, uint64_t(key.k), uint64_t(key.m), key.k) !=
+          CUBLAS_STATUS_SUCCESS ||
+      cublasLtMatrixLayoutCreate(&plan->out_layout, type, uint64_t(key.n), uint64_t(key.m),
                                  key.n) != CUBLAS_STATUS_SUCCESS) {
     return nullptr;
   }
-  return descriptors;
-}
-
-// cuBLASLt's heuristic results for one PlanKey, best first, and that key's descriptors. A query
-// costs far more host time than the descriptors (it weighs the GPU's kernels against the shape).
-struct CublasPlan {
-  std::unique_ptr<CublasDescriptors> descriptors;
-  std::vector<CublasAlgorithm> algorithms;
-};
-
-// Makes the descriptors of `key` and asks the heuristic for its algorithms; null when cuBLASLt
-// refuses the problem or has no algorithm for it.
-std::unique_ptr<CublasPlan> make_plan(cublasLtHandle_t handle, const PlanKey& key) {
-  auto plan = std::make_unique<CublasPlan>();
-  plan->descriptors = make_descriptors(key);
-  if (!plan->descriptors) return nullptr;
-  const CublasDescriptors& descriptors = *plan->descriptors;
 
   cublasLtMatmulPreference_t preference = nullptr;
   if (cublasLtMatmulPreferenceCreate(&preference) != CUBLAS_STATUS_SUCCESS) return nullptr;
@@ -149,11 +133,11 @@ std::unique_ptr<CublasPlan> make_plan(cublasLtHandle_t handle, const PlanKey& ke
   cublasLtMatmulHeuristicResult_t results[kCublasCandidates] = {};
   int result_count = 0;
   const cublasStatus_t heuristic_status =
-      preference_ok ? cublasLtMatmulAlgoGetHeuristic(
-                          handle, descriptors.operation, descriptors.weight_layout,
-                          descriptors.x_layout, descriptors.out_layout, descriptors.out_layout,
-                          preference, kCublasCandidates, results, &result_count)
-                    : CUBLAS_STATUS_INVALID_VALUE;
+      preference_ok
+          ? cublasLtMatmulAlgoGetHeuristic(handle, plan->operation, plan->weight_layout,
+                                           plan->x_layout, plan->out_layout, plan->out_layout,
+                                           preference, kCublasCandidates, results, &result_count)
+          : CUBLAS_STATUS_INVALID_VALUE;
   cublasLtMatmulPreferenceDestroy(preference);
   if (heuristic_status != CUBLAS_STATUS_SUCCESS) return nullptr;
   for (int i = 0; i < result_count; ++i) {
@@ -210,9 +194,7 @@ size_t round_up(size_t value, size_t multiple) {
 
 std::string gemm_tactic_name(const GemmTactic& tactic) {
   const char* algorithm = tactic.algorithm == GemmAlgorithm::kGemv ? "gemv" : "cublaslt";
-  std::string name = std::string(algorithm) + ":" + std::to_string(tactic.variant);
-  if (tactic.rows > 0) name += "@" + std::to_string(tactic.rows);
-  return name;
+  return std::string(algorithm) + ":" + std::to_string(tactic.variant);
 }
 
 struct GemmRunner::State {
@@ -221,11 +203,8 @@ struct GemmRunner::State {
   int multiprocessors = 0;
   size_t l2_cache_bytes = 0;
   std::unordered_map<PlanKey, std::unique_ptr<CublasPlan>, PlanKeyHash> plans;
-  // Descriptors of row counts that run another row count's algorithms (keys not in `plans`).
-  std::unordered_map<PlanKey, std::unique_ptr<CublasDescriptors>, PlanKeyHash> shapes;
 
   ~State() {
-    shapes.clear();
     plans.clear();
     if (workspace) cudaFree(workspace);
     if (handle) cublasLtDestroy(handle);
@@ -239,29 +218,19 @@ struct GemmRunner::State {
     return found->second.get();
   }
 
-  // The descriptors of `key`, without a heuristic query when `key` has no plan yet.
-  const CublasDescriptors* descriptors(const PlanKey& key) {
-    if (const auto planned = plans.find(key); planned != plans.end() && planned->second) {
-      return planned->second->descriptors.get();
-    }
-    auto found = shapes.find(key);
-    if (found == shapes.end()) found = shapes.emplace(key, make_descriptors(key)).first;
-    return found->second.get();
-  }
-
-  cublasStatus_t run_cublas(const CublasDescriptors& descriptors,
-                            const cublasLtMatmulAlgo_t& algorithm, const void* x,
+  cublasStatus_t run_cublas(const CublasPlan& plan, int32_t variant, const void* x,
                             const void* weight, const void* bias, void* out,
                             cudaStream_t stream) const {
     if (bias) {
       const cublasStatus_t status = cublasLtMatmulDescSetAttribute(
-          descriptors.operation, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
+          plan.operation, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
       if (status != CUBLAS_STATUS_SUCCESS) return status;
     }
     const float one = 1.0f, zero = 0.0f;
-    return cublasLtMatmul(handle, descriptors.operation, &one, weight, descriptors.weight_layout,
-                          x, descriptors.x_layout, &zero, out, descriptors.out_layout, out,
-                          descriptors.out_layout, &algorithm, workspace, kWorkspaceBytes, stream);
+    return cublasLtMatmul(handle, plan.operation, &one, weight, plan.weight_layout, x,
+                          plan.x_layout, &zero, out, plan.out_layout, out, plan.out_layout,
+                          &plan.algorithms[size_t(variant)].algo, workspace, kWorkspaceBytes,
+                          stream);
   }
 };
 
@@ -310,30 +279,12 @@ void GemmRunner::linear(const DeviceTensor& x, const DeviceTensor& weight, const
   }
   const uint32_t alignment = std::min(
       {pointer_alignment(x.data), pointer_alignment(weight.data), pointer_alignment(out.data)});
-  const PlanKey key{m, n, k, x.dtype, bias != nullptr, alignment};
-  const void* bias_data = bias ? bias->data : nullptr;
-  const bool cublas = tactic.algorithm == GemmAlgorithm::kCublasLt && tactic.variant >= 0;
-  if (cublas && tactic.rows > m) {
-    // The tuned row count's algorithm on these rows: no heuristic query for a new row count.
-    PlanKey tuned_key = key;
-    tuned_key.m = tactic.rows;
-    const CublasPlan* tuned = state_->plan(tuned_key);
-    const CublasDescriptors* descriptors = state_->descriptors(key);
-    if (tuned && descriptors && size_t(tactic.variant) < tuned->algorithms.size() &&
-        state_->run_cublas(*descriptors, tuned->algorithms[size_t(tactic.variant)].algo, x.data,
-                           weight.data, bias_data, out.data,
-                           stream) == CUBLAS_STATUS_SUCCESS) {
-      return;
-    }
-    // That configuration does not take these rows: cuBLASLt's own pick for them, below.
-  }
-  const CublasPlan* plan = state_->plan(key);
+  const CublasPlan* plan = state_->plan(PlanKey{m, n, k, x.dtype, bias != nullptr, alignment});
   KITE_CHECK(plan != nullptr);  // cuBLASLt has an algorithm for every 16-bit GEMM
-  const bool listed = cublas && (tactic.rows == 0 || tactic.rows == m) &&
+  const bool listed = tactic.algorithm == GemmAlgorithm::kCublasLt && tactic.variant >= 0 &&
                       size_t(tactic.variant) < plan->algorithms.size();
-  KITE_CUBLAS_CHECK(state_->run_cublas(*plan->descriptors,
-                                       plan->algorithms[listed ? size_t(tactic.variant) : 0].algo,
-                                       x.data, weight.data, bias_data, out.data, stream));
+  KITE_CUBLAS_CHECK(state_->run_cublas(*plan, listed ? tactic.variant : 0, x.data, weight.data,
+                                       bias ? bias->data : nullptr, out.data, stream));
 }
 
 bool GemmRunner::linear_silu_mul(const DeviceTensor& gate_up, const DeviceTensor& weight,
@@ -386,7 +337,7 @@ std::vector<GemmTiming> GemmRunner::time_candidates(int64_t m, int64_t n, int64_
   std::vector<GemmTactic> candidates;
   const CublasPlan* plan = state_->plan(PlanKey{m, n, k, dtype, has_bias, kMaxAlignment});
   for (size_t i = 0; plan && i < plan->algorithms.size(); ++i) {
-    candidates.push_back({GemmAlgorithm::kCublasLt, int32_t(i), m});
+    candidates.push_back({GemmAlgorithm::kCublasLt, int32_t(i)});
   }
   DeviceTensor weight{dtype, {n, k}, weights};
   if (gemv_applies(x, weight)) {
@@ -411,8 +362,8 @@ std::vector<GemmTiming> GemmRunner::time_candidates(int64_t m, int64_t n, int64_
         launch_gemv(x, weight, has_bias ? &bias : nullptr, out, tactic.variant, stream);
         return true;
       }
-      return state_->run_cublas(*plan->descriptors, plan->algorithms[size_t(tactic.variant)].algo,
-                                x.data, weight.data, has_bias ? bias.data : nullptr, out.data,
+      return state_->run_cublas(*plan, tactic.variant, x.data, weight.data,
+                                has_bias ? bias.data : nullptr, out.data,
                                 stream) == CUBLAS_STATUS_SUCCESS;
     };
     bool runs = true;

@@ -27,9 +27,8 @@
 namespace kite::cuda {
 
 enum class GemmAlgorithm : int32_t {
-  kCublasLt = 0,  // variant: index into cuBLASLt's heuristic list for GemmTactic::rows (or the
-                  // call's M), N, K, bias and pointer alignment (the same index may name another
-                  // kernel for another M)
+  kCublasLt = 0,  // variant: index into cuBLASLt's heuristic list for the call's M, N, K, bias and
+                  // pointer alignment (the same index may name another kernel for another M)
   kGemv = 1,      // variant: index into the small-M kernel's configurations (gemv.cu)
 };
 
@@ -37,19 +36,13 @@ enum class GemmAlgorithm : int32_t {
 // not apply to a call (GEMV with M > kGemvMaxTokens, K % 8 != 0 or misaligned pointers; a cuBLASLt
 // index past the heuristic's list) runs cuBLASLt's first heuristic result instead: linear() is
 // correct for every tactic.
-//
-// A cuBLASLt tactic tuned at `rows` rows runs its kernel on calls of fewer rows too: the runner
-// asks the heuristic once per tuned row count, not once per new M, which in serving is nearly every
-// step's (a query costs the host far more than the GEMM launch). Where that kernel does not take
-// the call's M, cuBLASLt's own pick for M runs.
 struct GemmTactic {
   GemmAlgorithm algorithm = GemmAlgorithm::kCublasLt;
   int32_t variant = 0;
-  int64_t rows = 0;  // the row count `variant` was chosen at; 0: the call's own M
   bool operator==(const GemmTactic&) const = default;
 };
 
-// "cublaslt:3", "cublaslt:3@2048" (tuned at 2048 rows), "gemv:1": for logs and test messages.
+// "cublaslt:3", "gemv:1": for logs and build reports.
 std::string gemm_tactic_name(const GemmTactic& tactic);
 
 struct GemmTiming {
