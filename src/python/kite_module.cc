@@ -99,6 +99,7 @@ class PyExecutor {
 Request make_request(std::vector<int32_t> input_ids, int64_t max_new_tokens,
                      const SamplingConfig& sampling, std::vector<std::vector<int32_t>> stop_words,
                      std::vector<std::vector<int32_t>> bad_words,
+                     std::map<int32_t, float> logit_bias,
                      std::optional<std::vector<int32_t>> end_ids, bool streaming,
                      bool return_log_probs, int64_t top_log_probs) {
   Request request;
@@ -107,6 +108,7 @@ Request make_request(std::vector<int32_t> input_ids, int64_t max_new_tokens,
   request.sampling = sampling;
   request.stop_words = std::move(stop_words);
   request.bad_words = std::move(bad_words);
+  request.logit_bias = std::move(logit_bias);
   request.end_ids = std::move(end_ids);
   request.streaming = streaming;
   request.return_log_probs = return_log_probs;
@@ -168,13 +170,15 @@ PYBIND11_MODULE(kite, module) {
            py::arg("max_new_tokens") = 16, py::arg("sampling") = SamplingConfig{},
            py::arg("stop_words") = std::vector<std::vector<int32_t>>{},
            py::arg("bad_words") = std::vector<std::vector<int32_t>>{},
-           py::arg("end_ids") = std::nullopt, py::arg("streaming") = false,
-           py::arg("return_log_probs") = false, py::arg("top_log_probs") = 0)
+           py::arg("logit_bias") = std::map<int32_t, float>{}, py::arg("end_ids") = std::nullopt,
+           py::arg("streaming") = false, py::arg("return_log_probs") = false,
+           py::arg("top_log_probs") = 0)
       .def_readwrite("input_ids", &Request::input_ids)
       .def_readwrite("max_new_tokens", &Request::max_new_tokens)
       .def_readwrite("sampling", &Request::sampling)
       .def_readwrite("stop_words", &Request::stop_words)
       .def_readwrite("bad_words", &Request::bad_words)
+      .def_readwrite("logit_bias", &Request::logit_bias)
       .def_readwrite("end_ids", &Request::end_ids)
       .def_readwrite("streaming", &Request::streaming)
       .def_readwrite("return_log_probs", &Request::return_log_probs)
@@ -298,7 +302,8 @@ PYBIND11_MODULE(kite, module) {
             std::vector<Request> requests;
             for (std::vector<int32_t>& prompt : prompts) {
               requests.push_back(make_request(std::move(prompt), max_new_tokens, sampling,
-                                              stop_words, {}, end_ids, false, return_log_probs, 0));
+                                              stop_words, {}, {}, end_ids, false, return_log_probs,
+                                              0));
             }
             std::vector<Result> results = self.generate(requests);
             if (batch) return py::cast(std::move(results));

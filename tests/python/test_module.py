@@ -117,6 +117,34 @@ class ModuleTest(unittest.TestCase):
             self.assertEqual(beam.finish_reason, kite.FinishReason.LENGTH)
             self.assertLess(beam.cum_log_prob, 0.0)
 
+    def run_requests(self, requests):
+        """The final Result of each request, enqueued together."""
+        ids = [self.executor.enqueue_request(request) for request in requests]
+        finals = {}
+        while len(finals) < len(ids):
+            for response in self.executor.await_responses(timeout=5.0):
+                self.assertIsNone(response.error)
+                if response.result.is_final:
+                    finals[response.request_id] = response.result
+        return [finals[request_id] for request_id in ids]
+
+    def test_logit_bias(self):
+        prompt = self.tokenizer.encode("hello world")
+        greedy = list(self.executor.generate(prompt, max_new_tokens=5, end_ids=[],
+                                             sampling=kite.SamplingConfig(temperature=0.0))
+                      .output_ids)
+        favourite = 7 if greedy[0] != 7 else 8
+
+        def request(bias):
+            return kite.Request(prompt, max_new_tokens=5, end_ids=[], logit_bias=bias,
+                                sampling=kite.SamplingConfig(temperature=0.0))
+        forced, avoided = request({favourite: 100.0}), request({greedy[0]: -100.0})
+        self.assertEqual(forced.logit_bias, {favourite: 100.0})
+        forced_result, avoided_result = self.run_requests([forced, avoided])
+        self.assertEqual(list(forced_result.output_ids), [favourite] * 5)
+        self.assertNotEqual(avoided_result.output_ids[0], greedy[0])
+        self.assertIn("logit bias", self.executor.check_request(request({-1: 1.0})))
+
     def test_cancel_frees_the_blocks(self):
         # A model slow enough that the cancel lands mid-generation: SmolLM2 (the demo model).
         if not DEMO_ENGINE:
