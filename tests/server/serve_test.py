@@ -310,6 +310,39 @@ def test_bad_words(server):
     print(f"ok: bad_words (KServe, vLLM's on /v1/completions): {word!r} banned at token {at}")
 
 
+def test_logit_bias(server):
+    """OpenAI's logit_bias through the official client: +100 on a token makes it every output token;
+    -100 on the greedy first token changes it. KServe's embedding bias does the same."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY)
+    prompt = "The capital of France is"
+    greedy = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, temperature=0,
+                                       logprobs=1)
+    first = greedy.choices[0].logprobs.tokens[0]
+    word, ids = next(((word, ids) for word in ("the", "and", "a")
+                      if len(ids := token_ids(server, word)) == 1), (None, None))
+    check(word is not None, "no one-token word to bias")
+    forced = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, temperature=0.7,
+                                       seed=3, logit_bias={str(ids[0]): 100})
+    check(forced.choices[0].text == word * 4, f"logit_bias +100: {forced.choices[0].text!r}")
+    avoided = client.completions.create(model=MODEL, prompt=prompt, max_tokens=4, temperature=0,
+                                        logprobs=1,
+                                        logit_bias={str(i): -100 for i in token_ids(server, first)})
+    check(avoided.choices[0].logprobs.tokens[0] != first,
+          f"logit_bias -100 on {first!r}: {avoided.choices[0].logprobs.tokens}")
+    status, output = http_request(server, "POST", f"/v2/models/{MODEL}/generate",
+                                  {"text_input": prompt, "max_tokens": 3,
+                                   "exclude_input_in_output": True,
+                                   "embedding_bias_words": [word], "embedding_bias_weights": [100]})
+    check(status == 200 and output["text_output"] == word * 3, f"embedding bias: {status} {output}")
+    status, response = http_request(server, "POST", "/v1/completions",
+                                    {"prompt": prompt, "logit_bias": {"1": 101}})
+    check(status == 400 and response["error"]["param"] == "logit_bias",
+          f"logit_bias 101: {status} {response}")
+    print(f"ok: logit_bias (+100 forces {word!r}, -100 moves {first!r}); KServe embedding bias")
+
+
 def test_errors(server):
     cases = [
         ("/v1/completions", b'{"prompt": "x", ', "malformed JSON"),
@@ -434,6 +467,7 @@ def main():
             test_openai_client(server)
             test_kserve(server)
             test_bad_words(server)
+            test_logit_bias(server)
             test_errors(server)
             test_load(server)
             test_disconnect(server)
