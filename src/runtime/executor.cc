@@ -78,11 +78,9 @@ kite::SamplingConfig internal_sampling(const SamplingConfig& sampling) {
 
 // log softmax(logits)[token], in double; -inf when every logit is (every token banned).
 float log_probability(std::span<const float> logits, int32_t token) {
-  const float maximum = *std::max_element(logits.begin(), logits.end());
-  if (std::isinf(maximum) && maximum < 0) return maximum;
-  double sum = 0;
-  for (float value : logits) sum += std::exp(double(value) - maximum);
-  return float(double(logits[size_t(token)]) - maximum - std::log(sum));
+  const double log_total = log_sum_exp(logits);
+  if (std::isinf(log_total)) return float(log_total);
+  return float(double(logits[size_t(token)]) - log_total);
 }
 
 // The n most likely tokens of a row and their log softmax, most likely first (lower id on ties).
