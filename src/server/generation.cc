@@ -70,7 +70,9 @@ GenerationUpdate Generation::next(std::chrono::milliseconds timeout) {
       }
       update.text += text_.finish();
       for (const executor::Beam& beam : response.result.beams) {
-        update.beam_texts.push_back(tokenizer_.decode(beam.output_ids));
+        update.beams.push_back(BeamText{tokenizer_.decode(beam.output_ids),
+                                        openai_finish_reason(beam.finish_reason),
+                                        int64_t(beam.output_ids.size())});
       }
       finish(&update, openai_finish_reason(response.result.finish_reason));
       return update;

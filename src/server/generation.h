@@ -34,12 +34,19 @@ struct TokenLogProb {
   std::vector<std::pair<std::string, float>> top;
 };
 
+// A finished beam of a beam search.
+struct BeamText {
+  std::string text;
+  std::string finish_reason;  // "stop" or "length"
+  int64_t tokens = 0;         // its output tokens
+};
+
 // What came since the previous update.
 struct GenerationUpdate {
   std::string text;
-  // Beam search (beam_width > 1), in the finishing update: each finished beam's text, best first
-  // (text holds the best one's).
-  std::vector<std::string> beam_texts;
+  // Beam search (beam_width > 1), in the finishing update: each finished beam, best first (text
+  // holds the best one's).
+  std::vector<BeamText> beams;
   std::vector<TokenLogProb> log_probs;  // when the request asked for them
   bool finished = false;
   std::string finish_reason;         // when finished without error: "stop" or "length"

@@ -191,6 +191,9 @@ class HttpServer::Impl {
  private:
   void install_routes();
   void handle_openai(const httplib::Request& request, httplib::Response& response, bool chat);
+  // vLLM's use_beam_search: one search of beam width n, its beams the n choices.
+  void answer_beam_search(const httplib::Request& request, httplib::Response& response,
+                          const OpenAiRequest& parsed, bool chat, Clock::time_point arrival);
   void handle_kserve(const httplib::Request& request, httplib::Response& response,
                      bool streaming_endpoint);
   // Starts a checked request; sets `error` when the Executor refuses it or the server is closing.
@@ -362,6 +365,7 @@ void HttpServer::Impl::handle_openai(const httplib::Request& request, httplib::R
                : parse_completion_request(request.body, model_, seed, &parsed)) {
     return send_openai_error(response, *error);
   }
+  if (parsed.beam_search) return answer_beam_search(request, response, parsed, chat, arrival);
   // One Executor request per choice, all in flight together; a choice's seed is the request's + i.
   std::vector<std::unique_ptr<Generation>> generations;
   for (int64_t i = 0; i < parsed.n; ++i) {
@@ -453,6 +457,49 @@ void HttpServer::Impl::handle_openai(const httplib::Request& request, httplib::R
       [stream](bool) { stream->generations.clear(); });
 }
 
+void HttpServer::Impl::answer_beam_search(const httplib::Request& request,
+                                          httplib::Response& response, const OpenAiRequest& parsed,
+                                          bool chat, Clock::time_point arrival) {
+  // The search ends beams at the stop texts' token sequences; the texts are cut below.
+  GenerationSpec spec = parsed.generation;
+  spec.stop_texts.clear();
+  ApiError error;
+  std::unique_ptr<Generation> generation = start(spec, arrival, &error);
+  if (!generation) return send_openai_error(response, error);
+  std::string text;
+  std::vector<TokenLogProb> log_probs;
+  const std::optional<GenerationUpdate> last =
+      await_whole_output(*generation, connection_socket(request), &text, &log_probs);
+  if (!last) {
+    response.status = kClientClosedRequest;
+    return;
+  }
+  if (last->error) {
+    return send_openai_error(
+        response, ApiError{.http_status = 503, .message = *last->error, .type = "server_error"});
+  }
+  // A choice per beam, best first, its text cut before the first stop text (as without beams).
+  std::vector<GenerationOutput> outputs;
+  for (const BeamText& beam : last->beams) {
+    GenerationOutput& output = outputs.emplace_back();
+    output.text = beam.text;
+    output.finish_reason = beam.finish_reason;
+    size_t cut = std::string::npos;
+    for (const std::string& stop : parsed.generation.stop_texts) {
+      cut = std::min(cut, output.text.find(stop));
+    }
+    if (cut != std::string::npos) {
+      output.text.resize(cut);
+      output.finish_reason = "stop";
+    }
+    output.prompt_tokens = generation->prompt_tokens();
+    output.completion_tokens = beam.tokens;
+  }
+  const OpenAiFormatter formatter(parsed, request_id(chat ? "chatcmpl-" : "cmpl-"), model_.name,
+                                  std::time(nullptr));
+  send_json(response, 200, formatter.response(outputs));
+}
+
 void HttpServer::Impl::handle_kserve(const httplib::Request& request, httplib::Response& response,
                                      bool streaming_endpoint) {
   const Clock::time_point arrival = Clock::now();
@@ -486,7 +533,7 @@ void HttpServer::Impl::handle_kserve(const httplib::Request& request, httplib::R
       return send_kserve_error(response, ApiError{.http_status = 503, .message = *last->error});
     }
     std::vector<std::string> beam_texts;  // beam search: every beam, after the same prefix
-    for (const std::string& beam : last->beam_texts) beam_texts.push_back(prefix + beam);
+    for (const BeamText& beam : last->beams) beam_texts.push_back(prefix + beam.text);
     const Json output = kserve_output_json(
         model_, prefix + text, parsed.return_log_probs ? &log_probs : nullptr, &beam_texts);
     // generate_stream with "stream": false answers with one event holding the whole output.

@@ -34,15 +34,8 @@ std::optional<ApiError> parse_shared_fields(const Json& body, const ServedModel&
                     .code = "model_not_found"};
   }
   fields.integer("n", &request->n, 1, kMaxChoices);
-  // vLLM's beam search extension: refused rather than ignored (the answer would not be beams).
-  bool use_beam_search = false;
-  fields.boolean("use_beam_search", &use_beam_search);
-  if (use_beam_search) {
-    return bad_request("use_beam_search",
-                       "beam search is served by /v2/models/" + model.name +
-                           "/generate with 'beam_width'; the OpenAI routes sample or decode "
-                           "greedily");
-  }
+  // vLLM's beam search extension: n beams, scored by length_penalty.
+  fields.boolean("use_beam_search", &request->beam_search);
 
   fields.boolean("stream", &request->stream);
   if (fields.ok() && fields.has("stream_options")) {
@@ -132,6 +125,23 @@ std::optional<ApiError> parse_shared_fields(const Json& body, const ServedModel&
   bool ignore_eos = false;
   fields.boolean("ignore_eos", &ignore_eos);
   if (ignore_eos) request->generation.request.end_ids = std::vector<int32_t>();
+
+  double length_penalty = 1.0;
+  fields.number("length_penalty", &length_penalty, -100.0, 100.0);
+  sampling.length_penalty = float(length_penalty);
+  fields.boolean("early_stopping", &sampling.early_stopping);
+  if (fields.ok() && request->beam_search) {
+    if (request->stream) {
+      return bad_request("stream", "beam search answers once, with every beam: set 'stream' false");
+    }
+    sampling.beam_width = request->n;
+    // The search ends beams at stop texts as token sequences (each text tokenized alone); the
+    // beams' texts are cut before them afterwards.
+    for (const std::string& stop : request->generation.stop_texts) {
+      std::vector<int32_t> ids = model.tokenizer.encode(stop, false);
+      if (!ids.empty()) request->generation.request.stop_words.push_back(std::move(ids));
+    }
+  }
   return fields.error();
 }
 
@@ -310,6 +320,9 @@ std::optional<ApiError> parse_completion_request(const std::string& body_text,
   int64_t max_tokens = 16;
   fields.integer("max_tokens", &max_tokens, 1, std::numeric_limits<int64_t>::max());
   if (!fields.ok()) return fields.error();
+  if (request->beam_search && request->log_probs) {
+    return bad_request("logprobs", "'logprobs' is not supported with use_beam_search");
+  }
   request->generation.request.return_log_probs = request->log_probs;
   request->top_log_probs = request->log_probs ? log_probs : 0;
   request->generation.request.top_log_probs = request->top_log_probs;
@@ -352,6 +365,9 @@ std::optional<ApiError> parse_chat_request(const std::string& body_text, const S
       fields.has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
   fields.integer(max_tokens_param, &max_tokens, 1, std::numeric_limits<int64_t>::max());
   if (!fields.ok()) return fields.error();
+  if (request->beam_search && request->log_probs) {
+    return bad_request("logprobs", "'logprobs' is not supported with use_beam_search");
+  }
 
   Result<std::string> prompt = model.render_chat(messages);
   if (!prompt.is_ok()) return bad_request("messages", prompt.status().message());

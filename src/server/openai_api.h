@@ -25,6 +25,10 @@ struct OpenAiRequest {
   // differ and a seeded request repeats itself).
   GenerationSpec generation;
   int64_t n = 1;
+  // vLLM's beam search extension (use_beam_search): one request of beam width n, whose n beams are
+  // the choices; generation.request.stop_words holds the stop texts as token sequences, and each
+  // beam's text is cut before the first stop text (generation.stop_texts) afterwards.
+  bool beam_search = false;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   bool log_probs = false;      // return the chosen tokens' log-probabilities

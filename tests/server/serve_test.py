@@ -343,6 +343,27 @@ def test_logit_bias(server):
     print(f"ok: logit_bias (+100 forces {word!r}, -100 moves {first!r}); KServe embedding bias")
 
 
+def test_beam_search(server):
+    """vLLM's use_beam_search through the openai client: n distinct beams as the n choices, usage
+    counting every beam's tokens; streaming it is refused."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY)
+    prompt = "The capital of France is"
+    completion = client.completions.create(model=MODEL, prompt=prompt, max_tokens=5, n=3,
+                                           extra_body={"use_beam_search": True, "ignore_eos": True})
+    texts = [choice.text for choice in completion.choices]
+    check(len(texts) == 3 and len(set(texts)) == 3, f"beams: {texts}")
+    check(completion.usage.completion_tokens == 15, f"usage: {completion.usage}")
+    try:
+        client.completions.create(model=MODEL, prompt=prompt, max_tokens=5, n=2, stream=True,
+                                  extra_body={"use_beam_search": True})
+        fail("streamed beam search was not refused")
+    except openai.BadRequestError:
+        pass
+    print(f"ok: use_beam_search (3 beams: {texts})")
+
+
 def test_errors(server):
     cases = [
         ("/v1/completions", b'{"prompt": "x", ', "malformed JSON"),
@@ -468,6 +489,7 @@ def main():
             test_kserve(server)
             test_bad_words(server)
             test_logit_bias(server)
+            test_beam_search(server)
             test_errors(server)
             test_load(server)
             test_disconnect(server)

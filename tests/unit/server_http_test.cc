@@ -78,6 +78,69 @@ OpenAiStream read_openai_stream(const std::string& body, bool chat) {
   return stream;
 }
 
+// vLLM's use_beam_search: one Executor request of beam width n, not streamed, its beams the
+// choices (best first), each cut before the first stop text; usage counts every beam's tokens.
+TEST(ServerHttp, CompletionBeamSearch) {
+  const std::vector<int32_t> script = encode(kScriptText);
+  TestServer server(script);
+  auto response = server.post("/v1/completions", {{"prompt", "Say hi"},
+                                                  {"max_tokens", 6},
+                                                  {"n", 3},
+                                                  {"use_beam_search", true},
+                                                  {"length_penalty", 0.5}});
+  ASSERT_TRUE(response);
+  ASSERT_EQ(response->status, 200) << response->body;
+  ASSERT_EQ(server.executor.requests_seen().size(), 1u);
+  const executor::Request seen = server.executor.requests_seen().back();
+  EXPECT_EQ(seen.sampling.beam_width, 3);
+  EXPECT_FLOAT_EQ(seen.sampling.length_penalty, 0.5f);
+  EXPECT_FALSE(seen.streaming);
+  Json body = Json::parse(response->body);
+  ASSERT_EQ(body.at("choices").size(), 3u);
+  for (size_t b = 0; b < 3; ++b) {
+    const Json& choice = body.at("choices")[b];
+    EXPECT_EQ(choice.at("index"), b);
+    EXPECT_EQ(choice.at("text"), decode({script.begin(), script.begin() + ptrdiff_t(6 - b)}));
+    EXPECT_EQ(choice.at("finish_reason"), "length");
+  }
+  EXPECT_EQ(body.at("usage").at("completion_tokens"), 6 + 5 + 4);
+
+  // Chat, with a stop text: the search gets it as a token sequence, and each beam's text is cut
+  // before it.
+  const std::string whole = decode({script.begin(), script.begin() + 6});
+  const std::string stop = decode({script.begin() + 4, script.begin() + 5});
+  ASSERT_FALSE(stop.empty());
+  response = server.post("/v1/chat/completions",
+                         {{"messages", Json::array({{{"role", "user"}, {"content", "hi"}}})},
+                          {"max_tokens", 6},
+                          {"n", 2},
+                          {"use_beam_search", true},
+                          {"stop", stop}});
+  ASSERT_TRUE(response);
+  ASSERT_EQ(response->status, 200) << response->body;
+  EXPECT_EQ(server.executor.requests_seen().back().stop_words,
+            (std::vector<std::vector<int32_t>>{encode(stop)}));
+  body = Json::parse(response->body);
+  ASSERT_EQ(body.at("choices").size(), 2u);
+  for (size_t b = 0; b < 2; ++b) {
+    std::string text = decode({script.begin(), script.begin() + ptrdiff_t(6 - b)});
+    const size_t at = text.find(stop);
+    const Json& choice = body.at("choices")[b];
+    EXPECT_EQ(choice.at("message").at("content"),
+              at == std::string::npos ? text : text.substr(0, at));
+    EXPECT_EQ(choice.at("finish_reason"), at == std::string::npos ? "length" : "stop");
+  }
+  EXPECT_NE(whole.find(stop), std::string::npos);
+
+  // Not streamed, no log-probs; a beam width over max_batch_size is the Executor's refusal.
+  for (const Json& refused : {Json{{"prompt", "a"}, {"use_beam_search", true}, {"stream", true}},
+                              Json{{"prompt", "a"}, {"use_beam_search", true}, {"logprobs", 1}}}) {
+    response = server.post("/v1/completions", refused);
+    ASSERT_TRUE(response);
+    EXPECT_EQ(response->status, 400) << refused.dump();
+  }
+}
+
 TEST(ServerHttp, CompletionNonStreaming) {
   const std::vector<int32_t> script = encode(kScriptText);
   TestServer server(script);
