@@ -68,10 +68,10 @@ struct Request {
   // sequence so far (prompt and output) ends with the rest of the word. Greedy decoding then takes
   // the best token left. Should a step ban every token of the vocabulary, it picks token 0.
   std::vector<std::vector<int32_t>> bad_words;
-  // Token id -> a finite bias added to its logit at every step, before the penalties, temperature
-  // and the rest of the sampling (OpenAI's logit_bias; TensorRT-LLM's embedding bias): -100 all
-  // but bans a token, +100 all but forces it. Log-probabilities and beam search see the biased
-  // logits.
+  // Token id -> a bias in [-kMaxLogitBias, kMaxLogitBias] added to its logit at every step, before
+  // the penalties, temperature and the rest of the sampling (OpenAI's logit_bias; TensorRT-LLM's
+  // embedding bias): -100 all but bans a token, +100 all but forces it. At most
+  // kMaxLogitBiasTokens tokens. Log-probabilities and beam search see the biased logits.
   std::map<int32_t, float> logit_bias;
   // Ids that end the output (included). Unset: the engine's end-of-sequence ids.
   std::optional<std::vector<int32_t>> end_ids;
@@ -83,6 +83,10 @@ struct Request {
 };
 
 inline constexpr int64_t kMaxTopLogProbs = 20;
+// Request::logit_bias's limits: its size (each entry is applied to the request's row at every
+// step) and each bias's magnitude (a larger one, divided by a small temperature, would overflow).
+inline constexpr int64_t kMaxLogitBiasTokens = 1024;
+inline constexpr float kMaxLogitBias = 1e6f;
 
 // One of a step's most likely tokens.
 struct TopLogProb {

@@ -153,13 +153,18 @@ class ExecutorImpl final : public Executor {
         }
       }
     }
+    if (int64_t(request.logit_bias.size()) > kMaxLogitBiasTokens) {
+      return "a logit bias of " + std::to_string(request.logit_bias.size()) + " tokens; at most " +
+             std::to_string(kMaxLogitBiasTokens) + " are allowed";
+    }
     for (const auto& [token, bias] : request.logit_bias) {
       if (token < 0 || token >= vocab_size_) {
         return "logit bias token id " + std::to_string(token) + " is outside the vocabulary of " +
                std::to_string(vocab_size_);
       }
-      if (!std::isfinite(bias)) {
-        return "the logit bias of token " + std::to_string(token) + " must be a finite number";
+      if (!(std::abs(bias) <= kMaxLogitBias)) {
+        return "the logit bias of token " + std::to_string(token) +
+               " must be a number between -1e6 and 1e6";
       }
     }
     if (request.top_log_probs < 0 || request.top_log_probs > kMaxTopLogProbs) {

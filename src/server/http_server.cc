@@ -479,8 +479,11 @@ void HttpServer::Impl::answer_beam_search(const httplib::Request& request,
         response, ApiError{.http_status = 503, .message = *last->error, .type = "server_error"});
   }
   // A choice per beam, best first, its text cut before the first stop text (as without beams).
+  // A beam width of 1 is greedy decoding: its one output is the beam.
+  std::vector<BeamText> beams = last->beams;
+  if (beams.empty()) beams.push_back({text, last->finish_reason, generation->completion_tokens()});
   std::vector<GenerationOutput> outputs;
-  for (const BeamText& beam : last->beams) {
+  for (const BeamText& beam : beams) {
     GenerationOutput& output = outputs.emplace_back();
     output.text = beam.text;
     output.finish_reason = beam.finish_reason;

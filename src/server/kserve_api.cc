@@ -32,8 +32,8 @@ std::optional<ApiError> parse_kserve_request(const std::string& body_text, const
   std::vector<std::string> bias_words;
   std::vector<double> bias_weights;
   fields.string_list("embedding_bias_words", &bias_words);
-  fields.number_list("embedding_bias_weights", &bias_weights, -std::numeric_limits<float>::max(),
-                     std::numeric_limits<float>::max());
+  fields.number_list("embedding_bias_weights", &bias_weights, -double(executor::kMaxLogitBias),
+                     double(executor::kMaxLogitBias));
   request->generation.include_stop_text = true;  // TensorRT-LLM keeps the stop word in the output
 
   // As TensorRT-LLM: with none of temperature, top_k and top_p, decoding is greedy.

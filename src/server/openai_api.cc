@@ -135,6 +135,7 @@ std::optional<ApiError> parse_shared_fields(const Json& body, const ServedModel&
       return bad_request("stream", "beam search answers once, with every beam: set 'stream' false");
     }
     sampling.beam_width = request->n;
+    if (request->n == 1) sampling.temperature = 0.0f;  // a beam of one: greedy decoding
     // The search ends beams at stop texts as token sequences (each text tokenized alone); the
     // beams' texts are cut before them afterwards.
     for (const std::string& stop : request->generation.stop_texts) {

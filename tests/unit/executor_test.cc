@@ -563,10 +563,20 @@ TEST_F(ExecutorTest, LogitBiasForcesAndAvoidsTokens) {
   std::optional<std::string> problem = executor->check_request(refused);
   ASSERT_TRUE(problem);
   EXPECT_NE(problem->find("logit bias token id"), std::string::npos) << *problem;
-  refused.logit_bias = {{1, std::numeric_limits<float>::infinity()}};
+  for (const float bias : {std::numeric_limits<float>::infinity(), 2e6f, -1.5e6f,
+                           std::numeric_limits<float>::quiet_NaN()}) {
+    refused.logit_bias = {{1, bias}};
+    problem = executor->check_request(refused);
+    ASSERT_TRUE(problem) << bias;
+    EXPECT_EQ(*problem, "the logit bias of token 1 must be a number between -1e6 and 1e6");
+  }
+  refused.logit_bias.clear();
+  for (int32_t id = 0; id <= int32_t(executor::kMaxLogitBiasTokens); ++id) refused.logit_bias[id % 64] = 1;
+  EXPECT_FALSE(executor->check_request(refused));  // ids repeat: 64 entries
+  for (int32_t id = 0; id <= int32_t(executor::kMaxLogitBiasTokens); ++id) refused.logit_bias[id] = 1;
   problem = executor->check_request(refused);
   ASSERT_TRUE(problem);
-  EXPECT_EQ(*problem, "the logit bias of token 1 must be a finite number");
+  EXPECT_EQ(*problem, "a logit bias of 1025 tokens; at most 1024 are allowed");
 }
 
 // Large presence and frequency penalties make greedy decoding avoid every token it has produced

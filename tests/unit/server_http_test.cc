@@ -132,7 +132,19 @@ TEST(ServerHttp, CompletionBeamSearch) {
   }
   EXPECT_NE(whole.find(stop), std::string::npos);
 
-  // Not streamed, no log-probs; a beam width over max_batch_size is the Executor's refusal.
+  // n = 1: greedy decoding, its output the one choice.
+  response = server.post("/v1/completions",
+                         {{"prompt", "a"}, {"max_tokens", 3}, {"use_beam_search", true}});
+  ASSERT_TRUE(response);
+  ASSERT_EQ(response->status, 200) << response->body;
+  EXPECT_FLOAT_EQ(server.executor.requests_seen().back().sampling.temperature, 0.0f);
+  body = Json::parse(response->body);
+  ASSERT_EQ(body.at("choices").size(), 1u);
+  EXPECT_EQ(body.at("choices")[0].at("text"), decode({script.begin(), script.begin() + 3}));
+  EXPECT_EQ(body.at("choices")[0].at("finish_reason"), "length");
+  EXPECT_EQ(body.at("usage").at("completion_tokens"), 3);
+
+  // Not streamed, no log-probs.
   for (const Json& refused : {Json{{"prompt", "a"}, {"use_beam_search", true}, {"stream", true}},
                               Json{{"prompt", "a"}, {"use_beam_search", true}, {"logprobs", 1}}}) {
     response = server.post("/v1/completions", refused);
