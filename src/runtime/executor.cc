@@ -499,6 +499,9 @@ class ExecutorImpl final : public Executor {
         added.prompt.insert(added.prompt.end(), running[beam].begin(), running[beam].end());
       }
       added.max_new_tokens = 1;
+      // The search is under way after its first step: its next steps do not queue again behind
+      // the requests that came since.
+      added.first_in_line = !first;
       if (Status status = scheduler_->add_request(std::move(added)); !status.is_ok()) {
         end_beam_step(group);
         fail(id, status.message());

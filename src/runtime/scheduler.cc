@@ -90,7 +90,14 @@ Status Scheduler::add_request(NewRequest new_request) {
   added.prompt_length = prompt_length;
   added.max_new_tokens = max_new_tokens;
   added.end_ids = std::move(new_request.end_ids);
-  waiting_.push_back(added.id);
+  added.first_in_line = new_request.first_in_line;
+  // After the others first in line; the rest in arrival order.
+  const auto position =
+      added.first_in_line
+          ? std::ranges::find_if(waiting_,
+                                 [&](int64_t queued) { return !request_at(queued).first_in_line; })
+          : waiting_.end();
+  waiting_.insert(position, added.id);
   return Status::ok();
 }
 
@@ -168,6 +175,9 @@ void Scheduler::admit(StepPlan& plan, int64_t& token_budget) {
       ++stats_.resumptions;
     } else {
       waiting_.pop_front();
+      // Running, it is the newest request (a request first in line may have overtaken earlier
+      // ones): running_ stays in admission order, which puts the decodes first.
+      next.arrival = next_arrival_++;
     }
     insert_by_arrival(running_, next.id);
     next.state = RequestState::kPrefill;
@@ -296,14 +306,22 @@ Status Scheduler::check_invariants() const {
   if (kv_cache_.num_sequences() != int64_t(running_.size())) {
     return internal_error("KV cache sequences that are not running requests");
   }
-  auto check_queue = [&](const auto& queue, auto accepts) -> Status {
+  // `ordered_by_line`: the waiting queue, whose requests first in line come first.
+  auto check_queue = [&](const auto& queue, auto accepts, bool ordered_by_line = false) -> Status {
     for (size_t i = 0; i < queue.size(); ++i) {
       const auto found = requests_.find(queue[i]);
       if (found == requests_.end()) return fail(queue[i], "queued but unknown");
       const Request& queued = found->second;
       if (!accepts(queued.state)) return fail(queued.id, "in the wrong queue");
-      if (i > 0 && request_at(queue[i - 1]).arrival >= queued.arrival) {
-        return fail(queued.id, "queued out of arrival order");
+      if (i > 0) {
+        const Request& before = request_at(queue[i - 1]);
+        const bool line_break = ordered_by_line && before.first_in_line && !queued.first_in_line;
+        if (ordered_by_line && !before.first_in_line && queued.first_in_line) {
+          return fail(queued.id, "first in line but queued after another request");
+        }
+        if (!line_break && before.arrival >= queued.arrival) {
+          return fail(queued.id, "queued out of arrival order");
+        }
       }
       const bool running =
           queued.state == RequestState::kPrefill || queued.state == RequestState::kDecode;
@@ -321,8 +339,8 @@ Status Scheduler::check_invariants() const {
     }
     return Status::ok();
   };
-  KITE_RETURN_IF_ERROR(
-      check_queue(waiting_, [](RequestState state) { return state == RequestState::kWaiting; }));
+  KITE_RETURN_IF_ERROR(check_queue(
+      waiting_, [](RequestState state) { return state == RequestState::kWaiting; }, true));
   KITE_RETURN_IF_ERROR(
       check_queue(paused_, [](RequestState state) { return state == RequestState::kPaused; }));
   KITE_RETURN_IF_ERROR(check_queue(running_, [](RequestState state) {

@@ -46,6 +46,10 @@ struct NewRequest {
   std::vector<int32_t> prompt;
   int64_t max_new_tokens = 16;
   std::vector<int32_t> end_ids;  // a generated end id finishes the request (and is kept)
+  // Admitted before the waiting requests that came earlier (after the other such ones): work
+  // already under way that would otherwise queue again behind every new arrival, as each step of a
+  // beam search does. Once admitted it runs, and is paused, as the newest request.
+  bool first_in_line = false;
 };
 
 // A finished or cancelled request leaves the scheduler: it has no state.
@@ -103,9 +107,9 @@ struct SchedulerStats {
 //     (kMaxUtilization pauses the most recently admitted running requests when blocks are short).
 //     A prefill chunk takes all the budget left unless it ends the prompt, so requests finish
 //     their prefill in arrival order: the decodes come first, and a long prompt never delays them;
-//  2. unless step 1 paused someone, admission, paused requests first, then waiting ones, in
-//     arrival order, while the batch size, the token budget and the policy allow; the first that
-//     does not fit stops admission (no overtaking).
+//  2. unless step 1 paused someone, admission, paused requests first, then waiting ones (those
+//     first in line, then the others, each in arrival order), while the batch size, the token
+//     budget and the policy allow; the first that does not fit stops admission (no overtaking).
 // A newly admitted request shares the cached blocks of its prompt's longest cached prefix and
 // starts computing after them.
 class Scheduler {
@@ -154,6 +158,7 @@ class Scheduler {
     int64_t prompt_length = 0;
     int64_t max_new_tokens = 0;
     std::vector<int32_t> end_ids;
+    bool first_in_line = false;
     RequestState state = RequestState::kWaiting;
     int64_t num_computed = 0;  // leading tokens whose KV is in the cache
   };
@@ -180,7 +185,7 @@ class Scheduler {
   SchedulerConfig config_;
   KvCacheManager kv_cache_;
   std::unordered_map<int64_t, Request> requests_;
-  std::deque<int64_t> waiting_;   // arrival order
+  std::deque<int64_t> waiting_;   // those first in line, then the others; each in arrival order
   std::vector<int64_t> running_;  // arrival order, which is admission order
   std::vector<int64_t> paused_;   // arrival order
   std::optional<StepPlan> in_flight_;

@@ -400,6 +400,57 @@ TEST(Scheduler, PausedRequestsResumeBeforeNewOnes) {
   expect_same(driver.finished.at(3), run_alone(3, make_prompt(3, 4), 8, {}));
 }
 
+// A request first in line (a beam search's next step) is admitted before the waiting requests
+// that came earlier, after the other such ones, and runs as the newest once admitted: with two
+// running at once, a request it overtook joins while it decodes, behind it (drive() checks that
+// the decodes stay first).
+TEST(Scheduler, FirstInLineRequestsAreAdmittedBeforeEarlierWaitingOnes) {
+  for (const int64_t batch : {1, 2}) {
+    for (const SchedulerPolicy policy :
+         {SchedulerPolicy::kGuaranteedNoEvict, SchedulerPolicy::kMaxUtilization}) {
+      // 8 tokens a step: request 3's prompt of 10 is chunked, so that with batch 2 it is still
+      // computing its prompt while request 4, first in line, decodes.
+      Scheduler scheduler = make_scheduler(make_config(batch, 8, 32, 2, policy, true));
+      Driver driver;
+      std::vector<NewRequest> requests = {{1, make_prompt(1, 5), 3, {}},
+                                          {2, make_prompt(2, 3), 3, {}},
+                                          {3, make_prompt(3, 10), 2, {}},
+                                          {6, make_prompt(6, 2), 3, {}}};
+      for (const NewRequest& request : requests) {
+        ASSERT_TRUE(scheduler.add_request(request).is_ok());
+      }
+      const NewRequest line_a{4, make_prompt(4, 3), 4, {}, true};
+      const NewRequest line_b{5, make_prompt(5, 3), 1, {}, true};
+      driver.before_schedule = [&](int64_t step) {
+        if (step == 1) {
+          ASSERT_TRUE(scheduler.add_request(line_a).is_ok());
+          ASSERT_TRUE(scheduler.add_request(line_b).is_ok());
+        }
+      };
+      ASSERT_NO_FATAL_FAILURE(drive(scheduler, driver));
+      std::vector<int64_t> admitted;
+      for (const StepPlan& plan : driver.plans) {
+        for (const ScheduledSequence& sequence : plan.sequences) {
+          if (std::ranges::find(admitted, sequence.request_id) == admitted.end()) {
+            admitted.push_back(sequence.request_id);
+          }
+        }
+      }
+      // Batch 1: 1 runs alone; batch 2: 1 and 2 from the start.
+      const std::vector<int64_t> expected = batch == 1 ? std::vector<int64_t>{1, 4, 5, 2, 3, 6}
+                                                       : std::vector<int64_t>{1, 2, 4, 5, 3, 6};
+      EXPECT_EQ(admitted, expected) << "batch " << batch;
+      requests.push_back(line_a);
+      requests.push_back(line_b);
+      ASSERT_EQ(driver.finished.size(), requests.size());
+      for (const NewRequest& request : requests) {
+        expect_same(driver.finished.at(request.id),
+                    run_alone(request.id, request.prompt, request.max_new_tokens, request.end_ids));
+      }
+    }
+  }
+}
+
 TEST(Scheduler, GuaranteedNoEvictNeverPauses) {
   Scheduler scheduler =
       make_scheduler(make_config(4, 64, 8, 2, SchedulerPolicy::kGuaranteedNoEvict, false));
