@@ -37,7 +37,16 @@ limits=(--max_batch_size 64 --max_input_len 8192 --max_seq_len 8448 --max_num_to
 if ((quick)); then
   limits=(--max_batch_size 64 --max_input_len 2048 --max_seq_len 2304 --max_num_tokens 2048)
 fi
+# llama.cpp's build (~5 minutes) and GGUF beside Kite's engine build; done before any timing.
+llamacpp_prepare=""
+if ((run_llamacpp)) && [[ -f .deps/llama.cpp.tar.xz ]]; then
+  bash scripts/gpu/llamacpp_bench.sh "$log_dir" --prepare > "$log_dir/llamacpp_prepare.log" 2>&1 &
+  llamacpp_prepare=$!
+fi
 bash scripts/gpu/make_engine.sh "$work/engine" -- "${limits[@]}"
+if [[ -n "$llamacpp_prepare" ]]; then
+  wait "$llamacpp_prepare" || { echo "llama.cpp: build or GGUF failed (llamacpp_prepare.log)"; run_llamacpp=0; }
+fi
 bench=("$kite" bench --engine_dir "$work/engine" --ceilings)
 {
   if ((quick)); then

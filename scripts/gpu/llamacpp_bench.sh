@@ -3,13 +3,20 @@
 # builds llama.cpp (CUDA) from the sources vendored in the llama-cpp-python sdist (PyPI), writes a
 # random-weight F16 GGUF of the same config, and runs llama-bench with flash attention on:
 # batch-1 decode of 128 tokens and a 2048-token prefill.
-# Usage: bash scripts/gpu/llamacpp_bench.sh LOG_DIR [CONFIG.json]
+# Usage: bash scripts/gpu/llamacpp_bench.sh LOG_DIR [CONFIG.json] [--prepare]
 #   Needs .deps/llama.cpp.tar.xz: the sdist's vendor/llama.cpp without its docs, models, tests,
 #   examples, web UI and non-CUDA/CPU backends (scripts/gpu/fetch_llamacpp.sh makes it).
+#   --prepare: only build llama-bench and write the GGUF (bench.sh runs this beside its own engine
+#   build, then the benchmark after Kite's, which finds both made).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-log_dir="${1:?usage: llamacpp_bench.sh LOG_DIR [CONFIG.json]}"
-config="${2:-$root/tests/fixtures/hf_configs/llama-3-8b.json}"
+prepare=0
+arguments=()
+for argument in "$@"; do
+  if [[ "$argument" == --prepare ]]; then prepare=1; else arguments+=("$argument"); fi
+done
+log_dir="${arguments[0]:?usage: llamacpp_bench.sh LOG_DIR [CONFIG.json] [--prepare]}"
+config="${arguments[1]:-$root/tests/fixtures/hf_configs/llama-3-8b.json}"
 work="${KITE_LLAMACPP_DIR:-/tmp/kite-llamacpp}"
 mkdir -p "$log_dir" "$work"
 if [[ ! -x "$work/llama.cpp/build/bin/llama-bench" ]]; then
@@ -27,5 +34,6 @@ if [[ ! -f "$gguf" ]]; then
   PYTHONPATH="$work/llama.cpp/gguf-py" /usr/bin/time -f "gguf written: %e s" \
     python3 "$root/scripts/gpu/write_random_gguf.py" "$config" "$gguf"
 fi
+((prepare)) && exit 0
 "$work/llama.cpp/build/bin/llama-bench" -m "$gguf" -ngl 99 -fa 1 -p 2048 -n 128 -r 3 -o md \
   2>&1 | tee "$log_dir/llamacpp_bench.log" | grep -E "^\|"
