@@ -307,7 +307,15 @@ std::optional<ApiError> parse_completion_request(const std::string& body_text,
   if (auto shared = parse_shared_fields(*body, model, random_seed, fields, request)) return shared;
   bool echo = false;
   fields.boolean("echo", &echo);
-  if (echo) return bad_request("echo", "'echo' is not supported");
+  if (fields.ok() && echo) {
+    // The prompt as sent: a string (or an array holding one), else its ids decoded.
+    const Json& prompt = body->at("prompt");
+    const Json& inner = prompt.is_array() && !prompt.empty() ? prompt[0] : prompt;
+    request->echo_text = prompt.is_string() ? prompt.get<std::string>()
+                         : inner.is_string()
+                             ? inner.get<std::string>()
+                             : model.tokenizer.decode(request->generation.request.input_ids);
+  }
   int64_t best_of = 1;
   fields.integer("best_of", &best_of, 1, std::numeric_limits<int64_t>::max());
   if (fields.ok() && best_of != 1) return bad_request("best_of", "only best_of=1 is supported");
@@ -323,6 +331,11 @@ std::optional<ApiError> parse_completion_request(const std::string& body_text,
   if (!fields.ok()) return fields.error();
   if (request->beam_search && request->log_probs) {
     return bad_request("logprobs", "'logprobs' is not supported with use_beam_search");
+  }
+  if (echo && request->log_probs) {
+    return bad_request("echo",
+                       "'echo' with 'logprobs' (the prompt's log-probabilities) is not "
+                       "supported");
   }
   request->generation.request.return_log_probs = request->log_probs;
   request->top_log_probs = request->log_probs ? log_probs : 0;
@@ -388,6 +401,7 @@ OpenAiFormatter::OpenAiFormatter(const OpenAiRequest& request, std::string id, s
       include_usage_(request.include_usage),
       log_probs_(request.log_probs),
       top_log_probs_(request.top_log_probs),
+      echo_text_(request.echo_text),
       id_(std::move(id)),
       model_(std::move(model)),
       created_(created) {}
@@ -445,7 +459,7 @@ Json OpenAiFormatter::response(const std::vector<GenerationOutput>& outputs) con
     if (chat_) {
       choice["message"] = Json{{"role", "assistant"}, {"content", output.text}};
     } else {
-      choice["text"] = output.text;
+      choice["text"] = echo_text_ + output.text;
     }
     choice["logprobs"] = log_probs_json(output.log_probs);
     choice["finish_reason"] = output.finish_reason;
@@ -475,8 +489,15 @@ Json OpenAiFormatter::chunk(Json choice) const {
 }
 
 std::string OpenAiFormatter::stream_start() const {
-  if (!chat_) return "";
   std::string events;
+  if (!chat_) {
+    // With echo, each choice's first chunk is the prompt.
+    for (int64_t i = 0; i < choices_ && !echo_text_.empty(); ++i) {
+      events += sse_event(dump_json(chunk(Json{
+          {"index", i}, {"text", echo_text_}, {"logprobs", nullptr}, {"finish_reason", nullptr}})));
+    }
+    return events;
+  }
   for (int64_t i = 0; i < choices_; ++i) {
     Json choice;
     choice["index"] = i;

@@ -33,6 +33,8 @@ struct OpenAiRequest {
   bool include_usage = false;  // stream_options.include_usage
   bool log_probs = false;      // return the chosen tokens' log-probabilities
   int64_t top_log_probs = 0;   // and this many most likely tokens' at each position
+  // Completions with `echo`: the prompt (as sent, or its ids decoded), before each choice's text.
+  std::string echo_text;
 };
 
 // Parses and validates a request body. `random_seed` seeds sampling when the request has no
@@ -79,6 +81,7 @@ class OpenAiFormatter {
   bool include_usage_;
   bool log_probs_;
   int64_t top_log_probs_;
+  std::string echo_text_;
   std::string id_;
   std::string model_;
   std::time_t created_;

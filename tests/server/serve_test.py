@@ -160,6 +160,10 @@ def test_openai_client(server):
             usage = chunk.usage
     check(streamed == completion.choices[0].text,
           f"streamed {streamed!r} != {completion.choices[0].text!r}")
+    echoed = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=12,
+                                       temperature=0, echo=True)
+    check(echoed.choices[0].text == "The quick brown fox" + completion.choices[0].text,
+          f"echo: {echoed.choices[0].text!r}")
     check(usage is not None and usage.completion_tokens == completion.usage.completion_tokens,
           f"stream usage {usage}")
 

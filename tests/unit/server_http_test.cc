@@ -180,6 +180,37 @@ TEST(ServerHttp, CompletionNonStreaming) {
   EXPECT_TRUE(seen.streaming);
 }
 
+// echo: the prompt (as sent, or its token ids decoded) before each choice's text, whole or as
+// each choice's first streamed chunk.
+TEST(ServerHttp, CompletionEcho) {
+  const std::vector<int32_t> script = encode(kScriptText);
+  TestServer server(script);
+  const std::string output = decode({script.begin(), script.begin() + 4});
+  for (const Json& prompt : {Json("Say hi"), Json::array({"Say hi"}), Json(encode("Say hi"))}) {
+    const std::string echoed = prompt.is_string() || prompt[0].is_string()
+                                   ? std::string("Say hi")
+                                   : decode(encode("Say hi"));
+    const Json request = {{"prompt", prompt}, {"max_tokens", 4}, {"echo", true}, {"n", 2}};
+    auto response = server.post("/v1/completions", request);
+    ASSERT_TRUE(response);
+    ASSERT_EQ(response->status, 200) << response->body;
+    const Json body = Json::parse(response->body);
+    ASSERT_EQ(body.at("choices").size(), 2u);
+    for (const Json& choice : body.at("choices")) {
+      EXPECT_EQ(choice.at("text"), echoed + output) << prompt.dump();
+    }
+    EXPECT_EQ(body.at("usage").at("completion_tokens"), 8);  // the prompt is not output
+    Json streaming = request;
+    streaming["stream"] = true;
+    streaming["n"] = 1;
+    response = server.post("/v1/completions", streaming);
+    ASSERT_TRUE(response);
+    const OpenAiStream stream = read_openai_stream(response->body, false);
+    EXPECT_EQ(stream.text, echoed + output) << prompt.dump();
+    EXPECT_EQ(stream.chunks.front().at("choices")[0].at("text"), echoed);
+  }
+}
+
 TEST(ServerHttp, CompletionStreamingGivesTheSameText) {
   const std::vector<int32_t> script = encode(kScriptText);
   TestServer server(script);
