@@ -8,12 +8,14 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <mutex>
+#include <numeric>
 #include <random>
 #include <thread>
 
@@ -366,11 +368,14 @@ void HttpServer::Impl::handle_openai(const httplib::Request& request, httplib::R
     return send_openai_error(response, *error);
   }
   if (parsed.beam_search) return answer_beam_search(request, response, parsed, chat, arrival);
-  // One Executor request per choice, all in flight together; a choice's seed is the request's + i.
+  // One Executor request per choice (best_of of them, n or more), all in flight together; a
+  // choice's seed is the request's + i.
   std::vector<std::unique_ptr<Generation>> generations;
-  for (int64_t i = 0; i < parsed.n; ++i) {
+  const bool ranked = parsed.best_of > parsed.n;  // not streamed (refused when parsed)
+  for (int64_t i = 0; i < parsed.best_of; ++i) {
     GenerationSpec spec = parsed.generation;
     spec.request.sampling.seed += uint64_t(i);
+    if (ranked) spec.request.return_log_probs = true;  // the ranking's scores
     ApiError error;
     std::unique_ptr<Generation> generation = start(spec, arrival, &error);
     if (!generation) return send_openai_error(response, error);  // the others are cancelled
@@ -402,7 +407,31 @@ void HttpServer::Impl::handle_openai(const httplib::Request& request, httplib::R
       output.prompt_tokens = generation.prompt_tokens();
       output.completion_tokens = generation.completion_tokens();
     }
-    return send_json(response, 200, formatter.response(outputs));
+    int64_t unreturned_tokens = 0;
+    if (ranked) {
+      // The n of highest summed log-probability, most likely first (ties: in seed order).
+      std::vector<double> scores;
+      for (const GenerationOutput& output : outputs) {
+        double score = 0;
+        for (const TokenLogProb& entry : output.log_probs) score += entry.log_prob;
+        scores.push_back(score);
+      }
+      std::vector<size_t> order(outputs.size());
+      std::iota(order.begin(), order.end(), size_t{0});
+      std::stable_sort(order.begin(), order.end(),
+                       [&](size_t a, size_t b) { return scores[a] > scores[b]; });
+      std::vector<GenerationOutput> best;
+      for (size_t rank = 0; rank < order.size(); ++rank) {
+        GenerationOutput& output = outputs[order[rank]];
+        if (int64_t(rank) < parsed.n) {
+          best.push_back(std::move(output));
+        } else {
+          unreturned_tokens += output.completion_tokens;
+        }
+      }
+      outputs = std::move(best);
+    }
+    return send_json(response, 200, formatter.response(outputs, unreturned_tokens));
   }
 
   struct Stream {

@@ -34,6 +34,7 @@ std::optional<ApiError> parse_shared_fields(const Json& body, const ServedModel&
                     .code = "model_not_found"};
   }
   fields.integer("n", &request->n, 1, kMaxChoices);
+  request->best_of = request->n;
   // vLLM's beam search extension: n beams, scored by length_penalty.
   fields.boolean("use_beam_search", &request->beam_search);
 
@@ -316,9 +317,16 @@ std::optional<ApiError> parse_completion_request(const std::string& body_text,
                              ? inner.get<std::string>()
                              : model.tokenizer.decode(request->generation.request.input_ids);
   }
-  int64_t best_of = 1;
-  fields.integer("best_of", &best_of, 1, std::numeric_limits<int64_t>::max());
-  if (fields.ok() && best_of != 1) return bad_request("best_of", "only best_of=1 is supported");
+  fields.integer("best_of", &request->best_of, 1, kMaxChoices);
+  if (fields.ok() && request->best_of < request->n) {
+    return bad_request("best_of", "'best_of' must be at least 'n'");
+  }
+  if (fields.ok() && request->best_of > request->n) {
+    if (request->stream) return bad_request("best_of", "'best_of' > 'n' cannot be streamed");
+    if (request->beam_search) {
+      return bad_request("best_of", "'best_of' does not apply to beam search: use 'n'");
+    }
+  }
   std::string suffix;
   fields.string("suffix", &suffix);
   if (!suffix.empty()) return bad_request("suffix", "'suffix' is not supported");
@@ -449,9 +457,10 @@ Json OpenAiFormatter::log_probs_json(const std::vector<TokenLogProb>& log_probs)
               {"text_offset", offsets}};
 }
 
-Json OpenAiFormatter::response(const std::vector<GenerationOutput>& outputs) const {
+Json OpenAiFormatter::response(const std::vector<GenerationOutput>& outputs,
+                               int64_t unreturned_completion_tokens) const {
   Json choices = Json::array();
-  int64_t completion_tokens = 0;
+  int64_t completion_tokens = unreturned_completion_tokens;
   for (size_t i = 0; i < outputs.size(); ++i) {
     const GenerationOutput& output = outputs[i];
     Json choice;

@@ -25,6 +25,9 @@ struct OpenAiRequest {
   // differ and a seeded request repeats itself).
   GenerationSpec generation;
   int64_t n = 1;
+  // Completions' best_of (>= n): that many choices are generated (seeds + 0 .. best_of - 1) and
+  // the n of highest summed log-probability returned, most likely first.
+  int64_t best_of = 1;
   // vLLM's beam search extension (use_beam_search): one request of beam width n, whose n beams are
   // the choices; generation.request.stop_words holds the stop texts as token sequences, and each
   // beam's text is cut before the first stop text (generation.stop_texts) afterwards.
@@ -59,8 +62,10 @@ class OpenAiFormatter {
   OpenAiFormatter(const OpenAiRequest& request, std::string id, std::string model,
                   std::time_t created);
 
-  // One choice per output, in order; the usage counts the prompt once and every choice's tokens.
-  nlohmann::ordered_json response(const std::vector<GenerationOutput>& outputs) const;
+  // One choice per output, in order; the usage counts the prompt once and every choice's tokens,
+  // plus those of choices generated but not returned (best_of).
+  nlohmann::ordered_json response(const std::vector<GenerationOutput>& outputs,
+                                  int64_t unreturned_completion_tokens = 0) const;
   // Server-sent events: the first (chat: the assistant role of each choice), one per update of a
   // choice with text or log-probs, each choice's finish reason, and at the very end the usage when
   // asked for and [DONE].

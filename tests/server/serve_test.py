@@ -368,6 +368,27 @@ def test_beam_search(server):
     print(f"ok: use_beam_search (3 beams: {texts})")
 
 
+def test_best_of(server):
+    """best_of 4, n 2 through the openai client: the two of the four seeded samples (seed + i) with
+    the highest summed log-probability, most likely first, as each sample run alone says."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=API_KEY)
+    prompt, seed = "Once upon a time", 21
+    common = dict(model=MODEL, prompt=prompt, max_tokens=6, temperature=1.0,
+                  extra_body={"ignore_eos": True})
+    alone = []
+    for i in range(4):
+        sample = client.completions.create(seed=seed + i, logprobs=0, **common)
+        alone.append((sum(sample.choices[0].logprobs.token_logprobs), i, sample.choices[0].text))
+    best = client.completions.create(seed=seed, n=2, best_of=4, **common)
+    ranked = sorted(alone, key=lambda entry: (-entry[0], entry[1]))
+    texts = [choice.text for choice in best.choices]
+    check(texts == [ranked[0][2], ranked[1][2]], f"best_of: {texts}, samples ranked {ranked}")
+    check(best.usage.completion_tokens == 24, f"best_of usage: {best.usage}")
+    print(f"ok: best_of 4, n 2 (scores {[round(entry[0], 3) for entry in ranked]})")
+
+
 def test_errors(server):
     cases = [
         ("/v1/completions", b'{"prompt": "x", ', "malformed JSON"),
@@ -494,6 +515,7 @@ def main():
             test_bad_words(server)
             test_logit_bias(server)
             test_beam_search(server)
+            test_best_of(server)
             test_errors(server)
             test_load(server)
             test_disconnect(server)

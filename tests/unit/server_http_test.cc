@@ -211,6 +211,36 @@ TEST(ServerHttp, CompletionEcho) {
   }
 }
 
+// best_of: that many requests (seeds + 0, 1, ...), ranked by summed log-probability (asked of the
+// Executor for the ranking, not shown unless the request asks); the n best come back, and usage
+// counts every generated token.
+TEST(ServerHttp, CompletionBestOf) {
+  const std::vector<int32_t> script = encode(kScriptText);
+  TestServer server(script);
+  auto response = server.post("/v1/completions", {{"prompt", "Say hi"},
+                                                  {"max_tokens", 4},
+                                                  {"n", 2},
+                                                  {"best_of", 3},
+                                                  {"seed", 10},
+                                                  {"temperature", 0.5}});
+  ASSERT_TRUE(response);
+  ASSERT_EQ(response->status, 200) << response->body;
+  const std::vector<executor::Request>& seen = server.executor.requests_seen();
+  ASSERT_EQ(seen.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(seen[i].sampling.seed, 10u + i);
+    EXPECT_TRUE(seen[i].return_log_probs);
+  }
+  const Json body = Json::parse(response->body);
+  ASSERT_EQ(body.at("choices").size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(body.at("choices")[i].at("index"), i);
+    EXPECT_EQ(body.at("choices")[i].at("text"), decode({script.begin(), script.begin() + 4}));
+    EXPECT_TRUE(body.at("choices")[i].at("logprobs").is_null());
+  }
+  EXPECT_EQ(body.at("usage").at("completion_tokens"), 12);
+}
+
 TEST(ServerHttp, CompletionStreamingGivesTheSameText) {
   const std::vector<int32_t> script = encode(kScriptText);
   TestServer server(script);
