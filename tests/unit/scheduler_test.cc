@@ -645,6 +645,7 @@ TEST(Scheduler, RandomWorkloadsGiveTheOutputsOfRequestsRunAlone) {
           auto add_some = [&](int64_t count) {
             for (int64_t i = 0; i < count; ++i) {
               NewRequest request{next_id++, {}, uniform(1, 16), {kEndId}};
+              request.first_in_line = uniform(0, 4) == 0;  // some overtake the waiting ones
               if (uniform(0, 2) > 0) {
                 request.prompt = prefixes[size_t(uniform(0, 1))];
                 request.prompt.resize(size_t(uniform(1, int64_t(request.prompt.size()))));
