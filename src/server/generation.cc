@@ -14,6 +14,16 @@ std::string openai_finish_reason(executor::FinishReason reason) {
   return reason == executor::FinishReason::kLength ? "length" : "stop";
 }
 
+std::vector<std::vector<int32_t>> word_token_sequences(const Tokenizer& tokenizer,
+                                                       const std::vector<std::string>& words) {
+  std::vector<std::vector<int32_t>> sequences;
+  for (const std::string& word : words) {
+    std::vector<int32_t> ids = tokenizer.encode(word, false);
+    if (!ids.empty()) sequences.push_back(std::move(ids));
+  }
+  return sequences;
+}
+
 std::unique_ptr<Generation> Generation::start(ResponseRouter& router, const Tokenizer& tokenizer,
                                               GenerationSpec spec, ServerMetrics& metrics,
                                               Clock::time_point arrival) {

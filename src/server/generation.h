@@ -91,4 +91,10 @@ class Generation {
 // OpenAI's finish_reason for the Executor's: "stop" (end id, stop words) or "length".
 std::string openai_finish_reason(executor::FinishReason reason);
 
+// Words as the Executor's token sequences (bad words, a beam search's stop words), as Triton's
+// TensorRT-LLM preprocessing makes them: each word tokenized alone, without special tokens; a word
+// of no tokens is left out.
+std::vector<std::vector<int32_t>> word_token_sequences(const Tokenizer& tokenizer,
+                                                       const std::vector<std::string>& words);
+
 }  // namespace kite::server

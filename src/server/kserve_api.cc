@@ -97,13 +97,7 @@ std::optional<ApiError> parse_kserve_request(const std::string& body_text, const
 
   executor::Request& executor_request = request->generation.request;
   executor_request.input_ids = model.tokenizer.encode(request->text_input);
-  // As Triton's TensorRT-LLM preprocessing: each word tokenized alone, without special tokens; a
-  // word of no tokens bans nothing.
-  executor_request.bad_words.clear();
-  for (const std::string& word : bad_words) {
-    std::vector<int32_t> ids = model.tokenizer.encode(word, false);
-    if (!ids.empty()) executor_request.bad_words.push_back(std::move(ids));
-  }
+  executor_request.bad_words = word_token_sequences(model.tokenizer, bad_words);
   // As Triton's preprocessing: a word's weight goes to every token of the word tokenized alone
   // (without special tokens); a token in several words gets their sum.
   executor_request.logit_bias.clear();
@@ -113,12 +107,9 @@ std::optional<ApiError> parse_kserve_request(const std::string& body_text, const
     }
   }
   if (beams) {
-    // The search ends beams at stop words itself: as token sequences, as TensorRT-LLM's
-    // preprocessing makes them (each word alone, without special tokens).
-    for (const std::string& word : request->generation.stop_texts) {
-      std::vector<int32_t> ids = model.tokenizer.encode(word, false);
-      if (!ids.empty()) executor_request.stop_words.push_back(std::move(ids));
-    }
+    // The search ends beams at stop words itself, as token sequences.
+    executor_request.stop_words =
+        word_token_sequences(model.tokenizer, request->generation.stop_texts);
     request->generation.stop_texts.clear();
   }
   executor_request.return_log_probs = request->return_log_probs;

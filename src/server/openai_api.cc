@@ -137,12 +137,10 @@ std::optional<ApiError> parse_shared_fields(const Json& body, const ServedModel&
     }
     sampling.beam_width = request->n;
     if (request->n == 1) sampling.temperature = 0.0f;  // a beam of one: greedy decoding
-    // The search ends beams at stop texts as token sequences (each text tokenized alone); the
-    // beams' texts are cut before them afterwards.
-    for (const std::string& stop : request->generation.stop_texts) {
-      std::vector<int32_t> ids = model.tokenizer.encode(stop, false);
-      if (!ids.empty()) request->generation.request.stop_words.push_back(std::move(ids));
-    }
+    // The search ends beams at stop texts as token sequences; the beams' texts are cut before
+    // them afterwards.
+    request->generation.request.stop_words =
+        word_token_sequences(model.tokenizer, request->generation.stop_texts);
   }
   return fields.error();
 }
