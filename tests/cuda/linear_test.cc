@@ -365,5 +365,87 @@ TEST(CudaLinear, EmptyBatchWritesNothing) {
   for (const float value : test::to_host(out.tensor)) EXPECT_TRUE(std::isnan(value));
 }
 
+// Weight staging (the first groups of each warp's weights copied to shared memory before the PDL
+// wait) changes where the weights come from, not the sums: every amount of staging gives the
+// unstaged kernel's output bit for bit, plain and with SwiGLU fused, and matches the CPU twin.
+// The amounts cover none (less than one group), one group, more than the 48 KiB a kernel gets
+// without opting in, and the most allowed (every group of short warp ranges). Steps past a warp's
+// range are staged as zeros, tokens past the batch not at all.
+TEST(CudaLinear, StagedWeightsChangeNoResult) {
+  KITE_REQUIRE_GPU();
+  // Per SM: split among the CTAs that fit one (1 to 6 here).
+  const int32_t stage_amounts[] = {1024, 40 * 1024, 100 * 1024, 160 * 1024,
+                                   cuda::kGemvMaxStageBytes};
+  uint32_t seed = 500;
+  for (const DType dtype : {DType::kBF16, DType::kF16}) {
+    for (const int64_t m : {1, 3, 8, 9, 16}) {
+      for (const int64_t n : {7, 200, 1000}) {
+        for (const int64_t k : {8, 1000, 4096, 14336}) {
+          const bool with_bias = (seed & 1) != 0;
+          const LinearProblem problem({m, n, k}, dtype, with_bias, seed += 3);
+          const auto gate_up_values = test::random_values(size_t(m * 2 * k), seed++, 2.0f, dtype);
+          GpuTensor gate_up = test::to_gpu(dtype, {m, 2 * k}, gate_up_values);
+          const bool gated = cuda::gemv_silu_mul_applies(gate_up.tensor, problem.weight.tensor);
+          for (int32_t variant = 0; variant < cuda::kGemvVariantCount; ++variant) {
+            const std::string what =
+                describe(problem.shape, dtype, with_bias, {GemmAlgorithm::kGemv, variant});
+            GpuTensor plain(dtype, {m, n}), plain_gated(dtype, {m, n});
+            cuda::launch_gemv(problem.x.tensor, problem.weight.tensor, problem.bias_tensor(),
+                              plain.tensor, variant, 0, nullptr);
+            if (gated) {
+              cuda::launch_gemv_silu_mul(gate_up.tensor, problem.weight.tensor, plain_gated.tensor,
+                                         variant, 0, nullptr);
+            }
+            const std::vector<float> expected = test::to_host(plain.tensor);
+            problem.expect_matches(plain.tensor, /*rounded_once=*/true, what);
+            for (const int32_t stage_bytes : stage_amounts) {
+              GpuTensor staged(dtype, {m, n});
+              cuda::launch_gemv(problem.x.tensor, problem.weight.tensor, problem.bias_tensor(),
+                                staged.tensor, variant, stage_bytes, nullptr);
+              ASSERT_EQ(cudaGetLastError(), cudaSuccess) << what;
+              EXPECT_EQ(test::to_host(staged.tensor), expected)
+                  << what << ", " << stage_bytes << " bytes staged";
+              if (!gated) continue;
+              GpuTensor staged_gated(dtype, {m, n});
+              cuda::launch_gemv_silu_mul(gate_up.tensor, problem.weight.tensor, staged_gated.tensor,
+                                         variant, stage_bytes, nullptr);
+              ASSERT_EQ(cudaGetLastError(), cudaSuccess) << what;
+              EXPECT_EQ(test::to_host(staged_gated.tensor), test::to_host(plain_gated.tensor))
+                  << what << ", SwiGLU fused, " << stage_bytes << " bytes staged";
+            }
+            if (HasFailure()) return;  // one broken shape is enough to read
+          }
+        }
+      }
+    }
+  }
+}
+
+// Staging past 48 KiB raises the kernel's shared-memory limit at launch; that works while a stream
+// is captured into a CUDA graph, and the graph's kernels stage as launched.
+TEST(CudaLinear, StagedWeightsInsideGraphCapture) {
+  KITE_REQUIRE_GPU();
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  const LinearProblem problem(LinearShape{1, 4096, 4096}, DType::kBF16, /*has_bias=*/false, 43);
+  GpuTensor expected(DType::kBF16, {1, 4096}), out(DType::kBF16, {1, 4096});
+  cuda::launch_gemv(problem.x.tensor, problem.weight.tensor, nullptr, expected.tensor, 1, 0,
+                    stream);
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal), cudaSuccess);
+  cuda::launch_gemv(problem.x.tensor, problem.weight.tensor, nullptr, out.tensor, 1,
+                    cuda::kGemvMaxStageBytes, stream);
+  ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
+  cudaGraphExec_t executable = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&executable, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(executable, stream), cudaSuccess);
+  ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  EXPECT_EQ(test::to_host(out.tensor), test::to_host(expected.tensor));
+  problem.expect_matches(out.tensor, /*rounded_once=*/true, "graph, staged gemv");
+  cudaGraphExecDestroy(executable);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+}
+
 }  // namespace
 }  // namespace kite
