@@ -1,6 +1,7 @@
 // GPU discovery through the CUDA runtime, and whether kernels launch with PDL (launch.cuh).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <string_view>
@@ -76,6 +77,14 @@ bool programmatic_launch_enabled() {
     has_pdl[device].store(known, std::memory_order_relaxed);
   }
   return known == 2;
+}
+
+int shared_memory_carveout() {
+  static const int carveout = [] {
+    const char* setting = std::getenv("KITE_SHARED_CARVEOUT");
+    return setting ? std::clamp(std::atoi(setting), -1, 100) : -1;
+  }();
+  return carveout;
 }
 
 }  // namespace kite::cuda

@@ -41,7 +41,6 @@ constexpr int kTileTokens = 8;     // tokens of one mma (its N)
 constexpr int kChunkElements = 8;  // one 16-byte load
 constexpr int kChunksPerStep = 4;  // the 4 quads of a group
 constexpr int kUnroll = 4;         // steps loaded as one group (two groups double-buffered)
-constexpr size_t kDefaultSharedBytes = 48 * 1024;  // dynamic shared memory without opting in
 
 struct GemvConfig {
   int row_tiles;  // 16-row mma tiles per CTA (more: x loads shared by more rows)
@@ -476,8 +475,9 @@ void launch_instance(const GemvArguments<T>& arguments, cudaStream_t stream) {
                   arguments.k_size, 0);
     return;
   }
-  if (shared_bytes > kDefaultSharedBytes) {
-    // Per launch (the setting belongs to the current device; the call is cheap).
+  {
+    // Per launch (the setting belongs to the current device; the call is cheap). Static and
+    // dynamic shared memory past 48 KiB in all need it.
     KITE_CUDA_CHECK(cudaFuncSetAttribute(
         staged_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
   }

@@ -45,6 +45,9 @@ __device__ __forceinline__ void pdl_wait() {
 
 // Whether launch_kernel asks for programmatic dependent launch on the current device.
 bool programmatic_launch_enabled();
+// The shared-memory carveout (percent of the unified L1/shared storage) launch_kernel asks for,
+// from KITE_SHARED_CARVEOUT; -1 (unset): the driver's choice.
+int shared_memory_carveout();
 
 // kernel<<<grid, block, shared_bytes, stream>>>(arguments...), with PDL when enabled; checks the
 // launch. The kernel must follow the rules above.
@@ -61,6 +64,10 @@ void launch_kernel(void (*kernel)(Parameters...), dim3 grid, dim3 block, size_t 
   config.stream = stream;
   config.attrs = &attribute;
   config.numAttrs = programmatic_launch_enabled() ? 1 : 0;
+  if (const int carveout = shared_memory_carveout(); carveout >= 0) {
+    KITE_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
+  }
   KITE_CUDA_CHECK(
       cudaLaunchKernelEx(&config, kernel, Parameters(std::forward<Arguments>(arguments))...));
 }
