@@ -13,6 +13,7 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
@@ -99,6 +100,28 @@ __device__ __forceinline__ int64_t cache_offset(const AttentionParams& p, int32_
 }
 
 // ---- PTX wrappers ----
+
+__device__ __forceinline__ uint32_t shared_address(const void* pointer) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
+}
+
+// 16 bytes global -> shared without passing through registers.
+__device__ __forceinline__ void copy_async_16(void* shared_destination, const void* global_source) {
+  asm volatile(
+      "cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(shared_destination)),
+      "l"(global_source)
+      : "memory");
+}
+
+__device__ __forceinline__ void copy_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+// Waits until at most kPending of this thread's committed groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void copy_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
 
 // Four 8x8 matrices of 16-bit elements; lanes 8i..8i+7 give the row addresses of matrix i.
 __device__ __forceinline__ void load_matrix_x4(uint32_t (&fragment)[4], const void* row) {
@@ -970,7 +993,12 @@ void launch_decode(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
   // The fewest register-resident query heads that hold the CTA's share of the group.
   auto kernel = p.heads_per_cta == 1 ? decode_kernel<Element, kHeadDim, 1>
                                      : decode_kernel<Element, kHeadDim, kMaxDecodeHeads>;
-  launch_kernel(kernel, grid, kDecodeThreads, kDecodeSharedBytes, stream, p);
+  static const bool own = std::getenv("KITE_DECODE_ATTENTION_OWN_CARVEOUT") != nullptr;
+  if (own) {
+    launch_kernel_own_carveout(kernel, grid, kDecodeThreads, kDecodeSharedBytes, stream, p);
+  } else {
+    launch_kernel(kernel, grid, kDecodeThreads, kDecodeSharedBytes, stream, p);
+  }
 }
 
 // Launched over Hq x sequences x ceil(max_query_length / rows) CTAs.
@@ -985,7 +1013,7 @@ void launch_prefill(const AttentionParams& p, int64_t max_query_length, unsigned
   const int64_t tiles = (max_query_length + Shape::kRows - 1) / Shape::kRows;
   KITE_CHECK(sequences <= 65535 && tiles <= 65535);  // gridDim.y, gridDim.z
   const dim3 grid(unsigned(p.num_q_heads), sequences, unsigned(tiles));
-  launch_kernel(kernel, grid, Shape::kThreads, Shape::kSharedBytes, stream, p);
+  launch_kernel_own_carveout(kernel, grid, Shape::kThreads, Shape::kSharedBytes, stream, p);
 }
 
 using Launcher = void (*)(const AttentionParams&, dim3, cudaStream_t);

@@ -4,7 +4,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <mutex>
+#include <set>
 #include <string_view>
+#include <tuple>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
@@ -79,12 +82,24 @@ bool programmatic_launch_enabled() {
   return known == 2;
 }
 
-int shared_memory_carveout() {
+int uniform_carveout() {
   static const int carveout = [] {
     const char* setting = std::getenv("KITE_SHARED_CARVEOUT");
-    return setting ? std::clamp(std::atoi(setting), -1, 100) : -1;
+    return setting ? std::clamp(std::atoi(setting), -1, 100) : kUniformCarveout;
   }();
   return carveout;
+}
+
+void prefer_carveout(const void* kernel, int percent) {
+  int device = 0;
+  KITE_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::set<std::tuple<const void*, int, int>> done;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (done.emplace(kernel, device, percent).second) {
+    KITE_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, percent));
+  }
 }
 
 }  // namespace kite::cuda

@@ -81,37 +81,4 @@ __device__ __forceinline__ float block_sum(float value, float* scratch) {
   return warp_sum(value);
 }
 
-// ---- cp.async: global -> shared without passing through registers (sm_80+) ----
-
-__device__ __forceinline__ uint32_t shared_address(const void* pointer) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
-}
-
-// 16 bytes, cached in L2 only.
-__device__ __forceinline__ void copy_async_16(void* shared_destination, const void* global_source) {
-  asm volatile(
-      "cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(shared_destination)),
-      "l"(global_source)
-      : "memory");
-}
-
-// 16 bytes when `predicate`, else 16 zero bytes (nothing is read from `global_source`).
-__device__ __forceinline__ void copy_async_16_or_zero(void* shared_destination,
-                                                      const void* global_source, bool predicate) {
-  asm volatile(
-      "cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared_destination)),
-      "l"(global_source), "r"(predicate ? 16 : 0)
-      : "memory");
-}
-
-__device__ __forceinline__ void copy_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-// Waits until at most kPending of this thread's committed groups are still in flight.
-template <int kPending>
-__device__ __forceinline__ void copy_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
 }  // namespace kite::cuda

@@ -2,20 +2,13 @@
 // weight matrix once from HBM in 16-byte loads and multiplies on the tensor cores (mma.sync
 // m16n8k16, float32 accumulation), so that arithmetic never limits it even at 16 tokens.
 //
-// Two things serve the decode step's chain of short kernels: its first weights are requested
+// Two things serve the decode step's chain of short kernels: its first weight loads are issued
 // before it waits for the previous kernel (programmatic dependent launch, launch.cuh), since
 // weights depend on no earlier kernel; and the MLP's down projection can take the gate/up GEMM's
 // output directly, computing SwiGLU while it loads x (gated input), which saves the SwiGLU kernel.
-//
-// The weights requested early go two ways: one group of loads into registers (as the loop that
-// follows keeps in flight), and, when the launch gives it shared memory ("staging"), the first
-// groups of each warp's range by cp.async into shared memory. The previous kernel of a decode step
-// is often short of memory traffic (decode attention at a short context, an RMSNorm), so what is
-// staged while it runs streams over an otherwise idle memory bus.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <utility>
 
@@ -131,28 +124,10 @@ __device__ __forceinline__ uint4 silu_mul_chunk(const uint4& gate, const uint4& 
 // out[t, n] = sum_k x[t, k] * weight[n, k] (+ bias[n])   x [tokens, k_size], weight [rows, k_size],
 // out [tokens, rows]; tokens <= 8 * kTokenTiles, k_size % 8 == 0, x and weight 16-byte aligned.
 // kGated: x is [tokens, 2 k_size] = [gate | up] and the product is with silu(gate) * up.
-// kStaged: the first `staged_groups` groups of kUnroll steps of each warp's range come through
-// dynamic shared memory (StageLayout), the rest straight into registers.
-//
-// The staged part of shared memory holds, per warp and staged group, the weight chunks of every
-// lane, then the x chunks (and, gated, the up chunks) of the lanes whose token exists: lane l of
-// token tile t holds token 8t + l / 4, so those are lanes below 4 * min(tokens, 8) (x_lanes).
-struct StageLayout {
-  int weight_slots;  // uint4 per warp and group
-  int x_lanes;
-  int x_slots;       // uint4 per warp and group
-};
-template <int kTokenTiles, int kRowTiles, bool kGated>
-__host__ __device__ constexpr StageLayout stage_layout(int tokens) {
-  const int x_lanes = 4 * (tokens < kTileTokens ? tokens : kTileTokens);
-  return {kUnroll * kRowTiles * 2 * 32, x_lanes,
-          (kGated ? 2 : 1) * kUnroll * kTokenTiles * x_lanes};
-}
-
-template <typename T, int kTokenTiles, int kRowTiles, int kWarps, bool kGated, bool kStaged>
-__device__ __forceinline__ void gemv(const T* __restrict__ x, const T* __restrict__ weight,
-                                     const T* __restrict__ bias, T* __restrict__ out, int tokens,
-                                     int rows, int k_size, int staged_groups) {
+template <typename T, int kTokenTiles, int kRowTiles, int kWarps, bool kGated>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_kernel(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
+                T* __restrict__ out, int tokens, int rows, int k_size) {
   // Accumulator fragments per lane: kRowTiles x kTokenTiles tiles of 4 floats.
   constexpr int kValuesPerLane = kRowTiles * kTokenTiles * 4;
   __shared__ float partial_sums[kWarps][kValuesPerLane * 32];
@@ -231,123 +206,42 @@ __device__ __forceinline__ void gemv(const T* __restrict__ x, const T* __restric
 
   // acc[rows, tokens] += weight[rows, chunk] * x[tokens, chunk]^T, chunk elements 0..3 then 4..7.
   float acc[kRowTiles][kTokenTiles][4] = {};
-  // One step: weights [row tile][half], x and up [token tile].
-  auto multiply_step = [&](const uint4(&weights)[kRowTiles][2], const uint4(&xs)[kTokenTiles],
-                           const uint4(&ups)[kTokenTiles]) {
-    uint4 tokens[kTokenTiles];
-#pragma unroll
-    for (int token_tile = 0; token_tile < kTokenTiles; ++token_tile) {
-      tokens[token_tile] = xs[token_tile];
-      if constexpr (kGated) tokens[token_tile] = silu_mul_chunk<T>(xs[token_tile], ups[token_tile]);
-    }
-#pragma unroll
-    for (int row_tile = 0; row_tile < kRowTiles; ++row_tile) {
-      const uint4& upper = weights[row_tile][0];  // row group
-      const uint4& lower = weights[row_tile][1];  // row group + 8
-#pragma unroll
-      for (int token_tile = 0; token_tile < kTokenTiles; ++token_tile) {
-        const uint4& token = tokens[token_tile];
-        float(&tile_acc)[4] = acc[row_tile][token_tile];
-        mma_16x8x16<T>(tile_acc, upper.x, lower.x, upper.y, lower.y, token.x, token.y);
-        mma_16x8x16<T>(tile_acc, upper.z, lower.z, upper.w, lower.w, token.z, token.w);
-      }
-    }
-  };
   auto multiply = [&](const Fragments& fragments) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      multiply_step(fragments.weight[u], fragments.x[u], fragments.up[kGated ? u : 0]);
-    }
-  };
-
-  // Staged groups, when kStaged (instances without staging keep none of this code: it costs
-  // registers even when unused). Each lane reads back only what it copied (no barrier), and a
-  // warp's 16-byte accesses are consecutive (no bank conflicts).
-  extern __shared__ uint4 stage[];
-  constexpr StageLayout kLayout = stage_layout<kTokenTiles, kRowTiles, kGated>(kTileTokens);
-  const StageLayout layout = stage_layout<kTokenTiles, kRowTiles, kGated>(tokens);
-  const int staged =
-      kStaged ? min(staged_groups, max(0, step_end - step_begin + kUnroll - 1) / kUnroll) : 0;
-  uint4* const weight_stage = stage + warp * staged_groups * kLayout.weight_slots + lane;
-  uint4* const x_stage = stage + (kWarps * kLayout.weight_slots + warp * layout.x_slots) *
-                                     staged_groups + lane;
-  auto weight_slot = [&](int stage_group, int u, int tile, int half) {
-    return weight_stage + stage_group * kLayout.weight_slots + ((u * kRowTiles + tile) * 2 + half) * 32;
-  };
-  auto x_slot = [&](int stage_group, int part, int u, int tile) {
-    return x_stage + stage_group * layout.x_slots +
-           ((part * kUnroll + u) * kTokenTiles + tile) * layout.x_lanes;
-  };
-  for (int stage_group = 0; kStaged && stage_group < staged; ++stage_group) {
-    const int step = step_begin + stage_group * kUnroll;
+      uint4 tokens[kTokenTiles];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const bool valid = in_range(step, u);
+      for (int token_tile = 0; token_tile < kTokenTiles; ++token_tile) {
+        tokens[token_tile] = fragments.x[u][token_tile];
+        if constexpr (kGated) {
+          tokens[token_tile] = silu_mul_chunk<T>(tokens[token_tile], fragments.up[u][token_tile]);
+        }
+      }
 #pragma unroll
-      for (int tile = 0; tile < kRowTiles; ++tile) {
+      for (int row_tile = 0; row_tile < kRowTiles; ++row_tile) {
+        const uint4& upper = fragments.weight[u][row_tile][0];  // row group
+        const uint4& lower = fragments.weight[u][row_tile][1];  // row group + 8
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          copy_async_16_or_zero(weight_slot(stage_group, u, tile, half),
-                                weight_rows[tile][half] + (valid ? offset_of(step, u) : 0), valid);
+        for (int token_tile = 0; token_tile < kTokenTiles; ++token_tile) {
+          const uint4& token = tokens[token_tile];
+          float(&tile_acc)[4] = acc[row_tile][token_tile];
+          mma_16x8x16<T>(tile_acc, upper.x, lower.x, upper.y, lower.y, token.x, token.y);
+          mma_16x8x16<T>(tile_acc, upper.z, lower.z, upper.w, lower.w, token.z, token.w);
         }
       }
     }
-  }
-  if constexpr (kStaged) copy_async_commit();
+  };
 
   // Double-buffered: the next kUnroll steps are loading while these are multiplied. (With one
   // buffer the compiler interleaves each load with its mma, leaving about 3 loads in flight per
   // warp; this measured 1.4x to 1.5x faster on the large Llama-3-8B shapes on an H100.)
   // The first weights are requested before waiting for the kernel that writes x.
-  const int stream_begin = step_begin + staged * kUnroll;
   Fragments current, next;
-  load_weights(stream_begin, next);
+  load_weights(step_begin, next);
   pdl_launch_dependents();
   pdl_wait();
-  if (kStaged && staged > 0) {
-    // The staged groups' x, all in one round trip; then their products while `next` loads.
-    for (int stage_group = 0; stage_group < staged; ++stage_group) {
-      const int step = step_begin + stage_group * kUnroll;
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-#pragma unroll
-        for (int tile = 0; tile < kTokenTiles; ++tile) {
-          if (!token_valid[tile]) continue;
-          const bool valid = in_range(step, u);
-          const T* source = token_rows[tile] + (valid ? offset_of(step, u) : 0);
-          copy_async_16_or_zero(x_slot(stage_group, 0, u, tile), source, valid);
-          if constexpr (kGated) {
-            copy_async_16_or_zero(x_slot(stage_group, 1, u, tile), source + k_size, valid);
-          }
-        }
-      }
-    }
-    copy_async_commit();
-  }
-  load_x(stream_begin, next);
-  if (kStaged && staged > 0) {
-    copy_async_wait<0>();
-    // A step at a time, so that few registers hold staged values beside `next`.
-    for (int stage_group = 0; stage_group < staged; ++stage_group) {
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        uint4 weights[kRowTiles][2], xs[kTokenTiles], ups[kTokenTiles];
-#pragma unroll
-        for (int tile = 0; tile < kRowTiles; ++tile) {
-#pragma unroll
-          for (int half = 0; half < 2; ++half) weights[tile][half] = *weight_slot(stage_group, u, tile, half);
-        }
-#pragma unroll
-        for (int tile = 0; tile < kTokenTiles; ++tile) {
-          const bool valid = token_valid[tile];
-          xs[tile] = valid ? *x_slot(stage_group, 0, u, tile) : uint4{};
-          ups[tile] = kGated && valid ? *x_slot(stage_group, 1, u, tile) : uint4{};
-        }
-        multiply_step(weights, xs, ups);
-      }
-    }
-  }
-  for (int step = stream_begin; step < step_end; step += kUnroll) {
+  load_x(step_begin, next);
+  for (int step = step_begin; step < step_end; step += kUnroll) {
     current = next;
     load_weights(step + kUnroll, next);
     load_x(step + kUnroll, next);
@@ -387,46 +281,6 @@ __device__ __forceinline__ void gemv(const T* __restrict__ x, const T* __restric
   }
 }
 
-template <typename T, int kTokenTiles, int kRowTiles, int kWarps, bool kGated>
-__global__ void __launch_bounds__(kWarps * 32)
-    gemv_kernel(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
-                T* __restrict__ out, int tokens, int rows, int k_size, int /*staged_groups*/) {
-  gemv<T, kTokenTiles, kRowTiles, kWarps, kGated, false>(x, weight, bias, out, tokens, rows,
-                                                         k_size, 0);
-}
-
-// Staging takes registers (addresses of the copies, the staged groups' loop). Where the unstaged
-// instance fits 3 CTAs of 256 threads an SM (one row tile and one token tile, not gated: the
-// Llama-3-8B QKV and gate/up shapes), the staged one is held to as many, at the price of a few
-// spilled words; elsewhere it takes the registers it wants (each is one CTA of 256 threads an SM
-// either way, or two).
-template <typename T, int kTokenTiles, int kRowTiles, int kWarps, bool kGated>
-__global__ void __launch_bounds__(kWarps * 32)
-    gemv_staged_kernel(const T* __restrict__ x, const T* __restrict__ weight,
-                       const T* __restrict__ bias, T* __restrict__ out, int tokens, int rows,
-                       int k_size, int staged_groups) {
-  gemv<T, kTokenTiles, kRowTiles, kWarps, kGated, true>(x, weight, bias, out, tokens, rows, k_size,
-                                                        staged_groups);
-}
-
-template <typename T, int kTokenTiles, int kRowTiles, int kWarps, bool kGated>
-__global__ void __launch_bounds__(kWarps * 32, 24 / kWarps)
-    gemv_staged_bounded_kernel(const T* __restrict__ x, const T* __restrict__ weight,
-                               const T* __restrict__ bias, T* __restrict__ out, int tokens,
-                               int rows, int k_size, int staged_groups) {
-  gemv<T, kTokenTiles, kRowTiles, kWarps, kGated, true>(x, weight, bias, out, tokens, rows, k_size,
-                                                        staged_groups);
-}
-
-template <typename T, int kTokenTiles, int kRowTiles, int kWarps, bool kGated>
-constexpr auto staged_kernel_of() {
-  if constexpr (kTokenTiles == 1 && kRowTiles == 1 && !kGated) {
-    return gemv_staged_bounded_kernel<T, kTokenTiles, kRowTiles, kWarps, kGated>;
-  } else {
-    return gemv_staged_kernel<T, kTokenTiles, kRowTiles, kWarps, kGated>;
-  }
-}
-
 template <typename T>
 struct GemvArguments {
   const T* x;
@@ -436,7 +290,6 @@ struct GemvArguments {
   int tokens;
   int rows;
   int k_size;
-  int stage_bytes;  // the most shared memory per SM that staging may take
 };
 
 template <typename T, int kTokenTiles, bool kGated, size_t kVariant>
@@ -444,46 +297,9 @@ void launch_instance(const GemvArguments<T>& arguments, cudaStream_t stream) {
   constexpr GemvConfig config = kGemvConfigs[kVariant];
   constexpr int rows_per_cta = config.row_tiles * kTileRows;
   const unsigned ctas = unsigned((arguments.rows + rows_per_cta - 1) / rows_per_cta);
-  constexpr auto kernel = gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kGated>;
-  constexpr auto staged_kernel =
-      staged_kernel_of<T, kTokenTiles, config.row_tiles, config.warps, kGated>();
-
-  // stage_bytes is per SM: each of the CTAs that fit an SM (by registers) gets its share, in whole
-  // groups of every warp's range (none past the range).
-  int staged_groups = 0;
-  size_t group_bytes = 0;
-  if (arguments.stage_bytes > 0) {
-    static const int ctas_per_sm = [] {
-      int count = 0;
-      KITE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&count, staged_kernel,
-                                                                    config.warps * 32, 0));
-      return std::max(count, 1);
-    }();
-    const StageLayout layout =
-        stage_layout<kTokenTiles, config.row_tiles, kGated>(arguments.tokens);
-    group_bytes = size_t(config.warps) * size_t(layout.weight_slots + layout.x_slots) * sizeof(uint4);
-    const int chunks = arguments.k_size / kChunkElements;
-    const int steps = (chunks + kChunksPerStep - 1) / kChunksPerStep;
-    const int warp_groups = ((steps + config.warps - 1) / config.warps + kUnroll - 1) / kUnroll;
-    const size_t cta_bytes = size_t(arguments.stage_bytes) / size_t(ctas_per_sm);
-    staged_groups = int(std::min(size_t(warp_groups), cta_bytes / group_bytes));
-  }
-  const size_t shared_bytes = size_t(staged_groups) * group_bytes;
-  if (staged_groups == 0) {
-    launch_kernel(kernel, ctas, config.warps * 32, 0, stream, arguments.x, arguments.weight,
-                  arguments.bias, arguments.out, arguments.tokens, arguments.rows,
-                  arguments.k_size, 0);
-    return;
-  }
-  {
-    // Per launch (the setting belongs to the current device; the call is cheap). Static and
-    // dynamic shared memory past 48 KiB in all need it.
-    KITE_CUDA_CHECK(cudaFuncSetAttribute(
-        staged_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
-  }
-  launch_kernel(staged_kernel, ctas, config.warps * 32, shared_bytes, stream, arguments.x,
-                arguments.weight, arguments.bias, arguments.out, arguments.tokens, arguments.rows,
-                arguments.k_size, staged_groups);
+  launch_kernel(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kGated>, ctas,
+                config.warps * 32, 0, stream, arguments.x, arguments.weight, arguments.bias,
+                arguments.out, arguments.tokens, arguments.rows, arguments.k_size);
 }
 
 template <typename T, int kTokenTiles, bool kGated, size_t... kVariants>
@@ -498,15 +314,14 @@ void launch_variant(int32_t variant, const GemvArguments<T>& arguments, cudaStre
 // x [tokens, K] (gated: [tokens, 2K]), weight [rows, K].
 template <typename T, bool kGated>
 void launch_typed(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
-                  DeviceTensor& out, int32_t variant, int32_t stage_bytes, cudaStream_t stream) {
+                  DeviceTensor& out, int32_t variant, cudaStream_t stream) {
   const GemvArguments<T> arguments{static_cast<const T*>(x.data),
                                    static_cast<const T*>(weight.data),
                                    bias ? static_cast<const T*>(bias->data) : nullptr,
                                    static_cast<T*>(out.data),
                                    int(x.rows()),
                                    int(weight.shape[0]),
-                                   int(weight.shape[1]),
-                                   std::min(stage_bytes, kGemvMaxStageBytes)};
+                                   int(weight.shape[1])};
   const auto variants = std::make_index_sequence<size_t(kGemvVariantCount)>();
   if (arguments.tokens <= kTileTokens) {
     launch_variant<T, 1, kGated>(variant, arguments, stream, variants);
@@ -556,25 +371,24 @@ int32_t gemv_default_variant(int64_t /*m*/, int64_t n, int64_t k, int multiproce
 }
 
 void launch_gemv(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
-                 DeviceTensor& out, int32_t variant, int32_t stage_bytes, cudaStream_t stream) {
+                 DeviceTensor& out, int32_t variant, cudaStream_t stream) {
   KITE_CHECK(variant >= 0 && variant < kGemvVariantCount);
   KITE_CHECK(gemv_applies(x, weight));
   if (x.dtype == DType::kBF16) {
-    launch_typed<__nv_bfloat16, false>(x, weight, bias, out, variant, stage_bytes, stream);
+    launch_typed<__nv_bfloat16, false>(x, weight, bias, out, variant, stream);
   } else {
-    launch_typed<__half, false>(x, weight, bias, out, variant, stage_bytes, stream);
+    launch_typed<__half, false>(x, weight, bias, out, variant, stream);
   }
 }
 
 void launch_gemv_silu_mul(const DeviceTensor& gate_up, const DeviceTensor& weight,
-                          DeviceTensor& out, int32_t variant, int32_t stage_bytes,
-                          cudaStream_t stream) {
+                          DeviceTensor& out, int32_t variant, cudaStream_t stream) {
   KITE_CHECK(variant >= 0 && variant < kGemvVariantCount);
   KITE_CHECK(gemv_silu_mul_applies(gate_up, weight));
   if (gate_up.dtype == DType::kBF16) {
-    launch_typed<__nv_bfloat16, true>(gate_up, weight, nullptr, out, variant, stage_bytes, stream);
+    launch_typed<__nv_bfloat16, true>(gate_up, weight, nullptr, out, variant, stream);
   } else {
-    launch_typed<__half, true>(gate_up, weight, nullptr, out, variant, stage_bytes, stream);
+    launch_typed<__half, true>(gate_up, weight, nullptr, out, variant, stream);
   }
 }
 

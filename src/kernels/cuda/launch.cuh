@@ -45,15 +45,24 @@ __device__ __forceinline__ void pdl_wait() {
 
 // Whether launch_kernel asks for programmatic dependent launch on the current device.
 bool programmatic_launch_enabled();
-// The shared-memory carveout (percent of the unified L1/shared storage) launch_kernel asks for,
-// from KITE_SHARED_CARVEOUT; -1 (unset): the driver's choice.
-int shared_memory_carveout();
+// The shared-memory carveout of launch_kernel's launches: percent of each SM's unified L1 / shared
+// storage configured as shared memory, -1 for the driver's choice per kernel. The default is
+// kUniformCarveout; KITE_SHARED_CARVEOUT overrides it (A/B measurements). Why one carveout for
+// all: an SM changes its L1/shared split only once its running CTAs have drained, so consecutive
+// kernels with different splits cannot overlap (programmatic dependent launch loses its effect).
+// The split must leave the L1 the GEMV's in-flight loads land in, and room for two decode
+// attention CTAs (2 x 48 KiB + 1 KiB each).
+inline constexpr int kUniformCarveout = -1;
+int uniform_carveout();
+// Sets `kernel`'s preferred carveout on the current device unless already set there (cached).
+void prefer_carveout(const void* kernel, int percent);
 
-// kernel<<<grid, block, shared_bytes, stream>>>(arguments...), with PDL when enabled; checks the
-// launch. The kernel must follow the rules above.
+// launch_kernel without the uniform carveout: for kernels whose occupancy needs more shared
+// memory than it leaves (the prefill attention kernel).
 template <typename... Parameters, typename... Arguments>
-void launch_kernel(void (*kernel)(Parameters...), dim3 grid, dim3 block, size_t shared_bytes,
-                   cudaStream_t stream, Arguments&&... arguments) {
+void launch_kernel_own_carveout(void (*kernel)(Parameters...), dim3 grid, dim3 block,
+                                size_t shared_bytes, cudaStream_t stream,
+                                Arguments&&... arguments) {
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
@@ -64,12 +73,20 @@ void launch_kernel(void (*kernel)(Parameters...), dim3 grid, dim3 block, size_t 
   config.stream = stream;
   config.attrs = &attribute;
   config.numAttrs = programmatic_launch_enabled() ? 1 : 0;
-  if (const int carveout = shared_memory_carveout(); carveout >= 0) {
-    KITE_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
-  }
   KITE_CUDA_CHECK(
       cudaLaunchKernelEx(&config, kernel, Parameters(std::forward<Arguments>(arguments))...));
+}
+
+// kernel<<<grid, block, shared_bytes, stream>>>(arguments...), with PDL when enabled and the
+// uniform carveout; checks the launch. The kernel must follow the rules above.
+template <typename... Parameters, typename... Arguments>
+void launch_kernel(void (*kernel)(Parameters...), dim3 grid, dim3 block, size_t shared_bytes,
+                   cudaStream_t stream, Arguments&&... arguments) {
+  if (const int carveout = uniform_carveout(); carveout >= 0) {
+    prefer_carveout(reinterpret_cast<const void*>(kernel), carveout);
+  }
+  launch_kernel_own_carveout(kernel, grid, block, shared_bytes, stream,
+                             std::forward<Arguments>(arguments)...);
 }
 
 }  // namespace kite::cuda

@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <functional>
 #include <unordered_map>
 
@@ -203,7 +202,6 @@ struct GemmRunner::State {
   void* workspace = nullptr;
   int multiprocessors = 0;
   size_t l2_cache_bytes = 0;
-  int32_t gemv_stage_bytes = kGemvDefaultStageBytes;
   std::unordered_map<PlanKey, std::unique_ptr<CublasPlan>, PlanKeyHash> plans;
 
   ~State() {
@@ -250,9 +248,6 @@ Result<std::unique_ptr<GemmRunner>> GemmRunner::create() {
   }
   state->multiprocessors = properties.multiProcessorCount;
   state->l2_cache_bytes = size_t(properties.l2CacheSize);
-  if (const char* setting = std::getenv("KITE_GEMV_STAGE_BYTES")) {
-    state->gemv_stage_bytes = int32_t(std::clamp(std::atoll(setting), 0LL, (long long)kGemvMaxStageBytes));
-  }
   if (cublasLtCreate(&state->handle) != CUBLAS_STATUS_SUCCESS) {
     return internal_error("GemmRunner: cublasLtCreate failed");
   }
@@ -279,7 +274,7 @@ void GemmRunner::linear(const DeviceTensor& x, const DeviceTensor& weight, const
 
   if (tactic.algorithm == GemmAlgorithm::kGemv && tactic.variant >= 0 &&
       tactic.variant < kGemvVariantCount && gemv_applies(x, weight)) {
-    launch_gemv(x, weight, bias, out, tactic.variant, state_->gemv_stage_bytes, stream);
+    launch_gemv(x, weight, bias, out, tactic.variant, stream);
     return;
   }
   const uint32_t alignment = std::min(
@@ -300,7 +295,7 @@ bool GemmRunner::linear_silu_mul(const DeviceTensor& gate_up, const DeviceTensor
       tactic.variant >= kGemvVariantCount || !gemv_silu_mul_applies(gate_up, weight)) {
     return false;
   }
-  launch_gemv_silu_mul(gate_up, weight, out, tactic.variant, state_->gemv_stage_bytes, stream);
+  launch_gemv_silu_mul(gate_up, weight, out, tactic.variant, stream);
   return true;
 }
 
@@ -364,8 +359,7 @@ std::vector<GemmTiming> GemmRunner::time_candidates(int64_t m, int64_t n, int64_
     auto run = [&](int copy) {
       weight.data = weights + size_t(copy) * weight_bytes;
       if (tactic.algorithm == GemmAlgorithm::kGemv) {
-        launch_gemv(x, weight, has_bias ? &bias : nullptr, out, tactic.variant,
-                    state_->gemv_stage_bytes, stream);
+        launch_gemv(x, weight, has_bias ? &bias : nullptr, out, tactic.variant, stream);
         return true;
       }
       return state_->run_cublas(*plan, tactic.variant, x.data, weight.data,

@@ -104,20 +104,12 @@ inline constexpr int32_t kGemvVariantCount = 4;
 bool gemv_applies(const DeviceTensor& x, const DeviceTensor& weight);
 // The configuration default_tactic picks for this shape on a GPU with `multiprocessors` SMs.
 int32_t gemv_default_variant(int64_t m, int64_t n, int64_t k, int multiprocessors);
-// Weight staging: a GEMV CTA may copy the first part of its weights into up to `stage_bytes` of
-// shared memory before it waits for the previous kernel (programmatic dependent launch), so that
-// they stream while a kernel short of memory traffic (decode attention, an RMSNorm) runs. 0 turns
-// it off; GemmRunner uses kGemvDefaultStageBytes, or KITE_GEMV_STAGE_BYTES when set (for A/B
-// measurements). Results are identical either way.
-inline constexpr int32_t kGemvMaxStageBytes = 210 * 1024;
-inline constexpr int32_t kGemvDefaultStageBytes = 0;
 // Launches the GEMV kernel (gemv_applies must hold; shapes and dtypes already checked).
 void launch_gemv(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
-                 DeviceTensor& out, int32_t variant, int32_t stage_bytes, cudaStream_t stream);
+                 DeviceTensor& out, int32_t variant, cudaStream_t stream);
 // The same with SwiGLU on the input: x = silu(gate) * up from gate_up [M, 2K]; for M <= 8.
 bool gemv_silu_mul_applies(const DeviceTensor& gate_up, const DeviceTensor& weight);
 void launch_gemv_silu_mul(const DeviceTensor& gate_up, const DeviceTensor& weight,
-                          DeviceTensor& out, int32_t variant, int32_t stage_bytes,
-                          cudaStream_t stream);
+                          DeviceTensor& out, int32_t variant, cudaStream_t stream);
 
 }  // namespace kite::cuda
