@@ -45,20 +45,24 @@ __device__ __forceinline__ void pdl_wait() {
 
 // Whether launch_kernel asks for programmatic dependent launch on the current device.
 bool programmatic_launch_enabled();
-// The shared-memory carveout of launch_kernel's launches: percent of each SM's unified L1 / shared
-// storage configured as shared memory, -1 for the driver's choice per kernel. The default is
-// kUniformCarveout; KITE_SHARED_CARVEOUT overrides it (A/B measurements). Why one carveout for
-// all: an SM changes its L1/shared split only once its running CTAs have drained, so consecutive
-// kernels with different splits cannot overlap (programmatic dependent launch loses its effect).
-// The split must leave the L1 the GEMV's in-flight loads land in, and room for two decode
-// attention CTAs (2 x 48 KiB + 1 KiB each).
-inline constexpr int kUniformCarveout = -1;
+// The shared-memory carveout of launch_kernel's launches: the percent of each SM's unified L1 /
+// shared storage configured as shared memory (28: 64 KiB of an H100's 228), the same for every
+// kernel it launches, because an SM changes its split only once its running CTAs have drained:
+// consecutive kernels with different splits do not overlap, and programmatic dependent launch
+// loses its effect. Left to the driver, each kernel got the split of its own needs and a batch-1
+// decode step changed splits several times a layer; with one split for all it runs 4.5% faster
+// (H100, Llama-3-8B: 172.7 against 165.2 tokens/s, docs/perf/cuda_llama3_8b.md). 64 KiB leaves
+// the GEMV's in-flight loads their L1 (the whole storage as shared memory costs it 17%). The
+// attention kernels keep the driver's split (launch_kernel_own_carveout): they need more shared
+// memory for two CTAs an SM, which a 64 KiB split halves at large batches. KITE_SHARED_CARVEOUT
+// overrides the percent, -1 for the driver's choice (A/B measurements).
+inline constexpr int kUniformCarveout = 28;
 int uniform_carveout();
 // Sets `kernel`'s preferred carveout on the current device unless already set there (cached).
 void prefer_carveout(const void* kernel, int percent);
 
 // launch_kernel without the uniform carveout: for kernels whose occupancy needs more shared
-// memory than it leaves (the prefill attention kernel).
+// memory than it leaves (the attention kernels).
 template <typename... Parameters, typename... Arguments>
 void launch_kernel_own_carveout(void (*kernel)(Parameters...), dim3 grid, dim3 block,
                                 size_t shared_bytes, cudaStream_t stream,
