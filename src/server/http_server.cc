@@ -117,19 +117,40 @@ bool client_gone(int socket_fd) {
 // The status a request whose client went away is counted under (nginx's "client closed request").
 constexpr int kClientClosedRequest = 499;
 
-// A non-streaming answer: waits for the whole output of `generation`, appending its text and
-// log-probs. The final update (finish reason or error), or nullopt when the client on `socket_fd`
-// went away first: the caller then drops the generation, which cancels its request.
-std::optional<GenerationUpdate> await_whole_output(Generation& generation, int socket_fd,
-                                                   std::string* text,
-                                                   std::vector<TokenLogProb>* log_probs) {
+// A non-streaming answer's whole output.
+struct WholeOutput {
+  GenerationOutput output;  // every update's text and log-probs, the finish reason, token counts
+  std::vector<BeamText> beams;       // beam search: every finished beam, best first
+  std::optional<std::string> error;  // the generation failed (the server shutting down): a 503
+};
+
+// Waits for the whole output of `generation`. nullopt when the client on `socket_fd` went away
+// first: `response` then has the status 499, and the caller returns, dropping the generation,
+// which cancels its request.
+std::optional<WholeOutput> await_whole_output(Generation& generation, int socket_fd,
+                                              httplib::Response& response) {
+  WholeOutput whole;
   for (;;) {
     GenerationUpdate update = generation.next(kPollInterval);
-    *text += update.text;
-    for (TokenLogProb& entry : update.log_probs) log_probs->push_back(std::move(entry));
-    if (update.finished) return update;
-    if (client_gone(socket_fd)) return std::nullopt;
+    whole.output.text += update.text;
+    for (TokenLogProb& entry : update.log_probs) whole.output.log_probs.push_back(std::move(entry));
+    if (update.finished) {
+      whole.output.finish_reason = std::move(update.finish_reason);
+      whole.output.prompt_tokens = generation.prompt_tokens();
+      whole.output.completion_tokens = generation.completion_tokens();
+      whole.beams = std::move(update.beams);
+      whole.error = std::move(update.error);
+      return whole;
+    }
+    if (client_gone(socket_fd)) {
+      response.status = kClientClosedRequest;
+      return std::nullopt;
+    }
   }
+}
+
+ApiError server_error(const std::string& message) {
+  return ApiError{.http_status = 503, .message = message, .type = "server_error"};
 }
 
 }  // namespace
@@ -352,7 +373,7 @@ std::unique_ptr<Generation> HttpServer::Impl::start(const GenerationSpec& spec,
   std::unique_ptr<Generation> generation =
       Generation::start(router_, model_.tokenizer, spec, metrics_, arrival);
   if (!generation) {
-    *error = ApiError{.http_status = 503, .message = kShuttingDown, .type = "server_error"};
+    *error = server_error(kShuttingDown);
   }
   return generation;
 }
@@ -388,24 +409,12 @@ void HttpServer::Impl::handle_openai(const httplib::Request& request, httplib::R
     // A client that goes away before the whole answer is ready cancels its requests (dropping the
     // generations does).
     const int socket_fd = connection_socket(request);
-    std::vector<GenerationOutput> outputs(generations.size());
-    for (size_t i = 0; i < generations.size(); ++i) {
-      Generation& generation = *generations[i];
-      GenerationOutput& output = outputs[i];
-      const std::optional<GenerationUpdate> last =
-          await_whole_output(generation, socket_fd, &output.text, &output.log_probs);
-      if (!last) {
-        response.status = kClientClosedRequest;
-        return;
-      }
-      if (last->error) {
-        return send_openai_error(
-            response,
-            ApiError{.http_status = 503, .message = *last->error, .type = "server_error"});
-      }
-      output.finish_reason = last->finish_reason;
-      output.prompt_tokens = generation.prompt_tokens();
-      output.completion_tokens = generation.completion_tokens();
+    std::vector<GenerationOutput> outputs;
+    for (const std::unique_ptr<Generation>& generation : generations) {
+      std::optional<WholeOutput> whole = await_whole_output(*generation, socket_fd, response);
+      if (!whole) return;
+      if (whole->error) return send_openai_error(response, server_error(*whole->error));
+      outputs.push_back(std::move(whole->output));
     }
     int64_t unreturned_tokens = 0;
     if (ranked) {
@@ -463,8 +472,7 @@ void HttpServer::Impl::handle_openai(const httplib::Request& request, httplib::R
           events += stream->formatter.stream_update(update, int64_t(i));
           if (!update.finished) continue;
           if (update.error) {
-            events += stream->formatter.stream_error(
-                ApiError{.http_status = 503, .message = *update.error, .type = "server_error"});
+            events += stream->formatter.stream_error(server_error(*update.error));
             failed = true;
           } else {
             events += stream->formatter.stream_choice_end(update.finish_reason, int64_t(i));
@@ -495,22 +503,17 @@ void HttpServer::Impl::answer_beam_search(const httplib::Request& request,
   ApiError error;
   std::unique_ptr<Generation> generation = start(spec, arrival, &error);
   if (!generation) return send_openai_error(response, error);
-  std::string text;
-  std::vector<TokenLogProb> log_probs;
-  const std::optional<GenerationUpdate> last =
-      await_whole_output(*generation, connection_socket(request), &text, &log_probs);
-  if (!last) {
-    response.status = kClientClosedRequest;
-    return;
-  }
-  if (last->error) {
-    return send_openai_error(
-        response, ApiError{.http_status = 503, .message = *last->error, .type = "server_error"});
-  }
+  std::optional<WholeOutput> whole =
+      await_whole_output(*generation, connection_socket(request), response);
+  if (!whole) return;
+  if (whole->error) return send_openai_error(response, server_error(*whole->error));
   // A choice per beam, best first, its text cut before the first stop text (as without beams).
   // A beam width of 1 is greedy decoding: its one output is the beam.
-  std::vector<BeamText> beams = last->beams;
-  if (beams.empty()) beams.push_back({text, last->finish_reason, generation->completion_tokens()});
+  std::vector<BeamText> beams = std::move(whole->beams);
+  if (beams.empty()) {
+    beams.push_back(
+        {whole->output.text, whole->output.finish_reason, whole->output.completion_tokens});
+  }
   std::vector<GenerationOutput> outputs;
   for (const BeamText& beam : beams) {
     GenerationOutput& output = outputs.emplace_back();
@@ -524,7 +527,7 @@ void HttpServer::Impl::answer_beam_search(const httplib::Request& request,
       output.text.resize(cut);
       output.finish_reason = "stop";
     }
-    output.prompt_tokens = generation->prompt_tokens();
+    output.prompt_tokens = whole->output.prompt_tokens;
     output.completion_tokens = beam.tokens;
   }
   const OpenAiFormatter formatter(parsed, request_id(chat ? "chatcmpl-" : "cmpl-"), model_.name,
@@ -552,22 +555,17 @@ void HttpServer::Impl::handle_kserve(const httplib::Request& request, httplib::R
   const std::string prefix = parsed.exclude_input_in_output ? "" : parsed.text_input;
 
   if (!parsed.stream) {
-    const int socket_fd = connection_socket(request);  // as in handle_openai
-    std::string text;
-    std::vector<TokenLogProb> log_probs;
-    const std::optional<GenerationUpdate> last =
-        await_whole_output(*generation, socket_fd, &text, &log_probs);
-    if (!last) {
-      response.status = kClientClosedRequest;
-      return;
-    }
-    if (last->error) {
-      return send_kserve_error(response, ApiError{.http_status = 503, .message = *last->error});
+    std::optional<WholeOutput> whole =
+        await_whole_output(*generation, connection_socket(request), response);
+    if (!whole) return;
+    if (whole->error) {
+      return send_kserve_error(response, ApiError{.http_status = 503, .message = *whole->error});
     }
     std::vector<std::string> beam_texts;  // beam search: every beam, after the same prefix
-    for (const BeamText& beam : last->beams) beam_texts.push_back(prefix + beam.text);
+    for (const BeamText& beam : whole->beams) beam_texts.push_back(prefix + beam.text);
     const Json output = kserve_output_json(
-        model_, prefix + text, parsed.return_log_probs ? &log_probs : nullptr, &beam_texts);
+        model_, prefix + whole->output.text,
+        parsed.return_log_probs ? &whole->output.log_probs : nullptr, &beam_texts);
     // generate_stream with "stream": false answers with one event holding the whole output.
     if (!streaming_endpoint) return send_json(response, 200, output);
     response.set_content(sse_event(dump_json(output)), "text/event-stream");

@@ -182,6 +182,21 @@ std::optional<ApiError> check_lengths(const ServedModel& model, const std::strin
   return std::nullopt;
 }
 
+// What both parsers end with: the log-probabilities asked for (none with beam search), then the
+// lengths.
+std::optional<ApiError> finish_request(const ServedModel& model, const std::string& prompt_param,
+                                       const char* max_tokens_param, int64_t max_tokens,
+                                       int64_t top_log_probs, OpenAiRequest* request) {
+  if (request->beam_search && request->log_probs) {
+    return bad_request("logprobs", "'logprobs' is not supported with use_beam_search");
+  }
+  request->generation.request.return_log_probs = request->log_probs;
+  request->top_log_probs = request->log_probs ? top_log_probs : 0;
+  request->generation.request.top_log_probs = request->top_log_probs;
+  return check_lengths(model, prompt_param, max_tokens_param, max_tokens,
+                       &request->generation.request);
+}
+
 // "prompt": a string, an array of token ids, or an array holding one of these.
 std::optional<ApiError> parse_prompt(const Json& prompt, const ServedModel& model,
                                      std::vector<int32_t>* ids) {
@@ -335,18 +350,12 @@ std::optional<ApiError> parse_completion_request(const std::string& body_text,
   int64_t max_tokens = 16;
   fields.integer("max_tokens", &max_tokens, 1, std::numeric_limits<int64_t>::max());
   if (!fields.ok()) return fields.error();
-  if (request->beam_search && request->log_probs) {
-    return bad_request("logprobs", "'logprobs' is not supported with use_beam_search");
-  }
-  if (echo && request->log_probs) {
+  if (echo && request->log_probs && !request->beam_search) {
     return bad_request("echo",
                        "'echo' with 'logprobs' (the prompt's log-probabilities) is not "
                        "supported");
   }
-  request->generation.request.return_log_probs = request->log_probs;
-  request->top_log_probs = request->log_probs ? log_probs : 0;
-  request->generation.request.top_log_probs = request->top_log_probs;
-  return check_lengths(model, "prompt", "max_tokens", max_tokens, &request->generation.request);
+  return finish_request(model, "prompt", "max_tokens", max_tokens, log_probs, request);
 }
 
 std::optional<ApiError> parse_chat_request(const std::string& body_text, const ServedModel& model,
@@ -385,19 +394,12 @@ std::optional<ApiError> parse_chat_request(const std::string& body_text, const S
       fields.has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
   fields.integer(max_tokens_param, &max_tokens, 1, std::numeric_limits<int64_t>::max());
   if (!fields.ok()) return fields.error();
-  if (request->beam_search && request->log_probs) {
-    return bad_request("logprobs", "'logprobs' is not supported with use_beam_search");
-  }
 
   Result<std::string> prompt = model.render_chat(messages);
   if (!prompt.is_ok()) return bad_request("messages", prompt.status().message());
   // The template writes the special tokens itself (as transformers' apply_chat_template).
   request->generation.request.input_ids = model.tokenizer.encode(*prompt, false);
-  request->generation.request.return_log_probs = request->log_probs;
-  request->top_log_probs = request->log_probs ? top_log_probs : 0;
-  request->generation.request.top_log_probs = request->top_log_probs;
-  return check_lengths(model, "messages", max_tokens_param, max_tokens,
-                       &request->generation.request);
+  return finish_request(model, "messages", max_tokens_param, max_tokens, top_log_probs, request);
 }
 
 OpenAiFormatter::OpenAiFormatter(const OpenAiRequest& request, std::string id, std::string model,
