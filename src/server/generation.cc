@@ -1,6 +1,8 @@
 // A running generation: Executor responses -> text updates and metrics.
 #include "server/generation.h"
 
+#include <algorithm>
+
 namespace kite::server {
 namespace {
 
@@ -44,10 +46,14 @@ Generation::Generation(std::unique_ptr<RequestStream> stream, const Tokenizer& t
     : stream_(std::move(stream)),
       tokenizer_(tokenizer),
       metrics_(metrics),
-      text_(tokenizer, spec.stop_texts, spec.include_stop_text),
+      text_(tokenizer, spec.stop_texts, spec.include_stop_text, spec.request.input_ids),
       want_log_probs_(spec.request.return_log_probs),
       arrival_(arrival),
-      prompt_tokens_(int64_t(spec.request.input_ids.size())) {}
+      prompt_tokens_(int64_t(spec.request.input_ids.size())) {
+  const std::vector<int32_t>& prompt = spec.request.input_ids;
+  prompt_tail_.assign(
+      prompt.end() - int64_t(std::min(prompt.size(), StreamingDecoder::kContextIds)), prompt.end());
+}
 
 Generation::~Generation() {
   if (!finished_) {
@@ -80,8 +86,12 @@ GenerationUpdate Generation::next(std::chrono::milliseconds timeout) {
       }
       update.text += text_.finish();
       for (const executor::Beam& beam : response.result.beams) {
-        update.beams.push_back(BeamText{tokenizer_.decode(beam.output_ids),
-                                        openai_finish_reason(beam.finish_reason),
+        // Each beam's text as the stream decodes the output: after the prompt.
+        StreamingDecoder decoder(tokenizer_, /*skip_special_tokens=*/true, prompt_tail_);
+        std::string text;
+        for (const int32_t id : beam.output_ids) text += decoder.push(id);
+        text += decoder.finish();
+        update.beams.push_back(BeamText{std::move(text), openai_finish_reason(beam.finish_reason),
                                         int64_t(beam.output_ids.size())});
       }
       finish(&update, openai_finish_reason(response.result.finish_reason));

@@ -79,6 +79,7 @@ class Generation {
   std::unique_ptr<RequestStream> stream_;
   const Tokenizer& tokenizer_;
   ServerMetrics& metrics_;
+  std::vector<int32_t> prompt_tail_;  // the prompt's last ids: context for decoding beams
   TextStream text_;
   bool want_log_probs_;
   Clock::time_point arrival_;

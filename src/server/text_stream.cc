@@ -13,8 +13,8 @@ int64_t count_characters(const std::string& text) {
 }
 
 TextStream::TextStream(const Tokenizer& tokenizer, std::vector<std::string> stop_texts,
-                       bool include_stop_text)
-    : decoder_(tokenizer),
+                       bool include_stop_text, std::span<const int32_t> context)
+    : decoder_(tokenizer, /*skip_special_tokens=*/true, context),
       stop_texts_(std::move(stop_texts)),
       include_stop_text_(include_stop_text) {
   for (const std::string& stop : stop_texts_) KITE_CHECK(!stop.empty());

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -17,8 +18,10 @@ class TextStream {
  public:
   // `stop_texts` must not be empty strings. `include_stop_text`: the output keeps the stop text
   // that ended it (Triton's stop_words) rather than ending just before it (OpenAI's stop).
+  // `context`: the prompt's ids, which shape the first output token's text as decoding prompt and
+  // output at once would (StreamingDecoder); they are not part of the output.
   TextStream(const Tokenizer& tokenizer, std::vector<std::string> stop_texts,
-             bool include_stop_text);
+             bool include_stop_text, std::span<const int32_t> context = {});
 
   // The new text `id` makes final (possibly empty). After a stop text is found, stopped() is true
   // and further ids add nothing.

@@ -30,6 +30,9 @@ class TokenizerImpl {
   // Whether streaming must wait for the id after `id` before its text is final: `id` is a
   // byte token, or decodes to nothing, inside what may be a run of ByteFallback bytes.
   bool continues_byte_run(int32_t id, bool skip_special_tokens) const;
+  // Whether the text of `ids` ends in a run of ByteFallback bytes (maybe followed by tokens that
+  // decode to nothing) that further byte tokens would join, changing its text.
+  bool ends_in_byte_run(std::span<const int32_t> ids, bool skip_special_tokens) const;
   // Two ids of ordinary tokens whose texts start differently, appended to a sequence to find
   // the part of its text that further ids leave alone; only for decoders that need it.
   const std::optional<std::pair<int32_t, int32_t>>& streaming_probes() const {
@@ -235,6 +238,16 @@ bool TokenizerImpl::continues_byte_run(int32_t id, bool skip_special_tokens) con
   return is_byte_fallback_token(*token);
 }
 
+bool TokenizerImpl::ends_in_byte_run(std::span<const int32_t> ids, bool skip_special_tokens) const {
+  for (auto id = ids.rbegin(); id != ids.rend(); ++id) {
+    if (!continues_byte_run(*id, skip_special_tokens)) return false;
+    const std::string* token = added_.decoded_form(*id);
+    if (token == nullptr) token = model_->id_to_token(*id);
+    if (token != nullptr && is_byte_fallback_token(*token)) return true;
+  }
+  return false;
+}
+
 // --- Tokenizer ---
 
 Tokenizer::Tokenizer(std::unique_ptr<TokenizerImpl> impl) : impl_(std::move(impl)) {}
@@ -292,8 +305,24 @@ bool Tokenizer::is_special(int32_t id) const {
 
 // --- StreamingDecoder ---
 
-StreamingDecoder::StreamingDecoder(const Tokenizer& tokenizer, bool skip_special_tokens)
-    : tokenizer_(tokenizer), skip_special_tokens_(skip_special_tokens) {}
+StreamingDecoder::StreamingDecoder(const Tokenizer& tokenizer, bool skip_special_tokens,
+                                   std::span<const int32_t> context)
+    : tokenizer_(tokenizer), skip_special_tokens_(skip_special_tokens) {
+  context = context.subspan(context.size() - std::min(context.size(), kContextIds));
+  if (context.empty()) return;
+  // Only a context whose text is final: nothing a further id could change (an incomplete
+  // character, a run of byte tokens that more bytes would join, a decoder's rendering of the last
+  // token). Otherwise part of its text would come out with the first new id, or the new text
+  // would not extend it.
+  const std::string text = tokenizer_.decode(context, skip_special_tokens_);
+  if (text.ends_with("\xEF\xBF\xBD") ||  // maybe an incomplete character
+      tokenizer_.impl_->ends_in_byte_run(context, skip_special_tokens_) ||
+      stable_decode(context) != text) {
+    return;
+  }
+  ids_.assign(context.begin(), context.end());
+  read_offset_ = ids_.size();
+}
 
 std::string StreamingDecoder::stable_decode(std::span<const int32_t> ids) const {
   std::string text = tokenizer_.decode(ids, skip_special_tokens_);

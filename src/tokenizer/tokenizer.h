@@ -56,9 +56,18 @@ class Tokenizer {
 // text-generation-inference's incremental decoding: decode a window, emit the new suffix; a run
 // of byte-fallback tokens is held until it ends, since a later byte can turn it invalid; with a
 // decoder that renders the last token apart, text is emitted once a further id confirms it).
+//
+// `context`: ids that come before the first pushed one (a prompt), whose text is not emitted but
+// shapes the new text as decoding everything at once would (vLLM's incremental detokenization
+// does the same): with a decoder that strips the first token's leading space (SentencePiece), the
+// first new token keeps its space after a prompt. Its last kContextIds ids are used; none when
+// further ids could change their text (they end in a run of byte tokens, or the decoder renders
+// the last token apart).
 class StreamingDecoder {
  public:
-  explicit StreamingDecoder(const Tokenizer& tokenizer, bool skip_special_tokens = true);
+  static constexpr size_t kContextIds = 6;
+  explicit StreamingDecoder(const Tokenizer& tokenizer, bool skip_special_tokens = true,
+                            std::span<const int32_t> context = {});
   // Returns the new text this id completes (possibly empty).
   std::string push(int32_t id);
   // Returns whatever remains at the end (an incomplete character becomes U+FFFD).

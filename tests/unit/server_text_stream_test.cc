@@ -115,6 +115,27 @@ TEST_P(TextStreamTest, CountsDecodedCharacters) {
   EXPECT_EQ(stream.decoded_characters(), count_characters(tokenizer.decode(ids)));
 }
 
+// With the prompt as context, the output's text is what decoding prompt and output together gives
+// after the prompt's text: a byte-fallback (SentencePiece) tokenizer keeps the first output
+// token's leading space, which decoding the output alone strips. Stop texts still cut it.
+TEST_P(TextStreamTest, PromptContextKeepsTheFirstTokensSpace) {
+  const Tokenizer tokenizer = load(GetParam());
+  const std::vector<int32_t> prompt = tokenizer.encode("Hello", false);
+  const std::vector<int32_t> all = tokenizer.encode("Hello world again", false);
+  ASSERT_GT(all.size(), prompt.size());
+  const std::vector<int32_t> output(all.begin() + int64_t(prompt.size()), all.end());
+  for (const bool stop : {false, true}) {
+    TextStream stream(tokenizer,
+                      stop ? std::vector<std::string>{" again"} : std::vector<std::string>{}, false,
+                      prompt);
+    std::string emitted;
+    for (const int32_t id : output) emitted += stream.push(id);
+    emitted += stream.finish();
+    EXPECT_EQ(emitted, stop ? " world" : " world again");
+    EXPECT_EQ(stream.stopped(), stop);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Tokenizers, TextStreamTest,
                          ::testing::Values("tiny_llama/tokenizer.json", "tokenizer/llama2.json"),
                          [](const ::testing::TestParamInfo<std::string>& test) {

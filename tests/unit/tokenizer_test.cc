@@ -143,6 +143,43 @@ TEST_P(FixtureTest, StreamingMatchesDecodeAndNeverSplitsCharacters) {
   EXPECT_EQ(streamed, tokenizer.decode(ids));
 }
 
+// After a context (a prompt), the streamed text is what decoding context and ids at once gives
+// past the context's own text, or, where the context is left out (its text ends in an incomplete
+// character, or a further id could change it), the ids' own text; pieces are whole characters.
+TEST_P(FixtureTest, StreamingAfterContextMatchesDecodingWithIt) {
+  const Tokenizer tokenizer = load_fixture(GetParam());
+  std::mt19937 random(7);
+  std::uniform_int_distribution<int32_t> any_id(0, tokenizer.vocab_size() - 1);
+  for (int round = 0; round < 200; ++round) {
+    std::vector<int32_t> context(size_t(random() % 10)), ids(size_t(random() % 16));
+    for (auto& id : context) id = any_id(random);
+    for (auto& id : ids) id = any_id(random);
+    StreamingDecoder stream(tokenizer, true, context);
+    std::string streamed;
+    for (const int32_t id : ids) {
+      const std::string piece = stream.push(id);
+      EXPECT_TRUE(unicode::is_valid_utf8(piece));
+      streamed += piece;
+    }
+    streamed += stream.finish();
+    const size_t used = std::min(context.size(), StreamingDecoder::kContextIds);
+    std::vector<int32_t> joined(context.end() - int64_t(used), context.end());
+    const std::string context_text = tokenizer.decode(joined);
+    joined.insert(joined.end(), ids.begin(), ids.end());
+    const std::string whole = tokenizer.decode(joined);
+    const std::string alone = tokenizer.decode(ids);
+    if (used == 0 || context_text.ends_with("\xEF\xBF\xBD")) {
+      EXPECT_EQ(streamed, alone) << "round " << round;
+    } else {
+      EXPECT_TRUE(
+          (whole.starts_with(context_text) && streamed == whole.substr(context_text.size())) ||
+          streamed == alone)
+          << "round " << round << ": " << streamed << " | ctx [" << context_text << "] whole ["
+          << whole << "] alone [" << alone << "]";
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, FixtureTest, ::testing::ValuesIn(kFixtureNames),
                          [](const ::testing::TestParamInfo<std::string>& test) {
                            return test.param;
@@ -154,6 +191,23 @@ TEST(TokenizerTest, ByteLevelRoundTripIsLossless) {
   EXPECT_EQ(tokenizer.decode(tokenizer.encode(text)), text);
   // Invalid bytes come back as U+FFFD, as Python's errors="replace" would give.
   EXPECT_EQ(tokenizer.decode(tokenizer.encode("a\xff\xe4\xbd")), "a\uFFFD\uFFFD");
+}
+
+// SentencePiece-style decoders strip the first token's leading space: after a prompt, the first
+// output token keeps it, as in the text of prompt and output decoded together.
+TEST(TokenizerTest, StreamingAfterPromptKeepsTheLeadingSpace) {
+  for (const std::string name : {"llama2", "gpt2"}) {
+    const Tokenizer tokenizer = load_fixture(name);
+    const std::vector<int32_t> prompt = tokenizer.encode("Hello", false);
+    const std::vector<int32_t> output = tokenizer.encode("Hello world again", false);
+    const std::vector<int32_t> continuation(output.begin() + int64_t(prompt.size()), output.end());
+    ASSERT_FALSE(continuation.empty()) << name;
+    StreamingDecoder stream(tokenizer, true, prompt);
+    std::string streamed;
+    for (const int32_t id : continuation) streamed += stream.push(id);
+    streamed += stream.finish();
+    EXPECT_EQ(streamed, " world again") << name;
+  }
 }
 
 TEST(TokenizerTest, VocabularyLookups) {
