@@ -1,4 +1,5 @@
-// GPU discovery through the CUDA runtime, and whether kernels launch with PDL (launch.cuh).
+// GPU discovery through the CUDA runtime, and how kernels launch (PDL, the shared-memory carveout:
+// launch.cuh).
 #include <cuda_runtime.h>
 
 #include <algorithm>
