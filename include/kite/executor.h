@@ -60,6 +60,9 @@ struct SamplingConfig {
 struct Request {
   std::vector<int32_t> input_ids;  // the prompt, as token ids
   int64_t max_new_tokens = 16;
+  // The fewest new tokens (TensorRT-LLM's min_tokens, vLLM's min_tokens): until the output has
+  // this many, the end ids are never picked and stop words do not end it. 0 to max_new_tokens.
+  int64_t min_new_tokens = 0;
   SamplingConfig sampling;
   // Token sequences that end the output when it ends with one of them (included in the output).
   std::vector<std::vector<int32_t>> stop_words;

@@ -101,10 +101,11 @@ Request make_request(std::vector<int32_t> input_ids, int64_t max_new_tokens,
                      std::vector<std::vector<int32_t>> bad_words,
                      std::map<int32_t, float> logit_bias,
                      std::optional<std::vector<int32_t>> end_ids, bool streaming,
-                     bool return_log_probs, int64_t top_log_probs) {
+                     bool return_log_probs, int64_t top_log_probs, int64_t min_new_tokens) {
   Request request;
   request.input_ids = std::move(input_ids);
   request.max_new_tokens = max_new_tokens;
+  request.min_new_tokens = min_new_tokens;
   request.sampling = sampling;
   request.stop_words = std::move(stop_words);
   request.bad_words = std::move(bad_words);
@@ -172,9 +173,10 @@ PYBIND11_MODULE(kite, module) {
            py::arg("bad_words") = std::vector<std::vector<int32_t>>{},
            py::arg("logit_bias") = std::map<int32_t, float>{}, py::arg("end_ids") = std::nullopt,
            py::arg("streaming") = false, py::arg("return_log_probs") = false,
-           py::arg("top_log_probs") = 0)
+           py::arg("top_log_probs") = 0, py::arg("min_new_tokens") = 0)
       .def_readwrite("input_ids", &Request::input_ids)
       .def_readwrite("max_new_tokens", &Request::max_new_tokens)
+      .def_readwrite("min_new_tokens", &Request::min_new_tokens)
       .def_readwrite("sampling", &Request::sampling)
       .def_readwrite("stop_words", &Request::stop_words)
       .def_readwrite("bad_words", &Request::bad_words)
@@ -286,7 +288,8 @@ PYBIND11_MODULE(kite, module) {
           "generate",
           [](PyExecutor& self, const py::object& input_ids, int64_t max_new_tokens,
              const SamplingConfig& sampling, std::vector<std::vector<int32_t>> stop_words,
-             std::optional<std::vector<int32_t>> end_ids, bool return_log_probs) -> py::object {
+             std::optional<std::vector<int32_t>> end_ids, bool return_log_probs,
+             int64_t min_new_tokens) -> py::object {
             // One prompt (a list of ids) gives one Result; a list of prompts, a list of them.
             bool batch = false;
             if (py::len(input_ids) > 0) {
@@ -303,7 +306,7 @@ PYBIND11_MODULE(kite, module) {
             for (std::vector<int32_t>& prompt : prompts) {
               requests.push_back(make_request(std::move(prompt), max_new_tokens, sampling,
                                               stop_words, {}, {}, end_ids, false, return_log_probs,
-                                              0));
+                                              0, min_new_tokens));
             }
             std::vector<Result> results = self.generate(requests);
             if (batch) return py::cast(std::move(results));
@@ -312,7 +315,8 @@ PYBIND11_MODULE(kite, module) {
           py::arg("input_ids"), py::kw_only(), py::arg("max_new_tokens") = 16,
           py::arg("sampling") = SamplingConfig{.temperature = 0.0f},
           py::arg("stop_words") = std::vector<std::vector<int32_t>>{},
-          py::arg("end_ids") = std::nullopt, py::arg("return_log_probs") = false)
+          py::arg("end_ids") = std::nullopt, py::arg("return_log_probs") = false,
+          py::arg("min_new_tokens") = 0)
       .def("stats", [](PyExecutor& self) { return self.get().stats(); })
       .def_property_readonly("max_input_len",
                              [](PyExecutor& self) { return self.get().max_input_len(); })

@@ -125,6 +125,10 @@ class ExecutorImpl final : public Executor {
   std::optional<std::string> check_request(const Request& request) const override {
     if (request.input_ids.empty()) return "the prompt is empty";
     if (request.max_new_tokens < 1) return "max_new_tokens must be at least 1";
+    if (request.min_new_tokens < 0 || request.min_new_tokens > request.max_new_tokens) {
+      return "min_new_tokens must be between 0 and max_new_tokens (" +
+             std::to_string(request.max_new_tokens) + ")";
+    }
     const int64_t length = int64_t(request.input_ids.size());
     if (length > max_input_len_) {
       return "the prompt has " + std::to_string(length) + " tokens, more than the engine's " +
@@ -475,6 +479,7 @@ class ExecutorImpl final : public Executor {
     group.stop.end_ids = request.end_ids ? *request.end_ids : end_ids_;
     group.stop.stop_sequences = request.stop_words;
     group.stop.max_output_len = request.max_new_tokens;
+    group.stop.min_output_len = request.min_new_tokens;
     group.search.emplace(
         BeamSearchOptions{sampling.beam_width, sampling.length_penalty, sampling.early_stopping},
         request.max_new_tokens, int64_t(group.stop.end_ids.size()));
@@ -625,6 +630,12 @@ class ExecutorImpl final : public Executor {
         for (int32_t token : banned_next_tokens(tokens, request.bad_words)) {
           input.logit_bias.push_back({row, token, -std::numeric_limits<float>::infinity()});
         }
+        // Short of min_new_tokens (the row picks output token tokens.size() - prompt): no end id.
+        if (int64_t(tokens.size() - request.input_ids.size()) < request.min_new_tokens) {
+          for (int32_t token : request.end_ids ? *request.end_ids : end_ids_) {
+            input.logit_bias.push_back({row, token, -std::numeric_limits<float>::infinity()});
+          }
+        }
         input.logit_rows.push_back(int32_t(input.token_ids.size()) - 1);
         sampled.push_back(sequence.request_id);
       }
@@ -676,7 +687,10 @@ class ExecutorImpl final : public Executor {
         active.top_log_probs.push_back(std::move(top_log_probs[row]));
       }
       StepResult result{int64_t(id), token, kite::FinishReason::kNotFinished};
-      if (ends_with_stop_word(active)) result.finish_reason = kite::FinishReason::kStopWords;
+      if (int64_t(active.output.size()) >= active.request.min_new_tokens &&
+          ends_with_stop_word(active)) {
+        result.finish_reason = kite::FinishReason::kStopWords;
+      }
       results.push_back(result);
     }
     std::vector<FinishedRequest> finished = scheduler_->on_step_done(results);

@@ -202,6 +202,7 @@ std::string_view finish_reason_name(FinishReason reason) {
 StopCheck check_stop(const StopConditions& conditions, std::span<const int32_t> output_ids,
                      std::string_view output_text, size_t text_offset) {
   StopCheck check;
+  if (int64_t(output_ids.size()) < conditions.min_output_len) return check;
   if (!output_ids.empty()) {
     const int32_t last = output_ids.back();
     if (std::find(conditions.end_ids.begin(), conditions.end_ids.end(), last) !=

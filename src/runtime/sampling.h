@@ -103,6 +103,7 @@ struct StopConditions {
   std::vector<std::vector<int32_t>> stop_sequences;  // token sequences that end the output
   std::vector<std::string> stop_texts;               // strings that end the decoded output
   int64_t max_output_len = 100;                      // tokens generated at most
+  int64_t min_output_len = 0;  // shorter outputs are never finished (but by max_output_len)
 };
 
 struct StopCheck {
@@ -112,7 +113,8 @@ struct StopCheck {
   size_t text_length = std::string::npos;
 };
 
-// Whether the output (generated tokens only, and their decoded text) is finished. The last token
+// Whether the output (generated tokens only, and their decoded text) is finished: never while it
+// is shorter than min_output_len; then the last token
 // is checked against end_ids and the output's tail against stop_sequences; stop_texts are
 // searched in the whole text, so a stop word split over several tokens is found. `output_text`
 // may be the decoded output from byte `text_offset` on (StopTextScanner::tail), text_length still

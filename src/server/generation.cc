@@ -46,7 +46,8 @@ Generation::Generation(std::unique_ptr<RequestStream> stream, const Tokenizer& t
     : stream_(std::move(stream)),
       tokenizer_(tokenizer),
       metrics_(metrics),
-      text_(tokenizer, spec.stop_texts, spec.include_stop_text, spec.request.input_ids),
+      text_(tokenizer, spec.stop_texts, spec.include_stop_text, spec.request.input_ids,
+            spec.request.min_new_tokens),
       want_log_probs_(spec.request.return_log_probs),
       arrival_(arrival),
       prompt_tokens_(int64_t(spec.request.input_ids.size())) {

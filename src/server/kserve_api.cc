@@ -25,6 +25,15 @@ std::optional<ApiError> parse_kserve_request(const std::string& body_text, const
 
   int64_t max_tokens = 16;
   fields.integer("max_tokens", &max_tokens, 1, std::numeric_limits<int64_t>::max());
+  // TensorRT-LLM's min_tokens (older backends: min_length): no end id or stop word before then.
+  int64_t min_tokens = 0;
+  const std::string min_tokens_param = fields.has("min_length") ? "min_length" : "min_tokens";
+  fields.integer(min_tokens_param, &min_tokens, 0, std::numeric_limits<int64_t>::max());
+  if (fields.ok() && min_tokens > max_tokens) {
+    return bad_request(min_tokens_param, min_tokens_param + " (" + std::to_string(min_tokens) +
+                                             ") must not exceed max_tokens (" +
+                                             std::to_string(max_tokens) + ")");
+  }
   std::vector<std::string> bad_words;
   fields.string_list("bad_words", &bad_words);
   fields.string_list("stop_words", &request->generation.stop_texts);
@@ -114,6 +123,7 @@ std::optional<ApiError> parse_kserve_request(const std::string& body_text, const
   }
   executor_request.return_log_probs = request->return_log_probs;
   executor_request.max_new_tokens = max_tokens;
+  executor_request.min_new_tokens = min_tokens;
   const int64_t prompt_tokens = int64_t(executor_request.input_ids.size());
   if (prompt_tokens == 0) return bad_request("text_input", "'text_input' is empty");
   if (prompt_tokens > model.max_input_len) {

@@ -123,6 +123,9 @@ std::optional<ApiError> parse_shared_fields(const Json& body, const ServedModel&
     if (spaced.size() == ids.size() && spaced.front() != ids.front())
       banned.push_back(std::move(spaced));
   }
+  // vLLM's extension: no end of sequence and no stop text before this many tokens.
+  fields.integer("min_tokens", &request->generation.request.min_new_tokens, 0,
+                 std::numeric_limits<int64_t>::max());
   bool ignore_eos = false;
   fields.boolean("ignore_eos", &ignore_eos);
   if (ignore_eos) request->generation.request.end_ids = std::vector<int32_t>();
@@ -179,6 +182,11 @@ std::optional<ApiError> check_lengths(const ServedModel& model, const std::strin
                        "context_length_exceeded");
   }
   request->max_new_tokens = max_tokens;
+  if (request->min_new_tokens > max_tokens) {
+    return bad_request("min_tokens", "'min_tokens' is " + std::to_string(request->min_new_tokens) +
+                                         ", more than the " + std::to_string(max_tokens) +
+                                         " tokens this request may generate");
+  }
   return std::nullopt;
 }
 

@@ -13,10 +13,11 @@ int64_t count_characters(const std::string& text) {
 }
 
 TextStream::TextStream(const Tokenizer& tokenizer, std::vector<std::string> stop_texts,
-                       bool include_stop_text, std::span<const int32_t> context)
+                       bool include_stop_text, std::span<const int32_t> context, int64_t min_tokens)
     : decoder_(tokenizer, /*skip_special_tokens=*/true, context),
       stop_texts_(std::move(stop_texts)),
-      include_stop_text_(include_stop_text) {
+      include_stop_text_(include_stop_text),
+      min_tokens_(min_tokens) {
   for (const std::string& stop : stop_texts_) KITE_CHECK(!stop.empty());
 }
 
@@ -25,6 +26,12 @@ std::string TextStream::push(int32_t id) {
   const std::string piece = decoder_.push(id);
   decoded_characters_ += count_characters(piece);
   held_ += piece;
+  if (++pushed_ < min_tokens_) {
+    // Short of min_tokens: nothing stops the output yet.
+    std::string text = std::move(held_);
+    held_.clear();
+    return text;
+  }
   return release(false);
 }
 

@@ -19,9 +19,11 @@ class TextStream {
   // `stop_texts` must not be empty strings. `include_stop_text`: the output keeps the stop text
   // that ended it (Triton's stop_words) rather than ending just before it (OpenAI's stop).
   // `context`: the prompt's ids, which shape the first output token's text as decoding prompt and
-  // output at once would (StreamingDecoder); they are not part of the output.
+  // output at once would (StreamingDecoder); they are not part of the output. `min_tokens`: stop
+  // texts are looked for only once this many ids were pushed, in the text from then on (as vLLM's
+  // min_tokens).
   TextStream(const Tokenizer& tokenizer, std::vector<std::string> stop_texts,
-             bool include_stop_text, std::span<const int32_t> context = {});
+             bool include_stop_text, std::span<const int32_t> context = {}, int64_t min_tokens = 0);
 
   // The new text `id` makes final (possibly empty). After a stop text is found, stopped() is true
   // and further ids add nothing.
@@ -41,6 +43,8 @@ class TextStream {
   StreamingDecoder decoder_;
   std::vector<std::string> stop_texts_;
   bool include_stop_text_;
+  int64_t min_tokens_;
+  int64_t pushed_ = 0;
   std::string held_;  // decoded, not yet emitted
   bool stopped_ = false;
   bool finished_ = false;

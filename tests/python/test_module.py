@@ -145,6 +145,21 @@ class ModuleTest(unittest.TestCase):
         self.assertNotEqual(avoided_result.output_ids[0], greedy[0])
         self.assertIn("logit bias", self.executor.check_request(request({-1: 1.0})))
 
+    def test_min_new_tokens(self):
+        # With the greedy first token as the end id, the output ends at once, unless
+        # min_new_tokens holds it off.
+        prompt = self.tokenizer.encode("hello world")
+        greedy = list(self.executor.generate(prompt, max_new_tokens=5, end_ids=[]).output_ids)
+        ended = self.executor.generate(prompt, max_new_tokens=8, end_ids=[greedy[0]])
+        self.assertEqual(list(ended.output_ids), [greedy[0]])
+        held = self.executor.generate(prompt, max_new_tokens=8, end_ids=[greedy[0]],
+                                      min_new_tokens=4)
+        self.assertGreaterEqual(len(held.output_ids), 4)
+        self.assertNotIn(greedy[0], list(held.output_ids)[:3])
+        request = kite.Request(prompt, max_new_tokens=3, min_new_tokens=4)
+        self.assertEqual(request.min_new_tokens, 4)
+        self.assertIn("min_new_tokens", self.executor.check_request(request))
+
     def test_cancel_frees_the_blocks(self):
         # A model slow enough that the cancel lands mid-generation: SmolLM2 (the demo model).
         if not DEMO_ENGINE:

@@ -405,6 +405,75 @@ TEST_F(ExecutorTest, StopWordsLogProbsAndSeeds) {
   EXPECT_EQ(done.at(seed_a).result.output_ids, done.at(seed_b).result.output_ids);
 }
 
+// min_new_tokens: with the greedy output's first tokens as end ids, a request ends at once; with
+// min_new_tokens N it runs at least N tokens, none of the first N - 1 an end id (the N-th may be
+// one, and ends it), and a stop word before the N-th token does not end it. Beam searches keep
+// the minimum too; more than max_new_tokens is refused.
+TEST_F(ExecutorTest, MinNewTokensHoldsOffEndIdsAndStopWords) {
+  const std::vector<int32_t> prompt = {3, 1, 4, 1, 5};
+  const std::vector<int32_t> greedy = alone({prompt}, 8).front();
+  ASSERT_GE(greedy.size(), 2u);
+  auto executor = make();
+  ASSERT_TRUE(executor);
+  Request plain;
+  plain.input_ids = prompt;
+  plain.max_new_tokens = 16;
+  plain.sampling.temperature = 0.0f;
+  plain.end_ids = std::vector<int32_t>{greedy[0], greedy[1]};
+  Request held = plain;
+  held.min_new_tokens = 6;
+  Request stop_word = plain;
+  stop_word.end_ids = std::vector<int32_t>{};
+  stop_word.stop_words = {{greedy[0]}};
+  stop_word.min_new_tokens = 4;
+  Request beams = plain;
+  beams.sampling.beam_width = 2;
+  beams.min_new_tokens = 5;
+  Request sampled = plain;
+  sampled.sampling.temperature = 1.0f;
+  sampled.sampling.seed = 3;
+  sampled.min_new_tokens = 7;
+  const RequestId plain_id = executor->enqueue_request(plain);
+  const RequestId held_id = executor->enqueue_request(held);
+  const RequestId stop_id = executor->enqueue_request(stop_word);
+  const RequestId beams_id = executor->enqueue_request(beams);
+  const RequestId sampled_id = executor->enqueue_request(sampled);
+  const auto done = collect(*executor, 5);
+
+  EXPECT_EQ(done.at(plain_id).result.output_ids, std::vector<int32_t>{greedy[0]});
+  EXPECT_EQ(done.at(plain_id).result.finish_reason, FinishReason::kEndId);
+  for (const RequestId id : {held_id, sampled_id}) {
+    const Request& request = id == held_id ? held : sampled;
+    const std::vector<int32_t>& output = done.at(id).result.output_ids;
+    ASSERT_GE(int64_t(output.size()), request.min_new_tokens) << "request " << id;
+    for (int64_t i = 0; i + 1 < request.min_new_tokens; ++i) {
+      EXPECT_NE(output[size_t(i)], greedy[0]) << "request " << id << ", token " << i;
+      EXPECT_NE(output[size_t(i)], greedy[1]) << "request " << id << ", token " << i;
+    }
+  }
+  const std::vector<int32_t>& stopped = done.at(stop_id).result.output_ids;
+  ASSERT_GE(stopped.size(), 4u);
+  if (done.at(stop_id).result.finish_reason == FinishReason::kStopWords) {
+    EXPECT_EQ(stopped.back(), greedy[0]);
+  }
+  EXPECT_EQ(stopped.front(), greedy[0]) << "the stop word is the first token, and did not end it";
+  const Response& beam_response = done.at(beams_id);
+  ASSERT_FALSE(beam_response.error) << *beam_response.error;
+  ASSERT_FALSE(beam_response.result.beams.empty());
+  for (const executor::Beam& beam : beam_response.result.beams) {
+    EXPECT_GE(beam.output_ids.size(), 5u);
+    for (size_t i = 0; i + 1 < 5 && i < beam.output_ids.size(); ++i) {
+      EXPECT_NE(beam.output_ids[i], greedy[0]);
+      EXPECT_NE(beam.output_ids[i], greedy[1]);
+    }
+  }
+
+  Request too_many = plain;
+  too_many.min_new_tokens = 17;
+  ASSERT_TRUE(executor->check_request(too_many));
+  EXPECT_NE(executor->check_request(too_many)->find("min_new_tokens"), std::string::npos);
+}
+
 TEST_F(ExecutorTest, BadWordsAreNeverProducedAndChangeTheOutputWhereTheyWouldBe) {
   const std::vector<int32_t> prompt = {7, 8, 9, 10};
   const int64_t length = 12;

@@ -271,6 +271,16 @@ TEST(StopConditions, EndIdsStopWordsAndLength) {
   EXPECT_EQ(text.text_length, 2u);
   EXPECT_EQ(check_stop(conditions, std::vector<int32_t>{1, 1, 1, 1, 1}, "ok").reason,
             FinishReason::kLength);
+  // Shorter than min_output_len: nothing ends the output; from then on all of it does again.
+  conditions.min_output_len = 3;
+  EXPECT_EQ(check_stop(conditions, std::vector<int32_t>{5, 2}, "a").reason,
+            FinishReason::kNotFinished);
+  EXPECT_EQ(check_stop(conditions, std::vector<int32_t>{7, 8}, "a\nUser:").reason,
+            FinishReason::kNotFinished);
+  EXPECT_EQ(check_stop(conditions, std::vector<int32_t>{5, 5, 2}, "a").reason,
+            FinishReason::kEndId);
+  EXPECT_EQ(check_stop(conditions, std::vector<int32_t>{1, 7, 8}, "a").reason,
+            FinishReason::kStopWords);
 }
 
 }  // namespace

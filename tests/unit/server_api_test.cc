@@ -254,6 +254,16 @@ TEST_F(OpenAiParsing, ChecksTheModelAndTheLengths) {
   EXPECT_EQ(error.message,
             "'max_tokens' is 69, but the prompt's 60 tokens leave room for at most 68 within this "
             "model's maximum sequence length of 128 tokens");
+
+  // vLLM's min_tokens: at most what the request may generate (max_tokens, or what fits).
+  ASSERT_FALSE(completion({{"prompt", "a"}, {"max_tokens", 8}, {"min_tokens", 8}}, &request));
+  EXPECT_EQ(request.generation.request.min_new_tokens, 8);
+  error = completion_error({{"prompt", "a"}, {"max_tokens", 8}, {"min_tokens", 9}});
+  EXPECT_EQ(error.param, "min_tokens");
+  EXPECT_EQ(error.message, "'min_tokens' is 9, more than the 8 tokens this request may generate");
+  EXPECT_EQ(completion_error({{"prompt", "a"}, {"min_tokens", -1}}).param, "min_tokens");
+  ASSERT_FALSE(chat({{"messages", user_messages()}, {"min_tokens", 30}}, &request));
+  EXPECT_EQ(request.generation.request.min_new_tokens, 30);
 }
 
 TEST_F(OpenAiParsing, ChatRendersTheTemplate) {
@@ -527,6 +537,7 @@ TEST_F(KServeParsing, TritonFields) {
   EXPECT_EQ(request.text_input, "What is");
   EXPECT_EQ(request.generation.request.input_ids, model_->tokenizer.encode("What is"));
   EXPECT_EQ(request.generation.request.max_new_tokens, 20);
+  EXPECT_EQ(request.generation.request.min_new_tokens, 0);
   EXPECT_TRUE(request.generation.stop_texts.empty());
   EXPECT_TRUE(request.generation.request.bad_words.empty());
   // No temperature, top_k or top_p: greedy, as TensorRT-LLM.
@@ -540,11 +551,13 @@ TEST_F(KServeParsing, TritonFields) {
                       {"top_k", 5},
                       {"top_p", 0},
                       {"random_seed", 9},
+                      {"min_tokens", 2},
                       {"end_id", 7},
                       {"return_log_probs", true},
                       {"exclude_input_in_output", true}},
                      &request));
   EXPECT_EQ(request.generation.stop_texts, (std::vector<std::string>{"x", "yz"}));
+  EXPECT_EQ(request.generation.request.min_new_tokens, 2);
   EXPECT_TRUE(request.generation.include_stop_text);
   EXPECT_FLOAT_EQ(request.generation.request.sampling.temperature, 1.0f);  // sampling asked for
   EXPECT_EQ(request.generation.request.sampling.top_k, 5);
@@ -628,6 +641,10 @@ TEST_F(KServeParsing, RefusesBadRequests) {
       {{{"text_input", "a"}, {"stream", true}}, "\"stream\": true needs /generate_stream"},
       {{{"text_input", ""}}, "'text_input' is empty"},
       {{{"text_input", "a"}, {"max_tokens", 500}}, ""},
+      {{{"text_input", "a"}, {"max_tokens", 4}, {"min_tokens", 5}},
+       "min_tokens (5) must not exceed max_tokens (4)"},
+      {{{"text_input", "a"}, {"max_tokens", 4}, {"min_length", 5}},
+       "min_length (5) must not exceed max_tokens (4)"},
       {{{"text_input", std::string(300, 'x')}}, ""},
   };
   for (const Case& c : cases) {

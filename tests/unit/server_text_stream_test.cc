@@ -136,6 +136,29 @@ TEST_P(TextStreamTest, PromptContextKeepsTheFirstTokensSpace) {
   }
 }
 
+// min_tokens: a stop text in the first min_tokens tokens' text does not stop the output; one
+// after them does.
+TEST_P(TextStreamTest, StopTextsWaitForMinTokens) {
+  const Tokenizer tokenizer = load(GetParam());
+  const std::vector<int32_t> ids = tokenizer.encode("stop here and stop there at last", false);
+  const std::string full = tokenizer.decode(ids);
+  // The first "stop here"'s tokens (a prefix of the text's, both tokenizers split at spaces).
+  const int64_t min_tokens = int64_t(tokenizer.encode("stop here", false).size());
+  ASSERT_TRUE(std::equal(ids.begin(), ids.begin() + min_tokens,
+                         tokenizer.encode("stop here", false).begin()));
+  TextStream stream(tokenizer, {"stop"}, false, {}, min_tokens);
+  std::string emitted;
+  for (const int32_t id : ids) emitted += stream.push(id);
+  emitted += stream.finish();
+  EXPECT_TRUE(stream.stopped());
+  EXPECT_EQ(emitted, full.substr(0, full.rfind("stop")));
+  TextStream unlimited(tokenizer, {"stop"}, false, {}, 0);
+  std::string first;
+  for (const int32_t id : ids) first += unlimited.push(id);
+  first += unlimited.finish();
+  EXPECT_EQ(first, "");
+}
+
 INSTANTIATE_TEST_SUITE_P(Tokenizers, TextStreamTest,
                          ::testing::Values("tiny_llama/tokenizer.json", "tokenizer/llama2.json"),
                          [](const ::testing::TestParamInfo<std::string>& test) {
