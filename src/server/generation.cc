@@ -46,15 +46,18 @@ Generation::Generation(std::unique_ptr<RequestStream> stream, const Tokenizer& t
     : stream_(std::move(stream)),
       tokenizer_(tokenizer),
       metrics_(metrics),
-      text_(tokenizer, spec.stop_texts, spec.include_stop_text, spec.request.input_ids,
-            spec.request.min_new_tokens),
+      skip_special_tokens_(spec.skip_special_tokens),
+      prompt_tail_(spec.request.input_ids.end() - int64_t(std::min(spec.request.input_ids.size(),
+                                                                   StreamingDecoder::kContextIds)),
+                   spec.request.input_ids.end()),
+      text_(tokenizer, TextStreamOptions{.stop_texts = spec.stop_texts,
+                                         .include_stop_text = spec.include_stop_text,
+                                         .context = prompt_tail_,
+                                         .min_tokens = spec.request.min_new_tokens,
+                                         .skip_special_tokens = spec.skip_special_tokens}),
       want_log_probs_(spec.request.return_log_probs),
       arrival_(arrival),
-      prompt_tokens_(int64_t(spec.request.input_ids.size())) {
-  const std::vector<int32_t>& prompt = spec.request.input_ids;
-  prompt_tail_.assign(
-      prompt.end() - int64_t(std::min(prompt.size(), StreamingDecoder::kContextIds)), prompt.end());
-}
+      prompt_tokens_(int64_t(spec.request.input_ids.size())) {}
 
 Generation::~Generation() {
   if (!finished_) {
@@ -88,7 +91,7 @@ GenerationUpdate Generation::next(std::chrono::milliseconds timeout) {
       update.text += text_.finish();
       for (const executor::Beam& beam : response.result.beams) {
         // Each beam's text as the stream decodes the output: after the prompt.
-        StreamingDecoder decoder(tokenizer_, /*skip_special_tokens=*/true, prompt_tail_);
+        StreamingDecoder decoder(tokenizer_, skip_special_tokens_, prompt_tail_);
         std::string text;
         for (const int32_t id : beam.output_ids) text += decoder.push(id);
         text += decoder.finish();

@@ -22,6 +22,7 @@ struct GenerationSpec {
   executor::Request request;
   std::vector<std::string> stop_texts;  // the output ends at the first of these
   bool include_stop_text = false;       // Triton keeps the stop word; OpenAI cuts before it
+  bool skip_special_tokens = true;      // special tokens add no text (vLLM's option)
 };
 
 struct TokenLogProb {
@@ -79,7 +80,8 @@ class Generation {
   std::unique_ptr<RequestStream> stream_;
   const Tokenizer& tokenizer_;
   ServerMetrics& metrics_;
-  std::vector<int32_t> prompt_tail_;  // the prompt's last ids: context for decoding beams
+  bool skip_special_tokens_;
+  std::vector<int32_t> prompt_tail_;  // the prompt's last ids: context for decoding the output
   TextStream text_;
   bool want_log_probs_;
   Clock::time_point arrival_;

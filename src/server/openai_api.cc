@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <limits>
 #include <map>
 #include <system_error>
@@ -145,6 +146,22 @@ std::optional<ApiError> parse_shared_fields(const Json& body, const ServedModel&
     request->generation.request.stop_words =
         word_token_sequences(model.tokenizer, request->generation.stop_texts);
   }
+  // vLLM's extensions: token ids that end the output (kept in it, as text unless special), the
+  // stop text kept in the output, special tokens' text, and the prompt cut to its last tokens.
+  std::vector<double> stop_token_ids;
+  fields.number_list("stop_token_ids", &stop_token_ids, 0.0,
+                     double(model.tokenizer.vocab_size() - 1));
+  for (const double id : stop_token_ids) {
+    if (id != std::floor(id))
+      return bad_request("stop_token_ids", "'stop_token_ids' must be token ids");
+    request->generation.request.stop_words.push_back({int32_t(id)});
+  }
+  fields.boolean("include_stop_str_in_output", &request->generation.include_stop_text);
+  fields.boolean("skip_special_tokens", &request->generation.skip_special_tokens);
+  if (fields.has("truncate_prompt_tokens") && !body.at("truncate_prompt_tokens").is_null()) {
+    fields.integer("truncate_prompt_tokens", &request->truncate_prompt_tokens, 1,
+                   std::numeric_limits<int64_t>::max());
+  }
   return fields.error();
 }
 
@@ -197,6 +214,11 @@ std::optional<ApiError> finish_request(const ServedModel& model, const std::stri
                                        int64_t top_log_probs, OpenAiRequest* request) {
   if (request->beam_search && request->log_probs) {
     return bad_request("logprobs", "'logprobs' is not supported with use_beam_search");
+  }
+  std::vector<int32_t>& prompt = request->generation.request.input_ids;
+  if (request->truncate_prompt_tokens > 0 &&
+      int64_t(prompt.size()) > request->truncate_prompt_tokens) {
+    prompt.erase(prompt.begin(), prompt.end() - request->truncate_prompt_tokens);
   }
   request->generation.request.return_log_probs = request->log_probs;
   request->top_log_probs = request->log_probs ? top_log_probs : 0;

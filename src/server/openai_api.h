@@ -38,6 +38,7 @@ struct OpenAiRequest {
   int64_t top_log_probs = 0;   // and this many most likely tokens' at each position
   // Completions with `echo`: the prompt (as sent, or its ids decoded), before each choice's text.
   std::string echo_text;
+  int64_t truncate_prompt_tokens = 0;  // vLLM's: above 0, only the prompt's last this many tokens
 };
 
 // Parses and validates a request body. `random_seed` seeds sampling when the request has no

@@ -12,12 +12,11 @@ int64_t count_characters(const std::string& text) {
                        [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; });
 }
 
-TextStream::TextStream(const Tokenizer& tokenizer, std::vector<std::string> stop_texts,
-                       bool include_stop_text, std::span<const int32_t> context, int64_t min_tokens)
-    : decoder_(tokenizer, /*skip_special_tokens=*/true, context),
-      stop_texts_(std::move(stop_texts)),
-      include_stop_text_(include_stop_text),
-      min_tokens_(min_tokens) {
+TextStream::TextStream(const Tokenizer& tokenizer, TextStreamOptions options)
+    : decoder_(tokenizer, options.skip_special_tokens, options.context),
+      stop_texts_(std::move(options.stop_texts)),
+      include_stop_text_(options.include_stop_text),
+      min_tokens_(options.min_tokens) {
   for (const std::string& stop : stop_texts_) KITE_CHECK(!stop.empty());
 }
 

@@ -6,7 +6,6 @@
 #pragma once
 
 #include <cstdint>
-#include <span>
 #include <string>
 #include <vector>
 
@@ -14,16 +13,23 @@
 
 namespace kite::server {
 
+struct TextStreamOptions {
+  std::vector<std::string> stop_texts;  // not empty strings
+  // The output keeps the stop text that ended it (Triton's stop_words) rather than ending just
+  // before it (OpenAI's stop).
+  bool include_stop_text = false;
+  // The prompt's ids, which shape the first output token's text as decoding prompt and output at
+  // once would (StreamingDecoder); they are not part of the output.
+  std::vector<int32_t> context;
+  // Stop texts are looked for only once this many ids were pushed, in the text from then on (as
+  // vLLM's min_tokens).
+  int64_t min_tokens = 0;
+  bool skip_special_tokens = true;  // special tokens add no text
+};
+
 class TextStream {
  public:
-  // `stop_texts` must not be empty strings. `include_stop_text`: the output keeps the stop text
-  // that ended it (Triton's stop_words) rather than ending just before it (OpenAI's stop).
-  // `context`: the prompt's ids, which shape the first output token's text as decoding prompt and
-  // output at once would (StreamingDecoder); they are not part of the output. `min_tokens`: stop
-  // texts are looked for only once this many ids were pushed, in the text from then on (as vLLM's
-  // min_tokens).
-  TextStream(const Tokenizer& tokenizer, std::vector<std::string> stop_texts,
-             bool include_stop_text, std::span<const int32_t> context = {}, int64_t min_tokens = 0);
+  TextStream(const Tokenizer& tokenizer, TextStreamOptions options);
 
   // The new text `id` makes final (possibly empty). After a stop text is found, stopped() is true
   // and further ids add nothing.

@@ -92,6 +92,36 @@ TEST_F(OpenAiParsing, CompletionDefaultsAndFields) {
   EXPECT_EQ(request.generation.request.end_ids, std::vector<int32_t>());
 }
 
+// vLLM's output options and prompt truncation.
+TEST_F(OpenAiParsing, VllmExtensions) {
+  OpenAiRequest request;
+  ASSERT_FALSE(completion({{"prompt", "hi"}}, &request));
+  EXPECT_TRUE(request.generation.skip_special_tokens);
+  EXPECT_FALSE(request.generation.include_stop_text);
+  EXPECT_TRUE(request.generation.request.stop_words.empty());
+  ASSERT_FALSE(completion({{"prompt", {5, 6, 7, 8, 9}},
+                           {"stop_token_ids", {3, 4}},
+                           {"include_stop_str_in_output", true},
+                           {"skip_special_tokens", false},
+                           {"truncate_prompt_tokens", 2}},
+                          &request));
+  EXPECT_EQ(request.generation.request.stop_words, (std::vector<std::vector<int32_t>>{{3}, {4}}));
+  EXPECT_TRUE(request.generation.include_stop_text);
+  EXPECT_FALSE(request.generation.skip_special_tokens);
+  EXPECT_EQ(request.generation.request.input_ids, (std::vector<int32_t>{8, 9}));
+  // Truncation comes before the length check: a prompt over max_input_len is accepted.
+  const std::vector<int32_t> long_prompt(test::FakeExecutor::kMaxInputLen + 5, 10);
+  ASSERT_FALSE(completion({{"prompt", long_prompt}, {"truncate_prompt_tokens", 8}}, &request));
+  EXPECT_EQ(request.generation.request.input_ids.size(), 8u);
+  ASSERT_FALSE(chat({{"messages", user_messages()}, {"truncate_prompt_tokens", 3}}, &request));
+  EXPECT_EQ(request.generation.request.input_ids.size(), 3u);
+  EXPECT_EQ(completion_error({{"prompt", "hi"}, {"stop_token_ids", {1.5}}}).param,
+            "stop_token_ids");
+  EXPECT_EQ(completion_error({{"prompt", "hi"}, {"stop_token_ids", {-1}}}).param, "stop_token_ids");
+  EXPECT_EQ(completion_error({{"prompt", "hi"}, {"truncate_prompt_tokens", 0}}).param,
+            "truncate_prompt_tokens");
+}
+
 TEST_F(OpenAiParsing, BadWordsAsVllm) {
   auto ids = [&](const std::string& text) { return model_->tokenizer.encode(text, false); };
   // The fixture tokenizer: "the" is t|he and " the" Ġt|he (another first token, the same count:

@@ -398,6 +398,40 @@ TEST(ServerHttp, EndIdFinishesWithStop) {
   EXPECT_EQ(Json::parse(response->body).at("choices")[0].at("finish_reason"), "length");
 }
 
+// vLLM's skip_special_tokens (false: the end token's text too), include_stop_str_in_output and
+// stop_token_ids (the output ends after the token, which stays in it).
+TEST(ServerHttp, VllmOutputOptions) {
+  std::vector<int32_t> script = encode("Done now");
+  script.push_back(test::FakeExecutor::kEndId);
+  TestServer server(script);
+  auto text_of = [&](const Json& body) {
+    auto response = server.post("/v1/completions", body);
+    EXPECT_TRUE(response);
+    return response ? Json::parse(response->body).at("choices")[0].at("text").get<std::string>()
+                    : std::string();
+  };
+  const ServedModel model = test::test_served_model();
+  EXPECT_EQ(text_of({{"prompt", "x"}, {"max_tokens", 50}, {"skip_special_tokens", false}}),
+            model.tokenizer.decode(script, /*skip_special_tokens=*/false));
+  EXPECT_NE(model.tokenizer.decode(script, false), "Done now");
+  EXPECT_EQ(text_of({{"prompt", "x"}, {"max_tokens", 50}, {"stop", "now"}}), "Done ");
+  EXPECT_EQ(text_of({{"prompt", "x"},
+                     {"max_tokens", 50},
+                     {"stop", "now"},
+                     {"include_stop_str_in_output", true}}),
+            "Done now");
+  const std::vector<int32_t> stop_ids = {script[1], 1000000};
+  auto response = server.post("/v1/completions",
+                              {{"prompt", "x"}, {"max_tokens", 50}, {"stop_token_ids", stop_ids}});
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 400);  // 1000000 is outside the vocabulary
+  response = server.post("/v1/completions",
+                         {{"prompt", "x"}, {"max_tokens", 50}, {"stop_token_ids", {script[1]}}});
+  ASSERT_TRUE(response);
+  EXPECT_EQ(server.executor.requests_seen().back().stop_words,
+            (std::vector<std::vector<int32_t>>{{script[1]}}));
+}
+
 TEST(ServerHttp, LogProbs) {
   const std::vector<int32_t> script = encode("abc");
   TestServer server(script);

@@ -26,7 +26,7 @@ struct Streamed {
 
 Streamed stream_all(const Tokenizer& tokenizer, const std::vector<int32_t>& ids,
                     std::vector<std::string> stops = {}, bool include_stop = false) {
-  TextStream stream(tokenizer, std::move(stops), include_stop);
+  TextStream stream(tokenizer, {.stop_texts = std::move(stops), .include_stop_text = include_stop});
   Streamed result;
   for (const int32_t id : ids) {
     result.pieces.push_back(stream.push(id));
@@ -80,7 +80,7 @@ TEST_P(TextStreamTest, HoldsBackOnlyWhatCouldStartAStopText) {
     SCOPED_TRACE(text);
     const std::vector<int32_t> ids = tokenizer.encode(text, false);
     const std::string full = tokenizer.decode(ids);
-    TextStream stream(tokenizer, {"abx"}, false);
+    TextStream stream(tokenizer, {.stop_texts = {"abx"}});
     std::string emitted;
     for (const int32_t id : ids) emitted += stream.push(id);
     EXPECT_TRUE(full.starts_with(emitted));
@@ -97,7 +97,7 @@ TEST_P(TextStreamTest, HoldsBackOnlyWhatCouldStartAStopText) {
 TEST_P(TextStreamTest, IdsAfterTheStopAddNothing) {
   const Tokenizer tokenizer = load(GetParam());
   const std::vector<int32_t> ids = tokenizer.encode("stop here and more", false);
-  TextStream stream(tokenizer, {"here"}, false);
+  TextStream stream(tokenizer, {.stop_texts = {"here"}});
   std::string emitted;
   for (const int32_t id : ids) emitted += stream.push(id);
   emitted += stream.finish();
@@ -109,7 +109,7 @@ TEST_P(TextStreamTest, IdsAfterTheStopAddNothing) {
 TEST_P(TextStreamTest, CountsDecodedCharacters) {
   const Tokenizer tokenizer = load(GetParam());
   const std::vector<int32_t> ids = tokenizer.encode("añb 日本", false);
-  TextStream stream(tokenizer, {}, false);
+  TextStream stream(tokenizer, {});
   for (const int32_t id : ids) (void)stream.push(id);
   (void)stream.finish();
   EXPECT_EQ(stream.decoded_characters(), count_characters(tokenizer.decode(ids)));
@@ -125,9 +125,9 @@ TEST_P(TextStreamTest, PromptContextKeepsTheFirstTokensSpace) {
   ASSERT_GT(all.size(), prompt.size());
   const std::vector<int32_t> output(all.begin() + int64_t(prompt.size()), all.end());
   for (const bool stop : {false, true}) {
-    TextStream stream(tokenizer,
-                      stop ? std::vector<std::string>{" again"} : std::vector<std::string>{}, false,
-                      prompt);
+    TextStream stream(tokenizer, {.stop_texts = stop ? std::vector<std::string>{" again"}
+                                                     : std::vector<std::string>{},
+                                  .context = prompt});
     std::string emitted;
     for (const int32_t id : output) emitted += stream.push(id);
     emitted += stream.finish();
@@ -146,13 +146,13 @@ TEST_P(TextStreamTest, StopTextsWaitForMinTokens) {
   const int64_t min_tokens = int64_t(tokenizer.encode("stop here", false).size());
   ASSERT_TRUE(std::equal(ids.begin(), ids.begin() + min_tokens,
                          tokenizer.encode("stop here", false).begin()));
-  TextStream stream(tokenizer, {"stop"}, false, {}, min_tokens);
+  TextStream stream(tokenizer, {.stop_texts = {"stop"}, .min_tokens = min_tokens});
   std::string emitted;
   for (const int32_t id : ids) emitted += stream.push(id);
   emitted += stream.finish();
   EXPECT_TRUE(stream.stopped());
   EXPECT_EQ(emitted, full.substr(0, full.rfind("stop")));
-  TextStream unlimited(tokenizer, {"stop"}, false, {}, 0);
+  TextStream unlimited(tokenizer, {.stop_texts = {"stop"}});
   std::string first;
   for (const int32_t id : ids) first += unlimited.push(id);
   first += unlimited.finish();
