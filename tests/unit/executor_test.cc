@@ -75,6 +75,17 @@ class ExecutorTest : public ::testing::Test {
     return outputs;
   }
 
+  // A greedy request of `prompt` ending at `end_ids` (none: only at max_new_tokens).
+  static Request greedy_request(const std::vector<int32_t>& prompt, int64_t max_new_tokens,
+                                std::vector<int32_t> end_ids = {}) {
+    Request request;
+    request.input_ids = prompt;
+    request.max_new_tokens = max_new_tokens;
+    request.sampling.temperature = 0.0f;
+    request.end_ids = std::move(end_ids);
+    return request;
+  }
+
   // Collects every request's responses until all are final: output ids concatenated.
   static std::map<RequestId, Response> collect(Executor& executor, size_t requests) {
     std::map<RequestId, Response> done;
@@ -348,11 +359,7 @@ TEST_F(ExecutorTest, StopWordsLogProbsAndSeeds) {
 
   // The output stops after the first occurrence of the stop word (tokens 3 and 4 of the greedy
   // output), stop word included.
-  Request stopped;
-  stopped.input_ids = prompt;
-  stopped.max_new_tokens = 12;
-  stopped.sampling.temperature = 0.0f;
-  stopped.end_ids = std::vector<int32_t>{};
+  Request stopped = greedy_request(prompt, 12);
   stopped.stop_words = {{greedy[3], greedy[4]}};
   size_t stop_at = 5;
   for (size_t i = 1; i < greedy.size(); ++i) {
@@ -415,11 +422,7 @@ TEST_F(ExecutorTest, MinNewTokensHoldsOffEndIdsAndStopWords) {
   ASSERT_GE(greedy.size(), 2u);
   auto executor = make();
   ASSERT_TRUE(executor);
-  Request plain;
-  plain.input_ids = prompt;
-  plain.max_new_tokens = 16;
-  plain.sampling.temperature = 0.0f;
-  plain.end_ids = std::vector<int32_t>{greedy[0], greedy[1]};
+  const Request plain = greedy_request(prompt, 16, {greedy[0], greedy[1]});
   Request held = plain;
   held.min_new_tokens = 6;
   Request stop_word = plain;
