@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <unordered_map>
 
@@ -295,7 +296,13 @@ bool GemmRunner::linear_silu_mul(const DeviceTensor& gate_up, const DeviceTensor
       tactic.variant >= kGemvVariantCount || !gemv_silu_mul_applies(gate_up, weight)) {
     return false;
   }
-  launch_gemv_silu_mul(gate_up, weight, out, tactic.variant, stream);
+  // A/B switch: another GEMV configuration for the SwiGLU-fused down projection.
+  static const int forced = [] {
+    const char* setting = std::getenv("KITE_GATED_GEMV_VARIANT");
+    return setting ? std::atoi(setting) : -1;
+  }();
+  launch_gemv_silu_mul(gate_up, weight, out,
+                       forced >= 0 && forced < kGemvVariantCount ? forced : tactic.variant, stream);
   return true;
 }
 
