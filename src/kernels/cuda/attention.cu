@@ -13,7 +13,6 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
@@ -993,13 +992,7 @@ void launch_decode(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
   // The fewest register-resident query heads that hold the CTA's share of the group.
   auto kernel = p.heads_per_cta == 1 ? decode_kernel<Element, kHeadDim, 1>
                                      : decode_kernel<Element, kHeadDim, kMaxDecodeHeads>;
-  // A/B switch: the uniform carveout when the launch is split (small batches).
-  static const bool split_uniform = std::getenv("KITE_DECODE_ATTENTION_SPLIT_UNIFORM") != nullptr;
-  if (split_uniform && p.num_splits > 1) {
-    launch_kernel(kernel, grid, kDecodeThreads, kDecodeSharedBytes, stream, p);
-  } else {
-    launch_kernel_own_carveout(kernel, grid, kDecodeThreads, kDecodeSharedBytes, stream, p);
-  }
+  launch_kernel_own_carveout(kernel, grid, kDecodeThreads, kDecodeSharedBytes, stream, p);
 }
 
 // Launched over Hq x sequences x ceil(max_query_length / rows) CTAs.
