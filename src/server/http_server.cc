@@ -519,12 +519,9 @@ void HttpServer::Impl::answer_beam_search(const httplib::Request& request,
     GenerationOutput& output = outputs.emplace_back();
     output.text = beam.text;
     output.finish_reason = beam.finish_reason;
-    size_t cut = std::string::npos;
-    for (const std::string& stop : parsed.generation.stop_texts) {
-      cut = std::min(cut, output.text.find(stop));
-    }
-    if (cut != std::string::npos) {
-      output.text.resize(cut);
+    if (const StopTextMatch stop = find_stop_text(output.text, parsed.generation.stop_texts);
+        stop.at != std::string::npos) {
+      output.text.resize(stop.at);
       output.finish_reason = "stop";
     }
     output.prompt_tokens = whole->output.prompt_tokens;

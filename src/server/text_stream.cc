@@ -43,22 +43,25 @@ std::string TextStream::finish() {
   return release(true);
 }
 
-std::string TextStream::release(bool at_end) {
-  // The earliest stop text in what is held (everything before held_ was checked to be free of the
-  // start of one); of two starting at the same place, the longer.
-  size_t stop_at = std::string::npos;
-  size_t stop_length = 0;
-  for (const std::string& stop : stop_texts_) {
-    const size_t at = held_.find(stop);
-    if (at == std::string::npos) continue;
-    if (at < stop_at || (at == stop_at && stop.size() > stop_length)) {
-      stop_at = at;
-      stop_length = stop.size();
+StopTextMatch find_stop_text(std::string_view text, const std::vector<std::string>& stop_texts) {
+  StopTextMatch match;
+  for (const std::string& stop : stop_texts) {
+    const size_t at = text.find(stop);
+    if (at == std::string_view::npos) continue;
+    if (at < match.at || (at == match.at && stop.size() > match.length)) {
+      match.at = at;
+      match.length = stop.size();
     }
   }
-  if (stop_at != std::string::npos) {
+  return match;
+}
+
+std::string TextStream::release(bool at_end) {
+  // The earliest stop text in what is held (everything before held_ was checked to be free of the
+  // start of one).
+  if (const StopTextMatch stop = find_stop_text(held_, stop_texts_); stop.at != std::string::npos) {
     stopped_ = true;
-    std::string text = held_.substr(0, include_stop_text_ ? stop_at + stop_length : stop_at);
+    std::string text = held_.substr(0, include_stop_text_ ? stop.at + stop.length : stop.at);
     held_.clear();
     return text;
   }

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tokenizer/tokenizer.h"
@@ -56,6 +57,14 @@ class TextStream {
   bool finished_ = false;
   int64_t decoded_characters_ = 0;
 };
+
+// Where the earliest of `stop_texts` starts in `text` and its length (of two starting at the same
+// place, the longer); {npos, 0} when none occurs. TextStream's search, for a finished text.
+struct StopTextMatch {
+  size_t at = std::string::npos;
+  size_t length = 0;
+};
+StopTextMatch find_stop_text(std::string_view text, const std::vector<std::string>& stop_texts);
 
 // Code points in UTF-8 `text` (bytes that do not continue a character).
 int64_t count_characters(const std::string& text);

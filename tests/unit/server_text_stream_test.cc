@@ -166,6 +166,15 @@ INSTANTIATE_TEST_SUITE_P(Tokenizers, TextStreamTest,
                                                                  : std::string("byte_fallback");
                          });
 
+TEST(TextStream, FindsTheEarliestStopTextTheLongerOnTies) {
+  const std::vector<std::string> stops = {"cd", "b", "bc"};
+  EXPECT_EQ(find_stop_text("abcd", stops).at, 1u);
+  EXPECT_EQ(find_stop_text("abcd", stops).length, 2u);  // "bc" over "b"
+  EXPECT_EQ(find_stop_text("xcd", stops).at, 1u);
+  EXPECT_EQ(find_stop_text("xyz", stops).at, std::string::npos);
+  EXPECT_EQ(find_stop_text("abc", {}).at, std::string::npos);
+}
+
 TEST(TextStream, CountsCharacters) {
   EXPECT_EQ(count_characters(""), 0);
   EXPECT_EQ(count_characters("abc"), 3);
