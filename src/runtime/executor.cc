@@ -416,7 +416,7 @@ class ExecutorImpl final : public Executor {
     added.id = int64_t(id);
     added.prompt = request.input_ids;
     added.max_new_tokens = request.max_new_tokens;
-    added.end_ids = request.end_ids ? *request.end_ids : end_ids_;
+    added.end_ids = end_ids_of(request);
     if (Status status = scheduler_->add_request(std::move(added)); !status.is_ok()) {
       fail(id, status.message());
       return;
@@ -476,7 +476,7 @@ class ExecutorImpl final : public Executor {
     }
     BeamGroup& group = beam_groups_[id];
     const SamplingConfig& sampling = request.sampling;
-    group.stop.end_ids = request.end_ids ? *request.end_ids : end_ids_;
+    group.stop.end_ids = end_ids_of(request);
     group.stop.stop_sequences = request.stop_words;
     group.stop.max_output_len = request.max_new_tokens;
     group.stop.min_output_len = request.min_new_tokens;
@@ -632,7 +632,7 @@ class ExecutorImpl final : public Executor {
         }
         // Short of min_new_tokens (the row picks output token tokens.size() - prompt): no end id.
         if (int64_t(tokens.size() - request.input_ids.size()) < request.min_new_tokens) {
-          for (int32_t token : request.end_ids ? *request.end_ids : end_ids_) {
+          for (int32_t token : end_ids_of(request)) {
             input.logit_bias.push_back({row, token, -std::numeric_limits<float>::infinity()});
           }
         }
@@ -732,6 +732,11 @@ class ExecutorImpl final : public Executor {
     for (const auto& [step_id, logits] : beam_logits_) take_beam_row(step_id, logits);
     beam_logits_.clear();
     return iteration;
+  }
+
+  // The ids that end the request's output: its own, or the engine's.
+  const std::vector<int32_t>& end_ids_of(const Request& request) const {
+    return request.end_ids ? *request.end_ids : end_ids_;
   }
 
   // Whether the request's output now ends with one of its stop words.
