@@ -179,7 +179,8 @@ nlohmann::ordered_json engine_config_to_json(const EngineConfig& config) {
                          {"k", choice.k},
                          {"algorithm", choice.algorithm},
                          {"variant", choice.variant},
-                         {"microseconds", choice.microseconds}});
+                         {"microseconds", choice.microseconds},
+                         {"gated", choice.gated}});
     }
     json["cuda"] = {{"gpu_name", config.gpu_name},
                     {"compute_capability", config.compute_capability},
@@ -276,7 +277,8 @@ Result<EngineConfig> engine_config_from_json(const nlohmann::json& json,
         config.gemm_choices.push_back(
             GemmChoice{tactic.at("max_tokens").get<int64_t>(), tactic.at("n").get<int64_t>(),
                        tactic.at("k").get<int64_t>(), tactic.at("algorithm").get<int32_t>(),
-                       tactic.at("variant").get<int32_t>(), tactic.value("microseconds", 0.0f)});
+                       tactic.at("variant").get<int32_t>(), tactic.value("microseconds", 0.0f),
+                       tactic.value("gated", false)});
       }
     } catch (const nlohmann::json::exception& error) {
       return corrupt(source + ": malformed \"cuda\" section (" + error.what() +

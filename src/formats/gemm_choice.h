@@ -8,6 +8,8 @@ namespace kite {
 
 // For linear() calls with at most max_tokens rows (the smallest such entry applies) and a weight of
 // [n, k]: the backend's kernel `algorithm` in configuration `variant` (see kernels/cuda/linear.h).
+// A `gated` choice is for the MLP's down projection with SwiGLU fused in (its input is
+// [rows, 2k], gate | up), a kernel of its own with other register needs than the plain GEMM's.
 struct GemmChoice {
   int64_t max_tokens = 0;
   int64_t n = 0;
@@ -17,6 +19,7 @@ struct GemmChoice {
   // Its measured time at max_tokens rows when tuned (0: not measured), for reports: weight bytes
   // over this time is the bandwidth the kernel reached.
   float microseconds = 0;
+  bool gated = false;
   bool operator==(const GemmChoice&) const = default;
 };
 

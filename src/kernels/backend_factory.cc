@@ -81,15 +81,17 @@ Result<std::vector<GemmChoice>> tune_gemms(const std::vector<GemmShape>& shapes,
   std::vector<GemmChoice> choices;
   for (size_t i = 0; i < shapes.size(); ++i) {
     const GemmShape& shape = shapes[i];
-    const std::vector<cuda::GemmTiming> timings =
-        runner->time_candidates(shape.max_tokens, shape.n, shape.k, dtype, shape.has_bias, stream);
+    const std::vector<cuda::GemmTiming> timings = runner->time_candidates(
+        shape.max_tokens, shape.n, shape.k, dtype, shape.has_bias, shape.gated, stream);
+    if (on_progress) on_progress(i + 1, shapes.size());
+    // A fused shape no fused kernel takes runs SwiGLU and the plain GEMM's choice.
+    if (shape.gated && timings.empty()) continue;
     const cuda::GemmTactic tactic = timings.empty()
                                         ? runner->default_tactic(shape.max_tokens, shape.n, shape.k)
                                         : timings.front().tactic;
-    choices.push_back(GemmChoice{shape.max_tokens, shape.n, shape.k, int32_t(tactic.algorithm),
-                                 tactic.variant,
-                                 timings.empty() ? 0.0f : timings.front().microseconds});
-    if (on_progress) on_progress(i + 1, shapes.size());
+    choices.push_back(
+        GemmChoice{shape.max_tokens, shape.n, shape.k, int32_t(tactic.algorithm), tactic.variant,
+                   timings.empty() ? 0.0f : timings.front().microseconds, shape.gated});
   }
   KITE_CUDA_CHECK(cudaStreamDestroy(stream));
   return choices;

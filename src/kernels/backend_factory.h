@@ -39,6 +39,7 @@ struct GemmShape {
   int64_t n = 0;
   int64_t k = 0;
   bool has_bias = false;
+  bool gated = false;  // the down projection with SwiGLU fused in (GemmChoice::gated)
 };
 // The kernel-tuning step of `kite build --device cuda`: times every candidate kernel of each
 // shape on GPU device_index and returns the fastest per shape. `on_progress(done, total)` is

@@ -18,6 +18,9 @@
 namespace kite::tools {
 namespace {
 
+// The most rows for which the tuner is offered the SwiGLU-fused down projection.
+constexpr int64_t kFusedDownMaxTokens = 16;
+
 // Every GEMM the forward pass runs, by row-count bucket (powers of two up to the largest step),
 // for the kernel-tuning step.
 std::vector<GemmShape> model_gemm_shapes(const ModelConfig& model, const BuildLimits& limits) {
@@ -42,6 +45,12 @@ std::vector<GemmShape> model_gemm_shapes(const ModelConfig& model, const BuildLi
       shapes.push_back(GemmShape{rows, weight.n, weight.k, weight.bias});
       if (rows == weight.max_tokens) break;
     }
+  }
+  // The down projection with SwiGLU fused in, a kernel of its own for decode-sized steps (the
+  // tuner skips the buckets it does not take).
+  for (int64_t rows = 1; rows <= std::min<int64_t>(kFusedDownMaxTokens, max_step_tokens);
+       rows *= 2) {
+    shapes.push_back(GemmShape{rows, hidden, ffn, false, /*gated=*/true});
   }
   return shapes;
 }

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <set>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -222,7 +223,7 @@ TEST(CudaLinear, TimeCandidatesSortedAndCorrect) {
   };
   for (const auto& [shape, dtype, has_bias] : cases) {
     const std::vector<cuda::GemmTiming> timings =
-        runner->time_candidates(shape.m, shape.n, shape.k, dtype, has_bias, nullptr);
+        runner->time_candidates(shape.m, shape.n, shape.k, dtype, has_bias, false, nullptr);
     const std::string what = describe(shape, dtype, has_bias, {});
     ASSERT_FALSE(timings.empty()) << what;
     int gemv_candidates = 0, cublas_candidates = 0;
@@ -348,6 +349,30 @@ TEST(CudaLinear, SiluMulFusedIntoGemvMatchesSeparateOps) {
         }
       }
     }
+  }
+}
+
+// The tuning step for the SwiGLU-fused down projection: every GEMV configuration timed on the
+// fused kernel where it applies (M <= 8), sorted, and nothing where it does not.
+TEST(CudaLinear, TimeCandidatesOfTheFusedKernel) {
+  KITE_REQUIRE_GPU();
+  auto runner = make_runner();
+  ASSERT_TRUE(runner);
+  for (const int64_t m : {1, 8, 16}) {
+    const std::vector<cuda::GemmTiming> timings =
+        runner->time_candidates(m, 1000, 576, DType::kBF16, false, /*gated=*/true, nullptr);
+    const std::string what = "M=" + std::to_string(m);
+    ASSERT_EQ(timings.size(), m <= 8 ? size_t(cuda::kGemvVariantCount) : 0) << what;
+    std::set<int32_t> variants;
+    for (size_t i = 0; i < timings.size(); ++i) {
+      EXPECT_EQ(timings[i].tactic.algorithm, GemmAlgorithm::kGemv) << what;
+      variants.insert(timings[i].tactic.variant);
+      EXPECT_TRUE(std::isfinite(timings[i].microseconds) && timings[i].microseconds > 0) << what;
+      if (i > 0) {
+        EXPECT_LE(timings[i - 1].microseconds, timings[i].microseconds) << what;
+      }
+    }
+    EXPECT_EQ(variants.size(), timings.size()) << what;
   }
 }
 

@@ -140,6 +140,25 @@ TEST_F(EngineCommands, BuildWritesConfigAndTokenizer) {
   EXPECT_TRUE(Engine::load(*engine_).is_ok());
 }
 
+// A CUDA engine's tuned GEMM tactics, the SwiGLU-fused kernel's among them, survive config.json;
+// an engine written before the fused kernel was tuned apart reads as having no fused entries.
+TEST_F(EngineCommands, GemmTacticsRoundTrip) {
+  EngineConfig config = read_engine_config(*engine_).value();
+  config.device = "cuda";
+  config.gpu_name = "NVIDIA H100 80GB HBM3";
+  config.compute_capability = 90;
+  config.gemm_choices = {GemmChoice{1, 4096, 14336, 1, 1, 40.5f, false},
+                         GemmChoice{1, 4096, 14336, 1, 0, 41.0f, true},
+                         GemmChoice{64, 4096, 14336, 0, 3, 120.0f, false}};
+  const nlohmann::json json = engine_config_to_json(config);
+  EXPECT_EQ(engine_config_from_json(json, "test").value().gemm_choices, config.gemm_choices);
+  nlohmann::json older = json;
+  for (auto& tactic : older["cuda"]["gemm_tactics"]) tactic.erase("gated");
+  const std::vector<GemmChoice> read = engine_config_from_json(older, "test").value().gemm_choices;
+  ASSERT_EQ(read.size(), 3u);
+  for (const GemmChoice& choice : read) EXPECT_FALSE(choice.gated);
+}
+
 TEST_F(EngineCommands, BuildRecordsItsMemoryPlan) {
   const EngineConfig config = read_engine_config(*engine_).value();
   // Weights: the bytes of rank0.engine's tensors.

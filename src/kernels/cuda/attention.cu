@@ -278,64 +278,96 @@ __device__ __forceinline__ uint4 pack8(const float (&values)[8]) {
   return vector;
 }
 
-// With several splits: counts this CTA's split as done and, in the last CTA to finish, merges the
-// splits of its heads: out = sum_s w_s o_s / sum_s w_s with w_s = 2^(lse_s - M), M = max_s lse_s.
-// Empty splits (lse = -inf) get weight 0; every token sees its own position, so some split is not
-// empty. `shared` holds kMergeSharedFloats floats (dynamic shared memory: the kernel's static
-// shared memory would push it past the 48 KiB a launch gets by default). Called by every thread.
-constexpr int kMergeSharedFloats = kMaxDecodeHeads * (kMaxSplits + 1) + 1;
+// With several splits: counts this CTA's split as done and, in the last of the `splits` CTAs that
+// hold keys to finish, merges the splits of its heads: out = sum_s w_s o_s / sum_s w_s with
+// w_s = 2^(lse_s - M), M = max_s lse_s. The merge is latency-bound (a few KiB from L2 after an
+// atomic), so it takes one pass with a running M: each thread owns kValues consecutive elements of
+// one head and has the log-sum-exps and partial rows of kMergeBatch splits in flight at once
+// (one round trip up to 8 splits). Called by every thread of the CTA; `last` is a word of dynamic
+// shared memory (static shared memory would push the kernel past the 48 KiB a launch gets by
+// default).
+constexpr int kMergeBatch = 8;
 
-template <typename Element, int kHeadDim>
+template <int kHeadDim, int kMaxHeads>
+struct MergeShape {
+  static constexpr int kElements = kMaxHeads * kHeadDim;
+  // 4 (16 bytes), 2 or 1 consecutive floats a thread; kValues divides kHeadDim, so one head.
+  static constexpr int kValues = kElements >= 4 * kDecodeThreads   ? 4
+                                 : kElements >= 2 * kDecodeThreads ? 2
+                                                                   : 1;
+  static_assert(kElements <= kValues * kDecodeThreads && kHeadDim % kValues == 0);
+};
+
+template <int kValues>
+__device__ __forceinline__ void load_partial(const float* address, float (&values)[kValues]) {
+  if constexpr (kValues == 4) {
+    const float4 vector = __ldcg(reinterpret_cast<const float4*>(address));
+    values[0] = vector.x, values[1] = vector.y, values[2] = vector.z, values[3] = vector.w;
+  } else if constexpr (kValues == 2) {
+    const float2 vector = __ldcg(reinterpret_cast<const float2*>(address));
+    values[0] = vector.x, values[1] = vector.y;
+  } else {
+    values[0] = __ldcg(address);
+  }
+}
+
+template <typename Element, int kHeadDim, int kMaxHeads>
 __device__ void merge_if_last(const AttentionParams& p, int token, int first_head, int heads,
-                              int counter, float* shared) {
-  int* last = reinterpret_cast<int*>(shared + kMergeSharedFloats - 1);
+                              int counter, int splits, int& last) {
   __threadfence();  // this CTA's partial results are visible before it is counted
   __syncthreads();
   if (threadIdx.x == 0) {
-    *last = atomicAdd(&p.split_counters[counter], 1) == p.num_splits - 1;
+    last = atomicAdd(&p.split_counters[counter], 1) == splits - 1;
     // Every other split has counted: reset for the next launch.
-    if (*last) p.split_counters[counter] = 0;
+    if (last) p.split_counters[counter] = 0;
   }
   __syncthreads();
-  if (!*last) return;
+  if (!last) return;
   __threadfence();
 
-  float* weights = shared;                                       // [head][split]
-  float* inverse_total = shared + kMaxDecodeHeads * kMaxSplits;  // [head]
+  constexpr int kValues = MergeShape<kHeadDim, kMaxHeads>::kValues;
+  const int element = int(threadIdx.x) * kValues;  // in [0, heads * kHeadDim)
+  if (element >= heads * kHeadDim) return;
+  const int64_t row = int64_t(token) * p.num_q_heads + first_head + element / kHeadDim;
   const int64_t split_stride = int64_t(p.num_tokens) * p.num_q_heads;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  static_assert(kDecodeWarps >= kMaxDecodeHeads);
-  if (warp < heads) {
-    const int64_t row = int64_t(token) * p.num_q_heads + first_head + warp;
-    float maximum = -INFINITY;
-    for (int split = lane; split < p.num_splits; split += 32)
-      maximum = fmaxf(maximum, __ldcg(p.partial_lse + split * split_stride + row));
-    maximum = warp_max(maximum);
-    float total = 0.0f;
-    for (int split = lane; split < p.num_splits; split += 32) {
-      const float lse = __ldcg(p.partial_lse + split * split_stride + row);
-      const float weight = lse == -INFINITY ? 0.0f : fast_exp2(lse - maximum);
-      weights[warp * kMaxSplits + split] = weight;
+  const float* partial = p.partial_out + row * kHeadDim + element % kHeadDim;
+  float maximum = -INFINITY, total = 0.0f, sum[kValues] = {};
+  for (int first = 0; first < splits; first += kMergeBatch) {
+    float lse[kMergeBatch], values[kMergeBatch][kValues];
+#pragma unroll
+    for (int s = 0; s < kMergeBatch; ++s) {
+      const int split = first + s;
+      if (split < splits) {
+        lse[s] = __ldcg(p.partial_lse + split * split_stride + row);
+        load_partial<kValues>(partial + split * split_stride * kHeadDim, values[s]);
+      } else {
+        lse[s] = -INFINITY;
+      }
+    }
+    float batch_maximum = maximum;
+#pragma unroll
+    for (int s = 0; s < kMergeBatch; ++s) batch_maximum = fmaxf(batch_maximum, lse[s]);
+    const float base = batch_maximum == -INFINITY ? 0.0f : batch_maximum;
+    const float correction = fast_exp2(maximum - base);
+    maximum = batch_maximum;
+    total *= correction;
+#pragma unroll
+    for (int v = 0; v < kValues; ++v) sum[v] *= correction;
+#pragma unroll
+    for (int s = 0; s < kMergeBatch; ++s) {
+      // A split of weight 0 adds nothing, whatever its row holds (unwritten rows: maybe NaN).
+      const float weight = fast_exp2(lse[s] - base);
       total += weight;
+#pragma unroll
+      for (int v = 0; v < kValues; ++v)
+        sum[v] = weight != 0.0f ? fmaf(weight, values[s][v], sum[v]) : sum[v];
     }
-    total = warp_sum(total);
-    if (lane == 0) inverse_total[warp] = 1.0f / total;
   }
-  __syncthreads();
-  for (int index = threadIdx.x; index < heads * kHeadDim; index += kDecodeThreads) {
-    const int h = index / kHeadDim;
-    const int64_t row = int64_t(token) * p.num_q_heads + first_head + h;
-    const float* partial = p.partial_out + row * kHeadDim + index % kHeadDim;
-    float sum = 0.0f;
-#pragma unroll 8
-    for (int split = 0; split < p.num_splits; ++split) {
-      const float weight = weights[h * kMaxSplits + split];
-      const float value = __ldcg(partial + split * split_stride * kHeadDim);
-      sum = weight != 0.0f ? fmaf(weight, value, sum) : sum;
-    }
-    static_cast<Element*>(p.out)[row * kHeadDim + index % kHeadDim] =
-        from_float<Element>(sum * inverse_total[h]);
-  }
+  // Every split here holds a key of the token's context, so total >= 1.
+  Element* out = static_cast<Element*>(p.out) + row * kHeadDim + element % kHeadDim;
+  const float inverse_total = 1.0f / total;
+#pragma unroll
+  for (int v = 0; v < kValues; ++v) out[v] = from_float<Element>(sum[v] * inverse_total);
 }
 
 template <typename Element, int kHeadDim, int kMaxHeads>
@@ -346,9 +378,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
   constexpr int kKeyLanes = Shape::kKeyLanes;
   constexpr int kTileKeys = Shape::kTileKeys;
   constexpr int kReductionFloats = kDecodeWarps * kMaxHeads * (kHeadDim + 2);
-  static_assert((kReductionFloats + kMergeSharedFloats) * 4 <= kDecodeSharedBytes);
+  static_assert(kReductionFloats * 4 + 4 <= kDecodeSharedBytes);
   extern __shared__ __align__(16) unsigned char decode_shared[];
-  float* merge_shared = reinterpret_cast<float*>(decode_shared) + kReductionFloats;
+  int& merge_last = *reinterpret_cast<int*>(decode_shared + kReductionFloats * 4);
 
   const int sequence = blockIdx.x;
   const int kv_head = blockIdx.y / p.head_chunks;
@@ -363,23 +395,20 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
   }
   const int counter = (token * p.num_kv_heads + kv_head) * p.head_chunks + chunk;
 
-  // This split's share of the visible positions [first, position], whole tiles each.
+  // This split's share of the visible positions [first, position], whole tiles each. Splits past
+  // the context's last tile (`splits` of num_splits hold keys) have nothing to do: the graph of a
+  // step is captured for the longest context its block table allows.
   const int position = p.positions[token];
   const int first = first_visible(position, p.sliding_window);
   const int visible_tiles = (position - first + kTileKeys) / kTileKeys;
   const int split_tiles = (visible_tiles + p.num_splits - 1) / p.num_splits;
-  const int split_begin = first + split * split_tiles * kTileKeys;
-  const int split_end = min(position + 1, split_begin + split_tiles * kTileKeys);
-  if (split_begin >= split_end) {
-    // A split past the end of a short context: weight exp2(-inf) = 0 in the merge.
+  const int splits = (visible_tiles + split_tiles - 1) / split_tiles;
+  if (split >= splits) {
     pdl_wait();
-    if (threadIdx.x < heads) {
-      p.partial_lse[(int64_t(split) * p.num_tokens + token) * p.num_q_heads + first_head +
-                    threadIdx.x] = -INFINITY;
-    }
-    merge_if_last<Element, kHeadDim>(p, token, first_head, heads, counter, merge_shared);
     return;
   }
+  const int split_begin = first + split * split_tiles * kTileKeys;
+  const int split_end = min(position + 1, split_begin + split_tiles * kTileKeys);
 
   const int key_lane = threadIdx.x / kThreadsPerKey;
   const int part = threadIdx.x % kThreadsPerKey;  // elements [8 * part, 8 * part + 8) of a row
@@ -632,7 +661,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
     }
   }
   if (p.num_splits > 1) {
-    merge_if_last<Element, kHeadDim>(p, token, first_head, heads, counter, merge_shared);
+    merge_if_last<Element, kHeadDim, kMaxHeads>(p, token, first_head, heads, counter, splits,
+                                                merge_last);
   }
 }
 

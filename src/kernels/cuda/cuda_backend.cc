@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstdlib>
 #include <string>
 
 #include "kernels/cuda/activation.h"
@@ -144,13 +145,15 @@ void CudaBackend::add_rms_norm(DeviceTensor& residual, const DeviceTensor& x,
   cuda::add_rms_norm(residual, x, weight, eps, out, stream_);
 }
 
-cuda::GemmTactic CudaBackend::tactic_for(int64_t m, int64_t n, int64_t k) const {
+cuda::GemmTactic CudaBackend::tactic_for(int64_t m, int64_t n, int64_t k, bool gated) const {
   // The smallest tuned bucket that holds m rows.
   const GemmChoice* best = nullptr;
   for (const GemmChoice& choice : options_.gemm_choices) {
-    if (choice.n != n || choice.k != k || choice.max_tokens < m) continue;
+    if (choice.gated != gated || choice.n != n || choice.k != k || choice.max_tokens < m) continue;
     if (!best || choice.max_tokens < best->max_tokens) best = &choice;
   }
+  // The fused kernel untuned (an engine built before it was tuned apart): the plain GEMM's choice.
+  if (!best && gated) return tactic_for(m, n, k, false);
   if (!best) return gemm_->default_tactic(m, n, k);
   const auto algorithm = cuda::GemmAlgorithm(best->algorithm);
   // A cuBLASLt variant indexes the heuristic's list for the tuned row count; another row count
@@ -168,7 +171,8 @@ void CudaBackend::linear(const DeviceTensor& x, const DeviceTensor& weight,
 
 void CudaBackend::silu_mul_linear(const DeviceTensor& gate_up, const DeviceTensor& weight,
                                   DeviceTensor& hidden, DeviceTensor& out) {
-  const cuda::GemmTactic tactic = tactic_for(gate_up.rows(), weight.rows(), weight.cols());
+  const cuda::GemmTactic tactic =
+      tactic_for(gate_up.rows(), weight.rows(), weight.cols(), /*gated=*/true);
   if (!gemm_->linear_silu_mul(gate_up, weight, out, tactic, stream_)) {
     Backend::silu_mul_linear(gate_up, weight, hidden, out);
   }
@@ -183,6 +187,12 @@ void CudaBackend::rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& r
 int CudaBackend::decode_splits(const AttentionBatch& batch, const KvCacheView& cache,
                                int64_t decodes) const {
   if (decodes <= 0) return 1;
+  // A/B switch: a fixed number of splits (1..64) for every decode step.
+  static const int forced = [] {
+    const char* setting = std::getenv("KITE_DECODE_SPLITS");
+    return setting ? std::clamp(std::atoi(setting), 0, 64) : 0;
+  }();
+  if (forced > 0) return forced;
   // The table's width bounds every context of the step, and a graph is captured per width.
   const int64_t longest_possible = batch.max_blocks_per_sequence * cache.block_size;
   return cuda::choose_attention_splits(decodes, cache.num_kv_heads, longest_possible,

@@ -78,7 +78,8 @@ class CudaBackend final : public Backend {
  private:
   CudaBackend(BackendOptions options, CudaDeviceInfo device, cudaStream_t stream,
               std::unique_ptr<cuda::GemmRunner> gemm);
-  cuda::GemmTactic tactic_for(int64_t m, int64_t n, int64_t k) const;
+  // The tuned tactic of an m-row GEMM with a [n, k] weight (`gated`: SwiGLU fused in).
+  cuda::GemmTactic tactic_for(int64_t m, int64_t n, int64_t k, bool gated = false) const;
   // Grows `buffer` to hold `bytes`, to the next power of two: a growth waits for the GPU and drops
   // every captured graph, and in serving the sampling workspace's row count rises a request at a
   // time (a traced 256-request run idled 55 times before its first sampling kernel, 29 ms in all,

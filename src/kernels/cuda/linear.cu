@@ -296,9 +296,7 @@ bool GemmRunner::linear_silu_mul(const DeviceTensor& gate_up, const DeviceTensor
       tactic.variant >= kGemvVariantCount || !gemv_silu_mul_applies(gate_up, weight)) {
     return false;
   }
-  // A/B switch: another GEMV configuration for the SwiGLU-fused down projection. (H100,
-  // Llama-3-8B: configuration 0 decodes 1% faster in the step than the 1 that timing the unfused
-  // GEMV alone picks, docs/perf/cuda_llama3_8b.md; the tuner does not yet time the fused kernel.)
+  // A/B switch: another GEMV configuration for the SwiGLU-fused down projection than the tuned one.
   static const int forced = [] {
     const char* setting = std::getenv("KITE_GATED_GEMV_VARIANT");
     return setting ? std::atoi(setting) : -1;
@@ -309,16 +307,19 @@ bool GemmRunner::linear_silu_mul(const DeviceTensor& gate_up, const DeviceTensor
 }
 
 std::vector<GemmTiming> GemmRunner::time_candidates(int64_t m, int64_t n, int64_t k, DType dtype,
-                                                    bool has_bias, cudaStream_t stream) {
+                                                    bool has_bias, bool gated,
+                                                    cudaStream_t stream) {
   KITE_CHECK(m > 0 && n > 0 && k > 0 && is_half_precision(dtype));
+  KITE_CHECK(!(gated && has_bias));
   const size_t element = dtype_size(dtype);
+  const int64_t x_columns = gated ? 2 * k : k;
 
   // Enough weight copies that a round through them overflows L2 three times: each run then reads
   // its weights from HBM, as each layer does in a forward pass.
   const size_t weight_bytes = round_up(size_t(n * k) * element, kMaxAlignment);
   const int copies = int(std::clamp<size_t>(
       (3 * state_->l2_cache_bytes + weight_bytes - 1) / weight_bytes, 1, kMaxWeightCopies));
-  const size_t x_bytes = round_up(size_t(m * k) * element, kMaxAlignment);
+  const size_t x_bytes = round_up(size_t(m * x_columns) * element, kMaxAlignment);
   const size_t bias_bytes = round_up(size_t(n) * element, kMaxAlignment);
   const size_t out_bytes = round_up(size_t(m * n) * element, kMaxAlignment);
   ScratchMemory scratch;
@@ -328,11 +329,11 @@ std::vector<GemmTiming> GemmRunner::time_candidates(int64_t m, int64_t n, int64_
     return {};
   }
   char* base = static_cast<char*>(scratch.data);
-  DeviceTensor x{dtype, {m, k}, base};
+  DeviceTensor x{dtype, {m, x_columns}, base};
   DeviceTensor bias{dtype, {n}, base + x_bytes};
   DeviceTensor out{dtype, {m, n}, base + x_bytes + bias_bytes};
   char* weights = base + x_bytes + bias_bytes + out_bytes;
-  fill_random(dtype, x.data, m * k, 1, 1.0f, stream);
+  fill_random(dtype, x.data, m * x_columns, 1, 1.0f, stream);
   fill_random(dtype, bias.data, n, 2, 1.0f, stream);
   for (int copy = 0; copy < copies; ++copy) {
     fill_random(dtype, weights + size_t(copy) * weight_bytes, n * k, 3 + uint32_t(copy),
@@ -344,12 +345,13 @@ std::vector<GemmTiming> GemmRunner::time_candidates(int64_t m, int64_t n, int64_
   }
 
   std::vector<GemmTactic> candidates;
-  const CublasPlan* plan = state_->plan(PlanKey{m, n, k, dtype, has_bias, kMaxAlignment});
+  const CublasPlan* plan =
+      gated ? nullptr : state_->plan(PlanKey{m, n, k, dtype, has_bias, kMaxAlignment});
   for (size_t i = 0; plan && i < plan->algorithms.size(); ++i) {
     candidates.push_back({GemmAlgorithm::kCublasLt, int32_t(i)});
   }
   DeviceTensor weight{dtype, {n, k}, weights};
-  if (gemv_applies(x, weight)) {
+  if (gated ? gemv_silu_mul_applies(x, weight) : gemv_applies(x, weight)) {
     for (int32_t variant = 0; variant < kGemvVariantCount; ++variant) {
       candidates.push_back({GemmAlgorithm::kGemv, variant});
     }
@@ -367,6 +369,10 @@ std::vector<GemmTiming> GemmRunner::time_candidates(int64_t m, int64_t n, int64_
     // One run on weight copy `copy`; false when the candidate cannot run.
     auto run = [&](int copy) {
       weight.data = weights + size_t(copy) * weight_bytes;
+      if (tactic.algorithm == GemmAlgorithm::kGemv && gated) {
+        launch_gemv_silu_mul(x, weight, out, tactic.variant, stream);
+        return true;
+      }
       if (tactic.algorithm == GemmAlgorithm::kGemv) {
         launch_gemv(x, weight, has_bias ? &bias : nullptr, out, tactic.variant, stream);
         return true;

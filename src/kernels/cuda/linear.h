@@ -78,9 +78,11 @@ class GemmRunner {
   // enough weight copies that the weights come from HBM as they do in a forward pass. Each: one
   // warm-up batch, then the median of several timed batches (CUDA events). Fastest first;
   // candidates that fail to run are left out; empty when the scratch memory cannot be had. Must not
-  // be called while `stream` is being captured.
+  // be called while `stream` is being captured. `gated`: the SwiGLU-fused product of
+  // linear_silu_mul (x [M, 2K], no bias), whose candidates are the GEMV configurations when
+  // gemv_silu_mul_applies (none otherwise).
   std::vector<GemmTiming> time_candidates(int64_t m, int64_t n, int64_t k, DType dtype,
-                                          bool has_bias, cudaStream_t stream);
+                                          bool has_bias, bool gated, cudaStream_t stream);
 
   // A good tactic without timing, for shapes no engine has tuned: GEMV for M <= kGemvMaxTokens and
   // K % 8 == 0, otherwise cuBLASLt's first heuristic result.
