@@ -370,7 +370,9 @@ __device__ void merge_if_last(const AttentionParams& p, int token, int first_hea
   for (int v = 0; v < kValues; ++v) out[v] = from_float<Element>(sum[v] * inverse_total);
 }
 
-template <typename Element, int kHeadDim, int kMaxHeads>
+// kUniformSplit: the same code, an instance of its own for launch_kernel's uniform carveout
+// (the carveout is a property of the kernel).
+template <typename Element, int kHeadDim, int kMaxHeads, bool kUniformSplit>
 __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionParams p) {
   pdl_launch_dependents();
   using Shape = DecodeShape<kHeadDim>;
@@ -1017,12 +1019,31 @@ __global__ void __launch_bounds__(32 * kPrefillWarps, 2) prefill_kernel(const At
 
 // ---- the instance table ----
 
+template <typename Element, int kHeadDim, bool kUniformSplit>
+void launch_decode_in(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
+  // The fewest register-resident query heads that hold the CTA's share of the group.
+  auto kernel = p.heads_per_cta == 1
+                    ? decode_kernel<Element, kHeadDim, 1, kUniformSplit>
+                    : decode_kernel<Element, kHeadDim, kMaxDecodeHeads, kUniformSplit>;
+  if (kUniformSplit) {
+    launch_kernel(kernel, grid, kDecodeThreads, kDecodeSharedBytes, stream, p);
+  } else {
+    launch_kernel_own_carveout(kernel, grid, kDecodeThreads, kDecodeSharedBytes, stream, p);
+  }
+}
+
+// A grid of one wave at one CTA an SM (batch 1 with a short context) runs in the GEMVs' uniform
+// carveout, so that its CTAs start beside the QKV GEMV's last ones and the o GEMV's start beside
+// its own: an SM changes its split only once drained. Larger grids keep the driver's split, which
+// fits two or more CTAs an SM (one an SM cost batch 8 3%, docs/perf/cuda_llama3_8b.md).
 template <typename Element, int kHeadDim>
 void launch_decode(const AttentionParams& p, dim3 grid, cudaStream_t stream) {
-  // The fewest register-resident query heads that hold the CTA's share of the group.
-  auto kernel = p.heads_per_cta == 1 ? decode_kernel<Element, kHeadDim, 1>
-                                     : decode_kernel<Element, kHeadDim, kMaxDecodeHeads>;
-  launch_kernel_own_carveout(kernel, grid, kDecodeThreads, kDecodeSharedBytes, stream, p);
+  const int64_t ctas = int64_t(grid.x) * grid.y * grid.z;
+  if (ctas <= current_multiprocessor_count()) {
+    launch_decode_in<Element, kHeadDim, true>(p, grid, stream);
+  } else {
+    launch_decode_in<Element, kHeadDim, false>(p, grid, stream);
+  }
 }
 
 // Launched over Hq x sequences x ceil(max_query_length / rows) CTAs.

@@ -91,6 +91,20 @@ int uniform_carveout() {
   return carveout;
 }
 
+int current_multiprocessor_count() {
+  constexpr int kDevices = 64;
+  static std::atomic<int> counts[kDevices] = {};  // 0: not asked yet
+  int device = 0;
+  KITE_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < 0 || device >= kDevices) return 1;
+  int count = counts[device].load(std::memory_order_relaxed);
+  if (count == 0) {
+    KITE_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    counts[device].store(count, std::memory_order_relaxed);
+  }
+  return count;
+}
+
 void prefer_carveout(const void* kernel, int percent) {
   int device = 0;
   KITE_CUDA_CHECK(cudaGetDevice(&device));

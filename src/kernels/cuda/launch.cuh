@@ -58,6 +58,8 @@ bool programmatic_launch_enabled();
 // overrides the percent, -1 for the driver's choice (A/B measurements).
 inline constexpr int kUniformCarveout = 28;
 int uniform_carveout();
+// The current device's SM count (cached).
+int current_multiprocessor_count();
 // Sets `kernel`'s preferred carveout on the current device unless already set there (cached).
 void prefer_carveout(const void* kernel, int percent);
 
