@@ -353,7 +353,8 @@ TEST(CudaLinear, SiluMulFusedIntoGemvMatchesSeparateOps) {
 }
 
 // The tuning step for the SwiGLU-fused down projection: every GEMV configuration timed on the
-// fused kernel where it applies (M <= 8), sorted, and nothing where it does not.
+// fused kernel where it applies (M <= 8), sorted, and nothing where it does not. (Each time is
+// in a chain, less its predecessor's: finite, but not bound to be positive.)
 TEST(CudaLinear, TimeCandidatesOfTheFusedKernel) {
   KITE_REQUIRE_GPU();
   auto runner = make_runner();
@@ -367,7 +368,7 @@ TEST(CudaLinear, TimeCandidatesOfTheFusedKernel) {
     for (size_t i = 0; i < timings.size(); ++i) {
       EXPECT_EQ(timings[i].tactic.algorithm, GemmAlgorithm::kGemv) << what;
       variants.insert(timings[i].tactic.variant);
-      EXPECT_TRUE(std::isfinite(timings[i].microseconds) && timings[i].microseconds > 0) << what;
+      EXPECT_TRUE(std::isfinite(timings[i].microseconds)) << what;
       if (i > 0) {
         EXPECT_LE(timings[i - 1].microseconds, timings[i].microseconds) << what;
       }

@@ -80,7 +80,8 @@ class GemmRunner {
   // candidates that fail to run are left out; empty when the scratch memory cannot be had. Must not
   // be called while `stream` is being captured. `gated`: the SwiGLU-fused product of
   // linear_silu_mul (x [M, 2K], no bias), whose candidates are the GEMV configurations when
-  // gemv_silu_mul_applies (none otherwise).
+  // gemv_silu_mul_applies (none otherwise), each timed after the MLP's gate/up GEMV ([M, N] @
+  // [2K, N]^T, writing x) as in a decode step and charged the pair's time less that GEMV's.
   std::vector<GemmTiming> time_candidates(int64_t m, int64_t n, int64_t k, DType dtype,
                                           bool has_bias, bool gated, cudaStream_t stream);
 
