@@ -17,8 +17,7 @@ struct GemmChoice {
   int32_t algorithm = 0;
   int32_t variant = 0;
   // Its measured time at max_tokens rows when tuned (0: not measured), for reports: weight bytes
-  // over this time is the bandwidth the kernel reached. A gated choice's is its time after the
-  // gate/up GEMM, in a chain of the two, less that GEMM's alone.
+  // over this time is the bandwidth the kernel reached.
   float microseconds = 0;
   bool gated = false;
   bool operator==(const GemmChoice&) const = default;

@@ -330,6 +330,24 @@ void launch_typed(const DeviceTensor& x, const DeviceTensor& weight, const Devic
   }
 }
 
+template <typename T, size_t... kVariants>
+int gated_ctas_per_multiprocessor(int32_t variant, std::index_sequence<kVariants...>) {
+  int ctas = 0;
+  auto query = [&](auto kernel, int threads) {
+    if (const int carveout = uniform_carveout(); carveout >= 0) {
+      prefer_carveout(reinterpret_cast<const void*>(kernel), carveout);
+    }
+    KITE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, threads, 0));
+  };
+  ((variant == int32_t(kVariants)
+        ? query(gemv_kernel<T, 1, kGemvConfigs[kVariants].row_tiles, kGemvConfigs[kVariants].warps,
+                            true>,
+                kGemvConfigs[kVariants].warps * 32)
+        : void()),
+   ...);
+  return ctas;
+}
+
 bool is_aligned_16(const void* pointer) {
   return reinterpret_cast<uintptr_t>(pointer) % 16 == 0;
 }
@@ -379,6 +397,14 @@ void launch_gemv(const DeviceTensor& x, const DeviceTensor& weight, const Device
   } else {
     launch_typed<__half, false>(x, weight, bias, out, variant, stream);
   }
+}
+
+int gemv_silu_mul_ctas_per_multiprocessor(DType dtype, int32_t variant) {
+  KITE_CHECK(variant >= 0 && variant < kGemvVariantCount);
+  KITE_CHECK(dtype == DType::kBF16 || dtype == DType::kF16);
+  const auto variants = std::make_index_sequence<size_t(kGemvVariantCount)>();
+  return dtype == DType::kBF16 ? gated_ctas_per_multiprocessor<__nv_bfloat16>(variant, variants)
+                               : gated_ctas_per_multiprocessor<__half>(variant, variants);
 }
 
 void launch_gemv_silu_mul(const DeviceTensor& gate_up, const DeviceTensor& weight,

@@ -80,8 +80,7 @@ class GemmRunner {
   // candidates that fail to run are left out; empty when the scratch memory cannot be had. Must not
   // be called while `stream` is being captured. `gated`: the SwiGLU-fused product of
   // linear_silu_mul (x [M, 2K], no bias), whose candidates are the GEMV configurations when
-  // gemv_silu_mul_applies (none otherwise), each timed after the MLP's gate/up GEMV ([M, N] @
-  // [2K, N]^T, writing x) as in a decode step and charged the pair's time less that GEMV's.
+  // gemv_silu_mul_applies (none otherwise) that fit two CTAs an SM, where any does.
   std::vector<GemmTiming> time_candidates(int64_t m, int64_t n, int64_t k, DType dtype,
                                           bool has_bias, bool gated, cudaStream_t stream);
 
@@ -112,6 +111,9 @@ void launch_gemv(const DeviceTensor& x, const DeviceTensor& weight, const Device
                  DeviceTensor& out, int32_t variant, cudaStream_t stream);
 // The same with SwiGLU on the input: x = silu(gate) * up from gate_up [M, 2K]; for M <= 8.
 bool gemv_silu_mul_applies(const DeviceTensor& gate_up, const DeviceTensor& weight);
+// How many CTAs of the SwiGLU-fused kernel in configuration `variant` fit an SM (one token tile,
+// the uniform carveout), on the current device.
+int gemv_silu_mul_ctas_per_multiprocessor(DType dtype, int32_t variant);
 void launch_gemv_silu_mul(const DeviceTensor& gate_up, const DeviceTensor& weight,
                           DeviceTensor& out, int32_t variant, cudaStream_t stream);
 
