@@ -203,7 +203,8 @@ __device__ __forceinline__ void unpack8(const uint4& vector, float (&values)[8])
 //
 // With several splits, each CTA writes its float32 partial result and log-sum-exp, then counts
 // itself done on an atomic counter; the last CTA of a (token, kv head, head chunk) merges the
-// splits (no second kernel). With RoPE fused, each CTA rotates its queries from qkv itself, and the
+// splits (no second kernel). Splits past the context's last tile return at once and are not
+// counted (a graph's grid is sized for the longest context its block table allows). With RoPE fused, each CTA rotates its queries from qkv itself, and the
 // CTA whose split ends at the new token rotates that token's key, uses it and its value straight
 // from qkv, and (head chunk 0) stores both in the cache: no separate RoPE kernel, no q tensor.
 
