@@ -83,6 +83,15 @@ struct Request {
   // With return_log_probs: also the this many most likely tokens of each step, with their
   // log-probabilities (OpenAI's top_logprobs); 0 to kMaxTopLogProbs.
   int64_t top_log_probs = 0;
+  // The log-probability of each prompt token after the first, given the tokens before it (vLLM's
+  // prompt_logprobs, OpenAI's echo with logprobs, TensorRT-LLM's context logits): in
+  // Result::prompt_log_probs of the request's first response. From the model's logits, before any
+  // logit bias or sampling setting. Such a prompt is computed in full (never taken from the prefix
+  // cache), in chunks of at most max_batch_size tokens.
+  bool return_prompt_log_probs = false;
+  // With return_prompt_log_probs: also the this many most likely tokens at each prompt position;
+  // 0 to kMaxTopLogProbs.
+  int64_t top_prompt_log_probs = 0;
 };
 
 inline constexpr int64_t kMaxTopLogProbs = 20;
@@ -121,6 +130,10 @@ struct Result {
   // Beam search (beam_width > 1): every finished beam, best first; output_ids and finish_reason
   // are the best one's.
   std::vector<Beam> beams;
+  // With return_prompt_log_probs, in the first response: one per prompt token after the first,
+  // and with top_prompt_log_probs one list per such token (as top_log_probs).
+  std::vector<float> prompt_log_probs;
+  std::vector<std::vector<TopLogProb>> prompt_top_log_probs;
 };
 
 struct Response {

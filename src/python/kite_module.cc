@@ -101,7 +101,8 @@ Request make_request(std::vector<int32_t> input_ids, int64_t max_new_tokens,
                      std::vector<std::vector<int32_t>> bad_words,
                      std::map<int32_t, float> logit_bias,
                      std::optional<std::vector<int32_t>> end_ids, bool streaming,
-                     bool return_log_probs, int64_t top_log_probs, int64_t min_new_tokens) {
+                     bool return_log_probs, int64_t top_log_probs, int64_t min_new_tokens,
+                     bool return_prompt_log_probs, int64_t top_prompt_log_probs) {
   Request request;
   request.input_ids = std::move(input_ids);
   request.max_new_tokens = max_new_tokens;
@@ -114,6 +115,8 @@ Request make_request(std::vector<int32_t> input_ids, int64_t max_new_tokens,
   request.streaming = streaming;
   request.return_log_probs = return_log_probs;
   request.top_log_probs = top_log_probs;
+  request.return_prompt_log_probs = return_prompt_log_probs;
+  request.top_prompt_log_probs = top_prompt_log_probs;
   return request;
 }
 
@@ -173,7 +176,8 @@ PYBIND11_MODULE(kite, module) {
            py::arg("bad_words") = std::vector<std::vector<int32_t>>{},
            py::arg("logit_bias") = std::map<int32_t, float>{}, py::arg("end_ids") = std::nullopt,
            py::arg("streaming") = false, py::arg("return_log_probs") = false,
-           py::arg("top_log_probs") = 0, py::arg("min_new_tokens") = 0)
+           py::arg("top_log_probs") = 0, py::arg("min_new_tokens") = 0,
+           py::arg("return_prompt_log_probs") = false, py::arg("top_prompt_log_probs") = 0)
       .def_readwrite("input_ids", &Request::input_ids)
       .def_readwrite("max_new_tokens", &Request::max_new_tokens)
       .def_readwrite("min_new_tokens", &Request::min_new_tokens)
@@ -184,7 +188,9 @@ PYBIND11_MODULE(kite, module) {
       .def_readwrite("end_ids", &Request::end_ids)
       .def_readwrite("streaming", &Request::streaming)
       .def_readwrite("return_log_probs", &Request::return_log_probs)
-      .def_readwrite("top_log_probs", &Request::top_log_probs);
+      .def_readwrite("top_log_probs", &Request::top_log_probs)
+      .def_readwrite("return_prompt_log_probs", &Request::return_prompt_log_probs)
+      .def_readwrite("top_prompt_log_probs", &Request::top_prompt_log_probs);
 
   py::class_<TopLogProb>(module, "TopLogProb")
       .def_readonly("token", &TopLogProb::token)
@@ -204,7 +210,9 @@ PYBIND11_MODULE(kite, module) {
       .def_readonly("top_log_probs", &Result::top_log_probs)
       .def_readonly("finish_reason", &Result::finish_reason)
       .def_readonly("is_final", &Result::is_final)
-      .def_readonly("beams", &Result::beams);
+      .def_readonly("beams", &Result::beams)
+      .def_readonly("prompt_log_probs", &Result::prompt_log_probs)
+      .def_readonly("prompt_top_log_probs", &Result::prompt_top_log_probs);
   py::class_<Response>(module, "Response")
       .def_readonly("request_id", &Response::request_id)
       .def_readonly("error", &Response::error)
@@ -306,7 +314,7 @@ PYBIND11_MODULE(kite, module) {
             for (std::vector<int32_t>& prompt : prompts) {
               requests.push_back(make_request(std::move(prompt), max_new_tokens, sampling,
                                               stop_words, {}, {}, end_ids, false, return_log_probs,
-                                              0, min_new_tokens));
+                                              0, min_new_tokens, false, 0));
             }
             std::vector<Result> results = self.generate(requests);
             if (batch) return py::cast(std::move(results));

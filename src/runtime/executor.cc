@@ -177,6 +177,18 @@ class ExecutorImpl final : public Executor {
     if (request.top_log_probs > 0 && !request.return_log_probs) {
       return "top_log_probs needs return_log_probs";
     }
+    if (request.top_prompt_log_probs < 0 || request.top_prompt_log_probs > kMaxTopLogProbs) {
+      return "top_prompt_log_probs must be between 0 and " + std::to_string(kMaxTopLogProbs);
+    }
+    if (request.top_prompt_log_probs > 0 && !request.return_prompt_log_probs) {
+      return "top_prompt_log_probs needs return_prompt_log_probs";
+    }
+    // Every prompt position's logit row in the one step that computes the prompt.
+    if (request.return_prompt_log_probs && !chunked_prefill_ && length > max_logit_rows_) {
+      return "prompt log-probs of a " + std::to_string(length) + "-token prompt need " +
+             std::to_string(length) + " logit rows in one step, more than the engine's " +
+             std::to_string(max_logit_rows_) + ": enable chunked prefill";
+    }
     const Status sampling = validate_sampling_config(internal_sampling(request.sampling));
     if (!sampling.is_ok()) return sampling.message();
     const SamplingConfig& beams = request.sampling;
@@ -189,7 +201,7 @@ class ExecutorImpl final : public Executor {
     if (beams.beam_width > 1 && request.streaming) {
       return "beam search answers once, with every beam: set streaming to false";
     }
-    if (beams.beam_width > 1 && request.return_log_probs) {
+    if (beams.beam_width > 1 && (request.return_log_probs || request.return_prompt_log_probs)) {
       return "beam search does not return log-probs per token (each beam has its cum_log_prob)";
     }
     // A beam's last step computes its prompt and output in one step without chunked prefill.
@@ -283,6 +295,18 @@ class ExecutorImpl final : public Executor {
     std::vector<float> log_probs;  // all of them, for the final non-streaming response
     std::vector<std::vector<TopLogProb>> unsent_top_log_probs;  // likewise, when asked
     std::vector<std::vector<TopLogProb>> top_log_probs;
+    // return_prompt_log_probs: those of prompt tokens 1, 2, ... so far (a paused request computes
+    // its prompt again without adding to them), until its first response takes them.
+    std::vector<float> prompt_log_probs;
+    std::vector<std::vector<TopLogProb>> prompt_top_log_probs;
+    int64_t prompt_rows_done = 0;
+    bool prompt_log_probs_sent = false;
+  };
+
+  // A logit row for the log-probability of prompt token `target` (return_prompt_log_probs).
+  struct PromptRow {
+    RequestId request = 0;
+    int32_t target = 0;
   };
 
   // A beam search (beam_width > 1). Each step enqueues a request of the scheduler per running
@@ -325,6 +349,8 @@ class ExecutorImpl final : public Executor {
                            ? kite::SchedulerPolicy::kMaxUtilization
                            : kite::SchedulerPolicy::kGuaranteedNoEvict;
     scheduler.enable_chunked_prefill = config.enable_chunked_prefill;
+    // The model's logits workspace, reserved at load, holds the engine's max_batch_size rows.
+    scheduler.max_logit_rows = limits.max_batch_size;
     scheduler.kv_cache.num_blocks = engine_->kv_cache().num_blocks();
     scheduler.kv_cache.block_size = limits.tokens_per_block;
     scheduler.kv_cache.enable_prefix_reuse = config.enable_prefix_reuse;
@@ -332,6 +358,7 @@ class ExecutorImpl final : public Executor {
     scheduler_.emplace(std::move(created));
     max_input_len_ = limits.max_input_len;
     max_batch_size_ = scheduler.max_batch_size;
+    max_logit_rows_ = scheduler.max_logit_rows;
     max_num_tokens_ = scheduler.max_num_tokens;
     chunked_prefill_ = scheduler.enable_chunked_prefill;
     max_seq_len_ = limits.max_seq_len;
@@ -417,6 +444,7 @@ class ExecutorImpl final : public Executor {
     added.prompt = request.input_ids;
     added.max_new_tokens = request.max_new_tokens;
     added.end_ids = end_ids_of(request);
+    added.prompt_logits = request.return_prompt_log_probs;
     if (Status status = scheduler_->add_request(std::move(added)); !status.is_ok()) {
       fail(id, status.message());
       return;
@@ -449,6 +477,7 @@ class ExecutorImpl final : public Executor {
     response.request_id = id;
     response.result.finish_reason = reason;
     response.result.is_final = true;
+    take_prompt_log_probs(active, response.result);
     if (active.request.streaming) {
       response.result.output_ids = std::move(active.unsent);
       response.result.log_probs = std::move(active.unsent_log_probs);
@@ -599,13 +628,28 @@ class ExecutorImpl final : public Executor {
     input.max_blocks_per_sequence = max_blocks;
     input.query_start.push_back(0);
     std::vector<int64_t> sampled;  // request of each logit row
+    // Prompt positions whose logits give prompt log-probs: their rows follow the sampled ones.
+    std::vector<int32_t> prompt_row_indices;
+    std::vector<PromptRow> prompt_rows;
     int64_t context_tokens = 0;
     for (const ScheduledSequence& sequence : plan.sequences) {
       const std::vector<int32_t>& tokens = scheduler_->tokens(sequence.request_id);
       const std::vector<int32_t>& blocks = scheduler_->block_table(sequence.request_id);
 
+      Active* wants_prompt = nullptr;
+      if (sequence.request_id >= 0) {
+        Active& active = active_.at(RequestId(sequence.request_id));
+        if (active.request.return_prompt_log_probs) wants_prompt = &active;
+      }
       for (int64_t position = sequence.position; position < sequence.position + sequence.num_tokens;
            ++position) {
+        // Position p's logits predict token p + 1; each prompt position is recorded once.
+        if (wants_prompt && position == wants_prompt->prompt_rows_done &&
+            position + 1 < int64_t(wants_prompt->request.input_ids.size())) {
+          prompt_row_indices.push_back(int32_t(input.token_ids.size()));
+          prompt_rows.push_back({RequestId(sequence.request_id), tokens[size_t(position) + 1]});
+          ++wants_prompt->prompt_rows_done;
+        }
         input.token_ids.push_back(tokens[size_t(position)]);
         input.positions.push_back(int32_t(position));
         input.slot_mapping.push_back(blocks[size_t(position / block_size)] * int32_t(block_size) +
@@ -642,9 +686,12 @@ class ExecutorImpl final : public Executor {
       if (!sequence.samples || sequence.num_tokens > 1) context_tokens += sequence.num_tokens;
     }
 
+    input.logit_rows.insert(input.logit_rows.end(), prompt_row_indices.begin(),
+                            prompt_row_indices.end());
     std::vector<float> log_probs(sampled.size(), 0.0f);
     std::vector<std::vector<TopLogProb>> top_log_probs(sampled.size());
-    kite::Result<std::vector<int32_t>> tokens = run(input, sampled, log_probs, top_log_probs);
+    kite::Result<std::vector<int32_t>> tokens =
+        run(input, sampled, prompt_rows, log_probs, top_log_probs);
     if (!tokens.is_ok()) {
       // The step failed as a whole (e.g. out of memory): its requests fail, the rest go on.
       for (const ScheduledSequence& sequence : plan.sequences) {
@@ -714,6 +761,7 @@ class ExecutorImpl final : public Executor {
       response.result.output_ids = std::move(found->second.unsent);
       response.result.log_probs = std::move(found->second.unsent_log_probs);
       response.result.top_log_probs = std::move(found->second.unsent_top_log_probs);
+      take_prompt_log_probs(found->second, response.result);
       found->second.unsent.clear();
       found->second.unsent_log_probs.clear();
       found->second.unsent_top_log_probs.clear();
@@ -747,15 +795,27 @@ class ExecutorImpl final : public Executor {
     });
   }
 
-  // Runs the step; the token of each logit row (and its log-probability, and the most likely
-  // tokens', when asked).
+  // Moves a request's prompt log-probs into its first response, once all are in (a request
+  // cancelled during its prompt has none).
+  static void take_prompt_log_probs(Active& active, Result& result) {
+    if (!active.request.return_prompt_log_probs || active.prompt_log_probs_sent) return;
+    if (active.prompt_rows_done + 1 < int64_t(active.request.input_ids.size())) return;
+    result.prompt_log_probs = std::move(active.prompt_log_probs);
+    result.prompt_top_log_probs = std::move(active.prompt_top_log_probs);
+    active.prompt_log_probs_sent = true;
+  }
+
+  // Runs the step; the token of each sampled logit row (and its log-probability, and the most
+  // likely tokens', when asked). The rows after those are `prompt_rows`, whose log-probabilities
+  // go to their requests.
   kite::Result<std::vector<int32_t>> run(const StepInput& input,
                                          const std::vector<int64_t>& sampled,
+                                         const std::vector<PromptRow>& prompt_rows,
                                          std::vector<float>& log_probs,
                                          std::vector<std::vector<TopLogProb>>& top_log_probs) {
     LlamaModel& model = engine_->model();
     const KvCacheView& cache = engine_->kv_cache().view();
-    bool want_log_probs = false;
+    bool want_log_probs = !prompt_rows.empty();
     // A beam step's row goes back as logits (to become log-probabilities), so from the host.
     for (int64_t id : sampled) want_log_probs |= id < 0 || request_of(id).return_log_probs;
     if (engine_->backend().has_sampling() && !want_log_probs) {
@@ -796,6 +856,15 @@ class ExecutorImpl final : public Executor {
         top_log_probs[row] = top_log_probabilities(row_logits, active.request.top_log_probs);
       }
     }
+    for (size_t i = 0; i < prompt_rows.size(); ++i) {
+      const std::span<const float> row_logits(logits.data() + (sampled.size() + i) * vocab, vocab);
+      Active& active = active_.at(prompt_rows[i].request);
+      active.prompt_log_probs.push_back(log_probability(row_logits, prompt_rows[i].target));
+      if (active.request.top_prompt_log_probs > 0) {
+        active.prompt_top_log_probs.push_back(
+            top_log_probabilities(row_logits, active.request.top_prompt_log_probs));
+      }
+    }
     return tokens;
   }
 
@@ -833,7 +902,7 @@ class ExecutorImpl final : public Executor {
   int64_t completed_ = 0;
   // Fixed after load.
   int64_t max_input_len_ = 0, max_seq_len_ = 0, vocab_size_ = 0, max_batch_size_ = 0;
-  int64_t max_num_tokens_ = 0;
+  int64_t max_num_tokens_ = 0, max_logit_rows_ = 0;
   bool chunked_prefill_ = true;
   std::vector<int32_t> end_ids_;
   // Shared, under mutex_.

@@ -18,6 +18,10 @@ Result<Scheduler> Scheduler::create(const SchedulerConfig& config) {
   if (config.max_batch_size < 1) return invalid_argument("max_batch_size must be >= 1");
   if (config.max_num_tokens < 1) return invalid_argument("max_num_tokens must be >= 1");
   if (config.max_input_len < 1) return invalid_argument("max_input_len must be >= 1");
+  if (config.max_logit_rows != 0 && config.max_logit_rows < config.max_batch_size) {
+    return invalid_argument("max_logit_rows (" + str(config.max_logit_rows) +
+                            ") must be >= max_batch_size (" + str(config.max_batch_size) + ")");
+  }
   if (config.max_seq_len < config.max_input_len) {
     return invalid_argument("max_seq_len (" + str(config.max_seq_len) +
                             ") must be >= max_input_len (" + str(config.max_input_len) + ")");
@@ -70,6 +74,12 @@ Status Scheduler::add_request(NewRequest new_request) {
                         "): lower max_new_tokens or give the KV cache more memory");
   }
   if (!config_.enable_chunked_prefill) {
+    // Every prompt position's row, the last one's sampling, in the step that computes them.
+    if (new_request.prompt_logits && prompt_length > logit_row_limit()) {
+      return out_of_range(name + ": the logits of its " + str(prompt_length) +
+                          " prompt positions exceed a step's " + str(logit_row_limit()) +
+                          " logit rows (enable chunked prefill)");
+    }
     if (prompt_length > config_.max_num_tokens) {
       return out_of_range(name + ": the prompt has " + str(prompt_length) +
                           " tokens, more than max_num_tokens " + str(config_.max_num_tokens) +
@@ -91,6 +101,7 @@ Status Scheduler::add_request(NewRequest new_request) {
   added.max_new_tokens = max_new_tokens;
   added.end_ids = std::move(new_request.end_ids);
   added.first_in_line = new_request.first_in_line;
+  added.prompt_logits = new_request.prompt_logits;
   // After the others first in line; the rest in arrival order.
   const auto position =
       added.first_in_line
@@ -109,6 +120,25 @@ int64_t Scheduler::outstanding_blocks() const {
   return blocks;
 }
 
+int64_t Scheduler::logit_rows(const Request& request, int64_t position, int64_t count) {
+  const int64_t end = position + count;
+  const int64_t prompt_rows =
+      request.prompt_logits
+          ? std::clamp<int64_t>(std::min(end, request.prompt_length - 1) - position, 0, count)
+          : 0;
+  return prompt_rows + (end == int64_t(request.tokens.size()) ? 1 : 0);
+}
+
+int64_t Scheduler::fit_logit_rows(const Request& request, int64_t position, int64_t count,
+                                  int64_t rows_left) const {
+  if (logit_rows(request, position, count) <= rows_left) return count;
+  if (!config_.enable_chunked_prefill) return 0;
+  // Rows grow one a token up to the prompt's last position, then by the sampling row at the end.
+  const int64_t prompt_positions =
+      request.prompt_logits ? std::max<int64_t>(0, request.prompt_length - 1 - position) : 0;
+  return rows_left < prompt_positions ? rows_left : count - 1;
+}
+
 StepPlan Scheduler::schedule() {
   KITE_CHECK(!in_flight_);
   StepPlan plan;
@@ -119,13 +149,15 @@ StepPlan Scheduler::schedule() {
     const Request& next = request_at(id);
     if (next.state == RequestState::kPaused) continue;  // paused for an earlier request
     const int64_t remaining = int64_t(next.tokens.size()) - next.num_computed;
-    const int64_t count =
-        config_.enable_chunked_prefill ? std::min(remaining, token_budget) : remaining;
+    int64_t count = config_.enable_chunked_prefill ? std::min(remaining, token_budget) : remaining;
     if (count == 0 || count > token_budget) continue;  // the budget is spent; next step
+    count = fit_logit_rows(next, next.num_computed, count, logit_row_limit() - plan.logit_rows);
+    if (count == 0) continue;  // the logit rows are spent; next step
     const int64_t end = next.num_computed + count;
     if (!make_room(next, end, plan)) continue;
     KITE_CHECK(kv_cache_.reserve(id, end));
     plan.sequences.push_back({id, next.num_computed, count, end == int64_t(next.tokens.size())});
+    plan.logit_rows += logit_rows(next, next.num_computed, count);
     token_budget -= count;
   }
   // 2. Admission, unless this step had to pause: it would only pause again.
@@ -157,18 +189,19 @@ void Scheduler::admit(StepPlan& plan, int64_t& token_budget) {
     if (!resuming && waiting_.empty()) return;
     Request& next = request_at(resuming ? paused_.front() : waiting_.front());
     const int64_t length = int64_t(next.tokens.size());
-    const int64_t reused = kv_cache_.reusable_tokens(next.tokens);
+    const std::span<const int32_t> lookup = cached_prefix_lookup(next);
+    const int64_t reused = kv_cache_.reusable_tokens(lookup);
     const int64_t remaining = length - reused;
-    const int64_t count =
-        config_.enable_chunked_prefill ? std::min(remaining, token_budget) : remaining;
+    int64_t count = config_.enable_chunked_prefill ? std::min(remaining, token_budget) : remaining;
     if (count > token_budget) return;
-    const int64_t blocks = config_.policy == SchedulerPolicy::kGuaranteedNoEvict
-                               ? kv_cache_.blocks_needed_to_add(next.tokens, max_kv_tokens(next)) +
-                                     outstanding_blocks()
-                               : kv_cache_.blocks_needed_to_add(next.tokens, reused + count);
+    count = fit_logit_rows(next, reused, count, logit_row_limit() - plan.logit_rows);
+    if (count == 0) return;
+    const int64_t blocks =
+        config_.policy == SchedulerPolicy::kGuaranteedNoEvict
+            ? kv_cache_.blocks_needed_to_add(lookup, max_kv_tokens(next)) + outstanding_blocks()
+            : kv_cache_.blocks_needed_to_add(lookup, reused + count);
     if (blocks > kv_cache_.num_free_blocks()) return;
-    const std::optional<int64_t> added =
-        kv_cache_.add_sequence(next.id, next.tokens, reused + count);
+    const std::optional<int64_t> added = kv_cache_.add_sequence(next.id, lookup, reused + count);
     KITE_CHECK(added && *added == reused);
     if (resuming) {
       paused_.erase(paused_.begin());
@@ -183,6 +216,7 @@ void Scheduler::admit(StepPlan& plan, int64_t& token_budget) {
     next.state = RequestState::kPrefill;
     next.num_computed = reused;
     plan.sequences.push_back({next.id, reused, count, reused + count == length});
+    plan.logit_rows += logit_rows(next, reused, count);
     token_budget -= count;
   }
 }

@@ -38,6 +38,10 @@ struct SchedulerConfig {
   // Split prompts longer than the step's token budget over several steps, mixed with decodes.
   // Off: a prompt (or a paused request's recomputation) runs whole in one step.
   bool enable_chunked_prefill = false;
+  // Logit rows one step may have (the model's logits workspace holds max_batch_size): a row for
+  // each sequence that samples, and one for each prompt position of a request that needs its
+  // prompt's logits (NewRequest::prompt_logits). 0: max_batch_size.
+  int64_t max_logit_rows = 0;
   KvCacheManagerConfig kv_cache;
 };
 
@@ -50,6 +54,11 @@ struct NewRequest {
   // already under way that would otherwise queue again behind every new arrival, as each step of a
   // beam search does. Once admitted it runs, and is paused, as the newest request.
   bool first_in_line = false;
+  // The logits of every prompt position but the last (whose row samples), for the log-probability
+  // of each prompt token after the first: the step that computes a position has its logit row,
+  // within max_logit_rows (the prompt goes in smaller chunks when they would not fit), and the
+  // prompt is never taken from the prefix cache.
+  bool prompt_logits = false;
 };
 
 // A finished or cancelled request leaves the scheduler: it has no state.
@@ -74,6 +83,7 @@ struct ScheduledSequence {
 struct StepPlan {
   std::vector<ScheduledSequence> sequences;  // decodes, then prefill chunks, in arrival order
   int64_t num_tokens = 0;                    // over all sequences, <= max_num_tokens
+  int64_t logit_rows = 0;  // samples and prompt positions of prompt_logits requests, <= the limit
   std::vector<int64_t> paused;               // requests paused by this step (kMaxUtilization)
 };
 
@@ -159,6 +169,7 @@ class Scheduler {
     int64_t max_new_tokens = 0;
     std::vector<int32_t> end_ids;
     bool first_in_line = false;
+    bool prompt_logits = false;
     RequestState state = RequestState::kWaiting;
     int64_t num_computed = 0;  // leading tokens whose KV is in the cache
   };
@@ -175,6 +186,20 @@ class Scheduler {
   // recently admitted; false when `request` itself had to be paused.
   bool make_room(const Request& request, int64_t num_tokens, StepPlan& plan);
   void admit(StepPlan& plan, int64_t& token_budget);
+  int64_t logit_row_limit() const {
+    return config_.max_logit_rows > 0 ? config_.max_logit_rows : config_.max_batch_size;
+  }
+  // Logit rows of tokens [position, position + count) of `request`: one if they end its known
+  // tokens (it samples), one per prompt position before the last with prompt_logits.
+  static int64_t logit_rows(const Request& request, int64_t position, int64_t count);
+  // The most of `count` tokens from `position` whose logit rows fit `rows_left` (chunked prefill:
+  // a shorter chunk; otherwise all or none).
+  int64_t fit_logit_rows(const Request& request, int64_t position, int64_t count,
+                         int64_t rows_left) const;
+  // What a newly admitted request may find in the prefix cache: none of a prompt_logits request.
+  static std::span<const int32_t> cached_prefix_lookup(const Request& request) {
+    return request.prompt_logits ? std::span<const int32_t>() : std::span(request.tokens);
+  }
   void pause(Request& request);
   FinishedRequest finish(Request& request, FinishReason reason);
   // Inserts into a queue kept in arrival order.

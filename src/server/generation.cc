@@ -56,6 +56,9 @@ Generation::Generation(std::unique_ptr<RequestStream> stream, const Tokenizer& t
                                          .min_tokens = spec.request.min_new_tokens,
                                          .skip_special_tokens = spec.skip_special_tokens}),
       want_log_probs_(spec.request.return_log_probs),
+      prompt_ids_(spec.request.return_prompt_log_probs ? spec.request.input_ids
+                                                       : std::vector<int32_t>()),
+      want_prompt_log_probs_(spec.request.return_prompt_log_probs),
       arrival_(arrival),
       prompt_tokens_(int64_t(spec.request.input_ids.size())) {}
 
@@ -79,6 +82,7 @@ GenerationUpdate Generation::next(std::chrono::milliseconds timeout) {
       finish(&update, "error");
       return update;
     }
+    add_prompt_log_probs(response.result, &update);
     add_tokens(response.result, routed.received, &update);
     if (finished_) return update;
     if (response.result.is_final) {
@@ -105,6 +109,40 @@ GenerationUpdate Generation::next(std::chrono::milliseconds timeout) {
   return update;
 }
 
+TokenLogProb Generation::token_log_prob(int32_t id, float log_prob,
+                                        const std::vector<executor::TopLogProb>* top) const {
+  TokenLogProb entry;
+  entry.id = id;
+  entry.text = tokenizer_.decode(std::span<const int32_t>(&id, 1), false);
+  entry.log_prob = log_prob;
+  for (size_t k = 0; top && k < top->size(); ++k) {
+    const executor::TopLogProb& alternative = (*top)[k];
+    entry.top.emplace_back(
+        tokenizer_.decode(std::span<const int32_t>(&alternative.token, 1), false),
+        alternative.log_prob);
+  }
+  return entry;
+}
+
+void Generation::add_prompt_log_probs(const executor::Result& result, GenerationUpdate* update) {
+  // The Executor sends them whole, in the request's first response.
+  if (!want_prompt_log_probs_ || prompt_ids_.empty() ||
+      result.prompt_log_probs.size() + 1 != prompt_ids_.size()) {
+    return;
+  }
+  int64_t offset = 0;
+  for (size_t p = 0; p < prompt_ids_.size(); ++p) {
+    const bool has_top = p > 0 && p - 1 < result.prompt_top_log_probs.size();
+    TokenLogProb entry =
+        token_log_prob(prompt_ids_[p], p > 0 ? result.prompt_log_probs[p - 1] : 0.0f,
+                       has_top ? &result.prompt_top_log_probs[p - 1] : nullptr);
+    entry.text_offset = offset;
+    offset += count_characters(entry.text);
+    update->prompt_log_probs.push_back(std::move(entry));
+  }
+  prompt_ids_.clear();
+}
+
 void Generation::add_tokens(const executor::Result& result, Clock::time_point received,
                             GenerationUpdate* update) {
   for (size_t i = 0; i < result.output_ids.size(); ++i) {
@@ -118,18 +156,10 @@ void Generation::add_tokens(const executor::Result& result, Clock::time_point re
     }
     last_token_time_ = received;
     if (want_log_probs_) {
-      TokenLogProb entry;
-      entry.id = id;
-      entry.text = tokenizer_.decode(std::span<const int32_t>(&id, 1), false);
-      entry.log_prob = i < result.log_probs.size() ? result.log_probs[i] : 0.0f;
+      TokenLogProb entry =
+          token_log_prob(id, i < result.log_probs.size() ? result.log_probs[i] : 0.0f,
+                         i < result.top_log_probs.size() ? &result.top_log_probs[i] : nullptr);
       entry.text_offset = text_.decoded_characters();
-      if (i < result.top_log_probs.size()) {
-        for (const executor::TopLogProb& alternative : result.top_log_probs[i]) {
-          entry.top.emplace_back(
-              tokenizer_.decode(std::span<const int32_t>(&alternative.token, 1), false),
-              alternative.log_prob);
-        }
-      }
       update->log_probs.push_back(std::move(entry));
     }
     update->text += text_.push(id);

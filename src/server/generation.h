@@ -49,6 +49,10 @@ struct GenerationUpdate {
   // holds the best one's).
   std::vector<BeamText> beams;
   std::vector<TokenLogProb> log_probs;  // when the request asked for them
+  // With return_prompt_log_probs, in one update (the first with output): every prompt token, the
+  // first of which has no log-probability (nothing precedes it: 0 here), text_offset counting the
+  // characters of the prompt tokens' texts before it.
+  std::vector<TokenLogProb> prompt_log_probs;
   bool finished = false;
   std::string finish_reason;         // when finished without error: "stop" or "length"
   std::optional<std::string> error;  // finished with an error (the server shutting down)
@@ -75,6 +79,10 @@ class Generation {
              const GenerationSpec& spec, ServerMetrics& metrics, Clock::time_point arrival);
   void add_tokens(const executor::Result& result, Clock::time_point received,
                   GenerationUpdate* update);
+  void add_prompt_log_probs(const executor::Result& result, GenerationUpdate* update);
+  // A token's text decoded alone, and the most likely tokens' with their log-probabilities.
+  TokenLogProb token_log_prob(int32_t id, float log_prob,
+                              const std::vector<executor::TopLogProb>* top) const;
   void finish(GenerationUpdate* update, const std::string& reason);
 
   std::unique_ptr<RequestStream> stream_;
@@ -84,6 +92,8 @@ class Generation {
   std::vector<int32_t> prompt_tail_;  // the prompt's last ids: context for decoding the output
   TextStream text_;
   bool want_log_probs_;
+  std::vector<int32_t> prompt_ids_;  // with return_prompt_log_probs, until they are reported
+  bool want_prompt_log_probs_;
   Clock::time_point arrival_;
   std::optional<Clock::time_point> last_token_time_;
   int64_t prompt_tokens_;

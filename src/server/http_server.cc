@@ -134,6 +134,9 @@ std::optional<WholeOutput> await_whole_output(Generation& generation, int socket
     GenerationUpdate update = generation.next(kPollInterval);
     whole.output.text += update.text;
     for (TokenLogProb& entry : update.log_probs) whole.output.log_probs.push_back(std::move(entry));
+    if (!update.prompt_log_probs.empty()) {
+      whole.output.prompt_log_probs = std::move(update.prompt_log_probs);
+    }
     if (update.finished) {
       whole.output.finish_reason = std::move(update.finish_reason);
       whole.output.prompt_tokens = generation.prompt_tokens();

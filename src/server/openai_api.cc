@@ -223,6 +223,9 @@ std::optional<ApiError> finish_request(const ServedModel& model, const std::stri
   request->generation.request.return_log_probs = request->log_probs;
   request->top_log_probs = request->log_probs ? top_log_probs : 0;
   request->generation.request.top_log_probs = request->top_log_probs;
+  request->generation.request.return_prompt_log_probs = request->prompt_log_probs;
+  request->generation.request.top_prompt_log_probs =
+      request->prompt_log_probs ? request->top_log_probs : 0;
   return check_lengths(model, prompt_param, max_tokens_param, max_tokens,
                        &request->generation.request);
 }
@@ -381,9 +384,11 @@ std::optional<ApiError> parse_completion_request(const std::string& body_text,
   fields.integer("max_tokens", &max_tokens, 1, std::numeric_limits<int64_t>::max());
   if (!fields.ok()) return fields.error();
   if (echo && request->log_probs && !request->beam_search) {
-    return bad_request("echo",
-                       "'echo' with 'logprobs' (the prompt's log-probabilities) is not "
-                       "supported");
+    // The prompt's log-probabilities come after its prefill, with the whole answer.
+    if (request->stream) {
+      return bad_request("echo", "'echo' with 'logprobs' cannot be streamed: set 'stream' false");
+    }
+    request->prompt_log_probs = true;
   }
   return finish_request(model, "prompt", "max_tokens", max_tokens, log_probs, request);
 }
@@ -440,6 +445,7 @@ OpenAiFormatter::OpenAiFormatter(const OpenAiRequest& request, std::string id, s
       log_probs_(request.log_probs),
       top_log_probs_(request.top_log_probs),
       echo_text_(request.echo_text),
+      prompt_log_probs_(request.prompt_log_probs),
       id_(std::move(id)),
       model_(std::move(model)),
       created_(created) {}
@@ -450,7 +456,8 @@ Json OpenAiFormatter::usage_json(int64_t prompt_tokens, int64_t completion_token
               {"total_tokens", prompt_tokens + completion_tokens}};
 }
 
-Json OpenAiFormatter::log_probs_json(const std::vector<TokenLogProb>& log_probs) const {
+Json OpenAiFormatter::log_probs_json(const std::vector<TokenLogProb>& log_probs,
+                                     const std::vector<TokenLogProb>& prompt) const {
   if (!log_probs_) return nullptr;
   if (chat_) {
     Json content = Json::array();
@@ -470,17 +477,28 @@ Json OpenAiFormatter::log_probs_json(const std::vector<TokenLogProb>& log_probs)
   Json token_log_probs = Json::array();
   Json offsets = Json::array();
   Json top_log_probs = Json::array();
-  for (const TokenLogProb& entry : log_probs) {
+  auto add = [&](const TokenLogProb& entry, int64_t offset) {
     tokens.push_back(entry.text);
     token_log_probs.push_back(entry.log_prob);
-    offsets.push_back(entry.text_offset);
+    offsets.push_back(offset + entry.text_offset);
     // {text: log-probability}, most likely first; of two tokens with the same text, the likelier.
     Json top = Json::object();
     for (const auto& [text, log_prob] : entry.top) {
       if (!top.contains(text)) top[text] = log_prob;
     }
     top_log_probs.push_back(std::move(top));
+  };
+  // The prompt's tokens first, the first without a log-probability (null); then the output's,
+  // whose offsets follow the echoed prompt.
+  for (size_t i = 0; i < prompt.size(); ++i) {
+    add(prompt[i], 0);
+    if (i == 0) {
+      token_log_probs.back() = nullptr;
+      top_log_probs.back() = nullptr;
+    }
   }
+  const int64_t output_offset = prompt.empty() ? 0 : count_characters(echo_text_);
+  for (const TokenLogProb& entry : log_probs) add(entry, output_offset);
   return Json{{"tokens", tokens},
               {"token_logprobs", token_log_probs},
               {"top_logprobs", top_log_probs_ > 0 ? top_log_probs : Json(nullptr)},
@@ -500,7 +518,7 @@ Json OpenAiFormatter::response(const std::vector<GenerationOutput>& outputs,
     } else {
       choice["text"] = echo_text_ + output.text;
     }
-    choice["logprobs"] = log_probs_json(output.log_probs);
+    choice["logprobs"] = log_probs_json(output.log_probs, output.prompt_log_probs);
     choice["finish_reason"] = output.finish_reason;
     choices.push_back(std::move(choice));
     completion_tokens += output.completion_tokens;

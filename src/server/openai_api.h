@@ -38,6 +38,9 @@ struct OpenAiRequest {
   int64_t top_log_probs = 0;   // and this many most likely tokens' at each position
   // Completions with `echo`: the prompt (as sent, or its ids decoded), before each choice's text.
   std::string echo_text;
+  // Completions with `echo` and `logprobs`: each choice's log-probs begin with the prompt's tokens
+  // (the first without a log-probability), as OpenAI's legacy completions return them.
+  bool prompt_log_probs = false;
   int64_t truncate_prompt_tokens = 0;  // vLLM's: above 0, only the prompt's last this many tokens
 };
 
@@ -52,6 +55,7 @@ std::optional<ApiError> parse_chat_request(const std::string& body, const Served
 struct GenerationOutput {
   std::string text;
   std::vector<TokenLogProb> log_probs;
+  std::vector<TokenLogProb> prompt_log_probs;  // with OpenAiRequest::prompt_log_probs
   std::string finish_reason;
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
@@ -79,7 +83,9 @@ class OpenAiFormatter {
 
  private:
   nlohmann::ordered_json chunk(nlohmann::ordered_json choice) const;
-  nlohmann::ordered_json log_probs_json(const std::vector<TokenLogProb>& log_probs) const;
+  // `prompt`: the prompt's tokens, before the output's (completions with echo and logprobs).
+  nlohmann::ordered_json log_probs_json(const std::vector<TokenLogProb>& log_probs,
+                                        const std::vector<TokenLogProb>& prompt = {}) const;
   static nlohmann::ordered_json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
 
   bool chat_;
@@ -88,6 +94,7 @@ class OpenAiFormatter {
   bool log_probs_;
   int64_t top_log_probs_;
   std::string echo_text_;
+  bool prompt_log_probs_;
   std::string id_;
   std::string model_;
   std::time_t created_;

@@ -96,17 +96,29 @@ class ModuleTest(unittest.TestCase):
         self.assertGreater(stats.kv_cache.total_blocks, 0)
         self.assertTrue(stats.recent_iterations)
 
+    def test_prompt_log_probs(self):
+        # Each prompt token after the first: its log-probability, and with top_prompt_log_probs
+        # the most likely tokens there, most likely first; the output is the greedy one.
+        prompt = self.tokenizer.encode("hello world, hello")
+        request = kite.Request(prompt, max_new_tokens=4, end_ids=[],
+                               sampling=kite.SamplingConfig(temperature=0.0),
+                               return_prompt_log_probs=True, top_prompt_log_probs=2)
+        final, = self.run_requests([request])
+        self.assertEqual(len(final.prompt_log_probs), len(prompt) - 1)
+        self.assertTrue(all(p <= 0.0 for p in final.prompt_log_probs))
+        self.assertEqual(len(final.prompt_top_log_probs), len(prompt) - 1)
+        for chosen, top in zip(final.prompt_log_probs, final.prompt_top_log_probs):
+            self.assertEqual(len(top), 2)
+            self.assertGreaterEqual(top[0].log_prob, top[1].log_prob)
+            self.assertGreaterEqual(top[0].log_prob, chosen - 1e-6)
+        greedy = self.executor.generate(prompt, max_new_tokens=4, end_ids=[])
+        self.assertEqual(list(final.output_ids), list(greedy.output_ids))
+
     def test_beam_search(self):
         prompt = self.tokenizer.encode("hello world")
         request = kite.Request(prompt, max_new_tokens=6, end_ids=[],
                                sampling=kite.SamplingConfig(beam_width=3, length_penalty=0.5))
-        request_id = self.executor.enqueue_request(request)
-        final = None
-        while final is None:
-            for response in self.executor.await_responses(request_id, timeout=5.0):
-                self.assertIsNone(response.error)
-                if response.result.is_final:
-                    final = response.result
+        final, = self.run_requests([request])
         self.assertEqual(len(final.beams), 3)
         scores = [beam.score for beam in final.beams]
         self.assertEqual(scores, sorted(scores, reverse=True))

@@ -166,6 +166,20 @@ def test_openai_client(server):
           f"echo: {echoed.choices[0].text!r}")
     check(usage is not None and usage.completion_tokens == completion.usage.completion_tokens,
           f"stream usage {usage}")
+    # echo with logprobs: the prompt's tokens lead (the first without a log-probability), then
+    # the output's; the text is unchanged.
+    scored = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=12,
+                                       temperature=0, echo=True, logprobs=2)
+    scored_logprobs = scored.choices[0].logprobs
+    prompt_count = scored.usage.prompt_tokens
+    check(scored.choices[0].text == echoed.choices[0].text, f"echo+logprobs: {scored}")
+    check(len(scored_logprobs.token_logprobs) == prompt_count + scored.usage.completion_tokens,
+          "a log-prob per prompt and output token")
+    check(scored_logprobs.token_logprobs[0] is None and scored_logprobs.top_logprobs[0] is None,
+          "the first prompt token has no log-prob")
+    check(all(p <= 0.0 for p in scored_logprobs.token_logprobs[1:]), "log-probs <= 0")
+    check("".join(scored_logprobs.tokens[:prompt_count]) == "The quick brown fox",
+          f"prompt tokens {scored_logprobs.tokens[:prompt_count]}")
 
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]
     chat = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10,

@@ -13,6 +13,7 @@
 #include <set>
 #include <thread>
 
+#include "engine_test_util.h"
 #include "kite/executor.h"
 #include "runtime/beam_search.h"
 #include "runtime/engine.h"
@@ -28,6 +29,7 @@ using executor::FinishReason;
 using executor::Request;
 using executor::RequestId;
 using executor::Response;
+using executor::Result;
 
 class ExecutorTest : public ::testing::Test {
  protected:
@@ -86,10 +88,13 @@ class ExecutorTest : public ::testing::Test {
     return request;
   }
 
-  // Collects every request's responses until all are final: output ids concatenated.
+  // Collects every request's responses until all are final: output ids concatenated, and the
+  // prompt log-probs, which only a request's first response may carry.
   static std::map<RequestId, Response> collect(Executor& executor, size_t requests) {
     std::map<RequestId, Response> done;
     std::map<RequestId, std::vector<int32_t>> streamed;
+    std::map<RequestId, Result> prompt_parts;
+    std::set<RequestId> answered;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     while (done.size() < requests && std::chrono::steady_clock::now() < deadline) {
       for (Response& response : executor.await_responses(std::chrono::milliseconds(100))) {
@@ -97,8 +102,21 @@ class ExecutorTest : public ::testing::Test {
         auto& tokens = streamed[response.request_id];
         tokens.insert(tokens.end(), response.result.output_ids.begin(),
                       response.result.output_ids.end());
+        const bool first = answered.insert(response.request_id).second;
+        if (!first) {
+          EXPECT_TRUE(response.result.prompt_log_probs.empty() &&
+                      response.result.prompt_top_log_probs.empty())
+              << "prompt log-probs after the first response";
+        } else {
+          prompt_parts[response.request_id].prompt_log_probs = response.result.prompt_log_probs;
+          prompt_parts[response.request_id].prompt_top_log_probs =
+              response.result.prompt_top_log_probs;
+        }
         if (response.result.is_final) {
           response.result.output_ids = tokens;
+          response.result.prompt_log_probs = prompt_parts[response.request_id].prompt_log_probs;
+          response.result.prompt_top_log_probs =
+              prompt_parts[response.request_id].prompt_top_log_probs;
           done[response.request_id] = std::move(response);
         }
       }
@@ -209,6 +227,117 @@ TEST_F(ExecutorTest, RefusedRequestsGetOneErrorResponse) {
   too_big.max_batch_size = 5;
   EXPECT_FALSE(Executor::create(*engine_, too_big, &error));
   EXPECT_NE(error.find("max_batch_size"), std::string::npos) << error;
+}
+
+// Prompt log-probs: each prompt token's log-probability given the tokens before it, as one
+// prefill of the prompt alone gives them (here in chunks of at most the engine's 4 logit rows,
+// beside other requests), in the first response only, with the most likely tokens when asked;
+// also for a prompt whose blocks the prefix cache holds. The outputs do not change.
+TEST_F(ExecutorTest, PromptLogProbsAreThoseOfThePromptAlone) {
+  std::vector<std::vector<int32_t>> inputs = prompts(8, 21, kVocab);
+  inputs.push_back({5});  // one token: nothing to report
+  const auto expected_outputs = alone(inputs, 6);
+  auto engine = Engine::load(*engine_).value();
+  const size_t vocab = size_t(engine->config().model.vocab_size);
+  // log_softmax of each prompt position's logits, from one prefill alone.
+  std::vector<std::vector<std::vector<double>>> expected(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    std::vector<int32_t> rows;
+    for (size_t p = 0; p + 1 < inputs[i].size(); ++p) rows.push_back(int32_t(p));
+    if (rows.empty()) continue;
+    const std::vector<float> logits = test::forward_from_scratch(*engine, inputs[i], rows);
+    for (size_t r = 0; r < rows.size(); ++r) {
+      const float* row = logits.data() + r * vocab;
+      const double maximum = *std::max_element(row, row + vocab);
+      double total = 0;
+      for (size_t v = 0; v < vocab; ++v) total += std::exp(double(row[v]) - maximum);
+      std::vector<double> log_softmax(vocab);
+      for (size_t v = 0; v < vocab; ++v)
+        log_softmax[v] = double(row[v]) - maximum - std::log(total);
+      expected[i].push_back(std::move(log_softmax));
+    }
+  }
+  engine.reset();
+
+  auto executor = make();
+  ASSERT_TRUE(executor);
+  for (int round = 0; round < 2; ++round) {  // the second round finds the prompts cached
+    std::map<RequestId, size_t> index;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      Request request = greedy_request(inputs[i], 6);
+      request.return_prompt_log_probs = true;
+      request.top_prompt_log_probs = i % 2 ? 3 : 0;
+      request.streaming = i % 3 == 0;
+      index[executor->enqueue_request(request)] = i;
+      executor->enqueue_request(greedy_request(inputs[(i + 1) % inputs.size()], 6));  // beside
+    }
+    const auto done = collect(*executor, 2 * inputs.size());
+    for (const auto& [id, i] : index) {
+      const Result& result = done.at(id).result;
+      const std::string what = "prompt " + std::to_string(i) + " round " + std::to_string(round);
+      ASSERT_FALSE(done.at(id).error) << *done.at(id).error;
+      EXPECT_EQ(result.output_ids, expected_outputs[i]) << what;
+      ASSERT_EQ(result.prompt_log_probs.size(), inputs[i].size() - 1) << what;
+      ASSERT_EQ(result.prompt_top_log_probs.size(), i % 2 ? inputs[i].size() - 1 : 0) << what;
+      for (size_t p = 0; p + 1 < inputs[i].size(); ++p) {
+        const std::vector<double>& log_softmax = expected[i][p];
+        EXPECT_NEAR(result.prompt_log_probs[p], log_softmax[size_t(inputs[i][p + 1])], 1e-4)
+            << what << " position " << p;
+        if (i % 2 == 0) continue;
+        const auto& top = result.prompt_top_log_probs[p];
+        ASSERT_EQ(top.size(), 3u) << what;
+        const double best = *std::max_element(log_softmax.begin(), log_softmax.end());
+        EXPECT_NEAR(top[0].log_prob, best, 1e-4) << what;
+        for (size_t k = 0; k < top.size(); ++k) {
+          EXPECT_NEAR(top[k].log_prob, log_softmax[size_t(top[k].token)], 1e-4) << what;
+          if (k > 0) {
+            EXPECT_LE(top[k].log_prob, top[k - 1].log_prob) << what;
+          }
+        }
+      }
+    }
+    for (const auto& [id, response] : done) {
+      if (!index.contains(id)) {
+        EXPECT_TRUE(response.result.prompt_log_probs.empty());
+      }
+    }
+  }
+}
+
+// What prompt log-probs refuse: top_prompt_log_probs without them or over the limit, beam search,
+// and, without chunked prefill, a prompt of more positions than a step has logit rows (4 here).
+TEST_F(ExecutorTest, PromptLogProbRefusals) {
+  auto executor = make();
+  ASSERT_TRUE(executor);
+  Request top_alone = greedy_request({1, 2, 3}, 2);
+  top_alone.top_prompt_log_probs = 2;
+  EXPECT_EQ(executor->check_request(top_alone),
+            "top_prompt_log_probs needs return_prompt_log_probs");
+  Request too_many = top_alone;
+  too_many.return_prompt_log_probs = true;
+  too_many.top_prompt_log_probs = 21;
+  EXPECT_TRUE(executor->check_request(too_many));
+  Request beams = greedy_request({1, 2, 3}, 2);
+  beams.return_prompt_log_probs = true;
+  beams.sampling.beam_width = 2;
+  EXPECT_TRUE(executor->check_request(beams));
+
+  ExecutorConfig whole;
+  whole.enable_chunked_prefill = false;
+  auto unchunked = make(whole);
+  ASSERT_TRUE(unchunked);
+  Request five = greedy_request({1, 2, 3, 4, 5}, 2);
+  five.return_prompt_log_probs = true;
+  const std::optional<std::string> problem = unchunked->check_request(five);
+  ASSERT_TRUE(problem);
+  EXPECT_NE(problem->find("enable chunked prefill"), std::string::npos) << *problem;
+  Request four = five;
+  four.input_ids.pop_back();
+  EXPECT_FALSE(unchunked->check_request(four));
+  const RequestId id = unchunked->enqueue_request(four);
+  const auto done = collect(*unchunked, 1);
+  ASSERT_FALSE(done.at(id).error) << *done.at(id).error;
+  EXPECT_EQ(done.at(id).result.prompt_log_probs.size(), 3u);
 }
 
 // Beam searches through the executor (each step a request per beam, its prompt and output so far

@@ -151,6 +151,19 @@ class FakeExecutor final : public executor::Executor {
         const int32_t token = script_[active.produced % script_.size()];
         executor::Response response{.request_id = it->first};
         response.result.output_ids = {token};
+        if (active.produced == 0 && active.request.return_prompt_log_probs) {
+          // Prompt token p (p >= 1): -0.5 p, and the next ids down, each 1 less likely.
+          const std::vector<int32_t>& prompt = active.request.input_ids;
+          for (size_t p = 1; p < prompt.size(); ++p) {
+            response.result.prompt_log_probs.push_back(-0.5f * float(p));
+            if (active.request.top_prompt_log_probs == 0) continue;
+            std::vector<executor::TopLogProb> top;
+            for (int64_t k = 0; k < active.request.top_prompt_log_probs; ++k) {
+              top.push_back({prompt[p] - int32_t(k), -0.5f * float(p) - float(k)});
+            }
+            response.result.prompt_top_log_probs.push_back(std::move(top));
+          }
+        }
         if (active.request.return_log_probs) {
           response.result.log_probs = {-0.25f * float(active.produced + 1)};
           // The script's token first, then the next ids down, each 1 less likely.

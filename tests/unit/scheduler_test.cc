@@ -162,6 +162,10 @@ void check_plan(const Scheduler& scheduler, const StepPlan& plan) {
   }
   EXPECT_EQ(tokens, plan.num_tokens);
   EXPECT_LE(tokens, config.max_num_tokens);
+  // A row per sampling sequence at least; within the limit.
+  EXPECT_GE(plan.logit_rows, std::ranges::count_if(plan.sequences, &ScheduledSequence::samples));
+  EXPECT_LE(plan.logit_rows,
+            config.max_logit_rows > 0 ? config.max_logit_rows : config.max_batch_size);
 }
 
 struct Driver {
@@ -607,6 +611,62 @@ TEST(Scheduler, NewRequestsStartAfterACachedPromptPrefix) {
     EXPECT_EQ(stats.reused_tokens, reuse ? 16 : 0);
     EXPECT_EQ(stats.reused_blocks, reuse ? 4 : 0);
   }
+}
+
+// A request that needs its prompt's logits: a step's logit rows (one per sampling sequence, one per
+// such prompt position but the last) stay within the limit (max_batch_size, 2 here), its prompt
+// going in shorter chunks; its prompt is never taken from the prefix cache; without chunked
+// prefill a prompt of more positions than rows is refused.
+TEST(Scheduler, PromptLogitsKeepStepsWithinTheLogitRows) {
+  {
+    Scheduler scheduler =
+        make_scheduler(make_config(2, 16, 32, 4, SchedulerPolicy::kGuaranteedNoEvict, true));
+    NewRequest logits{2, make_prompt(2, 7), 2, {}};
+    logits.prompt_logits = true;
+    Driver driver;
+    ASSERT_NO_FATAL_FAILURE(
+        run_and_compare(scheduler, driver, {{1, make_prompt(1, 6), 3, {}}, logits}));
+    ASSERT_EQ(driver.plans.size(), 6u);
+    const std::vector<std::string> expected = {"1@0+6* 2@0+1", "1@6+1* 2@1+1", "1@7+1* 2@2+1",
+                                               "2@3+2",        "2@5+2*",       "2@7+1*"};
+    const std::vector<int64_t> rows = {2, 2, 2, 2, 2, 1};
+    for (size_t i = 0; i < expected.size(); ++i) {
+      EXPECT_EQ(describe(driver.plans[i]), expected[i]) << "step " << i;
+      EXPECT_EQ(driver.plans[i].logit_rows, rows[i]) << "step " << i;
+    }
+  }
+  {
+    Scheduler scheduler =
+        make_scheduler(make_config(4, 64, 32, 4, SchedulerPolicy::kGuaranteedNoEvict, true));
+    const std::vector<int32_t> shared = make_prompt(5, 10);
+    Driver driver;
+    driver.before_schedule = [&](int64_t step) {
+      if (step != 2) return;  // request 1 decodes: its two full prompt blocks are cached
+      NewRequest logits{2, shared, 2, {}};
+      logits.prompt_logits = true;
+      ASSERT_TRUE(scheduler.add_request(logits).is_ok());
+      ASSERT_TRUE(scheduler.add_request({3, shared, 2, {}}).is_ok());
+    };
+    ASSERT_TRUE(scheduler.add_request({1, shared, 6, {}}).is_ok());
+    ASSERT_NO_FATAL_FAILURE(drive(scheduler, driver));
+    // Request 2's 9 prompt rows go 3 at a time beside the decode's row; request 3 starts after
+    // the cached 8 tokens, short of its sampling row this step.
+    EXPECT_EQ(describe(driver.plans[2]), "1@11+1* 2@0+3 3@8+1");
+    expect_same(driver.finished.at(2), run_alone(2, shared, 2, {}));
+    expect_same(driver.finished.at(3), run_alone(3, shared, 2, {}));
+    EXPECT_EQ(scheduler.kv_cache().stats().reused_tokens, 8);  // request 3's only
+  }
+  Scheduler whole =
+      make_scheduler(make_config(2, 16, 32, 4, SchedulerPolicy::kGuaranteedNoEvict, false));
+  NewRequest three{1, make_prompt(1, 3), 2, {}};
+  three.prompt_logits = true;
+  const Status refused = whole.add_request(three);
+  EXPECT_EQ(refused.code(), StatusCode::kOutOfRange);
+  EXPECT_NE(refused.message().find("enable chunked prefill"), std::string::npos)
+      << refused.message();
+  NewRequest two{2, make_prompt(1, 2), 2, {}};
+  two.prompt_logits = true;
+  EXPECT_TRUE(whole.add_request(two).is_ok());
 }
 
 // Many requests with random lengths and common prefixes arriving over time, random cancellations

@@ -122,6 +122,24 @@ TEST_F(OpenAiParsing, VllmExtensions) {
             "truncate_prompt_tokens");
 }
 
+// echo with logprobs asks the Executor for the prompt's log-probs (and as many most likely tokens
+// at each position as at the output's); either alone does not.
+TEST_F(OpenAiParsing, EchoWithLogProbsAsksForThePrompts) {
+  OpenAiRequest request;
+  ASSERT_FALSE(completion({{"prompt", "a b"}, {"echo", true}, {"logprobs", 2}}, &request));
+  EXPECT_TRUE(request.prompt_log_probs);
+  EXPECT_TRUE(request.generation.request.return_prompt_log_probs);
+  EXPECT_EQ(request.generation.request.top_prompt_log_probs, 2);
+  EXPECT_TRUE(request.generation.request.return_log_probs);
+  for (const OrderedJson& body : {OrderedJson{{"prompt", "a b"}, {"echo", true}},
+                                  OrderedJson{{"prompt", "a b"}, {"logprobs", 2}}}) {
+    OpenAiRequest alone;
+    ASSERT_FALSE(completion(body, &alone));
+    EXPECT_FALSE(alone.prompt_log_probs) << body.dump();
+    EXPECT_FALSE(alone.generation.request.return_prompt_log_probs) << body.dump();
+  }
+}
+
 TEST_F(OpenAiParsing, BadWordsAsVllm) {
   auto ids = [&](const std::string& text) { return model_->tokenizer.encode(text, false); };
   // The fixture tokenizer: "the" is t|he and " the" Ġt|he (another first token, the same count:
@@ -211,9 +229,9 @@ TEST_F(OpenAiParsing, RefusesWrongTypesAndRanges) {
        "logprobs",
        "'logprobs' is not supported with use_beam_search"},
       {{{"prompt", "a"}, {"use_beam_search", 1}}, "use_beam_search", ""},
-      {{{"prompt", "a"}, {"echo", true}, {"logprobs", 1}},
+      {{{"prompt", "a"}, {"echo", true}, {"logprobs", 1}, {"stream", true}},
        "echo",
-       "'echo' with 'logprobs' (the prompt's log-probabilities) is not supported"},
+       "'echo' with 'logprobs' cannot be streamed: set 'stream' false"},
       {{{"prompt", "a"}, {"suffix", "z"}}, "suffix", ""},
       {{{"prompt", "a"}, {"presence_penalty", 2.5}}, "presence_penalty", ""},
       {{{"prompt", "a"}, {"frequency_penalty", -3}}, "frequency_penalty", ""},
@@ -461,6 +479,30 @@ TEST(OpenAiFormatter, CompletionResponseAndChunks) {
             "\"tokens\":[\"a\",\"b\"],\"token_logprobs\":[-0.5,-0.25],\"top_logprobs\":null,"
             "\"text_offset\":[0,1]},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":4,"
             "\"completion_tokens\":2,\"total_tokens\":6}}");
+}
+
+// echo with logprobs: the prompt's tokens lead the log-probs, the first with nulls, and the
+// output's offsets follow the echoed prompt.
+TEST(OpenAiFormatter, CompletionLogProbsWithThePrompt) {
+  OpenAiRequest request;
+  request.log_probs = true;
+  request.top_log_probs = 1;
+  request.echo_text = "Hé!";
+  request.prompt_log_probs = true;
+  OpenAiFormatter formatter(request, "cmpl-3", "tiny", 1700000000);
+  GenerationOutput output{
+      .text = "ab",
+      .log_probs = {{5, "a", -0.5f, 0, {{"a", -0.5f}}}, {6, "b", -0.25f, 1, {{"b", -0.25f}}}},
+      .prompt_log_probs = {{1, "H", 0.0f, 0, {}},
+                           {2, "é", -2.0f, 1, {{"e", -1.0f}}},
+                           {3, "!", -3.0f, 2, {{"?", -0.5f}}}},
+      .finish_reason = "length",
+      .prompt_tokens = 3,
+      .completion_tokens = 2};
+  EXPECT_EQ(dump_json(formatter.response({output}).at("choices")[0].at("logprobs")),
+            "{\"tokens\":[\"H\",\"é\",\"!\",\"a\",\"b\"],\"token_logprobs\":[null,-2.0,-3.0,-0.5,"
+            "-0.25],\"top_logprobs\":[null,{\"e\":-1.0},{\"?\":-0.5},{\"a\":-0.5},{\"b\":-0.25}],"
+            "\"text_offset\":[0,1,2,3,4]}");
 }
 
 TEST(OpenAiFormatter, ChatResponseAndChunks) {

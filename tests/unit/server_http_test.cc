@@ -211,6 +211,48 @@ TEST(ServerHttp, CompletionEcho) {
   }
 }
 
+// echo with logprobs: each choice's log-probs begin with the prompt's tokens (the fake executor's
+// -0.5 p for prompt token p, the first null), then the output's, whose offsets follow the echo.
+TEST(ServerHttp, CompletionEchoWithLogProbs) {
+  const std::vector<int32_t> script = encode(kScriptText);
+  TestServer server(script);
+  const std::vector<int32_t> prompt = encode("Say hi");
+  ASSERT_GE(prompt.size(), 2u);
+  const Json request = {
+      {"prompt", "Say hi"}, {"max_tokens", 3}, {"echo", true}, {"logprobs", 1}, {"n", 2}};
+  auto response = server.post("/v1/completions", request);
+  ASSERT_TRUE(response);
+  ASSERT_EQ(response->status, 200) << response->body;
+  const Json body = Json::parse(response->body);
+  ASSERT_EQ(body.at("choices").size(), 2u);
+  for (const Json& choice : body.at("choices")) {
+    const Json& log_probs = choice.at("logprobs");
+    const size_t total = prompt.size() + 3;
+    ASSERT_EQ(log_probs.at("tokens").size(), total) << log_probs.dump();
+    ASSERT_EQ(log_probs.at("token_logprobs").size(), total);
+    ASSERT_EQ(log_probs.at("top_logprobs").size(), total);
+    EXPECT_TRUE(log_probs.at("token_logprobs")[0].is_null());
+    EXPECT_TRUE(log_probs.at("top_logprobs")[0].is_null());
+    std::string joined;
+    for (size_t p = 0; p < prompt.size(); ++p) {
+      EXPECT_EQ(log_probs.at("tokens")[p], decode({prompt[p]}));
+      EXPECT_EQ(log_probs.at("text_offset")[p], int64_t(joined.size()));  // ASCII here
+      joined += decode({prompt[p]});
+      if (p == 0) continue;
+      EXPECT_FLOAT_EQ(log_probs.at("token_logprobs")[p].get<float>(), -0.5f * float(p));
+      EXPECT_EQ(log_probs.at("top_logprobs")[p].size(), 1u);
+    }
+    EXPECT_EQ(joined, "Say hi");
+    EXPECT_EQ(log_probs.at("text_offset")[prompt.size()], int64_t(joined.size()));
+    EXPECT_EQ(choice.at("text").get<std::string>().substr(0, joined.size()), "Say hi");
+  }
+  Json streaming = request;
+  streaming["stream"] = true;
+  response = server.post("/v1/completions", streaming);
+  ASSERT_TRUE(response);
+  EXPECT_EQ(response->status, 400) << response->body;
+}
+
 // best_of: that many requests (seeds + 0, 1, ...), ranked by summed log-probability (asked of the
 // Executor for the ranking, not shown unless the request asks); the n best come back, and usage
 // counts every generated token.
