@@ -131,8 +131,10 @@ struct Result {
   // are the best one's.
   std::vector<Beam> beams;
   // With return_prompt_log_probs, in the first response: one per prompt token after the first,
-  // and with top_prompt_log_probs one list per such token (as top_log_probs).
+  // its rank there (1: the most likely; 1 + the tokens more likely), and with top_prompt_log_probs
+  // one list per such token (as top_log_probs).
   std::vector<float> prompt_log_probs;
+  std::vector<int32_t> prompt_ranks;
   std::vector<std::vector<TopLogProb>> prompt_top_log_probs;
 };
 

@@ -212,6 +212,7 @@ PYBIND11_MODULE(kite, module) {
       .def_readonly("is_final", &Result::is_final)
       .def_readonly("beams", &Result::beams)
       .def_readonly("prompt_log_probs", &Result::prompt_log_probs)
+      .def_readonly("prompt_ranks", &Result::prompt_ranks)
       .def_readonly("prompt_top_log_probs", &Result::prompt_top_log_probs);
   py::class_<Response>(module, "Response")
       .def_readonly("request_id", &Response::request_id)

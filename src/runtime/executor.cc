@@ -298,6 +298,7 @@ class ExecutorImpl final : public Executor {
     // return_prompt_log_probs: those of prompt tokens 1, 2, ... so far (a paused request computes
     // its prompt again without adding to them), until its first response takes them.
     std::vector<float> prompt_log_probs;
+    std::vector<int32_t> prompt_ranks;
     std::vector<std::vector<TopLogProb>> prompt_top_log_probs;
     int64_t prompt_rows_done = 0;
     bool prompt_log_probs_sent = false;
@@ -801,6 +802,7 @@ class ExecutorImpl final : public Executor {
     if (!active.request.return_prompt_log_probs || active.prompt_log_probs_sent) return;
     if (active.prompt_rows_done + 1 < int64_t(active.request.input_ids.size())) return;
     result.prompt_log_probs = std::move(active.prompt_log_probs);
+    result.prompt_ranks = std::move(active.prompt_ranks);
     result.prompt_top_log_probs = std::move(active.prompt_top_log_probs);
     active.prompt_log_probs_sent = true;
   }
@@ -859,7 +861,11 @@ class ExecutorImpl final : public Executor {
     for (size_t i = 0; i < prompt_rows.size(); ++i) {
       const std::span<const float> row_logits(logits.data() + (sampled.size() + i) * vocab, vocab);
       Active& active = active_.at(prompt_rows[i].request);
-      active.prompt_log_probs.push_back(log_probability(row_logits, prompt_rows[i].target));
+      const int32_t target = prompt_rows[i].target;
+      active.prompt_log_probs.push_back(log_probability(row_logits, target));
+      active.prompt_ranks.push_back(int32_t(1 + std::ranges::count_if(row_logits, [&](float logit) {
+                                              return logit > row_logits[size_t(target)];
+                                            })));
       if (active.request.top_prompt_log_probs > 0) {
         active.prompt_top_log_probs.push_back(
             top_log_probabilities(row_logits, active.request.top_prompt_log_probs));

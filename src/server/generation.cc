@@ -120,6 +120,7 @@ TokenLogProb Generation::token_log_prob(int32_t id, float log_prob,
     entry.top.emplace_back(
         tokenizer_.decode(std::span<const int32_t>(&alternative.token, 1), false),
         alternative.log_prob);
+    entry.top_ids.push_back(alternative.token);
   }
   return entry;
 }
@@ -137,6 +138,7 @@ void Generation::add_prompt_log_probs(const executor::Result& result, Generation
         token_log_prob(prompt_ids_[p], p > 0 ? result.prompt_log_probs[p - 1] : 0.0f,
                        has_top ? &result.prompt_top_log_probs[p - 1] : nullptr);
     entry.text_offset = offset;
+    if (p > 0 && p - 1 < result.prompt_ranks.size()) entry.rank = result.prompt_ranks[p - 1];
     offset += count_characters(entry.text);
     update->prompt_log_probs.push_back(std::move(entry));
   }

@@ -31,8 +31,10 @@ struct TokenLogProb {
   float log_prob = 0;
   int64_t text_offset = 0;  // characters of output text before this token's
   // The most likely tokens at this position (decoded alone) and their log-probabilities, when
-  // the request asked for them.
+  // the request asked for them; top_ids holds their ids.
   std::vector<std::pair<std::string, float>> top;
+  std::vector<int32_t> top_ids;
+  int32_t rank = 0;  // a prompt token's rank at its position (1: the most likely); 0: not known
 };
 
 // A finished beam of a beam search.

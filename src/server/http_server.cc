@@ -559,7 +559,7 @@ void HttpServer::Impl::handle_kserve(const httplib::Request& request, httplib::R
         await_whole_output(*generation, connection_socket(request), response);
     if (!whole) return;
     if (whole->error) {
-      return send_kserve_error(response, ApiError{.http_status = 503, .message = *whole->error});
+      return send_kserve_error(response, server_error(*whole->error));  // its body has no type
     }
     std::vector<std::string> beam_texts;  // beam search: every beam, after the same prefix
     for (const BeamText& beam : whole->beams) beam_texts.push_back(prefix + beam.text);

@@ -162,6 +162,14 @@ std::optional<ApiError> parse_shared_fields(const Json& body, const ServedModel&
     fields.integer("truncate_prompt_tokens", &request->truncate_prompt_tokens, 1,
                    std::numeric_limits<int64_t>::max());
   }
+  // vLLM's prompt_logprobs: N (null: none).
+  if (fields.has("prompt_logprobs") && !body.at("prompt_logprobs").is_null()) {
+    fields.integer("prompt_logprobs", &request->vllm_prompt_log_probs, 0, kMaxLogProbs);
+    if (fields.ok() && request->stream) {
+      return bad_request("prompt_logprobs",
+                         "'prompt_logprobs' cannot be streamed: set 'stream' false");
+    }
+  }
   return fields.error();
 }
 
@@ -215,6 +223,10 @@ std::optional<ApiError> finish_request(const ServedModel& model, const std::stri
   if (request->beam_search && request->log_probs) {
     return bad_request("logprobs", "'logprobs' is not supported with use_beam_search");
   }
+  if (request->beam_search && request->vllm_prompt_log_probs >= 0) {
+    return bad_request("prompt_logprobs",
+                       "'prompt_logprobs' is not supported with use_beam_search");
+  }
   std::vector<int32_t>& prompt = request->generation.request.input_ids;
   if (request->truncate_prompt_tokens > 0 &&
       int64_t(prompt.size()) > request->truncate_prompt_tokens) {
@@ -223,9 +235,12 @@ std::optional<ApiError> finish_request(const ServedModel& model, const std::stri
   request->generation.request.return_log_probs = request->log_probs;
   request->top_log_probs = request->log_probs ? top_log_probs : 0;
   request->generation.request.top_log_probs = request->top_log_probs;
-  request->generation.request.return_prompt_log_probs = request->prompt_log_probs;
-  request->generation.request.top_prompt_log_probs =
-      request->prompt_log_probs ? request->top_log_probs : 0;
+  // The most likely tokens at each prompt position: as many as either answer shows.
+  executor::Request& executor_request = request->generation.request;
+  executor_request.return_prompt_log_probs =
+      request->prompt_log_probs || request->vllm_prompt_log_probs >= 0;
+  executor_request.top_prompt_log_probs = std::max(
+      request->prompt_log_probs ? request->top_log_probs : 0, request->vllm_prompt_log_probs);
   return check_lengths(model, prompt_param, max_tokens_param, max_tokens,
                        &request->generation.request);
 }
@@ -446,6 +461,7 @@ OpenAiFormatter::OpenAiFormatter(const OpenAiRequest& request, std::string id, s
       top_log_probs_(request.top_log_probs),
       echo_text_(request.echo_text),
       prompt_log_probs_(request.prompt_log_probs),
+      vllm_prompt_log_probs_(request.vllm_prompt_log_probs),
       id_(std::move(id)),
       model_(std::move(model)),
       created_(created) {}
@@ -454,6 +470,29 @@ Json OpenAiFormatter::usage_json(int64_t prompt_tokens, int64_t completion_token
   return Json{{"prompt_tokens", prompt_tokens},
               {"completion_tokens", completion_tokens},
               {"total_tokens", prompt_tokens + completion_tokens}};
+}
+
+Json OpenAiFormatter::vllm_prompt_log_probs_json(const std::vector<TokenLogProb>& prompt) const {
+  Json positions = Json::array();
+  for (size_t p = 0; p < prompt.size(); ++p) {
+    if (p == 0) {
+      positions.push_back(nullptr);
+      continue;
+    }
+    const TokenLogProb& entry = prompt[p];
+    Json tokens = Json::object();
+    tokens[std::to_string(entry.id)] =
+        Json{{"logprob", entry.log_prob}, {"rank", entry.rank}, {"decoded_token", entry.text}};
+    for (size_t k = 0; k < entry.top.size() && int64_t(k) < vllm_prompt_log_probs_; ++k) {
+      const std::string key = std::to_string(entry.top_ids[k]);
+      if (tokens.contains(key)) continue;
+      tokens[key] = Json{{"logprob", entry.top[k].second},
+                         {"rank", int64_t(k) + 1},
+                         {"decoded_token", entry.top[k].first}};
+    }
+    positions.push_back(std::move(tokens));
+  }
+  return positions;
 }
 
 Json OpenAiFormatter::log_probs_json(const std::vector<TokenLogProb>& log_probs,
@@ -482,8 +521,10 @@ Json OpenAiFormatter::log_probs_json(const std::vector<TokenLogProb>& log_probs,
     token_log_probs.push_back(entry.log_prob);
     offsets.push_back(offset + entry.text_offset);
     // {text: log-probability}, most likely first; of two tokens with the same text, the likelier.
+    // (A prompt position may hold more, for vLLM's prompt_logprobs.)
     Json top = Json::object();
-    for (const auto& [text, log_prob] : entry.top) {
+    for (size_t k = 0; k < entry.top.size() && int64_t(k) < top_log_probs_; ++k) {
+      const auto& [text, log_prob] = entry.top[k];
       if (!top.contains(text)) top[text] = log_prob;
     }
     top_log_probs.push_back(std::move(top));
@@ -518,8 +559,13 @@ Json OpenAiFormatter::response(const std::vector<GenerationOutput>& outputs,
     } else {
       choice["text"] = echo_text_ + output.text;
     }
-    choice["logprobs"] = log_probs_json(output.log_probs, output.prompt_log_probs);
+    choice["logprobs"] =
+        log_probs_json(output.log_probs,
+                       prompt_log_probs_ ? output.prompt_log_probs : std::vector<TokenLogProb>());
     choice["finish_reason"] = output.finish_reason;
+    if (!chat_ && vllm_prompt_log_probs_ >= 0) {
+      choice["prompt_logprobs"] = vllm_prompt_log_probs_json(output.prompt_log_probs);
+    }
     choices.push_back(std::move(choice));
     completion_tokens += output.completion_tokens;
   }
@@ -529,6 +575,9 @@ Json OpenAiFormatter::response(const std::vector<GenerationOutput>& outputs,
   body["created"] = int64_t(created_);
   body["model"] = model_;
   body["choices"] = std::move(choices);
+  if (chat_ && vllm_prompt_log_probs_ >= 0 && !outputs.empty()) {
+    body["prompt_logprobs"] = vllm_prompt_log_probs_json(outputs.front().prompt_log_probs);
+  }
   body["usage"] =
       usage_json(outputs.empty() ? 0 : outputs.front().prompt_tokens, completion_tokens);
   return body;

@@ -41,6 +41,10 @@ struct OpenAiRequest {
   // Completions with `echo` and `logprobs`: each choice's log-probs begin with the prompt's tokens
   // (the first without a log-probability), as OpenAI's legacy completions return them.
   bool prompt_log_probs = false;
+  // vLLM's prompt_logprobs N (-1: not asked): each prompt token's log-probability and rank, and
+  // the N most likely tokens at its position, as a choice's (chat: the response's)
+  // "prompt_logprobs".
+  int64_t vllm_prompt_log_probs = -1;
   int64_t truncate_prompt_tokens = 0;  // vLLM's: above 0, only the prompt's last this many tokens
 };
 
@@ -87,6 +91,9 @@ class OpenAiFormatter {
   nlohmann::ordered_json log_probs_json(const std::vector<TokenLogProb>& log_probs,
                                         const std::vector<TokenLogProb>& prompt = {}) const;
   static nlohmann::ordered_json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
+  // vLLM's prompt_logprobs: null for the first token, then {"<id>": {"logprob", "rank",
+  // "decoded_token"}} of the prompt token and the N most likely ones.
+  nlohmann::ordered_json vllm_prompt_log_probs_json(const std::vector<TokenLogProb>& prompt) const;
 
   bool chat_;
   int64_t choices_;
@@ -95,6 +102,7 @@ class OpenAiFormatter {
   int64_t top_log_probs_;
   std::string echo_text_;
   bool prompt_log_probs_;
+  int64_t vllm_prompt_log_probs_;
   std::string id_;
   std::string model_;
   std::time_t created_;

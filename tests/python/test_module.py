@@ -106,6 +106,8 @@ class ModuleTest(unittest.TestCase):
         final, = self.run_requests([request])
         self.assertEqual(len(final.prompt_log_probs), len(prompt) - 1)
         self.assertTrue(all(p <= 0.0 for p in final.prompt_log_probs))
+        self.assertEqual(len(final.prompt_ranks), len(prompt) - 1)
+        self.assertTrue(all(rank >= 1 for rank in final.prompt_ranks))
         self.assertEqual(len(final.prompt_top_log_probs), len(prompt) - 1)
         for chosen, top in zip(final.prompt_log_probs, final.prompt_top_log_probs):
             self.assertEqual(len(top), 2)

@@ -180,6 +180,15 @@ def test_openai_client(server):
     check(all(p <= 0.0 for p in scored_logprobs.token_logprobs[1:]), "log-probs <= 0")
     check("".join(scored_logprobs.tokens[:prompt_count]) == "The quick brown fox",
           f"prompt tokens {scored_logprobs.tokens[:prompt_count]}")
+    # vLLM's prompt_logprobs: the same log-probabilities, with each token's rank.
+    ranked = client.completions.create(model=MODEL, prompt="The quick brown fox", max_tokens=2,
+                                       temperature=0, extra_body={"prompt_logprobs": 1})
+    positions = ranked.choices[0].model_dump()["prompt_logprobs"]
+    check(len(positions) == prompt_count and positions[0] is None, f"prompt_logprobs {positions}")
+    for position, expected in zip(positions[1:], scored_logprobs.token_logprobs[1:prompt_count]):
+        chosen = [entry for entry in position.values()
+                  if abs(entry["logprob"] - expected) < 1e-4]
+        check(chosen and chosen[0]["rank"] >= 1, f"prompt_logprobs {position} vs {expected}")
 
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]
     chat = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10,

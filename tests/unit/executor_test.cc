@@ -105,18 +105,18 @@ class ExecutorTest : public ::testing::Test {
         const bool first = answered.insert(response.request_id).second;
         if (!first) {
           EXPECT_TRUE(response.result.prompt_log_probs.empty() &&
+                      response.result.prompt_ranks.empty() &&
                       response.result.prompt_top_log_probs.empty())
               << "prompt log-probs after the first response";
         } else {
-          prompt_parts[response.request_id].prompt_log_probs = response.result.prompt_log_probs;
-          prompt_parts[response.request_id].prompt_top_log_probs =
-              response.result.prompt_top_log_probs;
+          prompt_parts[response.request_id] = response.result;
         }
         if (response.result.is_final) {
+          const Result& first_result = prompt_parts[response.request_id];
           response.result.output_ids = tokens;
-          response.result.prompt_log_probs = prompt_parts[response.request_id].prompt_log_probs;
-          response.result.prompt_top_log_probs =
-              prompt_parts[response.request_id].prompt_top_log_probs;
+          response.result.prompt_log_probs = first_result.prompt_log_probs;
+          response.result.prompt_ranks = first_result.prompt_ranks;
+          response.result.prompt_top_log_probs = first_result.prompt_top_log_probs;
           done[response.request_id] = std::move(response);
         }
       }
@@ -278,11 +278,19 @@ TEST_F(ExecutorTest, PromptLogProbsAreThoseOfThePromptAlone) {
       ASSERT_FALSE(done.at(id).error) << *done.at(id).error;
       EXPECT_EQ(result.output_ids, expected_outputs[i]) << what;
       ASSERT_EQ(result.prompt_log_probs.size(), inputs[i].size() - 1) << what;
+      ASSERT_EQ(result.prompt_ranks.size(), inputs[i].size() - 1) << what;
       ASSERT_EQ(result.prompt_top_log_probs.size(), i % 2 ? inputs[i].size() - 1 : 0) << what;
       for (size_t p = 0; p + 1 < inputs[i].size(); ++p) {
         const std::vector<double>& log_softmax = expected[i][p];
-        EXPECT_NEAR(result.prompt_log_probs[p], log_softmax[size_t(inputs[i][p + 1])], 1e-4)
-            << what << " position " << p;
+        const double chosen = log_softmax[size_t(inputs[i][p + 1])];
+        EXPECT_NEAR(result.prompt_log_probs[p], chosen, 1e-4) << what << " position " << p;
+        // 1 + the tokens more likely (within the rounding of the two computations).
+        const auto above = [&](double margin) {
+          return 1 +
+                 std::ranges::count_if(log_softmax, [&](double v) { return v > chosen + margin; });
+        };
+        EXPECT_GE(result.prompt_ranks[p], above(1e-4)) << what << " position " << p;
+        EXPECT_LE(result.prompt_ranks[p], above(-1e-4)) << what << " position " << p;
         if (i % 2 == 0) continue;
         const auto& top = result.prompt_top_log_probs[p];
         ASSERT_EQ(top.size(), 3u) << what;

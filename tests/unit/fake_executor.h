@@ -152,10 +152,11 @@ class FakeExecutor final : public executor::Executor {
         executor::Response response{.request_id = it->first};
         response.result.output_ids = {token};
         if (active.produced == 0 && active.request.return_prompt_log_probs) {
-          // Prompt token p (p >= 1): -0.5 p, and the next ids down, each 1 less likely.
+          // Prompt token p (p >= 1): -0.5 p, rank p, and the next ids down, each 1 less likely.
           const std::vector<int32_t>& prompt = active.request.input_ids;
           for (size_t p = 1; p < prompt.size(); ++p) {
             response.result.prompt_log_probs.push_back(-0.5f * float(p));
+            response.result.prompt_ranks.push_back(int32_t(p));
             if (active.request.top_prompt_log_probs == 0) continue;
             std::vector<executor::TopLogProb> top;
             for (int64_t k = 0; k < active.request.top_prompt_log_probs; ++k) {

@@ -132,12 +132,34 @@ TEST_F(OpenAiParsing, EchoWithLogProbsAsksForThePrompts) {
   EXPECT_EQ(request.generation.request.top_prompt_log_probs, 2);
   EXPECT_TRUE(request.generation.request.return_log_probs);
   for (const OrderedJson& body : {OrderedJson{{"prompt", "a b"}, {"echo", true}},
-                                  OrderedJson{{"prompt", "a b"}, {"logprobs", 2}}}) {
+                                  OrderedJson{{"prompt", "a b"}, {"logprobs", 2}},
+                                  OrderedJson{{"prompt", "a b"}, {"prompt_logprobs", nullptr}}}) {
     OpenAiRequest alone;
     ASSERT_FALSE(completion(body, &alone));
     EXPECT_FALSE(alone.prompt_log_probs) << body.dump();
     EXPECT_FALSE(alone.generation.request.return_prompt_log_probs) << body.dump();
   }
+  // vLLM's prompt_logprobs, alone or beside echo with logprobs: the executor is asked for the
+  // larger count of most likely tokens.
+  OpenAiRequest vllm;
+  ASSERT_FALSE(completion({{"prompt", "a b"}, {"prompt_logprobs", 0}}, &vllm));
+  EXPECT_EQ(vllm.vllm_prompt_log_probs, 0);
+  EXPECT_TRUE(vllm.generation.request.return_prompt_log_probs);
+  EXPECT_EQ(vllm.generation.request.top_prompt_log_probs, 0);
+  OpenAiRequest both;
+  ASSERT_FALSE(completion(
+      {{"prompt", "a b"}, {"echo", true}, {"logprobs", 1}, {"prompt_logprobs", 3}}, &both));
+  EXPECT_EQ(both.generation.request.top_prompt_log_probs, 3);
+  OpenAiRequest chat_request;
+  ASSERT_FALSE(chat({{"messages", user_messages()}, {"prompt_logprobs", 2}}, &chat_request));
+  EXPECT_TRUE(chat_request.generation.request.return_prompt_log_probs);
+  EXPECT_EQ(chat_request.generation.request.top_prompt_log_probs, 2);
+  EXPECT_EQ(completion_error({{"prompt", "a"}, {"prompt_logprobs", 1}, {"stream", true}}).message,
+            "'prompt_logprobs' cannot be streamed: set 'stream' false");
+  EXPECT_EQ(completion_error({{"prompt", "a"}, {"prompt_logprobs", 21}}).param, "prompt_logprobs");
+  EXPECT_EQ(
+      completion_error({{"prompt", "a"}, {"prompt_logprobs", 1}, {"use_beam_search", true}}).param,
+      "prompt_logprobs");
 }
 
 TEST_F(OpenAiParsing, BadWordsAsVllm) {
@@ -503,6 +525,26 @@ TEST(OpenAiFormatter, CompletionLogProbsWithThePrompt) {
             "{\"tokens\":[\"H\",\"é\",\"!\",\"a\",\"b\"],\"token_logprobs\":[null,-2.0,-3.0,-0.5,"
             "-0.25],\"top_logprobs\":[null,{\"e\":-1.0},{\"?\":-0.5},{\"a\":-0.5},{\"b\":-0.25}],"
             "\"text_offset\":[0,1,2,3,4]}");
+
+  // vLLM's prompt_logprobs (1): the prompt token with its rank, and the most likely one.
+  OpenAiRequest vllm;
+  vllm.vllm_prompt_log_probs = 1;
+  output.prompt_log_probs[1].rank = 2;
+  output.prompt_log_probs[1].top_ids = {7};
+  output.prompt_log_probs[2].rank = 1;
+  output.prompt_log_probs[2].top_ids = {3};
+  const OrderedJson choice =
+      OpenAiFormatter(vllm, "cmpl-4", "tiny", 1700000000).response({output}).at("choices")[0];
+  EXPECT_TRUE(choice.at("logprobs").is_null());
+  EXPECT_EQ(dump_json(choice.at("prompt_logprobs")),
+            "[null,{\"2\":{\"logprob\":-2.0,\"rank\":2,\"decoded_token\":\"é\"},\"7\":{"
+            "\"logprob\":-1.0,\"rank\":1,\"decoded_token\":\"e\"}},{\"3\":{\"logprob\":-3.0,"
+            "\"rank\":1,\"decoded_token\":\"!\"}}]");
+  vllm.chat = true;
+  const OrderedJson chat_body =
+      OpenAiFormatter(vllm, "chatcmpl-4", "tiny", 1700000000).response({output});
+  EXPECT_EQ(chat_body.at("prompt_logprobs"), choice.at("prompt_logprobs"));
+  EXPECT_FALSE(chat_body.at("choices")[0].contains("prompt_logprobs"));
 }
 
 TEST(OpenAiFormatter, ChatResponseAndChunks) {

@@ -211,9 +211,10 @@ TEST(ServerHttp, CompletionEcho) {
   }
 }
 
-// echo with logprobs: each choice's log-probs begin with the prompt's tokens (the fake executor's
-// -0.5 p for prompt token p, the first null), then the output's, whose offsets follow the echo.
-TEST(ServerHttp, CompletionEchoWithLogProbs) {
+// The prompt's log-probs. echo with logprobs: each choice's log-probs begin with the prompt's
+// tokens (the fake executor's -0.5 p for prompt token p, the first null), then the output's, whose
+// offsets follow the echo; not streamed. vLLM's prompt_logprobs, on both routes.
+TEST(ServerHttp, PromptLogProbs) {
   const std::vector<int32_t> script = encode(kScriptText);
   TestServer server(script);
   const std::vector<int32_t> prompt = encode("Say hi");
@@ -251,6 +252,33 @@ TEST(ServerHttp, CompletionEchoWithLogProbs) {
   response = server.post("/v1/completions", streaming);
   ASSERT_TRUE(response);
   EXPECT_EQ(response->status, 400) << response->body;
+
+  // vLLM's prompt_logprobs 2: per prompt token after the first, the token (rank p here) and the
+  // next id down (the fake's second most likely, rank 2); chat puts them beside the choices.
+  response = server.post("/v1/completions",
+                         Json{{"prompt", "Say hi"}, {"max_tokens", 2}, {"prompt_logprobs", 2}});
+  ASSERT_TRUE(response);
+  ASSERT_EQ(response->status, 200) << response->body;
+  const Json vllm = Json::parse(response->body).at("choices")[0].at("prompt_logprobs");
+  ASSERT_EQ(vllm.size(), prompt.size()) << vllm.dump();
+  EXPECT_TRUE(vllm[0].is_null());
+  for (size_t p = 1; p < prompt.size(); ++p) {
+    const Json& chosen = vllm[p].at(std::to_string(prompt[p]));
+    EXPECT_FLOAT_EQ(chosen.at("logprob").get<float>(), -0.5f * float(p));
+    EXPECT_EQ(chosen.at("rank"), int64_t(p));
+    EXPECT_EQ(chosen.at("decoded_token"), decode({prompt[p]}));
+    EXPECT_EQ(vllm[p].at(std::to_string(prompt[p] - 1)).at("rank"), 2);
+  }
+  response = server.post("/v1/chat/completions",
+                         Json{{"messages", Json::array({{{"role", "user"}, {"content", "hi"}}})},
+                              {"max_tokens", 2},
+                              {"prompt_logprobs", 0}});
+  ASSERT_TRUE(response);
+  ASSERT_EQ(response->status, 200) << response->body;
+  const Json chat = Json::parse(response->body).at("prompt_logprobs");
+  ASSERT_GE(chat.size(), 2u) << chat.dump();
+  EXPECT_TRUE(chat[0].is_null());
+  EXPECT_EQ(chat[1].size(), 1u);  // the prompt token alone
 }
 
 // best_of: that many requests (seeds + 0, 1, ...), ranked by summed log-probability (asked of the
