@@ -161,7 +161,8 @@ nlohmann::ordered_json engine_config_to_json(const EngineConfig& config) {
                    {"max_input_len", config.limits.max_input_len},
                    {"max_seq_len", config.limits.max_seq_len},
                    {"tokens_per_block", config.limits.tokens_per_block},
-                   {"max_num_tokens", config.limits.max_num_tokens}};
+                   {"max_num_tokens", config.limits.max_num_tokens},
+                   {"max_beam_width", config.limits.beam_width_limit()}};
   json["weight_dtype"] = dtype_name(config.weight_dtype);
   json["weight_only"] = weight_only_config_to_json(config.weight_only);
   json["kv_cache"] = {{"block_size", config.limits.tokens_per_block},
@@ -230,6 +231,13 @@ Result<EngineConfig> engine_config_from_json(const nlohmann::json& json,
                         positive_field(*build, "max_num_tokens", source));
   if (config.limits.max_num_tokens < config.limits.max_batch_size)
     return corrupt(source + ": build.max_num_tokens is below build.max_batch_size");
+  // Engines built before the limit existed: as wide as the batch.
+  if (build->contains("max_beam_width")) {
+    KITE_ASSIGN_OR_RETURN(config.limits.max_beam_width,
+                          positive_field(*build, "max_beam_width", source));
+    if (config.limits.max_beam_width > config.limits.max_batch_size)
+      return corrupt(source + ": build.max_beam_width exceeds build.max_batch_size");
+  }
   KITE_ASSIGN_OR_RETURN(config.weight_dtype, float_dtype_field(json, "weight_dtype", source));
   if (const auto weight_only = json.find("weight_only"); weight_only != json.end()) {
     KITE_ASSIGN_OR_RETURN(config.weight_only, weight_only_config_from_json(*weight_only, source));

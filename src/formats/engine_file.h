@@ -31,6 +31,11 @@ struct BuildLimits {
   int64_t max_seq_len = 4096;
   int64_t tokens_per_block = 32;  // KV cache block size
   int64_t max_num_tokens = 8192;  // tokens of all sequences in one step (prompts beyond: chunked)
+  // The widest beam search (TensorRT-LLM's max_beam_width); each beam is a sequence of the batch,
+  // so at most max_batch_size. 0: max_batch_size.
+  int64_t max_beam_width = 0;
+
+  int64_t beam_width_limit() const { return max_beam_width > 0 ? max_beam_width : max_batch_size; }
 
   // KV cache blocks one sequence of max_seq_len tokens takes.
   int64_t blocks_per_sequence() const {

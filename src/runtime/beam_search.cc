@@ -281,11 +281,11 @@ Result<std::vector<BeamHypothesis>> beam_search(Engine& engine, std::span<const 
   request.stop = stop;
   KITE_RETURN_IF_ERROR(check_generation_request(engine, request));
   const BuildLimits& limits = engine.config().limits;
-  if (options.beam_width > limits.max_batch_size) {
+  if (options.beam_width > limits.beam_width_limit()) {
     return out_of_range("--num_beams " + std::to_string(options.beam_width) +
-                        " exceeds the engine's max_batch_size " +
-                        std::to_string(limits.max_batch_size) +
-                        " (each beam is a sequence of the batch)");
+                        " exceeds the engine's max_beam_width " +
+                        std::to_string(limits.beam_width_limit()) +
+                        " (kite build --max_beam_width, at most --max_batch_size)");
   }
   KvCache& cache = engine.kv_cache();
   const int64_t block_size = cache.view().block_size;

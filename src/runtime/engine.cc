@@ -69,6 +69,13 @@ Engine::Engine(std::string directory, EngineConfig config, std::unique_ptr<Backe
 Result<std::unique_ptr<Engine>> Engine::load(const std::string& engine_dir,
                                              const LoadOptions& options) {
   KITE_ASSIGN_OR_RETURN(EngineConfig config, read_engine_config(engine_dir));
+  // Engines are tied to the Kite that built them (kernels, tuning tables, weight layouts).
+  if (config.kite_version != KITE_VERSION) {
+    return unsupported(
+        engine_dir + " was built by Kite " +
+        (config.kite_version.empty() ? "of an unknown version" : config.kite_version) +
+        "; this is Kite " + KITE_VERSION + ": build the engine again with it");
+  }
   const BuildLimits& limits = config.limits;
   BackendKind kind = BackendKind::kCpu;
   BackendOptions backend_options;

@@ -198,6 +198,11 @@ class ExecutorImpl final : public Executor {
       return "beam_width " + std::to_string(beams.beam_width) + " exceeds max_batch_size " +
              std::to_string(max_batch_size_) + " (each beam is a sequence of a step)";
     }
+    if (beams.beam_width > max_beam_width_) {
+      return "beam_width " + std::to_string(beams.beam_width) +
+             " exceeds the engine's max_beam_width " + std::to_string(max_beam_width_) +
+             " (kite build --max_beam_width)";
+    }
     if (beams.beam_width > 1 && request.streaming) {
       return "beam search answers once, with every beam: set streaming to false";
     }
@@ -360,6 +365,7 @@ class ExecutorImpl final : public Executor {
     max_input_len_ = limits.max_input_len;
     max_batch_size_ = scheduler.max_batch_size;
     max_logit_rows_ = scheduler.max_logit_rows;
+    max_beam_width_ = limits.beam_width_limit();
     max_num_tokens_ = scheduler.max_num_tokens;
     chunked_prefill_ = scheduler.enable_chunked_prefill;
     max_seq_len_ = limits.max_seq_len;
@@ -908,7 +914,7 @@ class ExecutorImpl final : public Executor {
   int64_t completed_ = 0;
   // Fixed after load.
   int64_t max_input_len_ = 0, max_seq_len_ = 0, vocab_size_ = 0, max_batch_size_ = 0;
-  int64_t max_num_tokens_ = 0, max_logit_rows_ = 0;
+  int64_t max_num_tokens_ = 0, max_logit_rows_ = 0, max_beam_width_ = 0;
   bool chunked_prefill_ = true;
   std::vector<int32_t> end_ids_;
   // Shared, under mutex_.

@@ -98,6 +98,12 @@ Status build_engine(const BuildRequest& flags) {
         "--max_batch_size, --max_input_len, --max_seq_len, --max_num_tokens and "
         "--tokens_per_block must be positive");
   }
+  if (limits.max_beam_width < 0 || limits.max_beam_width > limits.max_batch_size) {
+    return invalid_argument("--max_beam_width " + std::to_string(limits.max_beam_width) +
+                            " must be between 1 and --max_batch_size (" +
+                            std::to_string(limits.max_batch_size) +
+                            "): each beam is a sequence of the batch");
+  }
   if (limits.max_num_tokens < limits.max_batch_size) {
     return invalid_argument("--max_num_tokens (" + std::to_string(limits.max_num_tokens) +
                             ") must be at least --max_batch_size (" +
@@ -236,6 +242,8 @@ Command add_build_command(CLI::App& kite) {
                   "Tokens of all sequences in one step; longer prefills are chunked (8192)");
   app->add_option("--tokens_per_block", flags->limits.tokens_per_block,
                   "KV cache block size in tokens (32)");
+  app->add_option("--max_beam_width", flags->limits.max_beam_width,
+                  "Widest beam search, at most --max_batch_size (default: --max_batch_size)");
   return Command{app, [flags] { return build_engine(*flags); }};
 }
 

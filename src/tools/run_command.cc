@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/csv.h"
 #include "core/file.h"
 #include "runtime/beam_search.h"
 #include "runtime/engine.h"
@@ -22,6 +23,7 @@ struct RunFlags {
   std::string engine_dir;
   ModelEngineRequest model;
   std::vector<std::string> input_texts;
+  std::string input_file;
   int64_t max_output_len = 100;
   SamplingConfig sampling{.temperature = 0.0f};
   bool streaming = false;
@@ -104,8 +106,64 @@ Status print_beams(Engine& engine, const GenerationRequest& request, const RunFl
   return write_record(flags.output_json, record);
 }
 
+// --input_file's prompts: a .csv file holds one prompt a row as token ids (TensorRT-LLM run.py's
+// tokenized input, into `ids`); any other file one prompt a line of text (into `texts`), empty
+// lines skipped.
+Status read_input_file(const std::string& path, std::vector<std::string>* texts,
+                       std::vector<std::vector<int32_t>>* ids) {
+  const std::string name = "--input_file " + path;
+  if (path.size() >= 4 && path.compare(path.size() - 4, 4, ".csv") == 0) {
+    KITE_ASSIGN_OR_RETURN(const std::vector<CsvRow> rows, read_csv_file(path));
+    for (size_t row = 0; row < rows.size(); ++row) {
+      if (rows[row].empty()) continue;
+      std::vector<int32_t>& prompt = ids->emplace_back();
+      for (const std::string& field : rows[row]) {
+        size_t used = 0;
+        long long id = -1;
+        try {
+          id = std::stoll(field, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (used == 0 || used != field.size() || id < 0 || id > INT32_MAX) {
+          return invalid_argument(name + ": row " + std::to_string(row + 1) + ": '" + field +
+                                  "' is not a token id (a .csv file holds token ids; give text "
+                                  "prompts in another file, one a line)");
+        }
+        prompt.push_back(int32_t(id));
+      }
+    }
+  } else {
+    KITE_ASSIGN_OR_RETURN(const std::string text, read_file(path));
+    size_t start = 0;
+    while (start < text.size()) {
+      size_t end = text.find('\n', start);
+      if (end == std::string::npos) end = text.size();
+      std::string line = text.substr(start, end - start);
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (!line.empty()) texts->push_back(std::move(line));
+      start = end + 1;
+    }
+  }
+  if (texts->empty() && ids->empty()) return invalid_argument(name + " holds no prompts");
+  return Status::ok();
+}
+
 Status run(RunFlags flags) {
-  if (flags.input_texts.empty()) return invalid_argument("--input_text is required");
+  std::vector<std::vector<int32_t>> file_ids;  // a .csv --input_file's prompts
+  if (!flags.input_file.empty()) {
+    if (!flags.input_texts.empty()) {
+      return invalid_argument("give --input_text or --input_file, not both");
+    }
+    KITE_RETURN_IF_ERROR(read_input_file(flags.input_file, &flags.input_texts, &file_ids));
+    if (!file_ids.empty() && flags.chat) {
+      return invalid_argument("--chat needs text prompts; --input_file " + flags.input_file +
+                              " holds token ids");
+    }
+  }
+  if (flags.input_texts.empty() && file_ids.empty()) {
+    return invalid_argument("--input_text or --input_file is required");
+  }
   for (size_t i = 0; i < flags.input_texts.size(); ++i) {
     if (flags.input_texts[i].empty())
       return invalid_argument("--input_text " + std::to_string(i) + " is empty");
@@ -132,9 +190,12 @@ Status run(RunFlags flags) {
   KITE_ASSIGN_OR_RETURN(flags.engine_dir, resolve_engine_dir(flags.engine_dir, flags.model));
   KITE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::load(flags.engine_dir, flags.load));
   const Tokenizer& tokenizer = engine->tokenizer();
+  // Token-id prompts are shown and recorded as their text.
+  for (const std::vector<int32_t>& ids : file_ids)
+    flags.input_texts.push_back(tokenizer.decode(ids));
   if (int64_t(flags.input_texts.size()) > engine->config().limits.max_batch_size) {
     return out_of_range(std::to_string(flags.input_texts.size()) +
-                        " --input_text exceed the engine's max_batch_size " +
+                        " prompts exceed the engine's max_batch_size " +
                         std::to_string(engine->config().limits.max_batch_size));
   }
 
@@ -150,7 +211,9 @@ Status run(RunFlags flags) {
         chat_model,
         server::load_served_model(flags.engine_dir, "", limits.max_input_len, limits.max_seq_len));
   }
-  for (const std::string& text : flags.input_texts) {
+  request.prompts = file_ids;  // token ids as given; texts are encoded
+  for (size_t i = file_ids.size(); i < flags.input_texts.size(); ++i) {
+    const std::string& text = flags.input_texts[i];
     if (chat_model) {
       // The rendered conversation carries its own special tokens (BOS where the template puts it).
       KITE_ASSIGN_OR_RETURN(const std::string prompt,
@@ -213,6 +276,8 @@ Command add_run_command(CLI::App& kite) {
   app->add_option("--engine_dir", flags->engine_dir, "Engine folder (kite build)");
   add_model_options(*app, flags->model);
   app->add_option("--input_text", flags->input_texts, "A prompt; repeat for a batch");
+  app->add_option("--input_file", flags->input_file,
+                  "Prompts, one a line (a .csv file: one a row, as token ids)");
   app->add_option("--max_output_len", flags->max_output_len, "Tokens to generate at most (100)");
   app->add_option("--temperature", flags->sampling.temperature, "0 (default) is greedy");
   app->add_option("--top_k", flags->sampling.top_k, "Keep the k most likely tokens (0: off)");

@@ -11,6 +11,7 @@
 
 #include "core/file.h"
 #include "engine_test_util.h"
+#include "kite/executor.h"
 #include "runtime/engine.h"
 #include "test_util.h"
 
@@ -258,7 +259,7 @@ TEST_F(BeamSearchEngine, RefusesWhatTheEngineCannotHold) {
   const std::vector<int32_t> prompt = {1, 2, 3};
   const Status too_wide = beam_search(*engine, prompt, {.beam_width = 5}, stop).status();
   EXPECT_EQ(too_wide.code(), StatusCode::kOutOfRange);
-  EXPECT_NE(too_wide.message().find("max_batch_size 4"), std::string::npos) << too_wide.message();
+  EXPECT_NE(too_wide.message().find("max_beam_width 4"), std::string::npos) << too_wide.message();
   stop.max_output_len = 38;
   EXPECT_FALSE(beam_search(*engine, prompt, {.beam_width = 2}, stop).is_ok());  // > max_seq_len
   stop.max_output_len = 4;
@@ -287,12 +288,48 @@ TEST_F(BeamSearchEngine, RunPrintsEveryBeamAndRecordsThem) {
            {"--num_beams 2 --streaming", "--num_beams 1 only"},
            {"--num_beams 0", "--num_beams must be >= 1"},
            {"--length_penalty 0.5", "need --num_beams above 1"},
-           {"--num_beams 9", "max_batch_size"}}) {
+           {"--num_beams 9", "exceeds the engine's max_beam_width 4"}}) {
     const test::CommandResult refused = test::run_kite(
         "run --engine_dir " + *engine_dir_ + " --input_text hi --max_output_len 6 " + flags);
     EXPECT_NE(refused.exit_code, 0) << flags;
     EXPECT_NE(refused.output.find(message), std::string::npos) << flags << ": " << refused.output;
   }
+}
+
+// kite build --max_beam_width: recorded in the engine (default: max_batch_size), wider beam
+// searches refused by kite run; above --max_batch_size refused by the build.
+TEST(BeamSearchLimit, BuildRecordsTheWidestBeamSearch) {
+  const std::string checkpoint = test::make_tiny_checkpoint();
+  const std::string limits = "--max_batch_size 4 --max_input_len 16 --max_seq_len 40";
+  const std::string narrow = test::build_engine(checkpoint, limits + " --max_beam_width 2");
+  EXPECT_EQ(read_engine_config(narrow).value().limits.max_beam_width, 2);
+  const std::string wide_default = test::build_engine(checkpoint, limits);
+  EXPECT_EQ(read_engine_config(wide_default).value().limits.max_beam_width, 4);
+  const std::string run = "run --engine_dir " + narrow + " --input_text hi --max_output_len 4 ";
+  EXPECT_EQ(test::run_kite(run + "--num_beams 2").exit_code, 0);
+  const test::CommandResult wide = test::run_kite(run + "--num_beams 3");
+  EXPECT_NE(wide.exit_code, 0);
+  EXPECT_NE(wide.output.find("exceeds the engine's max_beam_width 2"), std::string::npos)
+      << wide.output;
+  std::string error;
+  const auto executor = executor::Executor::create(narrow, {}, &error);
+  ASSERT_TRUE(executor) << error;
+  executor::Request beams;
+  beams.input_ids = {1, 2};
+  beams.max_new_tokens = 3;
+  beams.sampling.beam_width = 3;
+  const std::optional<std::string> problem = executor->check_request(beams);
+  ASSERT_TRUE(problem);
+  EXPECT_NE(problem->find("exceeds the engine's max_beam_width 2"), std::string::npos) << *problem;
+  beams.sampling.beam_width = 2;
+  EXPECT_FALSE(executor->check_request(beams));
+  const test::CommandResult too_wide =
+      test::run_kite("build --checkpoint_dir " + checkpoint + " --output_dir " + test::temp_dir() +
+                     "/too_wide " + limits + " --max_beam_width 5");
+  EXPECT_NE(too_wide.exit_code, 0);
+  EXPECT_NE(too_wide.output.find("--max_beam_width 5 must be between 1 and --max_batch_size (4)"),
+            std::string::npos)
+      << too_wide.output;
 }
 
 }  // namespace

@@ -215,6 +215,54 @@ TEST_F(EngineCommands, RunPrintsLikeRunPyAndWritesJson) {
   EXPECT_EQ(alone[0].at("output_ids"), record[0].at("output_ids"));
 }
 
+// --input_file: a text file's lines (empty ones skipped) are the prompts, and a .csv file's rows
+// their token ids; both give the outputs of --input_text. Bad files get one line that says why.
+TEST_F(EngineCommands, RunTakesPromptsFromAFile) {
+  const std::string dir = test::temp_dir();
+  const std::string run = "run --engine_dir " + *engine_ + " --max_output_len 5 ";
+  ASSERT_EQ(
+      test::run_kite(run + "--input_text 'hello world' --input_text 'the cat' --output_json " +
+                     dir + "/texts.json")
+          .exit_code,
+      0);
+  const auto expected = nlohmann::json::parse(read_file(dir + "/texts.json").value());
+  ASSERT_TRUE(write_file(dir + "/prompts.txt", "hello world\r\n\nthe cat\n").is_ok());
+  const Tokenizer tokenizer = Tokenizer::from_directory(*engine_).value();
+  std::string csv;
+  for (const char* text : {"hello world", "the cat"}) {
+    std::string row;
+    for (const int32_t id : tokenizer.encode(text))
+      row += (row.empty() ? "" : ",") + std::to_string(id);
+    csv += row + "\n";
+  }
+  ASSERT_TRUE(write_file(dir + "/prompts.csv", csv).is_ok());
+  for (const std::string file : {"prompts.txt", "prompts.csv"}) {
+    const test::CommandResult result = test::run_kite(
+        run + "--input_file " + dir + "/" + file + " --output_json " + dir + "/" + file + ".json");
+    ASSERT_EQ(result.exit_code, 0) << file << ": " << result.output;
+    const auto record = nlohmann::json::parse(read_file(dir + "/" + file + ".json").value());
+    ASSERT_EQ(record.size(), 2u) << file;
+    for (size_t i = 0; i < 2; ++i) {
+      EXPECT_EQ(record[i].at("input_ids"), expected[i].at("input_ids")) << file;
+      EXPECT_EQ(record[i].at("output_ids"), expected[i].at("output_ids")) << file;
+    }
+  }
+  ASSERT_TRUE(write_file(dir + "/empty.txt", "\n\n").is_ok());
+  ASSERT_TRUE(write_file(dir + "/bad.csv", "1,2\n3,x\n").is_ok());
+  for (const auto& [arguments, message] : std::vector<std::pair<std::string, std::string>>{
+           {"--input_file " + dir + "/empty.txt", "holds no prompts"},
+           {"--input_file " + dir + "/bad.csv", "row 2: 'x' is not a token id"},
+           {"--input_file " + dir + "/missing.txt", "missing.txt"},
+           {"--input_file " + dir + "/prompts.txt --input_text hi", "not both"},
+           {"", "--input_text or --input_file is required"}}) {
+    const test::CommandResult refused = test::run_kite(run + arguments);
+    EXPECT_NE(refused.exit_code, 0) << arguments << ": " << refused.output;
+    EXPECT_EQ(refused.signal, 0) << arguments;
+    EXPECT_NE(refused.output.find(message), std::string::npos)
+        << arguments << ": " << refused.output;
+  }
+}
+
 // Stop texts end generation at the token that completes them, wherever they fall in the text: the
 // stop taken from the middle of an unstopped output cuts that output there, one prompt of a batch
 // stops while the other runs on, and results are those of decoding the whole output each step.
@@ -444,6 +492,16 @@ TEST_F(EngineCommands, LoadRefusesCorruptedEngineAndOtherDevice) {
       << cache_dtype.output;
   config["kv_cache"]["dtype"] = "float32";
   config["device"] = "cpu";
+  // Built by another Kite release (the same format version).
+  config["kite_version"] = "0.0.1";
+  ASSERT_TRUE(write_file(copy + "/config.json", config.dump()).is_ok());
+  const test::CommandResult other_kite =
+      test::run_kite("run --engine_dir " + copy + " --input_text hi");
+  EXPECT_EQ(other_kite.exit_code, 1);
+  EXPECT_NE(other_kite.output.find("was built by Kite 0.0.1; this is Kite " KITE_VERSION
+                                   ": build the engine again"),
+            std::string::npos)
+      << other_kite.output;
   config["kite_engine_version"] = 7;
   ASSERT_TRUE(write_file(copy + "/config.json", config.dump()).is_ok());
   const test::CommandResult other_version =
