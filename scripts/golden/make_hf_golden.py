@@ -76,6 +76,12 @@ MODELS = {
         rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}),
         "Llama, dynamic NTK RoPE scaling (factor 2, max_position_embeddings 48: the 60-token "
         "prompt and the continuations of the 17-, 33- and 60-token prompts go past it)", "rope"),
+    "qwen2_yarn": ("qwen2", base_config(
+        num_key_value_heads=2, use_sliding_window=False, max_position_embeddings=256,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                         "original_max_position_embeddings": 64}),
+        "Qwen2, YaRN RoPE scaling (factor 4, original context 64; cos and sin scaled by the "
+        "attention factor 0.1 ln 4 + 1)", "rope"),
 }
 
 DYNAMIC_NOTE = (

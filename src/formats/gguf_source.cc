@@ -360,13 +360,30 @@ class GgufModelSource : public ModelSource {
                             meta.uint("rope.scaling.original_context_length"));
       scaling["original_max_position_embeddings"] = original;
       for (const auto& [gguf_key, hf_key] :
-           {std::pair{"rope.scaling.yarn_attn_factor", "attention_factor"},
-            std::pair{"rope.scaling.yarn_beta_fast", "beta_fast"},
+           {std::pair{"rope.scaling.yarn_beta_fast", "beta_fast"},
             std::pair{"rope.scaling.yarn_beta_slow", "beta_slow"}}) {
         if (meta.has(gguf_key)) {
           KITE_ASSIGN_OR_RETURN(const double value, meta.number(gguf_key));
           scaling[hf_key] = float_for_json(value);
         }
+      }
+      // llama.cpp scales cos and sin by transformers' attention factor (derived from the factor,
+      // and yarn_log_multiplier as mscale_all_dim) times rope.scaling.attn_factor; its
+      // yarn_attn_factor key is recomputed at load, so not read here.
+      double log_multiplier = 0.0, multiplier = 1.0;
+      if (meta.has("rope.scaling.yarn_log_multiplier")) {
+        KITE_ASSIGN_OR_RETURN(log_multiplier, meta.number("rope.scaling.yarn_log_multiplier"));
+      }
+      if (meta.has("rope.scaling.attn_factor")) {
+        KITE_ASSIGN_OR_RETURN(multiplier, meta.number("rope.scaling.attn_factor"));
+      }
+      auto mscale = [&](double weight) {
+        return factor <= 1.0 ? 1.0 : 0.1 * weight * std::log(factor) + 1.0;
+      };
+      if (log_multiplier != 0.0 || multiplier != 1.0) {
+        const double derived =
+            log_multiplier != 0.0 ? mscale(1.0) / mscale(log_multiplier) : mscale(1.0);
+        scaling["attention_factor"] = float_for_json(derived * multiplier);
       }
       return scaling;
     }

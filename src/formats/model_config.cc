@@ -11,7 +11,7 @@ namespace kite {
 namespace {
 
 constexpr const char* kSupportedArchitectures = "llama, mistral, qwen2";
-constexpr const char* kSupportedRopeScaling = "default, linear, dynamic, llama3";
+constexpr const char* kSupportedRopeScaling = "default, linear, dynamic, llama3, yarn";
 
 // Typed access to the fields of one JSON object, with messages that name the file and the field.
 class FieldReader {
@@ -143,9 +143,27 @@ Status parse_rope_scaling(const nlohmann::json& scaling, const std::string& sour
     out->type = RopeScalingType::kDynamic;
   } else if (type == "llama3") {
     out->type = RopeScalingType::kLlama3;
+  } else if (type == "yarn") {
+    out->type = RopeScalingType::kYarn;
   } else {
     return unsupported(source + ": rope_scaling type '" + type +
                        "' is not supported; Kite supports: " + kSupportedRopeScaling);
+  }
+  if (out->type == RopeScalingType::kYarn) {
+    // transformers: factor may be left out (then max_position_embeddings over the original).
+    KITE_RETURN_IF_ERROR(reader.number_or("factor", 0.0, &out->factor));
+    KITE_RETURN_IF_ERROR(reader.integer_or("original_max_position_embeddings", 0,
+                                           &out->original_max_position_embeddings));
+    KITE_RETURN_IF_ERROR(reader.number_or("beta_fast", 32.0, &out->beta_fast));
+    KITE_RETURN_IF_ERROR(reader.number_or("beta_slow", 1.0, &out->beta_slow));
+    KITE_RETURN_IF_ERROR(reader.number_or("mscale", 0.0, &out->mscale));
+    KITE_RETURN_IF_ERROR(reader.number_or("mscale_all_dim", 0.0, &out->mscale_all_dim));
+    KITE_RETURN_IF_ERROR(reader.number_or("attention_factor", 0.0, &out->attention_factor));
+    KITE_RETURN_IF_ERROR(reader.boolean_or("truncate", true, &out->truncate));
+    // transformers treats 0 as "not given" for the betas.
+    if (out->beta_fast == 0.0) out->beta_fast = 32.0;
+    if (out->beta_slow == 0.0) out->beta_slow = 1.0;
+    return Status::ok();
   }
   KITE_RETURN_IF_ERROR(reader.number("factor", &out->factor));
   if (out->type == RopeScalingType::kLlama3) {
@@ -243,6 +261,8 @@ std::string_view rope_scaling_type_name(RopeScalingType type) {
       return "dynamic";
     case RopeScalingType::kLlama3:
       return "llama3";
+    case RopeScalingType::kYarn:
+      return "yarn";
   }
   KITE_CHECK(false);
   return "";
@@ -304,6 +324,21 @@ Status validate_model_config(const ModelConfig& config, const std::string& sourc
     }
     KITE_RETURN_IF_ERROR(check_positive(scaling.original_max_position_embeddings,
                                         "rope_scaling original_max_position_embeddings", source));
+  }
+  if (scaling.type == RopeScalingType::kYarn) {
+    KITE_RETURN_IF_ERROR(check_positive(scaling.original_max_position_embeddings,
+                                        "rope_scaling original_max_position_embeddings", source));
+    for (const double value : {scaling.beta_fast, scaling.beta_slow}) {
+      if (!(value > 0) || !std::isfinite(value))
+        return corrupt(source + ": yarn rope_scaling beta_fast and beta_slow must be positive");
+    }
+    for (const double value : {scaling.mscale, scaling.mscale_all_dim, scaling.attention_factor}) {
+      if (!(value >= 0) || !std::isfinite(value)) {
+        return corrupt(source +
+                       ": yarn rope_scaling mscale, mscale_all_dim and attention_factor must be "
+                       "non-negative numbers");
+      }
+    }
   }
   if (scaling.original_max_position_embeddings < 0)
     return corrupt(source + ": rope_scaling original_max_position_embeddings is negative");
@@ -467,6 +502,18 @@ Result<ModelConfig> parse_hf_config(const nlohmann::json& json, const std::strin
   if (config.torch_dtype.empty())
     KITE_RETURN_IF_ERROR(reader.string_or("dtype", "", &config.torch_dtype));
 
+  // YaRN's defaults in transformers: the original context is max_position_embeddings, and a
+  // missing factor is the ratio of the two.
+  RopeScaling& scaling = config.rope_scaling;
+  if (scaling.type == RopeScalingType::kYarn) {
+    if (scaling.original_max_position_embeddings == 0)
+      scaling.original_max_position_embeddings = config.max_position_embeddings;
+    if (scaling.factor == 0.0 && scaling.original_max_position_embeddings > 0) {
+      scaling.factor =
+          double(config.max_position_embeddings) / double(scaling.original_max_position_embeddings);
+    }
+  }
+
   KITE_RETURN_IF_ERROR(validate_model_config(config, source));
   return config;
 }
@@ -490,6 +537,15 @@ nlohmann::ordered_json model_config_to_json(const ModelConfig& config) {
     if (config.rope_scaling.original_max_position_embeddings > 0) {
       rope_scaling["original_max_position_embeddings"] =
           config.rope_scaling.original_max_position_embeddings;
+    }
+    if (config.rope_scaling.type == RopeScalingType::kYarn) {
+      const RopeScaling& yarn = config.rope_scaling;
+      rope_scaling["beta_fast"] = yarn.beta_fast;
+      rope_scaling["beta_slow"] = yarn.beta_slow;
+      rope_scaling["mscale"] = yarn.mscale;
+      rope_scaling["mscale_all_dim"] = yarn.mscale_all_dim;
+      rope_scaling["attention_factor"] = yarn.attention_factor;
+      rope_scaling["truncate"] = yarn.truncate;
     }
   }
   return {

@@ -26,6 +26,7 @@ enum class RopeScalingType {
   kLinear,   // positions divided by factor
   kDynamic,  // NTK-aware: base grows with the sequence beyond max_position_embeddings
   kLlama3,   // Llama 3.1 frequency-dependent interpolation
+  kYarn,  // YaRN: interpolation ramped over the dimensions, cos and sin scaled (attention factor)
 };
 
 std::string_view rope_scaling_type_name(RopeScalingType type);
@@ -37,6 +38,13 @@ struct RopeScaling {
   double low_freq_factor = 1.0;
   double high_freq_factor = 4.0;
   int64_t original_max_position_embeddings = 0;
+  // YaRN only (transformers' names and defaults; 0: not given).
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+  double mscale = 0.0;
+  double mscale_all_dim = 0.0;
+  double attention_factor = 0.0;  // 0: derived from factor (and mscale, mscale_all_dim)
+  bool truncate = true;
 
   bool operator==(const RopeScaling&) const = default;
 };

@@ -193,6 +193,20 @@ Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& con
   return weights;
 }
 
+float rope_attention_scaling(const ModelConfig& config) {
+  const RopeScaling& scaling = config.rope_scaling;
+  if (scaling.type != RopeScalingType::kYarn) return 1.0f;
+  if (scaling.attention_factor > 0.0) return float(scaling.attention_factor);
+  // transformers' get_mscale: 0.1 * mscale * ln(factor) + 1 above a factor of 1.
+  auto mscale = [&](double weight) {
+    return scaling.factor <= 1.0 ? 1.0 : 0.1 * weight * std::log(scaling.factor) + 1.0;
+  };
+  if (scaling.mscale > 0.0 && scaling.mscale_all_dim > 0.0) {
+    return float(mscale(scaling.mscale) / mscale(scaling.mscale_all_dim));
+  }
+  return float(mscale(1.0));
+}
+
 std::vector<float> rope_inverse_frequencies(const ModelConfig& config, int64_t sequence_length) {
   const RopeScaling& scaling = config.rope_scaling;
   const int64_t dim = config.head_dim;
@@ -216,6 +230,35 @@ std::vector<float> rope_inverse_frequencies(const ModelConfig& config, int64_t s
   }
   if (scaling.type == RopeScalingType::kLinear) {
     for (float& frequency : inverse_frequencies) frequency /= float(scaling.factor);
+  } else if (scaling.type == RopeScalingType::kYarn) {
+    // transformers' _compute_yarn_parameters, in its float32 steps: dimensions below `low`
+    // keep their frequency (extrapolation), those above `high` are divided by the factor
+    // (interpolation), a linear ramp in between. low and high are the dimensions that turn
+    // beta_fast and beta_slow times over the original context.
+    const double original = double(scaling.original_max_position_embeddings);
+    auto correction_dimension = [&](double rotations) {
+      return double(dim) * std::log(original / (rotations * 2.0 * std::numbers::pi)) /
+             (2.0 * std::log(base));
+    };
+    double low = correction_dimension(scaling.beta_fast);
+    double high = correction_dimension(scaling.beta_slow);
+    if (scaling.truncate) {
+      low = std::floor(low);
+      high = std::ceil(high);
+    }
+    low = std::max(low, 0.0);
+    high = std::min(high, double(dim - 1));
+    if (low == high) high += 0.001;  // no division by zero
+    const float factor = float(scaling.factor);
+    for (size_t i = 0; i < inverse_frequencies.size(); ++i) {
+      const float position_frequency = std::pow(float(base), float(2 * i) / float(dim));
+      const float extrapolation = 1.0f / position_frequency;
+      const float interpolation = 1.0f / (factor * position_frequency);
+      const float ramp = std::clamp((float(i) - float(low)) / float(high - low), 0.0f, 1.0f);
+      const float extrapolation_factor = 1.0f - ramp;
+      inverse_frequencies[i] =
+          interpolation * (1.0f - extrapolation_factor) + extrapolation * extrapolation_factor;
+    }
   } else if (scaling.type == RopeScalingType::kLlama3) {
     // Long wavelengths are interpolated by `factor`, short ones kept, the band between smoothed.
     const float factor = float(scaling.factor);
@@ -487,7 +530,8 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
                    frequencies.size() * sizeof(float));
     uploaded_frequencies_ = std::move(frequencies);
   }
-  const RopeParams rope{static_cast<const float*>(inverse_frequencies_.data()), c.head_dim, 1.0f};
+  const RopeParams rope{static_cast<const float*>(inverse_frequencies_.data()), c.head_dim,
+                        rope_attention_scaling(c)};
 
   // ---- activations, carved from the workspace ----
   const DType act = backend.activation_dtype();

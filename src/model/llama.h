@@ -54,11 +54,14 @@ Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& con
                                         const WeightOnlyConfig& weight_only = {});
 
 // RoPE inverse frequencies [head_dim / 2] as Hugging Face transformers computes them
-// (ROPE_INIT_FUNCTIONS: default, linear, dynamic, llama3), in float32 like PyTorch. For dynamic
-// NTK scaling, `sequence_length` is the longest sequence of the step: beyond
+// (ROPE_INIT_FUNCTIONS: default, linear, dynamic, llama3, yarn), in float32 like PyTorch. For
+// dynamic NTK scaling, `sequence_length` is the longest sequence of the step: beyond
 // max_position_embeddings the base grows with it (transformers' dynamic_rope_update); other types
 // ignore it.
 std::vector<float> rope_inverse_frequencies(const ModelConfig& config, int64_t sequence_length);
+// What cos and sin are multiplied by (transformers' attention_scaling): YaRN's attention factor,
+// else 1.
+float rope_attention_scaling(const ModelConfig& config);
 
 // One forward step, in host memory; the model uploads it. Sequence s owns tokens
 // [query_start[s], query_start[s + 1]); see AttentionBatch for the meaning of every field.

@@ -346,12 +346,19 @@ TEST(GgufSource, YarnScaling) {
   yarn.add_string("llama.rope.scaling.type", "yarn")
       .add_float32("llama.rope.scaling.factor", 4)
       .add_uint32("llama.rope.scaling.original_context_length", 32768)
-      .add_float32("llama.rope.scaling.yarn_beta_fast", 32);
+      .add_float32("llama.rope.scaling.yarn_beta_fast", 32)
+      .add_float32("llama.rope.scaling.yarn_attn_factor", 0.5);  // llama.cpp recomputes it
   auto source = open_built(yarn);
   ASSERT_TRUE(source.is_ok()) << source.status().message();
   EXPECT_EQ((*source)->hf_config()["rope_scaling"],
             json::parse(R"({"rope_type": "yarn", "factor": 4.0,
                             "original_max_position_embeddings": 32768, "beta_fast": 32.0})"));
+  // rope.scaling.attn_factor multiplies the attention factor derived from the factor.
+  yarn.add_float32("llama.rope.scaling.attn_factor", 2);
+  source = open_built(yarn);
+  ASSERT_TRUE(source.is_ok()) << source.status().message();
+  EXPECT_NEAR((*source)->hf_config()["rope_scaling"]["attention_factor"].get<double>(),
+              2.0 * (0.1 * std::log(4.0) + 1.0), 1e-6);
 }
 
 TEST(GgufSource, OpensTheFuzzSeedModel) {

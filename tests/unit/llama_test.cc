@@ -440,6 +440,156 @@ TEST(RopeFrequencies, FollowTransformersRules) {
   EXPECT_NEAR(rope_inverse_frequencies(config, 128)[1], 1.0 / 300.0, 1e-7);
 }
 
+// YaRN: transformers' _compute_yarn_parameters for three configs, as
+// scripts/golden/yarn_reference.py records them (float32; within a few ulps of pow's rounding).
+TEST(RopeFrequencies, YarnFollowsTransformers) {
+  struct Case {
+    int64_t head_dim;
+    double theta;
+    RopeScaling scaling;
+    double attention_factor;
+    std::vector<float> expected;
+  };
+  RopeScaling first{.type = RopeScalingType::kYarn, .factor = 4.0};
+  first.original_max_position_embeddings = 8192;
+  RopeScaling second{.type = RopeScalingType::kYarn, .factor = 16.0};
+  second.original_max_position_embeddings = 4096;
+  second.beta_fast = 16.0;
+  second.beta_slow = 2.0;
+  second.mscale = 0.707;
+  second.mscale_all_dim = 1.0;
+  second.truncate = false;
+  RopeScaling third{.type = RopeScalingType::kYarn, .factor = 2.0};
+  third.original_max_position_embeddings = 1024;
+  third.attention_factor = 1.25;
+  const std::vector<Case> cases = {
+      {64,
+       1000000.0,
+       first,
+       1.138629436111989,
+       {1.0f,
+        0.649381638f,
+        0.421696514f,
+        0.273841977f,
+        0.177827939f,
+        0.115478203f,
+        0.0749894157f,
+        0.0486967526f,
+        0.0316227786f,
+        0.0188239794f,
+        0.0111126788f,
+        0.00649473211f,
+        0.00374894217f,
+        0.00213018246f,
+        0.00118568679f,
+        0.000641636085f,
+        0.000333333359f,
+        0.000162345415f,
+        0.000105424137f,
+        6.84604893e-05f,
+        4.44569851e-05f,
+        2.88695519e-05f,
+        1.87473561e-05f,
+        1.21741887e-05f,
+        7.90569356e-06f,
+        5.13381246e-06f,
+        3.33380399e-06f,
+        2.16491071e-06f,
+        1.40585337e-06f,
+        9.12935377e-07f,
+        5.92843435e-07f,
+        3.84981632e-07f}},
+      {128,
+       10000.0,
+       second,
+       0.9363975061530204,
+       {1.0f,
+        0.865964353f,
+        0.749894202f,
+        0.649381638f,
+        0.562341332f,
+        0.486967534f,
+        0.421696514f,
+        0.365174115f,
+        0.316227764f,
+        0.273841977f,
+        0.237137392f,
+        0.2053525f,
+        0.177827939f,
+        0.153992653f,
+        0.133352146f,
+        0.115478203f,
+        0.100000001f,
+        0.0865964293f,
+        0.0749894157f,
+        0.0649381652f,
+        0.0562341288f,
+        0.0486967526f,
+        0.0421696492f,
+        0.0365174115f,
+        0.0316227786f,
+        0.0273841973f,
+        0.0233459547f,
+        0.0188844092f,
+        0.0151994536f,
+        0.0121630579f,
+        0.00966756698f,
+        0.00762252882f,
+        0.0059520239f,
+        0.00459239073f,
+        0.00349030481f,
+        0.00260115135f,
+        0.0018876493f,
+        0.00131868559f,
+        0.00086833199f,
+        0.000515014457f,
+        0.000240811118f,
+        0.00017115123f,
+        0.000148210864f,
+        0.000128345317f,
+        0.000111142464f,
+        9.62454142e-05f,
+        8.33450904e-05f,
+        7.21738688e-05f,
+        6.2500003e-05f,
+        5.4122771e-05f,
+        4.68683866e-05f,
+        4.05863539e-05f,
+        3.51463314e-05f,
+        3.04354689e-05f,
+        2.63560341e-05f,
+        2.28233821e-05f,
+        1.97642366e-05f,
+        1.71151223e-05f,
+        1.48210866e-05f,
+        1.28345328e-05f,
+        1.11142463e-05f,
+        9.62454033e-06f,
+        8.3345094e-06f,
+        7.21738797e-06f}},
+      {32,
+       500000.0,
+       third,
+       1.25,
+       {1.0f, 0.440366626f, 0.177762523f, 0.0711642504f, 0.028204523f, 0.0110402945f,
+        0.00425405474f, 0.00160572305f, 0.000707106723f, 0.000311386219f, 0.000137124094f,
+        6.03848712e-05f, 2.65914823e-05f, 1.17099989e-05f, 5.15669262e-06f, 2.27083524e-06f}},
+  };
+  for (const Case& c : cases) {
+    ModelConfig config = tiny_llama_config();
+    config.head_dim = c.head_dim;
+    config.rope_theta = c.theta;
+    config.rope_scaling = c.scaling;
+    const std::vector<float> frequencies = rope_inverse_frequencies(config, 1);
+    ASSERT_EQ(frequencies.size(), c.expected.size()) << c.head_dim;
+    for (size_t i = 0; i < frequencies.size(); ++i) {
+      EXPECT_NEAR(frequencies[i], c.expected[i], 4e-7 * c.expected[i]) << c.head_dim << " " << i;
+    }
+    EXPECT_FLOAT_EQ(rope_attention_scaling(config), float(c.attention_factor)) << c.head_dim;
+  }
+  EXPECT_EQ(rope_attention_scaling(tiny_llama_config()), 1.0f);
+}
+
 // ---- Hugging Face golden references ----
 TEST(LlamaGolden, MatchesTransformers) {
   const std::string root = test::source_dir() + "/tests/fixtures/golden/hf";

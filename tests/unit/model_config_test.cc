@@ -160,11 +160,34 @@ TEST(ModelConfig, RopeScalingVariants) {
   json["rope_scaling"] = {{"rope_type", "default"}};
   EXPECT_EQ(parse_hf_config(json, "x")->rope_scaling.type, RopeScalingType::kNone);
 
-  json["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+  json["rope_scaling"] = {{"rope_type", "longrope"}, {"factor", 4.0}};
   Status status = parse_status(json);
   EXPECT_EQ(status.code(), StatusCode::kUnsupported);
-  EXPECT_NE(status.message().find("'yarn'"), std::string::npos);
-  EXPECT_NE(status.message().find("default, linear, dynamic, llama3"), std::string::npos);
+  EXPECT_NE(status.message().find("'longrope'"), std::string::npos);
+  EXPECT_NE(status.message().find("default, linear, dynamic, llama3, yarn"), std::string::npos);
+
+  // YaRN with transformers' defaults: the original context is max_position_embeddings (4096 in
+  // this fixture) unless given, a missing factor is the ratio of the two, betas 32 and 1.
+  json["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}, {"mscale", nullptr}};
+  config = *parse_hf_config(json, "x");
+  EXPECT_EQ(config.rope_scaling.type, RopeScalingType::kYarn);
+  EXPECT_DOUBLE_EQ(config.rope_scaling.factor, 4.0);
+  EXPECT_EQ(config.rope_scaling.original_max_position_embeddings, 4096);
+  EXPECT_DOUBLE_EQ(config.rope_scaling.beta_fast, 32.0);
+  EXPECT_DOUBLE_EQ(config.rope_scaling.beta_slow, 1.0);
+  EXPECT_TRUE(config.rope_scaling.truncate);
+  json["rope_scaling"] = {{"rope_type", "yarn"},   {"original_max_position_embeddings", 1024},
+                          {"beta_fast", 8},        {"mscale", 0.7},
+                          {"mscale_all_dim", 1.0}, {"truncate", false}};
+  config = *parse_hf_config(json, "x");
+  EXPECT_DOUBLE_EQ(config.rope_scaling.factor, 4.0);  // 4096 / 1024
+  EXPECT_DOUBLE_EQ(config.rope_scaling.beta_fast, 8.0);
+  EXPECT_DOUBLE_EQ(config.rope_scaling.mscale, 0.7);
+  EXPECT_FALSE(config.rope_scaling.truncate);
+  const nlohmann::json schema = model_config_to_json(config);
+  EXPECT_EQ(*model_config_from_json(nlohmann::json::parse(schema.dump()), "x"), config);
+  json["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}, {"beta_slow", -1}};
+  EXPECT_EQ(parse_status(json).code(), StatusCode::kCorrupt);
 
   json["rope_scaling"] = {{"rope_type", "linear"}};  // factor missing
   EXPECT_EQ(parse_status(json).code(), StatusCode::kCorrupt);
