@@ -610,7 +610,8 @@ void check_fused_rope(DType dtype, int64_t head_dim, int64_t group, int64_t bloc
   GpuTensor device_inv_freq = test::to_gpu(DType::kF32, {int64_t(inv_freq.size())}, inv_freq);
   DeviceBatch device_batch(batch);
   device_batch.view.slot_mapping = device_slots.as<int32_t>();
-  const RopeParams rope{device_inv_freq.as<float>(), rotary_dim, 1.0f};
+  // Every other seed scales cos and sin (YaRN's attention factor).
+  const RopeParams rope{device_inv_freq.as<float>(), rotary_dim, seed % 2 ? 1.1386f : 1.0f};
   GpuTensor qkv_tensor = test::to_gpu(dtype, {tokens, width}, qkv);
   const float scale = 1.0f / std::sqrt(float(head_dim));
   DeviceSplitWorkspace workspace(tokens, q_heads, head_dim, splits);

@@ -151,18 +151,21 @@ TEST(CudaElementwise, ConvertRoundsToNearestEven) {
 }
 
 // RoPE + cache store for a batch with a decode token at a large position, a prefill chunk and a
-// padding token (slot -1), against cpu::rope_and_store_kv on a float32 cache.
+// padding token (slot -1), against cpu::rope_and_store_kv on a float32 cache; cos and sin scaled
+// (YaRN's attention factor) in some cases.
 TEST(CudaElementwise, RopeAndStoreKvMatchesCpu) {
   KITE_REQUIRE_GPU();
   struct Case {
     int64_t head_dim, rotary_dim, kv_heads, group, block_size;
+    float attention_scaling;
   };
   for (DType dtype : kHalfDtypes) {
     const float u = test::unit_roundoff(dtype);
-    for (const Case& c : {Case{64, 64, 2, 3, 16}, Case{128, 128, 8, 4, 32}, Case{16, 16, 2, 2, 8},
-                          Case{64, 32, 1, 8, 64}}) {
+    for (const Case& c : {Case{64, 64, 2, 3, 16, 1.0f}, Case{128, 128, 8, 4, 32, 1.1386f},
+                          Case{16, 16, 2, 2, 8, 1.0f}, Case{64, 32, 1, 8, 64, 0.9364f}}) {
       const std::string what = std::string(dtype_name(dtype)) + " D=" + std::to_string(c.head_dim) +
-                               " R=" + std::to_string(c.rotary_dim);
+                               " R=" + std::to_string(c.rotary_dim) +
+                               " scaling=" + std::to_string(c.attention_scaling);
       const int64_t D = c.head_dim, query_heads = c.kv_heads * c.group;
       // Tokens: sequence 0 decodes at position 1500, sequence 1 prefills 9 tokens at 31..39.
       std::vector<int32_t> positions = {1500};
@@ -205,8 +208,8 @@ TEST(CudaElementwise, RopeAndStoreKvMatchesCpu) {
       cpu_cache_view.data = cpu_cache.data();
       DeviceTensor cpu_q_view = host_view(cpu_q, {tokens, query_heads * D});
       cpu::rope_and_store_kv(host_view(qkv, {tokens, width}),
-                             RopeParams{inv_freq.data(), c.rotary_dim, 1.0f}, host_batch,
-                             cpu_cache_view, 1, cpu_q_view);
+                             RopeParams{inv_freq.data(), c.rotary_dim, c.attention_scaling},
+                             host_batch, cpu_cache_view, 1, cpu_q_view);
 
       GpuTensor qkv_gpu = test::to_gpu(dtype, {tokens, width}, qkv);
       GpuTensor q_gpu(dtype, {tokens, query_heads * D});
@@ -218,9 +221,9 @@ TEST(CudaElementwise, RopeAndStoreKvMatchesCpu) {
       batch.positions = positions_gpu.as<int32_t>();
       batch.slot_mapping = slots_gpu.as<int32_t>();
       cache.data = cache_gpu.tensor.data;
-      cuda::rope_and_store_kv(qkv_gpu.tensor,
-                              RopeParams{inv_freq_gpu.as<float>(), c.rotary_dim, 1.0f}, batch,
-                              cache, 1, q_gpu.tensor, nullptr);
+      cuda::rope_and_store_kv(
+          qkv_gpu.tensor, RopeParams{inv_freq_gpu.as<float>(), c.rotary_dim, c.attention_scaling},
+          batch, cache, 1, q_gpu.tensor, nullptr);
       // One rounding of each output; angles and cos/sin in float32 on both sides.
       test::expect_close(test::to_host(q_gpu.tensor), cpu_q, 2e-5f, 1.01f * u, "rope q " + what);
       test::expect_close(test::to_host(cache_gpu.tensor), cpu_cache, 2e-5f, 1.01f * u,
