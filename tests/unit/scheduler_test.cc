@@ -670,8 +670,9 @@ TEST(Scheduler, PromptLogitsKeepStepsWithinTheLogitRows) {
 }
 
 // Many requests with random lengths and common prefixes arriving over time, random cancellations
-// (some during a step), under every policy and option: every request that is neither refused nor
-// cancelled finishes with its output run alone, and refusals are exactly the impossible requests.
+// (some during a step), some needing their prompt's logits, under every policy and option: every
+// request that is neither refused nor cancelled finishes with its output run alone, and refusals
+// are exactly the impossible requests.
 TEST(Scheduler, RandomWorkloadsGiveTheOutputsOfRequestsRunAlone) {
   uint32_t case_number = 0;
   for (SchedulerPolicy policy :
@@ -706,6 +707,8 @@ TEST(Scheduler, RandomWorkloadsGiveTheOutputsOfRequestsRunAlone) {
             for (int64_t i = 0; i < count; ++i) {
               NewRequest request{next_id++, {}, uniform(1, 16), {kEndId}};
               request.first_in_line = uniform(0, 4) == 0;  // some overtake the waiting ones
+              // Some need their prompt's logits: logit rows per step, no prefix reuse.
+              request.prompt_logits = request.id % 5 == 0;
               if (uniform(0, 2) > 0) {
                 request.prompt = prefixes[size_t(uniform(0, 1))];
                 request.prompt.resize(size_t(uniform(1, int64_t(request.prompt.size()))));
@@ -721,7 +724,8 @@ TEST(Scheduler, RandomWorkloadsGiveTheOutputsOfRequestsRunAlone) {
                   (kv_tokens + block_size - 1) / block_size > config.kv_cache.num_blocks ||
                   (!chunked && length > config.max_num_tokens) ||
                   (!chunked && policy == SchedulerPolicy::kMaxUtilization &&
-                   kv_tokens > config.max_num_tokens);
+                   kv_tokens > config.max_num_tokens) ||
+                  (!chunked && request.prompt_logits && length > config.max_batch_size);
               const Status status = scheduler.add_request(request);
               ASSERT_EQ(status.is_ok(), !impossible) << status.message();
               if (status.is_ok()) {
