@@ -58,7 +58,11 @@ nlohmann::ordered_json checkpoint_config_to_json(const CheckpointConfig& config)
   json["mapping"] = {{"world_size", config.mapping.world_size},
                      {"tp_size", config.mapping.tp_size},
                      {"pp_size", config.mapping.pp_size}};
-  json["quantization"] = {{"weight_only", weight_only_config_to_json(config.weight_only)}};
+  json["quantization"] = {
+      {"weight_only", weight_only_config_to_json(config.weight_only)},
+      {"kv_cache", config.kv_cache_dtype
+                       ? nlohmann::ordered_json(dtype_name(*config.kv_cache_dtype))
+                       : nlohmann::ordered_json(nullptr)}};
   json["converted_from"] = config.converted_from;
   json["random_weights"] = config.random_weights;
   return json;
@@ -111,6 +115,10 @@ Result<CheckpointConfig> checkpoint_config_from_json(const nlohmann::json& json,
       if (value.is_null()) continue;
       if (key == "weight_only") {
         KITE_ASSIGN_OR_RETURN(config.weight_only, weight_only_config_from_json(value, source));
+        continue;
+      }
+      if (key == "kv_cache" && value == dtype_name(DType::kF8E4M3)) {
+        config.kv_cache_dtype = DType::kF8E4M3;
         continue;
       }
       return unsupported(source + ": quantization " + key + " = " + value.dump() +

@@ -33,6 +33,9 @@ struct CheckpointConfig {
   ParallelMapping mapping;
   // The decoder's linear weights stored as int8 / int4 with scales (stored_weights()), or not.
   WeightOnlyConfig weight_only;
+  // The KV cache dtype engines of this checkpoint default to (kite convert --fp8_kv_cache:
+  // float8_e4m3), or none: the build's choice.
+  std::optional<DType> kv_cache_dtype;
   // Informational: where the weights came from ("HF folder /x", "random (seed 0)").
   std::string converted_from;
   bool random_weights = false;

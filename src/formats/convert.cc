@@ -269,6 +269,7 @@ Result<ConvertSummary> convert_to_checkpoint(const ConvertRequest& request) {
   checkpoint.model = model;
   checkpoint.dtype = request.dtype.value_or(default_dtype(model));
   checkpoint.weight_only = request.weight_only;
+  if (request.fp8_kv_cache) checkpoint.kv_cache_dtype = DType::kF8E4M3;
   checkpoint.random_weights = request.random;
   checkpoint.converted_from =
       request.random

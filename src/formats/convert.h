@@ -30,6 +30,8 @@ struct ConvertRequest {
   int pp_size = 1;
   // --use_weight_only: the decoder's linear weights quantized to int8 / int4 (W8A16 / W4A16).
   WeightOnlyConfig weight_only;
+  // --fp8_kv_cache: engines default to a float8_e4m3 KV cache (CheckpointConfig::kv_cache_dtype).
+  bool fp8_kv_cache = false;
   bool show_progress = true;
 };
 

@@ -55,10 +55,21 @@ std::vector<GemmShape> model_gemm_shapes(const ModelConfig& model, const BuildLi
   return shapes;
 }
 
-// The KV cache's dtype for --kv_cache_dtype `name` on `device`, whose weights are `weight_dtype`.
-Result<DType> kv_cache_dtype(const std::string& name, const std::string& device,
-                             DType weight_dtype) {
+// The KV cache's dtype for --kv_cache_dtype `name` on `device`, whose weights are `weight_dtype`;
+// `checkpoint_choice`: the checkpoint's (kite convert --fp8_kv_cache), which "auto" takes.
+Result<DType> kv_cache_dtype(const std::string& name, const std::string& device, DType weight_dtype,
+                             std::optional<DType> checkpoint_choice) {
   DType dtype;
+  if (name == "auto" && checkpoint_choice) {
+    if (device == "cuda" && *checkpoint_choice != weight_dtype) {
+      return unsupported(
+          "the checkpoint asks for a " + std::string(dtype_name(*checkpoint_choice)) +
+          " KV cache (kite convert --fp8_kv_cache), and CUDA engines keep it in the weights' dtype "
+          "for now: build with --kv_cache_dtype auto on --device cpu, or --kv_cache_dtype " +
+          std::string(dtype_name(weight_dtype)));
+    }
+    return *checkpoint_choice;
+  }
   if (name == "auto") {
     // The KV cache holds activations: float32 on the CPU, the weight dtype on CUDA.
     dtype = device == "cuda" ? weight_dtype : DType::kF32;
@@ -124,8 +135,9 @@ Status build_engine(const BuildRequest& flags) {
   }
   KITE_ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::open(flags.checkpoint_dir));
   const CheckpointConfig& checkpoint_config = checkpoint.config();
-  KITE_ASSIGN_OR_RETURN(const DType cache_dtype, kv_cache_dtype(flags.kv_cache_dtype, flags.device,
-                                                                checkpoint_config.dtype));
+  KITE_ASSIGN_OR_RETURN(const DType cache_dtype,
+                        kv_cache_dtype(flags.kv_cache_dtype, flags.device, checkpoint_config.dtype,
+                                       checkpoint_config.kv_cache_dtype));
   if (checkpoint_config.mapping.world_size != 1) {
     return unsupported(flags.checkpoint_dir + " is split over " +
                        std::to_string(checkpoint_config.mapping.world_size) +

@@ -41,6 +41,7 @@ Status run_convert(ConvertFlags& flags) {
   if (summary.weight_only.enabled()) {
     dtype += ", linear weights " + describe_weight_only(summary.weight_only);
   }
+  if (flags.request.fp8_kv_cache) dtype += ", fp8 KV cache";
   std::printf("wrote checkpoint %s: %zu tensors, %.1fM parameters, %s, %.1f MB%s\n",
               summary.output_dir.c_str(), summary.tensor_count,
               double(summary.parameter_count) / 1e6, dtype.c_str(),
@@ -78,6 +79,9 @@ Command add_convert_command(CLI::App& kite) {
   app->add_flag("--per_group", flags->per_group,
                 "A scale per --group_size input columns instead of one per output row");
   app->add_option("--group_size", flags->group_size, "Columns per scale with --per_group (128)");
+  app->add_flag("--fp8_kv_cache", request.fp8_kv_cache,
+                "Engines of the checkpoint default to an fp8 (e4m3) KV cache (kite build "
+                "--kv_cache_dtype auto; CPU engines)");
   return Command{app, [flags] { return run_convert(*flags); }};
 }
 

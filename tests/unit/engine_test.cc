@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "core/file.h"
+#include "formats/checkpoint.h"
 #include "formats/engine_file.h"
 #include "kernels/backend_factory.h"
 #include "model/llama.h"
@@ -387,6 +388,42 @@ TEST_F(EngineCommands, BuildTakesTheKvCacheDtype) {
   EXPECT_NE(cuda.output.find("CUDA engines keep the KV cache in the weights' dtype"),
             std::string::npos)
       << cuda.output;
+}
+
+// kite convert --fp8_kv_cache: the checkpoint records it, a CPU build's "auto" takes it (an
+// explicit
+// --kv_cache_dtype wins), and a CUDA build, whose cache stays in the weights' dtype, refuses it
+// with a message; a checkpoint asking for a KV cache this Kite does not know is refused.
+TEST_F(EngineCommands, ConvertFp8KvCacheIsTheBuildsDefault) {
+  const std::string fixture = test::source_dir() + "/tests/fixtures/tiny_llama";
+  const std::string model_dir = test::temp_dir();
+  for (const char* name : {"config.json", "tokenizer.json", "tokenizer_config.json"}) {
+    std::filesystem::copy_file(fixture + "/" + name, model_dir + "/" + name);
+  }
+  const std::string checkpoint = test::temp_dir() + "/fp8_kv";
+  const test::CommandResult convert =
+      test::run_kite("convert --random --dtype bfloat16 --fp8_kv_cache --model_dir " + model_dir +
+                     " --output_dir " + checkpoint);
+  ASSERT_EQ(convert.exit_code, 0) << convert.output;
+  EXPECT_NE(convert.output.find("fp8 KV cache"), std::string::npos) << convert.output;
+  EXPECT_EQ(read_checkpoint_config(checkpoint).value().kv_cache_dtype, DType::kF8E4M3);
+  const std::string limits = " --max_batch_size 2 --max_input_len 16 --max_seq_len 40";
+  for (const auto& [flags, dtype] : std::vector<std::pair<std::string, DType>>{
+           {"", DType::kF8E4M3}, {" --kv_cache_dtype bfloat16", DType::kBF16}}) {
+    const std::string engine = test::temp_dir() + "/engine";
+    const test::CommandResult build = test::run_kite("build --checkpoint_dir " + checkpoint +
+                                                     " --output_dir " + engine + limits + flags);
+    ASSERT_EQ(build.exit_code, 0) << build.output;
+    EXPECT_EQ(read_engine_config(engine).value().kv_cache_dtype, dtype) << flags;
+  }
+  const test::CommandResult cuda =
+      test::run_kite("build --checkpoint_dir " + checkpoint + " --output_dir " + test::temp_dir() +
+                     "/cuda" + limits + " --device cuda");
+  EXPECT_EQ(cuda.exit_code, 1);
+  EXPECT_NE(cuda.output.find("asks for a float8_e4m3 KV cache"), std::string::npos) << cuda.output;
+  nlohmann::json config = nlohmann::json::parse(read_file(checkpoint + "/config.json").value());
+  config["quantization"]["kv_cache"] = "int8";
+  EXPECT_EQ(checkpoint_config_from_json(config, "x").status().code(), StatusCode::kUnsupported);
 }
 
 // CUDA engines: float16/bfloat16 checkpoints only, a GPU to tune on, and known devices only.
