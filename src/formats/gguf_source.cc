@@ -15,6 +15,7 @@
 #include "formats/gguf.h"
 #include "formats/gguf_dequant.h"
 #include "formats/gguf_tokenizer.h"
+#include "formats/model_config.h"
 #include "formats/model_source.h"
 
 namespace kite {
@@ -377,12 +378,9 @@ class GgufModelSource : public ModelSource {
       if (meta.has("rope.scaling.attn_factor")) {
         KITE_ASSIGN_OR_RETURN(multiplier, meta.number("rope.scaling.attn_factor"));
       }
-      auto mscale = [&](double weight) {
-        return factor <= 1.0 ? 1.0 : 0.1 * weight * std::log(factor) + 1.0;
-      };
       if (log_multiplier != 0.0 || multiplier != 1.0) {
         const double derived =
-            log_multiplier != 0.0 ? mscale(1.0) / mscale(log_multiplier) : mscale(1.0);
+            yarn_attention_factor(factor, log_multiplier != 0.0 ? 1.0 : 0.0, log_multiplier);
         scaling["attention_factor"] = float_for_json(derived * multiplier);
       }
       return scaling;

@@ -251,6 +251,15 @@ Result<Architecture> parse_architecture_name(std::string_view name, const std::s
                      "; Kite supports: " + kSupportedArchitectures);
 }
 
+double yarn_attention_factor(double factor, double mscale, double mscale_all_dim) {
+  auto get_mscale = [&](double weight) {
+    return factor <= 1.0 ? 1.0 : 0.1 * weight * std::log(factor) + 1.0;
+  };
+  if (mscale != 0.0 && mscale_all_dim != 0.0)
+    return get_mscale(mscale) / get_mscale(mscale_all_dim);
+  return get_mscale(1.0);
+}
+
 std::string_view rope_scaling_type_name(RopeScalingType type) {
   switch (type) {
     case RopeScalingType::kNone:

@@ -31,6 +31,11 @@ enum class RopeScalingType {
 
 std::string_view rope_scaling_type_name(RopeScalingType type);
 
+// transformers' YaRN attention factor when none is given: get_mscale(factor, mscale) /
+// get_mscale(factor, mscale_all_dim) when both are given (non-zero), else get_mscale(factor), with
+// get_mscale(s, m) = 0.1 m ln(s) + 1 (1 for s <= 1).
+double yarn_attention_factor(double factor, double mscale, double mscale_all_dim);
+
 struct RopeScaling {
   RopeScalingType type = RopeScalingType::kNone;
   double factor = 1.0;

@@ -197,14 +197,7 @@ float rope_attention_scaling(const ModelConfig& config) {
   const RopeScaling& scaling = config.rope_scaling;
   if (scaling.type != RopeScalingType::kYarn) return 1.0f;
   if (scaling.attention_factor > 0.0) return float(scaling.attention_factor);
-  // transformers' get_mscale: 0.1 * mscale * ln(factor) + 1 above a factor of 1.
-  auto mscale = [&](double weight) {
-    return scaling.factor <= 1.0 ? 1.0 : 0.1 * weight * std::log(scaling.factor) + 1.0;
-  };
-  if (scaling.mscale > 0.0 && scaling.mscale_all_dim > 0.0) {
-    return float(mscale(scaling.mscale) / mscale(scaling.mscale_all_dim));
-  }
-  return float(mscale(1.0));
+  return float(yarn_attention_factor(scaling.factor, scaling.mscale, scaling.mscale_all_dim));
 }
 
 std::vector<float> rope_inverse_frequencies(const ModelConfig& config, int64_t sequence_length) {

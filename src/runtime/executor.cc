@@ -309,9 +309,11 @@ class ExecutorImpl final : public Executor {
     bool prompt_log_probs_sent = false;
   };
 
-  // A logit row for the log-probability of prompt token `target` (return_prompt_log_probs).
+  // A logit row, at token `index` of the step, for the log-probability of prompt token `target`
+  // (return_prompt_log_probs).
   struct PromptRow {
     RequestId request = 0;
+    int32_t index = 0;
     int32_t target = 0;
   };
 
@@ -636,7 +638,6 @@ class ExecutorImpl final : public Executor {
     input.query_start.push_back(0);
     std::vector<int64_t> sampled;  // request of each logit row
     // Prompt positions whose logits give prompt log-probs: their rows follow the sampled ones.
-    std::vector<int32_t> prompt_row_indices;
     std::vector<PromptRow> prompt_rows;
     int64_t context_tokens = 0;
     for (const ScheduledSequence& sequence : plan.sequences) {
@@ -653,8 +654,8 @@ class ExecutorImpl final : public Executor {
         // Position p's logits predict token p + 1; each prompt position is recorded once.
         if (wants_prompt && position == wants_prompt->prompt_rows_done &&
             position + 1 < int64_t(wants_prompt->request.input_ids.size())) {
-          prompt_row_indices.push_back(int32_t(input.token_ids.size()));
-          prompt_rows.push_back({RequestId(sequence.request_id), tokens[size_t(position) + 1]});
+          prompt_rows.push_back({RequestId(sequence.request_id), int32_t(input.token_ids.size()),
+                                 tokens[size_t(position) + 1]});
           ++wants_prompt->prompt_rows_done;
         }
         input.token_ids.push_back(tokens[size_t(position)]);
@@ -693,8 +694,7 @@ class ExecutorImpl final : public Executor {
       if (!sequence.samples || sequence.num_tokens > 1) context_tokens += sequence.num_tokens;
     }
 
-    input.logit_rows.insert(input.logit_rows.end(), prompt_row_indices.begin(),
-                            prompt_row_indices.end());
+    for (const PromptRow& row : prompt_rows) input.logit_rows.push_back(row.index);
     std::vector<float> log_probs(sampled.size(), 0.0f);
     std::vector<std::vector<TopLogProb>> top_log_probs(sampled.size());
     kite::Result<std::vector<int32_t>> tokens =

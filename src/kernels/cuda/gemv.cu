@@ -334,9 +334,7 @@ template <typename T, size_t... kVariants>
 int gated_ctas_per_multiprocessor(int32_t variant, std::index_sequence<kVariants...>) {
   int ctas = 0;
   auto query = [&](auto kernel, int threads) {
-    if (const int carveout = uniform_carveout(); carveout >= 0) {
-      prefer_carveout(reinterpret_cast<const void*>(kernel), carveout);
-    }
+    prefer_uniform_carveout(kernel);  // occupancy depends on the split
     KITE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, threads, 0));
   };
   ((variant == int32_t(kVariants)

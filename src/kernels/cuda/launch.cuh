@@ -83,14 +83,21 @@ void launch_kernel_own_carveout(void (*kernel)(Parameters...), dim3 grid, dim3 b
       cudaLaunchKernelEx(&config, kernel, Parameters(std::forward<Arguments>(arguments))...));
 }
 
+// Gives `kernel` the uniform carveout (unless KITE_SHARED_CARVEOUT leaves it to the driver), as
+// launch_kernel does before each launch; also before asking for its occupancy.
+template <typename... Parameters>
+void prefer_uniform_carveout(void (*kernel)(Parameters...)) {
+  if (const int carveout = uniform_carveout(); carveout >= 0) {
+    prefer_carveout(reinterpret_cast<const void*>(kernel), carveout);
+  }
+}
+
 // kernel<<<grid, block, shared_bytes, stream>>>(arguments...), with PDL when enabled and the
 // uniform carveout; checks the launch. The kernel must follow the rules above.
 template <typename... Parameters, typename... Arguments>
 void launch_kernel(void (*kernel)(Parameters...), dim3 grid, dim3 block, size_t shared_bytes,
                    cudaStream_t stream, Arguments&&... arguments) {
-  if (const int carveout = uniform_carveout(); carveout >= 0) {
-    prefer_carveout(reinterpret_cast<const void*>(kernel), carveout);
-  }
+  prefer_uniform_carveout(kernel);
   launch_kernel_own_carveout(kernel, grid, block, shared_bytes, stream,
                              std::forward<Arguments>(arguments)...);
 }
