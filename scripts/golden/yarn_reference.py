@@ -87,7 +87,11 @@ def main():
         inv_freq, attention_factor = yarn(head_dim, base, max_positions, parameters)
         if check:
             theirs, their_factor = transformers_yarn(head_dim, base, max_positions, parameters)
-            if not np.array_equal(theirs, inv_freq) or their_factor != attention_factor:
+            # torch's float32 pow may round differently from numpy's in the last bit.
+            worst = float(np.max(np.abs(theirs - inv_freq) / np.abs(theirs)))
+            print(f"// transformers' own function: largest relative difference {worst:.3g}, "
+                  f"attention factor {float(their_factor)!r}", file=sys.stderr)
+            if worst > 4e-7 or abs(float(their_factor) - attention_factor) > 1e-7:
                 sys.exit(f"transcription differs from transformers for {parameters}")
         values = ", ".join(f"{v:.9g}f" for v in inv_freq)
         print(f"// head_dim {head_dim}, rope_theta {base}, max_position_embeddings "
