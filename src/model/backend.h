@@ -145,7 +145,8 @@ class Backend {
   // ---- ops of the Llama family ----
   // out[t, :] = table[ids[t], :]            table [V, H], ids [T] (backend memory), out [T, H]
   virtual void embedding(const DeviceTensor& table, const int32_t* ids, DeviceTensor& out) = 0;
-  // out = x / rms(x) * weight               x [T, H], weight [H], out [T, H]
+  // out = x / rms(x) * weight               x [T, H], weight [H] (without data: no scale), out [T,
+  // H]
   virtual void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps,
                         DeviceTensor& out) = 0;
   // residual += x; out = residual / rms(residual) * weight     (all [T, H], weight [H])
@@ -194,6 +195,32 @@ class Backend {
     silu_mul(gate_up, hidden);
     linear(hidden, weight, nullptr, out);
   }
+
+  // ---- a layer's ops with the norm scales folded into the weights ----
+  // Whether load_llama_weights folds each RMSNorm's scale into the columns of the linear layer
+  // after it by default, so that the forward pass runs the three ops below instead of
+  // add_rms_norm and linear. CUDA does: its decode GEMVs then add to the residual stream and
+  // normalise by themselves, which saves both residual add + RMSNorm kernels of a layer.
+  virtual bool folds_norm_scales() const { return false; }
+  // weight[n, k] *= scale[k], rounded to weight's dtype     weight [N, K], scale [K] (its dtype)
+  virtual void scale_columns(DeviceTensor& weight, const DeviceTensor& scale) = 0;
+  // out = (x / rms(x)) @ weight^T (+ bias): an RMSNorm without its scale, then a linear layer.
+  // Backends that do not fuse them write x / rms(x) into `normed` first.
+  //                                        x [T, K], weight [N, K], normed [T, K], out [T, N]
+  virtual void rms_norm_linear(const DeviceTensor& x, float eps, const DeviceTensor& weight,
+                               const DeviceTensor* bias, DeviceTensor& normed,
+                               DeviceTensor& out) = 0;
+  // residual += x @ weight^T (+ bias). Backends that do not fuse them write the product into
+  // `scratch` first.                      x [T, K], weight [N, K], scratch and residual [T, N]
+  virtual void linear_add(const DeviceTensor& x, const DeviceTensor& weight,
+                          const DeviceTensor* bias, DeviceTensor& scratch,
+                          DeviceTensor& residual) = 0;
+  // residual += silu_mul(gate_up) @ weight^T, with `hidden` [T, F] and `scratch` [T, N] as in
+  // silu_mul_linear and linear_add.       gate_up [T, 2F], weight [N, F], residual [T, N]
+  virtual void silu_mul_linear_add(const DeviceTensor& gate_up, const DeviceTensor& weight,
+                                   DeviceTensor& hidden, DeviceTensor& scratch,
+                                   DeviceTensor& residual) = 0;
+
   // out[i, :] = x[indices[i], :]            x [T, H], indices [R] (backend memory), out [R, H]
   virtual void gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& out) = 0;
   // Converts between dtypes element-wise (e.g. activations to float32 logits).

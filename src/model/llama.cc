@@ -79,7 +79,8 @@ void linear(Backend& backend, const DeviceTensor& x, const LinearWeight& weight,
 
 Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& config,
                                         const WeightLookup& lookup, const std::string& source,
-                                        const WeightOnlyConfig& weight_only) {
+                                        const WeightOnlyConfig& weight_only,
+                                        std::optional<bool> fold_norm_scales) {
   if (weight_only.enabled() && !backend.supports_weight_only(weight_only)) {
     return unsupported(source + " holds weight-only quantized weights (" +
                        describe_weight_only(weight_only) + "), which the " +
@@ -189,6 +190,17 @@ Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& con
     weights.lm_head = weights.embed_tokens;
   } else {
     KITE_ASSIGN_OR_RETURN(weights.lm_head, upload({"lm_head.weight"}, {config.vocab_size, hidden}));
+  }
+  const char* dump = std::getenv("KITE_DUMP");
+  const bool fold = fold_norm_scales.value_or(backend.folds_norm_scales() && !(dump && *dump)) &&
+                    !weight_only.enabled();
+  if (fold) {
+    for (LlamaLayerWeights& layer : weights.layers) {
+      backend.scale_columns(layer.qkv_proj.weight, layer.input_layernorm);
+      backend.scale_columns(layer.gate_up_proj.weight, layer.post_attention_layernorm);
+    }
+    backend.synchronize();
+    weights.norm_scales_folded = true;
   }
   return weights;
 }
@@ -557,17 +569,23 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
     // x = embed_tokens[ids]
     backend.embedding(weights_.embed_tokens, device_ids, residual);
     dump.add("embedding", residual);
-    // h = rms_norm(x) * input_layernorm
-    backend.rms_norm(residual, weights_.layers.front().input_layernorm, eps, normed);
+    // h = rms_norm(x) * input_layernorm   (in the QKV projection when the scales are folded)
+    const bool folded = weights_.norm_scales_folded;
+    if (!folded) backend.rms_norm(residual, weights_.layers.front().input_layernorm, eps, normed);
 
     const float scale = 1.0f / std::sqrt(float(c.head_dim));
     const int64_t sliding_window = c.sliding_window.value_or(0);
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       const LlamaLayerWeights& w = weights_.layers[size_t(l)];
       const std::string name = "layers." + std::to_string(l) + ".";
-      dump.add(name + "input_norm", normed);
-      // [q | k | v] = h @ [Wq; Wk; Wv]^T (+ b)
-      linear(backend, normed, w.qkv_proj, w.qkv_bias, qkv);
+      // [q | k | v] = h @ [Wq; Wk; Wv]^T (+ b); folded: (x / rms(x)) @ ([Wq; Wk; Wv] diag(norm))^T
+      const DeviceTensor* qkv_bias = w.qkv_bias ? &*w.qkv_bias : nullptr;
+      if (folded) {
+        backend.rms_norm_linear(residual, eps, w.qkv_proj.weight, qkv_bias, normed, qkv);
+      } else {
+        dump.add(name + "input_norm", normed);
+        linear(backend, normed, w.qkv_proj, w.qkv_bias, qkv);
+      }
       dump.add(name + "qkv", qkv);
       // q = rope(q); cache[slot] = (rope(k), v);
       // a = softmax(q k^T / sqrt(head_dim), causal, window) v   over the cached keys and values
@@ -580,32 +598,46 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
         backend.rope_attention(qkv, rope, batch, cache, l, scale, sliding_window, q, attended);
       }
       dump.add(name + "attention", attended);
-      // o = a @ Wo^T (+ bo)
-      linear(backend, attended, w.o_proj, w.o_bias, block_out);
-      dump.add(name + "o_proj", block_out);
-      // x += o; h = rms_norm(x) * post_attention_layernorm
-      backend.add_rms_norm(residual, block_out, w.post_attention_layernorm, eps, normed);
-      dump.add(name + "post_attention_norm", normed);
-      // [g | u] = h @ [Wg; Wu]^T
-      linear(backend, normed, w.gate_up_proj, std::nullopt, gate_up);
+      if (folded) {
+        // x += a @ Wo^T (+ bo); [g | u] = (x / rms(x)) @ ([Wg; Wu] diag(post_norm))^T
+        const DeviceTensor* o_bias = w.o_bias ? &*w.o_bias : nullptr;
+        backend.linear_add(attended, w.o_proj.weight, o_bias, block_out, residual);
+        backend.rms_norm_linear(residual, eps, w.gate_up_proj.weight, nullptr, normed, gate_up);
+      } else {
+        // o = a @ Wo^T (+ bo)
+        linear(backend, attended, w.o_proj, w.o_bias, block_out);
+        dump.add(name + "o_proj", block_out);
+        // x += o; h = rms_norm(x) * post_attention_layernorm
+        backend.add_rms_norm(residual, block_out, w.post_attention_layernorm, eps, normed);
+        dump.add(name + "post_attention_norm", normed);
+        // [g | u] = h @ [Wg; Wu]^T
+        linear(backend, normed, w.gate_up_proj, std::nullopt, gate_up);
+      }
       dump.add(name + "gate_up", gate_up);
       // m = silu(g) * u; d = m @ Wd^T   (one kernel where the backend fuses them; apart when
       // dumping, so that m can be dumped, and for quantized weights)
-      if (dump.enabled() || w.down_proj.quantized()) {
-        backend.silu_mul(gate_up, mlp_hidden);
-        dump.add(name + "silu_mul", mlp_hidden);
-        linear(backend, mlp_hidden, w.down_proj, std::nullopt, block_out);
+      if (folded) {
+        // x += d
+        backend.silu_mul_linear_add(gate_up, w.down_proj.weight, mlp_hidden, block_out, residual);
       } else {
-        backend.silu_mul_linear(gate_up, w.down_proj.weight, mlp_hidden, block_out);
+        if (dump.enabled() || w.down_proj.quantized()) {
+          backend.silu_mul(gate_up, mlp_hidden);
+          dump.add(name + "silu_mul", mlp_hidden);
+          linear(backend, mlp_hidden, w.down_proj, std::nullopt, block_out);
+        } else {
+          backend.silu_mul_linear(gate_up, w.down_proj.weight, mlp_hidden, block_out);
+        }
+        dump.add(name + "down_proj", block_out);
+        // x += d; h = rms_norm(x) * (next layer's input_layernorm, or the final norm)
+        const bool last_layer = l + 1 == c.num_hidden_layers;
+        const DeviceTensor& next_norm =
+            last_layer ? weights_.norm : weights_.layers[size_t(l) + 1].input_layernorm;
+        backend.add_rms_norm(residual, block_out, next_norm, eps, normed);
       }
-      dump.add(name + "down_proj", block_out);
-      // x += d; h = rms_norm(x) * (next layer's input_layernorm, or the final norm)
-      const bool last_layer = l + 1 == c.num_hidden_layers;
-      const DeviceTensor& next_norm =
-          last_layer ? weights_.norm : weights_.layers[size_t(l) + 1].input_layernorm;
-      backend.add_rms_norm(residual, block_out, next_norm, eps, normed);
       dump.add(name + "output", residual);
     }
+    // h = rms_norm(x) * norm   (with the last layer's add when the scales are not folded)
+    if (folded) backend.rms_norm(residual, weights_.norm, eps, normed);
     dump.add("final_norm", normed);
 
     if (R > 0) {

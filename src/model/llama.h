@@ -39,6 +39,10 @@ struct LlamaWeights {
   std::vector<LlamaLayerWeights> layers;
   DeviceTensor norm;     // [H] final RMSNorm
   DeviceTensor lm_head;  // [V, H]; the same memory as embed_tokens when tie_word_embeddings
+  // Whether each layer's qkv_proj holds Wqkv diag(input_layernorm) and gate_up_proj holds
+  // Wgu diag(post_attention_layernorm): the forward pass then runs the backend's fused ops
+  // (rms_norm_linear, linear_add, silu_mul_linear_add). The norm tensors keep their values.
+  bool norm_scales_folded = false;
   // The backend memory every tensor above points into.
   std::vector<DeviceBuffer> storage;
 };
@@ -48,10 +52,15 @@ using WeightLookup = std::function<Result<TensorView>(const std::string& name)>;
 
 // Uploads every weight of `config` (stored_weights() names, dtypes and shapes) to the backend,
 // fusing q/k/v and gate/up. Floating weights must share one dtype; `weight_only` says which are
-// quantized (the backend must support it); `source` names them in messages.
+// quantized (the backend must support it); `source` names them in messages. `fold_norm_scales`:
+// fold the layers' RMSNorm scales into qkv_proj and gate_up_proj (LlamaWeights::
+// norm_scales_folded); by default when the backend folds_norm_scales(), the weights are floating
+// and KITE_DUMP is unset (a dump shows the norms as the checkpoint has them). Folding rounds each
+// product to the weight dtype once.
 Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& config,
                                         const WeightLookup& lookup, const std::string& source,
-                                        const WeightOnlyConfig& weight_only = {});
+                                        const WeightOnlyConfig& weight_only = {},
+                                        std::optional<bool> fold_norm_scales = std::nullopt);
 
 // RoPE inverse frequencies [head_dim / 2] as Hugging Face transformers computes them
 // (ROPE_INIT_FUNCTIONS: default, linear, dynamic, llama3, yarn), in float32 like PyTorch. For

@@ -1,6 +1,7 @@
 // The CUDA linear op (GemmRunner) against its CPU twin cpu::linear: every algorithm over a sweep of
-// shapes, both 16-bit dtypes, with and without bias; misaligned views; the candidates of the
-// tuning step; the default tactic; a run captured into a CUDA graph.
+// shapes, both 16-bit dtypes, with and without bias; adding into the residual; the fused SwiGLU
+// and normalised-input GEMVs; misaligned views; the candidates of the tuning step; the default
+// tactic; a run captured into a CUDA graph.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,6 +13,7 @@
 #include "cuda/cuda_test_util.h"
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/linear.h"
+#include "kernels/cpu/rms_norm.h"
 #include "kernels/cuda/activation.h"
 #include "kernels/cuda/linear.h"
 
@@ -44,8 +46,9 @@ struct LinearProblem {
   float x_scale = 1.0f;       // standard deviation of x
   float weight_scale = 1.0f;  // standard deviation of the weights: 1/sqrt(K)
   GpuTensor x, weight, bias;
-  std::vector<float> bias_values;  // [N] when has_bias
-  std::vector<float> expected;     // [M, N]
+  std::vector<float> bias_values;      // [N] when has_bias
+  std::vector<float> expected;         // [M, N]
+  std::vector<float> residual_values;  // [M, N] when the product is added to a residual
 
   LinearProblem(const LinearShape& problem_shape, DType problem_dtype, bool with_bias,
                 uint32_t seed)
@@ -78,8 +81,10 @@ struct LinearProblem {
   // under 2^-10 of the output scale sqrt(K) * std(x) * std(weight) = 1. Our kernel rounds once;
   // cuBLASLt's bias epilogue may round the product to the dtype before adding the bias (seen on an
   // H100: bfloat16, M=2, N=7, K=576, two units in the last place off), so for it the bound adds
-  // u * |expected - bias|. A wrong row, a missed chunk of K or a missing bias is off by a sizeable
-  // fraction of 1.
+  // u * |expected - bias|; adding to a residual (beta = 1) it rounds the product before the
+  // residual too (an H100, bfloat16, M=1, N=96, K=64: one unit of the product off), so the bound
+  // adds u * |expected - residual| as well. A wrong row, a missed chunk of K or a missing bias is
+  // off by a sizeable fraction of 1.
   void expect_matches(const DeviceTensor& out, bool rounded_once, const std::string& what) const {
     const float output_scale = std::sqrt(float(shape.k)) * x_scale * weight_scale;
     const double atol = output_scale / 1024.0;
@@ -88,9 +93,11 @@ struct LinearProblem {
     ASSERT_EQ(actual.size(), expected.size()) << what;
     size_t failures = 0;
     for (size_t i = 0; i < actual.size(); ++i) {
-      const double product = expected[i] - (has_bias ? bias_values[i % size_t(shape.n)] : 0.0f);
-      const double bound =
-          atol + u * std::fabs(double(expected[i])) + (rounded_once ? 0.0 : u * std::fabs(product));
+      const double residual = residual_values.empty() ? 0.0 : residual_values[i];
+      const double with_bias = expected[i] - residual;
+      const double product = with_bias - (has_bias ? bias_values[i % size_t(shape.n)] : 0.0f);
+      double bound = atol + u * std::fabs(double(expected[i]));
+      if (!rounded_once) bound += u * (std::fabs(product) + std::fabs(with_bias));
       const double error = std::fabs(double(actual[i]) - double(expected[i]));
       if (!(error <= bound) && failures++ < 5) {
         ADD_FAILURE() << what << ": element " << i << " (token " << i / size_t(shape.n) << ", row "
@@ -106,7 +113,7 @@ struct LinearProblem {
 // Whether `tactic` runs our GEMV kernel on this problem (otherwise linear() runs cuBLASLt).
 bool gemv_runs(const LinearProblem& problem, const GemmTactic& tactic) {
   return tactic.algorithm == GemmAlgorithm::kGemv &&
-         cuda::gemv_applies(problem.x.tensor, problem.weight.tensor);
+         cuda::gemv_applies(cuda::GemvKind::kPlain, problem.x.tensor, problem.weight.tensor);
 }
 
 // Runs `tactic` into a freshly poisoned (NaN) output and compares it with the CPU twin.
@@ -197,7 +204,7 @@ TEST(CudaLinear, MisalignedViews) {
         dtype, {shape.n, shape.k}, static_cast<char*>(weight_buffer->tensor.data) + element};
     const DeviceTensor bias{
         dtype, {shape.n}, static_cast<char*>(bias_buffer->tensor.data) + element};
-    EXPECT_FALSE(cuda::gemv_applies(x, weight));
+    EXPECT_FALSE(cuda::gemv_applies(cuda::GemvKind::kPlain, x, weight));
     for (const GemmTactic& tactic : every_tactic()) {
       GpuTensor out_buffer(dtype, {shape.m * shape.n + 1});
       DeviceTensor out{
@@ -288,9 +295,10 @@ TEST(CudaLinear, RunsInsideGraphCapture) {
   cudaStreamDestroy(stream);
 }
 
-// The down projection with SwiGLU fused into its input (linear_silu_mul): bit for bit the result of
-// the SwiGLU kernel followed by the same GEMV configuration, and close to the CPU twins; calls it
-// does not take (M > 8, cuBLASLt tactics) are refused so that the caller runs the two apart.
+// The down projection with SwiGLU fused into its input, adding into the residual stream
+// (linear_silu_mul_add): bit for bit the result of the SwiGLU kernel followed by the same GEMV
+// configuration adding, and close to the CPU twins; calls it does not take (M > 8, cuBLASLt
+// tactics) are refused so that the caller runs the two apart.
 TEST(CudaLinear, SiluMulFusedIntoGemvMatchesSeparateOps) {
   KITE_REQUIRE_GPU();
   auto runner = make_runner();
@@ -305,12 +313,13 @@ TEST(CudaLinear, SiluMulFusedIntoGemvMatchesSeparateOps) {
           const auto gate_up_values = test::random_values(size_t(m * 2 * k), seed++, 2.0f, dtype);
           const auto weight_values =
               test::random_values(size_t(n * k), seed++, 1.0f / std::sqrt(float(k)), dtype);
+          const auto residual_values = test::random_values(size_t(m * n), seed++, 4.0f, dtype);
           GpuTensor gate_up = test::to_gpu(dtype, {m, 2 * k}, gate_up_values);
           GpuTensor weight = test::to_gpu(dtype, {n, k}, weight_values);
           GpuTensor hidden(dtype, {m, k});
           cuda::silu_mul(gate_up.tensor, hidden.tensor, nullptr);
 
-          // The CPU twins: SwiGLU in float32, the GPU's rounding of it, then the product.
+          // The CPU twins: SwiGLU in float32, the GPU's rounding of it, then the product, added.
           std::vector<float> hidden_cpu(size_t(m * k));
           DeviceTensor hidden_host{DType::kF32, {m, k}, hidden_cpu.data()};
           std::vector<float> gate_up_copy = gate_up_values;
@@ -321,29 +330,130 @@ TEST(CudaLinear, SiluMulFusedIntoGemvMatchesSeparateOps) {
           DeviceTensor expected_host{DType::kF32, {m, n}, expected.data()};
           cpu::linear(hidden_host, DeviceTensor{dtype, {n, k}, weight_bytes.data()}, nullptr,
                       expected_host, cpu::detect_isa());
+          for (size_t i = 0; i < expected.size(); ++i) expected[i] += residual_values[i];
 
           for (int32_t variant = 0; variant < cuda::kGemvVariantCount; ++variant) {
             const GemmTactic tactic{GemmAlgorithm::kGemv, variant};
-            GpuTensor fused(dtype, {m, n});
-            const bool ran = runner->linear_silu_mul(gate_up.tensor, weight.tensor, fused.tensor,
-                                                     tactic, nullptr);
+            GpuTensor fused = test::to_gpu(dtype, {m, n}, residual_values);
+            const bool ran = runner->linear_silu_mul_add(gate_up.tensor, weight.tensor,
+                                                         fused.tensor, tactic, nullptr);
             ASSERT_EQ(cudaGetLastError(), cudaSuccess) << what;
             ASSERT_EQ(ran, m <= 8) << what;
             if (!ran) continue;
-            GpuTensor separate(dtype, {m, n});
-            runner->linear(hidden.tensor, weight.tensor, nullptr, separate.tensor, tactic, nullptr);
+            GpuTensor separate = test::to_gpu(dtype, {m, n}, residual_values);
+            runner->linear(hidden.tensor, weight.tensor, nullptr, separate.tensor, tactic, nullptr,
+                           /*add=*/true);
             const std::vector<float> fused_values = test::to_host(fused.tensor);
             EXPECT_EQ(fused_values, test::to_host(separate.tensor))
                 << what << " gemv:" << variant << " differs from silu_mul + linear";
-            // Output scale ~1: atol for the accumulation order and for the few hidden values whose
-            // rounding differs by one unit (the GPU's exp is not the CPU's), rtol for the output's
-            // rounding. A wrong chunk or row is off by about 1.
+            // Product scale ~1, residual ~4: atol for the accumulation order and for the few
+            // hidden values whose rounding differs by one unit (the GPU's exp is not the CPU's),
+            // rtol for the output's rounding. A wrong chunk or row, or a missed add, is off by
+            // about 1.
             test::expect_close(fused_values, expected, 1.0f / 128, test::unit_roundoff(dtype),
                                what + " gemv:" + std::to_string(variant) + " vs CPU");
           }
           GpuTensor unused(dtype, {m, n});
-          EXPECT_FALSE(runner->linear_silu_mul(gate_up.tensor, weight.tensor, unused.tensor,
-                                               {GemmAlgorithm::kCublasLt, 0}, nullptr))
+          EXPECT_FALSE(runner->linear_silu_mul_add(gate_up.tensor, weight.tensor, unused.tensor,
+                                                   {GemmAlgorithm::kCublasLt, 0}, nullptr))
+              << what;
+          if (HasFailure()) return;
+        }
+      }
+    }
+  }
+}
+
+// linear() adding into out (the o and down projections adding to the residual stream): every
+// tactic, GEMV (kAdd) and cuBLASLt (beta = 1), against the CPU twin's product plus the residual,
+// rounded once.
+TEST(CudaLinear, AddsIntoTheResidual) {
+  KITE_REQUIRE_GPU();
+  auto runner = make_runner();
+  ASSERT_TRUE(runner);
+  uint32_t seed = 500;
+  for (const DType dtype : {DType::kBF16, DType::kF16}) {
+    for (const bool has_bias : {false, true}) {
+      for (const LinearShape& shape : std::vector<LinearShape>{
+               {1, 96, 64}, {3, 1000, 576}, {8, 7, 1000}, {16, 64, 4096}, {33, 96, 576}}) {
+        LinearProblem problem(shape, dtype, has_bias, seed += 3);
+        problem.residual_values =
+            test::random_values(size_t(shape.m * shape.n), seed + 7, 4.0f, dtype);
+        for (size_t i = 0; i < problem.expected.size(); ++i) {
+          problem.expected[i] += problem.residual_values[i];
+        }
+        for (const GemmTactic& tactic : every_tactic()) {
+          GpuTensor out = test::to_gpu(dtype, {shape.m, shape.n}, problem.residual_values);
+          runner->linear(problem.x.tensor, problem.weight.tensor, problem.bias_tensor(), out.tensor,
+                         tactic, nullptr, /*add=*/true);
+          ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+          problem.expect_matches(out.tensor, gemv_runs(problem, tactic),
+                                 "add " + describe(shape, dtype, has_bias, tactic));
+          if (HasFailure()) return;
+        }
+      }
+    }
+  }
+}
+
+// linear_normed (the QKV and gate/up projections reading the residual stream, their RMSNorm's
+// scale folded into the weight): each GEMV configuration against the CPU twins, RMSNorm without a
+// scale then the product, over token counts of one and two token tiles; cuBLASLt tactics and
+// M > 16 are refused so that the caller normalises apart.
+TEST(CudaLinear, NormalisedInputMatchesCpu) {
+  KITE_REQUIRE_GPU();
+  auto runner = make_runner();
+  ASSERT_TRUE(runner);
+  uint32_t seed = 700;
+  const float eps = 1e-5f;
+  for (const DType dtype : {DType::kBF16, DType::kF16}) {
+    for (const bool has_bias : {false, true}) {
+      for (const int64_t m : {1, 2, 7, 8, 9, 16, 17}) {
+        for (const LinearShape& sizes :
+             std::vector<LinearShape>{{0, 96, 64}, {0, 1000, 576}, {0, 7, 4096}}) {
+          const LinearShape shape{m, sizes.n, sizes.k};
+          // x of standard deviation 3: normalising changes its scale, so a skipped or wrong
+          // normalisation is off by a factor.
+          const auto x_values = test::random_values(size_t(m * shape.k), seed++, 3.0f, dtype);
+          const auto weight_values = test::random_values(size_t(shape.n * shape.k), seed++,
+                                                         1.0f / std::sqrt(float(shape.k)), dtype);
+          std::vector<float> bias_values;
+          if (has_bias) bias_values = test::random_values(size_t(shape.n), seed++, 1.0f, dtype);
+          GpuTensor x = test::to_gpu(dtype, {m, shape.k}, x_values);
+          GpuTensor weight = test::to_gpu(dtype, {shape.n, shape.k}, weight_values);
+          GpuTensor bias(dtype, {shape.n});
+          if (has_bias) bias = test::to_gpu(dtype, {shape.n}, bias_values);
+
+          std::vector<float> normed(x_values.size()), expected(size_t(m * shape.n));
+          std::vector<float> x_copy = x_values;
+          DeviceTensor normed_host{DType::kF32, {m, shape.k}, normed.data()};
+          cpu::rms_norm(DeviceTensor{DType::kF32, {m, shape.k}, x_copy.data()}, DeviceTensor{}, eps,
+                        normed_host);
+          std::vector<uint8_t> weight_bytes = test::encode(dtype, weight_values);
+          std::vector<uint8_t> bias_bytes = test::encode(dtype, bias_values);
+          const DeviceTensor bias_host{dtype, {shape.n}, bias_bytes.data()};
+          DeviceTensor expected_host{DType::kF32, {m, shape.n}, expected.data()};
+          cpu::linear(normed_host, DeviceTensor{dtype, {shape.n, shape.k}, weight_bytes.data()},
+                      has_bias ? &bias_host : nullptr, expected_host, cpu::detect_isa());
+
+          const std::string what = "normed " + describe(shape, dtype, has_bias, {});
+          for (int32_t variant = 0; variant < cuda::kGemvVariantCount; ++variant) {
+            GpuTensor out(dtype, {m, shape.n});
+            const bool ran =
+                runner->linear_normed(x.tensor, weight.tensor, has_bias ? &bias.tensor : nullptr,
+                                      eps, out.tensor, {GemmAlgorithm::kGemv, variant}, nullptr);
+            ASSERT_EQ(cudaGetLastError(), cudaSuccess) << what;
+            ASSERT_EQ(ran, m <= cuda::kGemvMaxTokens) << what;
+            if (!ran) continue;
+            // Output scale ~1 (plus the bias): atol for the accumulation order, rtol for the
+            // output's rounding.
+            test::expect_close(test::to_host(out.tensor), expected, 1.0f / 1024,
+                               test::unit_roundoff(dtype),
+                               what + " gemv:" + std::to_string(variant));
+          }
+          GpuTensor unused(dtype, {m, shape.n});
+          EXPECT_FALSE(runner->linear_normed(x.tensor, weight.tensor, nullptr, eps, unused.tensor,
+                                             {GemmAlgorithm::kCublasLt, 0}, nullptr))
               << what;
           if (HasFailure()) return;
         }
@@ -365,7 +475,7 @@ TEST(CudaLinear, TimeCandidatesOfTheFusedKernel) {
     const std::string what = "M=" + std::to_string(m);
     size_t sharing = 0;
     for (int32_t variant = 0; variant < cuda::kGemvVariantCount; ++variant) {
-      sharing += cuda::gemv_silu_mul_ctas_per_multiprocessor(DType::kBF16, variant) >= 2;
+      sharing += cuda::gemv_gated_ctas_per_multiprocessor(DType::kBF16, variant) >= 2;
     }
     const size_t expected = sharing > 0 ? sharing : size_t(cuda::kGemvVariantCount);
     ASSERT_EQ(timings.size(), m <= 8 ? expected : 0) << what;
@@ -373,8 +483,8 @@ TEST(CudaLinear, TimeCandidatesOfTheFusedKernel) {
     for (size_t i = 0; i < timings.size(); ++i) {
       EXPECT_EQ(timings[i].tactic.algorithm, GemmAlgorithm::kGemv) << what;
       if (sharing > 0) {
-        EXPECT_GE(
-            cuda::gemv_silu_mul_ctas_per_multiprocessor(DType::kBF16, timings[i].tactic.variant), 2)
+        EXPECT_GE(cuda::gemv_gated_ctas_per_multiprocessor(DType::kBF16, timings[i].tactic.variant),
+                  2)
             << what;
       }
       variants.insert(timings[i].tactic.variant);

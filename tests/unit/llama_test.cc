@@ -151,10 +151,13 @@ Matrix reference_logits(const ModelConfig& c, const HostWeights& w,
 class ModelRunner {
  public:
   ModelRunner(const ModelConfig& config, const WeightLookup& lookup, int64_t sequences,
-              int64_t max_length, const WeightOnlyConfig& weight_only = {}) {
+              int64_t max_length, const WeightOnlyConfig& weight_only = {},
+              std::optional<bool> fold_norm_scales = std::nullopt) {
     backend_ = std::move(make_backend(BackendKind::kCpu).value());
     LlamaWeights weights =
-        load_llama_weights(*backend_, config, lookup, "test", weight_only).value();
+        load_llama_weights(*backend_, config, lookup, "test", weight_only, fold_norm_scales)
+            .value();
+    EXPECT_EQ(weights.norm_scales_folded, fold_norm_scales.value_or(false));
     model_ = std::make_unique<LlamaModel>(*backend_, config, std::move(weights));
     cache_.dtype = DType::kF32;
     cache_.num_layers = config.num_hidden_layers;
@@ -251,12 +254,23 @@ std::vector<std::vector<int32_t>> test_prompts(int64_t vocab) {
   return prompts;
 }
 
+void check_against_reference(const ModelConfig& config, bool fold);
+
+// Prefill and decode against the naive reference, with the norm scales apart and folded into the
+// weights (the fused ops' CPU twins).
 void check_against_reference(const ModelConfig& config) {
+  for (const bool fold : {false, true}) {
+    SCOPED_TRACE(fold ? "norm scales folded" : "norm scales apart");
+    check_against_reference(config, fold);
+  }
+}
+
+void check_against_reference(const ModelConfig& config, bool fold) {
   const HostWeights weights = random_llama_weights(config, 3);
   const auto prompts = test_prompts(config.vocab_size);
-  ModelRunner batched(config, lookup_in(weights), int64_t(prompts.size()), 32);
+  ModelRunner batched(config, lookup_in(weights), int64_t(prompts.size()), 32, {}, fold);
   const std::vector<Matrix> prefill = batched.step(prompts);
-  ModelRunner one_by_one(config, lookup_in(weights), int64_t(prompts.size()), 32);
+  ModelRunner one_by_one(config, lookup_in(weights), int64_t(prompts.size()), 32, {}, fold);
   std::vector<Matrix> decoded(prompts.size());
   for (size_t position = 0; position < 19; ++position) {
     std::vector<std::vector<int32_t>> tokens(prompts.size());
@@ -591,7 +605,12 @@ TEST(RopeFrequencies, YarnFollowsTransformers) {
 }
 
 // ---- Hugging Face golden references ----
-TEST(LlamaGolden, MatchesTransformers) {
+// Each model as loaded (the CPU backend keeps the norm scales apart) and with the scales folded
+// into the QKV and gate/up weights, as CUDA runs it (the fused ops' CPU twins).
+class LlamaGolden : public testing::TestWithParam<bool> {};
+
+TEST_P(LlamaGolden, MatchesTransformers) {
+  const bool fold = GetParam();
   const std::string root = test::source_dir() + "/tests/fixtures/golden/hf";
   std::vector<std::string> models;
   if (is_directory(root)) {
@@ -619,7 +638,7 @@ TEST(LlamaGolden, MatchesTransformers) {
     // Each prompt alone, like the reference: dynamic NTK RoPE depends on the step's longest
     // sequence.
     for (size_t p = 0; p < prompts.size(); ++p) {
-      ModelRunner runner(config, lookup, 1, longest + new_tokens);
+      ModelRunner runner(config, lookup, 1, longest + new_tokens, {}, fold);
       const auto prompt = prompts[p].at("prompt").get<std::vector<int32_t>>();
       const Matrix prefill = runner.step({prompt}).front();
       const std::vector<float> expected =
@@ -648,6 +667,11 @@ TEST(LlamaGolden, MatchesTransformers) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(NormScales, LlamaGolden, testing::Bool(),
+                         [](const testing::TestParamInfo<bool>& param_info) {
+                           return param_info.param ? "folded" : "apart";
+                         });
 
 }  // namespace
 }  // namespace kite

@@ -101,6 +101,35 @@ void CpuBackend::silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) {
   cpu::silu_mul(gate_up, out);
 }
 
+void CpuBackend::scale_columns(DeviceTensor& weight, const DeviceTensor& scale) {
+  cpu::scale_columns(weight, scale);
+}
+
+void CpuBackend::rms_norm_linear(const DeviceTensor& x, float eps, const DeviceTensor& weight,
+                                 const DeviceTensor* bias, DeviceTensor& normed,
+                                 DeviceTensor& out) {
+  cpu::rms_norm(x, DeviceTensor{}, eps, normed);
+  cpu::linear(normed, weight, bias, out, isa_);
+}
+
+void CpuBackend::linear_add(const DeviceTensor& x, const DeviceTensor& weight,
+                            const DeviceTensor* bias, DeviceTensor& scratch,
+                            DeviceTensor& residual) {
+  KITE_CHECK(residual.dtype == DType::kF32 && scratch.dtype == DType::kF32);
+  KITE_CHECK(scratch.numel() == residual.numel() && scratch.data != residual.data);
+  cpu::linear(x, weight, bias, scratch, isa_);
+  auto* sums = static_cast<float*>(residual.data);
+  const auto* product = static_cast<const float*>(scratch.data);
+  for (int64_t i = 0; i < residual.numel(); ++i) sums[i] += product[i];
+}
+
+void CpuBackend::silu_mul_linear_add(const DeviceTensor& gate_up, const DeviceTensor& weight,
+                                     DeviceTensor& hidden, DeviceTensor& scratch,
+                                     DeviceTensor& residual) {
+  cpu::silu_mul(gate_up, hidden);
+  linear_add(hidden, weight, nullptr, scratch, residual);
+}
+
 void CpuBackend::gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& out) {
   cpu::gather_rows(x, indices, out);
 }

@@ -44,6 +44,14 @@ class CpuBackend final : public Backend {
   void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCacheView& cache,
                  int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out) override;
   void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) override;
+  void scale_columns(DeviceTensor& weight, const DeviceTensor& scale) override;
+  void rms_norm_linear(const DeviceTensor& x, float eps, const DeviceTensor& weight,
+                       const DeviceTensor* bias, DeviceTensor& normed, DeviceTensor& out) override;
+  void linear_add(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
+                  DeviceTensor& scratch, DeviceTensor& residual) override;
+  void silu_mul_linear_add(const DeviceTensor& gate_up, const DeviceTensor& weight,
+                           DeviceTensor& hidden, DeviceTensor& scratch,
+                           DeviceTensor& residual) override;
   void gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& out) override;
   void convert(const DeviceTensor& source, DeviceTensor& destination) override;
   void copy_kv_blocks(const KvCacheView& cache,

@@ -18,14 +18,18 @@ void normalize_row(const float* row, const typename Element::Storage* weight, in
   // Hugging Face: variance in float32, then hidden * rsqrt(variance + eps), then weight * hidden.
   const float variance = float(sum_of_squares / double(size));
   const float inverse_rms = float(1.0 / std::sqrt(double(variance + eps)));
-  for (int64_t i = 0; i < size; ++i) out_row[i] = Element::load(weight[i]) * (row[i] * inverse_rms);
+  for (int64_t i = 0; i < size; ++i) {
+    const float scale = weight ? Element::load(weight[i]) : 1.0f;
+    out_row[i] = scale * (row[i] * inverse_rms);
+  }
 }
 
 void check_shapes(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor& out) {
   KITE_CHECK(x.dtype == DType::kF32 && out.dtype == DType::kF32);
+  KITE_CHECK(out.rows() == x.rows() && out.cols() == x.cols());
+  if (!weight.data) return;  // no scale
   KITE_CHECK(is_cpu_float_dtype(weight.dtype));
   KITE_CHECK(weight.numel() == x.cols());
-  KITE_CHECK(out.rows() == x.rows() && out.cols() == x.cols());
 }
 
 }  // namespace
@@ -67,6 +71,24 @@ void add_rms_norm(DeviceTensor& residual, const DeviceTensor& x, const DeviceTen
       // The whole row is added before out is written, so out may alias x.
       for (int64_t i = 0; i < size; ++i) sum_row[i] += input_row[i];
       normalize_row<Element>(sum_row, weights, size, eps, output + row * size);
+    }
+  });
+}
+
+void scale_columns(DeviceTensor& weight, const DeviceTensor& scale) {
+  KITE_CHECK(weight.shape.size() == 2 && scale.numel() == weight.cols());
+  KITE_CHECK(is_cpu_float_dtype(weight.dtype) && scale.dtype == weight.dtype);
+  const int64_t rows = weight.rows(), columns = weight.cols();
+  dispatch_float_dtype(weight.dtype, [&](auto element) {
+    using Element = decltype(element);
+    auto* values = static_cast<typename Element::Storage*>(weight.data);
+    const auto* scales = static_cast<const typename Element::Storage*>(scale.data);
+#pragma omp parallel for schedule(static) if (rows * columns >= kMinParallelWork)
+    for (int64_t row = 0; row < rows; ++row) {
+      for (int64_t column = 0; column < columns; ++column) {
+        auto& value = values[row * columns + column];
+        value = Element::store(Element::load(value) * Element::load(scales[column]));
+      }
     }
   });
 }

@@ -169,12 +169,35 @@ void CudaBackend::linear(const DeviceTensor& x, const DeviceTensor& weight,
   gemm_->linear(x, weight, bias, out, tactic_for(x.rows(), weight.rows(), weight.cols()), stream_);
 }
 
-void CudaBackend::silu_mul_linear(const DeviceTensor& gate_up, const DeviceTensor& weight,
-                                  DeviceTensor& hidden, DeviceTensor& out) {
+void CudaBackend::scale_columns(DeviceTensor& weight, const DeviceTensor& scale) {
+  cuda::scale_columns(weight, scale, stream_);
+}
+
+void CudaBackend::rms_norm_linear(const DeviceTensor& x, float eps, const DeviceTensor& weight,
+                                  const DeviceTensor* bias, DeviceTensor& normed,
+                                  DeviceTensor& out) {
+  const cuda::GemmTactic tactic = tactic_for(x.rows(), weight.rows(), weight.cols());
+  if (!gemm_->linear_normed(x, weight, bias, eps, out, tactic, stream_)) {
+    cuda::rms_norm(x, DeviceTensor{}, eps, normed, stream_);
+    gemm_->linear(normed, weight, bias, out, tactic, stream_);
+  }
+}
+
+void CudaBackend::linear_add(const DeviceTensor& x, const DeviceTensor& weight,
+                             const DeviceTensor* bias, DeviceTensor& /*scratch*/,
+                             DeviceTensor& residual) {
+  gemm_->linear(x, weight, bias, residual, tactic_for(x.rows(), weight.rows(), weight.cols()),
+                stream_, /*add=*/true);
+}
+
+void CudaBackend::silu_mul_linear_add(const DeviceTensor& gate_up, const DeviceTensor& weight,
+                                      DeviceTensor& hidden, DeviceTensor& scratch,
+                                      DeviceTensor& residual) {
   const cuda::GemmTactic tactic =
       tactic_for(gate_up.rows(), weight.rows(), weight.cols(), /*gated=*/true);
-  if (!gemm_->linear_silu_mul(gate_up, weight, out, tactic, stream_)) {
-    Backend::silu_mul_linear(gate_up, weight, hidden, out);
+  if (!gemm_->linear_silu_mul_add(gate_up, weight, residual, tactic, stream_)) {
+    cuda::silu_mul(gate_up, hidden, stream_);
+    linear_add(hidden, weight, nullptr, scratch, residual);
   }
 }
 

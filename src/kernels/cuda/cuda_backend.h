@@ -62,8 +62,18 @@ class CudaBackend final : public Backend {
                       const KvCacheView& cache, int64_t layer, float scale, int64_t sliding_window,
                       DeviceTensor& q, DeviceTensor& out) override;
   void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) override;
-  void silu_mul_linear(const DeviceTensor& gate_up, const DeviceTensor& weight,
-                       DeviceTensor& hidden, DeviceTensor& out) override;
+  // The three fused ops run one GEMV kernel each at decode sizes (the tuned GEMV configuration of
+  // the shape, the SwiGLU one for silu_mul_linear_add); otherwise RMSNorm then cuBLASLt,
+  // cuBLASLt adding into the residual (beta = 1), SwiGLU then cuBLASLt adding.
+  bool folds_norm_scales() const override { return true; }
+  void scale_columns(DeviceTensor& weight, const DeviceTensor& scale) override;
+  void rms_norm_linear(const DeviceTensor& x, float eps, const DeviceTensor& weight,
+                       const DeviceTensor* bias, DeviceTensor& normed, DeviceTensor& out) override;
+  void linear_add(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
+                  DeviceTensor& scratch, DeviceTensor& residual) override;
+  void silu_mul_linear_add(const DeviceTensor& gate_up, const DeviceTensor& weight,
+                           DeviceTensor& hidden, DeviceTensor& scratch,
+                           DeviceTensor& residual) override;
   void gather_rows(const DeviceTensor& x, const int32_t* indices, DeviceTensor& out) override;
   void convert(const DeviceTensor& source, DeviceTensor& destination) override;
   void copy_kv_blocks(const KvCacheView& cache,

@@ -2,10 +2,18 @@
 // weight matrix once from HBM in 16-byte loads and multiplies on the tensor cores (mma.sync
 // m16n8k16, float32 accumulation), so that arithmetic never limits it even at 16 tokens.
 //
-// Two things serve the decode step's chain of short kernels: its first weight loads are issued
+// Three things serve the decode step's chain of short kernels: its first weight loads are issued
 // before it waits for the previous kernel (programmatic dependent launch, launch.cuh), since
-// weights depend on no earlier kernel; and the MLP's down projection can take the gate/up GEMM's
-// output directly, computing SwiGLU while it loads x (gated input), which saves the SwiGLU kernel.
+// weights depend on no earlier kernel; the MLP's down projection can take the gate/up GEMM's
+// output directly, computing SwiGLU while it loads x (gated input), which saves the SwiGLU kernel;
+// and the residual add and the RMSNorm around each block live in the GEMVs (GemvKind), which saves
+// both residual add + RMSNorm kernels of a layer. The o and down projections add their product to
+// the residual stream (kAdd, kGatedAdd); the QKV and gate/up projections take the residual stream
+// itself and normalise their product instead of their input (kNormed): with the norm's scale
+// folded into the weight's columns at load (Backend::folds_norm_scales),
+//   rms_norm(x) @ W^T = (x * r) @ (W diag(scale))^T = r * (x @ W'^T),   r = 1 / rms(x),
+// and each CTA sums the squares of x from the very fragments it multiplies (its warps cover all of
+// K), so the input needs no transform and no extra load.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -121,16 +129,23 @@ __device__ __forceinline__ uint4 silu_mul_chunk(const uint4& gate, const uint4& 
   return *reinterpret_cast<const uint4*>(&result);
 }
 
-// out[t, n] = sum_k x[t, k] * weight[n, k] (+ bias[n])   x [tokens, k_size], weight [rows, k_size],
-// out [tokens, rows]; tokens <= 8 * kTokenTiles, k_size % 8 == 0, x and weight 16-byte aligned.
-// kGated: x is [tokens, 2 k_size] = [gate | up] and the product is with silu(gate) * up.
-template <typename T, int kTokenTiles, int kRowTiles, int kWarps, bool kGated>
+// p[t, n] = sum_k x[t, k] * weight[n, k]   x [tokens, k_size], weight [rows, k_size], out [tokens,
+// rows]; tokens <= 8 * kTokenTiles, k_size % 8 == 0, x and weight 16-byte aligned. Then, by kKind
+// (linear.h), out = p (+ bias), out = r p (+ bias) with r = 1 / sqrt(mean(x[t]^2) + eps), or
+// out += p (+ bias), each rounded once. kGatedAdd: x is [tokens, 2 k_size] = [gate | up] and the
+// product is with silu(gate) * up.
+template <typename T, int kTokenTiles, int kRowTiles, int kWarps, GemvKind kKind>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
-                T* __restrict__ out, int tokens, int rows, int k_size) {
+                T* __restrict__ out, int tokens, int rows, int k_size, float eps) {
+  constexpr bool kGated = kKind == GemvKind::kGatedAdd;
+  constexpr bool kNormed = kKind == GemvKind::kNormed;
+  constexpr bool kAdd = kKind == GemvKind::kAdd || kGated;
   // Accumulator fragments per lane: kRowTiles x kTokenTiles tiles of 4 floats.
   constexpr int kValuesPerLane = kRowTiles * kTokenTiles * 4;
   __shared__ float partial_sums[kWarps][kValuesPerLane * 32];
+  // kNormed: each warp's sum of the squares of x[t] over its range of K.
+  __shared__ float square_sums[kNormed ? kWarps : 1][kTokenTiles * kTileTokens];
 
   const int lane = int(threadIdx.x) & 31;
   const int warp = int(threadIdx.x) >> 5;
@@ -205,7 +220,15 @@ __global__ void __launch_bounds__(kWarps * 32)
   };
 
   // acc[rows, tokens] += weight[rows, chunk] * x[tokens, chunk]^T, chunk elements 0..3 then 4..7.
+  // kNormed: squares[tile] += the squares of this lane's chunk of token `group` of the tile (zeros
+  // past the range or the tokens). This costs the kernel 18 registers a thread (98 against 80: two
+  // CTAs an SM instead of three) and still measured fastest (H100, Llama-3-8B decode, one call):
+  // bounded to 80 registers for three CTAs an SM it spills (-15% a step; -9% with the squares
+  // summed on the tensor cores, x in place of the upper weight rows), and a prologue in which the
+  // CTA reads x[t] once more to sum them puts an L2 round trip before the first weights (+0.2%
+  // against +1.5% for this).
   float acc[kRowTiles][kTokenTiles][4] = {};
+  float squares[kNormed ? kTokenTiles : 1] = {};
   auto multiply = [&](const Fragments& fragments) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
@@ -215,6 +238,15 @@ __global__ void __launch_bounds__(kWarps * 32)
         tokens[token_tile] = fragments.x[u][token_tile];
         if constexpr (kGated) {
           tokens[token_tile] = silu_mul_chunk<T>(tokens[token_tile], fragments.up[u][token_tile]);
+        }
+        if constexpr (kNormed) {
+          using Vector = Pack<T, kChunkElements>;
+          const Vector values = *reinterpret_cast<const Vector*>(&tokens[token_tile]);
+#pragma unroll
+          for (int j = 0; j < kChunkElements; ++j) {
+            const float value = to_float(values.values[j]);
+            squares[token_tile] = fmaf(value, value, squares[token_tile]);
+          }
         }
       }
 #pragma unroll
@@ -260,10 +292,21 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
     }
   }
+  if constexpr (kNormed) {
+#pragma unroll
+    for (int tile = 0; tile < kTokenTiles; ++tile) {
+      // The 4 quads of a group hold chunks of the same token.
+      float sum = squares[tile];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      if (quad == 0) square_sums[warp][tile * kTileTokens + group] = sum;
+    }
+  }
   __syncthreads();
 
-  // out[t, n] = round(sum over warps + bias[n]). In tile (row_tile, token_tile), accumulator
-  // element c of lane (g, q) is row 16 row_tile + g + 8 (c / 2), token 8 token_tile + 2q + (c & 1).
+  // out[t, n] = round((r[t]) sum over warps + bias[n] (+ out[t, n])). In tile (row_tile,
+  // token_tile), accumulator element c of lane (g, q) is row 16 row_tile + g + 8 (c / 2), token
+  // 8 token_tile + 2q + (c & 1).
   for (int value = int(threadIdx.x); value < kValuesPerLane * 32; value += kWarps * 32) {
     float sum = 0.0f;
 #pragma unroll
@@ -275,8 +318,16 @@ __global__ void __launch_bounds__(kWarps * 32)
     const int64_t row = first_row + row_tile * kTileRows + (c >> 1) * 8 + (value_lane >> 2);
     const int token = token_tile * kTileTokens + (value_lane & 3) * 2 + (c & 1);
     if (row < rows && token < tokens) {
+      if constexpr (kNormed) {
+        float square_sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) square_sum += square_sums[w][token];
+        sum *= rsqrtf(square_sum / float(k_size) + eps);
+      }
       if (bias) sum += to_float(bias[row]);
-      out[int64_t(token) * rows + row] = from_float<T>(sum);
+      T* target = out + int64_t(token) * rows + row;
+      if constexpr (kAdd) sum += to_float(*target);
+      *target = from_float<T>(sum);
     }
   }
 }
@@ -290,43 +341,61 @@ struct GemvArguments {
   int tokens;
   int rows;
   int k_size;
+  float eps;
 };
 
-template <typename T, int kTokenTiles, bool kGated, size_t kVariant>
+template <typename T, int kTokenTiles, GemvKind kKind, size_t kVariant>
 void launch_instance(const GemvArguments<T>& arguments, cudaStream_t stream) {
   constexpr GemvConfig config = kGemvConfigs[kVariant];
   constexpr int rows_per_cta = config.row_tiles * kTileRows;
   const unsigned ctas = unsigned((arguments.rows + rows_per_cta - 1) / rows_per_cta);
-  launch_kernel(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kGated>, ctas,
+  launch_kernel(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind>, ctas,
                 config.warps * 32, 0, stream, arguments.x, arguments.weight, arguments.bias,
-                arguments.out, arguments.tokens, arguments.rows, arguments.k_size);
+                arguments.out, arguments.tokens, arguments.rows, arguments.k_size, arguments.eps);
 }
 
-template <typename T, int kTokenTiles, bool kGated, size_t... kVariants>
+template <typename T, int kTokenTiles, GemvKind kKind, size_t... kVariants>
 void launch_variant(int32_t variant, const GemvArguments<T>& arguments, cudaStream_t stream,
                     std::index_sequence<kVariants...>) {
   ((variant == int32_t(kVariants)
-        ? launch_instance<T, kTokenTiles, kGated, kVariants>(arguments, stream)
+        ? launch_instance<T, kTokenTiles, kKind, kVariants>(arguments, stream)
         : void()),
    ...);
 }
 
 // x [tokens, K] (gated: [tokens, 2K]), weight [rows, K].
-template <typename T, bool kGated>
+template <typename T, GemvKind kKind>
 void launch_typed(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
-                  DeviceTensor& out, int32_t variant, cudaStream_t stream) {
+                  DeviceTensor& out, int32_t variant, float eps, cudaStream_t stream) {
   const GemvArguments<T> arguments{static_cast<const T*>(x.data),
                                    static_cast<const T*>(weight.data),
                                    bias ? static_cast<const T*>(bias->data) : nullptr,
                                    static_cast<T*>(out.data),
                                    int(x.rows()),
                                    int(weight.shape[0]),
-                                   int(weight.shape[1])};
+                                   int(weight.shape[1]),
+                                   eps};
   const auto variants = std::make_index_sequence<size_t(kGemvVariantCount)>();
   if (arguments.tokens <= kTileTokens) {
-    launch_variant<T, 1, kGated>(variant, arguments, stream, variants);
-  } else if constexpr (!kGated) {
-    launch_variant<T, 2, false>(variant, arguments, stream, variants);
+    launch_variant<T, 1, kKind>(variant, arguments, stream, variants);
+  } else if constexpr (kKind != GemvKind::kGatedAdd) {
+    launch_variant<T, 2, kKind>(variant, arguments, stream, variants);
+  }
+}
+
+template <typename T>
+void launch_kind(GemvKind kind, const DeviceTensor& x, const DeviceTensor& weight,
+                 const DeviceTensor* bias, DeviceTensor& out, int32_t variant, float eps,
+                 cudaStream_t stream) {
+  switch (kind) {
+    case GemvKind::kPlain:
+      return launch_typed<T, GemvKind::kPlain>(x, weight, bias, out, variant, eps, stream);
+    case GemvKind::kAdd:
+      return launch_typed<T, GemvKind::kAdd>(x, weight, bias, out, variant, eps, stream);
+    case GemvKind::kNormed:
+      return launch_typed<T, GemvKind::kNormed>(x, weight, bias, out, variant, eps, stream);
+    case GemvKind::kGatedAdd:
+      return launch_typed<T, GemvKind::kGatedAdd>(x, weight, bias, out, variant, eps, stream);
   }
 }
 
@@ -339,7 +408,7 @@ int gated_ctas_per_multiprocessor(int32_t variant, std::index_sequence<kVariants
   };
   ((variant == int32_t(kVariants)
         ? query(gemv_kernel<T, 1, kGemvConfigs[kVariants].row_tiles, kGemvConfigs[kVariants].warps,
-                            true>,
+                            GemvKind::kGatedAdd>,
                 kGemvConfigs[kVariants].warps * 32)
         : void()),
    ...);
@@ -368,13 +437,10 @@ bool applies(const DeviceTensor& x, const DeviceTensor& weight, int64_t max_toke
 
 }  // namespace
 
-bool gemv_applies(const DeviceTensor& x, const DeviceTensor& weight) {
-  return applies(x, weight, kGemvMaxTokens, x.cols());
-}
-
-bool gemv_silu_mul_applies(const DeviceTensor& gate_up, const DeviceTensor& weight) {
+bool gemv_applies(GemvKind kind, const DeviceTensor& x, const DeviceTensor& weight) {
+  if (kind != GemvKind::kGatedAdd) return applies(x, weight, kGemvMaxTokens, x.cols());
   // One token tile: two more fragments per load for the up half fit the registers there.
-  return gate_up.cols() % 2 == 0 && applies(gate_up, weight, kTileTokens, gate_up.cols() / 2);
+  return x.cols() % 2 == 0 && applies(x, weight, kTileTokens, x.cols() / 2);
 }
 
 int32_t gemv_default_variant(int64_t /*m*/, int64_t n, int64_t k, int multiprocessors) {
@@ -386,34 +452,25 @@ int32_t gemv_default_variant(int64_t /*m*/, int64_t n, int64_t k, int multiproce
   return short_rows && ctas >= 16 * int64_t(multiprocessors) ? 2 : 0;
 }
 
-void launch_gemv(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
-                 DeviceTensor& out, int32_t variant, cudaStream_t stream) {
+void launch_gemv(GemvKind kind, const DeviceTensor& x, const DeviceTensor& weight,
+                 const DeviceTensor* bias, DeviceTensor& out, int32_t variant, float eps,
+                 cudaStream_t stream) {
   KITE_CHECK(variant >= 0 && variant < kGemvVariantCount);
-  KITE_CHECK(gemv_applies(x, weight));
+  KITE_CHECK(gemv_applies(kind, x, weight));
+  KITE_CHECK(kind != GemvKind::kGatedAdd || bias == nullptr);
   if (x.dtype == DType::kBF16) {
-    launch_typed<__nv_bfloat16, false>(x, weight, bias, out, variant, stream);
+    launch_kind<__nv_bfloat16>(kind, x, weight, bias, out, variant, eps, stream);
   } else {
-    launch_typed<__half, false>(x, weight, bias, out, variant, stream);
+    launch_kind<__half>(kind, x, weight, bias, out, variant, eps, stream);
   }
 }
 
-int gemv_silu_mul_ctas_per_multiprocessor(DType dtype, int32_t variant) {
+int gemv_gated_ctas_per_multiprocessor(DType dtype, int32_t variant) {
   KITE_CHECK(variant >= 0 && variant < kGemvVariantCount);
   KITE_CHECK(dtype == DType::kBF16 || dtype == DType::kF16);
   const auto variants = std::make_index_sequence<size_t(kGemvVariantCount)>();
   return dtype == DType::kBF16 ? gated_ctas_per_multiprocessor<__nv_bfloat16>(variant, variants)
                                : gated_ctas_per_multiprocessor<__half>(variant, variants);
-}
-
-void launch_gemv_silu_mul(const DeviceTensor& gate_up, const DeviceTensor& weight,
-                          DeviceTensor& out, int32_t variant, cudaStream_t stream) {
-  KITE_CHECK(variant >= 0 && variant < kGemvVariantCount);
-  KITE_CHECK(gemv_silu_mul_applies(gate_up, weight));
-  if (gate_up.dtype == DType::kBF16) {
-    launch_typed<__nv_bfloat16, true>(gate_up, weight, nullptr, out, variant, stream);
-  } else {
-    launch_typed<__half, true>(gate_up, weight, nullptr, out, variant, stream);
-  }
 }
 
 }  // namespace kite::cuda

@@ -219,9 +219,10 @@ struct GemmRunner::State {
     return found->second.get();
   }
 
+  // out = x @ weight^T (+ bias), or out += it with `add` (beta = 1, C = D = out).
   cublasStatus_t run_cublas(const CublasPlan& plan, int32_t variant, const void* x,
-                            const void* weight, const void* bias, void* out,
-                            cudaStream_t stream) const {
+                            const void* weight, const void* bias, void* out, cudaStream_t stream,
+                            bool add = false) const {
     if (bias) {
       const cublasStatus_t status = cublasLtMatmulDescSetAttribute(
           plan.operation, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
@@ -229,7 +230,8 @@ struct GemmRunner::State {
     }
     const float one = 1.0f, zero = 0.0f;
     return cublasLtMatmul(handle, plan.operation, &one, weight, plan.weight_layout, x,
-                          plan.x_layout, &zero, out, plan.out_layout, out, plan.out_layout,
+                          plan.x_layout, add ? &one : &zero, out, plan.out_layout, out,
+                          plan.out_layout,
                           &plan.algorithms[size_t(variant)].algo, workspace, kWorkspaceBytes,
                           stream);
   }
@@ -260,7 +262,8 @@ Result<std::unique_ptr<GemmRunner>> GemmRunner::create() {
 }
 
 void GemmRunner::linear(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
-                        DeviceTensor& out, const GemmTactic& tactic, cudaStream_t stream) {
+                        DeviceTensor& out, const GemmTactic& tactic, cudaStream_t stream,
+                        bool add) {
   KITE_CHECK(is_half_precision(x.dtype) && weight.dtype == x.dtype && out.dtype == x.dtype);
   KITE_CHECK(weight.shape.size() == 2);
   const int64_t m = x.rows();
@@ -273,9 +276,10 @@ void GemmRunner::linear(const DeviceTensor& x, const DeviceTensor& weight, const
   KITE_CHECK(k > 0);
   KITE_CHECK(out.data != x.data);
 
+  const GemvKind kind = add ? GemvKind::kAdd : GemvKind::kPlain;
   if (tactic.algorithm == GemmAlgorithm::kGemv && tactic.variant >= 0 &&
-      tactic.variant < kGemvVariantCount && gemv_applies(x, weight)) {
-    launch_gemv(x, weight, bias, out, tactic.variant, stream);
+      tactic.variant < kGemvVariantCount && gemv_applies(kind, x, weight)) {
+    launch_gemv(kind, x, weight, bias, out, tactic.variant, 0.0f, stream);
     return;
   }
   const uint32_t alignment = std::min(
@@ -285,15 +289,31 @@ void GemmRunner::linear(const DeviceTensor& x, const DeviceTensor& weight, const
   const bool listed = tactic.algorithm == GemmAlgorithm::kCublasLt && tactic.variant >= 0 &&
                       size_t(tactic.variant) < plan->algorithms.size();
   KITE_CUBLAS_CHECK(state_->run_cublas(*plan, listed ? tactic.variant : 0, x.data, weight.data,
-                                       bias ? bias->data : nullptr, out.data, stream));
+                                       bias ? bias->data : nullptr, out.data, stream, add));
 }
 
-bool GemmRunner::linear_silu_mul(const DeviceTensor& gate_up, const DeviceTensor& weight,
-                                 DeviceTensor& out, const GemmTactic& tactic, cudaStream_t stream) {
+bool GemmRunner::linear_normed(const DeviceTensor& x, const DeviceTensor& weight,
+                               const DeviceTensor* bias, float eps, DeviceTensor& out,
+                               const GemmTactic& tactic, cudaStream_t stream) {
+  KITE_CHECK(out.dtype == x.dtype && out.rows() == x.rows() && out.cols() == weight.rows());
+  KITE_CHECK(bias == nullptr || (bias->dtype == x.dtype && bias->numel() == weight.rows()));
+  KITE_CHECK(out.data != x.data);
+  if (tactic.algorithm != GemmAlgorithm::kGemv || tactic.variant < 0 ||
+      tactic.variant >= kGemvVariantCount || !gemv_applies(GemvKind::kNormed, x, weight)) {
+    return false;
+  }
+  launch_gemv(GemvKind::kNormed, x, weight, bias, out, tactic.variant, eps, stream);
+  return true;
+}
+
+bool GemmRunner::linear_silu_mul_add(const DeviceTensor& gate_up, const DeviceTensor& weight,
+                                     DeviceTensor& out, const GemmTactic& tactic,
+                                     cudaStream_t stream) {
   KITE_CHECK(out.dtype == gate_up.dtype && out.rows() == gate_up.rows() &&
              out.cols() == weight.rows());
   if (tactic.algorithm != GemmAlgorithm::kGemv || tactic.variant < 0 ||
-      tactic.variant >= kGemvVariantCount || !gemv_silu_mul_applies(gate_up, weight)) {
+      tactic.variant >= kGemvVariantCount ||
+      !gemv_applies(GemvKind::kGatedAdd, gate_up, weight)) {
     return false;
   }
   // A/B switch: another GEMV configuration for the SwiGLU-fused down projection than the tuned one.
@@ -301,8 +321,8 @@ bool GemmRunner::linear_silu_mul(const DeviceTensor& gate_up, const DeviceTensor
     const char* setting = std::getenv("KITE_GATED_GEMV_VARIANT");
     return setting ? std::atoi(setting) : -1;
   }();
-  launch_gemv_silu_mul(gate_up, weight, out,
-                       forced >= 0 && forced < kGemvVariantCount ? forced : tactic.variant, stream);
+  launch_gemv(GemvKind::kGatedAdd, gate_up, weight, nullptr, out,
+              forced >= 0 && forced < kGemvVariantCount ? forced : tactic.variant, 0.0f, stream);
   return true;
 }
 
@@ -351,7 +371,8 @@ std::vector<GemmTiming> GemmRunner::time_candidates(int64_t m, int64_t n, int64_
     candidates.push_back({GemmAlgorithm::kCublasLt, int32_t(i)});
   }
   DeviceTensor weight{dtype, {n, k}, weights};
-  if (gated ? gemv_silu_mul_applies(x, weight) : gemv_applies(x, weight)) {
+  const GemvKind kind = gated ? GemvKind::kGatedAdd : GemvKind::kPlain;
+  if (gemv_applies(kind, x, weight)) {
     for (int32_t variant = 0; variant < kGemvVariantCount; ++variant) {
       candidates.push_back({GemmAlgorithm::kGemv, variant});
     }
@@ -365,7 +386,7 @@ std::vector<GemmTiming> GemmRunner::time_candidates(int64_t m, int64_t n, int64_
   if (gated) {
     std::vector<GemmTactic> sharing;
     for (const GemmTactic& tactic : candidates) {
-      if (gemv_silu_mul_ctas_per_multiprocessor(dtype, tactic.variant) >= 2) {
+      if (gemv_gated_ctas_per_multiprocessor(dtype, tactic.variant) >= 2) {
         sharing.push_back(tactic);
       }
     }
@@ -384,12 +405,9 @@ std::vector<GemmTiming> GemmRunner::time_candidates(int64_t m, int64_t n, int64_
     // One run on weight copy `copy`; false when the candidate cannot run.
     auto run = [&](int copy) {
       weight.data = weights + size_t(copy) * weight_bytes;
-      if (tactic.algorithm == GemmAlgorithm::kGemv && gated) {
-        launch_gemv_silu_mul(x, weight, out, tactic.variant, stream);
-        return true;
-      }
       if (tactic.algorithm == GemmAlgorithm::kGemv) {
-        launch_gemv(x, weight, has_bias ? &bias : nullptr, out, tactic.variant, stream);
+        launch_gemv(kind, x, weight, has_bias ? &bias : nullptr, out, tactic.variant, 0.0f,
+                    stream);
         return true;
       }
       return state_->run_cublas(*plan, tactic.variant, x.data, weight.data,

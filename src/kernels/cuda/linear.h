@@ -61,17 +61,23 @@ class GemmRunner {
   GemmRunner(const GemmRunner&) = delete;
   GemmRunner& operator=(const GemmRunner&) = delete;
 
-  // out = x @ weight^T (+ bias)   x [M, K], weight [N, K], bias [N] or null, out [M, N]; all
-  // float16 or all bfloat16; float32 accumulation, each output rounded once. out must not overlap
-  // x.
+  // out = x @ weight^T (+ bias), or with `add` out += x @ weight^T (+ bias) (the residual stream;
+  // cuBLASLt's beta = 1)   x [M, K], weight [N, K], bias [N] or null, out [M, N]; all float16 or
+  // all bfloat16; float32 accumulation, each output rounded once. out must not overlap x.
   void linear(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
-              DeviceTensor& out, const GemmTactic& tactic, cudaStream_t stream);
+              DeviceTensor& out, const GemmTactic& tactic, cudaStream_t stream, bool add = false);
 
-  // out = (silu(gate) * up) @ weight^T in one kernel, gate_up [M, 2K] = [gate | up], weight
-  // [N, K], when `tactic` is a GEMV configuration and gemv_silu_mul_applies holds; false (and
-  // nothing run) otherwise, and the caller runs SwiGLU and linear() apart. Rounds as they do.
-  bool linear_silu_mul(const DeviceTensor& gate_up, const DeviceTensor& weight, DeviceTensor& out,
-                       const GemmTactic& tactic, cudaStream_t stream);
+  // out = (x / rms(x)) @ weight^T (+ bias), rms(x[t]) = sqrt(mean(x[t]^2) + eps), in one kernel
+  // when `tactic` is a GEMV configuration that applies (GemvKind::kNormed); false (and nothing
+  // run) otherwise, and the caller normalises x and runs linear().
+  bool linear_normed(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
+                     float eps, DeviceTensor& out, const GemmTactic& tactic, cudaStream_t stream);
+
+  // out += (silu(gate) * up) @ weight^T in one kernel, gate_up [M, 2K] = [gate | up], weight
+  // [N, K], when `tactic` is a GEMV configuration that applies (GemvKind::kGatedAdd); false (and
+  // nothing run) otherwise, and the caller runs SwiGLU and linear() apart.
+  bool linear_silu_mul_add(const DeviceTensor& gate_up, const DeviceTensor& weight,
+                           DeviceTensor& out, const GemmTactic& tactic, cudaStream_t stream);
 
   // Times every candidate for M x N x K (cuBLASLt's heuristic results, and every GEMV
   // configuration when the kernel applies) on scratch buffers of random values, rotating through
@@ -79,8 +85,8 @@ class GemmRunner {
   // warm-up batch, then the median of several timed batches (CUDA events). Fastest first;
   // candidates that fail to run are left out; empty when the scratch memory cannot be had. Must not
   // be called while `stream` is being captured. `gated`: the SwiGLU-fused product of
-  // linear_silu_mul (x [M, 2K], no bias), whose candidates are the GEMV configurations when
-  // gemv_silu_mul_applies (none otherwise) that fit two CTAs an SM, where any does.
+  // linear_silu_mul_add (x [M, 2K], no bias), whose candidates are the GEMV configurations when
+  // the kernel applies (none otherwise) that fit two CTAs an SM, where any does.
   std::vector<GemmTiming> time_candidates(int64_t m, int64_t n, int64_t k, DType dtype,
                                           bool has_bias, bool gated, cudaStream_t stream);
 
@@ -101,20 +107,28 @@ inline constexpr int64_t kGemvMaxTokens = 16;
 // Its configurations (GemmTactic::variant for GemmAlgorithm::kGemv).
 inline constexpr int32_t kGemvVariantCount = 4;
 
-// Whether the GEMV kernel can run this call: 1 <= M <= kGemvMaxTokens, K a multiple of 8 and x and
-// weight 16-byte aligned (it reads 8 elements at a time), float16 or bfloat16.
-bool gemv_applies(const DeviceTensor& x, const DeviceTensor& weight);
+// What the GEMV kernel computes, x [M, K] and weight [N, K] unless said:
+enum class GemvKind {
+  kPlain,     // out = x @ weight^T (+ bias)
+  kAdd,       // out += x @ weight^T (+ bias): a block's output added to the residual stream
+  kNormed,    // out = (x / rms(x)) @ weight^T (+ bias): an RMSNorm whose scale is folded into
+              // weight's columns, then the linear layer; the kernel scales its product, not x
+  kGatedAdd,  // x [M, 2K] = [gate | up]: out += (silu(gate) * up) @ weight^T, no bias, M <= 8
+};
+
+// Whether the GEMV kernel can run this call: 1 <= M <= kGemvMaxTokens (8 for kGatedAdd), K a
+// multiple of 8 and x and weight 16-byte aligned (it reads 8 elements at a time), float16 or
+// bfloat16.
+bool gemv_applies(GemvKind kind, const DeviceTensor& x, const DeviceTensor& weight);
 // The configuration default_tactic picks for this shape on a GPU with `multiprocessors` SMs.
 int32_t gemv_default_variant(int64_t m, int64_t n, int64_t k, int multiprocessors);
-// Launches the GEMV kernel (gemv_applies must hold; shapes and dtypes already checked).
-void launch_gemv(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
-                 DeviceTensor& out, int32_t variant, cudaStream_t stream);
-// The same with SwiGLU on the input: x = silu(gate) * up from gate_up [M, 2K]; for M <= 8.
-bool gemv_silu_mul_applies(const DeviceTensor& gate_up, const DeviceTensor& weight);
-// How many CTAs of the SwiGLU-fused kernel in configuration `variant` fit an SM (one token tile,
-// the uniform carveout), on the current device.
-int gemv_silu_mul_ctas_per_multiprocessor(DType dtype, int32_t variant);
-void launch_gemv_silu_mul(const DeviceTensor& gate_up, const DeviceTensor& weight,
-                          DeviceTensor& out, int32_t variant, cudaStream_t stream);
+// Launches the GEMV kernel (gemv_applies must hold; shapes and dtypes already checked). Every
+// output is rounded once; eps serves kNormed.
+void launch_gemv(GemvKind kind, const DeviceTensor& x, const DeviceTensor& weight,
+                 const DeviceTensor* bias, DeviceTensor& out, int32_t variant, float eps,
+                 cudaStream_t stream);
+// How many CTAs of the kGatedAdd kernel in configuration `variant` fit an SM (one token tile, the
+// uniform carveout), on the current device.
+int gemv_gated_ctas_per_multiprocessor(DType dtype, int32_t variant);
 
 }  // namespace kite::cuda

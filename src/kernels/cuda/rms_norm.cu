@@ -6,6 +6,8 @@
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/rms_norm.h"
 
+#include <algorithm>
+
 namespace kite::cuda {
 namespace {
 
@@ -17,7 +19,7 @@ constexpr int kThreads = 256;
 constexpr int kEarlyWeightVectors = 4;
 
 // With kAdd: residual = round(residual + x). Then out = round(weight * round(residual * r)),
-// r = 1 / sqrt(mean(residual^2) + eps).
+// r = 1 / sqrt(mean(residual^2) + eps); out = round(residual * r) without a weight (null).
 template <typename T, int kWidth, bool kAdd>
 __global__ void rms_norm_kernel(T* residual, const T* x, const T* weight, float eps, T* out,
                                 int64_t hidden) {
@@ -30,7 +32,7 @@ __global__ void rms_norm_kernel(T* residual, const T* x, const T* weight, float 
 #pragma unroll
   for (int c = 0; c < kEarlyWeightVectors; ++c) {
     const int64_t i = threadIdx.x + int64_t(c) * blockDim.x;
-    if (i < vectors) early_weights[c] = weights[i];
+    if (i < vectors && weights) early_weights[c] = weights[i];
   }
   pdl_wait();
   const int64_t row_offset = int64_t(blockIdx.x) * hidden;
@@ -60,7 +62,8 @@ __global__ void rms_norm_kernel(T* residual, const T* x, const T* weight, float 
 #pragma unroll
     for (int j = 0; j < kWidth; ++j) {
       const float normalized = to_float(from_float<T>(to_float(values.values[j]) * scale));
-      result.values[j] = from_float<T>(to_float(scales.values[j]) * normalized);
+      result.values[j] =
+          from_float<T>(weights ? to_float(scales.values[j]) * normalized : normalized);
     }
     output[i] = result;
   };
@@ -71,7 +74,18 @@ __global__ void rms_norm_kernel(T* residual, const T* x, const T* weight, float 
   }
   for (int64_t i = threadIdx.x + int64_t(kEarlyWeightVectors) * blockDim.x; i < vectors;
        i += blockDim.x) {
-    normalize(i, weights[i]);
+    normalize(i, weights ? weights[i] : Vector{});
+  }
+}
+
+// weight[n, k] = round(weight[n, k] * scale[k]). Runs once at load: element by element.
+template <typename T>
+__global__ void scale_columns_kernel(T* weight, const T* scale, int64_t count, int64_t columns) {
+  pdl_launch_dependents();
+  pdl_wait();
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    weight[i] = from_float<T>(to_float(weight[i]) * to_float(scale[i % columns]));
   }
 }
 
@@ -79,14 +93,15 @@ template <bool kAdd>
 void launch(DeviceTensor& residual, const DeviceTensor* x, const DeviceTensor& weight, float eps,
             DeviceTensor& out, cudaStream_t stream) {
   const int64_t rows = residual.rows(), hidden = residual.cols();
-  KITE_CHECK(out.rows() == rows && out.cols() == hidden && weight.numel() == hidden);
-  KITE_CHECK(weight.dtype == residual.dtype && out.dtype == residual.dtype);
+  KITE_CHECK(out.rows() == rows && out.cols() == hidden && out.dtype == residual.dtype);
+  KITE_CHECK(!weight.data || (weight.numel() == hidden && weight.dtype == residual.dtype));
   if (kAdd) KITE_CHECK(x->dtype == residual.dtype && x->numel() == residual.numel());
   if (rows == 0) return;
   bool vectorized = hidden % 8 == 0;
-  for (const void* pointer : {residual.data, out.data, weight.data, kAdd ? x->data : out.data}) {
+  for (const void* pointer : {residual.data, out.data, kAdd ? x->data : out.data}) {
     vectorized = vectorized && reinterpret_cast<uintptr_t>(pointer) % 16 == 0;
   }
+  vectorized = vectorized && reinterpret_cast<uintptr_t>(weight.data) % 16 == 0;
   dispatch_half(residual.dtype, [&](auto element) {
     using T = decltype(element);
     auto* residual_data = static_cast<T*>(residual.data);
@@ -110,6 +125,19 @@ void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, Devi
   // The kernel only reads `residual` when it adds nothing.
   DeviceTensor input = x;
   launch<false>(input, nullptr, weight, eps, out, stream);
+}
+
+void scale_columns(DeviceTensor& weight, const DeviceTensor& scale, cudaStream_t stream) {
+  KITE_CHECK(weight.shape.size() == 2 && scale.numel() == weight.cols());
+  KITE_CHECK(scale.dtype == weight.dtype);
+  const int64_t count = weight.numel();
+  if (count == 0) return;
+  const unsigned blocks = unsigned(std::min<int64_t>((count + kThreads - 1) / kThreads, 65536));
+  dispatch_half(weight.dtype, [&](auto element) {
+    using T = decltype(element);
+    launch_kernel(scale_columns_kernel<T>, blocks, kThreads, 0, stream, static_cast<T*>(weight.data),
+                  static_cast<const T*>(scale.data), count, weight.cols());
+  });
 }
 
 void add_rms_norm(DeviceTensor& residual, const DeviceTensor& x, const DeviceTensor& weight,
