@@ -222,11 +222,12 @@ __global__ void __launch_bounds__(kWarps * 32)
   // acc[rows, tokens] += weight[rows, chunk] * x[tokens, chunk]^T, chunk elements 0..3 then 4..7.
   // kNormed: squares[tile] += the squares of this lane's chunk of token `group` of the tile (zeros
   // past the range or the tokens). This costs the kernel 18 registers a thread (98 against 80: two
-  // CTAs an SM instead of three) and still measured fastest (H100, Llama-3-8B decode, one call):
-  // bounded to 80 registers for three CTAs an SM it spills (-15% a step; -9% with the squares
-  // summed on the tensor cores, x in place of the upper weight rows), and a prologue in which the
-  // CTA reads x[t] once more to sum them puts an L2 round trip before the first weights (+0.2%
-  // against +1.5% for this).
+  // CTAs an SM instead of three) and still measured fastest (H100, Llama-3-8B decode, against the
+  // build without the fused norms in the same call): bounded to 80 registers for three CTAs an SM
+  // it spills (-15% a step; -9% with the squares summed on the tensor cores, x in place of the
+  // upper weight rows); three steps a group instead of four fit 78 registers and three CTAs, and
+  // lose 1.3% to the build without them; a prologue in which the CTA reads x[t] once more to sum
+  // them puts an L2 round trip before the first weights (+0.2%). This form: +1.5%.
   float acc[kRowTiles][kTokenTiles][4] = {};
   float squares[kNormed ? kTokenTiles : 1] = {};
   auto multiply = [&](const Fragments& fragments) {
