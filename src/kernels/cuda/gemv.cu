@@ -227,7 +227,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   // it spills (-15% a step; -9% with the squares summed on the tensor cores, x in place of the
   // upper weight rows); three steps a group instead of four fit 78 registers and three CTAs, and
   // lose 1.3% to the build without them; a prologue in which the CTA reads x[t] once more to sum
-  // them puts an L2 round trip before the first weights (+0.2%). This form: +1.5%.
+  // them puts an L2 round trip before the first weights (+0.2%); held to 96 registers, so that
+  // the gate/up GEMV's CTAs fit beside the o projection's and start early, -0.5% against this
+  // form. This form: +1.5%.
   float acc[kRowTiles][kTokenTiles][4] = {};
   float squares[kNormed ? kTokenTiles : 1] = {};
   auto multiply = [&](const Fragments& fragments) {
