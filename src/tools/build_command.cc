@@ -113,7 +113,7 @@ Status build_engine(const BuildRequest& flags) {
     return invalid_argument("--max_beam_width " + std::to_string(limits.max_beam_width) +
                             " must be between 1 and --max_batch_size (" +
                             std::to_string(limits.max_batch_size) +
-                            "): each beam is a sequence of the batch");
+                            "), or 0 for --max_batch_size: each beam is a sequence of the batch");
   }
   if (limits.max_num_tokens < limits.max_batch_size) {
     return invalid_argument("--max_num_tokens (" + std::to_string(limits.max_num_tokens) +
@@ -255,7 +255,7 @@ Command add_build_command(CLI::App& kite) {
   app->add_option("--tokens_per_block", flags->limits.tokens_per_block,
                   "KV cache block size in tokens (32)");
   app->add_option("--max_beam_width", flags->limits.max_beam_width,
-                  "Widest beam search, at most --max_batch_size (default: --max_batch_size)");
+                  "Widest beam search, at most --max_batch_size (default 0: --max_batch_size)");
   return Command{app, [flags] { return build_engine(*flags); }};
 }
 

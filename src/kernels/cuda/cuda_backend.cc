@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <bit>
-#include <cstdlib>
 #include <string>
 
 #include "kernels/cuda/activation.h"
@@ -211,10 +210,7 @@ int CudaBackend::decode_splits(const AttentionBatch& batch, const KvCacheView& c
                                int64_t decodes) const {
   if (decodes <= 0) return 1;
   // A/B switch: a fixed number of splits (1..64) for every decode step.
-  static const int forced = [] {
-    const char* setting = std::getenv("KITE_DECODE_SPLITS");
-    return setting ? std::clamp(std::atoi(setting), 0, 64) : 0;
-  }();
+  static const int forced = switch_setting("KITE_DECODE_SPLITS", 0, 0, 64);
   if (forced > 0) return forced;
   // The table's width bounds every context of the step, and a graph is captured per width.
   const int64_t longest_possible = batch.max_blocks_per_sequence * cache.block_size;

@@ -60,6 +60,11 @@ bool switched_off(const char* variable) {
   return setting && std::string_view(setting) == "0";
 }
 
+int switch_setting(const char* variable, int fallback, int lowest, int highest) {
+  const char* setting = std::getenv(variable);
+  return setting ? std::clamp(std::atoi(setting), lowest, highest) : fallback;
+}
+
 }  // namespace kite
 
 namespace kite::cuda {
@@ -84,10 +89,7 @@ bool programmatic_launch_enabled() {
 }
 
 int uniform_carveout() {
-  static const int carveout = [] {
-    const char* setting = std::getenv("KITE_SHARED_CARVEOUT");
-    return setting ? std::clamp(std::atoi(setting), -1, 100) : kUniformCarveout;
-  }();
+  static const int carveout = switch_setting("KITE_SHARED_CARVEOUT", kUniformCarveout, -1, 100);
   return carveout;
 }
 

@@ -28,5 +28,9 @@ Result<CudaDeviceInfo> cuda_device(int index);
 // Whether environment variable `variable` is set to "0": the switches that turn a CUDA
 // optimisation off for A/B measurements (KITE_ENABLE_PDL).
 bool switched_off(const char* variable);
+// Environment variable `variable` as an integer clamped to [lowest, highest], or `fallback` when it
+// is unset: the switches that force a CUDA tuning choice for A/B measurements
+// (KITE_SHARED_CARVEOUT, KITE_DECODE_SPLITS, KITE_GATED_GEMV_VARIANT).
+int switch_setting(const char* variable, int fallback, int lowest, int highest);
 
 }  // namespace kite

@@ -7,11 +7,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <functional>
 #include <unordered_map>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/linear.h"
 
@@ -317,12 +317,10 @@ bool GemmRunner::linear_silu_mul_add(const DeviceTensor& gate_up, const DeviceTe
     return false;
   }
   // A/B switch: another GEMV configuration for the SwiGLU-fused down projection than the tuned one.
-  static const int forced = [] {
-    const char* setting = std::getenv("KITE_GATED_GEMV_VARIANT");
-    return setting ? std::atoi(setting) : -1;
-  }();
+  static const int forced =
+      switch_setting("KITE_GATED_GEMV_VARIANT", -1, -1, kGemvVariantCount - 1);
   launch_gemv(GemvKind::kGatedAdd, gate_up, weight, nullptr, out,
-              forced >= 0 && forced < kGemvVariantCount ? forced : tactic.variant, 0.0f, stream);
+              forced >= 0 ? forced : tactic.variant, 0.0f, stream);
   return true;
 }
 
