@@ -1,6 +1,8 @@
 // `kite eval`: accuracy of an engine. `kite eval perplexity` scores a text file the way llama.cpp's
 // llama-perplexity does (src/runtime/perplexity.h), so the two numbers can be compared; `kite eval
-// mmlu` asks MMLU as TensorRT-LLM's mmlu.py does (src/runtime/mmlu.h) and prints as it does.
+// mmlu` asks MMLU as TensorRT-LLM's mmlu.py does (src/runtime/mmlu.h) and prints as it does;
+// `kite eval summarize` scores summaries with ROUGE as its summarize.py does
+// (src/runtime/summarize.h).
 #include <algorithm>
 #include <cstdio>
 #include <memory>
@@ -14,6 +16,7 @@
 #include "runtime/engine.h"
 #include "runtime/mmlu.h"
 #include "runtime/perplexity.h"
+#include "runtime/summarize.h"
 #include "tools/command.h"
 
 namespace kite::tools {
@@ -180,6 +183,83 @@ Status run_mmlu(MmluFlags flags) {
   return Status::ok();
 }
 
+struct SummarizeFlags {
+  std::string engine_dir;
+  std::string dataset;
+  std::string input_key = "article";
+  std::string output_key = "highlights";
+  SummarizeOptions options;
+  std::string output_json;
+};
+
+Status run_summarize(const SummarizeFlags& flags) {
+  if (flags.engine_dir.empty()) return invalid_argument("--engine_dir is required");
+  if (flags.dataset.empty()) return invalid_argument("--dataset is required");
+  if (flags.options.max_examples < 0) {
+    return invalid_argument("--max_examples must be positive (or 0 for the whole dataset)");
+  }
+  if (!path_exists(flags.dataset)) {
+    return not_found("--dataset " + flags.dataset +
+                     " does not exist: give a JSON Lines file of articles and summaries");
+  }
+  KITE_ASSIGN_OR_RETURN(
+      const std::vector<SummarizationExample> examples,
+      read_summarization_dataset(flags.dataset, flags.input_key, flags.output_key));
+  KITE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::load(flags.engine_dir));
+  const int64_t articles = flags.options.max_examples > 0
+                               ? std::min<int64_t>(flags.options.max_examples, examples.size())
+                               : int64_t(examples.size());
+  Progress progress("kite eval summarize", articles);
+  KITE_ASSIGN_OR_RETURN(
+      const SummarizeResult result,
+      evaluate_summarization(*engine, examples, flags.options, [&](int64_t done, int64_t) {
+        progress.update(done, std::to_string(done) + " articles");
+      }));
+  progress.finish();
+
+  int64_t truncated = 0;
+  for (const SummarizedExample& example : result.examples) truncated += example.truncated;
+  // summarize.py's report: each F-measure in percent.
+  std::printf("ROUGE F-measures (%%) over %zu articles (%lld prompts cut to --max_input_len):\n",
+              result.examples.size(), static_cast<long long>(truncated));
+  const std::pair<const char*, const RougeScore*> scores[] = {
+      {"rouge1", &result.mean.rouge1},
+      {"rouge2", &result.mean.rouge2},
+      {"rougeL", &result.mean.rouge_l},
+      {"rougeLsum", &result.mean.rouge_lsum}};
+  for (const auto& [name, score] : scores)
+    std::printf("  %s : %.4f\n", name, 100 * score->fmeasure);
+  std::fflush(stdout);
+  if (!flags.output_json.empty()) {
+    auto to_json = [](const RougeScores& rouge) {
+      auto one = [](const RougeScore& score) {
+        return nlohmann::ordered_json{
+            {"precision", score.precision}, {"recall", score.recall}, {"fmeasure", score.fmeasure}};
+      };
+      return nlohmann::ordered_json{{"rouge1", one(rouge.rouge1)},
+                                    {"rouge2", one(rouge.rouge2)},
+                                    {"rougeL", one(rouge.rouge_l)},
+                                    {"rougeLsum", one(rouge.rouge_lsum)}};
+    };
+    nlohmann::ordered_json per_example = nlohmann::ordered_json::array();
+    for (const SummarizedExample& example : result.examples) {
+      per_example.push_back({{"prediction", example.prediction},
+                             {"prompt_tokens", example.prompt_tokens},
+                             {"truncated", example.truncated},
+                             {"rouge", to_json(example.scores)}});
+    }
+    const nlohmann::ordered_json record = {{"engine_dir", flags.engine_dir},
+                                           {"dataset", flags.dataset},
+                                           {"max_input_len", flags.options.max_input_len},
+                                           {"output_len", flags.options.output_len},
+                                           {"articles", result.examples.size()},
+                                           {"rouge", to_json(result.mean)},
+                                           {"examples", per_example}};
+    KITE_RETURN_IF_ERROR(write_file(flags.output_json, record.dump(1) + "\n"));
+  }
+  return Status::ok();
+}
+
 }  // namespace
 
 Command add_eval_command(CLI::App& kite) {
@@ -215,11 +295,35 @@ Command add_eval_command(CLI::App& kite) {
   mmlu_app->add_option("--output_json", mmlu->output_json,
                        "Write per-subject results and every answer here");
 
+  auto summarize = std::make_shared<SummarizeFlags>();
+  CLI::App* summarize_app = eval->add_subcommand(
+      "summarize", "ROUGE of greedy summaries (\"<article> TL;DR:\"), as summarize.py measures");
+  summarize_app->add_option("--engine_dir", summarize->engine_dir, "Engine folder (kite build)");
+  summarize_app->add_option("--dataset", summarize->dataset,
+                            "JSON Lines (or a JSON array) of articles and reference summaries, "
+                            "e.g. CNN/DailyMail's test split");
+  summarize_app->add_option("--dataset_input_key", summarize->input_key,
+                            "The field holding the article (article)");
+  summarize_app->add_option("--dataset_output_key", summarize->output_key,
+                            "The field holding the reference summary (highlights)");
+  summarize_app->add_option("--max_input_len", summarize->options.max_input_len,
+                            "Prompt tokens kept at most, the rest cut off (923)");
+  summarize_app->add_option("--output_len", summarize->options.output_len,
+                            "Summary tokens generated at most (100)");
+  summarize_app->add_option("--batch_size", summarize->options.batch_size,
+                            "Articles a generation (0, the default: the engine's max_batch_size)");
+  summarize_app->add_option("--max_examples", summarize->options.max_examples,
+                            "Summarize only the first N articles (0, the default: all)");
+  summarize_app->add_option("--output_json", summarize->output_json,
+                            "Write every summary and its scores here");
+
   return Command{
-      eval, [perplexity, perplexity_app, mmlu, mmlu_app]() -> Status {
+      eval, [perplexity, perplexity_app, mmlu, mmlu_app, summarize, summarize_app]() -> Status {
         if (perplexity_app->parsed()) return run_perplexity(*perplexity);
         if (mmlu_app->parsed()) return run_mmlu(*mmlu);
-        return invalid_argument("name an evaluation: kite eval perplexity or kite eval mmlu");
+        if (summarize_app->parsed()) return run_summarize(*summarize);
+        return invalid_argument(
+            "name an evaluation: kite eval perplexity, kite eval mmlu or kite eval summarize");
       }};
 }
 
