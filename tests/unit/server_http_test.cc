@@ -221,10 +221,7 @@ TEST(ServerHttp, PromptLogProbs) {
   ASSERT_GE(prompt.size(), 2u);
   const Json request = {
       {"prompt", "Say hi"}, {"max_tokens", 3}, {"echo", true}, {"logprobs", 1}, {"n", 2}};
-  auto response = server.post("/v1/completions", request);
-  ASSERT_TRUE(response);
-  ASSERT_EQ(response->status, 200) << response->body;
-  const Json body = Json::parse(response->body);
+  const Json body = server.post_ok("/v1/completions", request);
   ASSERT_EQ(body.at("choices").size(), 2u);
   for (const Json& choice : body.at("choices")) {
     const Json& log_probs = choice.at("logprobs");
@@ -249,17 +246,18 @@ TEST(ServerHttp, PromptLogProbs) {
   }
   Json streaming = request;
   streaming["stream"] = true;
-  response = server.post("/v1/completions", streaming);
+  auto response = server.post("/v1/completions", streaming);
   ASSERT_TRUE(response);
   EXPECT_EQ(response->status, 400) << response->body;
 
   // vLLM's prompt_logprobs 2: per prompt token after the first, the token (rank p here) and the
   // next id down (the fake's second most likely, rank 2); chat puts them beside the choices.
-  response = server.post("/v1/completions",
-                         Json{{"prompt", "Say hi"}, {"max_tokens", 2}, {"prompt_logprobs", 2}});
-  ASSERT_TRUE(response);
-  ASSERT_EQ(response->status, 200) << response->body;
-  const Json vllm = Json::parse(response->body).at("choices")[0].at("prompt_logprobs");
+  const Json vllm =
+      server
+          .post_ok("/v1/completions",
+                   Json{{"prompt", "Say hi"}, {"max_tokens", 2}, {"prompt_logprobs", 2}})
+          .at("choices")[0]
+          .at("prompt_logprobs");
   ASSERT_EQ(vllm.size(), prompt.size()) << vllm.dump();
   EXPECT_TRUE(vllm[0].is_null());
   for (size_t p = 1; p < prompt.size(); ++p) {
@@ -269,13 +267,13 @@ TEST(ServerHttp, PromptLogProbs) {
     EXPECT_EQ(chosen.at("decoded_token"), decode({prompt[p]}));
     EXPECT_EQ(vllm[p].at(std::to_string(prompt[p] - 1)).at("rank"), 2);
   }
-  response = server.post("/v1/chat/completions",
-                         Json{{"messages", Json::array({{{"role", "user"}, {"content", "hi"}}})},
-                              {"max_tokens", 2},
-                              {"prompt_logprobs", 0}});
-  ASSERT_TRUE(response);
-  ASSERT_EQ(response->status, 200) << response->body;
-  const Json chat = Json::parse(response->body).at("prompt_logprobs");
+  const Json chat =
+      server
+          .post_ok("/v1/chat/completions",
+                   Json{{"messages", Json::array({{{"role", "user"}, {"content", "hi"}}})},
+                        {"max_tokens", 2},
+                        {"prompt_logprobs", 0}})
+          .at("prompt_logprobs");
   ASSERT_GE(chat.size(), 2u) << chat.dump();
   EXPECT_TRUE(chat[0].is_null());
   EXPECT_EQ(chat[1].size(), 1u);  // the prompt token alone
@@ -396,10 +394,8 @@ TEST(ServerHttp, ChatCompletions) {
   const std::vector<int32_t> script = encode(kScriptText);
   TestServer server(script);
   const Json messages = Json::array({{{"role", "user"}, {"content", "Hi"}}});
-  auto response = server.post("/v1/chat/completions", {{"messages", messages}, {"max_tokens", 4}});
-  ASSERT_TRUE(response);
-  ASSERT_EQ(response->status, 200) << response->body;
-  const Json body = Json::parse(response->body);
+  const Json body =
+      server.post_ok("/v1/chat/completions", {{"messages", messages}, {"max_tokens", 4}});
   EXPECT_TRUE(body.at("id").get<std::string>().starts_with("chatcmpl-"));
   EXPECT_EQ(body.at("object"), "chat.completion");
   EXPECT_EQ(
@@ -410,8 +406,8 @@ TEST(ServerHttp, ChatCompletions) {
   EXPECT_EQ(server.executor.requests_seen().back().input_ids,
             test::test_served_model().tokenizer.encode(prompt, false));
 
-  response = server.post("/v1/chat/completions",
-                         {{"messages", messages}, {"max_tokens", 4}, {"stream", true}});
+  auto response = server.post("/v1/chat/completions",
+                              {{"messages", messages}, {"max_tokens", 4}, {"stream", true}});
   ASSERT_TRUE(response);
   const OpenAiStream stream = read_openai_stream(response->body, true);
   EXPECT_EQ(stream.text, body.at("choices")[0].at("message").at("content").get<std::string>());
@@ -455,17 +451,16 @@ TEST(ServerHttp, EndIdFinishesWithStop) {
   std::vector<int32_t> script = encode("Done now");
   script.push_back(test::FakeExecutor::kEndId);
   TestServer server(script);
-  auto response = server.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 50}});
-  ASSERT_TRUE(response);
-  const Json body = Json::parse(response->body);
+  const Json body = server.post_ok("/v1/completions", {{"prompt", "x"}, {"max_tokens", 50}});
   EXPECT_EQ(body.at("choices")[0].at("text"), "Done now");  // the end token is not text
   EXPECT_EQ(body.at("choices")[0].at("finish_reason"), "stop");
   EXPECT_EQ(body.at("usage").at("completion_tokens"), int64_t(script.size()));
   // ignore_eos runs on to max_tokens.
-  response =
-      server.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 20}, {"ignore_eos", true}});
-  ASSERT_TRUE(response);
-  EXPECT_EQ(Json::parse(response->body).at("choices")[0].at("finish_reason"), "length");
+  EXPECT_EQ(
+      server.post_ok("/v1/completions", {{"prompt", "x"}, {"max_tokens", 20}, {"ignore_eos", true}})
+          .at("choices")[0]
+          .at("finish_reason"),
+      "length");
 }
 
 // vLLM's skip_special_tokens (false: the end token's text too), include_stop_str_in_output and
@@ -505,31 +500,36 @@ TEST(ServerHttp, VllmOutputOptions) {
 TEST(ServerHttp, LogProbs) {
   const std::vector<int32_t> script = encode("abc");
   TestServer server(script);
-  auto response =
-      server.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 3}, {"logprobs", 1}});
-  ASSERT_TRUE(response);
-  const Json log_probs = Json::parse(response->body).at("choices")[0].at("logprobs");
+  const Json log_probs =
+      server.post_ok("/v1/completions", {{"prompt", "x"}, {"max_tokens", 3}, {"logprobs", 1}})
+          .at("choices")[0]
+          .at("logprobs");
   ASSERT_EQ(log_probs.at("token_logprobs").size(), 3u);
   EXPECT_EQ(log_probs.at("token_logprobs"), (Json{-0.25, -0.5, -0.75}));  // the fake's values
   EXPECT_EQ(log_probs.at("tokens").size(), 3u);
   EXPECT_EQ(log_probs.at("text_offset")[0], 0);
   EXPECT_TRUE(server.executor.requests_seen().back().return_log_probs);
 
-  response = server.post("/v1/chat/completions",
-                         {{"messages", Json::array({{{"role", "user"}, {"content", "x"}}})},
-                          {"max_tokens", 2},
-                          {"logprobs", true}});
-  ASSERT_TRUE(response);
-  const Json content = Json::parse(response->body).at("choices")[0].at("logprobs").at("content");
+  const Json content =
+      server
+          .post_ok("/v1/chat/completions",
+                   {{"messages", Json::array({{{"role", "user"}, {"content", "x"}}})},
+                    {"max_tokens", 2},
+                    {"logprobs", true}})
+          .at("choices")[0]
+          .at("logprobs")
+          .at("content");
   ASSERT_EQ(content.size(), 2u);
   EXPECT_EQ(content[1].at("logprob"), -0.5);
   EXPECT_EQ(content[0].at("top_logprobs"), Json::array());
   EXPECT_EQ(server.executor.requests_seen().back().top_log_probs, 0);
 
   // The most likely tokens: completions' {text: log-probability} per position, chat's lists.
-  response = server.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}, {"logprobs", 3}});
-  ASSERT_TRUE(response);
-  const Json top = Json::parse(response->body).at("choices")[0].at("logprobs").at("top_logprobs");
+  const Json top =
+      server.post_ok("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}, {"logprobs", 3}})
+          .at("choices")[0]
+          .at("logprobs")
+          .at("top_logprobs");
   ASSERT_EQ(top.size(), 2u);
   ASSERT_EQ(top[0].size(), 3u);
   EXPECT_EQ(top[0].at("a"), -0.25);  // the script's "a", then two other tokens (the fake's)
@@ -538,12 +538,12 @@ TEST(ServerHttp, LogProbs) {
   std::ranges::sort(values, std::greater<>());  // (parsed into a key-sorted object)
   EXPECT_EQ(values, (std::vector<double>{-0.5, -1.5, -2.5}));
   EXPECT_EQ(server.executor.requests_seen().back().top_log_probs, 3);
-  response = server.post("/v1/chat/completions",
-                         {{"messages", Json::array({{{"role", "user"}, {"content", "x"}}})},
-                          {"max_tokens", 2},
-                          {"logprobs", true},
-                          {"top_logprobs", 2},
-                          {"stream", true}});
+  auto response = server.post("/v1/chat/completions",
+                              {{"messages", Json::array({{{"role", "user"}, {"content", "x"}}})},
+                               {"max_tokens", 2},
+                               {"logprobs", true},
+                               {"top_logprobs", 2},
+                               {"stream", true}});
   ASSERT_TRUE(response);
   const OpenAiStream stream = read_openai_stream(response->body, true);
   ASSERT_FALSE(stream.chunks.empty());

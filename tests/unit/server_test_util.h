@@ -76,6 +76,20 @@ class TestServer {
                        const httplib::Headers& headers = {}) const {
     return client().Post(path.c_str(), headers, body.dump(), "application/json");
   }
+  // The parsed body of a 200 answer to `body`; null, and a test failure that names the path and
+  // the answer, otherwise.
+  nlohmann::json post_ok(const std::string& path, const nlohmann::json& body) const {
+    const httplib::Result response = post(path, body);
+    if (!response) {
+      ADD_FAILURE() << path << ": no answer";
+      return nullptr;
+    }
+    if (response->status != 200) {
+      ADD_FAILURE() << path << ": " << response->status << " " << response->body;
+      return nullptr;
+    }
+    return nlohmann::json::parse(response->body);
+  }
 
   FakeExecutor executor;
   server::HttpServer server;
