@@ -191,9 +191,14 @@ Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& con
   } else {
     KITE_ASSIGN_OR_RETURN(weights.lm_head, upload({"lm_head.weight"}, {config.vocab_size, hidden}));
   }
+  // KITE_FOLD_NORM_SCALES=0 or 1 overrides the backend's choice (A/B comparisons of the two forms).
   const char* dump = std::getenv("KITE_DUMP");
-  const bool fold = fold_norm_scales.value_or(backend.folds_norm_scales() && !(dump && *dump)) &&
-                    !weight_only.enabled();
+  const char* forced = std::getenv("KITE_FOLD_NORM_SCALES");
+  const bool by_default =
+      forced && (std::string_view(forced) == "0" || std::string_view(forced) == "1")
+          ? std::string_view(forced) == "1"
+          : backend.folds_norm_scales() && !(dump && *dump);
+  const bool fold = fold_norm_scales.value_or(by_default) && !weight_only.enabled();
   if (fold) {
     for (LlamaLayerWeights& layer : weights.layers) {
       backend.scale_columns(layer.qkv_proj.weight, layer.input_layernorm);

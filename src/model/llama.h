@@ -55,8 +55,9 @@ using WeightLookup = std::function<Result<TensorView>(const std::string& name)>;
 // quantized (the backend must support it); `source` names them in messages. `fold_norm_scales`:
 // fold the layers' RMSNorm scales into qkv_proj and gate_up_proj (LlamaWeights::
 // norm_scales_folded); by default when the backend folds_norm_scales(), the weights are floating
-// and KITE_DUMP is unset (a dump shows the norms as the checkpoint has them). Folding rounds each
-// product to the weight dtype once.
+// and KITE_DUMP is unset (a dump shows the norms as the checkpoint has them), or as the
+// environment says with KITE_FOLD_NORM_SCALES=0 or 1 (any backend; for A/B comparisons). Folding
+// rounds each product to the weight dtype once.
 Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& config,
                                         const WeightLookup& lookup, const std::string& source,
                                         const WeightOnlyConfig& weight_only = {},
