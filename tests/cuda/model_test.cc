@@ -19,6 +19,7 @@
 #include "model/llama.h"
 #include "runtime/engine.h"
 #include "test_util.h"
+#include "unit/smollm2_fixture.h"
 
 namespace kite {
 namespace {
@@ -202,9 +203,7 @@ TEST(CudaGolden, Bf16MatchesTransformers) {
 TEST(CudaSmolLM2, GreedyTokensMatchCpuEngineAndLlamaCpp) {
   KITE_REQUIRE_GPU();
   if (test::demo_model().empty()) GTEST_SKIP() << "demo model not fetched";
-  const nlohmann::json fixture = nlohmann::json::parse(
-      read_file(test::source_dir() + "/tests/fixtures/golden/llamacpp/smollm2_reference.json")
-          .value());
+  const nlohmann::json fixture = test::smollm2_reference();
   const std::string checkpoint = test::convert_demo_model("bfloat16");
   ASSERT_FALSE(checkpoint.empty());
   const std::string limits = " --max_batch_size 8 --max_input_len 256 --max_seq_len 320";
@@ -216,43 +215,23 @@ TEST(CudaSmolLM2, GreedyTokensMatchCpuEngineAndLlamaCpp) {
   auto gpu = Engine::load(gpu_engine);
   ASSERT_TRUE(gpu.is_ok()) << gpu.status().message();
 
-  GenerationRequest request;
-  request.sampling.temperature = 0.0f;
-  request.stop.max_output_len = 32;
-  for (const nlohmann::json& prompt : fixture.at("greedy").at("prompts")) {
-    request.prompts.push_back(prompt.at("prompt_tokens").get<std::vector<int32_t>>());
-  }
+  GenerationRequest request = test::smollm2_reference_request(fixture);
   // All 8 prompts as one batch on the GPU (prefill of different lengths, then batched decode).
   const auto gpu_results = generate(**gpu, request).value();
   const auto cpu_results = generate(**cpu, request).value();
   // Each continuation is compared up to its first difference, which must come at a step where
-  // llama.cpp's top-2 margin is within bf16 noise (its logits are about 20 in size; a few bf16
-  // roundings of that are tenths). Many of SmolLM2's steps have margins below 0.1. llama.cpp's
-  // margin at step i speaks for a context only while that context is llama.cpp's own: where the
-  // CPU engine left llama.cpp's tokens before the GPU left the CPU engine's, no margin applies.
-  constexpr double kBf16DecisiveMargin = 0.5;
+  // llama.cpp's top-2 margin is within bf16 noise (test::expect_parting_undecided): against the
+  // CPU engine only while the CPU engine follows llama.cpp.
   int same_as_cpu = 0, same_as_llama_cpp = 0;
   for (size_t p = 0; p < gpu_results.size(); ++p) {
     const auto& ours = gpu_results[p].output_ids;
     const auto& steps = fixture.at("greedy").at("prompts")[p].at("steps");
-    std::vector<int32_t> llama_cpp;
-    for (const auto& step : steps) llama_cpp.push_back(step.at("token").get<int32_t>());
-    auto common_prefix = [](const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
-      size_t i = 0;
-      while (i < a.size() && i < b.size() && a[i] == b[i]) ++i;
-      return i;
-    };
-    const size_t cpu_follows_llama_cpp = common_prefix(cpu_results[p].output_ids, llama_cpp);
-    for (const bool against_cpu : {true, false}) {
-      const size_t i = common_prefix(ours, against_cpu ? cpu_results[p].output_ids : llama_cpp);
-      (against_cpu ? same_as_cpu : same_as_llama_cpp) += int(i);
-      const bool judged = i < ours.size() && (!against_cpu || i <= cpu_follows_llama_cpp);
-      if (judged) {
-        EXPECT_LT(steps[i].at("margin").get<double>(), kBf16DecisiveMargin)
-            << "prompt " << p << " parts from " << (against_cpu ? "the CPU engine" : "llama.cpp")
-            << " at step " << i;
-      }
-    }
+    const std::string what = "prompt " + std::to_string(p) + " parts from ";
+    same_as_cpu += int(test::expect_parting_undecided(
+        ours, cpu_results[p].output_ids, steps,
+        test::llama_cpp_prefix(cpu_results[p].output_ids, steps), what + "the CPU engine"));
+    same_as_llama_cpp += int(test::expect_parting_undecided(ours, test::llama_cpp_tokens(steps),
+                                                            steps, SIZE_MAX, what + "llama.cpp"));
     std::printf("[ PROMPT %zu ] %s\n", p, (*gpu)->tokenizer().decode(ours).c_str());
   }
   std::printf(

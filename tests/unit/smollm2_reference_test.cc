@@ -11,6 +11,7 @@
 
 #include "core/file.h"
 #include "runtime/engine.h"
+#include "smollm2_fixture.h"
 #include "test_util.h"
 
 namespace kite {
@@ -73,9 +74,7 @@ TEST(SmolLM2Reference, GreedyTokensMatchLlamaCpp) {
 // written: 27 of prompt 6's 32 tokens, then a step of margin 0.026; every other token equal.
 TEST(SmolLM2Reference, FoldedNormScalesKeepTheGreedyTokens) {
   if (test::demo_model().empty()) GTEST_SKIP() << "demo model not fetched";
-  const nlohmann::json fixture = nlohmann::json::parse(
-      read_file(test::source_dir() + "/tests/fixtures/golden/llamacpp/smollm2_reference.json")
-          .value());
+  const nlohmann::json fixture = test::smollm2_reference();
   const std::string checkpoint = test::convert_demo_model("bfloat16");
   ASSERT_FALSE(checkpoint.empty());
   const std::string engine_dir =
@@ -88,32 +87,16 @@ TEST(SmolLM2Reference, FoldedNormScalesKeepTheGreedyTokens) {
   unsetenv("KITE_FOLD_NORM_SCALES");
   ASSERT_TRUE(folded.is_ok()) << folded.status().message();
 
-  GenerationRequest request;
-  request.sampling.temperature = 0.0f;
-  request.stop.max_output_len = 32;
-  for (const nlohmann::json& prompt : fixture.at("greedy").at("prompts")) {
-    request.prompts.push_back(prompt.at("prompt_tokens").get<std::vector<int32_t>>());
-  }
+  const GenerationRequest request = test::smollm2_reference_request(fixture);
   const auto apart_results = generate(**apart, request).value();
   const auto folded_results = generate(**folded, request).value();
-  constexpr double kBf16DecisiveMargin = 0.5;
   int same = 0;
   for (size_t p = 0; p < apart_results.size(); ++p) {
-    const auto& ours = folded_results[p].output_ids;
-    const auto& theirs = apart_results[p].output_ids;
     const auto& steps = fixture.at("greedy").at("prompts")[p].at("steps");
-    size_t i = 0;
-    while (i < ours.size() && i < theirs.size() && ours[i] == theirs[i]) ++i;
-    size_t follows = 0;  // the unfolded engine's tokens that are llama.cpp's
-    while (follows < theirs.size() && follows < steps.size() &&
-           theirs[follows] == steps[follows].at("token").get<int32_t>()) {
-      ++follows;
-    }
-    same += int(i);
-    if (i < ours.size() && i <= follows) {
-      EXPECT_LT(steps[i].at("margin").get<double>(), kBf16DecisiveMargin)
-          << "prompt " << p << " parts from the unfolded engine at step " << i;
-    }
+    const auto& theirs = apart_results[p].output_ids;
+    same += int(test::expect_parting_undecided(
+        folded_results[p].output_ids, theirs, steps, test::llama_cpp_prefix(theirs, steps),
+        "prompt " + std::to_string(p) + " parts from the unfolded engine"));
   }
   std::printf("[ TOKENS   ] folded vs unfolded (bf16, CPU): %d of 256 leading tokens equal\n",
               same);
