@@ -64,10 +64,15 @@ class StepDump {
   std::vector<std::pair<std::string, Tensor>> tensors_;
 };
 
+// The tensor of an optional weight (a bias), or null.
+const DeviceTensor* optional_tensor(const std::optional<DeviceTensor>& tensor) {
+  return tensor ? &*tensor : nullptr;
+}
+
 // out = x @ weight^T (+ bias), floating or weight-only quantized.
 void linear(Backend& backend, const DeviceTensor& x, const LinearWeight& weight,
             const std::optional<DeviceTensor>& bias, DeviceTensor& out) {
-  const DeviceTensor* bias_tensor = bias ? &*bias : nullptr;
+  const DeviceTensor* bias_tensor = optional_tensor(bias);
   if (weight.quantized()) {
     backend.linear_weight_only(x, weight, bias_tensor, out);
   } else {
@@ -584,9 +589,9 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
       const LlamaLayerWeights& w = weights_.layers[size_t(l)];
       const std::string name = "layers." + std::to_string(l) + ".";
       // [q | k | v] = h @ [Wq; Wk; Wv]^T (+ b); folded: (x / rms(x)) @ ([Wq; Wk; Wv] diag(norm))^T
-      const DeviceTensor* qkv_bias = w.qkv_bias ? &*w.qkv_bias : nullptr;
       if (folded) {
-        backend.rms_norm_linear(residual, eps, w.qkv_proj.weight, qkv_bias, normed, qkv);
+        backend.rms_norm_linear(residual, eps, w.qkv_proj.weight, optional_tensor(w.qkv_bias),
+                                normed, qkv);
       } else {
         dump.add(name + "input_norm", normed);
         linear(backend, normed, w.qkv_proj, w.qkv_bias, qkv);
@@ -605,8 +610,8 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
       dump.add(name + "attention", attended);
       if (folded) {
         // x += a @ Wo^T (+ bo); [g | u] = (x / rms(x)) @ ([Wg; Wu] diag(post_norm))^T
-        const DeviceTensor* o_bias = w.o_bias ? &*w.o_bias : nullptr;
-        backend.linear_add(attended, w.o_proj.weight, o_bias, block_out, residual);
+        backend.linear_add(attended, w.o_proj.weight, optional_tensor(w.o_bias), block_out,
+                           residual);
         backend.rms_norm_linear(residual, eps, w.gate_up_proj.weight, nullptr, normed, gate_up);
       } else {
         // o = a @ Wo^T (+ bo)

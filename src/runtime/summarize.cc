@@ -86,6 +86,11 @@ std::string summarization_prompt(const std::string& article) {
   return prompt;
 }
 
+int64_t summarized_count(size_t available, const SummarizeOptions& options) {
+  return options.max_examples > 0 ? std::min<int64_t>(options.max_examples, int64_t(available))
+                                  : int64_t(available);
+}
+
 Result<SummarizeResult> evaluate_summarization(
     Engine& engine, const std::vector<SummarizationExample>& examples,
     const SummarizeOptions& options,
@@ -108,9 +113,7 @@ Result<SummarizeResult> evaluate_summarization(
   const int64_t input_len = std::min(
       {options.max_input_len, limits.max_input_len, limits.max_seq_len - options.output_len});
   const int64_t batch_size = options.batch_size > 0 ? options.batch_size : limits.max_batch_size;
-  const int64_t total = options.max_examples > 0
-                            ? std::min<int64_t>(options.max_examples, int64_t(examples.size()))
-                            : int64_t(examples.size());
+  const int64_t total = summarized_count(examples.size(), options);
   if (total == 0) return invalid_argument("no examples to summarize");
   const Tokenizer& tokenizer = engine.tokenizer();
 

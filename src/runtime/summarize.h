@@ -40,6 +40,9 @@ struct SummarizeOptions {
   int64_t max_examples = 0;     // the first N; 0: all
 };
 
+// How many of `available` examples evaluate_summarization summarizes (options.max_examples).
+int64_t summarized_count(size_t available, const SummarizeOptions& options);
+
 struct SummarizedExample {
   std::string prediction;  // the generated text (end id and special tokens left out)
   RougeScores scores;

@@ -206,10 +206,7 @@ Status run_summarize(const SummarizeFlags& flags) {
       const std::vector<SummarizationExample> examples,
       read_summarization_dataset(flags.dataset, flags.input_key, flags.output_key));
   KITE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::load(flags.engine_dir));
-  const int64_t articles = flags.options.max_examples > 0
-                               ? std::min<int64_t>(flags.options.max_examples, examples.size())
-                               : int64_t(examples.size());
-  Progress progress("kite eval summarize", articles);
+  Progress progress("kite eval summarize", summarized_count(examples.size(), flags.options));
   KITE_ASSIGN_OR_RETURN(
       const SummarizeResult result,
       evaluate_summarization(*engine, examples, flags.options, [&](int64_t done, int64_t) {

@@ -261,6 +261,15 @@ Result<std::unique_ptr<GemmRunner>> GemmRunner::create() {
   return std::unique_ptr<GemmRunner>(new GemmRunner(std::move(state)));
 }
 
+namespace {
+// Whether `tactic` names a GEMV configuration and the GEMV kernel of `kind` takes this call.
+bool gemv_runs(const GemmTactic& tactic, GemvKind kind, const DeviceTensor& x,
+               const DeviceTensor& weight) {
+  return tactic.algorithm == GemmAlgorithm::kGemv && tactic.variant >= 0 &&
+         tactic.variant < kGemvVariantCount && gemv_applies(kind, x, weight);
+}
+}  // namespace
+
 void GemmRunner::linear(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
                         DeviceTensor& out, const GemmTactic& tactic, cudaStream_t stream,
                         bool add) {
@@ -277,8 +286,7 @@ void GemmRunner::linear(const DeviceTensor& x, const DeviceTensor& weight, const
   KITE_CHECK(out.data != x.data);
 
   const GemvKind kind = add ? GemvKind::kAdd : GemvKind::kPlain;
-  if (tactic.algorithm == GemmAlgorithm::kGemv && tactic.variant >= 0 &&
-      tactic.variant < kGemvVariantCount && gemv_applies(kind, x, weight)) {
+  if (gemv_runs(tactic, kind, x, weight)) {
     launch_gemv(kind, x, weight, bias, out, tactic.variant, 0.0f, stream);
     return;
   }
@@ -298,10 +306,7 @@ bool GemmRunner::linear_normed(const DeviceTensor& x, const DeviceTensor& weight
   KITE_CHECK(out.dtype == x.dtype && out.rows() == x.rows() && out.cols() == weight.rows());
   KITE_CHECK(bias == nullptr || (bias->dtype == x.dtype && bias->numel() == weight.rows()));
   KITE_CHECK(out.data != x.data);
-  if (tactic.algorithm != GemmAlgorithm::kGemv || tactic.variant < 0 ||
-      tactic.variant >= kGemvVariantCount || !gemv_applies(GemvKind::kNormed, x, weight)) {
-    return false;
-  }
+  if (!gemv_runs(tactic, GemvKind::kNormed, x, weight)) return false;
   launch_gemv(GemvKind::kNormed, x, weight, bias, out, tactic.variant, eps, stream);
   return true;
 }
@@ -311,11 +316,7 @@ bool GemmRunner::linear_silu_mul_add(const DeviceTensor& gate_up, const DeviceTe
                                      cudaStream_t stream) {
   KITE_CHECK(out.dtype == gate_up.dtype && out.rows() == gate_up.rows() &&
              out.cols() == weight.rows());
-  if (tactic.algorithm != GemmAlgorithm::kGemv || tactic.variant < 0 ||
-      tactic.variant >= kGemvVariantCount ||
-      !gemv_applies(GemvKind::kGatedAdd, gate_up, weight)) {
-    return false;
-  }
+  if (!gemv_runs(tactic, GemvKind::kGatedAdd, gate_up, weight)) return false;
   // A/B switch: another GEMV configuration for the SwiGLU-fused down projection than the tuned one.
   static const int forced =
       switch_setting("KITE_GATED_GEMV_VARIANT", -1, -1, kGemvVariantCount - 1);

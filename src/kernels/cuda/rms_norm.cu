@@ -1,12 +1,12 @@
 // RMSNorm and residual-add + RMSNorm: one CTA per row, 8 elements (16 bytes) per access when the
 // row allows it; the sum of squares in float32 through a block reduction.
+#include <algorithm>
+
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/rms_norm.h"
-
-#include <algorithm>
 
 namespace kite::cuda {
 namespace {
@@ -98,10 +98,9 @@ void launch(DeviceTensor& residual, const DeviceTensor* x, const DeviceTensor& w
   if (kAdd) KITE_CHECK(x->dtype == residual.dtype && x->numel() == residual.numel());
   if (rows == 0) return;
   bool vectorized = hidden % 8 == 0;
-  for (const void* pointer : {residual.data, out.data, kAdd ? x->data : out.data}) {
-    vectorized = vectorized && reinterpret_cast<uintptr_t>(pointer) % 16 == 0;
+  for (const void* pointer : {residual.data, out.data, weight.data, kAdd ? x->data : out.data}) {
+    vectorized = vectorized && reinterpret_cast<uintptr_t>(pointer) % 16 == 0;  // null: aligned
   }
-  vectorized = vectorized && reinterpret_cast<uintptr_t>(weight.data) % 16 == 0;
   dispatch_half(residual.dtype, [&](auto element) {
     using T = decltype(element);
     auto* residual_data = static_cast<T*>(residual.data);
