@@ -165,6 +165,7 @@ nlohmann::ordered_json engine_config_to_json(const EngineConfig& config) {
                    {"max_beam_width", config.limits.beam_width_limit()}};
   json["weight_dtype"] = dtype_name(config.weight_dtype);
   json["weight_only"] = weight_only_config_to_json(config.weight_only);
+  json["norm_scales_folded"] = config.norm_scales_folded;
   json["kv_cache"] = {{"block_size", config.limits.tokens_per_block},
                       {"dtype", dtype_name(config.kv_cache_dtype)}};
   json["model"] = model_config_to_json(config.model);
@@ -241,6 +242,14 @@ Result<EngineConfig> engine_config_from_json(const nlohmann::json& json,
   KITE_ASSIGN_OR_RETURN(config.weight_dtype, float_dtype_field(json, "weight_dtype", source));
   if (const auto weight_only = json.find("weight_only"); weight_only != json.end()) {
     KITE_ASSIGN_OR_RETURN(config.weight_only, weight_only_config_from_json(*weight_only, source));
+  }
+  if (const auto folded = json.find("norm_scales_folded"); folded != json.end()) {
+    if (!folded->is_boolean())
+      return corrupt(source + ": \"norm_scales_folded\" must be a boolean");
+    config.norm_scales_folded = folded->get<bool>();
+    if (config.norm_scales_folded && config.weight_only.enabled()) {
+      return corrupt(source + ": norm scales folded into weight-only quantized weights");
+    }
   }
   const auto kv_cache = json.find("kv_cache");
   if (kv_cache == json.end() || !kv_cache->is_object())

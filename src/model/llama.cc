@@ -85,7 +85,7 @@ void linear(Backend& backend, const DeviceTensor& x, const LinearWeight& weight,
 Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& config,
                                         const WeightLookup& lookup, const std::string& source,
                                         const WeightOnlyConfig& weight_only,
-                                        std::optional<bool> fold_norm_scales) {
+                                        bool norm_scales_folded) {
   if (weight_only.enabled() && !backend.supports_weight_only(weight_only)) {
     return unsupported(source + " holds weight-only quantized weights (" +
                        describe_weight_only(weight_only) + "), which the " +
@@ -93,6 +93,11 @@ Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& con
                        " backend does not run; build the engine for the CPU");
   }
   KITE_RETURN_IF_ERROR(check_weight_only(config, weight_only).with_context(source));
+  if (norm_scales_folded && weight_only.enabled()) {
+    return unsupported(source + ": norm scales are folded only into floating weights, and these " +
+                       "are quantized (" + describe_weight_only(weight_only) +
+                       "); build the engine again");
+  }
   // Every tensor is checked against the dtype and shape the config implies before anything is
   // uploaded. The floating ones (all but the quantized values) must share one dtype.
   std::unordered_map<std::string, TensorView> views;
@@ -196,23 +201,25 @@ Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& con
   } else {
     KITE_ASSIGN_OR_RETURN(weights.lm_head, upload({"lm_head.weight"}, {config.vocab_size, hidden}));
   }
-  // KITE_FOLD_NORM_SCALES=0 or 1 overrides the backend's choice (A/B comparisons of the two forms).
-  const char* dump = std::getenv("KITE_DUMP");
-  const char* forced = std::getenv("KITE_FOLD_NORM_SCALES");
-  const bool by_default =
-      forced && (std::string_view(forced) == "0" || std::string_view(forced) == "1")
-          ? std::string_view(forced) == "1"
-          : backend.folds_norm_scales() && !(dump && *dump);
-  const bool fold = fold_norm_scales.value_or(by_default) && !weight_only.enabled();
-  if (fold) {
-    for (LlamaLayerWeights& layer : weights.layers) {
-      backend.scale_columns(layer.qkv_proj.weight, layer.input_layernorm);
-      backend.scale_columns(layer.gate_up_proj.weight, layer.post_attention_layernorm);
-    }
-    backend.synchronize();
-    weights.norm_scales_folded = true;
-  }
+  weights.norm_scales_folded = norm_scales_folded;
   return weights;
+}
+
+std::string folded_norm_of(const std::string& name) {
+  constexpr std::string_view kLayers = "model.layers.";
+  if (!name.starts_with(kLayers)) return "";
+  const size_t dot = name.find('.', kLayers.size());
+  if (dot == std::string::npos) return "";
+  const std::string prefix = name.substr(0, dot + 1);
+  const std::string_view rest = std::string_view(name).substr(dot + 1);
+  if (rest == "self_attn.q_proj.weight" || rest == "self_attn.k_proj.weight" ||
+      rest == "self_attn.v_proj.weight") {
+    return prefix + "input_layernorm.weight";
+  }
+  if (rest == "mlp.gate_proj.weight" || rest == "mlp.up_proj.weight") {
+    return prefix + "post_attention_layernorm.weight";
+  }
+  return "";
 }
 
 float rope_attention_scaling(const ModelConfig& config) {
@@ -581,19 +588,25 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
     dump.add("embedding", residual);
     // h = rms_norm(x) * input_layernorm   (in the QKV projection when the scales are folded)
     const bool folded = weights_.norm_scales_folded;
-    if (!folded) backend.rms_norm(residual, weights_.layers.front().input_layernorm, eps, normed);
+    // The residual adds go into the o and down projections when the scales are folded; a dump
+    // keeps them apart and computes each norm as the checkpoint has it, so that it shows every
+    // intermediate of the unfolded form (the projections still use the folded weights).
+    const bool separate_adds = !folded || dump.enabled();
+    if (separate_adds) {
+      backend.rms_norm(residual, weights_.layers.front().input_layernorm, eps, normed);
+    }
 
     const float scale = 1.0f / std::sqrt(float(c.head_dim));
     const int64_t sliding_window = c.sliding_window.value_or(0);
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       const LlamaLayerWeights& w = weights_.layers[size_t(l)];
       const std::string name = "layers." + std::to_string(l) + ".";
+      if (separate_adds) dump.add(name + "input_norm", normed);
       // [q | k | v] = h @ [Wq; Wk; Wv]^T (+ b); folded: (x / rms(x)) @ ([Wq; Wk; Wv] diag(norm))^T
       if (folded) {
         backend.rms_norm_linear(residual, eps, w.qkv_proj.weight, optional_tensor(w.qkv_bias),
                                 normed, qkv);
       } else {
-        dump.add(name + "input_norm", normed);
         linear(backend, normed, w.qkv_proj, w.qkv_bias, qkv);
       }
       dump.add(name + "qkv", qkv);
@@ -608,28 +621,28 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
         backend.rope_attention(qkv, rope, batch, cache, l, scale, sliding_window, q, attended);
       }
       dump.add(name + "attention", attended);
-      if (folded) {
-        // x += a @ Wo^T (+ bo); [g | u] = (x / rms(x)) @ ([Wg; Wu] diag(post_norm))^T
-        backend.linear_add(attended, w.o_proj.weight, optional_tensor(w.o_bias), block_out,
-                           residual);
-        backend.rms_norm_linear(residual, eps, w.gate_up_proj.weight, nullptr, normed, gate_up);
-      } else {
+      if (separate_adds) {
         // o = a @ Wo^T (+ bo)
         linear(backend, attended, w.o_proj, w.o_bias, block_out);
         dump.add(name + "o_proj", block_out);
         // x += o; h = rms_norm(x) * post_attention_layernorm
         backend.add_rms_norm(residual, block_out, w.post_attention_layernorm, eps, normed);
         dump.add(name + "post_attention_norm", normed);
-        // [g | u] = h @ [Wg; Wu]^T
+      } else {
+        // x += a @ Wo^T (+ bo)
+        backend.linear_add(attended, w.o_proj.weight, optional_tensor(w.o_bias), block_out,
+                           residual);
+      }
+      // [g | u] = h @ [Wg; Wu]^T; folded: (x / rms(x)) @ ([Wg; Wu] diag(post_norm))^T
+      if (folded) {
+        backend.rms_norm_linear(residual, eps, w.gate_up_proj.weight, nullptr, normed, gate_up);
+      } else {
         linear(backend, normed, w.gate_up_proj, std::nullopt, gate_up);
       }
       dump.add(name + "gate_up", gate_up);
       // m = silu(g) * u; d = m @ Wd^T   (one kernel where the backend fuses them; apart when
       // dumping, so that m can be dumped, and for quantized weights)
-      if (folded) {
-        // x += d
-        backend.silu_mul_linear_add(gate_up, w.down_proj.weight, mlp_hidden, block_out, residual);
-      } else {
+      if (separate_adds) {
         if (dump.enabled() || w.down_proj.quantized()) {
           backend.silu_mul(gate_up, mlp_hidden);
           dump.add(name + "silu_mul", mlp_hidden);
@@ -643,11 +656,14 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
         const DeviceTensor& next_norm =
             last_layer ? weights_.norm : weights_.layers[size_t(l) + 1].input_layernorm;
         backend.add_rms_norm(residual, block_out, next_norm, eps, normed);
+      } else {
+        // x += d
+        backend.silu_mul_linear_add(gate_up, w.down_proj.weight, mlp_hidden, block_out, residual);
       }
       dump.add(name + "output", residual);
     }
-    // h = rms_norm(x) * norm   (with the last layer's add when the scales are not folded)
-    if (folded) backend.rms_norm(residual, weights_.norm, eps, normed);
+    // h = rms_norm(x) * norm   (with the last layer's add when the adds are apart)
+    if (!separate_adds) backend.rms_norm(residual, weights_.norm, eps, normed);
     dump.add("final_norm", normed);
 
     if (R > 0) {

@@ -52,16 +52,20 @@ using WeightLookup = std::function<Result<TensorView>(const std::string& name)>;
 
 // Uploads every weight of `config` (stored_weights() names, dtypes and shapes) to the backend,
 // fusing q/k/v and gate/up. Floating weights must share one dtype; `weight_only` says which are
-// quantized (the backend must support it); `source` names them in messages. `fold_norm_scales`:
-// fold the layers' RMSNorm scales into qkv_proj and gate_up_proj (LlamaWeights::
-// norm_scales_folded); by default when the backend folds_norm_scales(), the weights are floating
-// and KITE_DUMP is unset (a dump shows the norms as the checkpoint has them), or as the
-// environment says with KITE_FOLD_NORM_SCALES=0 or 1 (any backend; for A/B comparisons). Folding
-// rounds each product to the weight dtype once.
+// quantized (the backend must support it); `source` names them in messages.
+// `norm_scales_folded`: the q/k/v and gate/up weights `lookup` gives hold the layers' RMSNorm
+// scales already (folded_norm_of; engines built so), and the model runs the fused ops
+// (LlamaWeights::norm_scales_folded). Floating weights only.
 Result<LlamaWeights> load_llama_weights(Backend& backend, const ModelConfig& config,
                                         const WeightLookup& lookup, const std::string& source,
                                         const WeightOnlyConfig& weight_only = {},
-                                        std::optional<bool> fold_norm_scales = std::nullopt);
+                                        bool norm_scales_folded = false);
+
+// The norm scales folded into the projections after them: rms_norm(x) W^T = (x / rms(x))
+// (W diag(norm))^T. The RMSNorm weight whose scale multiplies the columns of weight `name`: the
+// layer's input_layernorm for q/k/v_proj, its post_attention_layernorm for gate/up_proj; empty for
+// every other weight.
+std::string folded_norm_of(const std::string& name);
 
 // RoPE inverse frequencies [head_dim / 2] as Hugging Face transformers computes them
 // (ROPE_INIT_FUNCTIONS: default, linear, dynamic, llama3, yarn), in float32 like PyTorch. For

@@ -110,7 +110,7 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& engine_dir,
                         load_llama_weights(
                             *engine->backend_, config.model,
                             [&file](const std::string& name) { return file.tensor(name); },
-                            file.path(), config.weight_only));
+                            file.path(), config.weight_only, config.norm_scales_folded));
   engine->model_ =
       std::make_unique<LlamaModel>(*engine->backend_, config.model, std::move(weights));
   // The largest step: max_num_tokens tokens of up to max_batch_size sequences, a logit row each.

@@ -2,14 +2,18 @@
 // batch and length limits the runtime will enforce.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "core/file.h"
 #include "core/progress.h"
 #include "formats/checkpoint.h"
 #include "formats/engine_file.h"
 #include "kernels/backend_factory.h"
+#include "kernels/cpu/rms_norm.h"
 #include "runtime/engine.h"
 #include "runtime/memory_plan.h"
 #include "tools/build.h"
@@ -90,6 +94,19 @@ Result<DType> kv_cache_dtype(const std::string& name, const std::string& device,
   return dtype;
 }
 
+// Whether the engine stores the layers' RMSNorm scales folded into the projections after them
+// (EngineConfig::norm_scales_folded): CUDA engines do, so that their decode GEMVs normalise and
+// add into the residual stream by themselves; quantized weights never. KITE_FOLD_NORM_SCALES=0 or
+// 1 decides for either device (A/B comparisons of the two forms).
+bool folds_norm_scales(const std::string& device, const WeightOnlyConfig& weight_only) {
+  if (weight_only.enabled()) return false;
+  const char* forced = std::getenv("KITE_FOLD_NORM_SCALES");
+  if (forced && (std::string_view(forced) == "0" || std::string_view(forced) == "1")) {
+    return std::string_view(forced) == "1";
+  }
+  return device == "cuda";
+}
+
 // The tokenizer and generation files the runtime reads, copied when the checkpoint has them.
 constexpr const char* kCopiedFiles[] = {"tokenizer.json", "tokenizer_config.json",
                                         "special_tokens_map.json", "generation_config.json"};
@@ -157,6 +174,7 @@ Status build_engine(const BuildRequest& flags) {
   config.model = checkpoint_config.model;
   config.weight_dtype = checkpoint_config.dtype;
   config.weight_only = checkpoint_config.weight_only;
+  config.norm_scales_folded = folds_norm_scales(flags.device, config.weight_only);
   config.kv_cache_dtype = cache_dtype;
   config.built_from = flags.checkpoint_dir;
   std::vector<EngineTensorInfo> tensors;
@@ -214,8 +232,21 @@ Status build_engine(const BuildRequest& flags) {
   }
 
   const std::string path = engine_rank_path(flags.output_dir, 0);
-  KITE_RETURN_IF_ERROR(write_engine_file(
-      path, tensors, [&](size_t index) { return checkpoint.weight(tensors[index].name); }));
+  const WeightLookup lookup = [&checkpoint](const std::string& name) {
+    return checkpoint.weight(name);
+  };
+  Tensor folded;  // the latest weight with a norm scale folded in, written before the next is made
+  KITE_RETURN_IF_ERROR(write_engine_file(path, tensors, [&](size_t index) -> Result<TensorView> {
+    const std::string& name = tensors[index].name;
+    if (config.norm_scales_folded) {
+      KITE_ASSIGN_OR_RETURN(std::optional<Tensor> product, cpu::fold_norm_scale(lookup, name));
+      if (product) {
+        folded = std::move(*product);
+        return folded.view();
+      }
+    }
+    return lookup(name);
+  }));
   for (const char* name : kCopiedFiles) {
     const std::string source = flags.checkpoint_dir + "/" + name;
     if (!path_exists(source)) continue;
@@ -228,6 +259,7 @@ Status build_engine(const BuildRequest& flags) {
   if (config.weight_only.enabled()) {
     dtype += ", linear weights " + describe_weight_only(config.weight_only);
   }
+  if (config.norm_scales_folded) dtype += ", norm scales folded into q/k/v and gate/up";
   std::printf("Built %s engine of %s (%s, %zu tensors) in %s\n", flags.device.c_str(),
               std::string(architecture_name(config.model.architecture)).c_str(), dtype.c_str(),
               tensors.size(), flags.output_dir.c_str());

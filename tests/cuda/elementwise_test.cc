@@ -120,30 +120,6 @@ TEST(CudaElementwise, RmsNormMatchesCpu) {
   }
 }
 
-// Folding an RMSNorm's scale into the linear layer after it: each product rounded once, as the CPU
-// twin rounds it (bit for bit).
-TEST(CudaElementwise, ScaleColumnsMatchesCpu) {
-  KITE_REQUIRE_GPU();
-  for (DType dtype : kHalfDtypes) {
-    for (const auto& [rows, columns] :
-         std::vector<std::pair<int64_t, int64_t>>{{1, 7}, {3, 64}, {96, 576}, {1000, 4096}}) {
-      const std::string what = describe(dtype, rows, columns);
-      const auto weight = test::random_values(size_t(rows * columns), 5, 1.0f, dtype);
-      const auto scale = test::random_values(size_t(columns), 6, 2.0f, dtype);
-      GpuTensor weight_gpu = test::to_gpu(dtype, {rows, columns}, weight);
-      GpuTensor scale_gpu = test::to_gpu(dtype, {columns}, scale);
-      cuda::scale_columns(weight_gpu.tensor, scale_gpu.tensor, nullptr);
-      std::vector<uint8_t> weight_bytes = test::encode(dtype, weight);
-      std::vector<uint8_t> scale_bytes = test::encode(dtype, scale);
-      DeviceTensor weight_host{dtype, {rows, columns}, weight_bytes.data()};
-      cpu::scale_columns(weight_host, DeviceTensor{dtype, {columns}, scale_bytes.data()});
-      EXPECT_EQ(test::to_host(weight_gpu.tensor),
-                test::decode(dtype, weight_bytes.data(), size_t(rows * columns)))
-          << "scale_columns " << what;
-    }
-  }
-}
-
 TEST(CudaElementwise, SiluMulMatchesCpu) {
   KITE_REQUIRE_GPU();
   for (DType dtype : kHalfDtypes) {

@@ -20,33 +20,51 @@
 #include "runtime/engine.h"
 #include "test_util.h"
 #include "unit/smollm2_fixture.h"
+#include "unit/tiny_llama.h"
 
 namespace kite {
 namespace {
 
 using Matrix = std::vector<std::vector<float>>;
 
-// A model on a backend with its own KV cache (one sequence; blocks 0, 1, ... in order). The CUDA
-// backend computes in `dtype`, the CPU backend in float32 (its cache too).
+// One sequence stepped through a model: on a backend with its own KV cache (blocks 0, 1, ... in
+// order), or through a loaded engine's model and KV cache (blocks it lends). The CUDA backend
+// computes in `dtype`, the CPU backend in float32 (its cache too). `norm_scales_folded`: the
+// lookup's weights hold the norm scales (test::folded_lookup), as in CUDA engines.
 class ModelRunner {
  public:
   ModelRunner(BackendKind kind, const ModelConfig& config, const WeightLookup& lookup, DType dtype,
-              int64_t max_length) {
+              int64_t max_length, bool norm_scales_folded = false) {
     BackendOptions options;
     options.activation_dtype = dtype;
     backend_ = std::move(make_backend(kind, options).value());
     dtype = backend_->activation_dtype();
-    model_ = std::make_unique<LlamaModel>(
-        *backend_, config, load_llama_weights(*backend_, config, lookup, "test").value());
+    owned_model_ = std::make_unique<LlamaModel>(
+        *backend_, config,
+        load_llama_weights(*backend_, config, lookup, "test", {}, norm_scales_folded).value());
+    model_ = owned_model_.get();
     cache_ = KvCacheView{
         nullptr, dtype,          config.num_hidden_layers, 0, config.num_key_value_heads,
         16,      config.head_dim};
-    blocks_ = (max_length + cache_.block_size - 1) / cache_.block_size;
-    cache_.num_blocks = blocks_;
+    cache_.num_blocks = (max_length + cache_.block_size - 1) / cache_.block_size;
+    for (int32_t b = 0; b < cache_.num_blocks; ++b) blocks_.push_back(b);
     cache_buffer_ =
         backend_->allocate(size_t(cache_.num_layers * cache_.layer_elements()) * dtype_size(dtype))
             .value();
     cache_.data = cache_buffer_.data();
+  }
+
+  ModelRunner(Engine& engine, int64_t max_length)
+      : model_(&engine.model()),
+        cache_(engine.kv_cache().view()),
+        engine_cache_(&engine.kv_cache()) {
+    blocks_ =
+        engine_cache_->allocate_blocks((max_length + cache_.block_size - 1) / cache_.block_size)
+            .value();
+  }
+
+  ~ModelRunner() {
+    if (engine_cache_) engine_cache_->free_blocks(blocks_);
   }
 
   // Appends `tokens` to the sequence in one step; the logits of every new token.
@@ -57,12 +75,14 @@ class ModelRunner {
       const int32_t position = length_++;
       input.token_ids.push_back(id);
       input.positions.push_back(position);
-      input.slot_mapping.push_back(position);  // blocks 0, 1, ... in order
+      input.slot_mapping.push_back(blocks_[size_t(position / cache_.block_size)] *
+                                       int32_t(cache_.block_size) +
+                                   int32_t(position % cache_.block_size));
       input.logit_rows.push_back(int32_t(input.logit_rows.size()));
     }
     input.context_length = {length_};
-    for (int64_t b = 0; b < blocks_; ++b) input.block_table.push_back(int32_t(b));
-    input.max_blocks_per_sequence = blocks_;
+    input.block_table = blocks_;
+    input.max_blocks_per_sequence = int64_t(blocks_.size());
     const std::vector<float> logits = model_->forward(input, cache_).value();
     const size_t vocab = size_t(model_->config().vocab_size);
     Matrix rows;
@@ -74,10 +94,12 @@ class ModelRunner {
 
  private:
   std::unique_ptr<Backend> backend_;
-  std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<LlamaModel> owned_model_;
+  LlamaModel* model_ = nullptr;
   KvCacheView cache_;
   DeviceBuffer cache_buffer_;
-  int64_t blocks_ = 0;
+  KvCache* engine_cache_ = nullptr;  // the engine's, whose blocks_ are lent
+  std::vector<int32_t> blocks_;
   int32_t length_ = 0;
 };
 
@@ -102,6 +124,19 @@ WeightLookup lookup_in(const std::map<std::string, Tensor>& weights) {
     if (found == weights.end()) return not_found("no weight " + name);
     return found->second.view();
   };
+}
+
+// The golden model folders (tests/fixtures/golden/hf/<model>/reference.json), sorted.
+std::vector<std::string> golden_models() {
+  std::vector<std::string> models;
+  const std::string root = test::source_dir() + "/tests/fixtures/golden/hf";
+  for (const auto& entry : std::filesystem::directory_iterator(root)) {
+    if (path_exists(entry.path().string() + "/reference.json")) {
+      models.push_back(entry.path().string());
+    }
+  }
+  std::sort(models.begin(), models.end());
+  return models;
 }
 
 // max |a - b| / max(1, max |b|).
@@ -129,21 +164,16 @@ constexpr double kBf16LogitTolerance = 0.1;
 
 TEST(CudaGolden, Bf16MatchesTransformers) {
   KITE_REQUIRE_GPU();
-  const std::string root = test::source_dir() + "/tests/fixtures/golden/hf";
-  std::vector<std::string> models;
-  for (const auto& entry : std::filesystem::directory_iterator(root)) {
-    if (path_exists(entry.path().string() + "/reference.json")) {
-      models.push_back(entry.path().string());
-    }
-  }
-  ASSERT_FALSE(models.empty()) << "no golden models in " << root;
-  std::sort(models.begin(), models.end());
+  const std::vector<std::string> models = golden_models();
+  ASSERT_FALSE(models.empty()) << "no golden models";
   int compared_tokens = 0, total_tokens = 0;
   for (const std::string& directory : models) {
     SCOPED_TRACE(directory);
     const ModelConfig config = read_hf_config(directory + "/config.json").value();
     const std::map<std::string, Tensor> weights = bf16_weights(directory);
     const WeightLookup lookup = lookup_in(weights);
+    // The GPU runs the weights as `kite build` stores them for CUDA: the norm scales folded in.
+    const WeightLookup folded = test::folded_lookup(lookup);
     const SafetensorsFile logits_file =
         SafetensorsFile::open(directory + "/reference.safetensors").value();
     const auto reference = nlohmann::json::parse(read_file(directory + "/reference.json").value());
@@ -152,7 +182,7 @@ TEST(CudaGolden, Bf16MatchesTransformers) {
       const auto prompt = prompts[p].at("prompt").get<std::vector<int32_t>>();
       const auto greedy = prompts[p].at("greedy_tokens").get<std::vector<int32_t>>();
       const int64_t max_length = int64_t(prompt.size() + greedy.size()) + 1;
-      ModelRunner runner(BackendKind::kCuda, config, lookup, DType::kBF16, max_length);
+      ModelRunner runner(BackendKind::kCuda, config, folded, DType::kBF16, max_length, true);
       const Matrix prefill = runner.step(prompt);
       ModelRunner cpu_runner(BackendKind::kCpu, config, lookup, DType::kF32, max_length);
       const Matrix cpu_prefill = cpu_runner.step(prompt);
@@ -195,6 +225,59 @@ TEST(CudaGolden, Bf16MatchesTransformers) {
   std::printf("[ TOKENS   ] %d of %d greedy tokens identical to transformers (bf16 engine)\n",
               compared_tokens, total_tokens);
   EXPECT_GE(compared_tokens, total_tokens * 3 / 4);
+}
+
+// The engines `kite build` makes, loaded as `kite run` loads them: each golden model converted to
+// bfloat16 and built for both devices. The CUDA engine stores the norm scales folded into its
+// weights, the CPU engine keeps them apart; fed the same tokens (the prompt, then 8 greedy steps of
+// the CPU engine), the GPU's logits stay within the bf16 activation bound of the CPU's.
+TEST(CudaGolden, BuiltEnginesMatchTheCpuEngine) {
+  KITE_REQUIRE_GPU();
+  const std::vector<std::string> models = golden_models();
+  ASSERT_FALSE(models.empty()) << "no golden models";
+  LoadOptions options;
+  options.kv_cache_free_gpu_mem_fraction = 0.05;
+  const std::string limits =
+      " --max_batch_size 1 --max_input_len 64 --max_seq_len 96 --max_num_tokens 64";
+  for (const std::string& directory : models) {
+    SCOPED_TRACE(directory);
+    const std::string checkpoint = test::temp_dir() + "/checkpoint";
+    const test::CommandResult convert = test::run_kite(
+        "convert --model_dir " + directory + " --output_dir " + checkpoint + " --dtype bfloat16");
+    ASSERT_EQ(convert.exit_code, 0) << convert.output;
+    const std::string cpu_dir = test::build_engine(checkpoint, "--device cpu" + limits);
+    const std::string gpu_dir = test::build_engine(checkpoint, "--device cuda" + limits);
+    ASSERT_FALSE(cpu_dir.empty() || gpu_dir.empty());
+    auto cpu = Engine::load(cpu_dir);
+    ASSERT_TRUE(cpu.is_ok()) << cpu.status().message();
+    auto gpu = Engine::load(gpu_dir, options);
+    ASSERT_TRUE(gpu.is_ok()) << gpu.status().message();
+    EXPECT_FALSE((*cpu)->config().norm_scales_folded);
+    EXPECT_TRUE((*gpu)->config().norm_scales_folded);
+
+    const auto reference = nlohmann::json::parse(read_file(directory + "/reference.json").value());
+    double worst = 0;
+    for (const auto& entry : reference.at("prompts")) {
+      const auto prompt = entry.at("prompt").get<std::vector<int32_t>>();
+      const int64_t max_length = int64_t(prompt.size()) + 9;
+      ModelRunner gpu_runner(**gpu, max_length), cpu_runner(**cpu, max_length);
+      Matrix gpu_rows = gpu_runner.step(prompt), cpu_rows = cpu_runner.step(prompt);
+      for (int k = 0;; ++k) {
+        for (size_t t = 0; t < cpu_rows.size(); ++t) {
+          worst = std::max(worst, relative_difference(gpu_rows[t], cpu_rows[t]));
+        }
+        if (k == 8) break;
+        const std::vector<float>& last = cpu_rows.back();
+        const int32_t next = int32_t(std::max_element(last.begin(), last.end()) - last.begin());
+        gpu_rows = gpu_runner.step({next});
+        cpu_rows = cpu_runner.step({next});
+      }
+    }
+    EXPECT_LT(worst, kBf16ActivationTolerance);
+    std::printf(
+        "[ LOGITS   ] %s: built CUDA engine vs CPU engine, max error of the logit scale %.4f\n",
+        std::filesystem::path(directory).filename().c_str(), worst);
+  }
 }
 
 // SmolLM2-135M through the commands: convert to bfloat16, build for CUDA (with GEMM tuning), run

@@ -24,14 +24,16 @@ namespace kite {
 namespace {
 
 // Runs a 6-token prefill and one decode step with KITE_DUMP=<directory>: step_0 and step_1.
+// `fold`: with the norm scales folded into the weights, as CUDA engines store them.
 void dump_two_steps(const ModelConfig& config, const std::map<std::string, Tensor>& weights,
-                    const std::string& directory) {
+                    const std::string& directory, bool fold = false) {
   auto backend = std::move(make_backend(BackendKind::kCpu).value());
+  const WeightLookup lookup = [&](const std::string& name) -> Result<TensorView> {
+    return weights.at(name).view();
+  };
   LlamaWeights loaded =
-      load_llama_weights(
-          *backend, config,
-          [&](const std::string& name) -> Result<TensorView> { return weights.at(name).view(); },
-          "test")
+      load_llama_weights(*backend, config, fold ? test::folded_lookup(lookup) : lookup, "test", {},
+                         fold)
           .value();
   LlamaModel model(*backend, config, std::move(loaded));
   KvCacheView cache;
@@ -82,8 +84,10 @@ class ModelDumps : public ::testing::Test {
     reference_ = new std::string(test::temp_dir() + "/reference");
     same_ = new std::string(test::temp_dir() + "/same");
     perturbed_ = new std::string(test::temp_dir() + "/perturbed");
+    folded_ = new std::string(test::temp_dir() + "/folded");
     dump_two_steps(config, weights, *reference_);
     dump_two_steps(config, weights, *same_);
+    dump_two_steps(config, weights, *folded_, /*fold=*/true);
     // One weight of the middle layer's gate projection: layers.1.gate_up is the first
     // intermediate it changes.
     weights.at("model.layers.1.mlp.gate_proj.weight").data_as<float>()[40] += 0.5f;
@@ -92,10 +96,12 @@ class ModelDumps : public ::testing::Test {
   static std::string* reference_;
   static std::string* same_;
   static std::string* perturbed_;
+  static std::string* folded_;
 };
 std::string* ModelDumps::reference_ = nullptr;
 std::string* ModelDumps::same_ = nullptr;
 std::string* ModelDumps::perturbed_ = nullptr;
+std::string* ModelDumps::folded_ = nullptr;
 
 size_t index_of(const StepDiff& step, const std::string& name) {
   for (size_t i = 0; i < step.tensors.size(); ++i) {
@@ -132,6 +138,26 @@ TEST_F(ModelDumps, IdenticalRunsAgreeInForwardOrder) {
       test::run_kite("debug diff_dumps --reference " + *reference_ + " --candidate " + *same_);
   EXPECT_EQ(run.exit_code, 0) << run.output;
   EXPECT_NE(run.output.find("tensors of 2 steps agree"), std::string::npos) << run.output;
+}
+
+// A model with the norm scales folded into its weights dumps every intermediate of the unfolded
+// form, the norms as the checkpoint has them: the same names, the same values up to the folded
+// products' float32 rounding.
+TEST_F(ModelDumps, FoldedModelDumpsTheUnfoldedIntermediates) {
+  const DumpDiff diff = diff_dumps(*reference_, *folded_, {}).value();
+  ASSERT_EQ(diff.steps.size(), 2u);
+  EXPECT_EQ(diff.first_disagreement().step, -1);
+  for (const StepDiff& step : diff.steps) {
+    EXPECT_TRUE(step.only_in_reference.empty()) << step.only_in_reference.front();
+    EXPECT_TRUE(step.only_in_candidate.empty()) << step.only_in_candidate.front();
+    for (const TensorDiff& tensor : step.tensors) {
+      EXPECT_TRUE(tensor.agrees) << tensor.name;
+      EXPECT_LT(tensor.max_scaled_error, 1e-5) << tensor.name;
+    }
+    index_of(step, "layers.1.input_norm");
+    index_of(step, "layers.1.post_attention_norm");
+    index_of(step, "layers.1.down_proj");
+  }
 }
 
 TEST_F(ModelDumps, NameTheFirstPerturbedTensor) {

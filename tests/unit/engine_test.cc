@@ -160,6 +160,59 @@ TEST_F(EngineCommands, GemmTacticsRoundTrip) {
   for (const GemmChoice& choice : read) EXPECT_FALSE(choice.gated);
 }
 
+// CUDA engines store the norm scales folded into the q/k/v and gate/up weights; the CPU's keep
+// them apart unless KITE_FOLD_NORM_SCALES=1 says otherwise at build: then config.json says so, and
+// those weights are the checkpoint's times the norm weight before them, column by column (the rest
+// as they were), and the engine runs like the unfolded one.
+TEST_F(EngineCommands, BuildFoldsTheNormScalesWhenAsked) {
+  EXPECT_FALSE(read_engine_config(*engine_).value().norm_scales_folded);
+  ASSERT_EQ(setenv("KITE_FOLD_NORM_SCALES", "1", 1), 0);
+  const std::string folded_dir = test::build_engine(
+      *checkpoint_, "--max_batch_size 2 --max_input_len 16 --max_seq_len 40 --tokens_per_block 4");
+  unsetenv("KITE_FOLD_NORM_SCALES");
+  ASSERT_FALSE(folded_dir.empty());
+  const EngineConfig config = read_engine_config(folded_dir).value();
+  EXPECT_TRUE(config.norm_scales_folded);
+  const Checkpoint checkpoint = Checkpoint::open(*checkpoint_).value();
+  const EngineFile file = EngineFile::open(engine_rank_path(folded_dir, 0)).value();
+  for (const std::string& name : file.names()) {
+    SCOPED_TRACE(name);
+    const TensorView stored = file.tensor(name).value();
+    const TensorView original = checkpoint.weight(name).value();
+    ASSERT_EQ(stored.dtype, DType::kF32);
+    const std::string norm = folded_norm_of(name);
+    if (norm.empty()) {
+      EXPECT_TRUE(
+          std::equal(stored.bytes().begin(), stored.bytes().end(), original.bytes().begin()));
+      continue;
+    }
+    const auto* scale = reinterpret_cast<const float*>(checkpoint.weight(norm)->data);
+    const auto* values = reinterpret_cast<const float*>(stored.data);
+    const auto* originals = reinterpret_cast<const float*>(original.data);
+    const int64_t columns = stored.shape[1];
+    for (int64_t i = 0; i < stored.numel(); ++i) {
+      ASSERT_EQ(values[i], originals[i] * scale[i % columns]) << i;
+    }
+  }
+  // Round trip, and a malformed flag refused.
+  nlohmann::json json = engine_config_to_json(config);
+  EXPECT_TRUE(engine_config_from_json(json, "test").value().norm_scales_folded);
+  json["norm_scales_folded"] = "yes";
+  EXPECT_EQ(engine_config_from_json(json, "test").status().code(), StatusCode::kCorrupt);
+
+  const std::string run = " --input_text \"hello world\" --max_output_len 6";
+  const test::CommandResult apart = test::run_kite("run --engine_dir " + *engine_ + run);
+  const test::CommandResult folded = test::run_kite("run --engine_dir " + folded_dir + run);
+  ASSERT_EQ(apart.exit_code, 0) << apart.output;
+  ASSERT_EQ(folded.exit_code, 0) << folded.output;
+  // The same output text (the timing line after it aside).
+  const auto text = [](const std::string& output) {
+    return output.substr(0, output.find("kite run:"));
+  };
+  EXPECT_EQ(text(folded.output), text(apart.output));
+  EXPECT_NE(text(apart.output).find("Output [Text 0 Beam 0]"), std::string::npos) << apart.output;
+}
+
 TEST_F(EngineCommands, BuildRecordsItsMemoryPlan) {
   const EngineConfig config = read_engine_config(*engine_).value();
   // Weights: the bytes of rank0.engine's tensors.

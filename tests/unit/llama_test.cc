@@ -15,8 +15,10 @@
 #include <tuple>
 
 #include "core/file.h"
+#include "core/half.h"
 #include "formats/safetensors.h"
 #include "kernels/backend_factory.h"
+#include "kernels/cpu/rms_norm.h"
 #include "test_util.h"
 #include "tiny_llama.h"
 
@@ -152,12 +154,14 @@ class ModelRunner {
  public:
   ModelRunner(const ModelConfig& config, const WeightLookup& lookup, int64_t sequences,
               int64_t max_length, const WeightOnlyConfig& weight_only = {},
-              std::optional<bool> fold_norm_scales = std::nullopt) {
+              bool fold_norm_scales = false) {
     backend_ = std::move(make_backend(BackendKind::kCpu).value());
     LlamaWeights weights =
-        load_llama_weights(*backend_, config, lookup, "test", weight_only, fold_norm_scales)
+        load_llama_weights(*backend_, config,
+                           fold_norm_scales ? test::folded_lookup(lookup) : lookup, "test",
+                           weight_only, fold_norm_scales)
             .value();
-    EXPECT_EQ(weights.norm_scales_folded, fold_norm_scales.value_or(false));
+    EXPECT_EQ(weights.norm_scales_folded, fold_norm_scales);
     model_ = std::make_unique<LlamaModel>(*backend_, config, std::move(weights));
     cache_.dtype = DType::kF32;
     cache_.num_layers = config.num_hidden_layers;
@@ -370,6 +374,56 @@ TEST(LlamaForward, LogitBiasIsAddedAndNothingElseChanges) {
     ASSERT_FALSE(result.is_ok());
     EXPECT_EQ(result.status().code(), StatusCode::kInvalidArgument);
   }
+}
+
+TEST(LlamaWeights, FoldedNormOfNamesTheNormBeforeEachProjection) {
+  for (const char* projection : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}) {
+    EXPECT_EQ(folded_norm_of("model.layers.3." + std::string(projection) + ".weight"),
+              "model.layers.3.input_layernorm.weight");
+  }
+  for (const char* projection : {"mlp.gate_proj", "mlp.up_proj"}) {
+    EXPECT_EQ(folded_norm_of("model.layers.12." + std::string(projection) + ".weight"),
+              "model.layers.12.post_attention_layernorm.weight");
+  }
+  for (const char* other :
+       {"model.layers.3.self_attn.o_proj.weight", "model.layers.3.mlp.down_proj.weight",
+        "model.layers.3.self_attn.q_proj.bias", "model.layers.3.input_layernorm.weight",
+        "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
+        "model.layers.self_attn.q_proj.weight"}) {
+    EXPECT_EQ(folded_norm_of(other), "") << other;
+  }
+}
+
+// Each product rounded once to the weight's dtype: bf16(w * s) from the bf16 values.
+TEST(LlamaWeights, FoldNormScaleRoundsEachProductOnce) {
+  const ModelConfig config = tiny_llama_config();
+  std::map<std::string, Tensor> weights;
+  for (const auto& [name, tensor] : random_llama_weights(config, 3)) {
+    Tensor rounded(DType::kBF16, tensor.shape());
+    for (int64_t i = 0; i < tensor.numel(); ++i) {
+      rounded.data_as<uint16_t>()[i] = float_to_bf16(tensor.data_as<float>()[i]);
+    }
+    weights.emplace(name, std::move(rounded));
+  }
+  const WeightLookup lookup = [&weights](const std::string& name) -> Result<TensorView> {
+    return weights.at(name).view();
+  };
+  const std::string name = "model.layers.1.mlp.up_proj.weight";
+  const std::optional<Tensor> folded = cpu::fold_norm_scale(lookup, name).value();
+  ASSERT_TRUE(folded.has_value());
+  const Tensor& weight = weights.at(name);
+  const Tensor& scale = weights.at("model.layers.1.post_attention_layernorm.weight");
+  ASSERT_EQ(folded->shape(), weight.shape());
+  for (int64_t i = 0; i < weight.numel(); ++i) {
+    const float product = bf16_to_float(weight.data_as<uint16_t>()[i]) *
+                          bf16_to_float(scale.data_as<uint16_t>()[i % config.hidden_size]);
+    ASSERT_EQ(folded->data_as<uint16_t>()[i], float_to_bf16(product)) << i;
+  }
+  EXPECT_FALSE(cpu::fold_norm_scale(lookup, "model.layers.1.mlp.down_proj.weight")->has_value());
+  // A norm of another dtype than the weight's cannot be folded in.
+  weights.at("model.layers.1.post_attention_layernorm.weight") =
+      Tensor(DType::kF32, {config.hidden_size});
+  EXPECT_EQ(cpu::fold_norm_scale(lookup, name).status().code(), StatusCode::kUnsupported);
 }
 
 TEST(LlamaForward, RefusesWeightsOfTheWrongShape) {

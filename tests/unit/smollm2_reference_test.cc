@@ -67,8 +67,9 @@ TEST(SmolLM2Reference, GreedyTokensMatchLlamaCpp) {
   EXPECT_GE(compared_tokens, 200);
 }
 
-// The norm scales folded into the QKV and gate/up weights (what CUDA engines run) round each
-// product once more to bfloat16: on the CPU engine of the bfloat16 checkpoint, the folded form
+// The norm scales folded into the QKV and gate/up weights (what `kite build` stores in CUDA
+// engines, here in a CPU engine with KITE_FOLD_NORM_SCALES=1) round each product once more to
+// bfloat16: on the CPU engine of the bfloat16 checkpoint, the folded form
 // keeps the greedy tokens of the unfolded one up to a step where llama.cpp's top-2 margin is
 // within bfloat16 noise (the rule of the GPU test, tests/cuda/model_test.cc). Measured when
 // written: 27 of prompt 6's 32 tokens, then a step of margin 0.026; every other token equal.
@@ -77,15 +78,18 @@ TEST(SmolLM2Reference, FoldedNormScalesKeepTheGreedyTokens) {
   const nlohmann::json fixture = test::smollm2_reference();
   const std::string checkpoint = test::convert_demo_model("bfloat16");
   ASSERT_FALSE(checkpoint.empty());
-  const std::string engine_dir =
-      test::build_engine(checkpoint, "--max_batch_size 8 --max_input_len 256 --max_seq_len 320");
-  ASSERT_FALSE(engine_dir.empty());
-  auto apart = Engine::load(engine_dir);
-  ASSERT_TRUE(apart.is_ok()) << apart.status().message();
+  const std::string limits = "--max_batch_size 8 --max_input_len 256 --max_seq_len 320";
+  const std::string apart_dir = test::build_engine(checkpoint, limits);
   ASSERT_EQ(setenv("KITE_FOLD_NORM_SCALES", "1", 1), 0);
-  auto folded = Engine::load(engine_dir);
+  const std::string folded_dir = test::build_engine(checkpoint, limits);
   unsetenv("KITE_FOLD_NORM_SCALES");
+  ASSERT_FALSE(apart_dir.empty() || folded_dir.empty());
+  auto apart = Engine::load(apart_dir);
+  ASSERT_TRUE(apart.is_ok()) << apart.status().message();
+  auto folded = Engine::load(folded_dir);
   ASSERT_TRUE(folded.is_ok()) << folded.status().message();
+  ASSERT_FALSE((*apart)->config().norm_scales_folded);
+  ASSERT_TRUE((*folded)->config().norm_scales_folded);
 
   const GenerationRequest request = test::smollm2_reference_request(fixture);
   const auto apart_results = generate(**apart, request).value();

@@ -4,11 +4,15 @@
 #pragma once
 
 #include <map>
+#include <memory>
+#include <optional>
 #include <random>
 #include <string>
 
 #include "core/tensor.h"
 #include "formats/model_config.h"
+#include "kernels/cpu/rms_norm.h"
+#include "model/llama.h"
 
 namespace kite::test {
 
@@ -40,6 +44,21 @@ inline std::map<std::string, Tensor> random_llama_weights(const ModelConfig& con
     weights[info.name] = std::move(tensor);
   }
   return weights;
+}
+
+// `lookup` with the layers' RMSNorm scales folded into the q/k/v and gate/up weights, as
+// `kite build` stores them in CUDA engines (cpu::fold_norm_scale), for load_llama_weights with
+// norm_scales_folded; the products live as long as the returned lookup.
+inline WeightLookup folded_lookup(WeightLookup lookup) {
+  auto products = std::make_shared<std::map<std::string, Tensor>>();
+  return [lookup = std::move(lookup), products](const std::string& name) -> Result<TensorView> {
+    if (const auto found = products->find(name); found != products->end()) {
+      return found->second.view();
+    }
+    KITE_ASSIGN_OR_RETURN(std::optional<Tensor> folded, cpu::fold_norm_scale(lookup, name));
+    if (!folded) return lookup(name);
+    return products->emplace(name, std::move(*folded)).first->second.view();
+  };
 }
 
 }  // namespace kite::test

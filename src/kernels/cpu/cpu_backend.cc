@@ -101,10 +101,6 @@ void CpuBackend::silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) {
   cpu::silu_mul(gate_up, out);
 }
 
-void CpuBackend::scale_columns(DeviceTensor& weight, const DeviceTensor& scale) {
-  cpu::scale_columns(weight, scale);
-}
-
 void CpuBackend::rms_norm_linear(const DeviceTensor& x, float eps, const DeviceTensor& weight,
                                  const DeviceTensor* bias, DeviceTensor& normed,
                                  DeviceTensor& out) {

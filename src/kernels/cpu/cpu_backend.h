@@ -44,7 +44,6 @@ class CpuBackend final : public Backend {
   void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCacheView& cache,
                  int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out) override;
   void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) override;
-  void scale_columns(DeviceTensor& weight, const DeviceTensor& scale) override;
   void rms_norm_linear(const DeviceTensor& x, float eps, const DeviceTensor& weight,
                        const DeviceTensor* bias, DeviceTensor& normed, DeviceTensor& out) override;
   void linear_add(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,

@@ -93,4 +93,22 @@ void scale_columns(DeviceTensor& weight, const DeviceTensor& scale) {
   });
 }
 
+Result<std::optional<Tensor>> fold_norm_scale(const WeightLookup& lookup, const std::string& name) {
+  const std::string norm_name = folded_norm_of(name);
+  if (norm_name.empty()) return std::optional<Tensor>();
+  KITE_ASSIGN_OR_RETURN(const TensorView weight, lookup(name));
+  KITE_ASSIGN_OR_RETURN(const TensorView norm, lookup(norm_name));
+  if (weight.shape.size() != 2 || norm.shape != Shape{weight.shape[1]} ||
+      weight.dtype != norm.dtype || !is_cpu_float_dtype(weight.dtype)) {
+    return unsupported("cannot fold " + norm_name + " (" + std::string(dtype_name(norm.dtype)) +
+                       " " + shape_to_string(norm.shape) + ") into the columns of " + name + " (" +
+                       std::string(dtype_name(weight.dtype)) + " " + shape_to_string(weight.shape) +
+                       ")");
+  }
+  Tensor folded = Tensor::copy_of(weight);
+  DeviceTensor columns{folded.dtype(), folded.shape(), folded.data()};
+  scale_columns(columns, DeviceTensor{norm.dtype, norm.shape, const_cast<uint8_t*>(norm.data)});
+  return std::optional<Tensor>(std::move(folded));
+}
+
 }  // namespace kite::cpu

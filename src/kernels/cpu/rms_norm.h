@@ -2,7 +2,13 @@
 // Llama block.
 #pragma once
 
+#include <optional>
+#include <string>
+
+#include "core/status.h"
+#include "core/tensor.h"
 #include "model/backend.h"
+#include "model/llama.h"
 
 namespace kite::cpu {
 
@@ -18,5 +24,10 @@ void add_rms_norm(DeviceTensor& residual, const DeviceTensor& x, const DeviceTen
 // weight[n, k] *= scale[k], rounded to weight's dtype (folds an RMSNorm's scale into the linear
 // layer after it). weight [N, K] and scale [K] float32, float16 or bfloat16, the same dtype.
 void scale_columns(DeviceTensor& weight, const DeviceTensor& scale);
+
+// Weight `name` of `lookup` with the scale of the RMSNorm before it folded in (folded_norm_of):
+// a copy of it through scale_columns, as `kite build` writes it into CUDA engines; nullopt for a
+// weight no norm folds into.
+Result<std::optional<Tensor>> fold_norm_scale(const WeightLookup& lookup, const std::string& name);
 
 }  // namespace kite::cpu

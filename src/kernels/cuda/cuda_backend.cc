@@ -168,10 +168,6 @@ void CudaBackend::linear(const DeviceTensor& x, const DeviceTensor& weight,
   gemm_->linear(x, weight, bias, out, tactic_for(x.rows(), weight.rows(), weight.cols()), stream_);
 }
 
-void CudaBackend::scale_columns(DeviceTensor& weight, const DeviceTensor& scale) {
-  cuda::scale_columns(weight, scale, stream_);
-}
-
 void CudaBackend::rms_norm_linear(const DeviceTensor& x, float eps, const DeviceTensor& weight,
                                   const DeviceTensor* bias, DeviceTensor& normed,
                                   DeviceTensor& out) {

@@ -65,8 +65,6 @@ class CudaBackend final : public Backend {
   // The three fused ops run one GEMV kernel each at decode sizes (the tuned GEMV configuration of
   // the shape, the SwiGLU one for silu_mul_linear_add); otherwise RMSNorm then cuBLASLt,
   // cuBLASLt adding into the residual (beta = 1), SwiGLU then cuBLASLt adding.
-  bool folds_norm_scales() const override { return true; }
-  void scale_columns(DeviceTensor& weight, const DeviceTensor& scale) override;
   void rms_norm_linear(const DeviceTensor& x, float eps, const DeviceTensor& weight,
                        const DeviceTensor* bias, DeviceTensor& normed, DeviceTensor& out) override;
   void linear_add(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,

@@ -10,7 +10,7 @@
 // both residual add + RMSNorm kernels of a layer. The o and down projections add their product to
 // the residual stream (kAdd, kGatedAdd); the QKV and gate/up projections take the residual stream
 // itself and normalise their product instead of their input (kNormed): with the norm's scale
-// folded into the weight's columns at load (Backend::folds_norm_scales),
+// folded into the weight's columns by `kite build` (folded_norm_of, model/llama.h),
 //   rms_norm(x) @ W^T = (x * r) @ (W diag(scale))^T = r * (x @ W'^T),   r = 1 / rms(x),
 // and each CTA sums the squares of x from the very fragments it multiplies (its warps cover all of
 // K), so the input needs no transform and no extra load.

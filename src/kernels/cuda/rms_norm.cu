@@ -78,17 +78,6 @@ __global__ void rms_norm_kernel(T* residual, const T* x, const T* weight, float 
   }
 }
 
-// weight[n, k] = round(weight[n, k] * scale[k]). Runs once at load: element by element.
-template <typename T>
-__global__ void scale_columns_kernel(T* weight, const T* scale, int64_t count, int64_t columns) {
-  pdl_launch_dependents();
-  pdl_wait();
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    weight[i] = from_float<T>(to_float(weight[i]) * to_float(scale[i % columns]));
-  }
-}
-
 template <bool kAdd>
 void launch(DeviceTensor& residual, const DeviceTensor* x, const DeviceTensor& weight, float eps,
             DeviceTensor& out, cudaStream_t stream) {
@@ -124,19 +113,6 @@ void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, Devi
   // The kernel only reads `residual` when it adds nothing.
   DeviceTensor input = x;
   launch<false>(input, nullptr, weight, eps, out, stream);
-}
-
-void scale_columns(DeviceTensor& weight, const DeviceTensor& scale, cudaStream_t stream) {
-  KITE_CHECK(weight.shape.size() == 2 && scale.numel() == weight.cols());
-  KITE_CHECK(scale.dtype == weight.dtype);
-  const int64_t count = weight.numel();
-  if (count == 0) return;
-  const unsigned blocks = unsigned(std::min<int64_t>((count + kThreads - 1) / kThreads, 65536));
-  dispatch_half(weight.dtype, [&](auto element) {
-    using T = decltype(element);
-    launch_kernel(scale_columns_kernel<T>, blocks, kThreads, 0, stream, static_cast<T*>(weight.data),
-                  static_cast<const T*>(scale.data), count, weight.cols());
-  });
 }
 
 void add_rms_norm(DeviceTensor& residual, const DeviceTensor& x, const DeviceTensor& weight,

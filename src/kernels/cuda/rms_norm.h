@@ -16,9 +16,6 @@ void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps, Devi
               cudaStream_t stream);
 
 // residual = round(residual + x); out = rms_norm(residual). out may be x but not residual.
-// weight[n, k] = round(weight[n, k] * scale[k])   weight [N, K], scale [K]
-void scale_columns(DeviceTensor& weight, const DeviceTensor& scale, cudaStream_t stream);
-
 void add_rms_norm(DeviceTensor& residual, const DeviceTensor& x, const DeviceTensor& weight,
                   float eps, DeviceTensor& out, cudaStream_t stream);
 
