@@ -21,7 +21,6 @@
 #include <utility>
 
 #include "kernels/cuda/cuda_check.h"
-#include "kernels/cuda/device.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/linear.h"
@@ -55,9 +54,7 @@ constexpr GemvConfig kGemvConfigs[kGemvVariantCount] = {{1, 8}, {2, 8}, {1, 4}, 
 // branches, so that the compiler can put many loads in flight ahead of the mma that uses them.
 // Weights are read exactly once and never written while a forward pass runs: non-coherent loads
 // that bypass L1, free to be issued early (even before pdl_wait).
-// `policy`: the L2 eviction priority of the lines read (l2_policy).
-__device__ __forceinline__ uint4 load_streaming(const void* address, bool predicate,
-                                                uint64_t policy) {
+__device__ __forceinline__ uint4 load_streaming(const void* address, bool predicate) {
   uint4 value;
   asm("{\n"
       "  .reg .pred p;\n"
@@ -66,23 +63,11 @@ __device__ __forceinline__ uint4 load_streaming(const void* address, bool predic
       "  mov.b32 %1, 0;\n"
       "  mov.b32 %2, 0;\n"
       "  mov.b32 %3, 0;\n"
-      "  @p ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %6;\n"
+      "  @p ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
       "}\n"
       : "=r"(value.x), "=r"(value.y), "=r"(value.z), "=r"(value.w)
-      : "l"(address), "r"(int(predicate)), "l"(policy));
+      : "l"(address), "r"(int(predicate)));
   return value;
-}
-
-// The L2 policy of the weight loads: evict first (the weights of one GEMV are read once per step,
-// and lines the next kernel prefetched should outlive them, cuda::prefetch_l2), or normal.
-__device__ __forceinline__ uint64_t l2_policy(bool evict_first) {
-  uint64_t policy;
-  if (evict_first) {
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
-  } else {
-    asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(policy));
-  }
-  return policy;
 }
 
 // x, written by the previous kernel: an ordinary coherent load from L2 (a non-coherent one may
@@ -152,8 +137,7 @@ __device__ __forceinline__ uint4 silu_mul_chunk(const uint4& gate, const uint4& 
 template <typename T, int kTokenTiles, int kRowTiles, int kWarps, GemvKind kKind>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
-                T* __restrict__ out, int tokens, int rows, int k_size, float eps,
-                bool evict_first) {
+                T* __restrict__ out, int tokens, int rows, int k_size, float eps) {
   constexpr bool kGated = kKind == GemvKind::kGatedAdd;
   constexpr bool kNormed = kKind == GemvKind::kNormed;
   constexpr bool kAdd = kKind == GemvKind::kAdd || kGated;
@@ -180,7 +164,6 @@ __global__ void __launch_bounds__(kWarps * 32)
       weight_rows[tile][half] = weight + (row < rows ? row : rows - 1) * k_size;
     }
   }
-  const uint64_t policy = l2_policy(evict_first);
   const T* token_rows[kTokenTiles];
   bool token_valid[kTokenTiles];
 #pragma unroll
@@ -218,8 +201,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           fragments.weight[u][tile][half] =
-              load_streaming(weight_rows[tile][half] + offset_of(step, u), in_range(step, u),
-                             policy);
+              load_streaming(weight_rows[tile][half] + offset_of(step, u), in_range(step, u));
         }
       }
     }
@@ -370,12 +352,9 @@ void launch_instance(const GemvArguments<T>& arguments, cudaStream_t stream) {
   constexpr GemvConfig config = kGemvConfigs[kVariant];
   constexpr int rows_per_cta = config.row_tiles * kTileRows;
   const unsigned ctas = unsigned((arguments.rows + rows_per_cta - 1) / rows_per_cta);
-  // KITE_GEMV_L2_EVICT_FIRST=1: weight lines evict first from L2 (l2_policy; A/B measurements).
-  static const bool evict_first = switch_setting("KITE_GEMV_L2_EVICT_FIRST", 0, 0, 1) == 1;
   launch_kernel(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind>, ctas,
                 config.warps * 32, 0, stream, arguments.x, arguments.weight, arguments.bias,
-                arguments.out, arguments.tokens, arguments.rows, arguments.k_size, arguments.eps,
-                evict_first);
+                arguments.out, arguments.tokens, arguments.rows, arguments.k_size, arguments.eps);
 }
 
 template <typename T, int kTokenTiles, GemvKind kKind, size_t... kVariants>
