@@ -1,6 +1,6 @@
 # Sourced by the GPU scripts: points CMake and pkg-config at .deps/ (libraries unpacked by
 # scripts/gpu/fetch_deps.sh for machines without them) and assembles the demo model from its parts
-# when models/ lacks it.
+# when models/ lacks it and all of them are there (its checksum says so).
 root="${root:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
 if [[ -d "$root/.deps/root" ]]; then
   # The .pc files point at the tree where fetch_deps.sh ran; re-point them here.

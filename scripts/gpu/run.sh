@@ -9,7 +9,9 @@
 #   --prebuilt         run build-gpu/tests/kite_cuda_tests as staged by scripts/gpu/stage_prebuilt.sh
 #                      (no CMake, no compiling here); --tests then is a gtest filter
 # Libraries the machine lacks come from .deps/ (scripts/gpu/fetch_deps.sh). The demo model is
-# assembled from models/parts/smollm2.gguf.part* when models/ lacks it (split -b 34m).
+# assembled from models/parts/smollm2.gguf.part* when models/ lacks it (split -b 32m: three parts;
+# where a machine takes fewer bytes a call, the parts can arrive over several calls to a machine
+# that keeps models/ between them, and join once all are there).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 log_dir="${1:?usage: run.sh LOG_DIR [--tests REGEX] [--all] [--sanitize FILTER] [--data DIR]}"
