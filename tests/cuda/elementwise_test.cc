@@ -151,8 +151,7 @@ TEST(CudaElementwise, PrefetchLeavesMemoryAsItWas) {
   GpuTensor buffer = test::to_gpu(DType::kF32, {int64_t(values.size())}, values);
   for (cuda::L2Prefetch mode :
        {cuda::L2Prefetch::kOff, cuda::L2Prefetch::kBulkEvictLast,
-        cuda::L2Prefetch::kBulkEvictNormal, cuda::L2Prefetch::kLinesEvictLast,
-        cuda::L2Prefetch::kBulkAfterWait}) {
+        cuda::L2Prefetch::kBulkEvictNormal, cuda::L2Prefetch::kLinesEvictLast}) {
     for (size_t bytes : {size_t(0), size_t(12), size_t(16), size_t(4100), size_t(400012)}) {
       cuda::prefetch_l2(buffer.tensor.data, bytes, mode, nullptr);
     }
