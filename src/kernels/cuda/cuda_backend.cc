@@ -170,7 +170,7 @@ void CudaBackend::linear(const DeviceTensor& x, const DeviceTensor& weight,
 }
 
 void CudaBackend::prefetch(const DeviceTensor& weight) {
-  static const int mode = switch_setting("KITE_L2_PREFETCH", 0, 0, 4);
+  static const int mode = switch_setting("KITE_L2_PREFETCH", 0, 0, 3);
   static const int megabytes = switch_setting("KITE_L2_PREFETCH_MB", 0, 0, 1 << 20);
   size_t bytes = weight.byte_size();
   if (megabytes > 0) bytes = std::min(bytes, size_t(megabytes) << 20);

@@ -16,7 +16,6 @@ constexpr int64_t kLineBytes = 128;
 // Thread i of the grid prefetches bytes [i slice, (i + 1) slice) of `data`.
 __global__ void prefetch_l2_kernel(const uint8_t* data, int64_t bytes, int64_t slice, int mode) {
   pdl_launch_dependents();
-  if (mode == int(L2Prefetch::kBulkAfterWait)) pdl_wait();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   const int64_t begin = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * slice;
   const int64_t end = std::min(begin + slice, bytes);
@@ -36,7 +35,7 @@ __global__ void prefetch_l2_kernel(const uint8_t* data, int64_t bytes, int64_t s
                  : "memory");
   }
 #endif
-  if (mode != int(L2Prefetch::kBulkAfterWait)) pdl_wait();
+  pdl_wait();
 }
 
 }  // namespace

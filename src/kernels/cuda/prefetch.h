@@ -16,14 +16,12 @@ enum class L2Prefetch {
   kBulkEvictLast = 1,    // cp.async.bulk.prefetch.L2 (the TMA unit), lines kept before others
   kBulkEvictNormal = 2,  // the same, normal eviction priority
   kLinesEvictLast = 3,   // prefetch.global.L2::evict_last, one 128-byte line per instruction
-  kBulkAfterWait = 4,    // kBulkEvictNormal issued only once the previous kernel has finished
 };
 
 // Asks the L2 for the first `bytes` of `data` (16-byte aligned; a multiple of 16 bytes is
 // prefetched, the tail left out), from one CTA per SM. Launched with PDL (launch.cuh): the
 // prefetches are issued as soon as the kernel starts, during the previous kernel, and the kernel
-// then waits for that one like every kernel (kBulkAfterWait: waits first, so that the prefetch
-// does not compete with the previous kernel's own loads). Needs compute capability 9.0.
+// then waits for that one like every kernel. Needs compute capability 9.0 for the bulk modes.
 void prefetch_l2(const void* data, size_t bytes, L2Prefetch mode, cudaStream_t stream);
 
 }  // namespace kite::cuda
