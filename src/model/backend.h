@@ -196,11 +196,6 @@ class Backend {
     linear(hidden, weight, nullptr, out);
   }
 
-  // A hint that the next kernels read `weight`: a backend with a cache to warm starts bringing it
-  // in (CUDA: into the L2, while the decode attention leaves the memory idle; KITE_L2_PREFETCH).
-  // Nothing is written and results do not change; the CPU does nothing.
-  virtual void prefetch(const DeviceTensor& /*weight*/) {}
-
   // ---- a layer's ops with the norm scales folded into the weights ----
   // When each RMSNorm's scale is folded into the columns of the linear layer after it (engines
   // `kite build` makes for CUDA; folded_norm_of, model/llama.h), the forward pass runs the three

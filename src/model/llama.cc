@@ -610,8 +610,6 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
         linear(backend, normed, w.qkv_proj, w.qkv_bias, qkv);
       }
       dump.add(name + "qkv", qkv);
-      // The o projection's weight on its way into the cache while the attention runs (a hint)
-      backend.prefetch(w.o_proj.weight);
       // q = rope(q); cache[slot] = (rope(k), v);
       // a = softmax(q k^T / sqrt(head_dim), causal, window) v   over the cached keys and values
       // (one kernel where the backend fuses them; apart when dumping, so that q can be dumped)

@@ -14,7 +14,6 @@
 #include "kernels/cuda/activation.h"
 #include "kernels/cuda/convert.h"
 #include "kernels/cuda/embedding.h"
-#include "kernels/cuda/prefetch.h"
 #include "kernels/cuda/rms_norm.h"
 #include "kernels/cuda/rope.h"
 
@@ -140,24 +139,6 @@ TEST(CudaElementwise, SiluMulMatchesCpu) {
       }
     }
   }
-}
-
-// An L2 prefetch in each mode, whole and cut to sizes that end inside a line or a 16-byte unit:
-// the memory holds what it held, the stream reports no error (and memcheck sees no access out of
-// the range).
-TEST(CudaElementwise, PrefetchLeavesMemoryAsItWas) {
-  KITE_REQUIRE_GPU();
-  const std::vector<float> values = test::random_values(100003, 9, 1.0f, DType::kF32);
-  GpuTensor buffer = test::to_gpu(DType::kF32, {int64_t(values.size())}, values);
-  for (cuda::L2Prefetch mode :
-       {cuda::L2Prefetch::kOff, cuda::L2Prefetch::kBulkEvictLast,
-        cuda::L2Prefetch::kBulkEvictNormal, cuda::L2Prefetch::kLinesEvictLast}) {
-    for (size_t bytes : {size_t(0), size_t(12), size_t(16), size_t(4100), size_t(400012)}) {
-      cuda::prefetch_l2(buffer.tensor.data, bytes, mode, nullptr);
-    }
-  }
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  EXPECT_EQ(test::to_host(buffer.tensor), values);
 }
 
 TEST(CudaElementwise, ConvertRoundsToNearestEven) {

@@ -11,7 +11,6 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/logit_bias.h"
-#include "kernels/cuda/prefetch.h"
 #include "kernels/cuda/rms_norm.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/sampling.h"
@@ -167,14 +166,6 @@ cuda::GemmTactic CudaBackend::tactic_for(int64_t m, int64_t n, int64_t k, bool g
 void CudaBackend::linear(const DeviceTensor& x, const DeviceTensor& weight,
                          const DeviceTensor* bias, DeviceTensor& out) {
   gemm_->linear(x, weight, bias, out, tactic_for(x.rows(), weight.rows(), weight.cols()), stream_);
-}
-
-void CudaBackend::prefetch(const DeviceTensor& weight) {
-  static const int mode = switch_setting("KITE_L2_PREFETCH", 0, 0, 3);
-  static const int megabytes = switch_setting("KITE_L2_PREFETCH_MB", 0, 0, 1 << 20);
-  size_t bytes = weight.byte_size();
-  if (megabytes > 0) bytes = std::min(bytes, size_t(megabytes) << 20);
-  cuda::prefetch_l2(weight.data, bytes, cuda::L2Prefetch(mode), stream_);
 }
 
 void CudaBackend::rms_norm_linear(const DeviceTensor& x, float eps, const DeviceTensor& weight,

@@ -62,9 +62,6 @@ class CudaBackend final : public Backend {
                       const KvCacheView& cache, int64_t layer, float scale, int64_t sliding_window,
                       DeviceTensor& q, DeviceTensor& out) override;
   void silu_mul(const DeviceTensor& gate_up, DeviceTensor& out) override;
-  // cuda::prefetch_l2 in the mode KITE_L2_PREFETCH says (0: off, the default; 1-3: L2Prefetch),
-  // of at most KITE_L2_PREFETCH_MB megabytes when set.
-  void prefetch(const DeviceTensor& weight) override;
   // The three fused ops run one GEMV kernel each at decode sizes (the tuned GEMV configuration of
   // the shape, the SwiGLU one for silu_mul_linear_add); otherwise RMSNorm then cuBLASLt,
   // cuBLASLt adding into the residual (beta = 1), SwiGLU then cuBLASLt adding.
