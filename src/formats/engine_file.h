@@ -75,8 +75,7 @@ struct EngineConfig {
   DType weight_dtype = DType::kF32;  // of every floating weight and of the quantized ones' scales
   WeightOnlyConfig weight_only;      // the decoder's linear weights as int8 / int4, or not
   // The layers' RMSNorm scales are folded into the stored q/k/v and gate/up weights
-  // (folded_norm_of, model/llama.h; KITE_FOLD_NORM_SCALES=1 at build); the norm weights as they
-  // were.
+  // (folded_norm_of, model/llama.h; CUDA engines); the norm weights are stored as they were.
   bool norm_scales_folded = false;
   DType kv_cache_dtype = DType::kF32;
   std::string built_from;  // the checkpoint folder, for information

@@ -198,10 +198,9 @@ class Backend {
 
   // ---- a layer's ops with the norm scales folded into the weights ----
   // When each RMSNorm's scale is folded into the columns of the linear layer after it (engines
-  // built with KITE_FOLD_NORM_SCALES=1; folded_norm_of, model/llama.h), the forward pass runs the
-  // three ops below instead of add_rms_norm and linear: CUDA's decode GEMVs then add to the
-  // residual stream and normalise by themselves, which saves both residual add + RMSNorm kernels a
-  // layer.
+  // `kite build` makes for CUDA; folded_norm_of, model/llama.h), the forward pass runs the three
+  // ops below instead of add_rms_norm and linear: CUDA's decode GEMVs then add to the residual
+  // stream and normalise by themselves, which saves both residual add + RMSNorm kernels a layer.
   // out = (x / rms(x)) @ weight^T (+ bias): an RMSNorm without its scale, then a linear layer.
   // Backends that do not fuse them write x / rms(x) into `normed` first.
   //                                        x [T, K], weight [N, K], normed [T, K], out [T, N]

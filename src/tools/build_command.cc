@@ -95,14 +95,16 @@ Result<DType> kv_cache_dtype(const std::string& name, const std::string& device,
 }
 
 // Whether the engine stores the layers' RMSNorm scales folded into the projections after them
-// (EngineConfig::norm_scales_folded), so that CUDA's decode GEMVs normalise and add into the
-// residual stream by themselves: 1.1-1.6% faster batch-1 decode on an H100, but on SmolLM2 its
-// bfloat16 greedy continuations follow llama.cpp's less far (docs/perf/cuda_llama3_8b.md), so
-// only when KITE_FOLD_NORM_SCALES=1 says so (either device); never for quantized weights.
-bool folds_norm_scales(const WeightOnlyConfig& weight_only) {
+// (EngineConfig::norm_scales_folded): CUDA engines do, so that their decode GEMVs normalise and
+// add into the residual stream by themselves; quantized weights never. KITE_FOLD_NORM_SCALES=0 or
+// 1 decides for either device (A/B comparisons of the two forms).
+bool folds_norm_scales(const std::string& device, const WeightOnlyConfig& weight_only) {
   if (weight_only.enabled()) return false;
   const char* forced = std::getenv("KITE_FOLD_NORM_SCALES");
-  return forced && std::string_view(forced) == "1";
+  if (forced && (std::string_view(forced) == "0" || std::string_view(forced) == "1")) {
+    return std::string_view(forced) == "1";
+  }
+  return device == "cuda";
 }
 
 // The tokenizer and generation files the runtime reads, copied when the checkpoint has them.
@@ -172,7 +174,7 @@ Status build_engine(const BuildRequest& flags) {
   config.model = checkpoint_config.model;
   config.weight_dtype = checkpoint_config.dtype;
   config.weight_only = checkpoint_config.weight_only;
-  config.norm_scales_folded = folds_norm_scales(config.weight_only);
+  config.norm_scales_folded = folds_norm_scales(flags.device, config.weight_only);
   config.kv_cache_dtype = cache_dtype;
   config.built_from = flags.checkpoint_dir;
   std::vector<EngineTensorInfo> tensors;

@@ -30,7 +30,7 @@ using Matrix = std::vector<std::vector<float>>;
 // One sequence stepped through a model: on a backend with its own KV cache (blocks 0, 1, ... in
 // order), or through a loaded engine's model and KV cache (blocks it lends). The CUDA backend
 // computes in `dtype`, the CPU backend in float32 (its cache too). `norm_scales_folded`: the
-// lookup's weights hold the norm scales (test::folded_lookup), as in engines built to fold them.
+// lookup's weights hold the norm scales (test::folded_lookup), as in CUDA engines.
 class ModelRunner {
  public:
   ModelRunner(BackendKind kind, const ModelConfig& config, const WeightLookup& lookup, DType dtype,
@@ -162,13 +162,8 @@ double relative_difference(const std::vector<float>& a, const std::vector<float>
 constexpr double kBf16ActivationTolerance = 0.1;
 constexpr double kBf16LogitTolerance = 0.1;
 
-// With the norm scales apart (how `kite build` makes engines) and folded into the weights
-// (KITE_FOLD_NORM_SCALES=1: the fused normalising and adding GEMVs).
-class CudaGolden : public testing::TestWithParam<bool> {};
-
-TEST_P(CudaGolden, Bf16MatchesTransformers) {
+TEST(CudaGolden, Bf16MatchesTransformers) {
   KITE_REQUIRE_GPU();
-  const bool fold = GetParam();
   const std::vector<std::string> models = golden_models();
   ASSERT_FALSE(models.empty()) << "no golden models";
   int compared_tokens = 0, total_tokens = 0;
@@ -177,7 +172,8 @@ TEST_P(CudaGolden, Bf16MatchesTransformers) {
     const ModelConfig config = read_hf_config(directory + "/config.json").value();
     const std::map<std::string, Tensor> weights = bf16_weights(directory);
     const WeightLookup lookup = lookup_in(weights);
-    const WeightLookup gpu_lookup = fold ? test::folded_lookup(lookup) : lookup;
+    // The GPU runs the weights as `kite build` stores them for CUDA: the norm scales folded in.
+    const WeightLookup folded = test::folded_lookup(lookup);
     const SafetensorsFile logits_file =
         SafetensorsFile::open(directory + "/reference.safetensors").value();
     const auto reference = nlohmann::json::parse(read_file(directory + "/reference.json").value());
@@ -186,7 +182,7 @@ TEST_P(CudaGolden, Bf16MatchesTransformers) {
       const auto prompt = prompts[p].at("prompt").get<std::vector<int32_t>>();
       const auto greedy = prompts[p].at("greedy_tokens").get<std::vector<int32_t>>();
       const int64_t max_length = int64_t(prompt.size() + greedy.size()) + 1;
-      ModelRunner runner(BackendKind::kCuda, config, gpu_lookup, DType::kBF16, max_length, fold);
+      ModelRunner runner(BackendKind::kCuda, config, folded, DType::kBF16, max_length, true);
       const Matrix prefill = runner.step(prompt);
       ModelRunner cpu_runner(BackendKind::kCpu, config, lookup, DType::kF32, max_length);
       const Matrix cpu_prefill = cpu_runner.step(prompt);
@@ -226,23 +222,16 @@ TEST_P(CudaGolden, Bf16MatchesTransformers) {
       }
     }
   }
-  std::printf(
-      "[ TOKENS   ] %d of %d greedy tokens identical to transformers (bf16 engine, norm scales "
-      "%s)\n",
-      compared_tokens, total_tokens, fold ? "folded" : "apart");
+  std::printf("[ TOKENS   ] %d of %d greedy tokens identical to transformers (bf16 engine)\n",
+              compared_tokens, total_tokens);
   EXPECT_GE(compared_tokens, total_tokens * 3 / 4);
 }
 
-INSTANTIATE_TEST_SUITE_P(NormScales, CudaGolden, testing::Bool(),
-                         [](const testing::TestParamInfo<bool>& param_info) {
-                           return param_info.param ? "folded" : "apart";
-                         });
-
 // The engines `kite build` makes, loaded as `kite run` loads them: each golden model converted to
-// bfloat16 and built for the CPU, and for CUDA as it is and with the norm scales folded into the
-// weights (KITE_FOLD_NORM_SCALES=1); fed the same tokens (the prompt, then 8 greedy steps of the
-// CPU engine), each GPU engine's logits stay within the bf16 activation bound of the CPU's.
-TEST(CudaEngines, BuiltForCudaMatchTheCpuEngine) {
+// bfloat16 and built for both devices. The CUDA engine stores the norm scales folded into its
+// weights, the CPU engine keeps them apart; fed the same tokens (the prompt, then 8 greedy steps of
+// the CPU engine), the GPU's logits stay within the bf16 activation bound of the CPU's.
+TEST(CudaGolden, BuiltEnginesMatchTheCpuEngine) {
   KITE_REQUIRE_GPU();
   const std::vector<std::string> models = golden_models();
   ASSERT_FALSE(models.empty()) << "no golden models";
@@ -257,44 +246,37 @@ TEST(CudaEngines, BuiltForCudaMatchTheCpuEngine) {
         "convert --model_dir " + directory + " --output_dir " + checkpoint + " --dtype bfloat16");
     ASSERT_EQ(convert.exit_code, 0) << convert.output;
     const std::string cpu_dir = test::build_engine(checkpoint, "--device cpu" + limits);
-    ASSERT_FALSE(cpu_dir.empty());
+    const std::string gpu_dir = test::build_engine(checkpoint, "--device cuda" + limits);
+    ASSERT_FALSE(cpu_dir.empty() || gpu_dir.empty());
     auto cpu = Engine::load(cpu_dir);
     ASSERT_TRUE(cpu.is_ok()) << cpu.status().message();
+    auto gpu = Engine::load(gpu_dir, options);
+    ASSERT_TRUE(gpu.is_ok()) << gpu.status().message();
     EXPECT_FALSE((*cpu)->config().norm_scales_folded);
+    EXPECT_TRUE((*gpu)->config().norm_scales_folded);
+
     const auto reference = nlohmann::json::parse(read_file(directory + "/reference.json").value());
-    for (const bool fold : {false, true}) {
-      if (fold) {
-        ASSERT_EQ(setenv("KITE_FOLD_NORM_SCALES", "1", 1), 0);
-      }
-      const std::string gpu_dir = test::build_engine(checkpoint, "--device cuda" + limits);
-      unsetenv("KITE_FOLD_NORM_SCALES");
-      ASSERT_FALSE(gpu_dir.empty());
-      auto gpu = Engine::load(gpu_dir, options);
-      ASSERT_TRUE(gpu.is_ok()) << gpu.status().message();
-      EXPECT_EQ((*gpu)->config().norm_scales_folded, fold);
-      double worst = 0;
-      for (const auto& entry : reference.at("prompts")) {
-        const auto prompt = entry.at("prompt").get<std::vector<int32_t>>();
-        const int64_t max_length = int64_t(prompt.size()) + 9;
-        ModelRunner gpu_runner(**gpu, max_length), cpu_runner(**cpu, max_length);
-        Matrix gpu_rows = gpu_runner.step(prompt), cpu_rows = cpu_runner.step(prompt);
-        for (int k = 0;; ++k) {
-          for (size_t t = 0; t < cpu_rows.size(); ++t) {
-            worst = std::max(worst, relative_difference(gpu_rows[t], cpu_rows[t]));
-          }
-          if (k == 8) break;
-          const std::vector<float>& last = cpu_rows.back();
-          const int32_t next = int32_t(std::max_element(last.begin(), last.end()) - last.begin());
-          gpu_rows = gpu_runner.step({next});
-          cpu_rows = cpu_runner.step({next});
+    double worst = 0;
+    for (const auto& entry : reference.at("prompts")) {
+      const auto prompt = entry.at("prompt").get<std::vector<int32_t>>();
+      const int64_t max_length = int64_t(prompt.size()) + 9;
+      ModelRunner gpu_runner(**gpu, max_length), cpu_runner(**cpu, max_length);
+      Matrix gpu_rows = gpu_runner.step(prompt), cpu_rows = cpu_runner.step(prompt);
+      for (int k = 0;; ++k) {
+        for (size_t t = 0; t < cpu_rows.size(); ++t) {
+          worst = std::max(worst, relative_difference(gpu_rows[t], cpu_rows[t]));
         }
+        if (k == 8) break;
+        const std::vector<float>& last = cpu_rows.back();
+        const int32_t next = int32_t(std::max_element(last.begin(), last.end()) - last.begin());
+        gpu_rows = gpu_runner.step({next});
+        cpu_rows = cpu_runner.step({next});
       }
-      EXPECT_LT(worst, kBf16ActivationTolerance) << (fold ? "folded" : "apart");
-      std::printf(
-          "[ LOGITS   ] %s: built CUDA engine (norm scales %s) vs CPU engine, max error of the "
-          "logit scale %.4f\n",
-          std::filesystem::path(directory).filename().c_str(), fold ? "folded" : "apart", worst);
     }
+    EXPECT_LT(worst, kBf16ActivationTolerance);
+    std::printf(
+        "[ LOGITS   ] %s: built CUDA engine vs CPU engine, max error of the logit scale %.4f\n",
+        std::filesystem::path(directory).filename().c_str(), worst);
   }
 }
 

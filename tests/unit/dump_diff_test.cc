@@ -24,7 +24,7 @@ namespace kite {
 namespace {
 
 // Runs a 6-token prefill and one decode step with KITE_DUMP=<directory>: step_0 and step_1.
-// `fold`: with the norm scales folded into the weights (KITE_FOLD_NORM_SCALES=1 engines).
+// `fold`: with the norm scales folded into the weights, as CUDA engines store them.
 void dump_two_steps(const ModelConfig& config, const std::map<std::string, Tensor>& weights,
                     const std::string& directory, bool fold = false) {
   auto backend = std::move(make_backend(BackendKind::kCpu).value());

@@ -160,8 +160,8 @@ TEST_F(EngineCommands, GemmTacticsRoundTrip) {
   for (const GemmChoice& choice : read) EXPECT_FALSE(choice.gated);
 }
 
-// Engines keep the norm scales apart from the q/k/v and gate/up weights unless
-// KITE_FOLD_NORM_SCALES=1 says otherwise at build: then config.json says so, and
+// CUDA engines store the norm scales folded into the q/k/v and gate/up weights; the CPU's keep
+// them apart unless KITE_FOLD_NORM_SCALES=1 says otherwise at build: then config.json says so, and
 // those weights are the checkpoint's times the norm weight before them, column by column (the rest
 // as they were), and the engine runs like the unfolded one.
 TEST_F(EngineCommands, BuildFoldsTheNormScalesWhenAsked) {

@@ -67,8 +67,8 @@ TEST(SmolLM2Reference, GreedyTokensMatchLlamaCpp) {
   EXPECT_GE(compared_tokens, 200);
 }
 
-// The norm scales folded into the QKV and gate/up weights (what `kite build` stores with
-// KITE_FOLD_NORM_SCALES=1, here in a CPU engine) round each product once more to
+// The norm scales folded into the QKV and gate/up weights (what `kite build` stores in CUDA
+// engines, here in a CPU engine with KITE_FOLD_NORM_SCALES=1) round each product once more to
 // bfloat16: on the CPU engine of the bfloat16 checkpoint, the folded form
 // keeps the greedy tokens of the unfolded one up to a step where llama.cpp's top-2 margin is
 // within bfloat16 noise (the rule of the GPU test, tests/cuda/model_test.cc). Measured when

@@ -47,7 +47,7 @@ inline std::map<std::string, Tensor> random_llama_weights(const ModelConfig& con
 }
 
 // `lookup` with the layers' RMSNorm scales folded into the q/k/v and gate/up weights, as
-// `kite build` stores them when asked (cpu::fold_norm_scale), for load_llama_weights with
+// `kite build` stores them in CUDA engines (cpu::fold_norm_scale), for load_llama_weights with
 // norm_scales_folded; the products live as long as the returned lookup.
 inline WeightLookup folded_lookup(WeightLookup lookup) {
   auto products = std::make_shared<std::map<std::string, Tensor>>();

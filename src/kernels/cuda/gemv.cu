@@ -6,9 +6,8 @@
 // before it waits for the previous kernel (programmatic dependent launch, launch.cuh), since
 // weights depend on no earlier kernel; the MLP's down projection can take the gate/up GEMM's
 // output directly, computing SwiGLU while it loads x (gated input), which saves the SwiGLU kernel;
-// and, in engines built with the norm scales folded (KITE_FOLD_NORM_SCALES=1), the residual add and
-// the RMSNorm around each block live in the GEMVs (GemvKind), which saves both residual add +
-// RMSNorm kernels of a layer. The o and down projections add their product to
+// and the residual add and the RMSNorm around each block live in the GEMVs (GemvKind), which saves
+// both residual add + RMSNorm kernels of a layer. The o and down projections add their product to
 // the residual stream (kAdd, kGatedAdd); the QKV and gate/up projections take the residual stream
 // itself and normalise their product instead of their input (kNormed): with the norm's scale
 // folded into the weight's columns by `kite build` (folded_norm_of, model/llama.h),
