@@ -94,6 +94,28 @@ Result<DType> kv_cache_dtype(const std::string& name, const std::string& device,
   return dtype;
 }
 
+// The engine's floating weight dtype for --dtype `name`: auto keeps the checkpoint's, except that a
+// CUDA engine of a float32 checkpoint is bfloat16. Weight-only quantized checkpoints keep theirs
+// (their scales are in it).
+Result<DType> engine_weight_dtype(const std::string& name, const std::string& device,
+                                  const CheckpointConfig& checkpoint) {
+  DType dtype = checkpoint.dtype;
+  if (name == "auto") {
+    if (device == "cuda" && dtype == DType::kF32) dtype = DType::kBF16;
+  } else if (name == "float32" || name == "float16" || name == "bfloat16") {
+    dtype = parse_dtype_name(name).value();
+  } else {
+    return invalid_argument("--dtype " + name + ": choose auto, float32, float16 or bfloat16");
+  }
+  if (dtype != checkpoint.dtype && checkpoint.weight_only.enabled()) {
+    return unsupported("--dtype " + name + ": the checkpoint's weights are quantized (" +
+                       describe_weight_only(checkpoint.weight_only) + ") with " +
+                       std::string(dtype_name(checkpoint.dtype)) +
+                       " scales; build it in that dtype (--dtype auto)");
+  }
+  return dtype;
+}
+
 // Whether the engine stores the layers' RMSNorm scales folded into the projections after them
 // (EngineConfig::norm_scales_folded): CUDA engines do, so that their decode GEMVs normalise and
 // add into the residual stream by themselves; quantized weights never. KITE_FOLD_NORM_SCALES=0 or
@@ -152,8 +174,10 @@ Status build_engine(const BuildRequest& flags) {
   }
   KITE_ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::open(flags.checkpoint_dir));
   const CheckpointConfig& checkpoint_config = checkpoint.config();
+  KITE_ASSIGN_OR_RETURN(const DType weight_dtype,
+                        engine_weight_dtype(flags.dtype, flags.device, checkpoint_config));
   KITE_ASSIGN_OR_RETURN(const DType cache_dtype,
-                        kv_cache_dtype(flags.kv_cache_dtype, flags.device, checkpoint_config.dtype,
+                        kv_cache_dtype(flags.kv_cache_dtype, flags.device, weight_dtype,
                                        checkpoint_config.kv_cache_dtype));
   if (checkpoint_config.mapping.world_size != 1) {
     return unsupported(flags.checkpoint_dir + " is split over " +
@@ -172,7 +196,7 @@ Status build_engine(const BuildRequest& flags) {
   config.device = flags.device;
   config.limits = limits;
   config.model = checkpoint_config.model;
-  config.weight_dtype = checkpoint_config.dtype;
+  config.weight_dtype = weight_dtype;
   config.weight_only = checkpoint_config.weight_only;
   config.norm_scales_folded = folds_norm_scales(flags.device, config.weight_only);
   config.kv_cache_dtype = cache_dtype;
@@ -187,10 +211,8 @@ Status build_engine(const BuildRequest& flags) {
   config.memory = plan_memory(config, weights_bytes);
   if (flags.device == "cuda") {
     if (config.weight_dtype != DType::kF16 && config.weight_dtype != DType::kBF16) {
-      return unsupported(flags.checkpoint_dir + " holds " +
-                         std::string(dtype_name(config.weight_dtype)) +
-                         " weights; CUDA engines run float16 or bfloat16: convert the checkpoint "
-                         "with --dtype bfloat16");
+      return unsupported("--dtype " + flags.dtype + ": CUDA engines run float16 or bfloat16 " +
+                         "weights; build with --dtype bfloat16 (or auto)");
     }
     if (config.weight_only.enabled()) {
       return unsupported(flags.checkpoint_dir + " holds weight-only quantized weights (" +
@@ -235,17 +257,30 @@ Status build_engine(const BuildRequest& flags) {
   const WeightLookup lookup = [&checkpoint](const std::string& name) {
     return checkpoint.weight(name);
   };
-  Tensor folded;  // the latest weight with a norm scale folded in, written before the next is made
+  // Each weight as the engine stores it: the norm scale folded in (in the checkpoint's precision),
+  // then converted to the engine's dtype, so that a float32 checkpoint's products are rounded once.
+  // `made` holds the latest weight made here until write_engine_file has written it.
+  Tensor made;
   KITE_RETURN_IF_ERROR(write_engine_file(path, tensors, [&](size_t index) -> Result<TensorView> {
-    const std::string& name = tensors[index].name;
+    const EngineTensorInfo& info = tensors[index];
+    std::optional<Tensor> product;
     if (config.norm_scales_folded) {
-      KITE_ASSIGN_OR_RETURN(std::optional<Tensor> product, cpu::fold_norm_scale(lookup, name));
-      if (product) {
-        folded = std::move(*product);
-        return folded.view();
-      }
+      KITE_ASSIGN_OR_RETURN(product, cpu::fold_norm_scale(lookup, info.name));
     }
-    return lookup(name);
+    TensorView view;
+    if (product) {
+      view = product->view();
+    } else {
+      KITE_ASSIGN_OR_RETURN(view, lookup(info.name));
+    }
+    if (view.dtype != info.dtype) {
+      KITE_ASSIGN_OR_RETURN(made, convert_dtype(view, info.dtype));
+    } else if (product) {
+      made = std::move(*product);
+    } else {
+      return view;
+    }
+    return made.view();
   }));
   for (const char* name : kCopiedFiles) {
     const std::string source = flags.checkpoint_dir + "/" + name;
@@ -273,6 +308,9 @@ Command add_build_command(CLI::App& kite) {
   app->add_option("--output_dir", flags->output_dir, "Engine folder to write");
   app->add_option("--device", flags->device, "Device the engine runs on: cpu (default) or cuda");
   app->add_option("--gpu", flags->gpu, "GPU to tune the kernels on (0)");
+  app->add_option("--dtype", flags->dtype,
+                  "Weights: auto (the checkpoint's; float32 becomes bfloat16 for CUDA), float32, "
+                  "float16 or bfloat16");
   app->add_option("--kv_cache_dtype", flags->kv_cache_dtype,
                   "auto (CPU: float32, CUDA: the weights' dtype), float32, float16, bfloat16 or "
                   "fp8 (e4m3, CPU engines)");

@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "core/file.h"
+#include "core/half.h"
 #include "formats/checkpoint.h"
 #include "formats/engine_file.h"
 #include "kernels/backend_factory.h"
@@ -211,6 +212,57 @@ TEST_F(EngineCommands, BuildFoldsTheNormScalesWhenAsked) {
   };
   EXPECT_EQ(text(folded.output), text(apart.output));
   EXPECT_NE(text(apart.output).find("Output [Text 0 Beam 0]"), std::string::npos) << apart.output;
+}
+
+// `kite build --dtype` converts the float32 checkpoint's weights as it writes them, after the
+// norm-scale fold: the folded ones are bf16(W w) of the float32 values, rounded once; the others
+// bf16(W). --dtype auto keeps the checkpoint's; a dtype that does not exist is refused.
+TEST_F(EngineCommands, BuildConvertsTheWeightsAfterTheFold) {
+  const std::string limits = "--max_batch_size 2 --max_input_len 16 --max_seq_len 40";
+  ASSERT_EQ(setenv("KITE_FOLD_NORM_SCALES", "1", 1), 0);
+  const std::string folded_dir = test::build_engine(*checkpoint_, "--dtype bfloat16 " + limits);
+  unsetenv("KITE_FOLD_NORM_SCALES");
+  ASSERT_FALSE(folded_dir.empty());
+  const EngineConfig config = read_engine_config(folded_dir).value();
+  EXPECT_EQ(config.weight_dtype, DType::kBF16);
+  EXPECT_TRUE(config.norm_scales_folded);
+  const Checkpoint checkpoint = Checkpoint::open(*checkpoint_).value();
+  ASSERT_EQ(checkpoint.config().dtype, DType::kF32);
+  const EngineFile file = EngineFile::open(engine_rank_path(folded_dir, 0)).value();
+  int64_t weights_bytes = 0;
+  for (const std::string& name : file.names()) {
+    SCOPED_TRACE(name);
+    const TensorView stored = file.tensor(name).value();
+    ASSERT_EQ(stored.dtype, DType::kBF16);
+    weights_bytes += int64_t(stored.byte_size());
+    const auto* values = reinterpret_cast<const uint16_t*>(stored.data);
+    const auto* originals = reinterpret_cast<const float*>(checkpoint.weight(name)->data);
+    const std::string norm = folded_norm_of(name);
+    const auto* scale =
+        norm.empty() ? nullptr : reinterpret_cast<const float*>(checkpoint.weight(norm)->data);
+    const int64_t columns = stored.shape.back();
+    for (int64_t i = 0; i < stored.numel(); ++i) {
+      const float value = scale ? originals[i] * scale[i % columns] : originals[i];
+      ASSERT_EQ(values[i], float_to_bf16(value)) << i;
+    }
+  }
+  EXPECT_EQ(config.memory.weights_bytes, weights_bytes);
+  const test::CommandResult run =
+      test::run_kite("run --engine_dir " + folded_dir + " --input_text hello --max_output_len 4");
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+
+  const std::string float16_dir = test::build_engine(*checkpoint_, "--dtype float16 " + limits);
+  ASSERT_FALSE(float16_dir.empty());
+  EXPECT_EQ(read_engine_config(float16_dir)->weight_dtype, DType::kF16);
+  EXPECT_FALSE(read_engine_config(float16_dir)->norm_scales_folded);
+  EXPECT_EQ(read_engine_config(*engine_)->weight_dtype, DType::kF32);  // auto: the checkpoint's
+  const test::CommandResult bogus =
+      test::run_kite("build --checkpoint_dir " + *checkpoint_ + " --output_dir " +
+                     test::temp_dir() + "/e --dtype float64");
+  EXPECT_EQ(bogus.exit_code, 2) << bogus.output;
+  EXPECT_NE(bogus.output.find("--dtype float64: choose auto, float32, float16 or bfloat16"),
+            std::string::npos)
+      << bogus.output;
 }
 
 TEST_F(EngineCommands, BuildRecordsItsMemoryPlan) {
@@ -482,19 +534,21 @@ TEST_F(EngineCommands, ConvertFp8KvCacheIsTheBuildsDefault) {
 // CUDA engines: float16/bfloat16 checkpoints only, a GPU to tune on, and known devices only.
 TEST_F(EngineCommands, BuildForCudaRefusesWhatCannotRun) {
   const std::string output = test::temp_dir() + "/cuda_engine";
-  const test::CommandResult float32 = test::run_kite("build --checkpoint_dir " + *checkpoint_ +
-                                                     " --output_dir " + output + " --device cuda");
+  // float32 weights do not run on CUDA (--dtype auto makes a float32 checkpoint's bfloat16).
+  const test::CommandResult float32 =
+      test::run_kite("build --checkpoint_dir " + *checkpoint_ + " --output_dir " + output +
+                     " --device cuda --dtype float32");
   EXPECT_EQ(float32.exit_code, 1);
-  EXPECT_NE(float32.output.find("convert the checkpoint with --dtype bfloat16"), std::string::npos)
+  EXPECT_NE(float32.output.find("--dtype float32: CUDA engines run float16 or bfloat16 weights; "
+                                "build with --dtype bfloat16 (or auto)"),
+            std::string::npos)
       << float32.output;
   const test::CommandResult unknown = test::run_kite("build --checkpoint_dir " + *checkpoint_ +
                                                      " --output_dir " + output + " --device tpu");
   EXPECT_EQ(unknown.exit_code, 2);
   EXPECT_NE(unknown.output.find("choose cpu or cuda"), std::string::npos) << unknown.output;
   if (cuda_devices_visible()) GTEST_SKIP() << "this machine has a GPU";
-  const std::string bf16 = test::make_tiny_checkpoint("bfloat16");
-  ASSERT_FALSE(bf16.empty());
-  const test::CommandResult no_gpu = test::run_kite("build --checkpoint_dir " + bf16 +
+  const test::CommandResult no_gpu = test::run_kite("build --checkpoint_dir " + *checkpoint_ +
                                                     " --output_dir " + output + " --device cuda");
   EXPECT_EQ(no_gpu.exit_code, 1);
   EXPECT_TRUE(no_gpu.output.find("no CUDA GPU") != std::string::npos ||
