@@ -280,31 +280,27 @@ TEST(CudaGolden, BuiltEnginesMatchTheCpuEngine) {
   }
 }
 
-// SmolLM2-135M through the commands: convert to bfloat16, build for CUDA (with GEMM tuning), run
-// the 8 reference prompts greedily; compare with the CPU engine on the same bfloat16 checkpoint
-// and with llama.cpp's float32 continuations.
-TEST(CudaSmolLM2, GreedyTokensMatchCpuEngineAndLlamaCpp) {
-  KITE_REQUIRE_GPU();
-  if (test::demo_model().empty()) GTEST_SKIP() << "demo model not fetched";
-  const nlohmann::json fixture = test::smollm2_reference();
-  const std::string checkpoint = test::convert_demo_model("bfloat16");
-  ASSERT_FALSE(checkpoint.empty());
+// The 8 reference prompts of SmolLM2 as one greedy batch on a CUDA engine and a CPU engine built by
+// the commands from `checkpoint` (with `cpu_flags`): each continuation is compared up to its first
+// difference, which must come at a step where llama.cpp's top-2 margin is within bf16 noise
+// (test::expect_parting_undecided): against the CPU engine only while the CPU engine follows
+// llama.cpp. Returns the CUDA engine (null after a failure).
+std::unique_ptr<Engine> compare_smollm2_greedy(const nlohmann::json& fixture,
+                                               const std::string& checkpoint,
+                                               const std::string& cpu_flags) {
   const std::string limits = " --max_batch_size 8 --max_input_len 256 --max_seq_len 320";
-  const std::string cpu_engine = test::build_engine(checkpoint, "--device cpu" + limits);
+  const std::string cpu_engine =
+      test::build_engine(checkpoint, "--device cpu " + cpu_flags + limits);
   const std::string gpu_engine = test::build_engine(checkpoint, "--device cuda" + limits);
-  ASSERT_FALSE(cpu_engine.empty() || gpu_engine.empty());
+  if (cpu_engine.empty() || gpu_engine.empty()) return nullptr;
   auto cpu = Engine::load(cpu_engine);
-  ASSERT_TRUE(cpu.is_ok()) << cpu.status().message();
   auto gpu = Engine::load(gpu_engine);
-  ASSERT_TRUE(gpu.is_ok()) << gpu.status().message();
-
-  GenerationRequest request = test::smollm2_reference_request(fixture);
+  EXPECT_TRUE(cpu.is_ok() && gpu.is_ok());
+  if (!cpu.is_ok() || !gpu.is_ok()) return nullptr;
+  const GenerationRequest request = test::smollm2_reference_request(fixture);
   // All 8 prompts as one batch on the GPU (prefill of different lengths, then batched decode).
   const auto gpu_results = generate(**gpu, request).value();
   const auto cpu_results = generate(**cpu, request).value();
-  // Each continuation is compared up to its first difference, which must come at a step where
-  // llama.cpp's top-2 margin is within bf16 noise (test::expect_parting_undecided): against the
-  // CPU engine only while the CPU engine follows llama.cpp.
   int same_as_cpu = 0, same_as_llama_cpp = 0;
   for (size_t p = 0; p < gpu_results.size(); ++p) {
     const auto& ours = gpu_results[p].output_ids;
@@ -321,25 +317,51 @@ TEST(CudaSmolLM2, GreedyTokensMatchCpuEngineAndLlamaCpp) {
       "[ TOKENS   ] GPU bf16 vs CPU bf16-weight engine: %d of 256 leading tokens equal; vs "
       "llama.cpp f32: %d of 256\n",
       same_as_cpu, same_as_llama_cpp);
+  return std::move(*gpu);
+}
+
+// SmolLM2-135M through the commands: convert to bfloat16, build for CUDA (with GEMM tuning) and
+// for the CPU, run the 8 reference prompts greedily (compare_smollm2_greedy); then sampling.
+TEST(CudaSmolLM2, GreedyTokensMatchCpuEngineAndLlamaCpp) {
+  KITE_REQUIRE_GPU();
+  if (test::demo_model().empty()) GTEST_SKIP() << "demo model not fetched";
+  const nlohmann::json fixture = test::smollm2_reference();
+  const std::string checkpoint = test::convert_demo_model("bfloat16");
+  ASSERT_FALSE(checkpoint.empty());
+  std::unique_ptr<Engine> gpu = compare_smollm2_greedy(fixture, checkpoint, "");
+  ASSERT_TRUE(gpu);
 
   // Sampling on the GPU: the same seed repeats itself exactly (graphs replayed, counter-based
   // random stream), another seed gives another continuation; a repetition penalty runs too.
+  GenerationRequest request = test::smollm2_reference_request(fixture);
   request.sampling = SamplingConfig{.temperature = 0.8f,
                                     .top_k = 40,
                                     .top_p = 0.95f,
                                     .min_p = 0.02f,
                                     .repetition_penalty = 1.1f,
                                     .seed = 7};
-  const auto first = generate(**gpu, request).value();
-  const auto second = generate(**gpu, request).value();
+  const auto first = generate(*gpu, request).value();
+  const auto second = generate(*gpu, request).value();
   request.sampling.seed = 8;
-  const auto other = generate(**gpu, request).value();
+  const auto other = generate(*gpu, request).value();
   int differing = 0;
   for (size_t p = 0; p < first.size(); ++p) {
     EXPECT_EQ(first[p].output_ids, second[p].output_ids) << "prompt " << p;
     differing += first[p].output_ids != other[p].output_ids;
   }
   EXPECT_GE(differing, 4);
+}
+
+// The norm scales folded in float32 and rounded once (docs/perf/cuda_llama3_8b.md, 2026-12-06,
+// afternoon): SmolLM2 converted to float32 and built for CUDA (bfloat16 by `--dtype auto`) and for
+// the CPU with the same weights unfolded (`--dtype bfloat16`), under the same rule.
+TEST(CudaSmolLM2, FoldedFromFloat32MatchesCpuEngineAndLlamaCpp) {
+  KITE_REQUIRE_GPU();
+  if (test::demo_model().empty()) GTEST_SKIP() << "demo model not fetched";
+  const nlohmann::json fixture = test::smollm2_reference();
+  const std::string checkpoint = test::convert_demo_model("float32");
+  ASSERT_FALSE(checkpoint.empty());
+  EXPECT_TRUE(compare_smollm2_greedy(fixture, checkpoint, "--dtype bfloat16"));
 }
 
 }  // namespace
