@@ -145,8 +145,7 @@ class Backend {
   // ---- ops of the Llama family ----
   // out[t, :] = table[ids[t], :]            table [V, H], ids [T] (backend memory), out [T, H]
   virtual void embedding(const DeviceTensor& table, const int32_t* ids, DeviceTensor& out) = 0;
-  // out = x / rms(x) * weight               x [T, H], weight [H] (without data: no scale), out [T,
-  // H]
+  // out = x / rms(x) * weight (weight without data: no scale)     x, out [T, H], weight [H]
   virtual void rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps,
                         DeviceTensor& out) = 0;
   // residual += x; out = residual / rms(residual) * weight     (all [T, H], weight [H])

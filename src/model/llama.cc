@@ -595,6 +595,15 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
     if (separate_adds) {
       backend.rms_norm(residual, weights_.layers.front().input_layernorm, eps, normed);
     }
+    // out = h @ W^T (+ b), h = rms_norm(x) * norm;  folded: (x / rms(x)) @ (W diag(norm))^T (+ b)
+    auto normed_linear = [&](const LinearWeight& weight, const std::optional<DeviceTensor>& bias,
+                             DeviceTensor& out) {
+      if (folded) {
+        backend.rms_norm_linear(residual, eps, weight.weight, optional_tensor(bias), normed, out);
+      } else {
+        linear(backend, normed, weight, bias, out);
+      }
+    };
 
     const float scale = 1.0f / std::sqrt(float(c.head_dim));
     const int64_t sliding_window = c.sliding_window.value_or(0);
@@ -602,13 +611,8 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
       const LlamaLayerWeights& w = weights_.layers[size_t(l)];
       const std::string name = "layers." + std::to_string(l) + ".";
       if (separate_adds) dump.add(name + "input_norm", normed);
-      // [q | k | v] = h @ [Wq; Wk; Wv]^T (+ b); folded: (x / rms(x)) @ ([Wq; Wk; Wv] diag(norm))^T
-      if (folded) {
-        backend.rms_norm_linear(residual, eps, w.qkv_proj.weight, optional_tensor(w.qkv_bias),
-                                normed, qkv);
-      } else {
-        linear(backend, normed, w.qkv_proj, w.qkv_bias, qkv);
-      }
+      // [q | k | v] = h @ [Wq; Wk; Wv]^T (+ b)
+      normed_linear(w.qkv_proj, w.qkv_bias, qkv);
       dump.add(name + "qkv", qkv);
       // q = rope(q); cache[slot] = (rope(k), v);
       // a = softmax(q k^T / sqrt(head_dim), causal, window) v   over the cached keys and values
@@ -633,12 +637,8 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
         backend.linear_add(attended, w.o_proj.weight, optional_tensor(w.o_bias), block_out,
                            residual);
       }
-      // [g | u] = h @ [Wg; Wu]^T; folded: (x / rms(x)) @ ([Wg; Wu] diag(post_norm))^T
-      if (folded) {
-        backend.rms_norm_linear(residual, eps, w.gate_up_proj.weight, nullptr, normed, gate_up);
-      } else {
-        linear(backend, normed, w.gate_up_proj, std::nullopt, gate_up);
-      }
+      // [g | u] = h @ [Wg; Wu]^T
+      normed_linear(w.gate_up_proj, std::nullopt, gate_up);
       dump.add(name + "gate_up", gate_up);
       // m = silu(g) * u; d = m @ Wd^T   (one kernel where the backend fuses them; apart when
       // dumping, so that m can be dumped, and for quantized weights)
