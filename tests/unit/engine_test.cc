@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -12,7 +13,6 @@
 #include <tuple>
 
 #include "core/file.h"
-#include "core/half.h"
 #include "formats/checkpoint.h"
 #include "formats/engine_file.h"
 #include "kernels/backend_factory.h"
@@ -161,40 +161,74 @@ TEST_F(EngineCommands, GemmTacticsRoundTrip) {
   for (const GemmChoice& choice : read) EXPECT_FALSE(choice.gated);
 }
 
-// CUDA engines store the norm scales folded into the q/k/v and gate/up weights; the CPU's keep
-// them apart unless KITE_FOLD_NORM_SCALES=1 says otherwise at build: then config.json says so, and
-// those weights are the checkpoint's times the norm weight before them, column by column (the rest
-// as they were), and the engine runs like the unfolded one.
-TEST_F(EngineCommands, BuildFoldsTheNormScalesWhenAsked) {
-  EXPECT_FALSE(read_engine_config(*engine_).value().norm_scales_folded);
-  ASSERT_EQ(setenv("KITE_FOLD_NORM_SCALES", "1", 1), 0);
-  const std::string folded_dir = test::build_engine(
-      *checkpoint_, "--max_batch_size 2 --max_input_len 16 --max_seq_len 40 --tokens_per_block 4");
-  unsetenv("KITE_FOLD_NORM_SCALES");
-  ASSERT_FALSE(folded_dir.empty());
-  const EngineConfig config = read_engine_config(folded_dir).value();
-  EXPECT_TRUE(config.norm_scales_folded);
-  const Checkpoint checkpoint = Checkpoint::open(*checkpoint_).value();
-  const EngineFile file = EngineFile::open(engine_rank_path(folded_dir, 0)).value();
+// A float32 checkpoint of a golden model, whose RMSNorm weights are random (a `--random` one's are
+// all 1, which would fold into nothing), converted once.
+const std::string& golden_checkpoint() {
+  static const std::string checkpoint = [] {
+    const std::string output = test::temp_dir() + "/golden_checkpoint";
+    const test::CommandResult convert = test::run_kite(
+        "convert --model_dir " + test::source_dir() + "/tests/fixtures/golden/hf/llama_mha" +
+        " --output_dir " + output + " --dtype float32");
+    EXPECT_EQ(convert.exit_code, 0) << convert.output;
+    return output;
+  }();
+  return checkpoint;
+}
+
+// Every weight of the engine in `engine_dir` against the float32 checkpoint it was built from:
+// stored in `dtype`, each value the checkpoint's (times its norm's scale, folded_norm_of, in
+// float32, when `folded`) rounded once to `dtype`, bit for bit. Returns the weights' bytes.
+int64_t expect_weights_built_from(const std::string& engine_dir, const Checkpoint& checkpoint,
+                                  DType dtype, bool folded) {
+  EXPECT_EQ(checkpoint.config().dtype, DType::kF32);
+  int64_t scaled = 0;  // folded values whose scale is not 1: the fold changed something
+  const EngineFile file = EngineFile::open(engine_rank_path(engine_dir, 0)).value();
+  const size_t element_size = dtype_size(dtype);
+  std::vector<uint8_t> expected(element_size);
+  int64_t bytes = 0;
   for (const std::string& name : file.names()) {
     SCOPED_TRACE(name);
     const TensorView stored = file.tensor(name).value();
-    const TensorView original = checkpoint.weight(name).value();
-    ASSERT_EQ(stored.dtype, DType::kF32);
-    const std::string norm = folded_norm_of(name);
-    if (norm.empty()) {
-      EXPECT_TRUE(
-          std::equal(stored.bytes().begin(), stored.bytes().end(), original.bytes().begin()));
-      continue;
-    }
-    const auto* scale = reinterpret_cast<const float*>(checkpoint.weight(norm)->data);
-    const auto* values = reinterpret_cast<const float*>(stored.data);
-    const auto* originals = reinterpret_cast<const float*>(original.data);
-    const int64_t columns = stored.shape[1];
+    EXPECT_EQ(stored.dtype, dtype);
+    if (stored.dtype != dtype) continue;
+    bytes += int64_t(stored.byte_size());
+    const auto* originals = reinterpret_cast<const float*>(checkpoint.weight(name)->data);
+    const std::string norm = folded ? folded_norm_of(name) : "";
+    const auto* scale =
+        norm.empty() ? nullptr : reinterpret_cast<const float*>(checkpoint.weight(norm)->data);
+    const int64_t columns = stored.shape.back();
     for (int64_t i = 0; i < stored.numel(); ++i) {
-      ASSERT_EQ(values[i], originals[i] * scale[i % columns]) << i;
+      store_float(dtype, expected.data(), 0,
+                  scale ? originals[i] * scale[i % columns] : originals[i]);
+      scaled += scale && scale[i % columns] != 1.0f;
+      if (std::memcmp(stored.data + size_t(i) * element_size, expected.data(), element_size)) {
+        ADD_FAILURE() << "element " << i << " is " << load_float(dtype, stored.data, size_t(i))
+                      << ", not " << load_float(dtype, expected.data(), 0);
+        break;
+      }
     }
   }
+  EXPECT_EQ(scaled > 0, folded);
+  return bytes;
+}
+
+// CUDA engines store the norm scales folded into the q/k/v and gate/up weights; the CPU's keep
+// them apart unless KITE_FOLD_NORM_SCALES=1 says otherwise at build: then config.json says so, and
+// those weights are the checkpoint's times the norm weight before them, column by column (the rest
+// as they were), and the engine runs like the unfolded one (a golden model's random norms).
+TEST_F(EngineCommands, BuildFoldsTheNormScalesWhenAsked) {
+  const std::string limits = "--max_batch_size 2 --max_input_len 16 --max_seq_len 40";
+  const std::string apart_dir = test::build_engine(golden_checkpoint(), limits);
+  ASSERT_EQ(setenv("KITE_FOLD_NORM_SCALES", "1", 1), 0);
+  const std::string folded_dir = test::build_engine(golden_checkpoint(), limits);
+  unsetenv("KITE_FOLD_NORM_SCALES");
+  ASSERT_FALSE(apart_dir.empty() || folded_dir.empty());
+  EXPECT_FALSE(read_engine_config(apart_dir).value().norm_scales_folded);
+  const EngineConfig config = read_engine_config(folded_dir).value();
+  EXPECT_TRUE(config.norm_scales_folded);
+  const Checkpoint checkpoint = Checkpoint::open(golden_checkpoint()).value();
+  expect_weights_built_from(apart_dir, checkpoint, DType::kF32, /*folded=*/false);
+  expect_weights_built_from(folded_dir, checkpoint, DType::kF32, /*folded=*/true);
   // Round trip, and a malformed flag refused.
   nlohmann::json json = engine_config_to_json(config);
   EXPECT_TRUE(engine_config_from_json(json, "test").value().norm_scales_folded);
@@ -202,7 +236,7 @@ TEST_F(EngineCommands, BuildFoldsTheNormScalesWhenAsked) {
   EXPECT_EQ(engine_config_from_json(json, "test").status().code(), StatusCode::kCorrupt);
 
   const std::string run = " --input_text \"hello world\" --max_output_len 6";
-  const test::CommandResult apart = test::run_kite("run --engine_dir " + *engine_ + run);
+  const test::CommandResult apart = test::run_kite("run --engine_dir " + apart_dir + run);
   const test::CommandResult folded = test::run_kite("run --engine_dir " + folded_dir + run);
   ASSERT_EQ(apart.exit_code, 0) << apart.output;
   ASSERT_EQ(folded.exit_code, 0) << folded.output;
@@ -220,41 +254,26 @@ TEST_F(EngineCommands, BuildFoldsTheNormScalesWhenAsked) {
 TEST_F(EngineCommands, BuildConvertsTheWeightsAfterTheFold) {
   const std::string limits = "--max_batch_size 2 --max_input_len 16 --max_seq_len 40";
   ASSERT_EQ(setenv("KITE_FOLD_NORM_SCALES", "1", 1), 0);
-  const std::string folded_dir = test::build_engine(*checkpoint_, "--dtype bfloat16 " + limits);
+  const std::string folded_dir =
+      test::build_engine(golden_checkpoint(), "--dtype bfloat16 " + limits);
   unsetenv("KITE_FOLD_NORM_SCALES");
   ASSERT_FALSE(folded_dir.empty());
   const EngineConfig config = read_engine_config(folded_dir).value();
   EXPECT_EQ(config.weight_dtype, DType::kBF16);
   EXPECT_TRUE(config.norm_scales_folded);
-  const Checkpoint checkpoint = Checkpoint::open(*checkpoint_).value();
-  ASSERT_EQ(checkpoint.config().dtype, DType::kF32);
-  const EngineFile file = EngineFile::open(engine_rank_path(folded_dir, 0)).value();
-  int64_t weights_bytes = 0;
-  for (const std::string& name : file.names()) {
-    SCOPED_TRACE(name);
-    const TensorView stored = file.tensor(name).value();
-    ASSERT_EQ(stored.dtype, DType::kBF16);
-    weights_bytes += int64_t(stored.byte_size());
-    const auto* values = reinterpret_cast<const uint16_t*>(stored.data);
-    const auto* originals = reinterpret_cast<const float*>(checkpoint.weight(name)->data);
-    const std::string norm = folded_norm_of(name);
-    const auto* scale =
-        norm.empty() ? nullptr : reinterpret_cast<const float*>(checkpoint.weight(norm)->data);
-    const int64_t columns = stored.shape.back();
-    for (int64_t i = 0; i < stored.numel(); ++i) {
-      const float value = scale ? originals[i] * scale[i % columns] : originals[i];
-      ASSERT_EQ(values[i], float_to_bf16(value)) << i;
-    }
-  }
-  EXPECT_EQ(config.memory.weights_bytes, weights_bytes);
+  EXPECT_EQ(config.memory.weights_bytes,
+            expect_weights_built_from(folded_dir, Checkpoint::open(golden_checkpoint()).value(),
+                                      DType::kBF16, /*folded=*/true));
   const test::CommandResult run =
       test::run_kite("run --engine_dir " + folded_dir + " --input_text hello --max_output_len 4");
   EXPECT_EQ(run.exit_code, 0) << run.output;
 
-  const std::string float16_dir = test::build_engine(*checkpoint_, "--dtype float16 " + limits);
+  const std::string float16_dir =
+      test::build_engine(golden_checkpoint(), "--dtype float16 " + limits);
   ASSERT_FALSE(float16_dir.empty());
-  EXPECT_EQ(read_engine_config(float16_dir)->weight_dtype, DType::kF16);
   EXPECT_FALSE(read_engine_config(float16_dir)->norm_scales_folded);
+  expect_weights_built_from(float16_dir, Checkpoint::open(golden_checkpoint()).value(), DType::kF16,
+                            /*folded=*/false);
   EXPECT_EQ(read_engine_config(*engine_)->weight_dtype, DType::kF32);  // auto: the checkpoint's
   const test::CommandResult bogus =
       test::run_kite("build --checkpoint_dir " + *checkpoint_ + " --output_dir " +
