@@ -85,7 +85,7 @@ Result<DType> kv_cache_dtype(const std::string& name, const std::string& device,
     return invalid_argument("--kv_cache_dtype " + name +
                             ": choose auto, float32, float16, bfloat16 or fp8");
   }
-  // (A float32 checkpoint cannot build for CUDA at all; build_engine says so below.)
+  // (float32 weights cannot build for CUDA at all: build_engine says so below.)
   if (device == "cuda" && weight_dtype != DType::kF32 && dtype != weight_dtype) {
     return unsupported("--kv_cache_dtype " + name + ": CUDA engines keep the KV cache in the " +
                        "weights' dtype (" + std::string(dtype_name(weight_dtype)) +

@@ -26,8 +26,9 @@ void add_rms_norm(DeviceTensor& residual, const DeviceTensor& x, const DeviceTen
 void scale_columns(DeviceTensor& weight, const DeviceTensor& scale);
 
 // Weight `name` of `lookup` with the scale of the RMSNorm before it folded in (folded_norm_of):
-// a copy of it through scale_columns, as `kite build` writes it into CUDA engines; nullopt for a
-// weight no norm folds into.
+// a copy of it through scale_columns, in the weight's dtype (`kite build` converts it to the
+// engine's afterwards, so that a float32 product is rounded once); nullopt for a weight no norm
+// folds into.
 Result<std::optional<Tensor>> fold_norm_scale(const WeightLookup& lookup, const std::string& name);
 
 }  // namespace kite::cpu
