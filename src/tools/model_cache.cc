@@ -55,7 +55,8 @@ Result<std::string> cache_key(const ModelEngineRequest& request, const std::stri
   const BuildLimits& limits = request.limits;
   const std::string settings =
       std::string("kite ") + KITE_VERSION + " engine " + std::to_string(kEngineFormatVersion) +
-      " device " + device + " gpu " + gpu + " dtype " + request.dtype + " limits " +
+      " device " + device + " gpu " + gpu + " dtype " +
+      (request.dtype.empty() ? "auto" : request.dtype) + " limits " +
       std::to_string(limits.max_batch_size) + "," + std::to_string(limits.max_input_len) + "," +
       std::to_string(limits.max_seq_len) + "," + std::to_string(limits.max_num_tokens) + "," +
       std::to_string(limits.tokens_per_block);
@@ -83,6 +84,11 @@ Result<std::string> engine_for_model(const ModelEngineRequest& request) {
   if (device != "cpu" && device != "cuda") {
     return invalid_argument("--device " + device + ": choose cpu or cuda");
   }
+  const std::string& dtype = request.dtype;
+  if (!dtype.empty() && dtype != "auto" && dtype != "float32" && dtype != "float16" &&
+      dtype != "bfloat16") {
+    return invalid_argument("--dtype " + dtype + ": choose auto, float32, float16 or bfloat16");
+  }
   std::string gpu;
   if (device == "cuda") {
     KITE_ASSIGN_OR_RETURN(const GpuIdentity identity, gpu_identity(0));
@@ -107,19 +113,15 @@ Result<std::string> engine_for_model(const ModelEngineRequest& request) {
     ConvertRequest convert;
     (is_directory(request.model) ? convert.model_dir : convert.gguf_path) = request.model;
     convert.output_dir = work + "/checkpoint";
-    if (!request.dtype.empty()) {
-      Result<DType> dtype = parse_dtype_name(request.dtype);
-      if (!dtype.is_ok()) {
-        return invalid_argument("--dtype '" + request.dtype +
-                                "' is not one of float32, float16, bfloat16");
-      }
-      convert.dtype = *dtype;
-    } else if (device == "cuda") {
-      // CUDA engines run 16-bit weights: float16 for a float16 model, bfloat16 for the rest.
+    // The checkpoint keeps the model's precision and the build converts, after it folds the norm
+    // scales into the weights (CUDA), so that a float32 or GGUF model's folded products are
+    // rounded to 16 bits once (docs/engine.md, "One step"). A model without a torch_dtype
+    // converts to float32 rather than kite convert's float16 default, for the same reason.
+    if (!convert.model_dir.empty()) {
       Result<ModelConfig> config = read_hf_config(request.model + "/config.json");
-      const bool float16 =
-          !convert.model_dir.empty() && config.is_ok() && config->torch_dtype == "float16";
-      convert.dtype = float16 ? DType::kF16 : DType::kBF16;
+      if (config.is_ok() && !parse_dtype_name(config->torch_dtype).is_ok()) {
+        convert.dtype = DType::kF32;
+      }
     }
     std::fprintf(stderr, "kite: building an engine of %s for %s (once; cached in %s)\n",
                  request.model.c_str(), device.c_str(), engine.c_str());
@@ -129,6 +131,7 @@ Result<std::string> engine_for_model(const ModelEngineRequest& request) {
     build.output_dir = work + "/engine";
     build.device = device;
     build.limits = request.limits;
+    if (!dtype.empty()) build.dtype = dtype;
     KITE_RETURN_IF_ERROR(build_engine(build));
     std::filesystem::rename(build.output_dir, engine, error);
     // Another process may have finished the same engine first: theirs is as good.
@@ -150,8 +153,8 @@ void add_model_options(CLI::App& app, ModelEngineRequest& request) {
   app.add_option("--device", request.device,
                  "With --model: cpu or cuda (default: cuda when a GPU is visible)");
   app.add_option("--dtype", request.dtype,
-                 "With --model: float32, float16 or bfloat16 (default: the model's; 16-bit on "
-                 "CUDA)");
+                 "With --model: auto, float32, float16 or bfloat16 (default auto: the model's; "
+                 "bfloat16 for a float32 model on CUDA)");
 }
 
 Result<std::string> resolve_engine_dir(const std::string& engine_dir,

@@ -15,7 +15,8 @@ namespace kite::tools {
 struct ModelEngineRequest {
   std::string model;   // a Hugging Face folder or a .gguf file
   std::string device;  // "cpu" or "cuda"; empty: cuda when a GPU is visible, else cpu
-  // Empty: the model's torch_dtype on the CPU; on CUDA float16 for a float16 model, else bfloat16.
+  // The engine's weight dtype, as kite build --dtype; empty: auto (the model's; bfloat16 for a
+  // float32 model on CUDA).
   std::string dtype;
   // Empty: $KITE_CACHE_DIR, else $XDG_CACHE_HOME/kite, else ~/.cache/kite.
   std::string cache_dir;

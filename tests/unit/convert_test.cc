@@ -12,12 +12,14 @@
 #include <random>
 
 #include "core/file.h"
+#include "core/half.h"
 #include "formats/checkpoint.h"
 #include "formats/convert.h"
 #include "formats/engine_file.h"
 #include "formats/model_config.h"
 #include "formats/quantization.h"
 #include "formats/safetensors.h"
+#include "model/llama.h"
 #include "test_util.h"
 
 namespace kite {
@@ -322,7 +324,38 @@ TEST(OneStepRun, BuildsOnceCachesByContentAndMatchesConvertBuildRun) {
   }
   EXPECT_EQ(engines, 2u);
 
+  // --dtype is the build's: the checkpoint keeps a float32 model's precision and the engine
+  // converts after the norm-scale fold, so a folded weight is bf16(W w) of the float32 values,
+  // rounded once.
+  nlohmann::json hf_config = nlohmann::json::parse(read_file(model_dir + "/config.json").value());
+  hf_config["torch_dtype"] = "float32";
+  ASSERT_TRUE(write_file(model_dir + "/config.json", hf_config.dump()).is_ok());
+  ASSERT_EQ(setenv("KITE_FOLD_NORM_SCALES", "1", 1), 0);
+  const test::CommandResult bf16 = test::run_kite(
+      "run --model " + model_dir + " --device cpu --dtype bfloat16" + prompt + first_json);
+  unsetenv("KITE_FOLD_NORM_SCALES");
+  ASSERT_EQ(bf16.exit_code, 0) << bf16.output;
+  const size_t at = bf16.output.find("cached in ");
+  ASSERT_NE(at, std::string::npos) << bf16.output;
+  const std::string bf16_engine = bf16.output.substr(at + 10, bf16.output.find(')', at) - at - 10);
+  const EngineConfig bf16_config = read_engine_config(bf16_engine).value();
+  EXPECT_EQ(bf16_config.weight_dtype, DType::kBF16);
+  EXPECT_TRUE(bf16_config.norm_scales_folded);
+  std::map<std::string, const float*> sources;
+  for (const auto& [name, tensor] : changed) sources[name] = tensor.data_as<float>();
+  const EngineFile file = EngineFile::open(engine_rank_path(bf16_engine, 0)).value();
+  const std::string q = "model.layers.0.self_attn.q_proj.weight";
+  const TensorView stored = file.tensor(q).value();
+  const float* norm = sources.at(folded_norm_of(q));
+  const int64_t columns = stored.shape.back();
+  for (int64_t i = 0; i < stored.numel(); ++i) {
+    const float expected = bf16_to_float(float_to_bf16(sources.at(q)[i] * norm[i % columns]));
+    ASSERT_EQ(load_float(DType::kBF16, stored.data, size_t(i)), expected) << "element " << i;
+  }
+
   const std::string run = "run --input_text hi ";
+  expect_failure(test::run_kite(run + "--model " + model_dir + " --dtype int8"), 2,
+                 {"choose auto, float32, float16 or bfloat16"});
   expect_failure(test::run_kite(run + "--model " + model_dir + " --engine_dir " + engine), 2,
                  {"not both"});
   expect_failure(test::run_kite(run + "--model " + model_dir + "/nothing"), 1, {"does not exist"});
