@@ -77,7 +77,9 @@ log="$log_dir/compare.log"
 } | tee "$log"
 
 if [[ -n "$tests" ]]; then
-  build-gpu/tests/kite_cuda_tests --gtest_filter="$tests" > "$log_dir/tests.log" 2>&1 &&
+  # The tests that run the command-line tool need the staged one (the tests look for build/kite).
+  KITE_SOURCE_DIR="$root" KITE_BINARY="$root/build-gpu/kite" \
+    build-gpu/tests/kite_cuda_tests --gtest_filter="$tests" > "$log_dir/tests.log" 2>&1 &&
     echo "tests ($tests): passed" | tee -a "$log" ||
     { echo "tests ($tests): FAILED (tests.log)" | tee -a "$log"
       { grep -E "FAILED|Failure" "$log_dir/tests.log" | head -20; } || true; }
