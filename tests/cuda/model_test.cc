@@ -312,6 +312,10 @@ std::unique_ptr<Engine> compare_smollm2_greedy(const nlohmann::json& fixture,
     same_as_llama_cpp += int(test::expect_parting_undecided(ours, test::llama_cpp_tokens(steps),
                                                             steps, SIZE_MAX, what + "llama.cpp"));
     std::printf("[ PROMPT %zu ] %s\n", p, (*gpu)->tokenizer().decode(ours).c_str());
+    if (cpu_results[p].output_ids != ours) {
+      std::printf("[ CPU    %zu ] %s\n", p,
+                  (*cpu)->tokenizer().decode(cpu_results[p].output_ids).c_str());
+    }
   }
   std::printf(
       "[ TOKENS   ] GPU bf16 vs CPU bf16-weight engine: %d of 256 leading tokens equal; vs "
