@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <random>
 
+#include "formats/model_config.h"
+
 namespace kite {
 namespace {
 
@@ -282,6 +284,79 @@ nlohmann::ordered_json benchmark_json(const BenchmarkResult& result) {
           {"tokens_per_second", result.tokens_per_second},
           {"first_token_latency_ms", result.first_token_latency_ms},
           {"peak_memory_gb", result.peak_memory_gb}};
+}
+
+BenchmarkWork benchmark_work(const EngineConfig& config, const BenchmarkCase& benchmark_case) {
+  const double batch = double(benchmark_case.batch_size);
+  const ModelConfig& model = config.model;
+  double decoder_linear_parameters = 0;
+  double embedding_bytes = 0;
+  for (const WeightInfo& weight : model_weights(model)) {
+    if (weight.role == WeightRole::kEmbedding) {
+      embedding_bytes = double(shape_numel(weight.shape)) * double(dtype_size(config.weight_dtype));
+    } else if (weight.role == WeightRole::kLinear && weight.name != "lm_head.weight") {
+      decoder_linear_parameters += double(shape_numel(weight.shape));
+    }
+  }
+  const double lm_head_parameters = double(model.vocab_size) * double(model.hidden_size);
+  BenchmarkWork work;
+  work.prefill_gemm_flops =
+      2.0 * batch *
+      (double(benchmark_case.input_length) * decoder_linear_parameters + lm_head_parameters);
+  if (config.memory.weights_bytes > 0) {
+    const double row_bytes = embedding_bytes / double(model.vocab_size);
+    const double table_bytes =
+        model.tie_word_embeddings ? 0.0 : embedding_bytes - batch * row_bytes;
+    const double mean_context =
+        double(benchmark_case.input_length) + double(benchmark_case.output_length) / 2.0;
+    work.decode_step_bytes = double(config.memory.weights_bytes) - table_bytes +
+                             batch * mean_context * double(config.memory.kv_cache_bytes_per_token);
+  }
+  return work;
+}
+
+Roofline benchmark_roofline(const BenchmarkResult& result, const BenchmarkWork& work,
+                            double copy_bytes_per_second, double gemm_flops_per_second) {
+  const BenchmarkCase& benchmark_case = result.benchmark_case;
+  Roofline roofline;
+  const double decode_seconds = (result.latency_ms - result.first_token_latency_ms) / 1e3;
+  if (benchmark_case.output_length > 1 && decode_seconds > 0 && work.decode_step_bytes > 0) {
+    roofline.decode_tokens_per_second = double(benchmark_case.output_length - 1) / decode_seconds;
+    roofline.decode_floor_tokens_per_second = copy_bytes_per_second / work.decode_step_bytes;
+  }
+  const double prefill_tokens = double(benchmark_case.batch_size * benchmark_case.input_length);
+  if (result.first_token_latency_ms > 0 && work.prefill_gemm_flops > 0) {
+    roofline.prefill_tokens_per_second = prefill_tokens / (result.first_token_latency_ms / 1e3);
+    roofline.prefill_floor_tokens_per_second =
+        prefill_tokens / (work.prefill_gemm_flops / gemm_flops_per_second);
+  }
+  return roofline;
+}
+
+std::string roofline_line(const BenchmarkResult& result, const Roofline& roofline) {
+  const BenchmarkCase& benchmark_case = result.benchmark_case;
+  char line[512];
+  int length = std::snprintf(line, sizeof(line),
+                             "[ROOFLINE] batch_size %lld input_length %lld output_length %lld",
+                             static_cast<long long>(benchmark_case.batch_size),
+                             static_cast<long long>(benchmark_case.input_length),
+                             static_cast<long long>(benchmark_case.output_length));
+  auto phase = [&](const char* name, double measured, double floor) {
+    if (measured <= 0 || floor <= 0) return;
+    length += std::snprintf(line + length, sizeof(line) - size_t(length),
+                            " %s_tokensPerSec %.2f %s_floor %.2f %s_share %.1f%%", name, measured,
+                            name, floor, name, 100.0 * measured / floor);
+  };
+  phase("decode", roofline.decode_tokens_per_second, roofline.decode_floor_tokens_per_second);
+  phase("prefill", roofline.prefill_tokens_per_second, roofline.prefill_floor_tokens_per_second);
+  return line;
+}
+
+nlohmann::ordered_json roofline_json(const Roofline& roofline) {
+  return {{"decode_tokens_per_second", roofline.decode_tokens_per_second},
+          {"decode_floor_tokens_per_second", roofline.decode_floor_tokens_per_second},
+          {"prefill_tokens_per_second", roofline.prefill_tokens_per_second},
+          {"prefill_floor_tokens_per_second", roofline.prefill_floor_tokens_per_second}};
 }
 
 }  // namespace kite

@@ -98,4 +98,36 @@ Result<BenchmarkResult> run_benchmark_case(Engine& engine, const BenchmarkCase& 
 std::string benchmark_line(const BenchmarkResult& result);
 nlohmann::ordered_json benchmark_json(const BenchmarkResult& result);
 
+// The least a case must move and compute, counted from the engine (the floors of docs/perf): a
+// decode step reads every stored weight once, except that the embedding table gives one row a
+// sequence (all of it when the LM head shares it), and the KV cache of every sequence's context,
+// taken at the mean context of the decode steps (input + output / 2 tokens); the prefill multiplies
+// every prompt token by the decoder's linear weights and each sequence's last token by the LM head
+// (GEMM FLOPs only: attention is not counted, as the goals in docs/perf count it). Zero bytes for
+// engines built before their memory plan was recorded.
+struct BenchmarkWork {
+  double decode_step_bytes = 0;
+  double prefill_gemm_flops = 0;
+};
+BenchmarkWork benchmark_work(const EngineConfig& config, const BenchmarkCase& benchmark_case);
+
+// A result against the GPU's ceilings measured in the same run (kite bench --ceilings): decode
+// tokens/s of one sequence, (output_length - 1) / (latency - first-token latency), against the
+// floor copy rate / decode_step_bytes; prefill tokens/s, batch * input / first-token latency,
+// against the GEMM floor. A field is 0 where the case has no such phase (output_length 1: no
+// decode step) or the engine does not say its size.
+struct Roofline {
+  double decode_tokens_per_second = 0;
+  double decode_floor_tokens_per_second = 0;
+  double prefill_tokens_per_second = 0;
+  double prefill_floor_tokens_per_second = 0;
+};
+Roofline benchmark_roofline(const BenchmarkResult& result, const BenchmarkWork& work,
+                            double copy_bytes_per_second, double gemm_flops_per_second);
+// "[ROOFLINE] batch_size 1 input_length 128 output_length 128 decode_tokensPerSec 187.88
+// decode_floor 201.24 decode_share 93.4% prefill_tokensPerSec ... prefill_floor ...
+// prefill_share ...%" (a phase the case lacks is left out).
+std::string roofline_line(const BenchmarkResult& result, const Roofline& roofline);
+nlohmann::ordered_json roofline_json(const Roofline& roofline);
+
 }  // namespace kite

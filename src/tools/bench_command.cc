@@ -262,14 +262,15 @@ Status run(const BenchFlags& flags) {
   } else if (!flags.multi_block_mode.empty()) {
     return invalid_argument("--multi_block_mode takes true or false");
   }
+  std::optional<GpuCeilings> ceilings;
   if (flags.ceilings) {
     // The GPU's own limits, measured in the same run as the cases they bound.
     if (config.device != "cuda") return invalid_argument("--ceilings measures GPUs: a cuda engine");
     KITE_ASSIGN_OR_RETURN(GpuIdentity gpu, gpu_identity(load.device_index));
-    KITE_ASSIGN_OR_RETURN(GpuCeilings ceilings, measure_gpu_ceilings(load.device_index));
+    KITE_ASSIGN_OR_RETURN(ceilings, measure_gpu_ceilings(load.device_index));
     std::printf("[CEILING] device \"%s\" copy_bandwidth(GB/s) %.1f bf16_gemm(TFLOP/s) %.1f\n",
-                gpu.name.c_str(), ceilings.copy_bytes_per_second / 1e9,
-                ceilings.bf16_gemm_flops_per_second / 1e12);
+                gpu.name.c_str(), ceilings->copy_bytes_per_second / 1e9,
+                ceilings->bf16_gemm_flops_per_second / 1e12);
     std::fflush(stdout);
   }
   KITE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::load(flags.engine_dir, load));
@@ -295,11 +296,20 @@ Status run(const BenchFlags& flags) {
           progress.update(++steps, run_label);
         }));
     progress.finish();
-    const nlohmann::ordered_json record = benchmark_json(result);
+    nlohmann::ordered_json record = benchmark_json(result);
+    // With --ceilings, the case against its floors (benchmark_work): a [ROOFLINE] line after it.
+    std::optional<Roofline> roofline;
+    if (ceilings) {
+      roofline =
+          benchmark_roofline(result, benchmark_work(config, benchmark_case),
+                             ceilings->copy_bytes_per_second, ceilings->bf16_gemm_flops_per_second);
+      record["roofline"] = roofline_json(*roofline);
+    }
     if (flags.json) {
       std::printf("%s\n", record.dump().c_str());
     } else {
       std::printf("%s\n", benchmark_line(result).c_str());
+      if (roofline) std::printf("%s\n", roofline_line(result, *roofline).c_str());
     }
     std::fflush(stdout);
     all_results.push_back(record);
@@ -330,7 +340,8 @@ Command add_bench_command(CLI::App& kite) {
                 "Print one JSON object per case instead of [BENCHMARK] lines");
   app->add_option("--output_json", flags->output_json, "Write every case's results here (array)");
   app->add_flag("--ceilings", flags->ceilings,
-                "First measure the GPU's copy bandwidth and bf16 GEMM rate ([CEILING] line)");
+                "First measure the GPU's copy bandwidth and bf16 GEMM rate ([CEILING] line), then "
+                "give each case's decode and prefill against the floors they set ([ROOFLINE])");
   app->add_option("--multi_block_mode", flags->multi_block_mode,
                   "true or false: override the engine's split-KV decode attention");
   app->add_option("--kv_cache_free_gpu_mem_fraction", flags->load.kv_cache_free_gpu_mem_fraction,

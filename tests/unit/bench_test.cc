@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "core/file.h"
+#include "formats/model_config.h"
 #include "test_util.h"
 
 namespace kite {
@@ -48,6 +49,66 @@ TEST(BenchmarkParse, CasesTakeLengthsOuterBatchSizesInner) {
   const std::vector<BenchmarkCase> cases = benchmark_cases({1, 8}, {{128, 128}, {512, 1}});
   EXPECT_EQ(cases,
             (std::vector<BenchmarkCase>{{1, 128, 128}, {8, 128, 128}, {1, 512, 1}, {8, 512, 1}}));
+}
+
+// The floors of docs/perf/cuda_llama3_8b.md, counted from the engine: a batch-1 decode step of the
+// Llama-3-8B shape reads 15.01 GB of bf16 weights (all but the embedding table) and the KV cache of
+// its mean context (128 KiB a token); a 2048-token prefill does 28.59 TFLOP of GEMMs.
+TEST(BenchmarkRoofline, WorkOfTheLlama3Shape) {
+  EngineConfig config;
+  config.model =
+      read_hf_config(test::source_dir() + "/tests/fixtures/hf_configs/llama-3-8b.json").value();
+  config.weight_dtype = DType::kBF16;
+  for (const WeightInfo& weight : model_weights(config.model)) {
+    config.memory.weights_bytes += shape_numel(weight.shape) * 2;
+  }
+  config.memory.kv_cache_bytes_per_token = 2 * 32 * 8 * 128 * 2;
+  EXPECT_NEAR(double(config.memory.weights_bytes), 16.06e9, 0.01e9);
+
+  const BenchmarkWork decode = benchmark_work(config, {1, 128, 128});
+  EXPECT_NEAR(decode.decode_step_bytes, 15.01e9 + 192 * 131072.0, 0.005e9);
+  const BenchmarkWork prefill = benchmark_work(config, {1, 2048, 1});
+  EXPECT_NEAR(prefill.prefill_gemm_flops, 28.59e12, 0.005e12);
+  // Batch 64: the weights once a step, 64 embedding rows, 64 sequences' caches.
+  const BenchmarkWork batch = benchmark_work(config, {64, 128, 128});
+  EXPECT_NEAR(batch.decode_step_bytes - decode.decode_step_bytes, 63 * (4096 * 2 + 192 * 131072.0),
+              1.0);
+  EXPECT_NEAR(batch.prefill_gemm_flops, 64 * benchmark_work(config, {1, 128, 1}).prefill_gemm_flops,
+              1e6);
+
+  // A tied LM head reads the whole table every step.
+  config.model.tie_word_embeddings = true;
+  config.memory.weights_bytes -= config.model.vocab_size * config.model.hidden_size * 2;
+  EXPECT_NEAR(benchmark_work(config, {1, 128, 128}).decode_step_bytes,
+              double(config.memory.weights_bytes) + 192 * 131072.0, 1.0);
+  // An engine without a recorded memory plan has no decode floor.
+  config.memory = {};
+  EXPECT_EQ(benchmark_work(config, {1, 128, 128}).decode_step_bytes, 0.0);
+}
+
+TEST(BenchmarkRoofline, MeasuredAgainstTheFloors) {
+  BenchmarkResult result;
+  result.benchmark_case = {2, 100, 100};
+  result.latency_ms = 1000.0;
+  result.first_token_latency_ms = 10.0;
+  const BenchmarkWork work{.decode_step_bytes = 15e9, .prefill_gemm_flops = 1e12};
+  const Roofline roofline = benchmark_roofline(result, work, 3e12, 1e14);
+  EXPECT_DOUBLE_EQ(roofline.decode_tokens_per_second, 100.0);  // 99 steps in 0.99 s
+  EXPECT_DOUBLE_EQ(roofline.decode_floor_tokens_per_second, 200.0);
+  EXPECT_DOUBLE_EQ(roofline.prefill_tokens_per_second, 20000.0);  // 200 tokens in 10 ms
+  EXPECT_DOUBLE_EQ(roofline.prefill_floor_tokens_per_second, 20000.0);
+  EXPECT_EQ(roofline_line(result, roofline),
+            "[ROOFLINE] batch_size 2 input_length 100 output_length 100 decode_tokensPerSec "
+            "100.00 decode_floor 200.00 decode_share 50.0% prefill_tokensPerSec 20000.00 "
+            "prefill_floor 20000.00 prefill_share 100.0%");
+  EXPECT_EQ(roofline_json(roofline).at("decode_floor_tokens_per_second"), 200.0);
+
+  // One output token: no decode step, and the line leaves the phase out.
+  result.benchmark_case.output_length = 1;
+  result.latency_ms = 10.0;
+  const Roofline prefill_only = benchmark_roofline(result, work, 3e12, 1e14);
+  EXPECT_EQ(prefill_only.decode_tokens_per_second, 0.0);
+  EXPECT_EQ(roofline_line(result, prefill_only).find("decode"), std::string::npos);
 }
 
 TEST(BenchmarkLimits, RefusesCasesBeyondTheEngine) {
