@@ -131,7 +131,13 @@ Result<std::string> engine_for_model(const ModelEngineRequest& request) {
     build.output_dir = work + "/engine";
     build.device = device;
     build.limits = request.limits;
-    if (!dtype.empty()) build.dtype = dtype;
+    if (!dtype.empty()) {
+      build.dtype = dtype;
+    } else if (device == "cuda" && !convert.gguf_path.empty()) {
+      // A GGUF's F16 weights say little about the model's range (llama.cpp's converter writes F16
+      // from bfloat16 models too), and CUDA engines compute in their weight dtype: bfloat16.
+      build.dtype = "bfloat16";
+    }
     KITE_RETURN_IF_ERROR(build_engine(build));
     std::filesystem::rename(build.output_dir, engine, error);
     // Another process may have finished the same engine first: theirs is as good.
@@ -154,7 +160,7 @@ void add_model_options(CLI::App& app, ModelEngineRequest& request) {
                  "With --model: cpu or cuda (default: cuda when a GPU is visible)");
   app.add_option("--dtype", request.dtype,
                  "With --model: auto, float32, float16 or bfloat16 (default auto: the model's; "
-                 "bfloat16 for a float32 model on CUDA)");
+                 "bfloat16 for a float32 model or a GGUF file on CUDA)");
 }
 
 Result<std::string> resolve_engine_dir(const std::string& engine_dir,

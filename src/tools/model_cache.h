@@ -16,7 +16,7 @@ struct ModelEngineRequest {
   std::string model;   // a Hugging Face folder or a .gguf file
   std::string device;  // "cpu" or "cuda"; empty: cuda when a GPU is visible, else cpu
   // The engine's weight dtype, as kite build --dtype; empty: auto (the model's; bfloat16 for a
-  // float32 model on CUDA).
+  // float32 model or a GGUF file on CUDA).
   std::string dtype;
   // Empty: $KITE_CACHE_DIR, else $XDG_CACHE_HOME/kite, else ~/.cache/kite.
   std::string cache_dir;
