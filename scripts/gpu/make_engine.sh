@@ -23,3 +23,5 @@ cp "$root/tests/fixtures/golden/hf/llama_mha/tokenizer.json" "$work/model/tokeni
   --output_dir "$work/ckpt" --dtype bfloat16 2>&1 | tail -2
 /usr/bin/time -f "build: %e s" "$kite" build --checkpoint_dir "$work/ckpt" --output_dir "$engine" \
   --device cuda "$@" 2>&1 | tail -3
+# What each small-M GEMM reached alone when the build timed it (weight bytes / time).
+python3 "$root/scripts/gpu/gemm_report.py" "$engine" || true
