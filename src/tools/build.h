@@ -23,6 +23,10 @@ struct BuildRequest {
   std::string dtype = "auto";
 };
 
+// Whether `name` is a weight dtype BuildRequest::dtype takes (auto, float32, float16, bfloat16):
+// kInvalidArgument naming --dtype otherwise.
+Status check_weight_dtype_name(const std::string& name);
+
 // Checks the limits, plans memory, tunes the GEMMs (CUDA) and writes the engine, printing the plan
 // and a summary line.
 Status build_engine(const BuildRequest& request);

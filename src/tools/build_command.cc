@@ -99,13 +99,12 @@ Result<DType> kv_cache_dtype(const std::string& name, const std::string& device,
 // (their scales are in it).
 Result<DType> engine_weight_dtype(const std::string& name, const std::string& device,
                                   const CheckpointConfig& checkpoint) {
+  KITE_RETURN_IF_ERROR(check_weight_dtype_name(name));
   DType dtype = checkpoint.dtype;
   if (name == "auto") {
     if (device == "cuda" && dtype == DType::kF32) dtype = DType::kBF16;
-  } else if (name == "float32" || name == "float16" || name == "bfloat16") {
-    dtype = parse_dtype_name(name).value();
   } else {
-    return invalid_argument("--dtype " + name + ": choose auto, float32, float16 or bfloat16");
+    dtype = parse_dtype_name(name).value();
   }
   if (dtype != checkpoint.dtype && checkpoint.weight_only.enabled()) {
     return unsupported("--dtype " + name + ": the checkpoint's weights are quantized (" +
@@ -134,6 +133,13 @@ constexpr const char* kCopiedFiles[] = {"tokenizer.json", "tokenizer_config.json
                                         "special_tokens_map.json", "generation_config.json"};
 
 }  // namespace
+
+Status check_weight_dtype_name(const std::string& name) {
+  if (name == "auto" || name == "float32" || name == "float16" || name == "bfloat16") {
+    return Status::ok();
+  }
+  return invalid_argument("--dtype " + name + ": choose auto, float32, float16 or bfloat16");
+}
 
 Status build_engine(const BuildRequest& flags) {
   if (flags.checkpoint_dir.empty()) return invalid_argument("--checkpoint_dir is required");

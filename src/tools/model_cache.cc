@@ -84,11 +84,9 @@ Result<std::string> engine_for_model(const ModelEngineRequest& request) {
   if (device != "cpu" && device != "cuda") {
     return invalid_argument("--device " + device + ": choose cpu or cuda");
   }
+  // Checked before the (possibly long) conversion rather than by the build after it.
   const std::string& dtype = request.dtype;
-  if (!dtype.empty() && dtype != "auto" && dtype != "float32" && dtype != "float16" &&
-      dtype != "bfloat16") {
-    return invalid_argument("--dtype " + dtype + ": choose auto, float32, float16 or bfloat16");
-  }
+  if (!dtype.empty()) KITE_RETURN_IF_ERROR(check_weight_dtype_name(dtype));
   std::string gpu;
   if (device == "cuda") {
     KITE_ASSIGN_OR_RETURN(const GpuIdentity identity, gpu_identity(0));
