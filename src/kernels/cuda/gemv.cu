@@ -21,6 +21,7 @@
 #include <utility>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/linear.h"
@@ -53,22 +54,35 @@ constexpr GemvConfig kGemvConfigs[kGemvVariantCount] = {{1, 8}, {2, 8}, {1, 4}, 
 // 16 bytes at `address` when `predicate`, zeros otherwise. Predicated instructions rather than
 // branches, so that the compiler can put many loads in flight ahead of the mma that uses them.
 // Weights are read exactly once and never written while a forward pass runs: non-coherent loads
-// that bypass L1, free to be issued early (even before pdl_wait).
+// that bypass L1, free to be issued early (even before pdl_wait). kFetchBytes: the L2 prefetch
+// size hint; with 256 a miss brings the whole aligned 256 bytes of the row (the four steps of a
+// load group) from DRAM at once instead of the 64 bytes asked for (0: no hint).
+#define KITE_GEMV_LOAD(hint)                                                            \
+  asm("{\n"                                                                             \
+      "  .reg .pred p;\n"                                                               \
+      "  setp.ne.b32 p, %5, 0;\n"                                                       \
+      "  mov.b32 %0, 0;\n"                                                              \
+      "  mov.b32 %1, 0;\n"                                                              \
+      "  mov.b32 %2, 0;\n"                                                              \
+      "  mov.b32 %3, 0;\n"                                                              \
+      "  @p ld.global.nc.L1::no_allocate" hint ".v4.u32 {%0, %1, %2, %3}, [%4];\n"      \
+      "}\n"                                                                             \
+      : "=r"(value.x), "=r"(value.y), "=r"(value.z), "=r"(value.w)                      \
+      : "l"(address), "r"(int(predicate)))
+template <int kFetchBytes>
 __device__ __forceinline__ uint4 load_streaming(const void* address, bool predicate) {
+  static_assert(kFetchBytes == 0 || kFetchBytes == 128 || kFetchBytes == 256);
   uint4 value;
-  asm("{\n"
-      "  .reg .pred p;\n"
-      "  setp.ne.b32 p, %5, 0;\n"
-      "  mov.b32 %0, 0;\n"
-      "  mov.b32 %1, 0;\n"
-      "  mov.b32 %2, 0;\n"
-      "  mov.b32 %3, 0;\n"
-      "  @p ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-      "}\n"
-      : "=r"(value.x), "=r"(value.y), "=r"(value.z), "=r"(value.w)
-      : "l"(address), "r"(int(predicate)));
+  if constexpr (kFetchBytes == 256) {
+    KITE_GEMV_LOAD(".L2::256B");
+  } else if constexpr (kFetchBytes == 128) {
+    KITE_GEMV_LOAD(".L2::128B");
+  } else {
+    KITE_GEMV_LOAD("");
+  }
   return value;
 }
+#undef KITE_GEMV_LOAD
 
 // x, written by the previous kernel: an ordinary coherent load from L2 (a non-coherent one may
 // return what the previous kernel overwrote, since this kernel may start before it finishes), kept
@@ -134,7 +148,8 @@ __device__ __forceinline__ uint4 silu_mul_chunk(const uint4& gate, const uint4& 
 // (linear.h), out = p (+ bias), out = r p (+ bias) with r = 1 / sqrt(mean(x[t]^2) + eps), or
 // out += p (+ bias), each rounded once. kGatedAdd: x is [tokens, 2 k_size] = [gate | up] and the
 // product is with silu(gate) * up.
-template <typename T, int kTokenTiles, int kRowTiles, int kWarps, GemvKind kKind>
+template <typename T, int kTokenTiles, int kRowTiles, int kWarps, GemvKind kKind,
+          int kFetchBytes>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
                 T* __restrict__ out, int tokens, int rows, int k_size, float eps) {
@@ -201,7 +216,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           fragments.weight[u][tile][half] =
-              load_streaming(weight_rows[tile][half] + offset_of(step, u), in_range(step, u));
+              load_streaming<kFetchBytes>(weight_rows[tile][half] + offset_of(step, u),
+                                          in_range(step, u));
         }
       }
     }
@@ -335,6 +351,17 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+// The weight loads' L2 fetch size: 256 bytes, or KITE_GEMV_FETCH=0 / 128 (A/B measurements).
+// 256 measured +3.3% batch-1 decode on an H100 (Llama-3-8B, 186.7 against 180.8 tokens/s in one
+// call; docs/perf/cuda_llama3_8b.md).
+int gemv_fetch_bytes() {
+  static const int bytes = [] {
+    const int setting = switch_setting("KITE_GEMV_FETCH", 256, 0, 256);
+    return setting >= 256 ? 256 : setting >= 128 ? 128 : 0;
+  }();
+  return bytes;
+}
+
 template <typename T>
 struct GemvArguments {
   const T* x;
@@ -352,9 +379,19 @@ void launch_instance(const GemvArguments<T>& arguments, cudaStream_t stream) {
   constexpr GemvConfig config = kGemvConfigs[kVariant];
   constexpr int rows_per_cta = config.row_tiles * kTileRows;
   const unsigned ctas = unsigned((arguments.rows + rows_per_cta - 1) / rows_per_cta);
-  launch_kernel(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind>, ctas,
-                config.warps * 32, 0, stream, arguments.x, arguments.weight, arguments.bias,
-                arguments.out, arguments.tokens, arguments.rows, arguments.k_size, arguments.eps);
+  auto launch = [&](auto kernel) {
+    launch_kernel(kernel, ctas, config.warps * 32, 0, stream, arguments.x, arguments.weight,
+                  arguments.bias, arguments.out, arguments.tokens, arguments.rows,
+                  arguments.k_size, arguments.eps);
+  };
+  switch (gemv_fetch_bytes()) {
+    case 0:
+      return launch(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 0>);
+    case 128:
+      return launch(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 128>);
+    default:
+      return launch(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 256>);
+  }
 }
 
 template <typename T, int kTokenTiles, GemvKind kKind, size_t... kVariants>
@@ -411,7 +448,7 @@ int gated_ctas_per_multiprocessor(int32_t variant, std::index_sequence<kVariants
   };
   ((variant == int32_t(kVariants)
         ? query(gemv_kernel<T, 1, kGemvConfigs[kVariants].row_tiles, kGemvConfigs[kVariants].warps,
-                            GemvKind::kGatedAdd>,
+                            GemvKind::kGatedAdd, 256>,
                 kGemvConfigs[kVariants].warps * 32)
         : void()),
    ...);

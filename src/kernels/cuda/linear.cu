@@ -268,6 +268,13 @@ bool gemv_runs(const GemmTactic& tactic, GemvKind kind, const DeviceTensor& x,
   return tactic.algorithm == GemmAlgorithm::kGemv && tactic.variant >= 0 &&
          tactic.variant < kGemvVariantCount && gemv_applies(kind, x, weight);
 }
+
+// A/B switch: another GEMV configuration than the tuned one for every GEMV but the SwiGLU-fused
+// down projection (KITE_GATED_GEMV_VARIANT).
+int32_t gemv_variant(const GemmTactic& tactic) {
+  static const int forced = switch_setting("KITE_GEMV_VARIANT", -1, -1, kGemvVariantCount - 1);
+  return forced >= 0 ? forced : tactic.variant;
+}
 }  // namespace
 
 void GemmRunner::linear(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
@@ -287,7 +294,7 @@ void GemmRunner::linear(const DeviceTensor& x, const DeviceTensor& weight, const
 
   const GemvKind kind = add ? GemvKind::kAdd : GemvKind::kPlain;
   if (gemv_runs(tactic, kind, x, weight)) {
-    launch_gemv(kind, x, weight, bias, out, tactic.variant, 0.0f, stream);
+    launch_gemv(kind, x, weight, bias, out, gemv_variant(tactic), 0.0f, stream);
     return;
   }
   const uint32_t alignment = std::min(
@@ -307,7 +314,7 @@ bool GemmRunner::linear_normed(const DeviceTensor& x, const DeviceTensor& weight
   KITE_CHECK(bias == nullptr || (bias->dtype == x.dtype && bias->numel() == weight.rows()));
   KITE_CHECK(out.data != x.data);
   if (!gemv_runs(tactic, GemvKind::kNormed, x, weight)) return false;
-  launch_gemv(GemvKind::kNormed, x, weight, bias, out, tactic.variant, eps, stream);
+  launch_gemv(GemvKind::kNormed, x, weight, bias, out, gemv_variant(tactic), eps, stream);
   return true;
 }
 
