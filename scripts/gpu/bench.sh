@@ -57,7 +57,7 @@ bench=("$kite" bench --engine_dir "$work/engine" --ceilings)
     "${bench[@]}" --batch_size "1" --input_output_len "8192,256" --multi_block_mode false
     "${bench[@]}" --batch_size "64" --input_output_len "128,128;2048,128"
   fi
-} 2>&1 | tee "$log_dir/kite_bench.log" | grep -E "BENCHMARK|CEILING|KV cache|error"
+} 2>&1 | tee "$log_dir/kite_bench.log" | grep -E "BENCHMARK|ROOFLINE|CEILING|KV cache|error"
 if ((run_hf)); then
   PYTHONUNBUFFERED=1 python3 scripts/gpu/hf_bench.py --config tests/fixtures/hf_configs/llama-3-8b.json \
     --batch_size "1;64" --input_output_len "128,128;2048,128" 2>&1 | tee "$log_dir/hf_bench.log" |
