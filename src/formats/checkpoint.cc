@@ -48,6 +48,12 @@ Result<int> positive_int(const nlohmann::json& object, const char* key, const st
 
 }  // namespace
 
+DType auto_weight_dtype(const CheckpointConfig& config, bool cuda) {
+  if (!cuda || config.weight_only.enabled()) return config.dtype;
+  return config.dtype == DType::kF32 || config.source_format == "gguf" ? DType::kBF16
+                                                                       : config.dtype;
+}
+
 nlohmann::ordered_json checkpoint_config_to_json(const CheckpointConfig& config) {
   // Keys in reading order: version, what the model is, its sizes, then how it is stored.
   nlohmann::ordered_json json = {{"kite_checkpoint_version", kCheckpointVersion}};
@@ -64,6 +70,7 @@ nlohmann::ordered_json checkpoint_config_to_json(const CheckpointConfig& config)
                        ? nlohmann::ordered_json(dtype_name(*config.kv_cache_dtype))
                        : nlohmann::ordered_json(nullptr)}};
   json["converted_from"] = config.converted_from;
+  json["source_format"] = config.source_format;
   json["random_weights"] = config.random_weights;
   return json;
 }
@@ -128,6 +135,9 @@ Result<CheckpointConfig> checkpoint_config_from_json(const nlohmann::json& json,
   KITE_RETURN_IF_ERROR(check_weight_only(config.model, config.weight_only).with_context(source));
   const auto from = json.find("converted_from");
   if (from != json.end() && from->is_string()) config.converted_from = from->get<std::string>();
+  const auto format = json.find("source_format");
+  if (format != json.end() && format->is_string())
+    config.source_format = format->get<std::string>();
   const auto random = json.find("random_weights");
   if (random != json.end() && random->is_boolean()) config.random_weights = random->get<bool>();
   return config;

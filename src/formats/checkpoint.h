@@ -38,8 +38,19 @@ struct CheckpointConfig {
   std::optional<DType> kv_cache_dtype;
   // Informational: where the weights came from ("HF folder /x", "random (seed 0)").
   std::string converted_from;
+  // What kite convert read: "huggingface", "gguf" or "random" ("" in checkpoints written before
+  // the key). A GGUF's F16 says little about the model's range, so `kite build --dtype auto`
+  // builds CUDA engines of a GGUF in bfloat16 as it does for float32.
+  std::string source_format;
   bool random_weights = false;
 };
+
+// The weight dtype of an engine built with `kite build --dtype auto`: the checkpoint's, except
+// that CUDA engines (`cuda`), which compute in their weight dtype, get bfloat16 for a float32
+// checkpoint and for a GGUF's whatever its dtype (an F16 GGUF says little about the model's range:
+// llama.cpp's converter writes F16 from bfloat16 models too). Weight-only quantized checkpoints
+// keep theirs.
+DType auto_weight_dtype(const CheckpointConfig& config, bool cuda);
 
 nlohmann::ordered_json checkpoint_config_to_json(const CheckpointConfig& config);
 // Refuses other schema versions and quantizations this version cannot read.

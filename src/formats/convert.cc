@@ -271,6 +271,9 @@ Result<ConvertSummary> convert_to_checkpoint(const ConvertRequest& request) {
   checkpoint.weight_only = request.weight_only;
   if (request.fp8_kv_cache) checkpoint.kv_cache_dtype = DType::kF8E4M3;
   checkpoint.random_weights = request.random;
+  checkpoint.source_format = request.random               ? "random"
+                             : !request.gguf_path.empty() ? "gguf"
+                                                          : "huggingface";
   checkpoint.converted_from =
       request.random
           ? "random weights (seed " + std::to_string(request.seed) + ") for " + config_source

@@ -18,7 +18,7 @@ struct BuildRequest {
   int gpu = 0;  // the GPU the kernels are tuned on
   // auto (CPU: float32, CUDA: the weights' dtype), float32, float16, bfloat16 or fp8 (e4m3; CPU).
   std::string kv_cache_dtype = "auto";
-  // The engine's weights: auto (the checkpoint's; for CUDA a float32 checkpoint's become
+  // The engine's weights: auto (the checkpoint's; for CUDA a float32 or GGUF checkpoint's become
   // bfloat16), float32, float16 or bfloat16. Converted at build, after the norm-scale fold.
   std::string dtype = "auto";
 };

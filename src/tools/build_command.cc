@@ -94,18 +94,13 @@ Result<DType> kv_cache_dtype(const std::string& name, const std::string& device,
   return dtype;
 }
 
-// The engine's floating weight dtype for --dtype `name`: auto keeps the checkpoint's, except that a
-// CUDA engine of a float32 checkpoint is bfloat16. Weight-only quantized checkpoints keep theirs
-// (their scales are in it).
+// The engine's floating weight dtype for --dtype `name`: auto_weight_dtype (formats/checkpoint.h)
+// for auto. Weight-only quantized checkpoints keep theirs (their scales are in it).
 Result<DType> engine_weight_dtype(const std::string& name, const std::string& device,
                                   const CheckpointConfig& checkpoint) {
   KITE_RETURN_IF_ERROR(check_weight_dtype_name(name));
-  DType dtype = checkpoint.dtype;
-  if (name == "auto") {
-    if (device == "cuda" && dtype == DType::kF32) dtype = DType::kBF16;
-  } else {
-    dtype = parse_dtype_name(name).value();
-  }
+  const DType dtype = name == "auto" ? auto_weight_dtype(checkpoint, device == "cuda")
+                                     : parse_dtype_name(name).value();
   if (dtype != checkpoint.dtype && checkpoint.weight_only.enabled()) {
     return unsupported("--dtype " + name + ": the checkpoint's weights are quantized (" +
                        describe_weight_only(checkpoint.weight_only) + ") with " +
@@ -216,15 +211,15 @@ Status build_engine(const BuildRequest& flags) {
   }
   config.memory = plan_memory(config, weights_bytes);
   if (flags.device == "cuda") {
-    if (config.weight_dtype != DType::kF16 && config.weight_dtype != DType::kBF16) {
-      return unsupported("--dtype " + flags.dtype + ": CUDA engines run float16 or bfloat16 " +
-                         "weights; build with --dtype bfloat16 (or auto)");
-    }
     if (config.weight_only.enabled()) {
       return unsupported(flags.checkpoint_dir + " holds weight-only quantized weights (" +
                          describe_weight_only(config.weight_only) +
                          "), which this version of Kite runs on the CPU only: build it with "
                          "--device cpu, or convert without --use_weight_only for CUDA");
+    }
+    if (config.weight_dtype != DType::kF16 && config.weight_dtype != DType::kBF16) {
+      return unsupported("--dtype " + flags.dtype + ": CUDA engines run float16 or bfloat16 " +
+                         "weights; build with --dtype bfloat16 (or auto)");
     }
     KITE_ASSIGN_OR_RETURN(GpuIdentity gpu, gpu_identity(flags.gpu));
     config.gpu_name = gpu.name;
@@ -315,8 +310,8 @@ Command add_build_command(CLI::App& kite) {
   app->add_option("--device", flags->device, "Device the engine runs on: cpu (default) or cuda");
   app->add_option("--gpu", flags->gpu, "GPU to tune the kernels on (0)");
   app->add_option("--dtype", flags->dtype,
-                  "Weights: auto (the checkpoint's; float32 becomes bfloat16 for CUDA), float32, "
-                  "float16 or bfloat16");
+                  "Weights: auto (the checkpoint's; float32 and GGUF checkpoints become "
+                  "bfloat16 for CUDA), float32, float16 or bfloat16");
   app->add_option("--kv_cache_dtype", flags->kv_cache_dtype,
                   "auto (CPU: float32, CUDA: the weights' dtype), float32, float16, bfloat16 or "
                   "fp8 (e4m3, CPU engines)");

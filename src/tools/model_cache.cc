@@ -129,13 +129,7 @@ Result<std::string> engine_for_model(const ModelEngineRequest& request) {
     build.output_dir = work + "/engine";
     build.device = device;
     build.limits = request.limits;
-    if (!dtype.empty()) {
-      build.dtype = dtype;
-    } else if (device == "cuda" && !convert.gguf_path.empty()) {
-      // A GGUF's F16 weights say little about the model's range (llama.cpp's converter writes F16
-      // from bfloat16 models too), and CUDA engines compute in their weight dtype: bfloat16.
-      build.dtype = "bfloat16";
-    }
+    if (!dtype.empty()) build.dtype = dtype;
     KITE_RETURN_IF_ERROR(build_engine(build));
     std::filesystem::rename(build.output_dir, engine, error);
     // Another process may have finished the same engine first: theirs is as good.

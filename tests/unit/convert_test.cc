@@ -85,6 +85,7 @@ TEST(Convert, EveryDtypeKeepsTheValues) {
     EXPECT_EQ(checkpoint->config().model, tiny_config());
     EXPECT_FALSE(checkpoint->config().random_weights);
     EXPECT_EQ(checkpoint->config().converted_from, "HF folder " + model_dir);
+    EXPECT_EQ(checkpoint->config().source_format, "huggingface");
     EXPECT_EQ(checkpoint->file().names().size(), source.size());
     for (const auto& [name, expected] : source) {
       Result<TensorView> weight = checkpoint->weight(name);
@@ -168,6 +169,7 @@ TEST(Convert, RandomWeightsAreSeededAndNeedOnlyTheConfig) {
   Result<Checkpoint> checkpoint = Checkpoint::open(first);
   ASSERT_TRUE(checkpoint.is_ok()) << checkpoint.status().message();
   EXPECT_TRUE(checkpoint->config().random_weights);
+  EXPECT_EQ(checkpoint->config().source_format, "random");
   for (const WeightInfo& weight : model_weights(tiny_config())) {
     const std::vector<float> values = *to_float32(*checkpoint->weight(weight.name));
     if (weight.role == WeightRole::kNorm) {

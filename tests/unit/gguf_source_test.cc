@@ -9,6 +9,7 @@
 
 #include "core/file.h"
 #include "core/half.h"
+#include "formats/checkpoint.h"
 #include "formats/gguf.h"
 #include "formats/gguf_dequant.h"
 #include "formats/model_source.h"
@@ -415,6 +416,33 @@ TEST(GgufSource, DemoModelWhenPresent) {
   auto norm = (*source)->load_tensor("model.norm.weight");
   ASSERT_TRUE(norm.is_ok());
   EXPECT_EQ(norm->dtype(), DType::kF32);
+}
+
+// A checkpoint converted from a GGUF says so, and `kite build --dtype auto` builds CUDA engines of
+// it in bfloat16 whatever its dtype (an F16 GGUF may come from a bfloat16 model); the CPU keeps
+// the checkpoint's dtype, and so do CUDA engines of other sources.
+TEST(GgufSource, CheckpointRecordsItsSourceForTheBuildsDtype) {
+  const std::string output = test::temp_dir() + "/ckpt";
+  const test::CommandResult convert =
+      test::run_kite("convert --gguf " + fixture("tiny_llama.gguf") + " --output_dir " + output);
+  ASSERT_EQ(convert.exit_code, 0) << convert.output;
+  Result<CheckpointConfig> config = read_checkpoint_config(output);
+  ASSERT_TRUE(config.is_ok()) << config.status().message();
+  EXPECT_EQ(config->source_format, "gguf");
+
+  for (DType dtype : {DType::kF16, DType::kBF16, DType::kF32}) {
+    CheckpointConfig checkpoint = *config;
+    checkpoint.dtype = dtype;
+    const std::string what = std::string(dtype_name(dtype));
+    EXPECT_EQ(auto_weight_dtype(checkpoint, /*cuda=*/true), DType::kBF16) << what;
+    EXPECT_EQ(auto_weight_dtype(checkpoint, /*cuda=*/false), dtype) << what;
+    for (const char* format : {"huggingface", ""}) {  // "": written before the key
+      checkpoint.source_format = format;
+      EXPECT_EQ(auto_weight_dtype(checkpoint, /*cuda=*/true),
+                dtype == DType::kF32 ? DType::kBF16 : dtype)
+          << what << " " << format;
+    }
+  }
 }
 
 }  // namespace
