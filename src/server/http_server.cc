@@ -203,6 +203,13 @@ class HttpServer::Impl {
       stopped_ = true;
     }
     router_.close(kShuttingDown);
+    // Every open stream now ends with an error event; httplib stops calling a response's content
+    // provider once stop() runs, so give the handlers a moment to send those events (clients would
+    // otherwise see a closed connection instead of the reason).
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (router_.open_streams() > 0 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
     // httplib's stop() reaches only a server already listening: wait for serve() to get there.
     for (;;) {
       {
