@@ -39,8 +39,7 @@ struct CheckpointConfig {
   // Informational: where the weights came from ("HF folder /x", "random (seed 0)").
   std::string converted_from;
   // What kite convert read: "huggingface", "gguf" or "random" ("" in checkpoints written before
-  // the key). A GGUF's F16 says little about the model's range, so `kite build --dtype auto`
-  // builds CUDA engines of a GGUF in bfloat16 as it does for float32.
+  // the key); auto_weight_dtype reads it.
   std::string source_format;
   bool random_weights = false;
 };

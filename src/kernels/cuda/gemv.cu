@@ -352,8 +352,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 // The weight loads' L2 fetch size: 256 bytes, or KITE_GEMV_FETCH=0 / 128 (A/B measurements).
-// 256 measured +3.3% batch-1 decode on an H100 (Llama-3-8B, 186.7 against 180.8 tokens/s in one
-// call; docs/perf/cuda_llama3_8b.md).
+// 256 measured +2.9% to +4.3% batch-1 decode against no hint in three calls on H100s (Llama-3-8B;
+// 128 within noise of 256; docs/perf/cuda_llama3_8b.md).
 int gemv_fetch_bytes() {
   static const int bytes = [] {
     const int setting = switch_setting("KITE_GEMV_FETCH", 256, 0, 256);
