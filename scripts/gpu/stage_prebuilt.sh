@@ -7,21 +7,25 @@
 # LD_LIBRARY_PATH. Both folders are git-ignored: name them when copying the tree over. Debian 12's
 # libraries run on newer distributions (Ubuntu 24.04); build where the CUDA toolkit's major version
 # matches the GPU machine's driver.
-# Usage: bash scripts/gpu/stage_prebuilt.sh [BUILD_DIR] [--extra NAME=BINARY]... [--pack]
+# Usage: bash scripts/gpu/stage_prebuilt.sh [BUILD_DIR] [--extra NAME=BINARY]... [--pack [--no-tests]]
 #   BUILD_DIR             default: build
 #   --extra NAME=BINARY   also stage another `kite` as build-gpu/kite-NAME (a baseline for
 #                         scripts/gpu/compare.sh)
 #   --pack                then pack build-gpu/ and .deps/rt/ into .deps/prebuilt.tar.xz (a third of
 #                         their size), which env.sh unpacks where build-gpu/kite is missing
+#   --no-tests            pack without kite_cuda_tests (benchmarks only: with llama.cpp's prebuilt
+#                         tarball beside it the tree then fits one call's 64 MiB)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 build="$root/build"
 extras=()
 pack=0
+tests=1
 while (($#)); do
   case "$1" in
     --extra) extras+=("$2"); shift 2 ;;
     --pack) pack=1; shift ;;
+    --no-tests) tests=0; shift ;;
     -*) echo "stage_prebuilt.sh: unknown option $1" >&2; exit 2 ;;
     *) build="$1"; shift ;;
   esac
@@ -47,7 +51,8 @@ for library in libutf8proc.so.2 libcpp-httplib.so.0.11 libbrotlicommon.so.1 libb
   [[ -n "$path" ]] && cp -L "$path" ".deps/rt/$library"
 done
 rm -f build-gpu/kite-*
-staged=(build-gpu/kite build-gpu/tests/kite_cuda_tests)
+staged=(build-gpu/kite)
+((tests)) && staged+=(build-gpu/tests/kite_cuda_tests)
 for extra in "${extras[@]}"; do
   name="${extra%%=*}" binary="${extra#*=}"
   cp "$binary" "build-gpu/kite-$name"
