@@ -29,8 +29,8 @@ Result<CudaDeviceInfo> cuda_device(int index);
 // optimisation off for A/B measurements (KITE_ENABLE_PDL).
 bool switched_off(const char* variable);
 // Environment variable `variable` as an integer clamped to [lowest, highest], or `fallback` when it
-// is unset: the switches that force a CUDA tuning choice for A/B measurements
-// (KITE_SHARED_CARVEOUT, KITE_DECODE_SPLITS, KITE_GATED_GEMV_VARIANT).
+// is unset: the switches that force a CUDA tuning choice for A/B measurements (all listed in
+// docs/perf/cuda_kernels.md).
 int switch_setting(const char* variable, int fallback, int lowest, int highest);
 
 }  // namespace kite
