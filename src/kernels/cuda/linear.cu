@@ -269,11 +269,15 @@ bool gemv_runs(const GemmTactic& tactic, GemvKind kind, const DeviceTensor& x,
          tactic.variant < kGemvVariantCount && gemv_applies(kind, x, weight);
 }
 
-// A/B switch: another GEMV configuration than the tuned one for every GEMV but the SwiGLU-fused
-// down projection (KITE_GATED_GEMV_VARIANT).
-int32_t gemv_variant(const GemmTactic& tactic) {
+// The GEMV configuration to launch: the tuned one, unless an A/B switch forces another, for the
+// SwiGLU-fused down projection (KITE_GATED_GEMV_VARIANT) or for every other GEMV
+// (KITE_GEMV_VARIANT).
+int32_t gemv_variant(const GemmTactic& tactic, GemvKind kind) {
   static const int forced = switch_setting("KITE_GEMV_VARIANT", -1, -1, kGemvVariantCount - 1);
-  return forced >= 0 ? forced : tactic.variant;
+  static const int forced_gated =
+      switch_setting("KITE_GATED_GEMV_VARIANT", -1, -1, kGemvVariantCount - 1);
+  const int setting = kind == GemvKind::kGatedAdd ? forced_gated : forced;
+  return setting >= 0 ? setting : tactic.variant;
 }
 }  // namespace
 
@@ -294,7 +298,7 @@ void GemmRunner::linear(const DeviceTensor& x, const DeviceTensor& weight, const
 
   const GemvKind kind = add ? GemvKind::kAdd : GemvKind::kPlain;
   if (gemv_runs(tactic, kind, x, weight)) {
-    launch_gemv(kind, x, weight, bias, out, gemv_variant(tactic), 0.0f, stream);
+    launch_gemv(kind, x, weight, bias, out, gemv_variant(tactic, kind), 0.0f, stream);
     return;
   }
   const uint32_t alignment = std::min(
@@ -314,7 +318,8 @@ bool GemmRunner::linear_normed(const DeviceTensor& x, const DeviceTensor& weight
   KITE_CHECK(bias == nullptr || (bias->dtype == x.dtype && bias->numel() == weight.rows()));
   KITE_CHECK(out.data != x.data);
   if (!gemv_runs(tactic, GemvKind::kNormed, x, weight)) return false;
-  launch_gemv(GemvKind::kNormed, x, weight, bias, out, gemv_variant(tactic), eps, stream);
+  launch_gemv(GemvKind::kNormed, x, weight, bias, out, gemv_variant(tactic, GemvKind::kNormed), eps,
+              stream);
   return true;
 }
 
@@ -324,11 +329,8 @@ bool GemmRunner::linear_silu_mul_add(const DeviceTensor& gate_up, const DeviceTe
   KITE_CHECK(out.dtype == gate_up.dtype && out.rows() == gate_up.rows() &&
              out.cols() == weight.rows());
   if (!gemv_runs(tactic, GemvKind::kGatedAdd, gate_up, weight)) return false;
-  // A/B switch: another GEMV configuration for the SwiGLU-fused down projection than the tuned one.
-  static const int forced =
-      switch_setting("KITE_GATED_GEMV_VARIANT", -1, -1, kGemvVariantCount - 1);
   launch_gemv(GemvKind::kGatedAdd, gate_up, weight, nullptr, out,
-              forced >= 0 ? forced : tactic.variant, 0.0f, stream);
+              gemv_variant(tactic, GemvKind::kGatedAdd), 0.0f, stream);
   return true;
 }
 
