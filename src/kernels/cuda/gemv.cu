@@ -84,21 +84,6 @@ __device__ __forceinline__ uint4 load_streaming(const void* address, bool predic
 }
 #undef KITE_GEMV_LOAD
 
-// Asks L2 for `bytes` (a multiple of 16) at `address` (16-byte aligned) when `predicate`, without
-// holding registers for them: the bulk copy unit fetches them and nothing waits. Predicated, not
-// branched around, like the loads. Hopper and later (no-op before).
-__device__ __forceinline__ void prefetch_l2(const void* address, uint32_t bytes, bool predicate) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile(
-      "{\n"
-      "  .reg .pred p;\n"
-      "  setp.ne.b32 p, %2, 0;\n"
-      "  @p cp.async.bulk.prefetch.L2.global [%0], %1;\n"
-      "}\n" ::"l"(address),
-      "r"(bytes), "r"(int(predicate)));
-#endif
-}
-
 // x, written by the previous kernel: an ordinary coherent load from L2 (a non-coherent one may
 // return what the previous kernel overwrote, since this kernel may start before it finishes), kept
 // after pdl_wait by `volatile`.
@@ -167,8 +152,7 @@ template <typename T, int kTokenTiles, int kRowTiles, int kWarps, GemvKind kKind
           int kFetchBytes>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
-                T* __restrict__ out, int tokens, int rows, int k_size, float eps,
-                int prefetch_groups) {
+                T* __restrict__ out, int tokens, int rows, int k_size, float eps) {
   constexpr bool kGated = kKind == GemvKind::kGatedAdd;
   constexpr bool kNormed = kKind == GemvKind::kNormed;
   constexpr bool kAdd = kKind == GemvKind::kAdd || kGated;
@@ -251,17 +235,6 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   };
 
-  // prefetch_groups > 0: lane r < 16 kRowTiles asks L2 for row r's part of the load group at
-  // `step` (up to 256 bytes), prefetch_groups groups ahead of the registers' loads, so that more
-  // bytes are in flight than the registers hold.
-  const T* prefetch_row = weight + min(first_row + lane, int64_t(rows) - 1) * k_size;
-  auto prefetch_group = [&](int step) {
-    const int begin = step * kChunksPerStep * kChunkElements;
-    const int end = min(min(step + kUnroll, step_end) * kChunksPerStep * kChunkElements, k_size);
-    prefetch_l2(prefetch_row + begin, uint32_t(max(end - begin, 0)) * sizeof(T),
-                prefetch_groups > 0 && lane < kRowTiles * kTileRows && begin < end);
-  };
-
   // acc[rows, tokens] += weight[rows, chunk] * x[tokens, chunk]^T, chunk elements 0..3 then 4..7.
   // kNormed: squares[tile] += the squares of this lane's chunk of token `group` of the tile (zeros
   // past the range or the tokens). This costs the kernel 18 registers a thread (98 against 80: two
@@ -316,16 +289,11 @@ __global__ void __launch_bounds__(kWarps * 32)
   // The first weights are requested before waiting for the kernel that writes x.
   Fragments current, next;
   load_weights(step_begin, next);
-  for (int group = 1; group <= prefetch_groups && step_begin + group * kUnroll < step_end;
-       ++group) {
-    prefetch_group(step_begin + group * kUnroll);
-  }
   pdl_launch_dependents();
   pdl_wait();
   load_x(step_begin, next);
   for (int step = step_begin; step < step_end; step += kUnroll) {
     current = next;
-    prefetch_group(step + (prefetch_groups + 1) * kUnroll);
     load_weights(step + kUnroll, next);
     load_x(step + kUnroll, next);
     multiply(current);
@@ -394,13 +362,6 @@ int gemv_fetch_bytes() {
   return bytes;
 }
 
-// Load groups each warp asks L2 for ahead of its registers' loads: KITE_GEMV_PREFETCH=N (A/B
-// measurements; 0: none).
-int gemv_prefetch_groups() {
-  static const int groups = switch_setting("KITE_GEMV_PREFETCH", 0, 0, 1 << 20);
-  return groups;
-}
-
 template <typename T>
 struct GemvArguments {
   const T* x;
@@ -411,7 +372,6 @@ struct GemvArguments {
   int rows;
   int k_size;
   float eps;
-  int prefetch_groups;
 };
 
 template <typename T, int kTokenTiles, GemvKind kKind, size_t kVariant>
@@ -422,7 +382,7 @@ void launch_instance(const GemvArguments<T>& arguments, cudaStream_t stream) {
   auto launch = [&](auto kernel) {
     launch_kernel(kernel, ctas, config.warps * 32, 0, stream, arguments.x, arguments.weight,
                   arguments.bias, arguments.out, arguments.tokens, arguments.rows,
-                  arguments.k_size, arguments.eps, arguments.prefetch_groups);
+                  arguments.k_size, arguments.eps);
   };
   switch (gemv_fetch_bytes()) {
     case 0:
@@ -454,8 +414,7 @@ void launch_typed(const DeviceTensor& x, const DeviceTensor& weight, const Devic
                                    int(x.rows()),
                                    int(weight.shape[0]),
                                    int(weight.shape[1]),
-                                   eps,
-                                   gemv_prefetch_groups()};
+                                   eps};
   const auto variants = std::make_index_sequence<size_t(kGemvVariantCount)>();
   if (arguments.tokens <= kTileTokens) {
     launch_variant<T, 1, kKind>(variant, arguments, stream, variants);
