@@ -3,7 +3,7 @@
 # measures the GPU's ceilings, makes a random-weight Llama-3-8B checkpoint (bf16), builds a CUDA
 # engine (with GEMM tuning) and runs `kite bench` on the cases of the table, then Hugging Face
 # transformers on the same shape and cases, then llama.cpp (scripts/gpu/llamacpp_bench.sh) when
-# .deps/llama.cpp.tar.xz exists.
+# .deps/llama.cpp-bin.tar.xz or .deps/llama.cpp.tar.xz exists.
 # Usage: bash scripts/gpu/bench.sh LOG_DIR [--skip-hf] [--skip-llamacpp] [--cases quick]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -39,7 +39,7 @@ if ((quick)); then
 fi
 # llama.cpp's build (~5 minutes) and GGUF beside Kite's engine build; done before any timing.
 llamacpp_prepare=""
-if ((run_llamacpp)) && [[ -f .deps/llama.cpp.tar.xz ]]; then
+if ((run_llamacpp)) && [[ -f .deps/llama.cpp-bin.tar.xz || -f .deps/llama.cpp.tar.xz ]]; then
   bash scripts/gpu/llamacpp_bench.sh "$log_dir" --prepare > "$log_dir/llamacpp_prepare.log" 2>&1 &
   llamacpp_prepare=$!
 fi
@@ -63,6 +63,6 @@ if ((run_hf)); then
     --batch_size "1;64" --input_output_len "128,128;2048,128" 2>&1 | tee "$log_dir/hf_bench.log" |
     grep -E "HF"
 fi
-if ((run_llamacpp)) && [[ -f .deps/llama.cpp.tar.xz ]]; then
+if ((run_llamacpp)) && [[ -f .deps/llama.cpp-bin.tar.xz || -f .deps/llama.cpp.tar.xz ]]; then
   bash scripts/gpu/llamacpp_bench.sh "$log_dir"
 fi

@@ -4,9 +4,10 @@
 # random-weight F16 GGUF of the same config, and runs llama-bench with flash attention on:
 # batch-1 decode of 128 tokens and a 2048-token prefill.
 # Usage: bash scripts/gpu/llamacpp_bench.sh LOG_DIR [CONFIG.json] [--prepare]
-#   Needs .deps/llama.cpp.tar.xz: the sdist's vendor/llama.cpp without its docs, models, tests,
-#   examples, web UI and non-CUDA/CPU backends (scripts/gpu/fetch_llamacpp.sh makes it); with
-#   .deps/llama.cpp-bin.tar.xz (scripts/gpu/prebuild_llamacpp.sh) llama-bench is not built here.
+#   Needs .deps/llama.cpp-bin.tar.xz (scripts/gpu/prebuild_llamacpp.sh: llama-bench built
+#   elsewhere, with gguf-py), else .deps/llama.cpp.tar.xz: the sdist's vendor/llama.cpp without its
+#   docs, models, tests, examples, web UI and non-CUDA/CPU backends (scripts/gpu/fetch_llamacpp.sh
+#   makes it), built here.
 #   --prepare: only build llama-bench and write the GGUF (bench.sh runs this beside its own engine
 #   build, then the benchmark after Kite's, which finds both made).
 set -euo pipefail
@@ -21,13 +22,14 @@ config="${arguments[1]:-$root/tests/fixtures/hf_configs/llama-3-8b.json}"
 work="${KITE_LLAMACPP_DIR:-/tmp/kite-llamacpp}"
 mkdir -p "$log_dir" "$work"
 if [[ ! -x "$work/llama.cpp/build/bin/llama-bench" && -f "$root/.deps/llama.cpp-bin.tar.xz" ]]; then
-  tar xJf "$root/.deps/llama.cpp.tar.xz" -C "$work" llama.cpp/gguf-py
-  mkdir -p "$work/llama.cpp/build"
-  tar xJf "$root/.deps/llama.cpp-bin.tar.xz" -C "$work/llama.cpp/build"
+  mkdir -p "$work/llama.cpp"
+  tar xJf "$root/.deps/llama.cpp-bin.tar.xz" -C "$work/llama.cpp"
   echo "llama.cpp: prebuilt llama-bench from .deps/llama.cpp-bin.tar.xz" | tee "$log_dir/llamacpp_build.log"
 fi
 export LD_LIBRARY_PATH="$work/llama.cpp/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 if [[ ! -x "$work/llama.cpp/build/bin/llama-bench" ]]; then
+  [[ -f "$root/.deps/llama.cpp.tar.xz" ]] ||
+    { echo "llamacpp_bench.sh: neither .deps/llama.cpp-bin.tar.xz nor .deps/llama.cpp.tar.xz (scripts/gpu/fetch_llamacpp.sh)" >&2; exit 1; }
   tar xJf "$root/.deps/llama.cpp.tar.xz" -C "$work"
   cmake -S "$work/llama.cpp" -B "$work/llama.cpp/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TESTS=OFF \
