@@ -22,6 +22,8 @@ while (($#)); do
 done
 mkdir -p "$log_dir"
 cd "$root"
+# llama.cpp's column needs its prebuilt tarball or its sources (scripts/gpu/llamacpp_bench.sh).
+[[ -f .deps/llama.cpp-bin.tar.xz || -f .deps/llama.cpp.tar.xz ]] || run_llamacpp=0
 source scripts/gpu/env.sh
 bash scripts/gpu/build_kite.sh "$log_dir/build.log"
 kite=build-gpu/kite
@@ -39,7 +41,7 @@ if ((quick)); then
 fi
 # llama.cpp's build (~5 minutes) and GGUF beside Kite's engine build; done before any timing.
 llamacpp_prepare=""
-if ((run_llamacpp)) && [[ -f .deps/llama.cpp-bin.tar.xz || -f .deps/llama.cpp.tar.xz ]]; then
+if ((run_llamacpp)); then
   bash scripts/gpu/llamacpp_bench.sh "$log_dir" --prepare > "$log_dir/llamacpp_prepare.log" 2>&1 &
   llamacpp_prepare=$!
 fi
@@ -63,6 +65,6 @@ if ((run_hf)); then
     --batch_size "1;64" --input_output_len "128,128;2048,128" 2>&1 | tee "$log_dir/hf_bench.log" |
     grep -E "HF"
 fi
-if ((run_llamacpp)) && [[ -f .deps/llama.cpp-bin.tar.xz || -f .deps/llama.cpp.tar.xz ]]; then
+if ((run_llamacpp)); then
   bash scripts/gpu/llamacpp_bench.sh "$log_dir"
 fi

@@ -446,6 +446,7 @@ int gated_ctas_per_multiprocessor(int32_t variant, std::index_sequence<kVariants
     prefer_uniform_carveout(kernel);  // occupancy depends on the split
     KITE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, threads, 0));
   };
+  // The fetch hint's instances use the same registers (ptxas), so one of them answers for all.
   ((variant == int32_t(kVariants)
         ? query(gemv_kernel<T, 1, kGemvConfigs[kVariants].row_tiles, kGemvConfigs[kVariants].warps,
                             GemvKind::kGatedAdd, 256>,
