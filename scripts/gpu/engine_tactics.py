@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""A copy of a CUDA engine with some of its tuned GEMM choices replaced, for measuring one GEMM
+shape's kernel in the decode step (KITE_GEMV_VARIANT forces every shape at once). The copy links the
+engine's weights and files and writes its own config.json, so it costs no disk; `kite bench
+--engine_dir COPY` then runs it.
+
+Usage: python3 scripts/gpu/engine_tactics.py ENGINE_DIR COPY_DIR --set SHAPE=CHOICE [--set ...]
+  SHAPE   NxK (the weight's rows x columns), or NxK/gated for the MLP's down projection with
+          SwiGLU fused into the small-M kernel; every row bucket of that shape is changed
+  CHOICE  gemv:V (the small-M kernel's configuration V, src/kernels/cuda/gemv.cu) or cublaslt:V
+          (the V-th of cuBLASLt's heuristic results), as in docs/engine.md's gemm_tactics
+e.g. python3 scripts/gpu/engine_tactics.py /tmp/e /tmp/e-o2 --set 4096x4096=gemv:2
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+ALGORITHMS = {"cublaslt": 0, "gemv": 1}
+
+
+def parse_setting(text: str):
+    """(n, k, gated, algorithm, variant) from SHAPE=CHOICE, or None."""
+    match = re.fullmatch(r"(\d+)x(\d+)(/gated)?=(cublaslt|gemv):(\d+)", text)
+    if not match:
+        return None
+    n, k, gated, algorithm, variant = match.groups()
+    return int(n), int(k), bool(gated), ALGORITHMS[algorithm], int(variant)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("engine_dir")
+    parser.add_argument("copy_dir")
+    parser.add_argument("--set", dest="settings", action="append", required=True,
+                        metavar="SHAPE=CHOICE", help="e.g. 4096x4096=gemv:2")
+    args = parser.parse_args()
+    settings = []
+    for text in args.settings:
+        setting = parse_setting(text)
+        if setting is None:
+            print(f"engine_tactics.py: --set {text}: want NxK[/gated]=gemv:V or cublaslt:V",
+                  file=sys.stderr)
+            return 2
+        settings.append(setting)
+    engine = os.path.abspath(args.engine_dir)
+    copy = os.path.abspath(args.copy_dir)
+    if os.path.realpath(copy) == os.path.realpath(engine):
+        print("engine_tactics.py: the copy must go to another folder", file=sys.stderr)
+        return 2
+    try:
+        with open(os.path.join(engine, "config.json")) as file:
+            config = json.load(file)
+    except (OSError, json.JSONDecodeError) as error:
+        print(f"engine_tactics.py: cannot read {engine}/config.json ({error}): give an engine "
+              "folder of kite build", file=sys.stderr)
+        return 2
+    if config.get("device") != "cuda":
+        print(f"engine_tactics.py: {engine} is not a CUDA engine (no tuned GEMMs)", file=sys.stderr)
+        return 2
+    tactics = config["cuda"]["gemm_tactics"]
+    for n, k, gated, algorithm, variant in settings:
+        matching = [t for t in tactics
+                    if t["n"] == n and t["k"] == k and bool(t.get("gated")) == gated]
+        if not matching:
+            shapes = sorted({f"{t['n']}x{t['k']}" + ("/gated" if t.get("gated") else "")
+                             for t in tactics})
+            print(f"engine_tactics.py: no tuned GEMM of shape {n}x{k}{'/gated' if gated else ''} "
+                  f"in {engine}; it has {', '.join(shapes)}", file=sys.stderr)
+            return 2
+        for tactic in matching:
+            tactic["algorithm"] = algorithm
+            tactic["variant"] = variant
+    os.makedirs(copy, exist_ok=True)
+    for name in os.listdir(engine):
+        if name == "config.json":
+            continue
+        link = os.path.join(copy, name)
+        if os.path.lexists(link):
+            os.remove(link)
+        os.symlink(os.path.join(engine, name), link)
+    # config.json last, as kite build writes it: a folder without it is an unfinished engine.
+    with open(os.path.join(copy, "config.json"), "w") as file:
+        json.dump(config, file, indent=2)
+    print(f"{copy}: {engine} with " + ", ".join(args.settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
