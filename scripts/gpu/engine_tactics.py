@@ -17,6 +17,8 @@ import os
 import re
 import sys
 
+from engine_config import read_cuda_engine_config
+
 ALGORITHMS = {"cublaslt": 0, "gemv": 1}
 
 
@@ -49,15 +51,8 @@ def main() -> int:
     if os.path.realpath(copy) == os.path.realpath(engine):
         print("engine_tactics.py: the copy must go to another folder", file=sys.stderr)
         return 2
-    try:
-        with open(os.path.join(engine, "config.json")) as file:
-            config = json.load(file)
-    except (OSError, json.JSONDecodeError) as error:
-        print(f"engine_tactics.py: cannot read {engine}/config.json ({error}): give an engine "
-              "folder of kite build", file=sys.stderr)
-        return 2
-    if config.get("device") != "cuda":
-        print(f"engine_tactics.py: {engine} is not a CUDA engine (no tuned GEMMs)", file=sys.stderr)
+    config = read_cuda_engine_config(engine, "engine_tactics.py")
+    if config is None:
         return 2
     tactics = config["cuda"]["gemm_tactics"]
     for n, k, gated, algorithm, variant in settings:

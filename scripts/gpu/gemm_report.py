@@ -7,8 +7,9 @@ engine was built on, with no extra GPU time.
 Usage: python3 scripts/gpu/gemm_report.py ENGINE_DIR [--copy_gbs GB_PER_S] [--max_tokens N]
 """
 import argparse
-import json
 import sys
+
+from engine_config import read_cuda_engine_config
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -21,20 +22,10 @@ def main() -> int:
     parser.add_argument("--max_tokens", type=int, default=0,
                         help="the row bucket to list (default: the smallest tuned)")
     args = parser.parse_args()
-    try:
-        with open(f"{args.engine_dir}/config.json") as file:
-            config = json.load(file)
-    except (OSError, json.JSONDecodeError) as error:
-        print(f"gemm_report.py: cannot read {args.engine_dir}/config.json ({error}): give an "
-              "engine folder of kite build", file=sys.stderr)
-        return 2
-    if config.get("device") != "cuda":
-        print(f"{args.engine_dir}: not a CUDA engine (no tuned GEMMs)", file=sys.stderr)
+    config = read_cuda_engine_config(args.engine_dir, "gemm_report.py")
+    if config is None:
         return 2
     tactics = config["cuda"]["gemm_tactics"]
-    if not tactics:
-        print(f"{args.engine_dir}: no tuned GEMMs recorded", file=sys.stderr)
-        return 2
     bucket = args.max_tokens or min(t["max_tokens"] for t in tactics)
     element_bytes = DTYPE_BYTES.get(config.get("weight_dtype"), 2)
     if config.get("weight_only"):
