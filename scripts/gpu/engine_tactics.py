@@ -67,6 +67,13 @@ def main() -> int:
         for tactic in matching:
             tactic["algorithm"] = algorithm
             tactic["variant"] = variant
+    # An earlier copy (links and a config.json) may be replaced; anything else is not touched.
+    own_files = [name for name in (os.listdir(copy) if os.path.isdir(copy) else [])
+                 if name != "config.json" and not os.path.islink(os.path.join(copy, name))]
+    if own_files:
+        print(f"engine_tactics.py: {copy} holds files of its own (an engine?): give a new folder",
+              file=sys.stderr)
+        return 2
     os.makedirs(copy, exist_ok=True)
     for name in os.listdir(engine):
         if name == "config.json":
