@@ -291,11 +291,20 @@ Result<EngineConfig> engine_config_from_json(const nlohmann::json& json,
       config.compute_capability = cuda->at("compute_capability").get<int>();
       config.multi_block_mode = cuda->at("multi_block_mode").get<bool>();
       for (const auto& tactic : cuda->at("gemm_tactics")) {
-        config.gemm_choices.push_back(
-            GemmChoice{tactic.at("max_tokens").get<int64_t>(), tactic.at("n").get<int64_t>(),
-                       tactic.at("k").get<int64_t>(), tactic.at("algorithm").get<int32_t>(),
-                       tactic.at("variant").get<int32_t>(), tactic.value("microseconds", 0.0f),
-                       tactic.value("gated", false)});
+        const GemmChoice choice{tactic.at("max_tokens").get<int64_t>(),
+                                tactic.at("n").get<int64_t>(),
+                                tactic.at("k").get<int64_t>(),
+                                tactic.at("algorithm").get<int32_t>(),
+                                tactic.at("variant").get<int32_t>(),
+                                tactic.value("microseconds", 0.0f),
+                                tactic.value("gated", false)};
+        // (Whether a small-M configuration exists is the CUDA backend's to say.)
+        if (choice.max_tokens < 1 || choice.n < 1 || choice.k < 1 ||
+            (choice.algorithm != 0 && choice.algorithm != 1) || choice.variant < 0) {
+          return corrupt(source + ": cuda.gemm_tactics has an entry out of range (" +
+                         tactic.dump() + "); build the engine again");
+        }
+        config.gemm_choices.push_back(choice);
       }
     } catch (const nlohmann::json::exception& error) {
       return corrupt(source + ": malformed \"cuda\" section (" + error.what() +

@@ -159,6 +159,18 @@ TEST_F(EngineCommands, GemmTacticsRoundTrip) {
   const std::vector<GemmChoice> read = engine_config_from_json(older, "test").value().gemm_choices;
   ASSERT_EQ(read.size(), 3u);
   for (const GemmChoice& choice : read) EXPECT_FALSE(choice.gated);
+  // Entries no build writes are refused: an unknown algorithm, a negative index or size.
+  for (const auto& [key, value] : std::vector<std::pair<std::string, int>>{
+           {"algorithm", 2}, {"algorithm", -1}, {"variant", -1}, {"max_tokens", 0}, {"n", 0}}) {
+    nlohmann::json edited = json;
+    edited["cuda"]["gemm_tactics"][1][key] = value;
+    const Result<EngineConfig> refused = engine_config_from_json(edited, "test");
+    ASSERT_FALSE(refused.is_ok()) << key << " " << value;
+    EXPECT_EQ(refused.status().code(), StatusCode::kCorrupt);
+    EXPECT_NE(refused.status().message().find("cuda.gemm_tactics has an entry out of range"),
+              std::string::npos)
+        << refused.status().message();
+  }
 }
 
 // A float32 checkpoint of a golden model, whose RMSNorm weights are random (a `--random` one's are

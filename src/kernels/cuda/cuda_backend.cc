@@ -29,6 +29,16 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& o
     return invalid_argument("the CUDA backend computes in float16 or bfloat16, not " +
                             std::string(dtype_name(options.activation_dtype)));
   }
+  for (const GemmChoice& choice : options.gemm_choices) {
+    if (choice.algorithm == int32_t(cuda::GemmAlgorithm::kGemv) &&
+        choice.variant >= cuda::kGemvVariantCount) {
+      return unsupported("the engine's GEMM of " + std::to_string(choice.n) + " x " +
+                         std::to_string(choice.k) + " names small-M kernel configuration " +
+                         std::to_string(choice.variant) + ", which this Kite lacks (it has 0-" +
+                         std::to_string(cuda::kGemvVariantCount - 1) +
+                         "): build the engine again with this Kite");
+    }
+  }
   KITE_ASSIGN_OR_RETURN(CudaDeviceInfo device, cuda_device(options.device_index));
   KITE_CUDA_CHECK(cudaSetDevice(options.device_index));
   cudaStream_t stream = nullptr;
