@@ -299,8 +299,8 @@ Result<EngineConfig> engine_config_from_json(const nlohmann::json& json,
                                 tactic.value("microseconds", 0.0f),
                                 tactic.value("gated", false)};
         // (Whether a small-M configuration exists is the CUDA backend's to say.)
-        if (choice.max_tokens < 1 || choice.n < 1 || choice.k < 1 ||
-            (choice.algorithm != 0 && choice.algorithm != 1) || choice.variant < 0) {
+        if (choice.max_tokens < 1 || choice.n < 1 || choice.k < 1 || choice.algorithm < 0 ||
+            choice.algorithm >= kGemmAlgorithmCount || choice.variant < 0) {
           return corrupt(source + ": cuda.gemm_tactics has an entry out of range (" +
                          tactic.dump() + "); build the engine again");
         }

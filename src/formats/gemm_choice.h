@@ -6,6 +6,9 @@
 
 namespace kite {
 
+// GemmChoice::algorithm is one of kernels/cuda/linear.h's GemmAlgorithm values, 0 to this minus 1.
+inline constexpr int32_t kGemmAlgorithmCount = 2;
+
 // For linear() calls with at most max_tokens rows (the smallest such entry applies) and a weight of
 // [n, k]: the backend's kernel `algorithm` in configuration `variant` (see kernels/cuda/linear.h).
 // A `gated` choice is for the MLP's down projection with SwiGLU fused in (its input is

@@ -31,6 +31,8 @@ enum class GemmAlgorithm : int32_t {
                   // pointer alignment (the same index may name another kernel for another M)
   kGemv = 1,      // variant: index into the small-M kernel's configurations (gemv.cu)
 };
+static_assert(int32_t(GemmAlgorithm::kGemv) + 1 == kGemmAlgorithmCount,
+              "formats/gemm_choice.h counts the algorithms an engine may name");
 
 // One kernel choice for a GEMM shape, stored in engines as two plain integers. A tactic that does
 // not apply to a call (GEMV with M > kGemvMaxTokens, K % 8 != 0 or misaligned pointers; a cuBLASLt
