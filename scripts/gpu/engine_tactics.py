@@ -67,6 +67,9 @@ def main() -> int:
         for tactic in matching:
             tactic["algorithm"] = algorithm
             tactic["variant"] = variant
+    if os.path.exists(copy) and not os.path.isdir(copy):
+        print(f"engine_tactics.py: {copy} is a file: give a new folder", file=sys.stderr)
+        return 2
     # An earlier copy (links and a config.json) may be replaced; anything else is not touched.
     own_files = [name for name in (os.listdir(copy) if os.path.isdir(copy) else [])
                  if name != "config.json" and not os.path.islink(os.path.join(copy, name))]
