@@ -16,6 +16,9 @@
 #                     traces (tens of MB) to /tmp/kite-compare/traces
 #   --tests FILTER    first run build-gpu/tests/kite_cuda_tests with this gtest filter
 #   --env NAME=K=V    run binary NAME with environment variable K=V (repeatable), e.g. for a switch
+#   --tactics NAME=SHAPE=CHOICE  run binary NAME on a copy of the engine whose GEMM choice for SHAPE
+#                     is CHOICE (scripts/gpu/engine_tactics.py's --set, e.g. 4096x4096=gemv:0;
+#                     repeatable)
 # Binaries come from scripts/gpu/stage_prebuilt.sh (e.g. build-gpu/kite and build-gpu/kite-base).
 # Every figure goes to LOG_DIR/compare.log with the machine, date and commit; a summary per binary
 # and case (all runs, then the mean) ends it.
@@ -33,6 +36,7 @@ tests=""
 names=()
 binaries=()
 declare -A extra_env=()
+declare -A tactics=()
 while (($#)); do
   case "$1" in
     --static) static_cases="$2"; shift 2 ;;
@@ -46,14 +50,18 @@ while (($#)); do
       [[ "$2" == *=*=* ]] || { echo "compare.sh: --env wants NAME=VARIABLE=VALUE, got $2" >&2; exit 2; }
       extra_env["${2%%=*}"]+="${2#*=}"$'\n'
       shift 2 ;;
+    --tactics)
+      [[ "$2" == *=*=* ]] || { echo "compare.sh: --tactics wants NAME=SHAPE=CHOICE, got $2" >&2; exit 2; }
+      tactics["${2%%=*}"]+=" --set ${2#*=}"
+      shift 2 ;;
     -*) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     *=*) names+=("${1%%=*}"); binaries+=("${1#*=}"); shift ;;
     *) echo "compare.sh: expected NAME=BINARY, got $1" >&2; exit 2 ;;
   esac
 done
 ((${#names[@]})) || { echo "compare.sh: name at least one NAME=BINARY" >&2; exit 2; }
-for name in "${!extra_env[@]}"; do
-  [[ " ${names[*]} " == *" $name "* ]] || { echo "compare.sh: --env names no binary: $name" >&2; exit 2; }
+for name in "${!extra_env[@]}" "${!tactics[@]}"; do
+  [[ " ${names[*]} " == *" $name "* ]] || { echo "compare.sh: --env or --tactics names no binary: $name" >&2; exit 2; }
 done
 if ((trace)) && [[ ! -f "$root/.deps/trace/libkite_trace.so" ]]; then
   echo "compare.sh: --trace needs .deps/trace (scripts/gpu/trace/build.sh)" >&2
@@ -71,7 +79,7 @@ log="$log_dir/compare.log"
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
   echo "commit: ${KITE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
   for i in "${!names[@]}"; do
-    echo "binary ${names[$i]}: ${binaries[$i]} $(tr '\n' ' ' <<< "${extra_env[${names[$i]}]:-}")"
+    echo "binary ${names[$i]}: ${binaries[$i]} $(tr '\n' ' ' <<< "${extra_env[${names[$i]}]:-}")${tactics[${names[$i]}]:-}"
   done
   nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader
 } | tee "$log"
@@ -93,6 +101,15 @@ if [[ -n "$serve_cases" ]]; then
 fi
 KITE_ENGINE_BINARY="${binaries[0]}" bash scripts/gpu/make_engine.sh "$engine" -- "${limits[@]}" \
   > "$log_dir/engine.log" 2>&1 || { echo "compare.sh: engine build failed (engine.log)" >&2; exit 1; }
+# engine_of NAME: the engine NAME runs, with its --tactics applied to a copy.
+declare -A engines=()
+for name in "${!tactics[@]}"; do
+  engines[$name]="$engine-$name"
+  # shellcheck disable=SC2086  # the --set words
+  python3 scripts/gpu/engine_tactics.py "$engine" "${engines[$name]}" ${tactics[$name]} \
+    >> "$log_dir/engine.log" 2>&1 || { echo "compare.sh: --tactics for $name failed (engine.log)" >&2; exit 1; }
+done
+engine_of() { echo "${engines[$1]:-$engine}"; }
 "${binaries[0]}" bench --engine_dir "$engine" --ceilings --batch_size 1 --input_output_len 128,2 \
   2>&1 | grep -E "CEILING" | tee -a "$log" || echo "ceilings: none printed" | tee -a "$log"
 
@@ -117,13 +134,13 @@ run() {
 for ((rep = 1; rep <= reps; ++rep)); do
   for i in "${!names[@]}"; do
     if [[ -n "$static_cases" ]]; then
-      run "${names[$i]}" "${binaries[$i]}" bench --engine_dir "$engine" --batch_size "$batch" \
-        --input_output_len "$static_cases"
+      run "${names[$i]}" "${binaries[$i]}" bench --engine_dir "$(engine_of "${names[$i]}")" \
+        --batch_size "$batch" --input_output_len "$static_cases"
     fi
     IFS=';' read -ra cases <<< "$serve_cases"
     for case in "${cases[@]}"; do
-      run "${names[$i]}" "${binaries[$i]}" bench --engine_dir "$engine" --mode serve \
-        --scheduler_policy max_utilization --num_requests "$requests" --input_output_len "$case"
+      run "${names[$i]}" "${binaries[$i]}" bench --engine_dir "$(engine_of "${names[$i]}")" \
+        --mode serve --scheduler_policy max_utilization --num_requests "$requests" --input_output_len "$case"
     done
   done
 done
@@ -145,7 +162,8 @@ if ((trace)); then
   for i in "${!names[@]}"; do
     run_suffix=" traced" run "${names[$i]}" env KITE_TRACE_FILE="$traces/trace_${names[$i]}.csv" \
       KITE_TRACE_API_FILE="$traces/api_${names[$i]}.csv" \
-      LD_PRELOAD="$root/.deps/trace/libkite_trace.so" "${binaries[$i]}" bench --engine_dir "$engine" \
+      LD_PRELOAD="$root/.deps/trace/libkite_trace.so" "${binaries[$i]}" bench \
+      --engine_dir "$(engine_of "${names[$i]}")" \
       "${traced[@]}"
     python3 scripts/gpu/trace/timeline.py "$traces/trace_${names[$i]}.csv" "${timeline_args[@]}" \
       --api "$traces/api_${names[$i]}.csv" > "$log_dir/timeline_${names[$i]}.txt" 2>&1 || true

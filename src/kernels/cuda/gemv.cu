@@ -149,7 +149,7 @@ __device__ __forceinline__ uint4 silu_mul_chunk(const uint4& gate, const uint4& 
 // out += p (+ bias), each rounded once. kGatedAdd: x is [tokens, 2 k_size] = [gate | up] and the
 // product is with silu(gate) * up.
 template <typename T, int kTokenTiles, int kRowTiles, int kWarps, GemvKind kKind,
-          int kFetchBytes>
+          int kFetchBytes, int kEarlyGroups>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
                 T* __restrict__ out, int tokens, int rows, int k_size, float eps) {
@@ -286,13 +286,30 @@ __global__ void __launch_bounds__(kWarps * 32)
   // Double-buffered: the next kUnroll steps are loading while these are multiplied. (With one
   // buffer the compiler interleaves each load with its mma, leaving about 3 loads in flight per
   // warp; this measured 1.4x to 1.5x faster on the large Llama-3-8B shapes on an H100.)
-  // The first weights are requested before waiting for the kernel that writes x.
+  // The first kEarlyGroups load groups of weights are requested before waiting for the kernel
+  // that writes x: with 2, both buffers fill while that kernel runs (the o projection's CTAs
+  // start beside the latency-bound decode attention), for the same registers (the first group is
+  // multiplied ahead of the loop). Groups past the warp's range load zeros, whose products add
+  // nothing.
   Fragments current, next;
-  load_weights(step_begin, next);
-  pdl_launch_dependents();
-  pdl_wait();
-  load_x(step_begin, next);
-  for (int step = step_begin; step < step_end; step += kUnroll) {
+  int step = step_begin;
+  if constexpr (kEarlyGroups == 2) {
+    load_weights(step, current);
+    load_weights(step + kUnroll, next);
+    pdl_launch_dependents();
+    pdl_wait();
+    load_x(step, current);
+    load_x(step + kUnroll, next);
+    multiply(current);
+    step += kUnroll;
+  } else {
+    static_assert(kEarlyGroups == 1);
+    load_weights(step, next);
+    pdl_launch_dependents();
+    pdl_wait();
+    load_x(step, next);
+  }
+  for (; step < step_end; step += kUnroll) {
     current = next;
     load_weights(step + kUnroll, next);
     load_x(step + kUnroll, next);
@@ -351,15 +368,18 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// The weight loads' L2 fetch size: 256 bytes, or KITE_GEMV_FETCH=0 / 128 (A/B measurements).
-// 256 measured +2.9% to +4.3% batch-1 decode against no hint in three calls on H100s (Llama-3-8B;
-// 128 within noise of 256; docs/perf/cuda_llama3_8b.md).
+// The weight loads' L2 fetch size: 256 bytes, or KITE_GEMV_FETCH=0 (A/B measurements). 256
+// measured +2.9% to +4.3% batch-1 decode against no hint in three calls on H100s (Llama-3-8B; 128
+// within noise of 256, and no longer built; docs/perf/cuda_llama3_8b.md).
 int gemv_fetch_bytes() {
-  static const int bytes = [] {
-    const int setting = switch_setting("KITE_GEMV_FETCH", 256, 0, 256);
-    return setting >= 256 ? 256 : setting >= 128 ? 128 : 0;
-  }();
+  static const int bytes = switch_setting("KITE_GEMV_FETCH", 256, 0, 256) > 0 ? 256 : 0;
   return bytes;
+}
+
+// Load groups a warp requests before its PDL wait: 1, or KITE_GEMV_EARLY_GROUPS=2 (A/B).
+int gemv_early_groups() {
+  static const int groups = switch_setting("KITE_GEMV_EARLY_GROUPS", 1, 1, 2);
+  return groups;
 }
 
 template <typename T>
@@ -384,14 +404,13 @@ void launch_instance(const GemvArguments<T>& arguments, cudaStream_t stream) {
                   arguments.bias, arguments.out, arguments.tokens, arguments.rows,
                   arguments.k_size, arguments.eps);
   };
-  switch (gemv_fetch_bytes()) {
-    case 0:
-      return launch(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 0>);
-    case 128:
-      return launch(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 128>);
-    default:
-      return launch(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 256>);
+  const bool fetch = gemv_fetch_bytes() > 0;
+  if (gemv_early_groups() == 2) {
+    return fetch ? launch(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 256, 2>)
+                 : launch(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 0, 2>);
   }
+  return fetch ? launch(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 256, 1>)
+               : launch(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 0, 1>);
 }
 
 template <typename T, int kTokenTiles, GemvKind kKind, size_t... kVariants>
@@ -446,10 +465,11 @@ int gated_ctas_per_multiprocessor(int32_t variant, std::index_sequence<kVariants
     prefer_uniform_carveout(kernel);  // occupancy depends on the split
     KITE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, threads, 0));
   };
-  // The fetch hint's instances use the same registers (ptxas), so one of them answers for all.
+  // The fetch hint's and early groups' instances use the same registers (ptxas), so one of them
+  // answers for all.
   ((variant == int32_t(kVariants)
         ? query(gemv_kernel<T, 1, kGemvConfigs[kVariants].row_tiles, kGemvConfigs[kVariants].warps,
-                            GemvKind::kGatedAdd, 256>,
+                            GemvKind::kGatedAdd, 256, 1>,
                 kGemvConfigs[kVariants].warps * 32)
         : void()),
    ...);
