@@ -45,11 +45,16 @@ constexpr int kChunksPerStep = 4;  // the 4 quads of a group
 constexpr int kUnroll = 4;         // steps loaded as one group (two groups double-buffered)
 
 struct GemvConfig {
-  int row_tiles;  // 16-row mma tiles per CTA (more: x loads shared by more rows)
-  int warps;      // warps per CTA splitting K (more: more loads in flight per row tile)
+  int row_tiles;     // 16-row mma tiles per CTA (more: x loads shared by more rows)
+  int warps;         // warps per CTA splitting K (more: more loads in flight per row tile)
+  int early_groups;  // load groups a warp requests before its PDL wait (1 or 2)
 };
-// The instances: GemmTactic::variant indexes this table.
-constexpr GemvConfig kGemvConfigs[kGemvVariantCount] = {{1, 8}, {2, 8}, {1, 4}, {2, 4}};
+// The instances: GemmTactic::variant indexes this table (append only: engines store the index).
+// Two early groups fill both buffers while the previous kernel runs (e.g. the o projection's CTAs
+// beside the latency-bound decode attention) at 20-30 more registers a thread (ptxas).
+constexpr GemvConfig kGemvConfigs[kGemvVariantCount] = {{1, 8, 1}, {2, 8, 1}, {1, 4, 1},
+                                                        {2, 4, 1}, {1, 8, 2}, {2, 8, 2},
+                                                        {1, 4, 2}, {2, 4, 2}};
 
 // 16 bytes at `address` when `predicate`, zeros otherwise. Predicated instructions rather than
 // branches, so that the compiler can put many loads in flight ahead of the mma that uses them.
@@ -287,9 +292,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   // buffer the compiler interleaves each load with its mma, leaving about 3 loads in flight per
   // warp; this measured 1.4x to 1.5x faster on the large Llama-3-8B shapes on an H100.)
   // The first kEarlyGroups load groups of weights are requested before waiting for the kernel
-  // that writes x: with 2, both buffers fill while that kernel runs (the o projection's CTAs
-  // start beside the latency-bound decode attention), for the same registers (the first group is
-  // multiplied ahead of the loop). Groups past the warp's range load zeros, whose products add
+  // that writes x: with 2, both buffers fill while that kernel runs, and the first group is
+  // multiplied ahead of the loop. Groups past the warp's range load zeros, whose products add
   // nothing.
   Fragments current, next;
   int step = step_begin;
@@ -376,12 +380,6 @@ int gemv_fetch_bytes() {
   return bytes;
 }
 
-// Load groups a warp requests before its PDL wait: 1, or KITE_GEMV_EARLY_GROUPS=2 (A/B).
-int gemv_early_groups() {
-  static const int groups = switch_setting("KITE_GEMV_EARLY_GROUPS", 1, 1, 2);
-  return groups;
-}
-
 template <typename T>
 struct GemvArguments {
   const T* x;
@@ -404,13 +402,12 @@ void launch_instance(const GemvArguments<T>& arguments, cudaStream_t stream) {
                   arguments.bias, arguments.out, arguments.tokens, arguments.rows,
                   arguments.k_size, arguments.eps);
   };
-  const bool fetch = gemv_fetch_bytes() > 0;
-  if (gemv_early_groups() == 2) {
-    return fetch ? launch(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 256, 2>)
-                 : launch(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 0, 2>);
+  if (gemv_fetch_bytes() > 0) {
+    return launch(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 256,
+                              config.early_groups>);
   }
-  return fetch ? launch(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 256, 1>)
-               : launch(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 0, 1>);
+  return launch(
+      gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 0, config.early_groups>);
 }
 
 template <typename T, int kTokenTiles, GemvKind kKind, size_t... kVariants>
@@ -465,11 +462,10 @@ int gated_ctas_per_multiprocessor(int32_t variant, std::index_sequence<kVariants
     prefer_uniform_carveout(kernel);  // occupancy depends on the split
     KITE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&ctas, kernel, threads, 0));
   };
-  // The fetch hint's and early groups' instances use the same registers (ptxas), so one of them
-  // answers for all.
+  // The fetch hint's instances use the same registers (ptxas), so one of them answers for both.
   ((variant == int32_t(kVariants)
         ? query(gemv_kernel<T, 1, kGemvConfigs[kVariants].row_tiles, kGemvConfigs[kVariants].warps,
-                            GemvKind::kGatedAdd, 256, 1>,
+                            GemvKind::kGatedAdd, 256, kGemvConfigs[kVariants].early_groups>,
                 kGemvConfigs[kVariants].warps * 32)
         : void()),
    ...);

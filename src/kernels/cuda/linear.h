@@ -107,7 +107,7 @@ class GemmRunner {
 // The most tokens (rows of x) the GEMV kernel takes.
 inline constexpr int64_t kGemvMaxTokens = 16;
 // Its configurations (GemmTactic::variant for GemmAlgorithm::kGemv).
-inline constexpr int32_t kGemvVariantCount = 4;
+inline constexpr int32_t kGemvVariantCount = 8;
 
 // What the GEMV kernel computes, x [M, K] and weight [N, K] unless said:
 enum class GemvKind {
