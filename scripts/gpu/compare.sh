@@ -16,9 +16,9 @@
 #                     traces (tens of MB) to /tmp/kite-compare/traces
 #   --tests FILTER    first run build-gpu/tests/kite_cuda_tests with this gtest filter
 #   --env NAME=K=V    run binary NAME with environment variable K=V (repeatable), e.g. for a switch
-#   --tactics NAME=SHAPE=CHOICE  run binary NAME on a copy of the engine whose GEMM choice for SHAPE
-#                     is CHOICE (scripts/gpu/engine_tactics.py's --set, e.g. 4096x4096=gemv:0;
-#                     repeatable)
+#   --tactics NAME=WHAT=CHOICE  run binary NAME on a copy of the engine with GEMM choices replaced
+#                     (scripts/gpu/engine_tactics.py's --set: e.g. 4096x4096=gemv:0 for a shape,
+#                     gemv:4=gemv:0 for a choice wherever the tuner made it; repeatable)
 # Binaries come from scripts/gpu/stage_prebuilt.sh (e.g. build-gpu/kite and build-gpu/kite-base).
 # Every figure goes to LOG_DIR/compare.log with the machine, date and commit; a summary per binary
 # and case (all runs, then the mean) ends it.
@@ -51,7 +51,7 @@ while (($#)); do
       extra_env["${2%%=*}"]+="${2#*=}"$'\n'
       shift 2 ;;
     --tactics)
-      [[ "$2" == *=*=* ]] || { echo "compare.sh: --tactics wants NAME=SHAPE=CHOICE, got $2" >&2; exit 2; }
+      [[ "$2" == *=*=* ]] || { echo "compare.sh: --tactics wants NAME=WHAT=CHOICE, got $2" >&2; exit 2; }
       tactics["${2%%=*}"]+=" --set ${2#*=}"
       shift 2 ;;
     -*) echo "compare.sh: unknown option $1" >&2; exit 2 ;;

@@ -4,12 +4,14 @@ shape's kernel in the decode step (KITE_GEMV_VARIANT forces every shape at once)
 engine's weights and files and writes its own config.json, so it costs no disk; `kite bench
 --engine_dir COPY` then runs it.
 
-Usage: python3 scripts/gpu/engine_tactics.py ENGINE_DIR COPY_DIR --set SHAPE=CHOICE [--set ...]
-  SHAPE   NxK (the weight's rows x columns), or NxK/gated for the MLP's down projection with
-          SwiGLU fused into the small-M kernel; every row bucket of that shape is changed
+Usage: python3 scripts/gpu/engine_tactics.py ENGINE_DIR COPY_DIR --set WHAT=CHOICE [--set ...]
+  WHAT    NxK (the weight's rows x columns), or NxK/gated for the MLP's down projection with
+          SwiGLU fused into the small-M kernel: every row bucket of that shape gets CHOICE;
+          or a CHOICE: every entry that has it gets the new one
   CHOICE  gemv:V (the small-M kernel's configuration V, src/kernels/cuda/gemv.cu) or cublaslt:V
           (the V-th of cuBLASLt's heuristic results), as in docs/engine.md's gemm_tactics
 e.g. python3 scripts/gpu/engine_tactics.py /tmp/e /tmp/e-o2 --set 4096x4096=gemv:2
+     python3 scripts/gpu/engine_tactics.py /tmp/e /tmp/e-1 --set gemv:4=gemv:0 --set gemv:5=gemv:1
 """
 import argparse
 import json
@@ -23,12 +25,23 @@ ALGORITHMS = {"cublaslt": 0, "gemv": 1}
 
 
 def parse_setting(text: str):
-    """(n, k, gated, algorithm, variant) from SHAPE=CHOICE, or None."""
-    match = re.fullmatch(r"(\d+)x(\d+)(/gated)?=(cublaslt|gemv):(\d+)", text)
-    if not match:
-        return None
-    n, k, gated, algorithm, variant = match.groups()
-    return int(n), int(k), bool(gated), ALGORITHMS[algorithm], int(variant)
+    """(what, algorithm, variant) from WHAT=CHOICE, where what is ("shape", n, k, gated) or
+    ("choice", algorithm, variant); None if the text is neither."""
+    choice = r"(cublaslt|gemv):(\d+)"
+    match = re.fullmatch(r"(\d+)x(\d+)(/gated)?=" + choice, text)
+    if match:
+        n, k, gated, algorithm, variant = match.groups()
+        return ("shape", int(n), int(k), bool(gated)), ALGORITHMS[algorithm], int(variant)
+    match = re.fullmatch(choice + "=" + choice, text)
+    if match:
+        old_algorithm, old_variant, algorithm, variant = match.groups()
+        return (("choice", ALGORITHMS[old_algorithm], int(old_variant)), ALGORITHMS[algorithm],
+                int(variant))
+    return None
+
+
+def shape_name(tactic) -> str:
+    return f"{tactic['n']}x{tactic['k']}" + ("/gated" if tactic.get("gated") else "")
 
 
 def main() -> int:
@@ -36,14 +49,14 @@ def main() -> int:
     parser.add_argument("engine_dir")
     parser.add_argument("copy_dir")
     parser.add_argument("--set", dest="settings", action="append", required=True,
-                        metavar="SHAPE=CHOICE", help="e.g. 4096x4096=gemv:2")
+                        metavar="WHAT=CHOICE", help="e.g. 4096x4096=gemv:2 or gemv:4=gemv:0")
     args = parser.parse_args()
     settings = []
     for text in args.settings:
         setting = parse_setting(text)
         if setting is None:
-            print(f"engine_tactics.py: --set {text}: want NxK[/gated]=gemv:V or cublaslt:V",
-                  file=sys.stderr)
+            print(f"engine_tactics.py: --set {text}: want NxK[/gated]=CHOICE or CHOICE=CHOICE, "
+                  "a CHOICE being gemv:V or cublaslt:V", file=sys.stderr)
             return 2
         settings.append(setting)
     engine = os.path.abspath(args.engine_dir)
@@ -55,15 +68,21 @@ def main() -> int:
     if config is None:
         return 2
     tactics = config["cuda"]["gemm_tactics"]
-    for n, k, gated, algorithm, variant in settings:
-        matching = [t for t in tactics
-                    if t["n"] == n and t["k"] == k and bool(t.get("gated")) == gated]
-        if not matching:
-            shapes = sorted({f"{t['n']}x{t['k']}" + ("/gated" if t.get("gated") else "")
-                             for t in tactics})
-            print(f"engine_tactics.py: no tuned GEMM of shape {n}x{k}{'/gated' if gated else ''} "
-                  f"in {engine}; it has {', '.join(shapes)}", file=sys.stderr)
-            return 2
+    # Each setting applies to the entries as the engine has them: settings do not chain.
+    original = [(t["algorithm"], t["variant"]) for t in tactics]
+    for what, algorithm, variant in settings:
+        if what[0] == "shape":
+            _, n, k, gated = what
+            matching = [t for t in tactics
+                        if t["n"] == n and t["k"] == k and bool(t.get("gated")) == gated]
+            if not matching:
+                shapes = sorted({shape_name(t) for t in tactics})
+                print(f"engine_tactics.py: no tuned GEMM of shape {n}x{k}{'/gated' if gated else ''} "
+                      f"in {engine}; it has {', '.join(shapes)}", file=sys.stderr)
+                return 2
+        else:
+            # A choice no entry has changes nothing: the tuner may not have picked it here.
+            matching = [t for t, before in zip(tactics, original) if before == what[1:]]
         for tactic in matching:
             tactic["algorithm"] = algorithm
             tactic["variant"] = variant
