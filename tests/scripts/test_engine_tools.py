@@ -49,17 +49,19 @@ class EngineToolsTest(unittest.TestCase):
         return subprocess.run([sys.executable, os.path.join(SOURCE_DIR, "scripts", "gpu", name),
                                *args], capture_output=True, text=True)
 
-    def copy_tactics(self, copy):
+    def copy_with(self, *settings):
+        """The copy's folder and (max_tokens, n, k, gated, algorithm, variant) of its entries."""
+        copy = os.path.join(self.work.name, "copy")
+        arguments = [word for setting in settings for word in ("--set", setting)]
+        result = self.run_script("engine_tactics.py", self.engine, copy, *arguments)
+        self.assertEqual(result.returncode, 0, result.stderr)
         with open(os.path.join(copy, "config.json")) as file:
-            return [(t["max_tokens"], t["n"], t["k"], bool(t.get("gated")), t["algorithm"],
-                     t["variant"]) for t in json.load(file)["cuda"]["gemm_tactics"]]
+            return copy, [(t["max_tokens"], t["n"], t["k"], bool(t.get("gated")), t["algorithm"],
+                           t["variant"]) for t in json.load(file)["cuda"]["gemm_tactics"]]
 
     def test_set_shape_changes_every_bucket_of_it(self):
-        copy = os.path.join(self.work.name, "copy")
-        result = self.run_script("engine_tactics.py", self.engine, copy,
-                                 "--set", "4096x4096=gemv:2")
-        self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertEqual(self.copy_tactics(copy), [
+        copy, tactics = self.copy_with("4096x4096=gemv:2")
+        self.assertEqual(tactics, [
             (1, 6144, 4096, False, 1, 0), (1, 4096, 4096, False, 1, 2),
             (128, 4096, 4096, False, 1, 2), (1, 28672, 4096, False, 1, 4),
             (1, 4096, 14336, True, 1, 0)])
@@ -69,13 +71,9 @@ class EngineToolsTest(unittest.TestCase):
             self.assertEqual(json.load(file)["cuda"]["gemm_tactics"], self.tactics)
 
     def test_set_choice_replaces_it_wherever_it_is(self):
-        copy = os.path.join(self.work.name, "copy")
         # gemv:4 -> gemv:0 and gemv:0 -> gemv:3 do not chain: each applies to the engine's entries.
-        result = self.run_script("engine_tactics.py", self.engine, copy,
-                                 "--set", "gemv:4=gemv:0", "--set", "gemv:0=gemv:3",
-                                 "--set", "gemv:7=gemv:1")
-        self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertEqual(self.copy_tactics(copy), [
+        _, tactics = self.copy_with("gemv:4=gemv:0", "gemv:0=gemv:3", "gemv:7=gemv:1")
+        self.assertEqual(tactics, [
             (1, 6144, 4096, False, 1, 3), (1, 4096, 4096, False, 1, 0),
             (128, 4096, 4096, False, 0, 2), (1, 28672, 4096, False, 1, 0),
             (1, 4096, 14336, True, 1, 3)])
