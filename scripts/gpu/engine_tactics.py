@@ -7,7 +7,8 @@ engine's weights and files and writes its own config.json, so it costs no disk; 
 Usage: python3 scripts/gpu/engine_tactics.py ENGINE_DIR COPY_DIR --set WHAT=CHOICE [--set ...]
   WHAT    NxK (the weight's rows x columns), or NxK/gated for the MLP's down projection with
           SwiGLU fused into the small-M kernel: every row bucket of that shape gets CHOICE;
-          or a CHOICE: every entry that has it gets the new one
+          or a CHOICE: every entry the engine has with it gets the new one (shapes named
+          explicitly keep what their own --set gives them)
   CHOICE  gemv:V (the small-M kernel's configuration V, src/kernels/cuda/gemv.cu) or cublaslt:V
           (the V-th of cuBLASLt's heuristic results), as in docs/engine.md's gemm_tactics
 e.g. python3 scripts/gpu/engine_tactics.py /tmp/e /tmp/e-o2 --set 4096x4096=gemv:2
@@ -68,9 +69,10 @@ def main() -> int:
     if config is None:
         return 2
     tactics = config["cuda"]["gemm_tactics"]
-    # Each setting applies to the entries as the engine has them: settings do not chain.
+    # Choice settings apply to the engine's own choices (they do not chain); shape settings come
+    # after them, so that a shape named explicitly gets what it is given.
     original = [(t["algorithm"], t["variant"]) for t in tactics]
-    for what, algorithm, variant in settings:
+    for what, algorithm, variant in sorted(settings, key=lambda setting: setting[0][0] == "shape"):
         if what[0] == "shape":
             _, n, k, gated = what
             matching = [t for t in tactics

@@ -78,6 +78,13 @@ class EngineToolsTest(unittest.TestCase):
             (128, 4096, 4096, False, 0, 2), (1, 28672, 4096, False, 1, 0),
             (1, 4096, 14336, True, 1, 3)])
 
+    def test_a_shape_setting_wins_over_a_choice_setting(self):
+        _, tactics = self.copy_with("4096x4096=gemv:2", "gemv:4=gemv:0")
+        self.assertEqual(tactics, [
+            (1, 6144, 4096, False, 1, 0), (1, 4096, 4096, False, 1, 2),
+            (128, 4096, 4096, False, 1, 2), (1, 28672, 4096, False, 1, 0),
+            (1, 4096, 14336, True, 1, 0)])
+
     def test_refusals_are_one_line_with_exit_2(self):
         copy = os.path.join(self.work.name, "copy")
         cases = [
