@@ -78,12 +78,10 @@ constexpr GemvConfig kGemvConfigs[kGemvVariantCount] = {{1, 8, 1}, {2, 8, 1}, {1
       : "l"(address), "r"(int(predicate)))
 template <int kFetchBytes>
 __device__ __forceinline__ uint4 load_streaming(const void* address, bool predicate) {
-  static_assert(kFetchBytes == 0 || kFetchBytes == 128 || kFetchBytes == 256);
+  static_assert(kFetchBytes == 0 || kFetchBytes == 256);
   uint4 value;
   if constexpr (kFetchBytes == 256) {
     KITE_GEMV_LOAD(".L2::256B");
-  } else if constexpr (kFetchBytes == 128) {
-    KITE_GEMV_LOAD(".L2::128B");
   } else {
     KITE_GEMV_LOAD("");
   }
