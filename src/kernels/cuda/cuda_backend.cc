@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <bit>
-#include <cstring>
 #include <string>
 
 #include "kernels/cuda/activation.h"
@@ -45,28 +44,20 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& o
   cudaStream_t stream = nullptr;
   KITE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   Result<std::unique_ptr<cuda::GemmRunner>> gemm = cuda::GemmRunner::create();
-  void* staging = nullptr;
-  if (gemm.is_ok() && cudaMallocHost(&staging, kStagingBytes) != cudaSuccess) {
-    cudaGetLastError();
-    KITE_CUDA_CHECK(cudaStreamDestroy(stream));
-    return out_of_range("cannot pin " + std::to_string(kStagingBytes >> 20) +
-                        " MiB of host memory for GPU copies (raise the locked-memory limit)");
-  }
   if (!gemm.is_ok()) {
     KITE_CUDA_CHECK(cudaStreamDestroy(stream));
     return gemm.status();
   }
-  return std::unique_ptr<CudaBackend>(new CudaBackend(
-      options, std::move(device), stream, std::move(*gemm), static_cast<uint8_t*>(staging)));
+  return std::unique_ptr<CudaBackend>(
+      new CudaBackend(options, std::move(device), stream, std::move(*gemm)));
 }
 
 CudaBackend::CudaBackend(BackendOptions options, CudaDeviceInfo device, cudaStream_t stream,
-                         std::unique_ptr<cuda::GemmRunner> gemm, uint8_t* staging)
+                         std::unique_ptr<cuda::GemmRunner> gemm)
     : options_(std::move(options)),
       device_(std::move(device)),
       stream_(stream),
-      gemm_(std::move(gemm)),
-      staging_(staging) {}
+      gemm_(std::move(gemm)) {}
 
 CudaBackend::~CudaBackend() {
   for (cudaGraphExec_t graph : graphs_) {
@@ -76,11 +67,7 @@ CudaBackend::~CudaBackend() {
   split_counters_.reset();
   sampling_workspace_.reset();
   gemm_.reset();
-  if (stream_) {
-    cudaStreamSynchronize(stream_);  // no copy may still read the staging buffer
-    cudaStreamDestroy(stream_);
-  }
-  if (staging_) cudaFreeHost(staging_);
+  if (stream_) cudaStreamDestroy(stream_);
 }
 
 Result<DeviceBuffer> CudaBackend::allocate(size_t bytes) {
@@ -98,51 +85,22 @@ Result<DeviceBuffer> CudaBackend::allocate(size_t bytes) {
   return DeviceBuffer(data, bytes, &free_device_memory);
 }
 
-void* CudaBackend::stage_upload(size_t bytes) {
-  // A copy captured into a graph would read the staging buffer at every replay, long after it
-  // holds other bytes: steps upload before their capture begins.
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  KITE_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
-  KITE_CHECK(capture == cudaStreamCaptureStatusNone);
-  if (staging_used_ + bytes > kStagingBytes) synchronize();
-  void* slot = staging_ + staging_used_;
-  staging_used_ += (bytes + 15) / 16 * 16;  // 16-byte aligned slots
-  return slot;
-}
-
 void CudaBackend::upload(void* device_destination, const void* host_source, size_t bytes) {
   if (bytes == 0) return;
-  if (bytes > kStagedCopyBytes) {
-    // Pageable host memory: the call returns once the source is staged, so the caller may reuse
-    // it.
-    KITE_CUDA_CHECK(
-        cudaMemcpyAsync(device_destination, host_source, bytes, cudaMemcpyHostToDevice, stream_));
-    return;
-  }
-  void* staged = stage_upload(bytes);
-  std::memcpy(staged, host_source, bytes);
   KITE_CUDA_CHECK(
-      cudaMemcpyAsync(device_destination, staged, bytes, cudaMemcpyHostToDevice, stream_));
+      cudaMemcpyAsync(device_destination, host_source, bytes, cudaMemcpyHostToDevice, stream_));
+  // Pageable host memory: the call returns once the source is staged, so the caller may reuse it.
 }
 
 void CudaBackend::download(void* host_destination, const void* device_source, size_t bytes) {
   if (bytes == 0) return;
-  if (bytes > kStagedCopyBytes) {
-    KITE_CUDA_CHECK(
-        cudaMemcpyAsync(host_destination, device_source, bytes, cudaMemcpyDeviceToHost, stream_));
-    synchronize();
-    return;
-  }
-  // Into a free part of the staging buffer (uploads before it may still be in flight).
-  void* staged = stage_upload(bytes);
-  KITE_CUDA_CHECK(cudaMemcpyAsync(staged, device_source, bytes, cudaMemcpyDeviceToHost, stream_));
-  synchronize();
-  std::memcpy(host_destination, staged, bytes);
+  KITE_CUDA_CHECK(
+      cudaMemcpyAsync(host_destination, device_source, bytes, cudaMemcpyDeviceToHost, stream_));
+  KITE_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 void CudaBackend::synchronize() {
   KITE_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  staging_used_ = 0;  // every copy issued so far has read its bytes
 }
 
 size_t CudaBackend::memory_in_use_bytes() const {

@@ -5,8 +5,6 @@
 
 #include <cuda_runtime_api.h>
 
-#include <cstddef>
-#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -30,9 +28,7 @@ class CudaBackend final : public Backend {
   cudaStream_t stream() const { return stream_; }
 
   // Memory is cudaMalloc'ed (256-byte aligned). upload() may return before the copy lands on the
-  // GPU (later work on the stream sees it); download() waits for it. Copies of up to
-  // kStagedCopyBytes (a step's metadata, sampling rows and ids) go through a pinned host buffer:
-  // a pageable copy costs the host several microseconds more, between two decode steps.
+  // GPU (later work on the stream sees it); download() waits for it.
   Result<DeviceBuffer> allocate(size_t bytes) override;
   void upload(void* device_destination, const void* host_source, size_t bytes) override;
   void download(void* host_destination, const void* device_source, size_t bytes) override;
@@ -89,7 +85,7 @@ class CudaBackend final : public Backend {
 
  private:
   CudaBackend(BackendOptions options, CudaDeviceInfo device, cudaStream_t stream,
-              std::unique_ptr<cuda::GemmRunner> gemm, uint8_t* staging);
+              std::unique_ptr<cuda::GemmRunner> gemm);
   // The tuned tactic of an m-row GEMM with a [n, k] weight (`gated`: SwiGLU fused in).
   cuda::GemmTactic tactic_for(int64_t m, int64_t n, int64_t k, bool gated = false) const;
   // Grows `buffer` to hold `bytes`, to the next power of two: a growth waits for the GPU and drops
@@ -105,21 +101,10 @@ class CudaBackend final : public Backend {
   cuda::SplitWorkspace split_workspace(int64_t decodes, int64_t query_heads, int64_t head_dim,
                                        int splits);
 
-  // Where a small upload's bytes wait for their copy: `bytes` of the pinned staging buffer, after
-  // waiting for the stream when the buffer is full (its earlier copies still read it).
-  void* stage_upload(size_t bytes);
-
   BackendOptions options_;
   CudaDeviceInfo device_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::GemmRunner> gemm_;
-  // Pinned host memory for small copies (cudaMallocHost'ed at creation). Uploads take it in order
-  // from staging_used_, which returns to 0 whenever the stream has been waited for. The backend,
-  // like its stream, is driven by one thread at a time.
-  static constexpr size_t kStagedCopyBytes = size_t(1) << 20;
-  static constexpr size_t kStagingBytes = size_t(4) << 20;
-  uint8_t* staging_ = nullptr;
-  size_t staging_used_ = 0;
   // Split-KV partial results; grown outside graph capture (the first step of a shape).
   DeviceBuffer attention_workspace_;
   DeviceBuffer split_counters_;          // zeroed when allocated; the kernels leave them zero
