@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes a random-weight bf16 checkpoint of a config (default: Llama-3-8B) and builds a CUDA engine
-# of it with the given limits, unless ENGINE_DIR already holds one. For the GPU benchmarks.
+# of it with the given limits, unless ENGINE_DIR already holds one. For the GPU benchmarks. Every
+# candidate kernel's time of the build's GEMM tuning goes to ENGINE_DIR.tuning.csv (--tuning_log).
 # KITE_ENGINE_BINARY: the `kite` that converts and builds (default build-gpu/kite).
 # Usage: bash scripts/gpu/make_engine.sh ENGINE_DIR [CONFIG.json] -- [kite build limits...]
 #   e.g. bash scripts/gpu/make_engine.sh /tmp/e -- --max_batch_size 64 --max_input_len 2048 ...
@@ -21,7 +22,15 @@ cp "$config" "$work/model/config.json"
 cp "$root/tests/fixtures/golden/hf/llama_mha/tokenizer.json" "$work/model/tokenizer.json"
 /usr/bin/time -f "convert: %e s" "$kite" convert --random --model_dir "$work/model" \
   --output_dir "$work/ckpt" --dtype bfloat16 2>&1 | tail -2
+log=()  # (a `kite` older than --tuning_log builds without it)
+help="$("$kite" build --help 2>&1 || true)"
+[[ "$help" == *--tuning_log* ]] && log=(--tuning_log "$engine.tuning.csv")
 /usr/bin/time -f "build: %e s" "$kite" build --checkpoint_dir "$work/ckpt" --output_dir "$engine" \
-  --device cuda "$@" 2>&1 | tail -3
+  --device cuda "${log[@]}" "$@" 2>&1 | tail -3
 # What each small-M GEMM reached alone when the build timed it (weight bytes / time).
 python3 "$root/scripts/gpu/gemm_report.py" "$engine" || true
+# Every candidate at one row (decode at batch 1), fastest first per shape.
+if ((${#log[@]})); then
+  awk -F, 'NR == 1 || $1 == 1 { printf "%6s %6s %5s %5s %12s %12s %11s %6s\n", $2, $3, $4, $5, $6, $7, $8, $9 }' \
+    "$engine.tuning.csv" || true
+fi

@@ -1,6 +1,7 @@
 // make_backend: the one place that knows which backends this binary was built with.
 #include "kernels/backend_factory.h"
 
+#include <cstdio>
 #include <string>
 
 #include "kernels/cpu/cpu_backend.h"
@@ -71,7 +72,8 @@ Result<GpuCeilings> measure_gpu_ceilings(int device_index) {
 
 Result<std::vector<GemmChoice>> tune_gemms(const std::vector<GemmShape>& shapes, DType dtype,
                                            int device_index,
-                                           const std::function<void(size_t, size_t)>& on_progress) {
+                                           const std::function<void(size_t, size_t)>& on_progress,
+                                           std::vector<GemmCandidateTime>* timings) {
 #ifdef KITE_WITH_CUDA
   KITE_RETURN_IF_ERROR(cuda_device(device_index).status());
   KITE_CUDA_CHECK(cudaSetDevice(device_index));
@@ -81,24 +83,45 @@ Result<std::vector<GemmChoice>> tune_gemms(const std::vector<GemmShape>& shapes,
   std::vector<GemmChoice> choices;
   for (size_t i = 0; i < shapes.size(); ++i) {
     const GemmShape& shape = shapes[i];
-    const std::vector<cuda::GemmTiming> timings = runner->time_candidates(
+    const std::vector<cuda::GemmTiming> measured = runner->time_candidates(
         shape.max_tokens, shape.n, shape.k, dtype, shape.has_bias, shape.gated, stream);
     if (on_progress) on_progress(i + 1, shapes.size());
+    for (size_t c = 0; timings && c < measured.size(); ++c) {
+      timings->push_back(
+          {shape, cuda::gemm_tactic_name(measured[c].tactic), measured[c].microseconds, c == 0});
+    }
     // A fused shape no fused kernel takes runs SwiGLU and the plain GEMM's choice.
-    if (shape.gated && timings.empty()) continue;
-    const cuda::GemmTactic tactic = timings.empty()
+    if (shape.gated && measured.empty()) continue;
+    const cuda::GemmTactic tactic = measured.empty()
                                         ? runner->default_tactic(shape.max_tokens, shape.n, shape.k)
-                                        : timings.front().tactic;
+                                        : measured.front().tactic;
     choices.push_back(
         GemmChoice{shape.max_tokens, shape.n, shape.k, int32_t(tactic.algorithm), tactic.variant,
-                   timings.empty() ? 0.0f : timings.front().microseconds, shape.gated});
+                   measured.empty() ? 0.0f : measured.front().microseconds, shape.gated});
   }
   KITE_CUDA_CHECK(cudaStreamDestroy(stream));
   return choices;
 #else
-  (void)shapes, (void)dtype, (void)device_index, (void)on_progress;
+  (void)shapes, (void)dtype, (void)device_index, (void)on_progress, (void)timings;
   return unsupported(kNoCuda);
 #endif
+}
+
+std::string tuning_log_csv(const std::vector<GemmCandidateTime>& timings,
+                           size_t weight_element_bytes) {
+  std::string csv = "max_tokens,n,k,bias,gated,kernel,microseconds,weight_gbps,chosen\n";
+  char row[256];
+  for (const GemmCandidateTime& timing : timings) {
+    const GemmShape& shape = timing.shape;
+    const double weight_bytes = double(shape.n) * double(shape.k) * double(weight_element_bytes);
+    const double gbps = timing.microseconds > 0 ? weight_bytes / timing.microseconds / 1e3 : 0.0;
+    std::snprintf(row, sizeof(row), "%lld,%lld,%lld,%d,%d,%s,%.2f,%.1f,%d\n",
+                  static_cast<long long>(shape.max_tokens), static_cast<long long>(shape.n),
+                  static_cast<long long>(shape.k), int(shape.has_bias), int(shape.gated),
+                  timing.kernel.c_str(), double(timing.microseconds), gbps, int(timing.chosen));
+    csv += row;
+  }
+  return csv;
 }
 
 }  // namespace kite

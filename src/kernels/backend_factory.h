@@ -41,11 +41,27 @@ struct GemmShape {
   bool has_bias = false;
   bool gated = false;  // the down projection with SwiGLU fused in (GemmChoice::gated)
 };
+// One candidate kernel's time in the tuning: "cublaslt:N" (cuBLASLt's N-th heuristic algorithm)
+// or "gemv:N" (small-M configuration N), and whether the engine takes it.
+struct GemmCandidateTime {
+  GemmShape shape;
+  std::string kernel;
+  float microseconds = 0;
+  bool chosen = false;
+};
 // The kernel-tuning step of `kite build --device cuda`: times every candidate kernel of each
 // shape on GPU device_index and returns the fastest per shape. `on_progress(done, total)` is
-// called after each shape.
+// called after each shape; `timings`, when given, receives every candidate's time, fastest first
+// per shape.
 Result<std::vector<GemmChoice>> tune_gemms(const std::vector<GemmShape>& shapes, DType dtype,
                                            int device_index,
-                                           const std::function<void(size_t, size_t)>& on_progress);
+                                           const std::function<void(size_t, size_t)>& on_progress,
+                                           std::vector<GemmCandidateTime>* timings = nullptr);
+
+// The CSV of `kite build --tuning_log`: a header, then a row per timing (max_tokens, n, k, bias,
+// gated, kernel, microseconds, weight bytes / time in GB/s, chosen) with `weight_element_bytes`
+// bytes a weight element.
+std::string tuning_log_csv(const std::vector<GemmCandidateTime>& timings,
+                           size_t weight_element_bytes);
 
 }  // namespace kite

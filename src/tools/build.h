@@ -21,6 +21,8 @@ struct BuildRequest {
   // The engine's weights: auto (the checkpoint's; for CUDA a float32 or GGUF checkpoint's become
   // bfloat16), float32, float16 or bfloat16. Converted at build, after the norm-scale fold.
   std::string dtype = "auto";
+  // Where to write every candidate kernel's time of the GEMM tuning as CSV (CUDA; empty: nowhere).
+  std::string tuning_log;
 };
 
 // Whether `name` is a weight dtype BuildRequest::dtype takes (auto, float32, float16, bfloat16):

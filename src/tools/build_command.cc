@@ -168,6 +168,11 @@ Status build_engine(const BuildRequest& flags) {
                             ": a CUDA engine takes at most " + std::to_string(kCudaMaxBatchSize) +
                             " sequences a step");
   }
+  if (!flags.tuning_log.empty() && flags.device != "cuda") {
+    return invalid_argument(
+        "--tuning_log records the GEMM tuning of a CUDA engine: build with "
+        "--device cuda, or leave it out");
+  }
   if (limits.max_input_len >= limits.max_seq_len) {
     return invalid_argument("--max_input_len (" + std::to_string(limits.max_input_len) +
                             ") must be smaller than --max_seq_len (" +
@@ -239,10 +244,19 @@ Status build_engine(const BuildRequest& flags) {
     // Kernel tuning: time every candidate GEMM kernel for each shape on this GPU.
     const std::vector<GemmShape> shapes = model_gemm_shapes(config.model, limits);
     Progress progress("tuning GEMM kernels", int64_t(shapes.size()));
-    KITE_ASSIGN_OR_RETURN(config.gemm_choices,
-                          tune_gemms(shapes, config.weight_dtype, flags.gpu,
-                                     [&](size_t done, size_t) { progress.update(int64_t(done)); }));
+    // A log that cannot be written is refused before the minutes of tuning.
+    if (!flags.tuning_log.empty()) KITE_RETURN_IF_ERROR(write_file(flags.tuning_log, ""));
+    std::vector<GemmCandidateTime> timings;
+    KITE_ASSIGN_OR_RETURN(
+        config.gemm_choices,
+        tune_gemms(
+            shapes, config.weight_dtype, flags.gpu,
+            [&](size_t done, size_t) { progress.update(int64_t(done)); }, &timings));
     progress.finish();
+    if (!flags.tuning_log.empty()) {
+      KITE_RETURN_IF_ERROR(
+          write_file(flags.tuning_log, tuning_log_csv(timings, dtype_size(config.weight_dtype))));
+    }
   } else {
     // The CPU engine's KV cache is fixed: max_seq_len tokens for each of max_batch_size sequences.
     const double kv_bytes =
@@ -325,6 +339,8 @@ Command add_build_command(CLI::App& kite) {
                   "Tokens of all sequences in one step; longer prefills are chunked (8192)");
   app->add_option("--tokens_per_block", flags->limits.tokens_per_block,
                   "KV cache block size in tokens (32)");
+  app->add_option("--tuning_log", flags->tuning_log,
+                  "CUDA: write every candidate kernel's time of the GEMM tuning to this CSV file");
   app->add_option("--max_beam_width", flags->limits.max_beam_width,
                   "Widest beam search, at most --max_batch_size (default 0: --max_batch_size)");
   return Command{app, [flags] { return build_engine(*flags); }};

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cuda/cuda_test_util.h"
+#include "kernels/backend_factory.h"
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/rms_norm.h"
@@ -247,6 +248,53 @@ TEST(CudaLinear, TimeCandidatesSortedAndCorrect) {
 
     const LinearProblem problem(shape, dtype, has_bias, 11);
     for (const cuda::GemmTiming& timing : timings) check_tactic(*runner, problem, timing.tactic);
+  }
+}
+
+// The build's tuning step: a choice per shape, the fastest of its candidates, and with a
+// timings list every candidate's time (kite build --tuning_log), fastest first, the first chosen.
+TEST(CudaLinear, TuneGemmsRecordsEveryCandidate) {
+  KITE_REQUIRE_GPU();
+  const std::vector<GemmShape> shapes = {
+      {1, 960, 576, false, false}, {1, 576, 1536, false, true}, {64, 1000, 4096, true, false}};
+  std::vector<GemmCandidateTime> timings;
+  const auto choices = tune_gemms(shapes, DType::kBF16, 0, nullptr, &timings);
+  ASSERT_TRUE(choices.is_ok()) << choices.status().message();
+  ASSERT_EQ(choices->size(), shapes.size());
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const GemmShape& shape = shapes[i];
+    std::vector<const GemmCandidateTime*> rows;
+    for (const GemmCandidateTime& timing : timings) {
+      if (timing.shape.max_tokens == shape.max_tokens && timing.shape.n == shape.n &&
+          timing.shape.k == shape.k && timing.shape.gated == shape.gated) {
+        rows.push_back(&timing);
+      }
+    }
+    ASSERT_FALSE(rows.empty()) << i;
+    const GemmChoice& choice = (*choices)[i];
+    EXPECT_EQ(rows.front()->kernel,
+              cuda::gemm_tactic_name({GemmAlgorithm(choice.algorithm), choice.variant}))
+        << i;
+    EXPECT_FLOAT_EQ(rows.front()->microseconds, choice.microseconds) << i;
+    size_t gemv_rows = 0;
+    for (size_t r = 0; r < rows.size(); ++r) {
+      EXPECT_EQ(rows[r]->chosen, r == 0) << i;
+      if (r > 0) {
+        EXPECT_LE(rows[r - 1]->microseconds, rows[r]->microseconds) << i;
+      }
+      gemv_rows += rows[r]->kernel.starts_with("gemv:");
+    }
+    // Every small-M configuration at one row (the fused one: those that fit two CTAs an SM);
+    // none at 64 rows, where cuBLASLt alone runs.
+    if (shape.max_tokens == 1 && !shape.gated) {
+      EXPECT_EQ(gemv_rows, size_t(cuda::kGemvVariantCount)) << i;
+    }
+    if (shape.gated) {
+      EXPECT_EQ(gemv_rows, rows.size()) << i;
+    }
+    if (shape.max_tokens == 64) {
+      EXPECT_EQ(gemv_rows, 0u) << i;
+    }
   }
 }
 
