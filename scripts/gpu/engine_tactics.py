@@ -6,7 +6,8 @@ engine's weights and files and writes its own config.json, so it costs no disk; 
 
 Usage: python3 scripts/gpu/engine_tactics.py ENGINE_DIR COPY_DIR --set WHAT=CHOICE [--set ...]
   WHAT    NxK (the weight's rows x columns), or NxK/gated for the MLP's down projection with
-          SwiGLU fused into the small-M kernel: every row bucket of that shape gets CHOICE;
+          SwiGLU fused into the small-M kernel: every row bucket of that shape gets CHOICE
+          (NxK@M, NxK/gated@M: only the bucket of up to M rows);
           or a CHOICE: every entry the engine has with it gets the new one (shapes named
           explicitly keep what their own --set gives them)
   CHOICE  gemv:V (the small-M kernel's configuration V, src/kernels/cuda/gemv.cu) or cublaslt:V
@@ -26,13 +27,14 @@ ALGORITHMS = {"cublaslt": 0, "gemv": 1}
 
 
 def parse_setting(text: str):
-    """(what, algorithm, variant) from WHAT=CHOICE, where what is ("shape", n, k, gated) or
-    ("choice", algorithm, variant); None if the text is neither."""
+    """(what, algorithm, variant) from WHAT=CHOICE, where what is ("shape", n, k, gated, bucket:
+    max_tokens or None for all) or ("choice", algorithm, variant); None if the text is neither."""
     choice = r"(cublaslt|gemv):(\d+)"
-    match = re.fullmatch(r"(\d+)x(\d+)(/gated)?=" + choice, text)
+    match = re.fullmatch(r"(\d+)x(\d+)(/gated)?(?:@(\d+))?=" + choice, text)
     if match:
-        n, k, gated, algorithm, variant = match.groups()
-        return ("shape", int(n), int(k), bool(gated)), ALGORITHMS[algorithm], int(variant)
+        n, k, gated, bucket, algorithm, variant = match.groups()
+        return (("shape", int(n), int(k), bool(gated), int(bucket) if bucket else None),
+                ALGORITHMS[algorithm], int(variant))
     match = re.fullmatch(choice + "=" + choice, text)
     if match:
         old_algorithm, old_variant, algorithm, variant = match.groups()
@@ -50,13 +52,14 @@ def main() -> int:
     parser.add_argument("engine_dir")
     parser.add_argument("copy_dir")
     parser.add_argument("--set", dest="settings", action="append", required=True,
-                        metavar="WHAT=CHOICE", help="e.g. 4096x4096=gemv:2 or gemv:4=gemv:0")
+                        metavar="WHAT=CHOICE",
+                        help="e.g. 4096x4096=gemv:2, 4096x4096@1=gemv:2 or gemv:4=gemv:0")
     args = parser.parse_args()
     settings = []
     for text in args.settings:
         setting = parse_setting(text)
         if setting is None:
-            print(f"engine_tactics.py: --set {text}: want NxK[/gated]=CHOICE or CHOICE=CHOICE, "
+            print(f"engine_tactics.py: --set {text}: want NxK[/gated][@M]=CHOICE or CHOICE=CHOICE, "
                   "a CHOICE being gemv:V or cublaslt:V", file=sys.stderr)
             return 2
         settings.append(setting)
@@ -74,13 +77,15 @@ def main() -> int:
     original = [(t["algorithm"], t["variant"]) for t in tactics]
     for what, algorithm, variant in sorted(settings, key=lambda setting: setting[0][0] == "shape"):
         if what[0] == "shape":
-            _, n, k, gated = what
+            _, n, k, gated, bucket = what
             matching = [t for t in tactics
-                        if t["n"] == n and t["k"] == k and bool(t.get("gated")) == gated]
+                        if t["n"] == n and t["k"] == k and bool(t.get("gated")) == gated
+                        and bucket in (None, t["max_tokens"])]
             if not matching:
                 shapes = sorted({shape_name(t) for t in tactics})
-                print(f"engine_tactics.py: no tuned GEMM of shape {n}x{k}{'/gated' if gated else ''} "
-                      f"in {engine}; it has {', '.join(shapes)}", file=sys.stderr)
+                name = f"{n}x{k}{'/gated' if gated else ''}" + (f"@{bucket}" if bucket else "")
+                print(f"engine_tactics.py: no tuned GEMM of shape {name} in {engine}; it has "
+                      f"{', '.join(shapes)}", file=sys.stderr)
                 return 2
         else:
             # A choice no entry has changes nothing: the tuner may not have picked it here.
