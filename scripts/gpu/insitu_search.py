@@ -16,7 +16,8 @@ Usage: python3 scripts/gpu/insitu_search.py ENGINE_DIR [--kite BINARY] [--shapes
   --case        kite bench's --input_output_len (default 128,128); decode tokens/s is judged
   --runs        bench runs per candidate, averaged (default 1)
   --output_dir  also write an engine copy with the best choices there
-Prints every measurement, then the best settings as engine_tactics.py's --set arguments.
+Prints every measurement, then the best settings as engine_tactics.py's --set arguments. A staged
+build (scripts/gpu/stage_prebuilt.sh) finds its libraries after `source scripts/gpu/env.sh`.
 """
 import argparse
 import json
