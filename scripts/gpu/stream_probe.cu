@@ -133,8 +133,12 @@ template <int kLoads, bool kHint>
 void probe_loads(const uint4* data, int64_t vectors, uint32_t* sink, int sms) {
   for (const auto [ctas, warps] : {std::pair{1, 8}, {2, 8}, {1, 16}, {4, 8}, {2, 16}, {1, 32},
                                    {4, 16}}) {
-    const int blocks = sms * ctas;
     const int threads = 32 * warps;
+    int fit = 0;  // the CTAs an SM holds at once (registers): the grid is one wave of them
+    CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, load_kernel<kLoads, kHint>, threads,
+                                                        0));
+    if (fit < ctas) continue;
+    const int blocks = sms * ctas;
     // Whole rounds only: the bytes timed are the bytes read.
     const int64_t round = int64_t(blocks) * threads * kLoads;
     const int64_t used = vectors / round * round;
