@@ -20,7 +20,6 @@ Prints every measurement, then the best settings as engine_tactics.py's --set ar
 build (scripts/gpu/stage_prebuilt.sh) finds its libraries after `source scripts/gpu/env.sh`.
 """
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -28,6 +27,7 @@ import sys
 import tempfile
 
 from engine_config import read_cuda_engine_config
+from engine_tactics import shape_name
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHMARK = re.compile(r"\[BENCHMARK\].*output_length (\d+) latency\(ms\) ([\d.]+) .*"
@@ -50,9 +50,20 @@ def smallest_bucket(config) -> int:
 
 def default_shapes(config):
     bucket = smallest_bucket(config)
-    names = [f"{t['n']}x{t['k']}" + ("/gated" if t.get("gated") else "")
-             for t in config["cuda"]["gemm_tactics"] if t["max_tokens"] == bucket]
+    names = [shape_name(t) for t in config["cuda"]["gemm_tactics"] if t["max_tokens"] == bucket]
     return sorted(dict.fromkeys(names), key=lambda name: name.endswith("/gated"))
+
+
+def set_words(settings, bucket):
+    """engine_tactics.py's arguments for {shape: choice} at row bucket `bucket`."""
+    return [w for shape, choice in settings.items() for w in ("--set", f"{shape}@{bucket}={choice}")]
+
+
+def copy_engine(engine_dir, copy_dir, settings, bucket, quiet):
+    """Runs engine_tactics.py; its result (stdout and stderr captured when quiet)."""
+    return subprocess.run([sys.executable, os.path.join(HERE, "engine_tactics.py"), engine_dir,
+                           copy_dir, *set_words(settings, bucket)],
+                          capture_output=quiet, text=True)
 
 
 def main() -> int:
@@ -99,10 +110,7 @@ def main() -> int:
         if settings:
             copies += 1
             engine = os.path.join(work.name, f"copy{copies}")
-            words = [w for shape, choice in settings.items()
-                     for w in ("--set", f"{shape}@{bucket}={choice}")]
-            made = subprocess.run([sys.executable, os.path.join(HERE, "engine_tactics.py"),
-                                   args.engine_dir, engine, *words], capture_output=True, text=True)
+            made = copy_engine(args.engine_dir, engine, settings, bucket, quiet=True)
             if made.returncode != 0:
                 print(made.stderr.strip(), file=sys.stderr)
                 return None
@@ -139,18 +147,15 @@ def main() -> int:
     again = measure({})
     print(f"  the engine's own choices again: "
           + ("failed" if again is None else f"{again:.2f}"))
-    words = " ".join(f"--set {shape}@{bucket}={choice}" for shape, choice in best_settings.items())
+    words = " ".join(set_words(best_settings, bucket))
     print(f"best: {best:.2f} ({100 * (best / baseline - 1):+.2f}% against the engine's own "
           f"choices): {words or 'the engine as it is'}")
     if args.output_dir:
         if not best_settings:
             print("insitu_search.py: the engine's own choices are the best: no copy written")
             return 0
-        words = [w for shape, choice in best_settings.items()
-                 for w in ("--set", f"{shape}@{bucket}={choice}")]
-        made = subprocess.run([sys.executable, os.path.join(HERE, "engine_tactics.py"),
-                               args.engine_dir, args.output_dir, *words])
-        return made.returncode
+        return copy_engine(args.engine_dir, args.output_dir, best_settings, bucket,
+                           quiet=False).returncode
     return 0
 
 
