@@ -53,7 +53,9 @@ struct GemvConfig {
 // Two early groups fill both buffers while the previous kernel runs, at 20-30 more registers a
 // thread (ptxas). The tuner picked them for the o, gate/up and down projections and the LM head
 // of Llama-3-8B on an H100: +1.4% batch-1 decode, from the gate/up GEMV and the LM head
-// starting their weight streams earlier (docs/perf/cuda_llama3_8b.md).
+// starting their weight streams earlier. On an H200 the ones it picked (o, fused down) cost 1.4%
+// in the decode step (docs/perf/cuda_llama3_8b.md; scripts/gpu/insitu_search.py times choices
+// there).
 constexpr GemvConfig kGemvConfigs[kGemvVariantCount] = {{1, 8, 1}, {2, 8, 1}, {1, 4, 1},
                                                         {2, 4, 1}, {1, 8, 2}, {2, 8, 2},
                                                         {1, 4, 2}, {2, 4, 2}};
