@@ -11,8 +11,9 @@ Usage: python3 scripts/gpu/insitu_search.py ENGINE_DIR [--kite BINARY] [--shapes
            [--candidates CHOICE,...] [--case IN,OUT] [--runs R] [--output_dir DIR]
   --shapes      the shapes to search, in order (default: every shape the engine tuned at its
                 smallest row bucket, gated ones last)
-  --candidates  the choices to try (default gemv:0..gemv:7 and cublaslt:0; a gated shape takes
-                the gemv ones only)
+  --candidates  the choices to try (default gemv:0..gemv:7 and cublaslt:0; on a gated shape
+                cublaslt:0 stands for the SwiGLU kernel and the plain shape's choice, and other
+                cuBLASLt choices are left out)
   --case        kite bench's --input_output_len (default 128,128); decode tokens/s is judged
   --runs        bench runs per candidate, averaged (default 1)
   --output_dir  also write an engine copy with the best choices there
@@ -135,7 +136,8 @@ def main() -> int:
     best_settings, best = {}, baseline
     for shape in shapes:
         for candidate in candidates:
-            if shape.endswith("/gated") and not candidate.startswith("gemv:"):
+            if shape.endswith("/gated") and candidate.startswith("cublaslt:") \
+                    and candidate != "cublaslt:0":
                 continue
             trial = dict(best_settings)
             trial[shape] = candidate

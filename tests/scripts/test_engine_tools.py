@@ -180,7 +180,8 @@ class InSituSearchTest(EngineFolder):
     def test_finds_the_best_choice_of_each_shape_in_turn(self):
         best_copy = os.path.join(self.work.name, "best")
         result = self.run_script("insitu_search.py", self.engine, "--kite", self.kite,
-                                 "--candidates", "gemv:0,gemv:1,gemv:2,gemv:4,cublaslt:0",
+                                 "--candidates",
+                                 "gemv:0,gemv:1,gemv:2,gemv:4,cublaslt:0,cublaslt:1",
                                  "--output_dir", best_copy)
         self.assertEqual(result.returncode, 0, result.stderr + result.stdout)
         lines = result.stdout.splitlines()
@@ -188,8 +189,10 @@ class InSituSearchTest(EngineFolder):
         # The engine's own: 6144x4096 gemv:0 (2 steps off: -0.04), 4096x4096 gemv:4 (4 off: 0),
         # 28672x4096 gemv:4 (not cuBLASLt: 0), gated gemv:0 (1 off: -0.06): 4.9 ms a token.
         self.assertEqual(lines[1], f"  the engine's own choices: {1000 / 4.9:.2f}")
-        # Four shapes (gated last), five candidates each but cuBLASLt for the gated one.
-        self.assertEqual(len([line for line in lines if line.startswith("    ")]), 5 + 5 + 5 + 4)
+        # Four shapes (gated last), six candidates each but cublaslt:1 for the gated one (whose
+        # cublaslt:0 stands for SwiGLU apart and the plain shape's choice).
+        self.assertEqual(len([line for line in lines if line.startswith("    ")]), 6 + 6 + 6 + 5)
+        self.assertIn("4096x14336/gated  cublaslt:0: ", result.stdout)
         self.assertIn("      6144x4096      gemv:2: " + f"{1000 / 4.84:.2f}", result.stdout)
         self.assertTrue(lines[-1].startswith(best_copy + ": "), lines[-1])
         self.assertEqual(lines[-2], f"best: {1000 / 4.6:.2f} (+6.52% against the engine's own "
