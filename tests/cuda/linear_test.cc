@@ -523,7 +523,7 @@ TEST(CudaLinear, TimeCandidatesOfTheFusedKernel) {
     const std::string what = "M=" + std::to_string(m);
     size_t sharing = 0;
     for (int32_t variant = 0; variant < cuda::kGemvVariantCount; ++variant) {
-      sharing += cuda::gemv_gated_ctas_per_multiprocessor(DType::kBF16, variant) >= 2;
+      sharing += cuda::gemv_gated_ctas_per_multiprocessor(DType::kBF16, variant, m) >= 2;
     }
     const size_t expected = sharing > 0 ? sharing : size_t(cuda::kGemvVariantCount);
     ASSERT_EQ(timings.size(), m <= 8 ? expected : 0) << what;
@@ -531,8 +531,8 @@ TEST(CudaLinear, TimeCandidatesOfTheFusedKernel) {
     for (size_t i = 0; i < timings.size(); ++i) {
       EXPECT_EQ(timings[i].tactic.algorithm, GemmAlgorithm::kGemv) << what;
       if (sharing > 0) {
-        EXPECT_GE(cuda::gemv_gated_ctas_per_multiprocessor(DType::kBF16, timings[i].tactic.variant),
-                  2)
+        EXPECT_GE(
+            cuda::gemv_gated_ctas_per_multiprocessor(DType::kBF16, timings[i].tactic.variant, m), 2)
             << what;
       }
       variants.insert(timings[i].tactic.variant);

@@ -17,6 +17,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 
@@ -155,14 +156,24 @@ __device__ __forceinline__ uint4 silu_mul_chunk(const uint4& gate, const uint4& 
 // (linear.h), out = p (+ bias), out = r p (+ bias) with r = 1 / sqrt(mean(x[t]^2) + eps), or
 // out += p (+ bias), each rounded once. kGatedAdd: x is [tokens, 2 k_size] = [gate | up] and the
 // product is with silu(gate) * up.
+//
+// kSingleToken (one token, kTokenTiles 1): lane (g, q) of groups 0..3 loads chunk q of step g of
+// each load group, instead of group 0 loading all four steps and groups 1..7 nothing, and the mma
+// of step u takes its x fragment from lane 4u + q by shuffles (every group gets token 0; the
+// columns of tokens 1..7 are never stored). This keeps one x chunk a buffer in registers instead
+// of four (24 registers a thread fewer, 48 with SwiGLU's up half), and SwiGLU is computed once
+// per chunk instead of on all four steps by every lane.
 template <typename T, int kTokenTiles, int kRowTiles, int kWarps, GemvKind kKind,
-          int kFetchBytes, int kEarlyGroups>
+          int kFetchBytes, int kEarlyGroups, bool kSingleToken>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
                 T* __restrict__ out, int tokens, int rows, int k_size, float eps) {
   constexpr bool kGated = kKind == GemvKind::kGatedAdd;
   constexpr bool kNormed = kKind == GemvKind::kNormed;
   constexpr bool kAdd = kKind == GemvKind::kAdd || kGated;
+  static_assert(!kSingleToken || kTokenTiles == 1);
+  static_assert(kUnroll * 2 <= 8, "single token: the steps of a group fit groups 0..3");
+  constexpr int kXSteps = kSingleToken ? 1 : kUnroll;  // x chunks a lane holds a load group
   // Accumulator fragments per lane: kRowTiles x kTokenTiles tiles of 4 floats.
   constexpr int kValuesPerLane = kRowTiles * kTokenTiles * 4;
   __shared__ float partial_sums[kWarps][kValuesPerLane * 32];
@@ -206,8 +217,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   // The chunks of kUnroll steps starting at `step`; zeros past this warp's range or past K.
   struct Fragments {
     uint4 weight[kUnroll][kRowTiles][2];
-    uint4 x[kUnroll][kTokenTiles];                // gate when kGated
-    uint4 up[kGated ? kUnroll : 1][kTokenTiles];  // kGated only
+    uint4 x[kXSteps][kTokenTiles];                // gate when kGated
+    uint4 up[kGated ? kXSteps : 1][kTokenTiles];  // kGated only
   };
   auto in_range = [&](int step, int u) {
     return step + u < step_end && (step + u) * kChunksPerStep + quad < chunks;
@@ -230,14 +241,23 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   };
   auto load_x = [&](int step, Fragments& fragments) {
+    if constexpr (kSingleToken) {
+      // Step `group` of the load group (groups past kUnroll load nothing); token_rows[0] is x.
+      const int u = group & (kUnroll - 1);
+      const bool valid = group < kUnroll && in_range(step, u);
+      const T* source = token_rows[0] + offset_of(step, u);
+      fragments.x[0][0] = load_activation(source, valid);
+      if constexpr (kGated) fragments.up[0][0] = load_activation(source + k_size, valid);
+    } else {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+      for (int u = 0; u < kUnroll; ++u) {
 #pragma unroll
-      for (int tile = 0; tile < kTokenTiles; ++tile) {
-        const bool valid = in_range(step, u) && token_valid[tile];
-        const T* source = token_rows[tile] + offset_of(step, u);
-        fragments.x[u][tile] = load_activation(source, valid);
-        if constexpr (kGated) fragments.up[u][tile] = load_activation(source + k_size, valid);
+        for (int tile = 0; tile < kTokenTiles; ++tile) {
+          const bool valid = in_range(step, u) && token_valid[tile];
+          const T* source = token_rows[tile] + offset_of(step, u);
+          fragments.x[u][tile] = load_activation(source, valid);
+          if constexpr (kGated) fragments.up[u][tile] = load_activation(source + k_size, valid);
+        }
       }
     }
   };
@@ -255,23 +275,49 @@ __global__ void __launch_bounds__(kWarps * 32)
   // form. This form: +1.5%.
   float acc[kRowTiles][kTokenTiles][4] = {};
   float squares[kNormed ? kTokenTiles : 1] = {};
+  // kSingleToken: this lane's own chunk (after SwiGLU), its squares, once a load group.
+  auto own_chunk = [&](const Fragments& fragments) {
+    uint4 own = fragments.x[0][0];
+    if constexpr (kGated) own = silu_mul_chunk<T>(own, fragments.up[0][0]);
+    if constexpr (kNormed) {
+      using Vector = Pack<T, kChunkElements>;
+      const Vector values = *reinterpret_cast<const Vector*>(&own);
+#pragma unroll
+      for (int j = 0; j < kChunkElements; ++j) {
+        const float value = to_float(values.values[j]);
+        squares[0] = fmaf(value, value, squares[0]);
+      }
+    }
+    return own;
+  };
   auto multiply = [&](const Fragments& fragments) {
+    uint4 own{};
+    if constexpr (kSingleToken) own = own_chunk(fragments);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       uint4 tokens[kTokenTiles];
 #pragma unroll
       for (int token_tile = 0; token_tile < kTokenTiles; ++token_tile) {
-        tokens[token_tile] = fragments.x[u][token_tile];
-        if constexpr (kGated) {
-          tokens[token_tile] = silu_mul_chunk<T>(tokens[token_tile], fragments.up[u][token_tile]);
-        }
-        if constexpr (kNormed) {
-          using Vector = Pack<T, kChunkElements>;
-          const Vector values = *reinterpret_cast<const Vector*>(&tokens[token_tile]);
+        if constexpr (kSingleToken) {
+          const int source = (u << 2) | quad;  // lane (group u, quad q) holds step u's chunk q
+          tokens[0] = {__shfl_sync(0xffffffffu, own.x, source),
+                       __shfl_sync(0xffffffffu, own.y, source),
+                       __shfl_sync(0xffffffffu, own.z, source),
+                       __shfl_sync(0xffffffffu, own.w, source)};
+        } else {
+          tokens[token_tile] = fragments.x[u][token_tile];
+          if constexpr (kGated) {
+            tokens[token_tile] =
+                silu_mul_chunk<T>(tokens[token_tile], fragments.up[u][token_tile]);
+          }
+          if constexpr (kNormed) {
+            using Vector = Pack<T, kChunkElements>;
+            const Vector values = *reinterpret_cast<const Vector*>(&tokens[token_tile]);
 #pragma unroll
-          for (int j = 0; j < kChunkElements; ++j) {
-            const float value = to_float(values.values[j]);
-            squares[token_tile] = fmaf(value, value, squares[token_tile]);
+            for (int j = 0; j < kChunkElements; ++j) {
+              const float value = to_float(values.values[j]);
+              squares[token_tile] = fmaf(value, value, squares[token_tile]);
+            }
           }
         }
       }
@@ -337,10 +383,16 @@ __global__ void __launch_bounds__(kWarps * 32)
   if constexpr (kNormed) {
 #pragma unroll
     for (int tile = 0; tile < kTokenTiles; ++tile) {
-      // The 4 quads of a group hold chunks of the same token.
+      // The 4 quads of a group hold chunks of the same token (kSingleToken: every lane of token
+      // 0, so every group ends with the whole sum).
       float sum = squares[tile];
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      if constexpr (kSingleToken) {
+        sum += __shfl_xor_sync(0xffffffffu, sum, 4);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 8);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 16);
+      }
       if (quad == 0) square_sums[warp][tile * kTileTokens + group] = sum;
     }
   }
@@ -394,7 +446,13 @@ struct GemvArguments {
   float eps;
 };
 
-template <typename T, int kTokenTiles, GemvKind kKind, size_t kVariant>
+// Whether one token takes the kernel's single-token form: KITE_GEMV_SINGLE=0 turns it off (A/B).
+bool gemv_single_token(int tokens) {
+  static const bool enabled = switch_setting("KITE_GEMV_SINGLE", 1, 0, 1) > 0;
+  return enabled && tokens == 1;
+}
+
+template <typename T, int kTokenTiles, GemvKind kKind, size_t kVariant, bool kSingleToken>
 void launch_instance(const GemvArguments<T>& arguments, cudaStream_t stream) {
   constexpr GemvConfig config = kGemvConfigs[kVariant];
   constexpr int rows_per_cta = config.row_tiles * kTileRows;
@@ -406,17 +464,17 @@ void launch_instance(const GemvArguments<T>& arguments, cudaStream_t stream) {
   };
   if (gemv_fetch_bytes() > 0) {
     return launch(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 256,
-                              config.early_groups>);
+                              config.early_groups, kSingleToken>);
   }
-  return launch(
-      gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 0, config.early_groups>);
+  return launch(gemv_kernel<T, kTokenTiles, config.row_tiles, config.warps, kKind, 0,
+                            config.early_groups, kSingleToken>);
 }
 
-template <typename T, int kTokenTiles, GemvKind kKind, size_t... kVariants>
+template <typename T, int kTokenTiles, GemvKind kKind, bool kSingleToken, size_t... kVariants>
 void launch_variant(int32_t variant, const GemvArguments<T>& arguments, cudaStream_t stream,
                     std::index_sequence<kVariants...>) {
   ((variant == int32_t(kVariants)
-        ? launch_instance<T, kTokenTiles, kKind, kVariants>(arguments, stream)
+        ? launch_instance<T, kTokenTiles, kKind, kVariants, kSingleToken>(arguments, stream)
         : void()),
    ...);
 }
@@ -434,10 +492,12 @@ void launch_typed(const DeviceTensor& x, const DeviceTensor& weight, const Devic
                                    int(weight.shape[1]),
                                    eps};
   const auto variants = std::make_index_sequence<size_t(kGemvVariantCount)>();
-  if (arguments.tokens <= kTileTokens) {
-    launch_variant<T, 1, kKind>(variant, arguments, stream, variants);
+  if (gemv_single_token(arguments.tokens)) {
+    launch_variant<T, 1, kKind, true>(variant, arguments, stream, variants);
+  } else if (arguments.tokens <= kTileTokens) {
+    launch_variant<T, 1, kKind, false>(variant, arguments, stream, variants);
   } else if constexpr (kKind != GemvKind::kGatedAdd) {
-    launch_variant<T, 2, kKind>(variant, arguments, stream, variants);
+    launch_variant<T, 2, kKind, false>(variant, arguments, stream, variants);
   }
 }
 
@@ -457,7 +517,7 @@ void launch_kind(GemvKind kind, const DeviceTensor& x, const DeviceTensor& weigh
   }
 }
 
-template <typename T, size_t... kVariants>
+template <typename T, bool kSingleToken, size_t... kVariants>
 int gated_ctas_per_multiprocessor(int32_t variant, std::index_sequence<kVariants...>) {
   int ctas = 0;
   auto query = [&](auto kernel, int threads) {
@@ -467,7 +527,8 @@ int gated_ctas_per_multiprocessor(int32_t variant, std::index_sequence<kVariants
   // The fetch hint's instances use the same registers (ptxas), so one of them answers for both.
   ((variant == int32_t(kVariants)
         ? query(gemv_kernel<T, 1, kGemvConfigs[kVariants].row_tiles, kGemvConfigs[kVariants].warps,
-                            GemvKind::kGatedAdd, 256, kGemvConfigs[kVariants].early_groups>,
+                            GemvKind::kGatedAdd, 256, kGemvConfigs[kVariants].early_groups,
+                            kSingleToken>,
                 kGemvConfigs[kVariants].warps * 32)
         : void()),
    ...);
@@ -524,12 +585,17 @@ void launch_gemv(GemvKind kind, const DeviceTensor& x, const DeviceTensor& weigh
   }
 }
 
-int gemv_gated_ctas_per_multiprocessor(DType dtype, int32_t variant) {
+int gemv_gated_ctas_per_multiprocessor(DType dtype, int32_t variant, int64_t tokens) {
   KITE_CHECK(variant >= 0 && variant < kGemvVariantCount);
   KITE_CHECK(dtype == DType::kBF16 || dtype == DType::kF16);
   const auto variants = std::make_index_sequence<size_t(kGemvVariantCount)>();
-  return dtype == DType::kBF16 ? gated_ctas_per_multiprocessor<__nv_bfloat16>(variant, variants)
-                               : gated_ctas_per_multiprocessor<__half>(variant, variants);
+  const bool single = gemv_single_token(int(std::min<int64_t>(tokens, 2)));
+  if (dtype == DType::kBF16) {
+    return single ? gated_ctas_per_multiprocessor<__nv_bfloat16, true>(variant, variants)
+                  : gated_ctas_per_multiprocessor<__nv_bfloat16, false>(variant, variants);
+  }
+  return single ? gated_ctas_per_multiprocessor<__half, true>(variant, variants)
+                : gated_ctas_per_multiprocessor<__half, false>(variant, variants);
 }
 
 }  // namespace kite::cuda

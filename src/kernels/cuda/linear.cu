@@ -394,7 +394,7 @@ std::vector<GemmTiming> GemmRunner::time_candidates(int64_t m, int64_t n, int64_
   if (gated) {
     std::vector<GemmTactic> sharing;
     for (const GemmTactic& tactic : candidates) {
-      if (gemv_gated_ctas_per_multiprocessor(dtype, tactic.variant) >= 2) {
+      if (gemv_gated_ctas_per_multiprocessor(dtype, tactic.variant, m) >= 2) {
         sharing.push_back(tactic);
       }
     }

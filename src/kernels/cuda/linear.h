@@ -129,8 +129,8 @@ int32_t gemv_default_variant(int64_t m, int64_t n, int64_t k, int multiprocessor
 void launch_gemv(GemvKind kind, const DeviceTensor& x, const DeviceTensor& weight,
                  const DeviceTensor* bias, DeviceTensor& out, int32_t variant, float eps,
                  cudaStream_t stream);
-// How many CTAs of the kGatedAdd kernel in configuration `variant` fit an SM (one token tile, the
-// uniform carveout), on the current device.
-int gemv_gated_ctas_per_multiprocessor(DType dtype, int32_t variant);
+// How many CTAs of the kGatedAdd kernel in configuration `variant` fit an SM for `tokens` tokens
+// (one token tile, the uniform carveout), on the current device.
+int gemv_gated_ctas_per_multiprocessor(DType dtype, int32_t variant, int64_t tokens);
 
 }  // namespace kite::cuda
