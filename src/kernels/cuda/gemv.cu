@@ -446,10 +446,14 @@ struct GemvArguments {
   float eps;
 };
 
-// Whether one token takes the kernel's single-token form: KITE_GEMV_SINGLE=0 turns it off (A/B).
-bool gemv_single_token(int tokens) {
-  static const bool enabled = switch_setting("KITE_GEMV_SINGLE", 1, 0, 1) > 0;
-  return enabled && tokens == 1;
+// Whether one token takes the kernel's single-token form: for the SwiGLU-fused kind, where it
+// saves three quarters of SwiGLU's arithmetic. Elsewhere it saves nothing and costs registers
+// (ptxas, bf16, 8 warps: 80 -> 111 a thread for the plain and residual-add kinds, 98 -> 113 for
+// the normalising one; 100 -> 122 for the fused one, which keeps its two CTAs an SM).
+// KITE_GEMV_SINGLE (A/B): 0 never, 1 the fused kind (the default), 2 every kind.
+bool gemv_single_token(GemvKind kind, int tokens) {
+  static const int setting = switch_setting("KITE_GEMV_SINGLE", 1, 0, 2);
+  return tokens == 1 && (setting == 2 || (setting == 1 && kind == GemvKind::kGatedAdd));
 }
 
 template <typename T, int kTokenTiles, GemvKind kKind, size_t kVariant, bool kSingleToken>
@@ -492,7 +496,7 @@ void launch_typed(const DeviceTensor& x, const DeviceTensor& weight, const Devic
                                    int(weight.shape[1]),
                                    eps};
   const auto variants = std::make_index_sequence<size_t(kGemvVariantCount)>();
-  if (gemv_single_token(arguments.tokens)) {
+  if (gemv_single_token(kKind, arguments.tokens)) {
     launch_variant<T, 1, kKind, true>(variant, arguments, stream, variants);
   } else if (arguments.tokens <= kTileTokens) {
     launch_variant<T, 1, kKind, false>(variant, arguments, stream, variants);
@@ -589,7 +593,7 @@ int gemv_gated_ctas_per_multiprocessor(DType dtype, int32_t variant, int64_t tok
   KITE_CHECK(variant >= 0 && variant < kGemvVariantCount);
   KITE_CHECK(dtype == DType::kBF16 || dtype == DType::kF16);
   const auto variants = std::make_index_sequence<size_t(kGemvVariantCount)>();
-  const bool single = gemv_single_token(int(std::min<int64_t>(tokens, 2)));
+  const bool single = gemv_single_token(GemvKind::kGatedAdd, int(std::min<int64_t>(tokens, 2)));
   if (dtype == DType::kBF16) {
     return single ? gated_ctas_per_multiprocessor<__nv_bfloat16, true>(variant, variants)
                   : gated_ctas_per_multiprocessor<__nv_bfloat16, false>(variant, variants);
