@@ -174,11 +174,6 @@ class Backend {
   virtual void attention(const DeviceTensor& q, const AttentionBatch& batch,
                          const KvCacheView& cache, int64_t layer, float scale,
                          int64_t sliding_window, DeviceTensor& out) = 0;
-  // A hint before rope_attention: `weight` is what the GEMM after the attention reads. A backend
-  // whose attention leaves the memory bus mostly idle (CUDA, decode steps) may bring part of it
-  // into its cache meanwhile; the hint holds for the next rope_attention call only. Results do
-  // not change. Default: nothing.
-  virtual void prefetch_weight(const DeviceTensor& /*weight*/) {}
   // rope_and_store_kv then attention: q = rope(q), cache[slot] = (rope(k), v), out = attention.
   // Backends that fuse the two (CUDA in decode steps) leave `q` untouched; the others compute q.
   //                                        qkv [T, Hq*D + 2*Hkv*D], q [T, Hq*D], out [T, Hq*D]

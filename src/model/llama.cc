@@ -622,7 +622,6 @@ Result<DeviceTensor> LlamaModel::run_step(const StepInput& step, const KvCacheVi
         dump.add(name + "q_rope", q);
         backend.attention(q, batch, cache, l, scale, sliding_window, attended);
       } else {
-        if (!w.o_proj.quantized()) backend.prefetch_weight(w.o_proj.weight);
         backend.rope_attention(qkv, rope, batch, cache, l, scale, sliding_window, q, attended);
       }
       dump.add(name + "attention", attended);

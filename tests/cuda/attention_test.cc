@@ -633,19 +633,15 @@ void check_fused_rope(DType dtype, int64_t head_dim, int64_t group, int64_t bloc
                   splits, workspace.view, nullptr);
   const std::vector<float> expected_out = test::to_host(expected.tensor);
 
-  // One kernel, twice; the second time its CTAs also prefetch a range (cache_a) into L2, which
-  // must change nothing.
+  // One kernel, twice.
   GpuTensor cache_b = upload_cache(cache);
   KvCacheView view_b = cache.view;
   view_b.data = cache_b.tensor.data;
   std::vector<float> first;
   for (int run = 0; run < 2; ++run) {
     GpuTensor out(dtype, {tokens, q_heads * head_dim});
-    const cuda::L2Prefetch prefetch =
-        run == 0 ? cuda::L2Prefetch{}
-                 : cuda::L2Prefetch{cache_a.tensor.data, cache_a.tensor.byte_size() / 16 * 16};
     cuda::decode_rope_attention(qkv_tensor.tensor, rope, device_batch.view, view_b, kLayer, scale,
-                                window, out.tensor, splits, workspace.view, prefetch, nullptr);
+                                window, out.tensor, splits, workspace.view, nullptr);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << what;
     const std::vector<float> actual = test::to_host(out.tensor);
     // A rotated query or key may round the other way (float32 contraction): scores move by

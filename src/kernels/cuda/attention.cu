@@ -84,9 +84,6 @@ struct AttentionParams {
   float rope_scaling;     // multiplies cos and sin
   int rotary_half;        // rotary_dim / 2, a multiple of 8
   const int32_t* slot_mapping;
-  // Decode: a range for the CTAs to ask L2 for before their pdl_wait (L2Prefetch); 0 bytes: none.
-  const char* prefetch;
-  int64_t prefetch_bytes;
 };
 
 __device__ __forceinline__ int first_visible(int position, int sliding_window) {
@@ -123,30 +120,6 @@ __device__ __forceinline__ void copy_async_commit() {
 template <int kPending>
 __device__ __forceinline__ void copy_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
-// Asks L2 for `bytes` (a multiple of 16) at `source` (16-byte aligned); nothing waits for it.
-__device__ __forceinline__ void prefetch_l2_bulk(const void* source, uint32_t bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(source), "r"(bytes) : "memory");
-#else
-  (void)source, (void)bytes;
-#endif
-}
-
-// This CTA's share of p.prefetch: pieces of 64 KiB dealt to the grid's threads, the first thread
-// of every CTA first, so that the requests leave from all SMs at once.
-__device__ __forceinline__ void prefetch_share(const AttentionParams& p) {
-  if (p.prefetch_bytes == 0) return;
-  constexpr int64_t kPiece = 64 << 10;
-  const int64_t ctas = int64_t(gridDim.x) * gridDim.y * gridDim.z;
-  const int64_t cta = blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z);
-  const int64_t pieces = (p.prefetch_bytes + kPiece - 1) / kPiece;
-  for (int64_t piece = int64_t(threadIdx.x) * ctas + cta; piece < pieces;
-       piece += ctas * blockDim.x) {
-    const int64_t begin = piece * kPiece;
-    prefetch_l2_bulk(p.prefetch + begin, uint32_t(min(kPiece, p.prefetch_bytes - begin)));
-  }
 }
 
 // Four 8x8 matrices of 16-bit elements; lanes 8i..8i+7 give the row addresses of matrix i.
@@ -420,7 +393,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
   const int heads = min(p.heads_per_cta, p.group - chunk * p.heads_per_cta);
   const int token = p.query_start[sequence];
   if (p.query_start[sequence + 1] == token || heads <= 0) {
-    prefetch_share(p);
     pdl_wait();  // a CTA finishes after its predecessors (launch.cuh)
     return;
   }
@@ -435,7 +407,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
   const int split_tiles = (visible_tiles + p.num_splits - 1) / p.num_splits;
   const int splits = (visible_tiles + split_tiles - 1) / split_tiles;
   if (split >= splits) {
-    prefetch_share(p);
     pdl_wait();
     return;
   }
@@ -495,8 +466,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(const AttentionP
   };
 #pragma unroll
   for (int stage = 0; stage < kDecodeStages - 1; ++stage) issue_tile(stage, false);
-  // After the first tiles' loads, so that they are not queued behind it.
-  prefetch_share(p);
   pdl_wait();
 
   // query[h] = (rotated) q[token, first_head + h, this thread's 8 elements] * scale * log2(e)
@@ -1262,10 +1231,8 @@ bool decode_rope_attention_applies(const AttentionBatch& batch, const RopeParams
 void decode_rope_attention(const DeviceTensor& qkv, const RopeParams& rope,
                            const AttentionBatch& batch, const KvCacheView& cache, int64_t layer,
                            float scale, int64_t sliding_window, DeviceTensor& out, int num_splits,
-                           const SplitWorkspace& workspace, const L2Prefetch& prefetch,
-                           cudaStream_t stream) {
+                           const SplitWorkspace& workspace, cudaStream_t stream) {
   KITE_CHECK(decode_rope_attention_applies(batch, rope, cache.head_dim));
-  KITE_CHECK(reinterpret_cast<uintptr_t>(prefetch.data) % 16 == 0 && prefetch.bytes % 16 == 0);
   const int64_t q_columns = out.cols();
   KITE_CHECK(qkv.rows() == batch.num_tokens && qkv.dtype == out.dtype &&
              qkv.cols() == q_columns + 2 * cache.num_kv_heads * cache.head_dim);
@@ -1280,8 +1247,6 @@ void decode_rope_attention(const DeviceTensor& qkv, const RopeParams& rope,
   p.rope_scaling = rope.attention_scaling;
   p.rotary_half = int(rope.rotary_dim / 2);
   p.slot_mapping = batch.slot_mapping;
-  p.prefetch = static_cast<const char*>(prefetch.data);
-  p.prefetch_bytes = prefetch.data ? int64_t(prefetch.bytes) : 0;
   launch_decodes(p, *kernels, batch.num_sequences, num_splits, workspace, stream);
 }
 

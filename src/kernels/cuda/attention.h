@@ -87,25 +87,14 @@ void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCache
 bool decode_rope_attention_applies(const AttentionBatch& batch, const RopeParams& rope,
                                    int64_t head_dim);
 
-// A range of device memory for a latency-bound kernel to ask L2 for while it runs (16-byte
-// aligned; bytes a multiple of 16); empty: none.
-struct L2Prefetch {
-  const void* data = nullptr;
-  size_t bytes = 0;
-};
-
 // rope_and_store_kv followed by attention, for a decode step, in one kernel: the decode kernel
 // rotates the queries it reads from qkv [T, (Hq + 2 Hkv) * D] itself, and the CTA that covers a
 // sequence's new position rotates that token's key, stores key and value in the cache slot of
 // batch.slot_mapping and attends to them from registers. Saves the RoPE kernel (and its q tensor)
 // per layer. Same results as the two calls (the same rounding of the rotated values).
-// `prefetch`: what the kernel's CTAs ask L2 for (cp.async.bulk.prefetch.L2, in pieces spread over
-// them) before they wait for the previous kernel: the weight of the GEMM after it, streamed while
-// the attention's dependent loads leave the memory bus idle. Results do not depend on it.
 void decode_rope_attention(const DeviceTensor& qkv, const RopeParams& rope,
                            const AttentionBatch& batch, const KvCacheView& cache, int64_t layer,
                            float scale, int64_t sliding_window, DeviceTensor& out, int num_splits,
-                           const SplitWorkspace& workspace, const L2Prefetch& prefetch,
-                           cudaStream_t stream);
+                           const SplitWorkspace& workspace, cudaStream_t stream);
 
 }  // namespace kite::cuda

@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <bit>
 #include <string>
-#include <utility>
 
 #include "kernels/cuda/activation.h"
 #include "kernels/cuda/attention.h"
@@ -250,20 +249,10 @@ void CudaBackend::attention(const DeviceTensor& q, const AttentionBatch& batch,
   cuda::attention(q, batch, cache, layer, scale, sliding_window, out, splits, workspace, stream_);
 }
 
-void CudaBackend::prefetch_weight(const DeviceTensor& weight) {
-  // A/B switch: MiB of the weight to prefetch (0: off).
-  static const int mebibytes = switch_setting("KITE_ATTENTION_PREFETCH", 0, 0, 4096);
-  const size_t bytes = std::min(weight.byte_size(), size_t(mebibytes) << 20) / 16 * 16;
-  if (bytes > 0 && reinterpret_cast<uintptr_t>(weight.data) % 16 == 0) {
-    prefetch_ = {weight.data, bytes};
-  }
-}
-
 void CudaBackend::rope_attention(const DeviceTensor& qkv, const RopeParams& rope,
                                  const AttentionBatch& batch, const KvCacheView& cache,
                                  int64_t layer, float scale, int64_t sliding_window,
                                  DeviceTensor& q, DeviceTensor& out) {
-  const cuda::L2Prefetch prefetch = std::exchange(prefetch_, {});
   if (!cuda::decode_rope_attention_applies(batch, rope, cache.head_dim)) {
     Backend::rope_attention(qkv, rope, batch, cache, layer, scale, sliding_window, q, out);
     return;
@@ -273,7 +262,7 @@ void CudaBackend::rope_attention(const DeviceTensor& qkv, const RopeParams& rope
       split_workspace(std::max<int64_t>(batch.num_sequences, 1), out.cols() / cache.head_dim,
                       cache.head_dim, splits);
   cuda::decode_rope_attention(qkv, rope, batch, cache, layer, scale, sliding_window, out, splits,
-                              workspace, prefetch, stream_);
+                              workspace, stream_);
 }
 
 void CudaBackend::reserve_scratch(DeviceBuffer& buffer, size_t bytes) {

@@ -57,9 +57,6 @@ class CudaBackend final : public Backend {
   // cannot fill the GPU; the split count depends on the number of sequences only.
   void attention(const DeviceTensor& q, const AttentionBatch& batch, const KvCacheView& cache,
                  int64_t layer, float scale, int64_t sliding_window, DeviceTensor& out) override;
-  // Decode steps: the decode attention kernel asks L2 for the first KITE_ATTENTION_PREFETCH MiB
-  // of the hinted weight (0, the default: nothing) while its own loads wait on latency.
-  void prefetch_weight(const DeviceTensor& weight) override;
   // Decode steps: RoPE and the KV store inside the decode attention kernel.
   void rope_attention(const DeviceTensor& qkv, const RopeParams& rope, const AttentionBatch& batch,
                       const KvCacheView& cache, int64_t layer, float scale, int64_t sliding_window,
@@ -113,7 +110,6 @@ class CudaBackend final : public Backend {
   DeviceBuffer split_counters_;          // zeroed when allocated; the kernels leave them zero
   DeviceBuffer sampling_workspace_;      // likewise
   std::vector<cudaGraphExec_t> graphs_;  // by id; destroyed ones are null
-  cuda::L2Prefetch prefetch_;            // the hint for the next rope_attention call
   int64_t graph_epoch_ = 0;              // bumped when a scratch buffer moves
 };
 

@@ -160,9 +160,10 @@ __device__ __forceinline__ uint4 silu_mul_chunk(const uint4& gate, const uint4& 
 // kSingleToken (one token, kTokenTiles 1): lane (g, q) of groups 0..3 loads chunk q of step g of
 // each load group, instead of group 0 loading all four steps and groups 1..7 nothing, and the mma
 // of step u takes its x fragment from lane 4u + q by shuffles (every group gets token 0; the
-// columns of tokens 1..7 are never stored). This keeps one x chunk a buffer in registers instead
-// of four (24 registers a thread fewer, 48 with SwiGLU's up half), and SwiGLU is computed once
-// per chunk instead of on all four steps by every lane.
+// columns of tokens 1..7 are never stored). A lane then holds one x chunk a buffer instead of
+// four, and SwiGLU and the squares of kNormed are computed once per chunk instead of on all four
+// steps by every lane (ptxas still gives it more registers, for the shuffled fragments; faster
+// all the same: gemv_single_token).
 template <typename T, int kTokenTiles, int kRowTiles, int kWarps, GemvKind kKind,
           int kFetchBytes, int kEarlyGroups, bool kSingleToken>
 __global__ void __launch_bounds__(kWarps * 32)
@@ -446,14 +447,13 @@ struct GemvArguments {
   float eps;
 };
 
-// Whether one token takes the kernel's single-token form: for the SwiGLU-fused kind, where it
-// saves three quarters of SwiGLU's arithmetic. Elsewhere it saves nothing and costs registers
-// (ptxas, bf16, 8 warps: 80 -> 111 a thread for the plain and residual-add kinds, 98 -> 113 for
-// the normalising one; 100 -> 122 for the fused one, which keeps its two CTAs an SM).
-// KITE_GEMV_SINGLE (A/B): 0 never, 1 the fused kind (the default), 2 every kind.
-bool gemv_single_token(GemvKind kind, int tokens) {
-  static const int setting = switch_setting("KITE_GEMV_SINGLE", 1, 0, 2);
-  return tokens == 1 && (setting == 2 || (setting == 1 && kind == GemvKind::kGatedAdd));
+// Whether one token takes the kernel's single-token form. Measured on an H100 (Llama-3-8B, batch-1
+// decode, one engine): +1.2% with it for the SwiGLU-fused kind alone, +1.7% for every kind, although
+// it costs the plain and residual-add kinds registers (ptxas, bf16, 8 warps: 80 -> 111 a thread;
+// normalising 98 -> 113, fused 100 -> 122). KITE_GEMV_SINGLE=0 turns it off (A/B).
+bool gemv_single_token(int tokens) {
+  static const bool enabled = switch_setting("KITE_GEMV_SINGLE", 1, 0, 1) > 0;
+  return enabled && tokens == 1;
 }
 
 template <typename T, int kTokenTiles, GemvKind kKind, size_t kVariant, bool kSingleToken>
@@ -496,7 +496,7 @@ void launch_typed(const DeviceTensor& x, const DeviceTensor& weight, const Devic
                                    int(weight.shape[1]),
                                    eps};
   const auto variants = std::make_index_sequence<size_t(kGemvVariantCount)>();
-  if (gemv_single_token(kKind, arguments.tokens)) {
+  if (gemv_single_token(arguments.tokens)) {
     launch_variant<T, 1, kKind, true>(variant, arguments, stream, variants);
   } else if (arguments.tokens <= kTileTokens) {
     launch_variant<T, 1, kKind, false>(variant, arguments, stream, variants);
@@ -593,7 +593,7 @@ int gemv_gated_ctas_per_multiprocessor(DType dtype, int32_t variant, int64_t tok
   KITE_CHECK(variant >= 0 && variant < kGemvVariantCount);
   KITE_CHECK(dtype == DType::kBF16 || dtype == DType::kF16);
   const auto variants = std::make_index_sequence<size_t(kGemvVariantCount)>();
-  const bool single = gemv_single_token(GemvKind::kGatedAdd, int(std::min<int64_t>(tokens, 2)));
+  const bool single = gemv_single_token(int(std::min<int64_t>(tokens, 2)));
   if (dtype == DType::kBF16) {
     return single ? gated_ctas_per_multiprocessor<__nv_bfloat16, true>(variant, variants)
                   : gated_ctas_per_multiprocessor<__nv_bfloat16, false>(variant, variants);
