@@ -83,8 +83,9 @@ Result<std::vector<GemmChoice>> tune_gemms(const std::vector<GemmShape>& shapes,
   std::vector<GemmChoice> choices;
   for (size_t i = 0; i < shapes.size(); ++i) {
     const GemmShape& shape = shapes[i];
-    const std::vector<cuda::GemmTiming> measured = runner->time_candidates(
-        shape.max_tokens, shape.n, shape.k, dtype, shape.has_bias, shape.gated, stream);
+    const std::vector<cuda::GemmTiming> measured =
+        runner->time_candidates(shape.max_tokens, shape.n, shape.k, dtype, shape.has_bias,
+                                shape.gated, shape.normed, stream);
     if (on_progress) on_progress(i + 1, shapes.size());
     for (size_t c = 0; timings && c < measured.size(); ++c) {
       timings->push_back(
@@ -109,16 +110,17 @@ Result<std::vector<GemmChoice>> tune_gemms(const std::vector<GemmShape>& shapes,
 
 std::string tuning_log_csv(const std::vector<GemmCandidateTime>& timings,
                            size_t weight_element_bytes) {
-  std::string csv = "max_tokens,n,k,bias,gated,kernel,microseconds,weight_gbps,chosen\n";
+  std::string csv = "max_tokens,n,k,bias,gated,kernel,microseconds,weight_gbps,chosen,normed\n";
   char row[256];
   for (const GemmCandidateTime& timing : timings) {
     const GemmShape& shape = timing.shape;
     const double weight_bytes = double(shape.n) * double(shape.k) * double(weight_element_bytes);
     const double gbps = timing.microseconds > 0 ? weight_bytes / timing.microseconds / 1e3 : 0.0;
-    std::snprintf(row, sizeof(row), "%lld,%lld,%lld,%d,%d,%s,%.2f,%.1f,%d\n",
+    std::snprintf(row, sizeof(row), "%lld,%lld,%lld,%d,%d,%s,%.2f,%.1f,%d,%d\n",
                   static_cast<long long>(shape.max_tokens), static_cast<long long>(shape.n),
                   static_cast<long long>(shape.k), int(shape.has_bias), int(shape.gated),
-                  timing.kernel.c_str(), double(timing.microseconds), gbps, int(timing.chosen));
+                  timing.kernel.c_str(), double(timing.microseconds), gbps, int(timing.chosen),
+                  int(shape.normed));
     csv += row;
   }
   return csv;

@@ -40,6 +40,10 @@ struct GemmShape {
   int64_t k = 0;
   bool has_bias = false;
   bool gated = false;  // the down projection with SwiGLU fused in (GemmChoice::gated)
+  // The input is the residual stream, normalised inside the GEMM (QKV and gate/up of an engine
+  // with the norm scales folded in: Backend::rms_norm_linear); a kernel that cannot do that runs
+  // after an RMSNorm kernel, whose time is then part of its own.
+  bool normed = false;
 };
 // One candidate kernel's time in the tuning: "cublaslt:N" (cuBLASLt's N-th heuristic algorithm)
 // or "gemv:N" (small-M configuration N), and whether the engine takes it.

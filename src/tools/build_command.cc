@@ -26,27 +26,31 @@ namespace {
 constexpr int64_t kFusedDownMaxTokens = 16;
 
 // Every GEMM the forward pass runs, by row-count bucket (powers of two up to the largest step),
-// for the kernel-tuning step.
-std::vector<GemmShape> model_gemm_shapes(const ModelConfig& model, const BuildLimits& limits) {
+// for the kernel-tuning step. `folded`: the engine folds the norm scales, so QKV and gate/up
+// normalise their input (GemmShape::normed).
+std::vector<GemmShape> model_gemm_shapes(const ModelConfig& model, const BuildLimits& limits,
+                                         bool folded) {
   const int64_t hidden = model.hidden_size, ffn = model.intermediate_size;
   const int64_t max_step_tokens = limits.max_num_tokens;
   struct Weight {
     int64_t n, k;
     bool bias;
     int64_t max_tokens;
+    bool normed;
   };
   const std::vector<Weight> weights = {
-      {model.q_size() + 2 * model.kv_size(), hidden, model.attention_bias, max_step_tokens},
-      {hidden, model.q_size(), model.attention_output_bias, max_step_tokens},
-      {2 * ffn, hidden, false, max_step_tokens},
-      {hidden, ffn, false, max_step_tokens},
-      {model.vocab_size, hidden, false, limits.max_batch_size},  // LM head: a row per sequence
+      {model.q_size() + 2 * model.kv_size(), hidden, model.attention_bias, max_step_tokens, folded},
+      {hidden, model.q_size(), model.attention_output_bias, max_step_tokens, false},
+      {2 * ffn, hidden, false, max_step_tokens, folded},
+      {hidden, ffn, false, max_step_tokens, false},
+      // LM head: a row per sequence
+      {model.vocab_size, hidden, false, limits.max_batch_size, false},
   };
   std::vector<GemmShape> shapes;
   for (const Weight& weight : weights) {
     for (int64_t bucket = 1;; bucket *= 2) {
       const int64_t rows = std::min(bucket, weight.max_tokens);
-      shapes.push_back(GemmShape{rows, weight.n, weight.k, weight.bias});
+      shapes.push_back(GemmShape{rows, weight.n, weight.k, weight.bias, false, weight.normed});
       if (rows == weight.max_tokens) break;
     }
   }
@@ -242,7 +246,8 @@ Status build_engine(const BuildRequest& flags) {
             estimated_kv_cache_tokens(config.memory, gpu.total_memory_bytes, fraction)),
         fraction * 100);
     // Kernel tuning: time every candidate GEMM kernel for each shape on this GPU.
-    const std::vector<GemmShape> shapes = model_gemm_shapes(config.model, limits);
+    const std::vector<GemmShape> shapes =
+        model_gemm_shapes(config.model, limits, config.norm_scales_folded);
     Progress progress("tuning GEMM kernels", int64_t(shapes.size()));
     // A log that cannot be written is refused before the minutes of tuning.
     if (!flags.tuning_log.empty()) KITE_RETURN_IF_ERROR(write_file(flags.tuning_log, ""));

@@ -219,7 +219,8 @@ TEST(CudaLinear, MisalignedViews) {
 }
 
 // The tuning step: candidates sorted fastest first, GEMV among them exactly when it applies, and
-// every returned tactic correct.
+// every returned tactic correct; the same when the candidates normalise their input (GEMV in its
+// normalising form, cuBLASLt after an RMSNorm kernel).
 TEST(CudaLinear, TimeCandidatesSortedAndCorrect) {
   KITE_REQUIRE_GPU();
   auto runner = make_runner();
@@ -230,24 +231,27 @@ TEST(CudaLinear, TimeCandidatesSortedAndCorrect) {
       {{128, 576, 1536}, DType::kF16, false},
   };
   for (const auto& [shape, dtype, has_bias] : cases) {
-    const std::vector<cuda::GemmTiming> timings =
-        runner->time_candidates(shape.m, shape.n, shape.k, dtype, has_bias, false, nullptr);
-    const std::string what = describe(shape, dtype, has_bias, {});
-    ASSERT_FALSE(timings.empty()) << what;
-    int gemv_candidates = 0, cublas_candidates = 0;
-    for (size_t i = 0; i < timings.size(); ++i) {
-      EXPECT_TRUE(std::isfinite(timings[i].microseconds) && timings[i].microseconds > 0) << what;
-      if (i > 0) {
-        EXPECT_LE(timings[i - 1].microseconds, timings[i].microseconds) << what;
+    for (const bool normed : {false, true}) {
+      const std::vector<cuda::GemmTiming> timings = runner->time_candidates(
+          shape.m, shape.n, shape.k, dtype, has_bias, /*gated=*/false, normed, nullptr);
+      const std::string what = describe(shape, dtype, has_bias, {}) + (normed ? " normed" : "");
+      ASSERT_FALSE(timings.empty()) << what;
+      int gemv_candidates = 0, cublas_candidates = 0;
+      for (size_t i = 0; i < timings.size(); ++i) {
+        EXPECT_TRUE(std::isfinite(timings[i].microseconds) && timings[i].microseconds > 0) << what;
+        if (i > 0) {
+          EXPECT_LE(timings[i - 1].microseconds, timings[i].microseconds) << what;
+        }
+        (timings[i].tactic.algorithm == GemmAlgorithm::kGemv ? gemv_candidates
+                                                             : cublas_candidates)++;
       }
-      (timings[i].tactic.algorithm == GemmAlgorithm::kGemv ? gemv_candidates : cublas_candidates)++;
-    }
-    const bool gemv_applies = shape.m <= cuda::kGemvMaxTokens && shape.k % 8 == 0;
-    EXPECT_EQ(gemv_candidates, gemv_applies ? cuda::kGemvVariantCount : 0) << what;
-    EXPECT_GE(cublas_candidates, 1) << what;
+      const bool gemv_applies = shape.m <= cuda::kGemvMaxTokens && shape.k % 8 == 0;
+      EXPECT_EQ(gemv_candidates, gemv_applies ? cuda::kGemvVariantCount : 0) << what;
+      EXPECT_GE(cublas_candidates, 1) << what;
 
-    const LinearProblem problem(shape, dtype, has_bias, 11);
-    for (const cuda::GemmTiming& timing : timings) check_tactic(*runner, problem, timing.tactic);
+      const LinearProblem problem(shape, dtype, has_bias, 11);
+      for (const cuda::GemmTiming& timing : timings) check_tactic(*runner, problem, timing.tactic);
+    }
   }
 }
 
@@ -255,8 +259,11 @@ TEST(CudaLinear, TimeCandidatesSortedAndCorrect) {
 // timings list every candidate's time (kite build --tuning_log), fastest first, the first chosen.
 TEST(CudaLinear, TuneGemmsRecordsEveryCandidate) {
   KITE_REQUIRE_GPU();
-  const std::vector<GemmShape> shapes = {
-      {1, 960, 576, false, false}, {1, 576, 1536, false, true}, {64, 1000, 4096, true, false}};
+  const std::vector<GemmShape> shapes = {{1, 960, 576, false, false},
+                                         {1, 576, 1536, false, true},
+                                         {64, 1000, 4096, true, false},
+                                         {1, 1024, 576, true, false, /*normed=*/true},
+                                         {64, 1024, 576, false, false, /*normed=*/true}};
   std::vector<GemmCandidateTime> timings;
   const auto choices = tune_gemms(shapes, DType::kBF16, 0, nullptr, &timings);
   ASSERT_TRUE(choices.is_ok()) << choices.status().message();
@@ -266,7 +273,8 @@ TEST(CudaLinear, TuneGemmsRecordsEveryCandidate) {
     std::vector<const GemmCandidateTime*> rows;
     for (const GemmCandidateTime& timing : timings) {
       if (timing.shape.max_tokens == shape.max_tokens && timing.shape.n == shape.n &&
-          timing.shape.k == shape.k && timing.shape.gated == shape.gated) {
+          timing.shape.k == shape.k && timing.shape.gated == shape.gated &&
+          timing.shape.normed == shape.normed) {
         rows.push_back(&timing);
       }
     }
@@ -519,7 +527,7 @@ TEST(CudaLinear, TimeCandidatesOfTheFusedKernel) {
   ASSERT_TRUE(runner);
   for (const int64_t m : {1, 8, 16}) {
     const std::vector<cuda::GemmTiming> timings =
-        runner->time_candidates(m, 1000, 576, DType::kBF16, false, /*gated=*/true, nullptr);
+        runner->time_candidates(m, 1000, 576, DType::kBF16, false, /*gated=*/true, false, nullptr);
     const std::string what = "M=" + std::to_string(m);
     size_t sharing = 0;
     for (int32_t variant = 0; variant < cuda::kGemvVariantCount; ++variant) {

@@ -46,7 +46,7 @@ TEST(BackendFactory, RefusesOtherCpuDevicesAndMissingCuda) {
 // `kite build --tuning_log`: one row per candidate, read back as Python's csv module would, with
 // the weight bandwidth each time means (n x k x element bytes / time).
 TEST(BackendFactory, TuningLogHasARowPerCandidate) {
-  const GemmShape qkv{1, 6144, 4096, true, false};
+  const GemmShape qkv{1, 6144, 4096, true, false, /*normed=*/true};
   const GemmShape down{16, 4096, 14336, false, true};
   const std::string csv = tuning_log_csv({{qkv, "gemv:0", 13.15f, true},
                                           {qkv, "cublaslt:2", 20.0f, false},
@@ -56,14 +56,15 @@ TEST(BackendFactory, TuningLogHasARowPerCandidate) {
   ASSERT_TRUE(rows.is_ok()) << rows.status().message();
   ASSERT_EQ(rows->size(), 4u) << csv;
   EXPECT_EQ((*rows)[0], (CsvRow{"max_tokens", "n", "k", "bias", "gated", "kernel", "microseconds",
-                                "weight_gbps", "chosen"}));
-  EXPECT_EQ((*rows)[1], (CsvRow{"1", "6144", "4096", "1", "0", "gemv:0", "13.15", "3827.5", "1"}));
+                                "weight_gbps", "chosen", "normed"}));
+  EXPECT_EQ((*rows)[1],
+            (CsvRow{"1", "6144", "4096", "1", "0", "gemv:0", "13.15", "3827.5", "1", "1"}));
   EXPECT_EQ((*rows)[2],
-            (CsvRow{"1", "6144", "4096", "1", "0", "cublaslt:2", "20.00", "2516.6", "0"}));
+            (CsvRow{"1", "6144", "4096", "1", "0", "cublaslt:2", "20.00", "2516.6", "0", "1"}));
   EXPECT_EQ((*rows)[3],
-            (CsvRow{"16", "4096", "14336", "0", "1", "gemv:4", "34.01", "3453.1", "1"}));
+            (CsvRow{"16", "4096", "14336", "0", "1", "gemv:4", "34.01", "3453.1", "1", "0"}));
   EXPECT_EQ(tuning_log_csv({}, 2),
-            "max_tokens,n,k,bias,gated,kernel,microseconds,weight_gbps,chosen\n");
+            "max_tokens,n,k,bias,gated,kernel,microseconds,weight_gbps,chosen,normed\n");
 }
 
 TEST(CpuBackendMemory, AllocatesAlignedBuffersAndCopies) {

@@ -14,6 +14,7 @@
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/linear.h"
+#include "kernels/cuda/rms_norm.h"
 
 namespace kite::cuda {
 namespace {
@@ -26,6 +27,7 @@ constexpr uint32_t kMaxAlignment = 256;               // cuBLASLt's default assu
 constexpr int kTimedBatches = 7;
 constexpr int kMinRunsPerBatch = 10;
 constexpr int kMaxWeightCopies = 64;
+constexpr float kTuningEps = 1e-5f;  // the RMSNorm epsilon of normalising candidates
 
 bool is_half_precision(DType dtype) {
   return dtype == DType::kF16 || dtype == DType::kBF16;
@@ -335,10 +337,10 @@ bool GemmRunner::linear_silu_mul_add(const DeviceTensor& gate_up, const DeviceTe
 }
 
 std::vector<GemmTiming> GemmRunner::time_candidates(int64_t m, int64_t n, int64_t k, DType dtype,
-                                                    bool has_bias, bool gated,
+                                                    bool has_bias, bool gated, bool normed,
                                                     cudaStream_t stream) {
   KITE_CHECK(m > 0 && n > 0 && k > 0 && is_half_precision(dtype));
-  KITE_CHECK(!(gated && has_bias));
+  KITE_CHECK(!(gated && has_bias) && !(gated && normed));
   const size_t element = dtype_size(dtype);
   const int64_t x_columns = gated ? 2 * k : k;
 
@@ -350,9 +352,10 @@ std::vector<GemmTiming> GemmRunner::time_candidates(int64_t m, int64_t n, int64_
   const size_t x_bytes = round_up(size_t(m * x_columns) * element, kMaxAlignment);
   const size_t bias_bytes = round_up(size_t(n) * element, kMaxAlignment);
   const size_t out_bytes = round_up(size_t(m * n) * element, kMaxAlignment);
+  const size_t normed_bytes = normed ? x_bytes : 0;  // cuBLASLt's input after the RMSNorm kernel
   ScratchMemory scratch;
-  if (cudaMalloc(&scratch.data, weight_bytes * size_t(copies) + x_bytes + bias_bytes + out_bytes) !=
-      cudaSuccess) {
+  if (cudaMalloc(&scratch.data, weight_bytes * size_t(copies) + x_bytes + bias_bytes + out_bytes +
+                                    normed_bytes) != cudaSuccess) {
     cudaGetLastError();
     return {};
   }
@@ -360,7 +363,8 @@ std::vector<GemmTiming> GemmRunner::time_candidates(int64_t m, int64_t n, int64_
   DeviceTensor x{dtype, {m, x_columns}, base};
   DeviceTensor bias{dtype, {n}, base + x_bytes};
   DeviceTensor out{dtype, {m, n}, base + x_bytes + bias_bytes};
-  char* weights = base + x_bytes + bias_bytes + out_bytes;
+  DeviceTensor normed_x{dtype, {m, k}, base + x_bytes + bias_bytes + out_bytes};
+  char* weights = base + x_bytes + bias_bytes + out_bytes + normed_bytes;
   fill_random(dtype, x.data, m * x_columns, 1, 1.0f, stream);
   fill_random(dtype, bias.data, n, 2, 1.0f, stream);
   for (int copy = 0; copy < copies; ++copy) {
@@ -379,7 +383,8 @@ std::vector<GemmTiming> GemmRunner::time_candidates(int64_t m, int64_t n, int64_
     candidates.push_back({GemmAlgorithm::kCublasLt, int32_t(i)});
   }
   DeviceTensor weight{dtype, {n, k}, weights};
-  const GemvKind kind = gated ? GemvKind::kGatedAdd : GemvKind::kPlain;
+  const GemvKind kind =
+      gated ? GemvKind::kGatedAdd : (normed ? GemvKind::kNormed : GemvKind::kPlain);
   if (gemv_applies(kind, x, weight)) {
     for (int32_t variant = 0; variant < kGemvVariantCount; ++variant) {
       candidates.push_back({GemmAlgorithm::kGemv, variant});
@@ -414,12 +419,13 @@ std::vector<GemmTiming> GemmRunner::time_candidates(int64_t m, int64_t n, int64_
     auto run = [&](int copy) {
       weight.data = weights + size_t(copy) * weight_bytes;
       if (tactic.algorithm == GemmAlgorithm::kGemv) {
-        launch_gemv(kind, x, weight, has_bias ? &bias : nullptr, out, tactic.variant, 0.0f,
-                    stream);
+        launch_gemv(kind, x, weight, has_bias ? &bias : nullptr, out, tactic.variant,
+                    kTuningEps, stream);
         return true;
       }
-      return state_->run_cublas(*plan, tactic.variant, x.data, weight.data,
-                                has_bias ? bias.data : nullptr, out.data,
+      if (normed) rms_norm(x, DeviceTensor{}, kTuningEps, normed_x, stream);
+      return state_->run_cublas(*plan, tactic.variant, normed ? normed_x.data : x.data,
+                                weight.data, has_bias ? bias.data : nullptr, out.data,
                                 stream) == CUBLAS_STATUS_SUCCESS;
     };
     bool runs = true;

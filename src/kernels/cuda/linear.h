@@ -88,9 +88,12 @@ class GemmRunner {
   // candidates that fail to run are left out; empty when the scratch memory cannot be had. Must not
   // be called while `stream` is being captured. `gated`: the SwiGLU-fused product of
   // linear_silu_mul_add (x [M, 2K], no bias), whose candidates are the GEMV configurations when
-  // the kernel applies (none otherwise) that fit two CTAs an SM, where any does.
+  // the kernel applies (none otherwise) that fit two CTAs an SM, where any does. `normed`: the
+  // product of linear_normed as the forward pass runs it, the GEMV configurations in their
+  // normalising form and each cuBLASLt candidate after the RMSNorm kernel it then needs.
   std::vector<GemmTiming> time_candidates(int64_t m, int64_t n, int64_t k, DType dtype,
-                                          bool has_bias, bool gated, cudaStream_t stream);
+                                          bool has_bias, bool gated, bool normed,
+                                          cudaStream_t stream);
 
   // A good tactic without timing, for shapes no engine has tuned: GEMV for M <= kGemvMaxTokens and
   // K % 8 == 0, otherwise cuBLASLt's first heuristic result.
