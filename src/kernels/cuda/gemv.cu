@@ -173,7 +173,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   constexpr bool kNormed = kKind == GemvKind::kNormed;
   constexpr bool kAdd = kKind == GemvKind::kAdd || kGated;
   static_assert(!kSingleToken || kTokenTiles == 1);
-  static_assert(kUnroll * 2 <= 8, "single token: the steps of a group fit groups 0..3");
+  static_assert(kUnroll <= 8 && (kUnroll & (kUnroll - 1)) == 0,
+                "single token: a load group's steps go to lane groups 0..kUnroll-1");
   constexpr int kXSteps = kSingleToken ? 1 : kUnroll;  // x chunks a lane holds a load group
   // Accumulator fragments per lane: kRowTiles x kTokenTiles tiles of 4 floats.
   constexpr int kValuesPerLane = kRowTiles * kTokenTiles * 4;
