@@ -31,6 +31,6 @@ help="$("$kite" build --help 2>&1 || true)"
 python3 "$root/scripts/gpu/gemm_report.py" "$engine" || true
 # Every candidate at one row (decode at batch 1), fastest first per shape.
 if ((${#log[@]})); then
-  awk -F, 'NR == 1 || $1 == 1 { printf "%6s %6s %5s %5s %12s %12s %11s %6s\n", $2, $3, $4, $5, $6, $7, $8, $9 }' \
+  awk -F, 'NR == 1 || $1 == 1 { printf "%6s %6s %5s %5s %12s %12s %11s %6s %6s\n", $2, $3, $4, $5, $6, $7, $8, $9, $10 }' \
     "$engine.tuning.csv" || true
 fi
