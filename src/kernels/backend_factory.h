@@ -63,8 +63,8 @@ Result<std::vector<GemmChoice>> tune_gemms(const std::vector<GemmShape>& shapes,
                                            std::vector<GemmCandidateTime>* timings = nullptr);
 
 // The CSV of `kite build --tuning_log`: a header, then a row per timing (max_tokens, n, k, bias,
-// gated, kernel, microseconds, weight bytes / time in GB/s, chosen) with `weight_element_bytes`
-// bytes a weight element.
+// gated, kernel, microseconds, weight bytes / time in GB/s, chosen, normed) with
+// `weight_element_bytes` bytes a weight element.
 std::string tuning_log_csv(const std::vector<GemmCandidateTime>& timings,
                            size_t weight_element_bytes);
 
