@@ -17,7 +17,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <utility>
 
@@ -151,6 +150,18 @@ __device__ __forceinline__ uint4 silu_mul_chunk(const uint4& gate, const uint4& 
   return *reinterpret_cast<const uint4*>(&result);
 }
 
+// sum += the squares of the 8 elements of a chunk (kNormed's sum of squares of x).
+template <typename T>
+__device__ __forceinline__ void add_squares(const uint4& chunk, float& sum) {
+  using Vector = Pack<T, kChunkElements>;
+  const Vector values = *reinterpret_cast<const Vector*>(&chunk);
+#pragma unroll
+  for (int j = 0; j < kChunkElements; ++j) {
+    const float value = to_float(values.values[j]);
+    sum = fmaf(value, value, sum);
+  }
+}
+
 // p[t, n] = sum_k x[t, k] * weight[n, k]   x [tokens, k_size], weight [rows, k_size], out [tokens,
 // rows]; tokens <= 8 * kTokenTiles, k_size % 8 == 0, x and weight 16-byte aligned. Then, by kKind
 // (linear.h), out = p (+ bias), out = r p (+ bias) with r = 1 / sqrt(mean(x[t]^2) + eps), or
@@ -281,15 +292,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   auto own_chunk = [&](const Fragments& fragments) {
     uint4 own = fragments.x[0][0];
     if constexpr (kGated) own = silu_mul_chunk<T>(own, fragments.up[0][0]);
-    if constexpr (kNormed) {
-      using Vector = Pack<T, kChunkElements>;
-      const Vector values = *reinterpret_cast<const Vector*>(&own);
-#pragma unroll
-      for (int j = 0; j < kChunkElements; ++j) {
-        const float value = to_float(values.values[j]);
-        squares[0] = fmaf(value, value, squares[0]);
-      }
-    }
+    if constexpr (kNormed) add_squares<T>(own, squares[0]);
     return own;
   };
   auto multiply = [&](const Fragments& fragments) {
@@ -312,15 +315,7 @@ __global__ void __launch_bounds__(kWarps * 32)
             tokens[token_tile] =
                 silu_mul_chunk<T>(tokens[token_tile], fragments.up[u][token_tile]);
           }
-          if constexpr (kNormed) {
-            using Vector = Pack<T, kChunkElements>;
-            const Vector values = *reinterpret_cast<const Vector*>(&tokens[token_tile]);
-#pragma unroll
-            for (int j = 0; j < kChunkElements; ++j) {
-              const float value = to_float(values.values[j]);
-              squares[token_tile] = fmaf(value, value, squares[token_tile]);
-            }
-          }
+          if constexpr (kNormed) add_squares<T>(tokens[token_tile], squares[token_tile]);
         }
       }
 #pragma unroll
@@ -452,7 +447,7 @@ struct GemvArguments {
 // decode, one engine): +1.2% with it for the SwiGLU-fused kind alone, +1.7% for every kind, although
 // it costs the plain and residual-add kinds registers (ptxas, bf16, 8 warps: 80 -> 111 a thread;
 // normalising 98 -> 113, fused 100 -> 122). KITE_GEMV_SINGLE=0 turns it off (A/B).
-bool gemv_single_token(int tokens) {
+bool gemv_single_token(int64_t tokens) {
   static const bool enabled = switch_setting("KITE_GEMV_SINGLE", 1, 0, 1) > 0;
   return enabled && tokens == 1;
 }
@@ -594,7 +589,7 @@ int gemv_gated_ctas_per_multiprocessor(DType dtype, int32_t variant, int64_t tok
   KITE_CHECK(variant >= 0 && variant < kGemvVariantCount);
   KITE_CHECK(dtype == DType::kBF16 || dtype == DType::kF16);
   const auto variants = std::make_index_sequence<size_t(kGemvVariantCount)>();
-  const bool single = gemv_single_token(int(std::min<int64_t>(tokens, 2)));
+  const bool single = gemv_single_token(tokens);
   if (dtype == DType::kBF16) {
     return single ? gated_ctas_per_multiprocessor<__nv_bfloat16, true>(variant, variants)
                   : gated_ctas_per_multiprocessor<__nv_bfloat16, false>(variant, variants);
