@@ -141,6 +141,11 @@ class Backend {
   // Changes whenever the backend reallocates scratch memory that recorded graphs may point into
   // (its own workspaces, grown by a larger step): graphs recorded before must be recorded again.
   virtual int64_t graph_epoch() const { return 0; }
+  // Replaces the tuned GEMM choices (BackendOptions::gemm_choices) between steps, for timing
+  // choices in a running model (`kite build --tune_decode`); recorded graphs are recorded again.
+  virtual Status set_gemm_choices(const std::vector<GemmChoice>& /*choices*/) {
+    return unsupported("this backend has no tuned GEMM choices");
+  }
 
   // ---- ops of the Llama family ----
   // out[t, :] = table[ids[t], :]            table [V, H], ids [T] (backend memory), out [T, H]

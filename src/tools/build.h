@@ -23,6 +23,9 @@ struct BuildRequest {
   std::string dtype = "auto";
   // Where to write every candidate kernel's time of the GEMM tuning as CSV (CUDA; empty: nowhere).
   std::string tuning_log;
+  // CUDA: after the GEMM tuning, time the one-row GEMMs' best candidates in the batch-1 decode
+  // step itself and keep the fastest (tune_decode_step).
+  bool tune_decode = false;
 };
 
 // Whether `name` is a weight dtype BuildRequest::dtype takes (auto, float32, float16, bfloat16):

@@ -7,6 +7,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "core/file.h"
 #include "core/progress.h"
@@ -14,6 +16,7 @@
 #include "formats/engine_file.h"
 #include "kernels/backend_factory.h"
 #include "kernels/cpu/rms_norm.h"
+#include "runtime/benchmark.h"
 #include "runtime/engine.h"
 #include "runtime/memory_plan.h"
 #include "tools/build.h"
@@ -131,6 +134,87 @@ bool folds_norm_scales(const std::string& device, const WeightOnlyConfig& weight
 constexpr const char* kCopiedFiles[] = {"tokenizer.json", "tokenizer_config.json",
                                         "special_tokens_map.json", "generation_config.json"};
 
+// The choice a tuning log's kernel name ("gemv:N", "cublaslt:N") stands for; false if neither.
+bool parse_kernel_name(const std::string& name, int32_t& algorithm, int32_t& variant) {
+  for (const auto& [prefix, value] : {std::pair{"gemv:", 1}, std::pair{"cublaslt:", 0}}) {
+    const std::string_view text(prefix);
+    if (!name.starts_with(text) || name.size() == text.size()) continue;
+    const std::string digits = name.substr(text.size());
+    if (digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 6) {
+      return false;
+    }
+    algorithm = value;
+    variant = int32_t(std::stoi(digits));
+    return true;
+  }
+  return false;
+}
+
+// `kite build --tune_decode`: the GEMM choices of the smallest row bucket timed in the batch-1
+// decode step of the engine just written, not each GEMM alone. The tuner times a GEMM back to
+// back with itself, so a kernel that overlaps its predecessor's tail (programmatic dependent
+// launch) is judged against the wrong predecessor (docs/perf/cuda_llama3_8b.md, "The H200
+// again"). One shape after the other, each of its kCandidates fastest runners-up replaces the
+// choice, and a change stays if the decode step is faster by more than kMinGain (coordinate
+// descent, as scripts/gpu/insitu_search.py does with whole processes).
+Result<std::vector<GemmChoice>> tune_decode_step(const std::string& engine_dir, int gpu,
+                                                 const EngineConfig& config,
+                                                 const std::vector<GemmCandidateTime>& timings) {
+  constexpr size_t kCandidates = 3;
+  constexpr double kMinGain = 0.002;  // above the spread of one process's runs
+  const int64_t input = std::min<int64_t>(128, config.limits.max_input_len);
+  const int64_t output = std::min<int64_t>(64, config.limits.max_seq_len - input);
+  if (config.gemm_choices.empty() || output < 8) return config.gemm_choices;
+  LoadOptions load;
+  load.device_index = gpu;
+  load.kv_cache_free_gpu_mem_fraction = 0.1;  // one short sequence
+  KITE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::load(engine_dir, load));
+  const BenchmarkCase bench{1, input, output};
+  const BenchmarkOptions options{/*warm_up_runs=*/1, /*min_runs=*/3, 0};
+  auto decode_rate = [&](const std::vector<GemmChoice>& choices) -> Result<double> {
+    KITE_RETURN_IF_ERROR(engine->backend().set_gemm_choices(choices));
+    KITE_ASSIGN_OR_RETURN(BenchmarkResult result, run_benchmark_case(*engine, bench, options));
+    return double(output - 1) / ((result.latency_ms - result.first_token_latency_ms) / 1000.0);
+  };
+  std::vector<GemmChoice> best = config.gemm_choices;
+  KITE_ASSIGN_OR_RETURN(double best_rate, decode_rate(best));
+  const double tuned_rate = best_rate;
+  std::printf("decode tuning: batch 1, %lld / %lld tokens, the tuned choices %.2f tokens/s\n",
+              static_cast<long long>(input), static_cast<long long>(output), tuned_rate);
+  int64_t bucket = best.front().max_tokens;
+  for (const GemmChoice& choice : best) bucket = std::min(bucket, choice.max_tokens);
+  for (size_t i = 0; i < best.size(); ++i) {
+    if (best[i].max_tokens != bucket) continue;
+    size_t tried = 0;
+    for (const GemmCandidateTime& timing : timings) {  // fastest first per shape
+      const GemmShape& shape = timing.shape;
+      if (tried == kCandidates) break;
+      if (timing.chosen || shape.max_tokens != bucket || shape.n != best[i].n ||
+          shape.k != best[i].k || shape.gated != best[i].gated) {
+        continue;
+      }
+      int32_t algorithm = 0, variant = 0;
+      if (!parse_kernel_name(timing.kernel, algorithm, variant)) continue;
+      ++tried;
+      std::vector<GemmChoice> trial = best;
+      trial[i].algorithm = algorithm;
+      trial[i].variant = variant;
+      trial[i].microseconds = timing.microseconds;
+      KITE_ASSIGN_OR_RETURN(const double rate, decode_rate(trial));
+      std::printf("  %lld x %lld%s %s: %.2f tokens/s\n", static_cast<long long>(shape.n),
+                  static_cast<long long>(shape.k), shape.gated ? " gated" : "",
+                  timing.kernel.c_str(), rate);
+      if (rate > best_rate * (1 + kMinGain)) {
+        best = std::move(trial);
+        best_rate = rate;
+      }
+    }
+  }
+  std::printf("decode tuning: %.2f tokens/s (%+.2f%%)\n", best_rate,
+              100.0 * (best_rate / tuned_rate - 1.0));
+  return best;
+}
+
 }  // namespace
 
 Status check_weight_dtype_name(const std::string& name) {
@@ -171,6 +255,10 @@ Status build_engine(const BuildRequest& flags) {
     return invalid_argument("--max_batch_size " + std::to_string(limits.max_batch_size) +
                             ": a CUDA engine takes at most " + std::to_string(kCudaMaxBatchSize) +
                             " sequences a step");
+  }
+  if (flags.tune_decode && flags.device != "cuda") {
+    return invalid_argument(
+        "--tune_decode times the decode step on a GPU: build with --device cuda, or leave it out");
   }
   if (!flags.tuning_log.empty() && flags.device != "cuda") {
     return invalid_argument(
@@ -219,6 +307,7 @@ Status build_engine(const BuildRequest& flags) {
     weights_bytes += shape_numel(weight.shape) * int64_t(dtype_size(weight.dtype));
   }
   config.memory = plan_memory(config, weights_bytes);
+  std::vector<GemmCandidateTime> timings;  // CUDA: every candidate of the GEMM tuning
   if (flags.device == "cuda") {
     if (config.weight_only.enabled()) {
       return unsupported(flags.checkpoint_dir + " holds weight-only quantized weights (" +
@@ -251,7 +340,6 @@ Status build_engine(const BuildRequest& flags) {
     Progress progress("tuning GEMM kernels", int64_t(shapes.size()));
     // A log that cannot be written is refused before the minutes of tuning.
     if (!flags.tuning_log.empty()) KITE_RETURN_IF_ERROR(write_file(flags.tuning_log, ""));
-    std::vector<GemmCandidateTime> timings;
     KITE_ASSIGN_OR_RETURN(
         config.gemm_choices,
         tune_gemms(
@@ -310,6 +398,11 @@ Status build_engine(const BuildRequest& flags) {
   }
   // config.json last: a folder without it is not mistaken for a finished engine.
   KITE_RETURN_IF_ERROR(write_engine_config(flags.output_dir, config));
+  if (flags.tune_decode) {
+    KITE_ASSIGN_OR_RETURN(config.gemm_choices,
+                          tune_decode_step(flags.output_dir, flags.gpu, config, timings));
+    KITE_RETURN_IF_ERROR(write_engine_config(flags.output_dir, config));
+  }
   std::string dtype(dtype_name(config.weight_dtype));
   if (config.weight_only.enabled()) {
     dtype += ", linear weights " + describe_weight_only(config.weight_only);
@@ -346,6 +439,8 @@ Command add_build_command(CLI::App& kite) {
                   "KV cache block size in tokens (32)");
   app->add_option("--tuning_log", flags->tuning_log,
                   "CUDA: write every candidate kernel's time of the GEMM tuning to this CSV file");
+  app->add_flag("--tune_decode", flags->tune_decode,
+                "CUDA: also time the decode GEMMs' best candidates in the batch-1 decode step");
   app->add_option("--max_beam_width", flags->limits.max_beam_width,
                   "Widest beam search, at most --max_batch_size (default 0: --max_batch_size)");
   return Command{app, [flags] { return build_engine(*flags); }};

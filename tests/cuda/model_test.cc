@@ -16,6 +16,7 @@
 #include "formats/model_config.h"
 #include "formats/safetensors.h"
 #include "kernels/backend_factory.h"
+#include "kernels/cuda/linear.h"
 #include "model/llama.h"
 #include "runtime/engine.h"
 #include "test_util.h"
@@ -230,7 +231,8 @@ TEST(CudaGolden, Bf16MatchesTransformers) {
 // The engines `kite build` makes, loaded as `kite run` loads them: each golden model converted to
 // bfloat16 and built for both devices. The CUDA engine stores the norm scales folded into its
 // weights, the CPU engine keeps them apart; fed the same tokens (the prompt, then 8 greedy steps of
-// the CPU engine), the GPU's logits stay within the bf16 activation bound of the CPU's.
+// the CPU engine), the GPU's logits stay within the bf16 activation bound of the CPU's. The CUDA
+// engines are built with --tune_decode, so the choices it keeps are checked too.
 TEST(CudaGolden, BuiltEnginesMatchTheCpuEngine) {
   KITE_REQUIRE_GPU();
   const std::vector<std::string> models = golden_models();
@@ -246,7 +248,8 @@ TEST(CudaGolden, BuiltEnginesMatchTheCpuEngine) {
         "convert --model_dir " + directory + " --output_dir " + checkpoint + " --dtype bfloat16");
     ASSERT_EQ(convert.exit_code, 0) << convert.output;
     const std::string cpu_dir = test::build_engine(checkpoint, "--device cpu" + limits);
-    const std::string gpu_dir = test::build_engine(checkpoint, "--device cuda" + limits);
+    const std::string gpu_dir =
+        test::build_engine(checkpoint, "--device cuda --tune_decode" + limits);
     ASSERT_FALSE(cpu_dir.empty() || gpu_dir.empty());
     auto cpu = Engine::load(cpu_dir);
     ASSERT_TRUE(cpu.is_ok()) << cpu.status().message();
@@ -277,6 +280,46 @@ TEST(CudaGolden, BuiltEnginesMatchTheCpuEngine) {
     std::printf(
         "[ LOGITS   ] %s: built CUDA engine vs CPU engine, max error of the logit scale %.4f\n",
         std::filesystem::path(directory).filename().c_str(), worst);
+  }
+}
+
+// `kite build --tune_decode` times the one-row GEMMs' runners-up in the decode step: it reports
+// the tuned choices' speed, each candidate's and the result, and the engine it leaves keeps one
+// choice per tuned shape, each a candidate the GEMM tuning timed.
+TEST(CudaBuild, TuneDecodeTimesCandidatesInTheDecodeStep) {
+  KITE_REQUIRE_GPU();
+  const std::vector<std::string> models = golden_models();
+  ASSERT_FALSE(models.empty()) << "no golden models";
+  const std::string checkpoint = test::temp_dir() + "/checkpoint";
+  const test::CommandResult convert =
+      test::run_kite("convert --model_dir " + models.front() + " --output_dir " + checkpoint +
+                     " --dtype bfloat16");
+  ASSERT_EQ(convert.exit_code, 0) << convert.output;
+  const std::string engine = test::temp_dir() + "/engine";
+  const std::string log = test::temp_dir() + "/tuning.csv";
+  const test::CommandResult build =
+      test::run_kite("build --checkpoint_dir " + checkpoint + " --output_dir " + engine +
+                     " --device cuda --tune_decode --tuning_log " + log +
+                     " --max_batch_size 1 --max_input_len 64 --max_seq_len 96 --max_num_tokens 64");
+  ASSERT_EQ(build.exit_code, 0) << build.output;
+  EXPECT_NE(build.output.find("decode tuning: batch 1, 64 / 32 tokens, the tuned choices"),
+            std::string::npos)
+      << build.output;
+  EXPECT_NE(build.output.find("tokens/s ("), std::string::npos) << build.output;
+  const EngineConfig tuned = read_engine_config(engine).value();
+  const std::string csv = read_file(log).value();
+  for (const GemmChoice& choice : tuned.gemm_choices) {
+    const std::string kernel =
+        cuda::gemm_tactic_name({cuda::GemmAlgorithm(choice.algorithm), choice.variant});
+    const std::string row = std::to_string(choice.max_tokens) + "," + std::to_string(choice.n) +
+                            "," + std::to_string(choice.k) + ",";
+    bool timed = false;
+    for (size_t at = csv.find("\n" + row); at != std::string::npos;
+         at = csv.find("\n" + row, at + 1)) {
+      const size_t end = csv.find('\n', at + 1);
+      timed = timed || csv.substr(at, end - at).find("," + kernel + ",") != std::string::npos;
+    }
+    EXPECT_TRUE(timed) << row << kernel;
   }
 }
 

@@ -473,7 +473,9 @@ TEST_F(EngineCommands, ChunkedPrefillGivesTheSameTokens) {
            {"--device cuda --max_batch_size 70000 --max_num_tokens 70000",
             "a CUDA engine takes at most 65535 sequences a step"},
            {"--tuning_log tuning.csv",
-            "--tuning_log records the GEMM tuning of a CUDA engine: build with --device cuda"}}) {
+            "--tuning_log records the GEMM tuning of a CUDA engine: build with --device cuda"},
+           {"--tune_decode",
+            "--tune_decode times the decode step on a GPU: build with --device cuda"}}) {
     const test::CommandResult refused = test::run_kite("build --checkpoint_dir " + *checkpoint_ +
                                                        " --output_dir " + chunked + " " + limits);
     EXPECT_EQ(refused.exit_code, 2) << limits;

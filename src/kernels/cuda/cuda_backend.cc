@@ -22,14 +22,9 @@ void free_device_memory(void* data) {
   KITE_CUDA_CHECK(cudaFree(data));
 }
 
-}  // namespace
-
-Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& options) {
-  if (options.activation_dtype != DType::kF16 && options.activation_dtype != DType::kBF16) {
-    return invalid_argument("the CUDA backend computes in float16 or bfloat16, not " +
-                            std::string(dtype_name(options.activation_dtype)));
-  }
-  for (const GemmChoice& choice : options.gemm_choices) {
+// Every small-M configuration the choices name exists in this Kite.
+Status check_gemm_choices(const std::vector<GemmChoice>& choices) {
+  for (const GemmChoice& choice : choices) {
     if (choice.algorithm == int32_t(cuda::GemmAlgorithm::kGemv) &&
         choice.variant >= cuda::kGemvVariantCount) {
       return unsupported("the engine's GEMM of " + std::to_string(choice.n) + " x " +
@@ -39,6 +34,17 @@ Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& o
                          "): build the engine again with this Kite");
     }
   }
+  return Status::ok();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const BackendOptions& options) {
+  if (options.activation_dtype != DType::kF16 && options.activation_dtype != DType::kBF16) {
+    return invalid_argument("the CUDA backend computes in float16 or bfloat16, not " +
+                            std::string(dtype_name(options.activation_dtype)));
+  }
+  KITE_RETURN_IF_ERROR(check_gemm_choices(options.gemm_choices));
   KITE_ASSIGN_OR_RETURN(CudaDeviceInfo device, cuda_device(options.device_index));
   KITE_CUDA_CHECK(cudaSetDevice(options.device_index));
   cudaStream_t stream = nullptr;
@@ -147,6 +153,14 @@ void CudaBackend::embedding(const DeviceTensor& table, const int32_t* ids, Devic
 void CudaBackend::rms_norm(const DeviceTensor& x, const DeviceTensor& weight, float eps,
                            DeviceTensor& out) {
   cuda::rms_norm(x, weight, eps, out, stream_);
+}
+
+Status CudaBackend::set_gemm_choices(const std::vector<GemmChoice>& choices) {
+  KITE_RETURN_IF_ERROR(check_gemm_choices(choices));
+  synchronize();  // queued kernels were launched with the old choices; let them finish
+  options_.gemm_choices = choices;
+  ++graph_epoch_;  // recorded graphs hold the old kernels
+  return Status::ok();
 }
 
 void CudaBackend::add_rms_norm(DeviceTensor& residual, const DeviceTensor& x,

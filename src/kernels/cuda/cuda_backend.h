@@ -96,6 +96,7 @@ class CudaBackend final : public Backend {
   // scratch buffers before its capture).
   void reserve_scratch(DeviceBuffer& buffer, size_t bytes);
   int64_t graph_epoch() const override { return graph_epoch_; }
+  Status set_gemm_choices(const std::vector<GemmChoice>& choices) override;
   // The split count of a step's decode attention and its scratch, grown (never during capture).
   int decode_splits(const AttentionBatch& batch, const KvCacheView& cache, int64_t decodes) const;
   cuda::SplitWorkspace split_workspace(int64_t decodes, int64_t query_heads, int64_t head_dim,
