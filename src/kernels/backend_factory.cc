@@ -3,6 +3,8 @@
 
 #include <cstdio>
 #include <string>
+#include <string_view>
+#include <utility>
 
 #include "kernels/cpu/cpu_backend.h"
 #ifdef KITE_WITH_CUDA
@@ -124,6 +126,22 @@ std::string tuning_log_csv(const std::vector<GemmCandidateTime>& timings,
     csv += row;
   }
   return csv;
+}
+
+bool parse_kernel_name(std::string_view name, GemmChoice& choice) {
+  for (const auto& [prefix, algorithm] :
+       {std::pair<std::string_view, int32_t>{"gemv:", 1}, {"cublaslt:", 0}}) {
+    if (!name.starts_with(prefix)) continue;
+    const std::string_view digits = name.substr(prefix.size());
+    if (digits.empty() || digits.size() > 6 ||
+        digits.find_first_not_of("0123456789") != std::string_view::npos) {
+      return false;
+    }
+    choice.algorithm = algorithm;
+    choice.variant = int32_t(std::stoi(std::string(digits)));
+    return true;
+  }
+  return false;
 }
 
 }  // namespace kite

@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/status.h"
@@ -67,5 +68,9 @@ Result<std::vector<GemmChoice>> tune_gemms(const std::vector<GemmShape>& shapes,
 // `weight_element_bytes` bytes a weight element.
 std::string tuning_log_csv(const std::vector<GemmCandidateTime>& timings,
                            size_t weight_element_bytes);
+
+// The algorithm and variant a tuning log's kernel name stands for ("gemv:N": 1 and N,
+// "cublaslt:N": 0 and N), into `choice`; false (and `choice` untouched) for any other text.
+bool parse_kernel_name(std::string_view name, GemmChoice& choice);
 
 }  // namespace kite

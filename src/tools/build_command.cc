@@ -134,22 +134,6 @@ bool folds_norm_scales(const std::string& device, const WeightOnlyConfig& weight
 constexpr const char* kCopiedFiles[] = {"tokenizer.json", "tokenizer_config.json",
                                         "special_tokens_map.json", "generation_config.json"};
 
-// The choice a tuning log's kernel name ("gemv:N", "cublaslt:N") stands for; false if neither.
-bool parse_kernel_name(const std::string& name, int32_t& algorithm, int32_t& variant) {
-  for (const auto& [prefix, value] : {std::pair{"gemv:", 1}, std::pair{"cublaslt:", 0}}) {
-    const std::string_view text(prefix);
-    if (!name.starts_with(text) || name.size() == text.size()) continue;
-    const std::string digits = name.substr(text.size());
-    if (digits.find_first_not_of("0123456789") != std::string::npos || digits.size() > 6) {
-      return false;
-    }
-    algorithm = value;
-    variant = int32_t(std::stoi(digits));
-    return true;
-  }
-  return false;
-}
-
 // `kite build --tune_decode`: the GEMM choices of the smallest row bucket timed in the batch-1
 // decode step of the engine just written, not each GEMM alone. The tuner times a GEMM back to
 // back with itself, so a kernel that overlaps its predecessor's tail (programmatic dependent
@@ -193,12 +177,9 @@ Result<std::vector<GemmChoice>> tune_decode_step(const std::string& engine_dir, 
           shape.k != best[i].k || shape.gated != best[i].gated) {
         continue;
       }
-      int32_t algorithm = 0, variant = 0;
-      if (!parse_kernel_name(timing.kernel, algorithm, variant)) continue;
-      ++tried;
       std::vector<GemmChoice> trial = best;
-      trial[i].algorithm = algorithm;
-      trial[i].variant = variant;
+      if (!parse_kernel_name(timing.kernel, trial[i])) continue;
+      ++tried;
       trial[i].microseconds = timing.microseconds;
       KITE_ASSIGN_OR_RETURN(const double rate, decode_rate(trial));
       std::printf("  %lld x %lld%s %s: %.2f tokens/s\n", static_cast<long long>(shape.n),

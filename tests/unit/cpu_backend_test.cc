@@ -67,6 +67,23 @@ TEST(BackendFactory, TuningLogHasARowPerCandidate) {
             "max_tokens,n,k,bias,gated,kernel,microseconds,weight_gbps,chosen,normed\n");
 }
 
+// The tuning log's kernel names read back as choices (kite build --tune_decode); other text is
+// refused and leaves the choice as it was.
+TEST(BackendFactory, ParsesKernelNames) {
+  GemmChoice choice{1, 4096, 4096, 0, 3, 1.0f, false};
+  ASSERT_TRUE(parse_kernel_name("gemv:7", choice));
+  EXPECT_EQ(choice.algorithm, 1);
+  EXPECT_EQ(choice.variant, 7);
+  ASSERT_TRUE(parse_kernel_name("cublaslt:12", choice));
+  EXPECT_EQ(choice.algorithm, 0);
+  EXPECT_EQ(choice.variant, 12);
+  for (const char* text : {"gemv:", "gemv:-1", "gemv:1x", "cublas:1", "", "gemv:12345678"}) {
+    EXPECT_FALSE(parse_kernel_name(text, choice)) << text;
+    EXPECT_EQ(choice.algorithm, 0) << text;
+    EXPECT_EQ(choice.variant, 12) << text;
+  }
+}
+
 TEST(CpuBackendMemory, AllocatesAlignedBuffersAndCopies) {
   CpuBackend backend;
   for (size_t bytes : {size_t(0), size_t(1), size_t(63), size_t(4096), size_t(1000003)}) {
