@@ -19,6 +19,8 @@
 #   --tactics NAME=WHAT=CHOICE  run binary NAME on a copy of the engine with GEMM choices replaced
 #                     (scripts/gpu/engine_tactics.py's --set: e.g. 4096x4096=gemv:0 for a shape,
 #                     gemv:4=gemv:0 for a choice wherever the tuner made it; repeatable)
+#   --build NAME=FLAGS  run binary NAME on an engine of its own, built from the same checkpoint with
+#                     these extra `kite build` flags (space-separated, e.g. "--tune_decode")
 # Binaries come from scripts/gpu/stage_prebuilt.sh (e.g. build-gpu/kite and build-gpu/kite-base).
 # Every figure goes to LOG_DIR/compare.log with the machine, date and commit; a summary per binary
 # and case (all runs, then the mean) ends it.
@@ -37,6 +39,7 @@ names=()
 binaries=()
 declare -A extra_env=()
 declare -A tactics=()
+declare -A build_flags=()
 while (($#)); do
   case "$1" in
     --static) static_cases="$2"; shift 2 ;;
@@ -54,14 +57,21 @@ while (($#)); do
       [[ "$2" == *=*=* ]] || { echo "compare.sh: --tactics wants NAME=WHAT=CHOICE, got $2" >&2; exit 2; }
       tactics["${2%%=*}"]+=" --set ${2#*=}"
       shift 2 ;;
+    --build)
+      [[ "$2" == *=* ]] || { echo "compare.sh: --build wants NAME=FLAGS, got $2" >&2; exit 2; }
+      build_flags["${2%%=*}"]="${2#*=}"
+      shift 2 ;;
     -*) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     *=*) names+=("${1%%=*}"); binaries+=("${1#*=}"); shift ;;
     *) echo "compare.sh: expected NAME=BINARY, got $1" >&2; exit 2 ;;
   esac
 done
 ((${#names[@]})) || { echo "compare.sh: name at least one NAME=BINARY" >&2; exit 2; }
-for name in "${!extra_env[@]}" "${!tactics[@]}"; do
-  [[ " ${names[*]} " == *" $name "* ]] || { echo "compare.sh: --env or --tactics names no binary: $name" >&2; exit 2; }
+for name in "${!extra_env[@]}" "${!tactics[@]}" "${!build_flags[@]}"; do
+  [[ " ${names[*]} " == *" $name "* ]] ||
+    { echo "compare.sh: --env, --tactics or --build names no binary: $name" >&2; exit 2; }
+  [[ -n "${tactics[$name]:-}" && -n "${build_flags[$name]:-}" ]] &&
+    { echo "compare.sh: $name has both --tactics and --build; give it one" >&2; exit 2; }
 done
 if ((trace)) && [[ ! -f "$root/.deps/trace/libkite_trace.so" ]]; then
   echo "compare.sh: --trace needs .deps/trace (scripts/gpu/trace/build.sh)" >&2
@@ -79,7 +89,7 @@ log="$log_dir/compare.log"
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
   echo "commit: ${KITE_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
   for i in "${!names[@]}"; do
-    echo "binary ${names[$i]}: ${binaries[$i]} $(tr '\n' ' ' <<< "${extra_env[${names[$i]}]:-}")${tactics[${names[$i]}]:-}"
+    echo "binary ${names[$i]}: ${binaries[$i]} $(tr '\n' ' ' <<< "${extra_env[${names[$i]}]:-}")${tactics[${names[$i]}]:-}${build_flags[${names[$i]}]:+ build ${build_flags[${names[$i]}]}}"
   done
   nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader
 } | tee "$log"
@@ -99,10 +109,21 @@ if [[ -n "$serve_cases" ]]; then
   engine=/tmp/kite-compare/serve-engine
   limits=(--max_batch_size 1024 --max_input_len 2048 --max_seq_len 2304 --max_num_tokens 8192)
 fi
+# The checkpoint stays for the engines of --build (make_engine.sh converts only once).
+export KITE_CHECKPOINT_DIR=/tmp/kite-compare/checkpoint
 KITE_ENGINE_BINARY="${binaries[0]}" bash scripts/gpu/make_engine.sh "$engine" -- "${limits[@]}" \
   > "$log_dir/engine.log" 2>&1 || { echo "compare.sh: engine build failed (engine.log)" >&2; exit 1; }
-# engine_of NAME: the engine NAME runs, with its --tactics applied to a copy.
+# engine_of NAME: the engine NAME runs, with its --tactics applied to a copy, or built with its
+# --build flags.
 declare -A engines=()
+for name in "${!build_flags[@]}"; do
+  engines[$name]="$engine-$name"
+  # shellcheck disable=SC2086  # the flags' words
+  KITE_ENGINE_BINARY="${binaries[0]}" bash scripts/gpu/make_engine.sh "${engines[$name]}" -- \
+    "${limits[@]}" ${build_flags[$name]} >> "$log_dir/engine.log" 2>&1 ||
+    { echo "compare.sh: engine build for $name failed (engine.log)" >&2; exit 1; }
+  grep -A 40 "^decode tuning" "$log_dir/engine.log" | grep -E "^decode tuning|^  " | tee -a "$log" || true
+done
 for name in "${!tactics[@]}"; do
   engines[$name]="$engine-$name"
   # shellcheck disable=SC2086  # the --set words
