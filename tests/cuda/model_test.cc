@@ -284,8 +284,8 @@ TEST(CudaGolden, BuiltEnginesMatchTheCpuEngine) {
 }
 
 // `kite build --tune_decode` times the one-row GEMMs' runners-up in the decode step: it reports
-// the tuned choices' speed, each candidate's and the result, and the engine it leaves keeps one
-// choice per tuned shape, each a candidate the GEMM tuning timed.
+// each candidate's speed beside the current choices' and what the kept changes gained, and the
+// engine it leaves keeps one choice per tuned shape, each a candidate the GEMM tuning timed.
 TEST(CudaBuild, TuneDecodeTimesCandidatesInTheDecodeStep) {
   KITE_REQUIRE_GPU();
   const std::vector<std::string> models = golden_models();
@@ -302,10 +302,12 @@ TEST(CudaBuild, TuneDecodeTimesCandidatesInTheDecodeStep) {
                      " --device cuda --tune_decode --tuning_log " + log +
                      " --max_batch_size 1 --max_input_len 64 --max_seq_len 96 --max_num_tokens 64");
   ASSERT_EQ(build.exit_code, 0) << build.output;
-  EXPECT_NE(build.output.find("decode tuning: batch 1, 64 / 32 tokens, the tuned choices"),
+  EXPECT_NE(build.output.find("decode tuning: batch 1, 64 / 32 tokens, 3 runs of each candidate"),
             std::string::npos)
       << build.output;
-  EXPECT_NE(build.output.find("tokens/s ("), std::string::npos) << build.output;
+  EXPECT_NE(build.output.find("tokens/s against"), std::string::npos) << build.output;
+  EXPECT_NE(build.output.find("decode tuning: the kept changes gained"), std::string::npos)
+      << build.output;
   const EngineConfig tuned = read_engine_config(engine).value();
   const std::string csv = read_file(log).value();
   for (const GemmChoice& choice : tuned.gemm_choices) {
