@@ -120,9 +120,9 @@ for name in "${!build_flags[@]}"; do
   engines[$name]="$engine-$name"
   # shellcheck disable=SC2086  # the flags' words
   KITE_ENGINE_BINARY="${binaries[0]}" bash scripts/gpu/make_engine.sh "${engines[$name]}" -- \
-    "${limits[@]}" ${build_flags[$name]} >> "$log_dir/engine.log" 2>&1 ||
-    { echo "compare.sh: engine build for $name failed (engine.log)" >&2; exit 1; }
-  grep -A 40 "^decode tuning" "$log_dir/engine.log" | grep -E "^decode tuning|^  " | tee -a "$log" || true
+    "${limits[@]}" ${build_flags[$name]} > "$log_dir/engine-$name.log" 2>&1 ||
+    { echo "compare.sh: engine build for $name failed (engine-$name.log)" >&2; exit 1; }
+  grep -E "^decode tuning|tokens/s against" "$log_dir/engine-$name.log" | tee -a "$log" || true
 done
 for name in "${!tactics[@]}"; do
   engines[$name]="$engine-$name"
