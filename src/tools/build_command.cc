@@ -153,7 +153,14 @@ Result<std::vector<GemmChoice>> tune_decode_step(const std::string& engine_dir, 
   constexpr double kMinGain = 0.005;
   const int64_t input = std::min<int64_t>(128, config.limits.max_input_len);
   const int64_t output = std::min<int64_t>(64, config.limits.max_seq_len - input);
-  if (config.gemm_choices.empty() || output < 8) return config.gemm_choices;
+  if (config.gemm_choices.empty()) return config.gemm_choices;
+  if (output < 8) {
+    std::printf(
+        "decode tuning: skipped (--max_seq_len leaves %lld tokens after a %lld-token "
+        "prompt; it times at least 8)\n",
+        static_cast<long long>(output), static_cast<long long>(input));
+    return config.gemm_choices;
+  }
   LoadOptions load;
   load.device_index = gpu;
   load.kv_cache_free_gpu_mem_fraction = 0.1;  // one short sequence
