@@ -1,6 +1,7 @@
 // make_backend: the one place that knows which backends this binary was built with.
 #include "kernels/backend_factory.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include <string_view>
@@ -142,6 +143,43 @@ bool parse_kernel_name(std::string_view name, GemmChoice& choice) {
     return true;
   }
   return false;
+}
+
+Result<std::vector<GemmChoice>> search_decode_choices(
+    std::vector<GemmChoice> choices, const std::vector<GemmCandidateTime>& timings,
+    const std::function<Result<double>(const std::vector<GemmChoice>&)>& decode_ms,
+    const DecodeSearchOptions& options, const std::function<void(const DecodeTrial&)>& on_trial) {
+  if (choices.empty()) return choices;
+  int64_t bucket = choices.front().max_tokens;
+  for (const GemmChoice& choice : choices) bucket = std::min(bucket, choice.max_tokens);
+  for (size_t i = 0; i < choices.size(); ++i) {
+    if (choices[i].max_tokens != bucket) continue;
+    size_t tried = 0;
+    for (const GemmCandidateTime& timing : timings) {
+      const GemmShape& shape = timing.shape;
+      if (tried == options.candidates) break;
+      if (timing.chosen || shape.max_tokens != bucket || shape.n != choices[i].n ||
+          shape.k != choices[i].k || shape.gated != choices[i].gated) {
+        continue;
+      }
+      std::vector<GemmChoice> trial = choices;
+      if (!parse_kernel_name(timing.kernel, trial[i])) continue;
+      ++tried;
+      trial[i].microseconds = timing.microseconds;
+      // In turn, so that a drift of the GPU's clocks falls on both.
+      DecodeTrial result{shape, timing.kernel, 0.0, 0.0, false};
+      for (int round = 0; round < options.rounds; ++round) {
+        KITE_ASSIGN_OR_RETURN(const double current_ms, decode_ms(choices));
+        KITE_ASSIGN_OR_RETURN(const double trial_ms, decode_ms(trial));
+        result.current_ms += current_ms;
+        result.trial_ms += trial_ms;
+      }
+      result.kept = result.current_ms > result.trial_ms * (1.0 + options.min_gain);
+      if (on_trial) on_trial(result);
+      if (result.kept) choices = std::move(trial);
+    }
+  }
+  return choices;
 }
 
 }  // namespace kite

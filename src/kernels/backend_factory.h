@@ -73,4 +73,28 @@ std::string tuning_log_csv(const std::vector<GemmCandidateTime>& timings,
 // "cublaslt:N": 0 and N), into `choice`; false (and `choice` untouched) for any other text.
 bool parse_kernel_name(std::string_view name, GemmChoice& choice);
 
+// `kite build --tune_decode`: the choices of the smallest row bucket checked in a running decode
+// step, one shape after the other (coordinate descent). Each of a shape's `candidates` fastest
+// runners-up in `timings` (fastest first per shape, as tune_gemms gives them) replaces the current
+// choice in a trial; `decode_ms(choices)` times the decode step with those choices, the current
+// choices and the trial in turn, `rounds` times each, and the trial becomes the current choices
+// when its summed time is shorter by more than `min_gain` (0.005: 0.5%). `on_trial` sees each
+// trial's summed times.
+struct DecodeTrial {
+  GemmShape shape;
+  std::string kernel;
+  double current_ms = 0;  // the current choices, summed over the rounds
+  double trial_ms = 0;
+  bool kept = false;
+};
+struct DecodeSearchOptions {
+  size_t candidates = 3;
+  int rounds = 3;
+  double min_gain = 0.005;
+};
+Result<std::vector<GemmChoice>> search_decode_choices(
+    std::vector<GemmChoice> choices, const std::vector<GemmCandidateTime>& timings,
+    const std::function<Result<double>(const std::vector<GemmChoice>&)>& decode_ms,
+    const DecodeSearchOptions& options, const std::function<void(const DecodeTrial&)>& on_trial);
+
 }  // namespace kite

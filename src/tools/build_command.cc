@@ -135,22 +135,17 @@ constexpr const char* kCopiedFiles[] = {"tokenizer.json", "tokenizer_config.json
                                         "special_tokens_map.json", "generation_config.json"};
 
 // `kite build --tune_decode`: the GEMM choices of the smallest row bucket timed in the batch-1
-// decode step of the engine just written, not each GEMM alone. The tuner times a GEMM back to
-// back with itself, so a kernel that overlaps its predecessor's tail (programmatic dependent
-// launch) is judged against the wrong predecessor (docs/perf/cuda_llama3_8b.md, "The H200
-// again"). One shape after the other, each of its kCandidates fastest runners-up replaces the
-// choice, and a change stays if the decode step is faster by more than kMinGain (coordinate
-// descent, as scripts/gpu/insitu_search.py does with whole processes). The current choices and
-// the trial run in turn, kRounds times each, and their summed decode times are compared: a drift
-// of the GPU's clocks falls on both, and a difference within one run's spread (about 0.5% on an
-// H100: three runs of each candidate apart picked a 0.2% "gain" that measured 0.85% slower in
-// separate processes) does not change a choice.
+// decode step of the engine just written (search_decode_choices), not each GEMM alone. The tuner
+// times a GEMM back to back with itself, so a kernel that overlaps its predecessor's tail
+// (programmatic dependent launch) is judged against the wrong predecessor
+// (docs/perf/cuda_llama3_8b.md, "The H200 again"). Each trial runs in turn with the current
+// choices, three times each, and a change stays above 0.5%: about what one run moves by on an
+// H100, where three runs of each candidate apart picked a 0.2% "gain" that measured 0.85% slower
+// in separate processes ("The decode step as the judge").
 Result<std::vector<GemmChoice>> tune_decode_step(const std::string& engine_dir, int gpu,
                                                  const EngineConfig& config,
                                                  const std::vector<GemmCandidateTime>& timings) {
-  constexpr size_t kCandidates = 3;
-  constexpr int kRounds = 3;
-  constexpr double kMinGain = 0.005;
+  const DecodeSearchOptions search;
   const int64_t input = std::min<int64_t>(128, config.limits.max_input_len);
   const int64_t output = std::min<int64_t>(64, config.limits.max_seq_len - input);
   if (config.gemm_choices.empty()) return config.gemm_choices;
@@ -173,55 +168,24 @@ Result<std::vector<GemmChoice>> tune_decode_step(const std::string& engine_dir, 
     KITE_ASSIGN_OR_RETURN(BenchmarkResult result, run_benchmark_case(*engine, bench, options));
     return result.latency_ms - result.first_token_latency_ms;
   };
-  auto rate = [&](double ms) { return double(output - 1) * kRounds * 1000.0 / ms; };
-  // The summed decode times of `current` and `trial`, run in turn.
-  auto compare = [&](const std::vector<GemmChoice>& current,
-                     const std::vector<GemmChoice>& trial) -> Result<std::pair<double, double>> {
-    double current_ms = 0, trial_ms = 0;
-    for (int round = 0; round < kRounds; ++round) {
-      KITE_ASSIGN_OR_RETURN(const double a, decode_ms(current));
-      KITE_ASSIGN_OR_RETURN(const double b, decode_ms(trial));
-      current_ms += a;
-      trial_ms += b;
-    }
-    return std::make_pair(current_ms, trial_ms);
-  };
-  std::vector<GemmChoice> best = config.gemm_choices;
+  auto rate = [&](double ms) { return double(output - 1) * search.rounds * 1000.0 / ms; };
   std::printf(
       "decode tuning: batch 1, %lld / %lld tokens, %d runs of each candidate beside as many "
       "of the current choices\n",
-      static_cast<long long>(input), static_cast<long long>(output), kRounds);
-  int64_t bucket = best.front().max_tokens;
-  for (const GemmChoice& choice : best) bucket = std::min(bucket, choice.max_tokens);
+      static_cast<long long>(input), static_cast<long long>(output), search.rounds);
   double gain = 1.0;  // product of the kept changes' gains
-  for (size_t i = 0; i < best.size(); ++i) {
-    if (best[i].max_tokens != bucket) continue;
-    size_t tried = 0;
-    for (const GemmCandidateTime& timing : timings) {  // fastest first per shape
-      const GemmShape& shape = timing.shape;
-      if (tried == kCandidates) break;
-      if (timing.chosen || shape.max_tokens != bucket || shape.n != best[i].n ||
-          shape.k != best[i].k || shape.gated != best[i].gated) {
-        continue;
-      }
-      std::vector<GemmChoice> trial = best;
-      if (!parse_kernel_name(timing.kernel, trial[i])) continue;
-      ++tried;
-      trial[i].microseconds = timing.microseconds;
-      KITE_ASSIGN_OR_RETURN(const auto times, compare(best, trial));
-      const double trial_gain = times.first / times.second;
-      std::printf("  %lld x %lld%s %s: %.2f tokens/s against %.2f (%+.2f%%)\n",
-                  static_cast<long long>(shape.n), static_cast<long long>(shape.k),
-                  shape.gated ? " gated" : "", timing.kernel.c_str(), rate(times.second),
-                  rate(times.first), 100.0 * (trial_gain - 1.0));
-      if (trial_gain > 1.0 + kMinGain) {
-        best = std::move(trial);
-        gain *= trial_gain;
-      }
-    }
-  }
+  auto report = [&](const DecodeTrial& trial) {
+    std::printf("  %lld x %lld%s %s: %.2f tokens/s against %.2f (%+.2f%%)\n",
+                static_cast<long long>(trial.shape.n), static_cast<long long>(trial.shape.k),
+                trial.shape.gated ? " gated" : "", trial.kernel.c_str(), rate(trial.trial_ms),
+                rate(trial.current_ms), 100.0 * (trial.current_ms / trial.trial_ms - 1.0));
+    if (trial.kept) gain *= trial.current_ms / trial.trial_ms;
+  };
+  KITE_ASSIGN_OR_RETURN(
+      std::vector<GemmChoice> choices,
+      search_decode_choices(config.gemm_choices, timings, decode_ms, search, report));
   std::printf("decode tuning: the kept changes gained %+.2f%%\n", 100.0 * (gain - 1.0));
-  return best;
+  return choices;
 }
 
 }  // namespace

@@ -84,6 +84,102 @@ TEST(BackendFactory, ParsesKernelNames) {
   }
 }
 
+// search_decode_choices on a made-up decode step whose time is a sum of per-kernel costs: it tries
+// each one-row shape's three fastest runners-up (not the chosen one, not another bucket's, not the
+// plain shape's for the gated one), each in turn with the current choices, and keeps a trial only
+// when it gains more than min_gain.
+TEST(BackendFactory, SearchesDecodeChoicesShapeByShape) {
+  constexpr int32_t kCublas = 0, kGemv = 1;
+  const std::vector<GemmChoice> tuned = {
+      {1, 6144, 4096, kGemv, 4, 18.0f, false},     // QKV
+      {1, 4096, 4096, kGemv, 0, 12.0f, false},     // o
+      {1, 4096, 14336, kGemv, 1, 40.0f, false},    // down, plain
+      {1, 4096, 14336, kGemv, 4, 40.0f, true},     // down with SwiGLU
+      {16, 6144, 4096, kCublas, 0, 30.0f, false},  // another bucket: left alone
+  };
+  // Step time: 100 ms plus a cost per (n, gated, kernel) of the one-row choices.
+  auto cost = [](const GemmChoice& c) {
+    const std::string kernel =
+        (c.algorithm == kGemv ? "gemv:" : "cublaslt:") + std::to_string(c.variant);
+    if (c.n == 6144) {
+      if (kernel == "gemv:7") return 9.8;  // 0.2 ms less: under 0.5% of the step
+      if (kernel == "gemv:0") return 5.0;  // 5 ms less: kept
+      if (kernel == "gemv:2") return 0.0;  // fourth runner-up: never tried
+      return 10.0;
+    }
+    if (c.n == 4096 && c.k == 4096) return kernel == "cublaslt:1" ? 4.0 : 5.0;  // 1 ms: kept
+    if (!c.gated) return kernel == "gemv:0" ? 1.0 : 2.0;
+    return 3.0;  // the gated shape has no runners-up
+  };
+  std::vector<std::vector<GemmChoice>> calls;  // the choices of each measurement, in order
+  auto decode_ms = [&](const std::vector<GemmChoice>& choices) -> Result<double> {
+    double ms = 100.0;
+    for (const GemmChoice& c : choices) ms += c.max_tokens == 1 ? cost(c) : 0.0;
+    calls.push_back(choices);
+    return ms;
+  };
+  auto row = [](int64_t n, int64_t k, const char* kernel, bool chosen, bool gated = false,
+                int64_t bucket = 1) {
+    return GemmCandidateTime{GemmShape{bucket, n, k, false, gated, false}, kernel, 1.0f, chosen};
+  };
+  const std::vector<GemmCandidateTime> timings = {
+      row(6144, 4096, "gemv:4", true),
+      row(6144, 4096, "gemv:6", false),
+      row(6144, 4096, "gemv:7", false),
+      row(6144, 4096, "gemv:0", false),
+      row(6144, 4096, "gemv:2", false),
+      row(4096, 4096, "gemv:0", true),
+      row(4096, 4096, "odd:1", false),
+      row(4096, 4096, "cublaslt:1", false),
+      row(4096, 14336, "gemv:1", true),
+      row(4096, 14336, "gemv:0", false),
+      row(6144, 4096, "cublaslt:3", false, false, 16),
+  };
+  std::vector<DecodeTrial> trials;
+  const DecodeSearchOptions options;  // 3 candidates, 3 rounds, 0.5%
+  Result<std::vector<GemmChoice>> result = search_decode_choices(
+      tuned, timings, decode_ms, options, [&](const DecodeTrial& t) { trials.push_back(t); });
+  ASSERT_TRUE(result.is_ok()) << result.status().message();
+  const std::vector<GemmChoice>& chosen = result.value();
+  ASSERT_EQ(chosen.size(), tuned.size());
+  EXPECT_EQ(chosen[0].variant, 0);  // QKV: gemv:0
+  EXPECT_EQ(chosen[0].algorithm, kGemv);
+  EXPECT_EQ(chosen[1].algorithm, kCublas);  // o: cublaslt:1
+  EXPECT_EQ(chosen[1].variant, 1);
+  EXPECT_EQ(chosen[2].variant, 0);  // plain down: gemv:0
+  EXPECT_EQ(chosen[3], tuned[3]);   // gated down: no runner-up of its own
+  EXPECT_EQ(chosen[4], tuned[4]);   // bucket 16: not searched
+
+  // QKV: gemv:6, gemv:7, gemv:0 (not the fourth, gemv:2); o: cublaslt:1 (odd:1 is no kernel);
+  // plain down: gemv:0.
+  ASSERT_EQ(trials.size(), 5u);
+  const char* kernels[] = {"gemv:6", "gemv:7", "gemv:0", "cublaslt:1", "gemv:0"};
+  const bool kept[] = {false, false, true, true, true};
+  for (size_t i = 0; i < trials.size(); ++i) {
+    EXPECT_EQ(trials[i].kernel, kernels[i]) << i;
+    EXPECT_EQ(trials[i].kept, kept[i]) << i;
+  }
+  EXPECT_EQ(trials[1].shape.n, 6144);
+  EXPECT_NEAR(trials[1].current_ms, 3 * (100.0 + 10 + 5 + 2 + 3), 1e-9);
+  EXPECT_NEAR(trials[1].trial_ms, 3 * (100.0 + 9.8 + 5 + 2 + 3), 1e-9);
+  // Each trial ran in turn with the choices current then: current, trial, three times.
+  ASSERT_EQ(calls.size(), 5u * 2 * 3);
+  for (size_t call = 0; call < calls.size(); call += 2) {
+    EXPECT_NE(calls[call], calls[call + 1]) << call;
+  }
+  EXPECT_EQ(calls[0][0].variant, 4);  // the first QKV trial: gemv:4 (current), gemv:6
+  EXPECT_EQ(calls[1][0].variant, 6);
+  EXPECT_EQ(calls[18][1].variant, 0);  // the o trial runs beside the kept QKV gemv:0
+  EXPECT_EQ(calls[18][0].variant, 0);
+  EXPECT_EQ(calls[19][1].algorithm, kCublas);
+
+  // A failed measurement ends the search with its error.
+  auto failing = [](const std::vector<GemmChoice>&) -> Result<double> {
+    return internal_error("the decode step failed");
+  };
+  EXPECT_FALSE(search_decode_choices(tuned, timings, failing, options, nullptr).is_ok());
+}
+
 TEST(CpuBackendMemory, AllocatesAlignedBuffersAndCopies) {
   CpuBackend backend;
   for (size_t bytes : {size_t(0), size_t(1), size_t(63), size_t(4096), size_t(1000003)}) {
