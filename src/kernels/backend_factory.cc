@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <string>
-#include <string_view>
 #include <utility>
 
 #include "kernels/cpu/cpu_backend.h"
@@ -91,8 +90,9 @@ Result<std::vector<GemmChoice>> tune_gemms(const std::vector<GemmShape>& shapes,
                                 shape.gated, shape.normed, stream);
     if (on_progress) on_progress(i + 1, shapes.size());
     for (size_t c = 0; timings && c < measured.size(); ++c) {
-      timings->push_back(
-          {shape, cuda::gemm_tactic_name(measured[c].tactic), measured[c].microseconds, c == 0});
+      const cuda::GemmTactic& tactic = measured[c].tactic;
+      timings->push_back({shape, cuda::gemm_tactic_name(tactic), measured[c].microseconds, c == 0,
+                          int32_t(tactic.algorithm), tactic.variant});
     }
     // A fused shape no fused kernel takes runs SwiGLU and the plain GEMM's choice.
     if (shape.gated && measured.empty()) continue;
@@ -129,22 +129,6 @@ std::string tuning_log_csv(const std::vector<GemmCandidateTime>& timings,
   return csv;
 }
 
-bool parse_kernel_name(std::string_view name, GemmChoice& choice) {
-  for (const auto& [prefix, algorithm] :
-       {std::pair<std::string_view, int32_t>{"gemv:", 1}, {"cublaslt:", 0}}) {
-    if (!name.starts_with(prefix)) continue;
-    const std::string_view digits = name.substr(prefix.size());
-    if (digits.empty() || digits.size() > 6 ||
-        digits.find_first_not_of("0123456789") != std::string_view::npos) {
-      return false;
-    }
-    choice.algorithm = algorithm;
-    choice.variant = int32_t(std::stoi(std::string(digits)));
-    return true;
-  }
-  return false;
-}
-
 Result<std::vector<GemmChoice>> search_decode_choices(
     std::vector<GemmChoice> choices, const std::vector<GemmCandidateTime>& timings,
     const std::function<Result<double>(const std::vector<GemmChoice>&)>& decode_ms,
@@ -162,9 +146,10 @@ Result<std::vector<GemmChoice>> search_decode_choices(
           shape.k != choices[i].k || shape.gated != choices[i].gated) {
         continue;
       }
-      std::vector<GemmChoice> trial = choices;
-      if (!parse_kernel_name(timing.kernel, trial[i])) continue;
       ++tried;
+      std::vector<GemmChoice> trial = choices;
+      trial[i].algorithm = timing.algorithm;
+      trial[i].variant = timing.variant;
       trial[i].microseconds = timing.microseconds;
       // In turn, so that a drift of the GPU's clocks falls on both.
       DecodeTrial result{shape, timing.kernel, 0.0, 0.0, false};

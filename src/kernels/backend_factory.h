@@ -5,7 +5,6 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "core/status.h"
@@ -47,12 +46,15 @@ struct GemmShape {
   bool normed = false;
 };
 // One candidate kernel's time in the tuning: "cublaslt:N" (cuBLASLt's N-th heuristic algorithm)
-// or "gemv:N" (small-M configuration N), and whether the engine takes it.
+// or "gemv:N" (small-M configuration N), as GemmChoice's algorithm and variant, and whether the
+// engine takes it.
 struct GemmCandidateTime {
   GemmShape shape;
   std::string kernel;
   float microseconds = 0;
   bool chosen = false;
+  int32_t algorithm = 0;
+  int32_t variant = 0;
 };
 // The kernel-tuning step of `kite build --device cuda`: times every candidate kernel of each
 // shape on GPU device_index and returns the fastest per shape. `on_progress(done, total)` is
@@ -68,10 +70,6 @@ Result<std::vector<GemmChoice>> tune_gemms(const std::vector<GemmShape>& shapes,
 // `weight_element_bytes` bytes a weight element.
 std::string tuning_log_csv(const std::vector<GemmCandidateTime>& timings,
                            size_t weight_element_bytes);
-
-// The algorithm and variant a tuning log's kernel name stands for ("gemv:N": 1 and N,
-// "cublaslt:N": 0 and N), into `choice`; false (and `choice` untouched) for any other text.
-bool parse_kernel_name(std::string_view name, GemmChoice& choice);
 
 // `kite build --tune_decode`: the choices of the smallest row bucket checked in a running decode
 // step, one shape after the other (coordinate descent). Each of a shape's `candidates` fastest

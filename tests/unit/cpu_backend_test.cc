@@ -67,23 +67,6 @@ TEST(BackendFactory, TuningLogHasARowPerCandidate) {
             "max_tokens,n,k,bias,gated,kernel,microseconds,weight_gbps,chosen,normed\n");
 }
 
-// The tuning log's kernel names read back as choices (kite build --tune_decode); other text is
-// refused and leaves the choice as it was.
-TEST(BackendFactory, ParsesKernelNames) {
-  GemmChoice choice{1, 4096, 4096, 0, 3, 1.0f, false};
-  ASSERT_TRUE(parse_kernel_name("gemv:7", choice));
-  EXPECT_EQ(choice.algorithm, 1);
-  EXPECT_EQ(choice.variant, 7);
-  ASSERT_TRUE(parse_kernel_name("cublaslt:12", choice));
-  EXPECT_EQ(choice.algorithm, 0);
-  EXPECT_EQ(choice.variant, 12);
-  for (const char* text : {"gemv:", "gemv:-1", "gemv:1x", "cublas:1", "", "gemv:12345678"}) {
-    EXPECT_FALSE(parse_kernel_name(text, choice)) << text;
-    EXPECT_EQ(choice.algorithm, 0) << text;
-    EXPECT_EQ(choice.variant, 12) << text;
-  }
-}
-
 // search_decode_choices on a made-up decode step whose time is a sum of per-kernel costs: it tries
 // each one-row shape's three fastest runners-up (not the chosen one, not another bucket's, not the
 // plain shape's for the gated one), each in turn with the current choices, and keeps a trial only
@@ -97,10 +80,12 @@ TEST(BackendFactory, SearchesDecodeChoicesShapeByShape) {
       {1, 4096, 14336, kGemv, 4, 40.0f, true},     // down with SwiGLU
       {16, 6144, 4096, kCublas, 0, 30.0f, false},  // another bucket: left alone
   };
+  auto name = [](int32_t algorithm, int32_t variant) {
+    return (algorithm == kGemv ? "gemv:" : "cublaslt:") + std::to_string(variant);
+  };
   // Step time: 100 ms plus a cost per (n, gated, kernel) of the one-row choices.
-  auto cost = [](const GemmChoice& c) {
-    const std::string kernel =
-        (c.algorithm == kGemv ? "gemv:" : "cublaslt:") + std::to_string(c.variant);
+  auto cost = [&](const GemmChoice& c) {
+    const std::string kernel = name(c.algorithm, c.variant);
     if (c.n == 6144) {
       if (kernel == "gemv:7") return 9.8;  // 0.2 ms less: under 0.5% of the step
       if (kernel == "gemv:0") return 5.0;  // 5 ms less: kept
@@ -118,22 +103,21 @@ TEST(BackendFactory, SearchesDecodeChoicesShapeByShape) {
     calls.push_back(choices);
     return ms;
   };
-  auto row = [](int64_t n, int64_t k, const char* kernel, bool chosen, bool gated = false,
-                int64_t bucket = 1) {
-    return GemmCandidateTime{GemmShape{bucket, n, k, false, gated, false}, kernel, 1.0f, chosen};
+  auto row = [&](int64_t n, int64_t k, int32_t algorithm, int32_t variant, bool chosen,
+                 int64_t bucket = 1) {
+    return GemmCandidateTime{GemmShape{bucket, n, k, false, false, false},
+                             name(algorithm, variant),
+                             1.0f,
+                             chosen,
+                             algorithm,
+                             variant};
   };
   const std::vector<GemmCandidateTime> timings = {
-      row(6144, 4096, "gemv:4", true),
-      row(6144, 4096, "gemv:6", false),
-      row(6144, 4096, "gemv:7", false),
-      row(6144, 4096, "gemv:0", false),
-      row(6144, 4096, "gemv:2", false),
-      row(4096, 4096, "gemv:0", true),
-      row(4096, 4096, "odd:1", false),
-      row(4096, 4096, "cublaslt:1", false),
-      row(4096, 14336, "gemv:1", true),
-      row(4096, 14336, "gemv:0", false),
-      row(6144, 4096, "cublaslt:3", false, false, 16),
+      row(6144, 4096, kGemv, 4, true),    row(6144, 4096, kGemv, 6, false),
+      row(6144, 4096, kGemv, 7, false),   row(6144, 4096, kGemv, 0, false),
+      row(6144, 4096, kGemv, 2, false),   row(4096, 4096, kGemv, 0, true),
+      row(4096, 4096, kCublas, 1, false), row(4096, 14336, kGemv, 1, true),
+      row(4096, 14336, kGemv, 0, false),  row(6144, 4096, kCublas, 3, false, 16),
   };
   std::vector<DecodeTrial> trials;
   const DecodeSearchOptions options;  // 3 candidates, 3 rounds, 0.5%
@@ -150,8 +134,7 @@ TEST(BackendFactory, SearchesDecodeChoicesShapeByShape) {
   EXPECT_EQ(chosen[3], tuned[3]);   // gated down: no runner-up of its own
   EXPECT_EQ(chosen[4], tuned[4]);   // bucket 16: not searched
 
-  // QKV: gemv:6, gemv:7, gemv:0 (not the fourth, gemv:2); o: cublaslt:1 (odd:1 is no kernel);
-  // plain down: gemv:0.
+  // QKV: gemv:6, gemv:7, gemv:0 (not the fourth, gemv:2); o: cublaslt:1; plain down: gemv:0.
   ASSERT_EQ(trials.size(), 5u);
   const char* kernels[] = {"gemv:6", "gemv:7", "gemv:0", "cublaslt:1", "gemv:0"};
   const bool kept[] = {false, false, true, true, true};
