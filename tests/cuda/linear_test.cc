@@ -287,6 +287,10 @@ TEST(CudaLinear, TuneGemmsRecordsEveryCandidate) {
     size_t gemv_rows = 0;
     for (size_t r = 0; r < rows.size(); ++r) {
       EXPECT_EQ(rows[r]->chosen, r == 0) << i;
+      // The row's algorithm and variant (what kite build --tune_decode tries) are its kernel.
+      EXPECT_EQ(rows[r]->kernel,
+                cuda::gemm_tactic_name({GemmAlgorithm(rows[r]->algorithm), rows[r]->variant}))
+          << i;
       if (r > 0) {
         EXPECT_LE(rows[r - 1]->microseconds, rows[r]->microseconds) << i;
       }
