@@ -11,10 +11,10 @@
 #   BUILD_DIR             default: build
 #   --extra NAME=BINARY   also stage another `kite` as build-gpu/kite-NAME (a baseline for
 #                         scripts/gpu/compare.sh)
-#   --pack                then pack build-gpu/ and .deps/rt/ into .deps/prebuilt.tar.xz (a third of
-#                         their size), which env.sh unpacks where build-gpu/kite is missing
-#   --no-tests            pack without kite_cuda_tests (benchmarks only: with llama.cpp's prebuilt
-#                         tarball beside it the tree then fits one call's 64 MiB)
+#   --pack                then pack build-gpu/ and .deps/rt/ into .deps/prebuilt.tar.xz (xz -9: its
+#                         64 MiB window sees that kite and kite_cuda_tests carry the same kernels,
+#                         so both pack into 7 MB), which env.sh unpacks where build-gpu/kite is missing
+#   --no-tests            pack without kite_cuda_tests (benchmarks only)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 build="$root/build"
@@ -61,6 +61,6 @@ for extra in "${extras[@]}"; do
 done
 du -sh "${staged[@]}" .deps/rt
 if ((pack)); then
-  tar -cJf .deps/prebuilt.tar.xz "${staged[@]}" .deps/rt
+  tar -cf - "${staged[@]}" .deps/rt | xz -9 -T1 > .deps/prebuilt.tar.xz
   du -sh .deps/prebuilt.tar.xz
 fi
