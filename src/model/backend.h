@@ -42,6 +42,10 @@ struct DeviceTensor {
   int64_t cols() const { return shape.empty() ? 0 : shape.back(); }
 };
 
+// The most rows of x for which the CUDA backend's linear_weight_only streams the quantized weight
+// (a GEMV); larger steps multiply a dequantized 16-bit copy of it (memory plans count that copy).
+inline constexpr int64_t kWeightOnlyGemvMaxTokens = 8;
+
 // A linear layer's weight, logically [N, K]: floating (`weight` holds it and `scales` is empty),
 // or weight-only quantized (W8A16 / W4A16, formats/quantization.h): `weight` holds the int8 values
 // [N, K] or the packed int4 values [N, K / 2], and w[n, k] = value[n, k] * scales[n, k / group],
@@ -161,6 +165,13 @@ class Backend {
                       DeviceTensor& out) = 0;
   // Whether linear_weight_only runs weights quantized as `config`.
   virtual bool supports_weight_only(const WeightOnlyConfig& /*config*/) const { return false; }
+  // Sets aside what linear_weight_only needs beyond its operands for steps of up to `tokens` rows
+  // and quantized weights of up to `weight_elements` values (CUDA: the dequantized copy of a
+  // weight for steps past kWeightOnlyGemvMaxTokens), so that no step allocates. Engines call it at
+  // load, before the KV cache takes the memory left.
+  virtual Status reserve_weight_only(int64_t /*tokens*/, int64_t /*weight_elements*/) {
+    return Status::ok();
+  }
   // out = x @ dequantize(weight)^T (+ bias) for a quantized weight (LinearWeight), without
   // materialising the floating weight.   x [T, K], bias [N] or null, out [T, N]
   virtual void linear_weight_only(const DeviceTensor& /*x*/, const LinearWeight& /*weight*/,

@@ -390,6 +390,20 @@ Status LlamaModel::reserve_workspace(int64_t tokens, int64_t logit_rows, int64_t
   backend_->synchronize();
   workspace_.reset();
   KITE_ASSIGN_OR_RETURN(workspace_, backend_->allocate(bytes));
+  // The largest quantized layer weight: what a weight-only linear may dequantize at once.
+  int64_t quantized_elements = 0;
+  for (const LlamaLayerWeights& layer : weights_.layers) {
+    for (const LinearWeight* weight :
+         {&layer.qkv_proj, &layer.o_proj, &layer.gate_up_proj, &layer.down_proj}) {
+      if (weight->quantized()) {
+        quantized_elements =
+            std::max(quantized_elements, weight->out_features() * weight->in_features());
+      }
+    }
+  }
+  if (quantized_elements > 0) {
+    KITE_RETURN_IF_ERROR(backend_->reserve_weight_only(tokens, quantized_elements));
+  }
   workspace_tokens_ = tokens;
   workspace_logit_rows_ = logit_rows;
   return Status::ok();

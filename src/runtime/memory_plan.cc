@@ -1,6 +1,7 @@
 // The memory plan kite build records and checks (memory_plan.h).
 #include "runtime/memory_plan.h"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "model/llama.h"
@@ -24,6 +25,17 @@ MemoryPlan plan_memory(const EngineConfig& config, int64_t weights_bytes) {
   plan.weights_bytes = weights_bytes;
   plan.activation_bytes = int64_t(LlamaModel::activation_bytes(
       config.model, limits.max_num_tokens, limits.max_batch_size, activation_dtype));
+  // CUDA weight-only engines: steps past the quantized GEMV's sizes multiply a dequantized copy of
+  // the largest layer weight (CudaBackend::reserve_weight_only).
+  if (config.device == "cuda" && config.weight_only.enabled() &&
+      limits.max_num_tokens > kWeightOnlyGemvMaxTokens) {
+    const ModelConfig& m = config.model;
+    const int64_t largest =  // qkv, o, gate/up, down: [N, K] of each
+        std::max({m.q_size() + 2 * m.kv_size(), m.q_size(), 2 * m.intermediate_size,
+                  m.intermediate_size}) *
+        m.hidden_size;
+    plan.activation_bytes += largest * int64_t(dtype_size(activation_dtype));
+  }
   plan.kv_cache_bytes_per_token =
       int64_t(KvCache::block_bytes(config.model, config.kv_cache_dtype, limits.tokens_per_block) /
               size_t(limits.tokens_per_block));

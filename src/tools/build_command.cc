@@ -30,9 +30,11 @@ constexpr int64_t kFusedDownMaxTokens = 16;
 
 // Every GEMM the forward pass runs, by row-count bucket (powers of two up to the largest step),
 // for the kernel-tuning step. `folded`: the engine folds the norm scales, so QKV and gate/up
-// normalise their input (GemmShape::normed).
+// normalise their input (GemmShape::normed). `quantized`: the layers' weights are weight-only
+// quantized, so only steps past kWeightOnlyGemvMaxTokens run a GEMM on them (a dequantized copy),
+// and the SwiGLU-fused down projection never runs.
 std::vector<GemmShape> model_gemm_shapes(const ModelConfig& model, const BuildLimits& limits,
-                                         bool folded) {
+                                         bool folded, bool quantized) {
   const int64_t hidden = model.hidden_size, ffn = model.intermediate_size;
   const int64_t max_step_tokens = limits.max_num_tokens;
   struct Weight {
@@ -41,6 +43,8 @@ std::vector<GemmShape> model_gemm_shapes(const ModelConfig& model, const BuildLi
     int64_t max_tokens;
     bool normed;
   };
+  // Steps of up to this many rows run no GEMM on a layer weight.
+  const int64_t gemv_rows = quantized ? kWeightOnlyGemvMaxTokens : 0;
   const std::vector<Weight> weights = {
       {model.q_size() + 2 * model.kv_size(), hidden, model.attention_bias, max_step_tokens, folded},
       {hidden, model.q_size(), model.attention_output_bias, max_step_tokens, false},
@@ -51,16 +55,20 @@ std::vector<GemmShape> model_gemm_shapes(const ModelConfig& model, const BuildLi
   };
   std::vector<GemmShape> shapes;
   for (const Weight& weight : weights) {
+    const bool layer = &weight != &weights.back();
     for (int64_t bucket = 1;; bucket *= 2) {
       const int64_t rows = std::min(bucket, weight.max_tokens);
-      shapes.push_back(GemmShape{rows, weight.n, weight.k, weight.bias, false, weight.normed});
+      // (A bucket serves the steps of more than half its rows up to its own count.)
+      if (!layer || rows > gemv_rows) {
+        shapes.push_back(GemmShape{rows, weight.n, weight.k, weight.bias, false, weight.normed});
+      }
       if (rows == weight.max_tokens) break;
     }
   }
   // The down projection with SwiGLU fused in, a kernel of its own for decode-sized steps (the
   // tuner skips the buckets it does not take).
-  for (int64_t rows = 1; rows <= std::min<int64_t>(kFusedDownMaxTokens, max_step_tokens);
-       rows *= 2) {
+  for (int64_t rows = 1;
+       !quantized && rows <= std::min<int64_t>(kFusedDownMaxTokens, max_step_tokens); rows *= 2) {
     shapes.push_back(GemmShape{rows, hidden, ffn, false, /*gated=*/true});
   }
   return shapes;
@@ -108,6 +116,14 @@ Result<DType> engine_weight_dtype(const std::string& name, const std::string& de
   KITE_RETURN_IF_ERROR(check_weight_dtype_name(name));
   const DType dtype = name == "auto" ? auto_weight_dtype(checkpoint, device == "cuda")
                                      : parse_dtype_name(name).value();
+  if (device == "cuda" && checkpoint.weight_only.enabled() && checkpoint.dtype != DType::kF16 &&
+      checkpoint.dtype != DType::kBF16) {
+    return unsupported("the checkpoint's weights are quantized (" +
+                       describe_weight_only(checkpoint.weight_only) + ") with " +
+                       std::string(dtype_name(checkpoint.dtype)) +
+                       " scales; CUDA engines need float16 or bfloat16 ones: convert the model "
+                       "again with --dtype bfloat16 --use_weight_only");
+  }
   if (dtype != checkpoint.dtype && checkpoint.weight_only.enabled()) {
     return unsupported("--dtype " + name + ": the checkpoint's weights are quantized (" +
                        describe_weight_only(checkpoint.weight_only) + ") with " +
@@ -282,12 +298,6 @@ Status build_engine(const BuildRequest& flags) {
   config.memory = plan_memory(config, weights_bytes);
   std::vector<GemmCandidateTime> timings;  // CUDA: every candidate of the GEMM tuning
   if (flags.device == "cuda") {
-    if (config.weight_only.enabled()) {
-      return unsupported(flags.checkpoint_dir + " holds weight-only quantized weights (" +
-                         describe_weight_only(config.weight_only) +
-                         "), which this version of Kite runs on the CPU only: build it with "
-                         "--device cpu, or convert without --use_weight_only for CUDA");
-    }
     if (config.weight_dtype != DType::kF16 && config.weight_dtype != DType::kBF16) {
       return unsupported("--dtype " + flags.dtype + ": CUDA engines run float16 or bfloat16 " +
                          "weights; build with --dtype bfloat16 (or auto)");
@@ -308,8 +318,8 @@ Status build_engine(const BuildRequest& flags) {
             estimated_kv_cache_tokens(config.memory, gpu.total_memory_bytes, fraction)),
         fraction * 100);
     // Kernel tuning: time every candidate GEMM kernel for each shape on this GPU.
-    const std::vector<GemmShape> shapes =
-        model_gemm_shapes(config.model, limits, config.norm_scales_folded);
+    const std::vector<GemmShape> shapes = model_gemm_shapes(
+        config.model, limits, config.norm_scales_folded, config.weight_only.enabled());
     Progress progress("tuning GEMM kernels", int64_t(shapes.size()));
     // A log that cannot be written is refused before the minutes of tuning.
     if (!flags.tuning_log.empty()) KITE_RETURN_IF_ERROR(write_file(flags.tuning_log, ""));

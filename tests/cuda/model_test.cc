@@ -233,8 +233,12 @@ TEST(CudaGolden, Bf16MatchesTransformers) {
 // weights, the CPU engine keeps them apart; fed the same tokens (the prompt, then 8 greedy steps of
 // the CPU engine), the GPU's logits stay within the bf16 activation bound of the CPU's. The CUDA
 // engines are built with --tune_decode, so the choices it keeps are checked too.
-TEST(CudaGolden, BuiltEnginesMatchTheCpuEngine) {
-  KITE_REQUIRE_GPU();
+// Each golden model converted with `convert_flags`, built for the CPU and for the GPU (with
+// `gpu_flags`): the GPU engine's logits over the prompts and 8 greedy steps against the CPU
+// engine's, within the bf16 activations' error. `folded`: whether the GPU engine folds the norm
+// scales (floating weights) or not (quantized ones).
+void expect_built_engines_match(const std::string& convert_flags, const std::string& gpu_flags,
+                                bool folded, const std::string& what) {
   const std::vector<std::string> models = golden_models();
   ASSERT_FALSE(models.empty()) << "no golden models";
   LoadOptions options;
@@ -245,18 +249,17 @@ TEST(CudaGolden, BuiltEnginesMatchTheCpuEngine) {
     SCOPED_TRACE(directory);
     const std::string checkpoint = test::temp_dir() + "/checkpoint";
     const test::CommandResult convert = test::run_kite(
-        "convert --model_dir " + directory + " --output_dir " + checkpoint + " --dtype bfloat16");
+        "convert --model_dir " + directory + " --output_dir " + checkpoint + " " + convert_flags);
     ASSERT_EQ(convert.exit_code, 0) << convert.output;
     const std::string cpu_dir = test::build_engine(checkpoint, "--device cpu" + limits);
-    const std::string gpu_dir =
-        test::build_engine(checkpoint, "--device cuda --tune_decode" + limits);
+    const std::string gpu_dir = test::build_engine(checkpoint, gpu_flags + limits);
     ASSERT_FALSE(cpu_dir.empty() || gpu_dir.empty());
     auto cpu = Engine::load(cpu_dir);
     ASSERT_TRUE(cpu.is_ok()) << cpu.status().message();
     auto gpu = Engine::load(gpu_dir, options);
     ASSERT_TRUE(gpu.is_ok()) << gpu.status().message();
     EXPECT_FALSE((*cpu)->config().norm_scales_folded);
-    EXPECT_TRUE((*gpu)->config().norm_scales_folded);
+    EXPECT_EQ((*gpu)->config().norm_scales_folded, folded);
 
     const auto reference = nlohmann::json::parse(read_file(directory + "/reference.json").value());
     double worst = 0;
@@ -278,9 +281,28 @@ TEST(CudaGolden, BuiltEnginesMatchTheCpuEngine) {
     }
     EXPECT_LT(worst, kBf16ActivationTolerance);
     std::printf(
-        "[ LOGITS   ] %s: built CUDA engine vs CPU engine, max error of the logit scale %.4f\n",
-        std::filesystem::path(directory).filename().c_str(), worst);
+        "[ LOGITS   ] %s: built CUDA engine vs CPU engine (%s), max error of the logit scale "
+        "%.4f\n",
+        std::filesystem::path(directory).filename().c_str(), what.c_str(), worst);
   }
+}
+
+TEST(CudaGolden, BuiltEnginesMatchTheCpuEngine) {
+  KITE_REQUIRE_GPU();
+  expect_built_engines_match("--dtype bfloat16", "--device cuda --tune_decode", true, "bf16");
+}
+
+// Weight-only quantized checkpoints (W8A16 per channel, W4A16 in groups of 32): the same quantized
+// weights on both engines, so only the activations' rounding tells them apart. Prompts of more
+// than 8 tokens run the dequantized copy, decode steps the GEMV.
+TEST(CudaGolden, WeightOnlyEnginesMatchTheCpuEngine) {
+  KITE_REQUIRE_GPU();
+  expect_built_engines_match("--dtype bfloat16 --use_weight_only", "--device cuda", false,
+                             "int8 per channel");
+  expect_built_engines_match(
+      "--dtype bfloat16 --use_weight_only --weight_only_precision int4 --per_group "
+      "--group_size 32",
+      "--device cuda", false, "int4, groups of 32");
 }
 
 // `kite build --tune_decode` times the one-row GEMMs' runners-up in the decode step: it reports

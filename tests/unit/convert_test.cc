@@ -218,7 +218,8 @@ TEST(Convert, RandomCopiesTokenizerWhenPresent) {
 
 // --use_weight_only: each decoder linear weight becomes its quantized values and scales, exactly
 // as quantize_weight_only makes them from the converted weight; everything else is converted as
-// usual. The engine built from it records the quantization and runs on the CPU; CUDA refuses it.
+// usual. The engine built from it records the quantization and runs on the CPU; CUDA refuses one
+// with float32 scales.
 TEST(Convert, WeightOnlyQuantizesTheDecoderLinearWeights) {
   std::map<std::string, Tensor> weights;
   const std::string model_dir = make_hf_folder(DType::kF32, &weights);
@@ -266,9 +267,16 @@ TEST(Convert, WeightOnlyQuantizesTheDecoderLinearWeights) {
     const test::CommandResult run =
         test::run_kite("run --engine_dir " + engine + " --input_text 'hello' --max_output_len 4");
     EXPECT_EQ(run.exit_code, 0) << run.output;
-    expect_failure(test::run_kite("build --checkpoint_dir " + output + " --output_dir " +
+    // CUDA engines run bfloat16 or float16 scales: a float32 quantized checkpoint is refused
+    // before any GPU is looked for, with the conversion that makes one it runs.
+    const std::string float32 = test::temp_dir() + "/quantized_f32";
+    ASSERT_EQ(test::run_kite("convert --model_dir " + model_dir + " --output_dir " + float32 +
+                             " --dtype float32 " + flags)
+                  .exit_code,
+              0);
+    expect_failure(test::run_kite("build --checkpoint_dir " + float32 + " --output_dir " +
                                   test::temp_dir() + "/gpu --device cuda"),
-                   1, {"weight-only quantized", "--device cpu"});
+                   1, {"float32 scales", "--dtype bfloat16 --use_weight_only"});
   }
 }
 

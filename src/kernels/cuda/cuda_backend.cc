@@ -14,6 +14,7 @@
 #include "kernels/cuda/rms_norm.h"
 #include "kernels/cuda/rope.h"
 #include "kernels/cuda/sampling.h"
+#include "kernels/cuda/weight_only.h"
 
 namespace kite {
 namespace {
@@ -72,6 +73,7 @@ CudaBackend::~CudaBackend() {
   attention_workspace_.reset();
   split_counters_.reset();
   sampling_workspace_.reset();
+  dequantized_weight_.reset();
   gemm_.reset();
   if (stream_) cudaStreamDestroy(stream_);
 }
@@ -190,6 +192,30 @@ cuda::GemmTactic CudaBackend::tactic_for(int64_t m, int64_t n, int64_t k, bool g
 void CudaBackend::linear(const DeviceTensor& x, const DeviceTensor& weight,
                          const DeviceTensor* bias, DeviceTensor& out) {
   gemm_->linear(x, weight, bias, out, tactic_for(x.rows(), weight.rows(), weight.cols()), stream_);
+}
+
+Status CudaBackend::reserve_weight_only(int64_t tokens, int64_t weight_elements) {
+  if (tokens <= kWeightOnlyGemvMaxTokens) return Status::ok();
+  const size_t bytes = size_t(weight_elements) * dtype_size(options_.activation_dtype);
+  if (bytes <= dequantized_weight_.size()) return Status::ok();
+  synchronize();
+  dequantized_weight_.reset();
+  ++graph_epoch_;  // recorded graphs may point into the old buffer
+  KITE_ASSIGN_OR_RETURN(dequantized_weight_, allocate(bytes));
+  return Status::ok();
+}
+
+void CudaBackend::linear_weight_only(const DeviceTensor& x, const LinearWeight& weight,
+                                     const DeviceTensor* bias, DeviceTensor& out) {
+  if (cuda::weight_only_gemv_applies(x, weight)) {
+    cuda::weight_only_gemv(x, weight, bias, out, stream_);
+    return;
+  }
+  const int64_t n = weight.out_features(), k = weight.in_features();
+  reserve_scratch(dequantized_weight_, size_t(n * k) * dtype_size(x.dtype));
+  DeviceTensor dense{x.dtype, {n, k}, dequantized_weight_.data()};
+  cuda::dequantize_weight_only(weight, dense, stream_);
+  linear(x, dense, bias, out);
 }
 
 void CudaBackend::rms_norm_linear(const DeviceTensor& x, float eps, const DeviceTensor& weight,

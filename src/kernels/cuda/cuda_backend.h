@@ -50,6 +50,15 @@ class CudaBackend final : public Backend {
   // GEMM runner's default for shapes without one.
   void linear(const DeviceTensor& x, const DeviceTensor& weight, const DeviceTensor* bias,
               DeviceTensor& out) override;
+  // Weight-only quantized layers (int8 / int4, kernels/cuda/weight_only.h): a GEMV over the
+  // quantized weight up to kWeightOnlyGemvMaxTokens rows, else the weight dequantized into a
+  // scratch copy (reserve_weight_only) and the GEMM tuned for its shape.
+  bool supports_weight_only(const WeightOnlyConfig& config) const override {
+    return config.enabled();
+  }
+  Status reserve_weight_only(int64_t tokens, int64_t weight_elements) override;
+  void linear_weight_only(const DeviceTensor& x, const LinearWeight& weight,
+                          const DeviceTensor* bias, DeviceTensor& out) override;
   void rope_and_store_kv(const DeviceTensor& qkv, const RopeParams& rope,
                          const AttentionBatch& batch, const KvCacheView& cache, int64_t layer,
                          DeviceTensor& q) override;
@@ -110,6 +119,7 @@ class CudaBackend final : public Backend {
   DeviceBuffer attention_workspace_;
   DeviceBuffer split_counters_;          // zeroed when allocated; the kernels leave them zero
   DeviceBuffer sampling_workspace_;      // likewise
+  DeviceBuffer dequantized_weight_;      // linear_weight_only's 16-bit copy of a weight
   std::vector<cudaGraphExec_t> graphs_;  // by id; destroyed ones are null
   int64_t graph_epoch_ = 0;              // bumped when a scratch buffer moves
 };

@@ -1,0 +1,335 @@
+// Weight-only quantized linear layers: a GEMV that streams the int8 / int4 weight for decode-sized
+// steps, and a dequantizing copy for the rest (which cuBLASLt then multiplies).
+//
+// The GEMV: a warp owns kRows consecutive output rows; lane l reads 16 bytes of each of them at
+// chunks l, l + 32, ... (16 int8 or 32 int4 values, one scale), with the next chunk's loads issued
+// before the current one is multiplied. A level becomes a float without a conversion instruction:
+// with the sign bit flipped (offset binary, u = level + 128 or + 8), the byte or nibble at bit
+// position p of a 32-bit word, masked and or-ed into the bits of 2^23, reads as 2^23 + u * 2^p;
+// subtracting 2^23 leaves u * 2^p exactly, and x is pre-scaled by 2^-p, so that one LOP3 and one
+// FADD per value precede its FMA (I2F runs at a quarter of the FMA rate, below what an H200's
+// int4 stream needs). The offset comes off once a chunk: sum(u * x) - offset * sum(x), both in
+// float32, then times the chunk's scale.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/dispatch.cuh"
+#include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/weight_only.h"
+
+namespace kite::cuda {
+namespace {
+
+constexpr int kThreads = 128;  // four warps a CTA
+constexpr int kWarps = kThreads / 32;
+
+// 16 bytes of weights: read once, never written during a forward pass, so non-coherent and kept
+// out of L1; free to be issued before pdl_wait. Zeros when !predicate.
+__device__ __forceinline__ uint4 load_weights(const void* address, bool predicate) {
+  uint4 value;
+  asm("{\n"
+      "  .reg .pred p;\n"
+      "  setp.ne.b32 p, %5, 0;\n"
+      "  mov.b32 %0, 0;\n"
+      "  mov.b32 %1, 0;\n"
+      "  mov.b32 %2, 0;\n"
+      "  mov.b32 %3, 0;\n"
+      "  @p ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+      "}\n"
+      : "=r"(value.x), "=r"(value.y), "=r"(value.z), "=r"(value.w)
+      : "l"(address), "r"(int(predicate)));
+  return value;
+}
+
+// kWords 32-bit words of x, which the previous kernel wrote: coherent loads from L2, after pdl_wait
+// (`volatile` keeps them there). Zeros when !predicate.
+template <int kWords>
+__device__ __forceinline__ void load_activations(const void* address, bool predicate,
+                                                 uint32_t (&words)[kWords]) {
+  static_assert(kWords == 2 || kWords == 4);
+  if constexpr (kWords == 4) {
+    asm volatile(
+        "{\n"
+        "  .reg .pred p;\n"
+        "  setp.ne.b32 p, %5, 0;\n"
+        "  mov.b32 %0, 0;\n"
+        "  mov.b32 %1, 0;\n"
+        "  mov.b32 %2, 0;\n"
+        "  mov.b32 %3, 0;\n"
+        "  @p ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+        "}\n"
+        : "=r"(words[0]), "=r"(words[1]), "=r"(words[2]), "=r"(words[3])
+        : "l"(address), "r"(int(predicate)));
+  } else {
+    asm volatile(
+        "{\n"
+        "  .reg .pred p;\n"
+        "  setp.ne.b32 p, %3, 0;\n"
+        "  mov.b32 %0, 0;\n"
+        "  mov.b32 %1, 0;\n"
+        "  @p ld.global.cg.v2.u32 {%0, %1}, [%2];\n"
+        "}\n"
+        : "=r"(words[0]), "=r"(words[1])
+        : "l"(address), "r"(int(predicate)));
+  }
+}
+
+// The two elements of a 32-bit word of T as floats (the lower address first).
+template <typename T>
+__device__ __forceinline__ float2 unpack_pair(uint32_t word);
+template <>
+__device__ __forceinline__ float2 unpack_pair<__half>(uint32_t word) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&word));
+}
+template <>
+__device__ __forceinline__ float2 unpack_pair<__nv_bfloat16>(uint32_t word) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&word));
+}
+
+// 2^23 as float bits; or-ed with at most 23 bits of mantissa it reads as 2^23 + those bits.
+constexpr uint32_t kMagic = 0x4B000000u;
+constexpr float kMagicValue = 8388608.0f;
+
+template <bool kInt4>
+struct Levels {
+  static constexpr int kBits = kInt4 ? 4 : 8;
+  static constexpr int kValues = kInt4 ? 32 : 16;  // in a lane's 16 bytes of a row
+  static constexpr int kPerWord = 32 / kBits;      // in each 32-bit word
+  static constexpr int kPerHalf = kPerWord / 2;    // in each 16-bit half of a word
+  static constexpr uint32_t kFlip = kInt4 ? 0x88888888u : 0x80808080u;  // sign bits: offset binary
+  static constexpr float kOffset = kInt4 ? 8.0f : 128.0f;
+  // 2^-p for the value at position i of a half word (bit position p = kBits * i).
+  static constexpr float position_scale(int i) {
+    return i == 0 ? 1.0f : position_scale(i - 1) / float(1 << kBits);
+  }
+};
+
+// out[t, row] = sum_k level[row, k] * scale[row, k / group] * x[t, k] (+ bias[row]) for the
+// kRows rows of each warp and t < tokens <= kTokens.
+template <typename T, bool kInt4, int kTokens, int kRows>
+__global__ void __launch_bounds__(kThreads)
+    weight_only_gemv_kernel(const T* __restrict__ x, int tokens, const uint8_t* __restrict__ weight,
+                            const T* __restrict__ scales, const T* __restrict__ bias,
+                            T* __restrict__ out, int n, int k, int group) {
+  pdl_launch_dependents();
+  using L = Levels<kInt4>;
+  const int lane = threadIdx.x % 32;
+  const int first_row = (int(blockIdx.x) * kWarps + int(threadIdx.x) / 32) * kRows;
+  const int64_t row_bytes = kInt4 ? k / 2 : k;
+  const int chunks = k / L::kValues;
+  const int groups = k / group;
+  // Rows past n read the last row again; their sums are never written.
+  const uint8_t* rows[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) rows[r] = weight + int64_t(min(first_row + r, n - 1)) * row_bytes;
+
+  uint4 next[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) next[r] = load_weights(rows[r] + lane * 16, lane < chunks);
+  pdl_wait();
+  if (first_row >= n) return;
+
+  float acc[kRows][kTokens] = {};
+  for (int chunk = lane; chunk < chunks; chunk += 32) {
+    uint4 current[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      current[r] = next[r];
+      next[r] = load_weights(rows[r] + int64_t(chunk + 32) * 16, chunk + 32 < chunks);
+    }
+    const int column = chunk * L::kValues;
+    float chunk_dot[kRows][kTokens] = {};
+    float chunk_sum[kTokens] = {};
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      // x at this word's kPerWord columns, pre-scaled by each level's 2^-p.
+      float xs[kTokens][L::kPerWord];
+#pragma unroll
+      for (int t = 0; t < kTokens; ++t) {
+        uint32_t words[L::kPerWord / 2];
+        load_activations(x + int64_t(t) * k + column + w * L::kPerWord, t < tokens, words);
+#pragma unroll
+        for (int i = 0; i < L::kPerWord / 2; ++i) {
+          const float2 pair = unpack_pair<T>(words[i]);
+          chunk_sum[t] += pair.x + pair.y;
+          xs[t][2 * i] = pair.x * L::position_scale((2 * i) % L::kPerHalf);
+          xs[t][2 * i + 1] = pair.y * L::position_scale((2 * i + 1) % L::kPerHalf);
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const uint32_t packed = (w == 0   ? current[r].x
+                                 : w == 1 ? current[r].y
+                                 : w == 2 ? current[r].z
+                                          : current[r].w) ^
+                                L::kFlip;
+        const uint32_t halves[2] = {packed, packed >> 16};
+#pragma unroll
+        for (int i = 0; i < L::kPerWord; ++i) {
+          const int p = L::kBits * (i % L::kPerHalf);
+          const uint32_t mask = ((1u << L::kBits) - 1u) << p;
+          const float level =
+              __uint_as_float((halves[i / L::kPerHalf] & mask) | kMagic) - kMagicValue;
+#pragma unroll
+          for (int t = 0; t < kTokens; ++t)
+            chunk_dot[r][t] = fmaf(level, xs[t][i], chunk_dot[r][t]);
+        }
+      }
+    }
+    const int scale_index = column / group;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int row = min(first_row + r, n - 1);
+      const float scale = to_float(scales[int64_t(row) * groups + scale_index]);
+#pragma unroll
+      for (int t = 0; t < kTokens; ++t) {
+        acc[r][t] = fmaf(scale, chunk_dot[r][t] - L::kOffset * chunk_sum[t], acc[r][t]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int t = 0; t < kTokens; ++t) acc[r][t] = warp_sum(acc[r][t]);
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int row = first_row + r;
+      if (row >= n) break;
+      const float b = bias ? to_float(bias[row]) : 0.0f;
+#pragma unroll
+      for (int t = 0; t < kTokens; ++t) {
+        if (t < tokens) out[int64_t(t) * n + row] = from_float<T>(acc[r][t] + b);
+      }
+    }
+  }
+}
+
+template <typename T, bool kInt4, int kTokens, int kRows>
+void launch_gemv(const DeviceTensor& x, const LinearWeight& weight, const DeviceTensor* bias,
+                 DeviceTensor& out, cudaStream_t stream) {
+  const int n = int(weight.out_features()), k = int(x.cols());
+  const int group = int(weight.quantization.columns_per_scale(k));
+  const int warps = (n + kRows - 1) / kRows;
+  const unsigned blocks = unsigned((warps + kWarps - 1) / kWarps);
+  launch_kernel(
+      weight_only_gemv_kernel<T, kInt4, kTokens, kRows>, blocks, kThreads, 0, stream,
+      static_cast<const T*>(x.data), int(x.rows()), static_cast<const uint8_t*>(weight.weight.data),
+      static_cast<const T*>(weight.scales.data), bias ? static_cast<const T*>(bias->data) : nullptr,
+      static_cast<T*>(out.data), n, k, group);
+}
+
+// Eight (or, when K is not a multiple of 8, one) dequantized elements a thread and iteration.
+template <typename T, bool kInt4, int kWidth>
+__global__ void dequantize_kernel(const uint8_t* __restrict__ weight, const T* __restrict__ scales,
+                                  T* __restrict__ out, int64_t n, int64_t k, int64_t group) {
+  pdl_launch_dependents();
+  pdl_wait();  // the previous step's GEMM may still read the scratch this overwrites
+  using Vector = Pack<T, kWidth>;
+  const int64_t vectors_per_row = k / kWidth;
+  const int64_t groups = k / group;
+  const int64_t row_bytes = kInt4 ? k / 2 : k;
+  for (int64_t index = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; index < n * vectors_per_row;
+       index += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = index / vectors_per_row;
+    const int64_t first = (index % vectors_per_row) * kWidth;
+    const uint8_t* values = weight + row * row_bytes;
+    Vector result;
+#pragma unroll
+    for (int i = 0; i < kWidth; ++i) {
+      const int64_t column = first + i;
+      int level;
+      if constexpr (kInt4) {
+        const uint32_t byte = values[column / 2];
+        level = int32_t((column % 2 ? byte >> 4 : byte) << 28) >> 28;  // sign-extend the nibble
+      } else {
+        level = int8_t(values[column]);
+      }
+      result.values[i] =
+          from_float<T>(float(level) * to_float(scales[row * groups + column / group]));
+    }
+    reinterpret_cast<Vector*>(out + row * k)[first / kWidth] = result;
+  }
+}
+
+}  // namespace
+
+bool weight_only_gemv_applies(const DeviceTensor& x, const LinearWeight& weight) {
+  if (!weight.quantized() || x.rows() < 1 || x.rows() > kWeightOnlyGemvMaxTokens) return false;
+  if (x.dtype != DType::kF16 && x.dtype != DType::kBF16) return false;
+  if (weight.scales.dtype != x.dtype) return false;
+  const bool int4 = weight.quantization.precision == WeightOnlyPrecision::kInt4;
+  const int64_t values = int4 ? 32 : 16;
+  const int64_t k = x.cols();
+  const int64_t group = weight.quantization.columns_per_scale(k);
+  if (k % values != 0 || group % values != 0 || k > (int64_t(1) << 30)) return false;
+  if (weight.out_features() > (int64_t(1) << 30)) return false;
+  return reinterpret_cast<uintptr_t>(x.data) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(weight.weight.data) % 16 == 0;
+}
+
+void weight_only_gemv(const DeviceTensor& x, const LinearWeight& weight, const DeviceTensor* bias,
+                      DeviceTensor& out, cudaStream_t stream) {
+  KITE_CHECK(weight_only_gemv_applies(x, weight));
+  KITE_CHECK(weight.in_features() == x.cols() && out.dtype == x.dtype && out.rows() == x.rows() &&
+             out.cols() == weight.out_features());
+  KITE_CHECK(!bias || (bias->dtype == x.dtype && bias->numel() == weight.out_features()));
+  const bool int4 = weight.quantization.precision == WeightOnlyPrecision::kInt4;
+  const int64_t tokens = x.rows();
+  dispatch_half(x.dtype, [&](auto element) {
+    using T = decltype(element);
+    auto run = [&](auto int4_constant) {
+      constexpr bool kInt4 = decltype(int4_constant)::value;
+      // Eight rows a warp at one or two tokens (x is read from L2 once for every eight rows);
+      // four beyond, where eight would hold too many sums in registers.
+      if (tokens == 1) {
+        launch_gemv<T, kInt4, 1, 8>(x, weight, bias, out, stream);
+      } else if (tokens == 2) {
+        launch_gemv<T, kInt4, 2, 8>(x, weight, bias, out, stream);
+      } else if (tokens <= 4) {
+        launch_gemv<T, kInt4, 4, 4>(x, weight, bias, out, stream);
+      } else {
+        launch_gemv<T, kInt4, 8, 4>(x, weight, bias, out, stream);
+      }
+    };
+    if (int4) {
+      run(std::true_type{});
+    } else {
+      run(std::false_type{});
+    }
+  });
+}
+
+void dequantize_weight_only(const LinearWeight& weight, DeviceTensor& out, cudaStream_t stream) {
+  KITE_CHECK(weight.quantized());
+  const int64_t n = weight.out_features(), k = weight.in_features();
+  KITE_CHECK(out.rows() == n && out.cols() == k && weight.scales.dtype == out.dtype);
+  const int64_t group = weight.quantization.columns_per_scale(k);
+  KITE_CHECK(group > 0 && k % group == 0);
+  if (n == 0 || k == 0) return;
+  const bool int4 = weight.quantization.precision == WeightOnlyPrecision::kInt4;
+  const bool vectorized = k % 8 == 0 && reinterpret_cast<uintptr_t>(out.data) % 16 == 0;
+  const int64_t work = n * k / (vectorized ? 8 : 1);
+  const unsigned blocks = unsigned(std::min<int64_t>((work + 255) / 256, 65535));
+  dispatch_half(out.dtype, [&](auto element) {
+    using T = decltype(element);
+    const auto* values = static_cast<const uint8_t*>(weight.weight.data);
+    const auto* scales = static_cast<const T*>(weight.scales.data);
+    auto* output = static_cast<T*>(out.data);
+    auto run = [&](auto kernel) {
+      launch_kernel(kernel, blocks, 256, 0, stream, values, scales, output, n, k, group);
+    };
+    if (int4) {
+      vectorized ? run(dequantize_kernel<T, true, 8>) : run(dequantize_kernel<T, true, 1>);
+    } else {
+      vectorized ? run(dequantize_kernel<T, false, 8>) : run(dequantize_kernel<T, false, 1>);
+    }
+  });
+}
+
+}  // namespace kite::cuda

@@ -1,0 +1,38 @@
+// Weight-only quantized linear layers on the GPU (W8A16, W4A16; TensorRT-LLM's weight-only
+// GEMMs): int8 or int4 weights with one float16/bfloat16 scale per output row (per channel) or per
+// group of input columns, activations in float16/bfloat16. CPU twin: cpu::linear_weight_only
+// (kernels/cpu/linear.h); the formats: formats/quantization.h.
+//
+// Cost of one call, x [M, K], weight [N, K], 2-byte activations:
+//   bytes = N*K (int8) or N*K/2 (int4) + 2*N*K/group (scales) + 2*(M*K + M*N),  FLOPs = 2*M*N*K.
+// Decode (M <= kWeightOnlyGemvMaxTokens) reads the weight once at the memory's rate: half the
+// bytes of a 16-bit GEMV for int8, a quarter for int4. Larger steps are compute-bound: the weight
+// is dequantized into a 16-bit scratch copy (N*K reads, 2*N*K writes) that cuBLASLt then
+// multiplies, which for a 2048-token step costs a few percent over the 16-bit engine.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "model/backend.h"
+
+namespace kite::cuda {
+
+// Whether the GEMV runs this call: 1 <= M <= kWeightOnlyGemvMaxTokens, K and the group a multiple
+// of 16 (int8) or 32 (int4) values, x, weight and scales in float16/bfloat16 alike (the scales in
+// the activations' dtype), x and the weight rows 16-byte aligned.
+bool weight_only_gemv_applies(const DeviceTensor& x, const LinearWeight& weight);
+
+// out = x @ dequantize(weight)^T (+ bias), x [M, K], out [M, N], bias [N] or null, without
+// materialising the floating weight: each lane streams 16 bytes of a row at a time and sums the
+// products of each group in float32 before scaling them; every output rounded once.
+// weight_only_gemv_applies must hold.
+void weight_only_gemv(const DeviceTensor& x, const LinearWeight& weight, const DeviceTensor* bias,
+                      DeviceTensor& out, cudaStream_t stream);
+
+// out [N, K] (float16 or bfloat16) = the weight's levels times their scales, each rounded once:
+// what cpu::linear_weight_only multiplies, in the activations' dtype.
+void dequantize_weight_only(const LinearWeight& weight, DeviceTensor& out, cudaStream_t stream);
+
+}  // namespace kite::cuda
