@@ -122,24 +122,27 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t row_bytes = kInt4 ? k / 2 : k;
   const int chunks = k / L::kValues;
   const int groups = k / group;
-  // Rows past n read the last row again; their sums are never written.
-  const uint8_t* rows[kRows];
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) rows[r] = weight + int64_t(min(first_row + r, n - 1)) * row_bytes;
+  // Rows past n load zeros; their sums are never written.
+  const uint8_t* rows = weight + int64_t(first_row) * row_bytes + lane * 16;
+  const int valid_rows = n - first_row;
 
   uint4 next[kRows];
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) next[r] = load_weights(rows[r] + lane * 16, lane < chunks);
+  for (int r = 0; r < kRows; ++r) {
+    next[r] = load_weights(rows + r * row_bytes, r < valid_rows && lane < chunks);
+  }
   pdl_wait();
   if (first_row >= n) return;
 
   float acc[kRows][kTokens] = {};
+#pragma unroll 1  // the next chunk's loads are in flight already; unrolling only costs registers
   for (int chunk = lane; chunk < chunks; chunk += 32) {
     uint4 current[kRows];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       current[r] = next[r];
-      next[r] = load_weights(rows[r] + int64_t(chunk + 32) * 16, chunk + 32 < chunks);
+      next[r] = load_weights(rows + r * row_bytes + int64_t(chunk + 32 - lane) * 16,
+                             r < valid_rows && chunk + 32 < chunks);
     }
     const int column = chunk * L::kValues;
     float chunk_dot[kRows][kTokens] = {};
@@ -184,7 +187,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       const int row = min(first_row + r, n - 1);
-      const float scale = to_float(scales[int64_t(row) * groups + scale_index]);
+      const float scale = to_float(__ldg(scales + int64_t(row) * groups + scale_index));
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) {
         acc[r][t] = fmaf(scale, chunk_dot[r][t] - L::kOffset * chunk_sum[t], acc[r][t]);
@@ -224,36 +227,51 @@ void launch_gemv(const DeviceTensor& x, const LinearWeight& weight, const Device
       static_cast<T*>(out.data), n, k, group);
 }
 
-// Eight (or, when K is not a multiple of 8, one) dequantized elements a thread and iteration.
+// A CTA a row at a time, a thread eight consecutive elements (one when K is not a multiple of 8)
+// at a time: their levels in one load, one scale when the group holds all eight.
 template <typename T, bool kInt4, int kWidth>
 __global__ void dequantize_kernel(const uint8_t* __restrict__ weight, const T* __restrict__ scales,
-                                  T* __restrict__ out, int64_t n, int64_t k, int64_t group) {
+                                  T* __restrict__ out, int n, int k, int group) {
   pdl_launch_dependents();
   pdl_wait();  // the previous step's GEMM may still read the scratch this overwrites
+  static_assert(kWidth == 1 || kWidth == 8);
   using Vector = Pack<T, kWidth>;
-  const int64_t vectors_per_row = k / kWidth;
-  const int64_t groups = k / group;
+  const int vectors_per_row = k / kWidth;
+  const int groups = k / group;
   const int64_t row_bytes = kInt4 ? k / 2 : k;
-  for (int64_t index = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; index < n * vectors_per_row;
-       index += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t row = index / vectors_per_row;
-    const int64_t first = (index % vectors_per_row) * kWidth;
-    const uint8_t* values = weight + row * row_bytes;
-    Vector result;
+  const bool one_scale = group % kWidth == 0;
+  for (int row = blockIdx.x; row < n; row += gridDim.x) {
+    const uint8_t* values = weight + int64_t(row) * row_bytes;
+    const T* row_scales = scales + int64_t(row) * groups;
+    Vector* row_out = reinterpret_cast<Vector*>(out + int64_t(row) * k);
+    for (int vector = threadIdx.x; vector < vectors_per_row; vector += blockDim.x) {
+      const int first = vector * kWidth;
+      int levels[kWidth];
+      if constexpr (kWidth == 8 && kInt4) {
+        const uint32_t packed = *reinterpret_cast<const uint32_t*>(values + first / 2);
 #pragma unroll
-    for (int i = 0; i < kWidth; ++i) {
-      const int64_t column = first + i;
-      int level;
-      if constexpr (kInt4) {
-        const uint32_t byte = values[column / 2];
-        level = int32_t((column % 2 ? byte >> 4 : byte) << 28) >> 28;  // sign-extend the nibble
+        for (int i = 0; i < 8; ++i) levels[i] = int32_t(packed << (28 - 4 * i)) >> 28;
+      } else if constexpr (kWidth == 8) {
+        const uint2 packed = *reinterpret_cast<const uint2*>(values + first);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          levels[i] = int8_t(((i < 4 ? packed.x : packed.y) >> (8 * (i % 4))) & 0xffu);
+        }
+      } else if constexpr (kInt4) {
+        const uint32_t byte = values[first / 2];
+        levels[0] = int32_t((first % 2 ? byte >> 4 : byte) << 28) >> 28;  // sign-extend
       } else {
-        level = int8_t(values[column]);
+        levels[0] = int8_t(values[first]);
       }
-      result.values[i] =
-          from_float<T>(float(level) * to_float(scales[row * groups + column / group]));
+      const float shared_scale = one_scale ? to_float(row_scales[first / group]) : 0.0f;
+      Vector result;
+#pragma unroll
+      for (int i = 0; i < kWidth; ++i) {
+        const float scale = one_scale ? shared_scale : to_float(row_scales[(first + i) / group]);
+        result.values[i] = from_float<T>(float(levels[i]) * scale);
+      }
+      row_out[vector] = result;
     }
-    reinterpret_cast<Vector*>(out + row * k)[first / kWidth] = result;
   }
 }
 
@@ -285,12 +303,13 @@ void weight_only_gemv(const DeviceTensor& x, const LinearWeight& weight, const D
     using T = decltype(element);
     auto run = [&](auto int4_constant) {
       constexpr bool kInt4 = decltype(int4_constant)::value;
-      // Eight rows a warp at one or two tokens (x is read from L2 once for every eight rows);
-      // four beyond, where eight would hold too many sums in registers.
+      // Four rows a warp: x is read from L2 once for every four rows; eight would hold the
+      // next chunk's 128 bytes a lane in registers, twice the 64 that four hold, and cost about
+      // 210 registers a thread (`ptxas -v`), a third of the warps an SM.
       if (tokens == 1) {
-        launch_gemv<T, kInt4, 1, 8>(x, weight, bias, out, stream);
+        launch_gemv<T, kInt4, 1, 4>(x, weight, bias, out, stream);
       } else if (tokens == 2) {
-        launch_gemv<T, kInt4, 2, 8>(x, weight, bias, out, stream);
+        launch_gemv<T, kInt4, 2, 4>(x, weight, bias, out, stream);
       } else if (tokens <= 4) {
         launch_gemv<T, kInt4, 4, 4>(x, weight, bias, out, stream);
       } else {
@@ -312,17 +331,21 @@ void dequantize_weight_only(const LinearWeight& weight, DeviceTensor& out, cudaS
   const int64_t group = weight.quantization.columns_per_scale(k);
   KITE_CHECK(group > 0 && k % group == 0);
   if (n == 0 || k == 0) return;
+  KITE_CHECK(n < (int64_t(1) << 31) && k < (int64_t(1) << 30));
   const bool int4 = weight.quantization.precision == WeightOnlyPrecision::kInt4;
-  const bool vectorized = k % 8 == 0 && reinterpret_cast<uintptr_t>(out.data) % 16 == 0;
-  const int64_t work = n * k / (vectorized ? 8 : 1);
-  const unsigned blocks = unsigned(std::min<int64_t>((work + 255) / 256, 65535));
+  // Eight at a time: 16-byte stores, and the levels' 8 (int8) or 4 (int4) bytes in one load.
+  const bool vectorized = k % 8 == 0 && reinterpret_cast<uintptr_t>(out.data) % 16 == 0 &&
+                          reinterpret_cast<uintptr_t>(weight.weight.data) % 8 == 0;
+  const unsigned blocks = unsigned(std::min<int64_t>(n, 65535));
+  const int threads = int(std::clamp<int64_t>(k / (vectorized ? 8 : 1), 32, 256));
   dispatch_half(out.dtype, [&](auto element) {
     using T = decltype(element);
     const auto* values = static_cast<const uint8_t*>(weight.weight.data);
     const auto* scales = static_cast<const T*>(weight.scales.data);
     auto* output = static_cast<T*>(out.data);
     auto run = [&](auto kernel) {
-      launch_kernel(kernel, blocks, 256, 0, stream, values, scales, output, n, k, group);
+      launch_kernel(kernel, blocks, threads, 0, stream, values, scales, output, int(n), int(k),
+                    int(group));
     };
     if (int4) {
       vectorized ? run(dequantize_kernel<T, true, 8>) : run(dequantize_kernel<T, true, 1>);
