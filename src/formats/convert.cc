@@ -10,11 +10,11 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
-#include <thread>
 #include <vector>
 
 #include "core/file.h"
 #include "core/half.h"
+#include "core/parallel.h"
 #include "core/progress.h"
 #include "formats/checkpoint.h"
 #include "formats/model_source.h"
@@ -37,24 +37,6 @@ uint64_t fnv1a(const std::string& text) {
   uint64_t hash = 0xcbf29ce484222325ull;
   for (unsigned char c : text) hash = (hash ^ c) * 0x100000001b3ull;
   return hash;
-}
-
-// Runs body(begin, end) over [0, count) on the machine's cores, in chunks of at least min_chunk.
-template <typename Body>
-void parallel_for(size_t count, size_t min_chunk, const Body& body) {
-  const size_t cores = std::max(1u, std::thread::hardware_concurrency());
-  const size_t workers = std::clamp<size_t>(count / std::max<size_t>(min_chunk, 1), 1, cores);
-  if (workers == 1) {
-    body(size_t{0}, count);
-    return;
-  }
-  std::vector<std::thread> threads;
-  const size_t chunk = (count + workers - 1) / workers;
-  for (size_t begin = 0; begin < count; begin += chunk) {
-    threads.emplace_back(
-        [&body, begin, end = std::min(count, begin + chunk)] { body(begin, end); });
-  }
-  for (std::thread& thread : threads) thread.join();
 }
 
 // Writes value as element `index` of a float32/float16/bfloat16 buffer.

@@ -2,9 +2,11 @@
 #include "formats/quantization.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "core/half.h"
+#include "core/parallel.h"
 
 namespace kite {
 namespace {
@@ -146,32 +148,42 @@ Result<QuantizedWeight> quantize_weight_only(const TensorView& weight, DType sca
   quantized.scales = Tensor(scale_dtype, {rows, columns / group});
   uint8_t* packed = quantized.values.data();
   std::memset(packed, 0, quantized.values.byte_size());
-  for (int64_t row = 0; row < rows; ++row) {
-    for (int64_t start = 0; start < columns; start += group) {
-      const float* source = values.data() + row * columns + start;
-      float largest = 0.0f;
-      for (int64_t i = 0; i < group; ++i) {
-        if (!std::isfinite(source[i])) {
-          return corrupt("row " + std::to_string(row) + " column " + std::to_string(start + i) +
-                         " is not a finite number; it cannot be quantized");
+  // Rows on every core; a row that is not finite is noted (the first one found is reported).
+  std::atomic<int64_t> bad_row{-1}, bad_column{-1};
+  parallel_for(size_t(rows), 64, [&](size_t first_row, size_t end_row) {
+    for (int64_t row = int64_t(first_row); row < int64_t(end_row); ++row) {
+      for (int64_t start = 0; start < columns; start += group) {
+        const float* source = values.data() + row * columns + start;
+        float largest = 0.0f;
+        for (int64_t i = 0; i < group; ++i) {
+          if (!std::isfinite(source[i])) {
+            int64_t none = -1;
+            if (bad_row.compare_exchange_strong(none, row)) bad_column = start + i;
+            return;
+          }
+          largest = std::max(largest, std::fabs(source[i]));
         }
-        largest = std::max(largest, std::fabs(source[i]));
-      }
-      const float scale = round_to(largest / float(limit), scale_dtype);
-      store_float(scale_dtype, quantized.scales.data(),
-                  size_t(row * (columns / group) + start / group), scale);
-      for (int64_t i = 0; i < group; ++i) {
-        const int64_t column = start + i;
-        const float ratio = scale > 0.0f ? source[i] / scale : 0.0f;
-        const int level = int(std::clamp(std::nearbyint(ratio), float(lowest), float(limit)));
-        if (int4) {
-          const uint8_t nibble = uint8_t(level) & 0x0fu;
-          packed[row * (columns / 2) + column / 2] |= column % 2 ? uint8_t(nibble << 4) : nibble;
-        } else {
-          packed[row * columns + column] = uint8_t(int8_t(level));
+        const float scale = round_to(largest / float(limit), scale_dtype);
+        store_float(scale_dtype, quantized.scales.data(),
+                    size_t(row * (columns / group) + start / group), scale);
+        for (int64_t i = 0; i < group; ++i) {
+          const int64_t column = start + i;
+          const float ratio = scale > 0.0f ? source[i] / scale : 0.0f;
+          const int level = int(std::clamp(std::nearbyint(ratio), float(lowest), float(limit)));
+          if (int4) {
+            const uint8_t nibble = uint8_t(level) & 0x0fu;
+            packed[row * (columns / 2) + column / 2] |= column % 2 ? uint8_t(nibble << 4) : nibble;
+          } else {
+            packed[row * columns + column] = uint8_t(int8_t(level));
+          }
         }
       }
     }
+  });
+  if (bad_row >= 0) {
+    return corrupt("row " + std::to_string(bad_row.load()) + " column " +
+                   std::to_string(bad_column.load()) +
+                   " is not a finite number; it cannot be quantized");
   }
   return quantized;
 }
