@@ -40,6 +40,29 @@ TEST(MemoryPlan, CountsActivationsAndKvCacheOfLlama3_8B) {
             "per token");
 }
 
+// A CUDA weight-only engine also holds a 16-bit copy of its largest layer weight (gate/up, 28,672
+// x 4,096) for steps past the quantized GEMV's 8 rows; a CPU engine, or steps of at most 8 rows,
+// none.
+TEST(MemoryPlan, CountsTheDequantizedCopyOfCudaWeightOnlyEngines) {
+  const int64_t plain = plan_memory(llama3_8b_engine(8192), kWeightsBytes).activation_bytes;
+  EngineConfig quantized = llama3_8b_engine(8192);
+  quantized.weight_only = WeightOnlyConfig{WeightOnlyPrecision::kInt4, 128};
+  EXPECT_EQ(plan_memory(quantized, kWeightsBytes).activation_bytes,
+            plain + int64_t(28'672) * 4096 * 2);
+  EngineConfig decode_only = llama3_8b_engine(8);
+  decode_only.weight_only = quantized.weight_only;
+  EXPECT_EQ(plan_memory(decode_only, kWeightsBytes).activation_bytes,
+            plan_memory(llama3_8b_engine(8), kWeightsBytes).activation_bytes);
+  EngineConfig cpu = quantized;
+  cpu.device = "cpu";
+  cpu.weight_dtype = DType::kF32;
+  EngineConfig cpu_plain = llama3_8b_engine(8192);
+  cpu_plain.device = "cpu";
+  cpu_plain.weight_dtype = DType::kF32;
+  EXPECT_EQ(plan_memory(cpu, kWeightsBytes).activation_bytes,
+            plan_memory(cpu_plain, kWeightsBytes).activation_bytes);
+}
+
 TEST(MemoryPlan, FitsAnH100AndRefusesWhatCannotFit) {
   const EngineConfig engine = llama3_8b_engine(8192);
   const MemoryPlan plan = plan_memory(engine, kWeightsBytes);
