@@ -19,6 +19,7 @@
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/launch.cuh"
+#include "kernels/cuda/loads.cuh"
 #include "kernels/cuda/weight_only.h"
 
 namespace kite::cuda {
@@ -26,57 +27,6 @@ namespace {
 
 constexpr int kThreads = 128;  // four warps a CTA
 constexpr int kWarps = kThreads / 32;
-
-// 16 bytes of weights: read once, never written during a forward pass, so non-coherent and kept
-// out of L1; free to be issued before pdl_wait. Zeros when !predicate.
-__device__ __forceinline__ uint4 load_weights(const void* address, bool predicate) {
-  uint4 value;
-  asm("{\n"
-      "  .reg .pred p;\n"
-      "  setp.ne.b32 p, %5, 0;\n"
-      "  mov.b32 %0, 0;\n"
-      "  mov.b32 %1, 0;\n"
-      "  mov.b32 %2, 0;\n"
-      "  mov.b32 %3, 0;\n"
-      "  @p ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-      "}\n"
-      : "=r"(value.x), "=r"(value.y), "=r"(value.z), "=r"(value.w)
-      : "l"(address), "r"(int(predicate)));
-  return value;
-}
-
-// kWords 32-bit words of x, which the previous kernel wrote: coherent loads from L2, after pdl_wait
-// (`volatile` keeps them there). Zeros when !predicate.
-template <int kWords>
-__device__ __forceinline__ void load_activations(const void* address, bool predicate,
-                                                 uint32_t (&words)[kWords]) {
-  static_assert(kWords == 2 || kWords == 4);
-  if constexpr (kWords == 4) {
-    asm volatile(
-        "{\n"
-        "  .reg .pred p;\n"
-        "  setp.ne.b32 p, %5, 0;\n"
-        "  mov.b32 %0, 0;\n"
-        "  mov.b32 %1, 0;\n"
-        "  mov.b32 %2, 0;\n"
-        "  mov.b32 %3, 0;\n"
-        "  @p ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-        "}\n"
-        : "=r"(words[0]), "=r"(words[1]), "=r"(words[2]), "=r"(words[3])
-        : "l"(address), "r"(int(predicate)));
-  } else {
-    asm volatile(
-        "{\n"
-        "  .reg .pred p;\n"
-        "  setp.ne.b32 p, %3, 0;\n"
-        "  mov.b32 %0, 0;\n"
-        "  mov.b32 %1, 0;\n"
-        "  @p ld.global.cg.v2.u32 {%0, %1}, [%2];\n"
-        "}\n"
-        : "=r"(words[0]), "=r"(words[1])
-        : "l"(address), "r"(int(predicate)));
-  }
-}
 
 // The two elements of a 32-bit word of T as floats (the lower address first).
 template <typename T>
@@ -129,7 +79,7 @@ __global__ void __launch_bounds__(kThreads)
   uint4 next[kRows];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
-    next[r] = load_weights(rows + r * row_bytes, r < valid_rows && lane < chunks);
+    next[r] = load_streaming<256>(rows + r * row_bytes, r < valid_rows && lane < chunks);
   }
   pdl_wait();
   if (first_row >= n) return;
@@ -141,23 +91,25 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       current[r] = next[r];
-      next[r] = load_weights(rows + r * row_bytes + int64_t(chunk + 32 - lane) * 16,
-                             r < valid_rows && chunk + 32 < chunks);
+      next[r] = load_streaming<256>(rows + r * row_bytes + int64_t(chunk + 32 - lane) * 16,
+                                    r < valid_rows && chunk + 32 < chunks);
     }
     const int column = chunk * L::kValues;
     float chunk_dot[kRows][kTokens] = {};
     float chunk_sum[kTokens] = {};
+    // Eight values at a time: one 16-byte load of x a token, two words of int8 levels or one of
+    // int4.
 #pragma unroll
-    for (int w = 0; w < 4; ++w) {
-      // x at this word's kPerWord columns, pre-scaled by each level's 2^-p.
-      float xs[kTokens][L::kPerWord];
+    for (int g = 0; g < L::kValues / 8; ++g) {
+      // x at these eight columns, pre-scaled by each level's 2^-p.
+      float xs[kTokens][8];
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) {
-        uint32_t words[L::kPerWord / 2];
-        load_activations(x + int64_t(t) * k + column + w * L::kPerWord, t < tokens, words);
+        const uint4 words = load_activation(x + int64_t(t) * k + column + 8 * g, t < tokens);
+        const uint32_t word[4] = {words.x, words.y, words.z, words.w};
 #pragma unroll
-        for (int i = 0; i < L::kPerWord / 2; ++i) {
-          const float2 pair = unpack_pair<T>(words[i]);
+        for (int i = 0; i < 4; ++i) {
+          const float2 pair = unpack_pair<T>(word[i]);
           chunk_sum[t] += pair.x + pair.y;
           xs[t][2 * i] = pair.x * L::position_scale((2 * i) % L::kPerHalf);
           xs[t][2 * i + 1] = pair.y * L::position_scale((2 * i + 1) % L::kPerHalf);
@@ -165,21 +117,21 @@ __global__ void __launch_bounds__(kThreads)
       }
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
-        const uint32_t packed = (w == 0   ? current[r].x
-                                 : w == 1 ? current[r].y
-                                 : w == 2 ? current[r].z
-                                          : current[r].w) ^
-                                L::kFlip;
-        const uint32_t halves[2] = {packed, packed >> 16};
+        const uint32_t levels[4] = {current[r].x, current[r].y, current[r].z, current[r].w};
 #pragma unroll
-        for (int i = 0; i < L::kPerWord; ++i) {
-          const int p = L::kBits * (i % L::kPerHalf);
+        for (int i = 0; i < 8; ++i) {
+          // Value 8g + i of the chunk: word (8g + i) / kPerWord, its j-th value, at bit p of its
+          // half.
+          const int j = i % L::kPerWord;
+          const uint32_t packed = levels[(8 * g + i) / L::kPerWord] ^ L::kFlip;
+          const uint32_t half = j < L::kPerHalf ? packed : packed >> 16;
+          const int p = L::kBits * (j % L::kPerHalf);
           const uint32_t mask = ((1u << L::kBits) - 1u) << p;
-          const float level =
-              __uint_as_float((halves[i / L::kPerHalf] & mask) | kMagic) - kMagicValue;
+          const float level = __uint_as_float((half & mask) | kMagic) - kMagicValue;
 #pragma unroll
-          for (int t = 0; t < kTokens; ++t)
+          for (int t = 0; t < kTokens; ++t) {
             chunk_dot[r][t] = fmaf(level, xs[t][i], chunk_dot[r][t]);
+          }
         }
       }
     }
