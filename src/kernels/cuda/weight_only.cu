@@ -16,6 +16,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/launch.cuh"
@@ -60,7 +61,7 @@ struct Levels {
 
 // out[t, row] = sum_k level[row, k] * scale[row, k / group] * x[t, k] (+ bias[row]) for the
 // kRows rows of each warp and t < tokens <= kTokens.
-template <typename T, bool kInt4, int kTokens, int kRows>
+template <typename T, bool kInt4, int kTokens, int kRows, int kDepth>
 __global__ void __launch_bounds__(kThreads)
     weight_only_gemv_kernel(const T* __restrict__ x, int tokens, const uint8_t* __restrict__ weight,
                             const T* __restrict__ scales, const T* __restrict__ bias,
@@ -76,36 +77,76 @@ __global__ void __launch_bounds__(kThreads)
   const uint8_t* rows = weight + int64_t(first_row) * row_bytes + lane * 16;
   const int valid_rows = n - first_row;
 
-  uint4 next[kRows];
+  // kDepth chunks of weights in flight ahead of the one multiplied (64 bytes a lane each at four
+  // rows), and with two, at one or two tokens, the next chunk's x too, so that neither the
+  // weights' DRAM latency nor x's L2 latency lies between one chunk's multiplication and the next
+  // (at 40-100 more registers a thread, `ptxas -v`).
+  constexpr int kGroups = L::kValues / 8;  // 16-byte loads of x a token and chunk
+  constexpr bool kPrefetchX = kDepth > 1 && kTokens <= 2;
+  uint4 ahead[kDepth][kRows];
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    next[r] = load_streaming<256>(rows + r * row_bytes, r < valid_rows && lane < chunks);
+  for (int d = 0; d < kDepth; ++d) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      ahead[d][r] = load_streaming<256>(rows + r * row_bytes + d * 32 * 16,
+                                        r < valid_rows && lane + 32 * d < chunks);
+    }
   }
   pdl_wait();
   if (first_row >= n) return;
+  uint4 x_ahead[kPrefetchX ? kTokens : 1][kGroups];
+  if constexpr (kPrefetchX) {
+#pragma unroll
+    for (int t = 0; t < kTokens; ++t) {
+#pragma unroll
+      for (int g = 0; g < kGroups; ++g) {
+        x_ahead[t][g] = load_activation(x + int64_t(t) * k + lane * L::kValues + 8 * g,
+                                        t < tokens && lane < chunks);
+      }
+    }
+  }
 
   float acc[kRows][kTokens] = {};
-#pragma unroll 1  // the next chunk's loads are in flight already; unrolling only costs registers
+#pragma unroll 1  // the loads ahead are in flight already; unrolling only costs registers
   for (int chunk = lane; chunk < chunks; chunk += 32) {
     uint4 current[kRows];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      current[r] = next[r];
-      next[r] = load_streaming<256>(rows + r * row_bytes + int64_t(chunk + 32 - lane) * 16,
-                                    r < valid_rows && chunk + 32 < chunks);
+      current[r] = ahead[0][r];
+#pragma unroll
+      for (int d = 0; d + 1 < kDepth; ++d) ahead[d][r] = ahead[d + 1][r];
+      ahead[kDepth - 1][r] =
+          load_streaming<256>(rows + r * row_bytes + int64_t(chunk + 32 * kDepth - lane) * 16,
+                              r < valid_rows && chunk + 32 * kDepth < chunks);
     }
     const int column = chunk * L::kValues;
+    uint4 x_now[kPrefetchX ? kTokens : 1][kGroups];
+    if constexpr (kPrefetchX) {
+#pragma unroll
+      for (int t = 0; t < kTokens; ++t) {
+#pragma unroll
+        for (int g = 0; g < kGroups; ++g) {
+          x_now[t][g] = x_ahead[t][g];
+          x_ahead[t][g] = load_activation(x + int64_t(t) * k + column + 32 * L::kValues + 8 * g,
+                                          t < tokens && chunk + 32 < chunks);
+        }
+      }
+    }
     float chunk_dot[kRows][kTokens] = {};
     float chunk_sum[kTokens] = {};
-    // Eight values at a time: one 16-byte load of x a token, two words of int8 levels or one of
-    // int4.
+    // Eight values at a time: 16 bytes of x a token, two words of int8 levels or one of int4.
 #pragma unroll
-    for (int g = 0; g < L::kValues / 8; ++g) {
+    for (int g = 0; g < kGroups; ++g) {
       // x at these eight columns, pre-scaled by each level's 2^-p.
       float xs[kTokens][8];
 #pragma unroll
       for (int t = 0; t < kTokens; ++t) {
-        const uint4 words = load_activation(x + int64_t(t) * k + column + 8 * g, t < tokens);
+        uint4 words;
+        if constexpr (kPrefetchX) {
+          words = x_now[t][g];
+        } else {
+          words = load_activation(x + int64_t(t) * k + column + 8 * g, t < tokens);
+        }
         const uint32_t word[4] = {words.x, words.y, words.z, words.w};
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -172,11 +213,14 @@ void launch_gemv(const DeviceTensor& x, const LinearWeight& weight, const Device
   const int group = int(weight.quantization.columns_per_scale(k));
   const int warps = (n + kRows - 1) / kRows;
   const unsigned blocks = unsigned((warps + kWarps - 1) / kWarps);
+  // A/B switch: KITE_WEIGHT_ONLY_DEPTH=1 keeps one chunk of weights in flight ahead, not two.
+  static const int depth = switch_setting("KITE_WEIGHT_ONLY_DEPTH", 2, 1, 2);
+  auto kernel = depth == 1 ? weight_only_gemv_kernel<T, kInt4, kTokens, kRows, 1>
+                           : weight_only_gemv_kernel<T, kInt4, kTokens, kRows, 2>;
   launch_kernel(
-      weight_only_gemv_kernel<T, kInt4, kTokens, kRows>, blocks, kThreads, 0, stream,
-      static_cast<const T*>(x.data), int(x.rows()), static_cast<const uint8_t*>(weight.weight.data),
-      static_cast<const T*>(weight.scales.data), bias ? static_cast<const T*>(bias->data) : nullptr,
-      static_cast<T*>(out.data), n, k, group);
+      kernel, blocks, kThreads, 0, stream, static_cast<const T*>(x.data), int(x.rows()),
+      static_cast<const uint8_t*>(weight.weight.data), static_cast<const T*>(weight.scales.data),
+      bias ? static_cast<const T*>(bias->data) : nullptr, static_cast<T*>(out.data), n, k, group);
 }
 
 // A CTA a row at a time, a thread eight consecutive elements (one when K is not a multiple of 8)
