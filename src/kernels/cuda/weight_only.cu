@@ -213,8 +213,10 @@ void launch_gemv(const DeviceTensor& x, const LinearWeight& weight, const Device
   const int group = int(weight.quantization.columns_per_scale(k));
   const int warps = (n + kRows - 1) / kRows;
   const unsigned blocks = unsigned((warps + kWarps - 1) / kWarps);
-  // A/B switch: KITE_WEIGHT_ONLY_DEPTH=1 keeps one chunk of weights in flight ahead, not two.
-  static const int depth = switch_setting("KITE_WEIGHT_ONLY_DEPTH", 2, 1, 2);
+  // A/B switch: KITE_WEIGHT_ONLY_DEPTH=2 keeps two chunks of weights (and the next x) in flight
+  // ahead instead of one. One is the measured form (H100, Llama-3-8B int8: 181 tokens/s, 49% of
+  // its floor, docs/perf/weight_only.md); two passes the same tests and is not timed yet.
+  static const int depth = switch_setting("KITE_WEIGHT_ONLY_DEPTH", 1, 1, 2);
   auto kernel = depth == 1 ? weight_only_gemv_kernel<T, kInt4, kTokens, kRows, 1>
                            : weight_only_gemv_kernel<T, kInt4, kTokens, kRows, 2>;
   launch_kernel(
