@@ -463,28 +463,37 @@ TEST_F(ExecutorTest, BeamSearchRefusalsAndCancellation) {
   long_beams.max_new_tokens = 10;  // 12 tokens
   EXPECT_FALSE(whole_steps->check_request(long_beams));
 
-  // A long search, cancelled while it runs: a final cancelled response, and no block held.
-  const RequestId id = executor->enqueue_request(beams);
-  for (int i = 0; i < 500 && executor->stats().recent_iterations.size() < 3; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  // A long search, cancelled while it runs: a final cancelled response, and no block held. The
+  // search is 40 steps of a tiny model, milliseconds: on a loaded machine the test's thread may
+  // sleep through all of them and cancel a finished request; then again with a fresh executor, up
+  // to five times.
+  for (int attempt = 0;; ++attempt) {
+    auto running = make();
+    ASSERT_TRUE(running);
+    const RequestId id = running->enqueue_request(beams);
+    for (int i = 0; i < 5000 && running->stats().recent_iterations.size() < 3; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    running->cancel_request(id);
+    const std::vector<executor::IterationStats> iterations = running->stats().recent_iterations;
+    const auto done = collect(*running, 1);
+    const Response& response = done.at(id);
+    ASSERT_FALSE(response.error) << *response.error;
+    if (response.result.finish_reason != FinishReason::kCancelled && attempt < 4) continue;
+    // Its first step is the prompt alone, once; then a request per beam.
+    ASSERT_GE(iterations.size(), 2u);
+    EXPECT_EQ(iterations[0].scheduled_requests, 1);
+    EXPECT_EQ(iterations[0].context_tokens, 3);
+    EXPECT_EQ(iterations[1].scheduled_requests, 3);
+    EXPECT_EQ(response.result.finish_reason, FinishReason::kCancelled);
+    EXPECT_TRUE(response.result.beams.empty());
+    for (int i = 0; i < 100 && running->stats().kv_cache.used_blocks != 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_EQ(running->stats().kv_cache.used_blocks, 0);
+    EXPECT_EQ(running->stats().active_requests, 0);
+    break;
   }
-  executor->cancel_request(id);
-  // Its first step is the prompt alone, once; then a request per beam.
-  const std::vector<executor::IterationStats> iterations = executor->stats().recent_iterations;
-  ASSERT_GE(iterations.size(), 2u);
-  EXPECT_EQ(iterations[0].scheduled_requests, 1);
-  EXPECT_EQ(iterations[0].context_tokens, 3);
-  EXPECT_EQ(iterations[1].scheduled_requests, 3);
-  const auto done = collect(*executor, 1);
-  const Response& response = done.at(id);
-  ASSERT_FALSE(response.error) << *response.error;
-  EXPECT_EQ(response.result.finish_reason, FinishReason::kCancelled);
-  EXPECT_TRUE(response.result.beams.empty());
-  for (int i = 0; i < 100 && executor->stats().kv_cache.used_blocks != 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  EXPECT_EQ(executor->stats().kv_cache.used_blocks, 0);
-  EXPECT_EQ(executor->stats().active_requests, 0);
 }
 
 TEST_F(ExecutorTest, StopWordsLogProbsAndSeeds) {
