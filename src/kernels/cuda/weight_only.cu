@@ -2,8 +2,9 @@
 // steps, and a dequantizing copy for the rest (which cuBLASLt then multiplies).
 //
 // The GEMV: a warp owns kRows consecutive output rows; lane l reads 16 bytes of each of them at
-// chunks l, l + 32, ... (16 int8 or 32 int4 values, one scale), with the next chunk's loads issued
-// before the current one is multiplied. A level becomes a float without a conversion instruction:
+// chunks l, l + 32, ... (16 int8 or 32 int4 values, one scale), with the next chunk's loads (or
+// the next two's, KITE_WEIGHT_ONLY_DEPTH=2) in flight while one is multiplied. A level becomes a
+// float without a conversion instruction:
 // with the sign bit flipped (offset binary, u = level + 128 or + 8), the byte or nibble at bit
 // position p of a 32-bit word, masked and or-ed into the bits of 2^23, reads as 2^23 + u * 2^p;
 // subtracting 2^23 leaves u * 2^p exactly, and x is pre-scaled by 2^-p, so that one LOP3 and one
