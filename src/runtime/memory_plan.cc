@@ -30,10 +30,10 @@ MemoryPlan plan_memory(const EngineConfig& config, int64_t weights_bytes) {
   if (config.device == "cuda" && config.weight_only.enabled() &&
       limits.max_num_tokens > kWeightOnlyGemvMaxTokens) {
     const ModelConfig& m = config.model;
-    const int64_t largest =  // qkv, o, gate/up, down: [N, K] of each
-        std::max({m.q_size() + 2 * m.kv_size(), m.q_size(), 2 * m.intermediate_size,
-                  m.intermediate_size}) *
-        m.hidden_size;
+    // qkv [q + 2kv, hidden] and gate/up [2 ffn, hidden] hold more than o [hidden, q] and down
+    // [hidden, ffn].
+    const int64_t largest =
+        std::max(m.q_size() + 2 * m.kv_size(), 2 * m.intermediate_size) * m.hidden_size;
     plan.activation_bytes += largest * int64_t(dtype_size(activation_dtype));
   }
   plan.kv_cache_bytes_per_token =

@@ -42,24 +42,26 @@ std::vector<GemmShape> model_gemm_shapes(const ModelConfig& model, const BuildLi
     bool bias;
     int64_t max_tokens;
     bool normed;
+    int64_t gemv_rows;  // steps of up to this many rows run no GEMM on the weight
   };
-  // Steps of up to this many rows run no GEMM on a layer weight.
-  const int64_t gemv_rows = quantized ? kWeightOnlyGemvMaxTokens : 0;
+  // Quantized layer weights go through the weight-only GEMV up to its row limit.
+  const int64_t layer_gemv_rows = quantized ? kWeightOnlyGemvMaxTokens : 0;
   const std::vector<Weight> weights = {
-      {model.q_size() + 2 * model.kv_size(), hidden, model.attention_bias, max_step_tokens, folded},
-      {hidden, model.q_size(), model.attention_output_bias, max_step_tokens, false},
-      {2 * ffn, hidden, false, max_step_tokens, folded},
-      {hidden, ffn, false, max_step_tokens, false},
-      // LM head: a row per sequence
-      {model.vocab_size, hidden, false, limits.max_batch_size, false},
+      {model.q_size() + 2 * model.kv_size(), hidden, model.attention_bias, max_step_tokens, folded,
+       layer_gemv_rows},
+      {hidden, model.q_size(), model.attention_output_bias, max_step_tokens, false,
+       layer_gemv_rows},
+      {2 * ffn, hidden, false, max_step_tokens, folded, layer_gemv_rows},
+      {hidden, ffn, false, max_step_tokens, false, layer_gemv_rows},
+      // LM head: a row per sequence, never quantized
+      {model.vocab_size, hidden, false, limits.max_batch_size, false, 0},
   };
   std::vector<GemmShape> shapes;
   for (const Weight& weight : weights) {
-    const bool layer = &weight != &weights.back();
     for (int64_t bucket = 1;; bucket *= 2) {
       const int64_t rows = std::min(bucket, weight.max_tokens);
       // (A bucket serves the steps of more than half its rows up to its own count.)
-      if (!layer || rows > gemv_rows) {
+      if (rows > weight.gemv_rows) {
         shapes.push_back(GemmShape{rows, weight.n, weight.k, weight.bias, false, weight.normed});
       }
       if (rows == weight.max_tokens) break;

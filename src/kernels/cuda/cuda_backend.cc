@@ -196,13 +196,10 @@ void CudaBackend::linear(const DeviceTensor& x, const DeviceTensor& weight,
 
 Status CudaBackend::reserve_weight_only(int64_t tokens, int64_t weight_elements) {
   if (tokens <= kWeightOnlyGemvMaxTokens) return Status::ok();
-  const size_t bytes = size_t(weight_elements) * dtype_size(options_.activation_dtype);
-  if (bytes <= dequantized_weight_.size()) return Status::ok();
-  synchronize();
-  dequantized_weight_.reset();
-  ++graph_epoch_;  // recorded graphs may point into the old buffer
-  KITE_ASSIGN_OR_RETURN(dequantized_weight_, allocate(bytes));
-  return Status::ok();
+  // Exactly what the memory plan counts: this comes before the KV cache takes what is left.
+  return grow_scratch(dequantized_weight_,
+                      size_t(weight_elements) * dtype_size(options_.activation_dtype),
+                      /*round_up=*/false);
 }
 
 void CudaBackend::linear_weight_only(const DeviceTensor& x, const LinearWeight& weight,
@@ -305,18 +302,23 @@ void CudaBackend::rope_attention(const DeviceTensor& qkv, const RopeParams& rope
                               workspace, stream_);
 }
 
-void CudaBackend::reserve_scratch(DeviceBuffer& buffer, size_t bytes) {
-  if (bytes <= buffer.size()) return;
+Status CudaBackend::grow_scratch(DeviceBuffer& buffer, size_t bytes, bool round_up) {
+  if (bytes <= buffer.size()) return Status::ok();
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   KITE_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
   KITE_CHECK(capture == cudaStreamCaptureStatusNone);
   synchronize();  // the old buffer may still be read by queued kernels
   buffer.reset();
   ++graph_epoch_;  // recorded graphs may point into the old buffer
-  Result<DeviceBuffer> grown = allocate(std::bit_ceil(bytes));
-  if (!grown.is_ok()) grown = allocate(bytes);  // the rounding is a convenience, not a need
-  KITE_CHECK(grown.is_ok());
+  Result<DeviceBuffer> grown = round_up ? allocate(std::bit_ceil(bytes)) : allocate(bytes);
+  if (!grown.is_ok() && round_up) grown = allocate(bytes);  // the rounding is a convenience
+  KITE_RETURN_IF_ERROR(grown.status());
   buffer = std::move(*grown);
+  return Status::ok();
+}
+
+void CudaBackend::reserve_scratch(DeviceBuffer& buffer, size_t bytes) {
+  KITE_CHECK(grow_scratch(buffer, bytes, /*round_up=*/true).is_ok());
 }
 
 void CudaBackend::sample(DeviceTensor& logits, const SamplingRow* rows, const int32_t* history,

@@ -104,6 +104,9 @@ class CudaBackend final : public Backend {
   // for the rounding. Never while the stream is being captured (the eager run of a shape sizes the
   // scratch buffers before its capture).
   void reserve_scratch(DeviceBuffer& buffer, size_t bytes);
+  // What reserve_scratch does, to exactly `bytes` unless `round_up`, failing with the allocation's
+  // status instead of stopping (reserve_weight_only, at load).
+  Status grow_scratch(DeviceBuffer& buffer, size_t bytes, bool round_up);
   int64_t graph_epoch() const override { return graph_epoch_; }
   Status set_gemm_choices(const std::vector<GemmChoice>& choices) override;
   // The split count of a step's decode attention and its scratch, grown (never during capture).
