@@ -1,9 +1,9 @@
 // The CUDA backend's weight-only quantized linear layer (kernels/cuda/weight_only.h) against its
 // CPU twin cpu::linear_weight_only: int8 and int4, per channel and per group, both 16-bit dtypes,
 // with and without bias, over token counts on both sides of the GEMV's limit (the GEMV streaming
-// the quantized weight, and the dequantized copy that cuBLASLt multiplies) and shapes with odd row
-// counts, K below and past one warp's stride, and groups that the GEMV does not take; then a run
-// captured into a CUDA graph.
+// the quantized weight, each of its configurations, and the dequantized copy that cuBLASLt
+// multiplies) and shapes with odd row counts, K below and past one warp's stride and groups from 16
+// columns to all; then a run captured into a CUDA graph.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -94,25 +94,27 @@ struct WeightOnlyProblem {
   }
 
   // The bound per element: the output's rounding to the dtype (u |expected|), the float32 sums'
-  // order (2^-10 of the output scale, about 1). The dequantized copy rounds each weight to the
-  // dtype before cuBLASLt multiplies it (relative u/2 a weight; a sum of K such errors measured up
-  // to 2.7 u of the output scale on an H100, bfloat16, int8, M=33, K=512, so 4 u), and cuBLASLt's
-  // bias epilogue may round the product before adding the bias (u |product|). A wrong row, a
-  // missed chunk of K, a wrong scale or nibble is off by a sizeable fraction of 1.
-  void expect_matches(const DeviceTensor& out, bool streamed) const {
+  // order (2^-10 of the output scale, about 1). The dequantized copy, and the GEMV with group
+  // scales, round each weight to the dtype before multiplying it (relative u/2 a weight; a sum of
+  // K such errors measured up to 2.7 u of the output scale on an H100, bfloat16, int8, M=33,
+  // K=512, so 4 u), and cuBLASLt's bias epilogue may round the product before adding the bias (u
+  // |product|). A wrong row, a missed chunk of K, a wrong scale or nibble is off by a sizeable
+  // fraction of 1.
+  void expect_matches(const DeviceTensor& out, bool streamed, const std::string& form) const {
     const double u = test::unit_roundoff(c.dtype);
     const std::vector<float> actual = test::to_host(out);
     test::expect_within(
         actual, expected,
         [&](size_t i) {
           double bound = 1.0 / 1024 + u * std::fabs(double(expected[i]));
+          if (!streamed || c.group > 0) bound += 4 * u;
           if (!streamed) {
             const double product = expected[i] - (c.bias ? bias_values[i % size_t(c.n)] : 0.0f);
-            bound += 4 * u + u * std::fabs(product);
+            bound += u * std::fabs(product);
           }
           return bound;
         },
-        describe_case(c) + (streamed ? " (GEMV)" : " (dequantized copy)"));
+        describe_case(c) + " (" + form + ")");
   }
 };
 
@@ -149,17 +151,22 @@ TEST(CudaWeightOnly, MatchesCpuTwin) {
             const WeightOnlyProblem problem(c, seed++);
             const LinearWeight weight = problem.gpu_weight();
             const bool gemv = cuda::weight_only_gemv_applies(problem.x.tensor, weight);
-            // The GEMV takes up to 8 tokens, and int4 groups of 16 are not its.
-            EXPECT_EQ(gemv, m <= kWeightOnlyGemvMaxTokens &&
-                                !(precision == WeightOnlyPrecision::kInt4 && group == 16) &&
-                                shape.k % (precision == WeightOnlyPrecision::kInt4 ? 32 : 16) == 0)
-                << describe_case(c);
+            // The GEMV takes up to 8 tokens (K and the groups are multiples of 16 here).
+            EXPECT_EQ(gemv, m <= kWeightOnlyGemvMaxTokens) << describe_case(c);
             (gemv ? streamed : copied)++;
+            const DeviceTensor* bias = with_bias ? &problem.bias.tensor : nullptr;
             GpuTensor out(dtype, {m, shape.n});
-            backend->linear_weight_only(problem.x.tensor, weight,
-                                        with_bias ? &problem.bias.tensor : nullptr, out.tensor);
+            backend->linear_weight_only(problem.x.tensor, weight, bias, out.tensor);
             ASSERT_EQ(cudaGetLastError(), cudaSuccess);
-            problem.expect_matches(out.tensor, gemv);
+            problem.expect_matches(out.tensor, gemv, gemv ? "GEMV" : "dequantized copy");
+            for (int variant = 0; gemv && variant < cuda::weight_only_gemv_variants(); ++variant) {
+              GpuTensor variant_out(dtype, {m, shape.n});
+              cuda::weight_only_gemv(problem.x.tensor, weight, bias, variant_out.tensor, nullptr,
+                                     variant);
+              ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+              problem.expect_matches(variant_out.tensor, true,
+                                     "GEMV variant " + std::to_string(variant));
+            }
           }
         }
       }
@@ -187,7 +194,7 @@ TEST(CudaWeightOnly, RunsInsideGraphCapture) {
   backend->linear_weight_only(x.tensor, weight, &first.bias.tensor, out.tensor);
   const int64_t graph = backend->end_graph_capture().value();
   backend->replay_graph(graph);
-  first.expect_matches(out.tensor, true);
+  first.expect_matches(out.tensor, true, "GEMV in a graph");
   // Same weight and bias, new activations: the second problem's x against the first's weight.
   ASSERT_EQ(cudaMemcpy(x.tensor.data, second.x.tensor.data, second.x.tensor.byte_size(),
                        cudaMemcpyDeviceToDevice),

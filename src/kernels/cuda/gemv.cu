@@ -26,6 +26,7 @@
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/linear.h"
 #include "kernels/cuda/loads.cuh"
+#include "kernels/cuda/mma.cuh"
 
 namespace kite::cuda {
 namespace {
@@ -60,31 +61,6 @@ struct GemvConfig {
 constexpr GemvConfig kGemvConfigs[kGemvVariantCount] = {{1, 8, 1}, {2, 8, 1}, {1, 4, 1},
                                                         {2, 4, 1}, {1, 8, 2}, {2, 8, 2},
                                                         {1, 4, 2}, {2, 4, 2}};
-
-// acc (16 x 8, float32) += a (16 x 16) * b (16 x 8); a and b hold pairs of T.
-template <typename T>
-__device__ __forceinline__ void mma_16x8x16(float (&acc)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                            uint32_t a3, uint32_t b0, uint32_t b1);
-
-template <>
-__device__ __forceinline__ void mma_16x8x16<__nv_bfloat16>(float (&acc)[4], uint32_t a0,
-                                                           uint32_t a1, uint32_t a2, uint32_t a3,
-                                                           uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};"
-      : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-template <>
-__device__ __forceinline__ void mma_16x8x16<__half>(float (&acc)[4], uint32_t a0, uint32_t a1,
-                                                    uint32_t a2, uint32_t a3, uint32_t b0,
-                                                    uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};"
-      : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 // The 8 elements silu(gate) * up of one chunk, rounded as silu_mul rounds them.
 template <typename T>

@@ -38,6 +38,50 @@ __device__ __forceinline__ uint4 load_streaming(const void* address, bool predic
 }
 #undef KITE_GEMV_LOAD
 
+// The same for 8 bytes (the int4 weight-only GEMV's chunk of a row).
+template <int kFetchBytes>
+__device__ __forceinline__ uint2 load_streaming_8(const void* address, bool predicate) {
+  static_assert(kFetchBytes == 0 || kFetchBytes == 256);
+  uint2 value;
+  if constexpr (kFetchBytes == 256) {
+    asm("{\n"
+        "  .reg .pred p;\n"
+        "  setp.ne.b32 p, %3, 0;\n"
+        "  mov.b32 %0, 0;\n"
+        "  mov.b32 %1, 0;\n"
+        "  @p ld.global.nc.L1::no_allocate.L2::256B.v2.u32 {%0, %1}, [%2];\n"
+        "}\n"
+        : "=r"(value.x), "=r"(value.y)
+        : "l"(address), "r"(int(predicate)));
+  } else {
+    asm("{\n"
+        "  .reg .pred p;\n"
+        "  setp.ne.b32 p, %3, 0;\n"
+        "  mov.b32 %0, 0;\n"
+        "  mov.b32 %1, 0;\n"
+        "  @p ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];\n"
+        "}\n"
+        : "=r"(value.x), "=r"(value.y)
+        : "l"(address), "r"(int(predicate)));
+  }
+  return value;
+}
+
+// 2 bytes of a small table read many times by a kernel (a weight's scales): non-coherent, kept in
+// L1; zero when not `predicate`.
+__device__ __forceinline__ uint16_t load_table_u16(const void* address, bool predicate) {
+  unsigned short value;
+  asm("{\n"
+      "  .reg .pred p;\n"
+      "  setp.ne.b32 p, %2, 0;\n"
+      "  mov.b16 %0, 0;\n"
+      "  @p ld.global.nc.u16 %0, [%1];\n"
+      "}\n"
+      : "=h"(value)
+      : "l"(address), "r"(int(predicate)));
+  return value;
+}
+
 // x, written by the previous kernel: an ordinary coherent load from L2 (a non-coherent one may
 // return what the previous kernel overwrote, since this kernel may start before it finishes), kept
 // after pdl_wait by `volatile`.

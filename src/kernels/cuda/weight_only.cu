@@ -1,20 +1,11 @@
 // Weight-only quantized linear layers: a GEMV that streams the int8 / int4 weight for decode-sized
-// steps, and a dequantizing copy for the rest (which cuBLASLt then multiplies).
-//
-// The GEMV: a warp owns kRows consecutive output rows; lane l reads 16 bytes of each of them at
-// chunks l, l + 32, ... (16 int8 or 32 int4 values, one scale), with the next chunk's loads (or
-// the next two's, KITE_WEIGHT_ONLY_DEPTH=2) in flight while one is multiplied. A level becomes a
-// float without a conversion instruction:
-// with the sign bit flipped (offset binary, u = level + 128 or + 8), the byte or nibble at bit
-// position p of a 32-bit word, masked and or-ed into the bits of 2^23, reads as 2^23 + u * 2^p;
-// subtracting 2^23 leaves u * 2^p exactly, and x is pre-scaled by 2^-p, so that one LOP3 and one
-// FADD per value precede its FMA (I2F runs at a quarter of the FMA rate, below what an H200's
-// int4 stream needs). The offset comes off once a chunk: sum(u * x) - offset * sum(x), both in
-// float32, then times the chunk's scale.
+// steps and multiplies on the tensor cores, and a dequantizing copy for the rest (which cuBLASLt
+// then multiplies).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
@@ -22,208 +13,339 @@
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/loads.cuh"
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/weight_only.h"
 
 namespace kite::cuda {
 namespace {
 
-constexpr int kThreads = 128;  // four warps a CTA
-constexpr int kWarps = kThreads / 32;
+// Work layout, as the 16-bit small-M kernel's (gemv.cu): a CTA owns kRowTiles x 16 consecutive
+// rows and every token (at most 8: one mma's N); its kWarps warps split K into contiguous ranges
+// and add their partial sums in shared memory at the end. A warp step covers 64 values of K: lane
+// (g = lane / 4, q = lane % 4) reads chunk q (16 values: 16 bytes of int8, 8 of int4) of rows g and
+// g + 8 of each row tile, makes the levels pairs of T and feeds them to four mma.sync m16n8k16
+// with x of token g at the same 16 columns in the same order (the K order inside an mma is free,
+// as long as weights and x share it). Steps are loaded kUnroll at a time, double-buffered, the
+// first group before the PDL wait.
+//
+// Levels become T without a conversion instruction (the magic-number trick): with the sign bit
+// flipped (offset binary, u = level + 128 or + 8), a byte or nibble placed in the low mantissa bits
+// of a power of two p reads as p + u, and subtracting p + 128 (or p + 8) leaves the level exactly.
+//   int8, float16: one PRMT puts two bytes under 1024 (0x6400) as a half2, one HSUB2: 1 op a value;
+//   int8, bfloat16 (7 mantissa bits: 128 + u does not fit): PRMT under 2^23 as a float, FADD, then
+//     CVT packs two: 2.5 ops a value;
+//   int4: one LOP3 masks nibbles i and i + 4 of a word under 1024 or 128 (0x4300), one HSUB2: the
+//     pair (i, i + 4), with x's pairs permuted to match (PRMT, once a chunk for all rows).
+// Per-channel scales multiply each row's sum in float32 at the end. Group scales multiply the
+// levels (HMUL2) before the mma: each weight rounded once to T, the very values of the dequantized
+// copy (dequantize_kernel), which sidesteps that the four quads of an mma may span several groups.
+constexpr int kChunkValues = 16;                // values of a row a lane reads a step
+constexpr int kTileRows = 16;                   // rows of one mma
+constexpr int kFetchBytes = 256;                // L2 fetch hint of the weight loads (gemv.cu)
 
-// The two elements of a 32-bit word of T as floats (the lower address first).
-template <typename T>
-__device__ __forceinline__ float2 unpack_pair(uint32_t word);
-template <>
-__device__ __forceinline__ float2 unpack_pair<__half>(uint32_t word) {
-  return __half22float2(*reinterpret_cast<const __half2*>(&word));
-}
-template <>
-__device__ __forceinline__ float2 unpack_pair<__nv_bfloat16>(uint32_t word) {
-  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&word));
-}
-
-// 2^23 as float bits; or-ed with at most 23 bits of mantissa it reads as 2^23 + those bits.
-constexpr uint32_t kMagic = 0x4B000000u;
-constexpr float kMagicValue = 8388608.0f;
+// The GEMV's configurations: warps a CTA (KITE_WEIGHT_ONLY_VARIANT picks one; the tests run all).
+// A CTA owns 16 rows of int8 or 32 of int4: 128 bytes a lane a load group either way.
+constexpr int kWeightOnlyWarps[] = {8, 4};
 
 template <bool kInt4>
-struct Levels {
-  static constexpr int kBits = kInt4 ? 4 : 8;
-  static constexpr int kValues = kInt4 ? 32 : 16;  // in a lane's 16 bytes of a row
-  static constexpr int kPerWord = 32 / kBits;      // in each 32-bit word
-  static constexpr int kPerHalf = kPerWord / 2;    // in each 16-bit half of a word
-  static constexpr uint32_t kFlip = kInt4 ? 0x88888888u : 0x80808080u;  // sign bits: offset binary
-  static constexpr float kOffset = kInt4 ? 8.0f : 128.0f;
-  // 2^-p for the value at position i of a half word (bit position p = kBits * i).
-  static constexpr float position_scale(int i) {
-    return i == 0 ? 1.0f : position_scale(i - 1) / float(1 << kBits);
-  }
-};
+using WeightChunk = std::conditional_t<kInt4, uint2, uint4>;
 
-// out[t, row] = sum_k level[row, k] * scale[row, k / group] * x[t, k] (+ bias[row]) for the
-// kRows rows of each warp and t < tokens <= kTokens.
-template <typename T, bool kInt4, int kTokens, int kRows, int kDepth>
-__global__ void __launch_bounds__(kThreads)
-    weight_only_gemv_kernel(const T* __restrict__ x, int tokens, const uint8_t* __restrict__ weight,
-                            const T* __restrict__ scales, const T* __restrict__ bias,
-                            T* __restrict__ out, int n, int k, int group) {
-  pdl_launch_dependents();
-  using L = Levels<kInt4>;
-  const int lane = threadIdx.x % 32;
-  const int first_row = (int(blockIdx.x) * kWarps + int(threadIdx.x) / 32) * kRows;
-  const int64_t row_bytes = kInt4 ? k / 2 : k;
-  const int chunks = k / L::kValues;
-  const int groups = k / group;
-  // Rows past n load zeros; their sums are never written.
-  const uint8_t* rows = weight + int64_t(first_row) * row_bytes + lane * 16;
-  const int valid_rows = n - first_row;
+// 0x6400 (1024) for float16, 0x4300 (128) for bfloat16: a 16-bit float whose mantissa's low bits
+// count units.
+template <typename T>
+constexpr uint32_t kHalfMagic = std::is_same_v<T, __half> ? 0x64006400u : 0x43004300u;
 
-  // kDepth chunks of weights in flight ahead of the one multiplied (64 bytes a lane each at four
-  // rows), and with two, at one or two tokens, the next chunk's x too, so that neither the
-  // weights' DRAM latency nor x's L2 latency lies between one chunk's multiplication and the next
-  // (at 40-100 more registers a thread, `ptxas -v`).
-  constexpr int kGroups = L::kValues / 8;  // 16-byte loads of x a token and chunk
-  constexpr bool kPrefetchX = kDepth > 1 && kTokens <= 2;
-  uint4 ahead[kDepth][kRows];
-#pragma unroll
-  for (int d = 0; d < kDepth; ++d) {
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      ahead[d][r] = load_streaming<256>(rows + r * row_bytes + d * 32 * 16,
-                                        r < valid_rows && lane + 32 * d < chunks);
-    }
+template <typename T>
+__device__ __forceinline__ uint32_t sub_pairs(uint32_t pair, float value) {
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 result =
+        __hsub2(*reinterpret_cast<const __half2*>(&pair), __float2half2_rn(value));
+    return *reinterpret_cast<const uint32_t*>(&result);
+  } else {
+    const __nv_bfloat162 result = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&pair),
+                                          __float2bfloat162_rn(value));
+    return *reinterpret_cast<const uint32_t*>(&result);
   }
-  pdl_wait();
-  if (first_row >= n) return;
-  uint4 x_ahead[kPrefetchX ? kTokens : 1][kGroups];
-  if constexpr (kPrefetchX) {
-#pragma unroll
-    for (int t = 0; t < kTokens; ++t) {
-#pragma unroll
-      for (int g = 0; g < kGroups; ++g) {
-        x_ahead[t][g] = load_activation(x + int64_t(t) * k + lane * L::kValues + 8 * g,
-                                        t < tokens && lane < chunks);
-      }
-    }
-  }
+}
 
-  float acc[kRows][kTokens] = {};
-#pragma unroll 1  // the loads ahead are in flight already; unrolling only costs registers
-  for (int chunk = lane; chunk < chunks; chunk += 32) {
-    uint4 current[kRows];
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      current[r] = ahead[0][r];
-#pragma unroll
-      for (int d = 0; d + 1 < kDepth; ++d) ahead[d][r] = ahead[d + 1][r];
-      ahead[kDepth - 1][r] =
-          load_streaming<256>(rows + r * row_bytes + int64_t(chunk + 32 * kDepth - lane) * 16,
-                              r < valid_rows && chunk + 32 * kDepth < chunks);
-    }
-    const int column = chunk * L::kValues;
-    uint4 x_now[kPrefetchX ? kTokens : 1][kGroups];
-    if constexpr (kPrefetchX) {
-#pragma unroll
-      for (int t = 0; t < kTokens; ++t) {
-#pragma unroll
-        for (int g = 0; g < kGroups; ++g) {
-          x_now[t][g] = x_ahead[t][g];
-          x_ahead[t][g] = load_activation(x + int64_t(t) * k + column + 32 * L::kValues + 8 * g,
-                                          t < tokens && chunk + 32 < chunks);
-        }
-      }
-    }
-    float chunk_dot[kRows][kTokens] = {};
-    float chunk_sum[kTokens] = {};
-    // Eight values at a time: 16 bytes of x a token, two words of int8 levels or one of int4.
-#pragma unroll
-    for (int g = 0; g < kGroups; ++g) {
-      // x at these eight columns, pre-scaled by each level's 2^-p.
-      float xs[kTokens][8];
-#pragma unroll
-      for (int t = 0; t < kTokens; ++t) {
-        uint4 words;
-        if constexpr (kPrefetchX) {
-          words = x_now[t][g];
-        } else {
-          words = load_activation(x + int64_t(t) * k + column + 8 * g, t < tokens);
-        }
-        const uint32_t word[4] = {words.x, words.y, words.z, words.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float2 pair = unpack_pair<T>(word[i]);
-          chunk_sum[t] += pair.x + pair.y;
-          xs[t][2 * i] = pair.x * L::position_scale((2 * i) % L::kPerHalf);
-          xs[t][2 * i + 1] = pair.y * L::position_scale((2 * i + 1) % L::kPerHalf);
-        }
-      }
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        const uint32_t levels[4] = {current[r].x, current[r].y, current[r].z, current[r].w};
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          // Value 8g + i of the chunk: word (8g + i) / kPerWord, its j-th value, at bit p of its
-          // half.
-          const int j = i % L::kPerWord;
-          const uint32_t packed = levels[(8 * g + i) / L::kPerWord] ^ L::kFlip;
-          const uint32_t half = j < L::kPerHalf ? packed : packed >> 16;
-          const int p = L::kBits * (j % L::kPerHalf);
-          const uint32_t mask = ((1u << L::kBits) - 1u) << p;
-          const float level = __uint_as_float((half & mask) | kMagic) - kMagicValue;
-#pragma unroll
-          for (int t = 0; t < kTokens; ++t) {
-            chunk_dot[r][t] = fmaf(level, xs[t][i], chunk_dot[r][t]);
-          }
-        }
-      }
-    }
-    const int scale_index = column / group;
-#pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      const int row = min(first_row + r, n - 1);
-      const float scale = to_float(__ldg(scales + int64_t(row) * groups + scale_index));
-#pragma unroll
-      for (int t = 0; t < kTokens; ++t) {
-        acc[r][t] = fmaf(scale, chunk_dot[r][t] - L::kOffset * chunk_sum[t], acc[r][t]);
-      }
-    }
+template <typename T>
+__device__ __forceinline__ uint32_t mul_pairs(uint32_t pair, uint32_t scales) {
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 result = __hmul2(*reinterpret_cast<const __half2*>(&pair),
+                                   *reinterpret_cast<const __half2*>(&scales));
+    return *reinterpret_cast<const uint32_t*>(&result);
+  } else {
+    const __nv_bfloat162 result = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&pair),
+                                          *reinterpret_cast<const __nv_bfloat162*>(&scales));
+    return *reinterpret_cast<const uint32_t*>(&result);
   }
+}
+
+// The 16 levels of a row's chunk as 8 pairs of T in mma order: mma i takes a[2i] (its k = 2q,
+// 2q + 1) and a[2i + 1] (2q + 8, 2q + 9). int8: mma i holds values 4i..4i+3 in order; int4: mma
+// 2j + t holds values (8j + 2t, 8j + 2t + 4) and (8j + 2t + 1, 8j + 2t + 5).
+template <typename T, bool kInt4>
+__device__ __forceinline__ void chunk_levels(const WeightChunk<kInt4>& chunk, uint32_t (&a)[8]) {
+  if constexpr (kInt4) {
+    const uint32_t words[2] = {chunk.x ^ 0x88888888u, chunk.y ^ 0x88888888u};
+    constexpr float kBias = std::is_same_v<T, __half> ? 1032.0f : 136.0f;
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) {
+    for (int j = 0; j < 2; ++j) {
 #pragma unroll
-    for (int t = 0; t < kTokens; ++t) acc[r][t] = warp_sum(acc[r][t]);
-  }
-  if (lane == 0) {
+      for (int s = 0; s < 4; ++s) {
+        a[4 * j + s] = sub_pairs<T>(((words[j] >> (4 * s)) & 0x000F000Fu) | kHalfMagic<T>, kBias);
+      }
+    }
+  } else {
+    const uint32_t words[4] = {chunk.x ^ 0x80808080u, chunk.y ^ 0x80808080u,
+                               chunk.z ^ 0x80808080u, chunk.w ^ 0x80808080u};
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) {
-      const int row = first_row + r;
-      if (row >= n) break;
-      const float b = bias ? to_float(bias[row]) : 0.0f;
+    for (int j = 0; j < 4; ++j) {
+      if constexpr (std::is_same_v<T, __half>) {
+        a[2 * j] = sub_pairs<T>(__byte_perm(words[j], 0x64646464u, 0x5140), 1152.0f);
+        a[2 * j + 1] = sub_pairs<T>(__byte_perm(words[j], 0x64646464u, 0x5342), 1152.0f);
+      } else {
+        float level[4];
 #pragma unroll
-      for (int t = 0; t < kTokens; ++t) {
-        if (t < tokens) out[int64_t(t) * n + row] = from_float<T>(acc[r][t] + b);
+        for (int b = 0; b < 4; ++b) {
+          level[b] = __uint_as_float(__byte_perm(words[j], 0x4B000000u, 0x7440 | b)) -
+                     8388736.0f;  // 2^23 + 128
+        }
+        const __nv_bfloat162 low = __floats2bfloat162_rn(level[0], level[1]);
+        const __nv_bfloat162 high = __floats2bfloat162_rn(level[2], level[3]);
+        a[2 * j] = *reinterpret_cast<const uint32_t*>(&low);
+        a[2 * j + 1] = *reinterpret_cast<const uint32_t*>(&high);
       }
     }
   }
 }
 
-template <typename T, bool kInt4, int kTokens, int kRows>
+// x's 16 values at the chunk's columns (8 words of pairs, in order) as the B fragments in the
+// order of chunk_levels.
+template <bool kInt4>
+__device__ __forceinline__ void chunk_x(const uint32_t (&words)[8], uint32_t (&b)[8]) {
+#pragma unroll
+  for (int j = 0; j < (kInt4 ? 2 : 4); ++j) {
+    if constexpr (kInt4) {
+      // Values 8j..8j+7 are words 4j..4j+3; pairs (0, 4), (1, 5), then (2, 6), (3, 7).
+      b[4 * j] = __byte_perm(words[4 * j], words[4 * j + 2], 0x5410);
+      b[4 * j + 1] = __byte_perm(words[4 * j], words[4 * j + 2], 0x7632);
+      b[4 * j + 2] = __byte_perm(words[4 * j + 1], words[4 * j + 3], 0x5410);
+      b[4 * j + 3] = __byte_perm(words[4 * j + 1], words[4 * j + 3], 0x7632);
+    } else {
+      b[2 * j] = words[2 * j];
+      b[2 * j + 1] = words[2 * j + 1];
+    }
+  }
+}
+
+// out[t, row] = sum_k level[row, k] * scale[row, k / group] * x[t, k] (+ bias[row]) for t <
+// tokens <= 8. kSingleToken (tokens == 1): a load group's 4 x 4 chunks of x (32 bytes each) are
+// loaded once, 16 bytes a lane, and shuffled to the lanes that multiply them; otherwise each lane
+// loads its own token's chunks (two 16-byte loads a step, so two steps a group for registers).
+// kGrouped: scales per group of columns, else one per row.
+template <typename T, bool kInt4, int kRowTiles, int kWarps, bool kSingleToken, bool kGrouped>
+__global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)
+    weight_only_gemv_kernel(const T* __restrict__ x, int tokens,
+                            const uint8_t* __restrict__ weight, const T* __restrict__ scales,
+                            const T* __restrict__ bias, T* __restrict__ out, int n, int k,
+                            int group) {
+  constexpr int kUnroll = kSingleToken ? 4 : 2;
+  constexpr int kChunkBytes = kInt4 ? 8 : 16;
+  static_assert(!kSingleToken || kUnroll * 4 * 2 == 32, "one 16-byte x load a lane a group");
+  __shared__ float partial_sums[kWarps][kRowTiles * 4 * 32];
+
+  const int lane = int(threadIdx.x) & 31;
+  const int warp = int(threadIdx.x) >> 5;
+  const int g = lane >> 2;
+  const int quad = lane & 3;
+  const int first_row = int(blockIdx.x) * kRowTiles * kTileRows;
+  const int64_t row_bytes = kInt4 ? k / 2 : k;
+  const int groups = k / group;
+
+  // This lane's rows (g and g + 8 of each tile); rows past n read row n - 1, never stored.
+  const uint8_t* weight_rows[kRowTiles][2];
+  const T* scale_rows[kRowTiles][2];
+#pragma unroll
+  for (int tile = 0; tile < kRowTiles; ++tile) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = min(first_row + tile * kTileRows + half * 8 + g, n - 1);
+      weight_rows[tile][half] = weight + int64_t(row) * row_bytes;
+      scale_rows[tile][half] = scales + int64_t(row) * groups;
+    }
+  }
+  const T* x_row = x + int64_t(kSingleToken ? 0 : min(g, tokens - 1)) * k;
+  const bool token_valid = kSingleToken || g < tokens;
+
+  // This warp's contiguous range of steps.
+  const int chunks = k / kChunkValues;
+  const int steps = (chunks + 3) / 4;
+  const int steps_per_warp = (steps + kWarps - 1) / kWarps;
+  const int step_begin = warp * steps_per_warp;
+  const int step_end = min(steps, step_begin + steps_per_warp);
+
+  struct Fragments {
+    WeightChunk<kInt4> weight[kUnroll][kRowTiles][2];
+    uint32_t scales[kGrouped ? kUnroll : 1][kRowTiles];  // kGrouped: rows g (low) and g + 8
+    uint4 x[kSingleToken ? 1 : kUnroll][kSingleToken ? 1 : 2];
+  };
+  auto chunk_valid = [&](int step, int chunk_quad) {
+    return step < step_end && step * 4 + chunk_quad < chunks;
+  };
+  auto load_weights = [&](int step, Fragments& fragments) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const bool valid = chunk_valid(step + u, quad);
+      const int chunk = (step + u) * 4 + quad;
+#pragma unroll
+      for (int tile = 0; tile < kRowTiles; ++tile) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const uint8_t* address = weight_rows[tile][half] + int64_t(chunk) * kChunkBytes;
+          if constexpr (kInt4) {
+            fragments.weight[u][tile][half] = load_streaming_8<kFetchBytes>(address, valid);
+          } else {
+            fragments.weight[u][tile][half] = load_streaming<kFetchBytes>(address, valid);
+          }
+        }
+        if constexpr (kGrouped) {
+          const int column = chunk * kChunkValues / group;
+          fragments.scales[u][tile] = load_table_u16(scale_rows[tile][0] + column, valid) |
+                                      uint32_t(load_table_u16(scale_rows[tile][1] + column, valid))
+                                          << 16;
+        }
+      }
+    }
+  };
+  auto load_x = [&](int step, Fragments& fragments) {
+    if constexpr (kSingleToken) {
+      // Lane 8u + 2q' + h: half h of chunk q' of step u.
+      const int u = lane >> 3, chunk_quad = (lane >> 1) & 3, half = lane & 1;
+      fragments.x[0][0] = load_activation(
+          x_row + ((step + u) * 4 + chunk_quad) * kChunkValues + 8 * half,
+          chunk_valid(step + u, chunk_quad));
+    } else {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const bool valid = token_valid && chunk_valid(step + u, quad);
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          fragments.x[u][half] =
+              load_activation(x_row + ((step + u) * 4 + quad) * kChunkValues + 8 * half, valid);
+        }
+      }
+    }
+  };
+
+  float acc[kRowTiles][4] = {};
+  auto multiply = [&](const Fragments& fragments) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      uint32_t words[8];
+      if constexpr (kSingleToken) {
+        const uint4 own = fragments.x[0][0];
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int source = 8 * u + 2 * quad + half;
+          words[4 * half] = __shfl_sync(0xffffffffu, own.x, source);
+          words[4 * half + 1] = __shfl_sync(0xffffffffu, own.y, source);
+          words[4 * half + 2] = __shfl_sync(0xffffffffu, own.z, source);
+          words[4 * half + 3] = __shfl_sync(0xffffffffu, own.w, source);
+        }
+      } else {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          words[4 * half] = fragments.x[u][half].x;
+          words[4 * half + 1] = fragments.x[u][half].y;
+          words[4 * half + 2] = fragments.x[u][half].z;
+          words[4 * half + 3] = fragments.x[u][half].w;
+        }
+      }
+      uint32_t b[8];
+      chunk_x<kInt4>(words, b);
+#pragma unroll
+      for (int tile = 0; tile < kRowTiles; ++tile) {
+        uint32_t upper[8], lower[8];  // rows g and g + 8
+        chunk_levels<T, kInt4>(fragments.weight[u][tile][0], upper);
+        chunk_levels<T, kInt4>(fragments.weight[u][tile][1], lower);
+        if constexpr (kGrouped) {
+          const uint32_t upper_scale = __byte_perm(fragments.scales[u][tile], 0, 0x1010);
+          const uint32_t lower_scale = __byte_perm(fragments.scales[u][tile], 0, 0x3232);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            upper[i] = mul_pairs<T>(upper[i], upper_scale);
+            lower[i] = mul_pairs<T>(lower[i], lower_scale);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          mma_16x8x16<T>(acc[tile], upper[2 * i], lower[2 * i], upper[2 * i + 1],
+                         lower[2 * i + 1], b[2 * i], b[2 * i + 1]);
+        }
+      }
+    }
+  };
+
+  Fragments current, next;
+  int step = step_begin;
+  load_weights(step, next);
+  pdl_launch_dependents();
+  pdl_wait();
+  load_x(step, next);
+  for (; step < step_end; step += kUnroll) {
+    current = next;
+    load_weights(step + kUnroll, next);
+    load_x(step + kUnroll, next);
+    multiply(current);
+  }
+
+#pragma unroll
+  for (int tile = 0; tile < kRowTiles; ++tile) {
+#pragma unroll
+    for (int c = 0; c < 4; ++c) partial_sums[warp][(tile * 4 + c) * 32 + lane] = acc[tile][c];
+  }
+  __syncthreads();
+
+  // Element c of lane (g, q) in tile `tile`: row 16 tile + g + 8 (c / 2), token 2q + (c & 1).
+  for (int value = int(threadIdx.x); value < kRowTiles * 4 * 32; value += kWarps * 32) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum += partial_sums[w][value];
+    const int value_lane = value & 31;
+    const int c = (value >> 5) & 3;
+    const int row = first_row + (value >> 7) * kTileRows + (c >> 1) * 8 + (value_lane >> 2);
+    const int token = (value_lane & 3) * 2 + (c & 1);
+    if (row < n && token < tokens) {
+      if constexpr (!kGrouped) sum *= to_float(scales[row]);
+      if (bias) sum += to_float(bias[row]);
+      out[int64_t(token) * n + row] = from_float<T>(sum);
+    }
+  }
+}
+
+template <typename T, bool kInt4, int kWarps>
 void launch_gemv(const DeviceTensor& x, const LinearWeight& weight, const DeviceTensor* bias,
                  DeviceTensor& out, cudaStream_t stream) {
+  constexpr int kRowTiles = kInt4 ? 2 : 1;
   const int n = int(weight.out_features()), k = int(x.cols());
   const int group = int(weight.quantization.columns_per_scale(k));
-  const int warps = (n + kRows - 1) / kRows;
-  const unsigned blocks = unsigned((warps + kWarps - 1) / kWarps);
-  // A/B switch: KITE_WEIGHT_ONLY_DEPTH=2 keeps two chunks of weights (and the next x) in flight
-  // ahead instead of one. One is the measured form (H100, Llama-3-8B int8: 181 tokens/s, 49% of
-  // its floor, docs/perf/weight_only.md); two passes the same tests and is not timed yet.
-  static const int depth = switch_setting("KITE_WEIGHT_ONLY_DEPTH", 1, 1, 2);
-  auto kernel = depth == 1 ? weight_only_gemv_kernel<T, kInt4, kTokens, kRows, 1>
-                           : weight_only_gemv_kernel<T, kInt4, kTokens, kRows, 2>;
-  launch_kernel(
-      kernel, blocks, kThreads, 0, stream, static_cast<const T*>(x.data), int(x.rows()),
-      static_cast<const uint8_t*>(weight.weight.data), static_cast<const T*>(weight.scales.data),
-      bias ? static_cast<const T*>(bias->data) : nullptr, static_cast<T*>(out.data), n, k, group);
+  const unsigned blocks = unsigned((n + kRowTiles * kTileRows - 1) / (kRowTiles * kTileRows));
+  auto run = [&](auto kernel) {
+    launch_kernel(kernel, blocks, kWarps * 32, 0, stream, static_cast<const T*>(x.data),
+                  int(x.rows()), static_cast<const uint8_t*>(weight.weight.data),
+                  static_cast<const T*>(weight.scales.data),
+                  bias ? static_cast<const T*>(bias->data) : nullptr, static_cast<T*>(out.data),
+                  n, k, group);
+  };
+  const bool single = x.rows() == 1, grouped = group < k;
+  if (single) {
+    grouped ? run(weight_only_gemv_kernel<T, kInt4, kRowTiles, kWarps, true, true>)
+            : run(weight_only_gemv_kernel<T, kInt4, kRowTiles, kWarps, true, false>);
+  } else {
+    grouped ? run(weight_only_gemv_kernel<T, kInt4, kRowTiles, kWarps, false, true>)
+            : run(weight_only_gemv_kernel<T, kInt4, kRowTiles, kWarps, false, false>);
+  }
 }
 
 // A CTA a row at a time, a thread eight consecutive elements (one when K is not a multiple of 8)
@@ -280,39 +402,37 @@ bool weight_only_gemv_applies(const DeviceTensor& x, const LinearWeight& weight)
   if (!weight.quantized() || x.rows() < 1 || x.rows() > kWeightOnlyGemvMaxTokens) return false;
   if (x.dtype != DType::kF16 && x.dtype != DType::kBF16) return false;
   if (weight.scales.dtype != x.dtype) return false;
-  const bool int4 = weight.quantization.precision == WeightOnlyPrecision::kInt4;
-  const int64_t values = int4 ? 32 : 16;
   const int64_t k = x.cols();
   const int64_t group = weight.quantization.columns_per_scale(k);
-  if (k % values != 0 || group % values != 0 || k > (int64_t(1) << 30)) return false;
+  if (k % kChunkValues != 0 || group % kChunkValues != 0 || k > (int64_t(1) << 30)) return false;
   if (weight.out_features() > (int64_t(1) << 30)) return false;
   return reinterpret_cast<uintptr_t>(x.data) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(weight.weight.data) % 16 == 0;
 }
 
+int weight_only_gemv_variants() { return int(std::size(kWeightOnlyWarps)); }
+
 void weight_only_gemv(const DeviceTensor& x, const LinearWeight& weight, const DeviceTensor* bias,
-                      DeviceTensor& out, cudaStream_t stream) {
+                      DeviceTensor& out, cudaStream_t stream, int variant) {
   KITE_CHECK(weight_only_gemv_applies(x, weight));
   KITE_CHECK(weight.in_features() == x.cols() && out.dtype == x.dtype && out.rows() == x.rows() &&
              out.cols() == weight.out_features());
   KITE_CHECK(!bias || (bias->dtype == x.dtype && bias->numel() == weight.out_features()));
+  // A/B switch: KITE_WEIGHT_ONLY_VARIANT=1 runs four warps a CTA instead of eight.
+  static const int configured =
+      switch_setting("KITE_WEIGHT_ONLY_VARIANT", 0, 0, weight_only_gemv_variants() - 1);
+  if (variant < 0) variant = configured;
+  KITE_CHECK(variant < weight_only_gemv_variants());
   const bool int4 = weight.quantization.precision == WeightOnlyPrecision::kInt4;
-  const int64_t tokens = x.rows();
   dispatch_half(x.dtype, [&](auto element) {
     using T = decltype(element);
     auto run = [&](auto int4_constant) {
       constexpr bool kInt4 = decltype(int4_constant)::value;
-      // Four rows a warp: x is read from L2 once for every four rows; eight would hold the
-      // next chunk's 128 bytes a lane in registers, twice the 64 that four hold, and cost about
-      // 210 registers a thread (`ptxas -v`), a third of the warps an SM.
-      if (tokens == 1) {
-        launch_gemv<T, kInt4, 1, 4>(x, weight, bias, out, stream);
-      } else if (tokens == 2) {
-        launch_gemv<T, kInt4, 2, 4>(x, weight, bias, out, stream);
-      } else if (tokens <= 4) {
-        launch_gemv<T, kInt4, 4, 4>(x, weight, bias, out, stream);
+      static_assert(kWeightOnlyWarps[0] == 8 && kWeightOnlyWarps[1] == 4);
+      if (variant == 0) {
+        launch_gemv<T, kInt4, 8>(x, weight, bias, out, stream);
       } else {
-        launch_gemv<T, kInt4, 8, 4>(x, weight, bias, out, stream);
+        launch_gemv<T, kInt4, 4>(x, weight, bias, out, stream);
       }
     };
     if (int4) {

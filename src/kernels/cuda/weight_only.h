@@ -22,16 +22,19 @@
 namespace kite::cuda {
 
 // Whether the GEMV runs this call: 1 <= M <= kWeightOnlyGemvMaxTokens, K and the group a multiple
-// of 16 (int8) or 32 (int4) values, x, weight and scales in float16/bfloat16 alike (the scales in
-// the activations' dtype), x and the weight rows 16-byte aligned.
+// of 16, x, weight and scales in float16/bfloat16 alike (the scales in the activations' dtype), x
+// and the weight 16-byte aligned.
 bool weight_only_gemv_applies(const DeviceTensor& x, const LinearWeight& weight);
 
 // out = x @ dequantize(weight)^T (+ bias), x [M, K], out [M, N], bias [N] or null, without
-// materialising the floating weight: each lane streams 16 bytes of a row at a time and sums the
-// products of each group in float32 before scaling them; every output rounded once.
-// weight_only_gemv_applies must hold.
+// materialising the floating weight: the levels become 16-bit floats in registers and meet x on
+// the tensor cores (float32 sums); per-channel scales multiply the sums, group scales the levels
+// (each weight then rounded once to the dtype, as dequantize_weight_only rounds it); every output
+// rounded once. weight_only_gemv_applies must hold. `variant`: one of weight_only_gemv_variants()
+// configurations, or -1 for the default (KITE_WEIGHT_ONLY_VARIANT).
 void weight_only_gemv(const DeviceTensor& x, const LinearWeight& weight, const DeviceTensor* bias,
-                      DeviceTensor& out, cudaStream_t stream);
+                      DeviceTensor& out, cudaStream_t stream, int variant = -1);
+int weight_only_gemv_variants();
 
 // out [N, K] (float16 or bfloat16) = the weight's levels times their scales, each rounded once:
 // what cpu::linear_weight_only multiplies, in the activations' dtype.
