@@ -38,32 +38,18 @@ __device__ __forceinline__ uint4 load_streaming(const void* address, bool predic
 }
 #undef KITE_GEMV_LOAD
 
-// The same for 8 bytes (the int4 weight-only GEMV's chunk of a row).
-template <int kFetchBytes>
+// The same for 8 bytes (the int4 weight-only GEMV's chunk of a row), with the 256-byte fetch hint.
 __device__ __forceinline__ uint2 load_streaming_8(const void* address, bool predicate) {
-  static_assert(kFetchBytes == 0 || kFetchBytes == 256);
   uint2 value;
-  if constexpr (kFetchBytes == 256) {
-    asm("{\n"
-        "  .reg .pred p;\n"
-        "  setp.ne.b32 p, %3, 0;\n"
-        "  mov.b32 %0, 0;\n"
-        "  mov.b32 %1, 0;\n"
-        "  @p ld.global.nc.L1::no_allocate.L2::256B.v2.u32 {%0, %1}, [%2];\n"
-        "}\n"
-        : "=r"(value.x), "=r"(value.y)
-        : "l"(address), "r"(int(predicate)));
-  } else {
-    asm("{\n"
-        "  .reg .pred p;\n"
-        "  setp.ne.b32 p, %3, 0;\n"
-        "  mov.b32 %0, 0;\n"
-        "  mov.b32 %1, 0;\n"
-        "  @p ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];\n"
-        "}\n"
-        : "=r"(value.x), "=r"(value.y)
-        : "l"(address), "r"(int(predicate)));
-  }
+  asm("{\n"
+      "  .reg .pred p;\n"
+      "  setp.ne.b32 p, %3, 0;\n"
+      "  mov.b32 %0, 0;\n"
+      "  mov.b32 %1, 0;\n"
+      "  @p ld.global.nc.L1::no_allocate.L2::256B.v2.u32 {%0, %1}, [%2];\n"
+      "}\n"
+      : "=r"(value.x), "=r"(value.y)
+      : "l"(address), "r"(int(predicate)));
   return value;
 }
 

@@ -41,7 +41,7 @@ namespace {
 // copy (dequantize_kernel), which sidesteps that the four quads of an mma may span several groups.
 constexpr int kChunkValues = 16;                // values of a row a lane reads a step
 constexpr int kTileRows = 16;                   // rows of one mma
-constexpr int kFetchBytes = 256;                // L2 fetch hint of the weight loads (gemv.cu)
+constexpr int kFetchBytes = 256;                // L2 fetch hint of the 16-byte loads (gemv.cu)
 
 // The GEMV's configurations: warps a CTA (KITE_WEIGHT_ONLY_VARIANT picks one; the tests run all).
 // A CTA owns 16 rows of int8 or 32 of int4: 128 bytes a lane a load group either way.
@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)
         for (int half = 0; half < 2; ++half) {
           const uint8_t* address = weight_rows[tile][half] + int64_t(chunk) * kChunkBytes;
           if constexpr (kInt4) {
-            fragments.weight[u][tile][half] = load_streaming_8<kFetchBytes>(address, valid);
+            fragments.weight[u][tile][half] = load_streaming_8(address, valid);
           } else {
             fragments.weight[u][tile][half] = load_streaming<kFetchBytes>(address, valid);
           }
