@@ -4,14 +4,29 @@
 # before quantization) converted with that format, a CUDA engine built from it, and `kite bench
 # --ceilings` at batch 1 and 8 (128 / 128) and a 2048-token prefill. Logs go to LOG_DIR.
 # FORMAT: bf16, int8 (per channel), int4 (per channel), int8_gG or int4_gG (groups of G columns).
-# Usage: bash scripts/gpu/bench_weight_only.sh LOG_DIR [--config CONFIG.json] FORMAT...
+# --ab NAME=BINARY[,VARIABLE=VALUE...] (repeatable): also runs that `kite` (with those environment
+# variables) on each engine at batch 1 and 8, 128 / 128, after the first binary and again after
+# all of them (A/B on one engine; a baseline staged by stage_prebuilt.sh --extra, or a switch).
+# Usage: bash scripts/gpu/bench_weight_only.sh LOG_DIR [--config CONFIG.json] [--ab ...]... FORMAT...
 #   e.g. bash scripts/gpu/bench_weight_only.sh /tmp/wo bf16 int8 int4_g128
+#        bash scripts/gpu/bench_weight_only.sh /tmp/wo --ab old=build-gpu/kite-old \
+#          --ab v2=build-gpu/kite,KITE_WEIGHT_ONLY_VARIANT=2 int8 int4_g128
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 log_dir="${1:?usage: bench_weight_only.sh LOG_DIR [--config CONFIG.json] FORMAT...}"
 shift
 config="$root/tests/fixtures/hf_configs/llama-3-8b.json"
-if [[ "${1:-}" == "--config" ]]; then config="$2"; shift 2; fi
+ab=()
+while [[ "${1:-}" == --* ]]; do
+  case "$1" in
+    --config) config="$2"; shift 2 ;;
+    --ab)
+      [[ "${2:-}" =~ ^[A-Za-z0-9_.-]+=[^,]+(,[A-Za-z_][A-Za-z0-9_]*=[^,]*)*$ ]] ||
+        { echo "bench_weight_only.sh: --ab wants NAME=BINARY[,VARIABLE=VALUE...]" >&2; exit 2; }
+      ab+=("$2"); shift 2 ;;
+    *) echo "bench_weight_only.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
 (($#)) || { echo "bench_weight_only.sh: name at least one FORMAT (bf16, int8, int4_g128, ...)" >&2; exit 2; }
 for format in "$@"; do
   [[ "$format" =~ ^(bf16|int8|int4)(_g[0-9]+)?$ && "$format" != bf16_g* ]] ||
@@ -52,5 +67,17 @@ for format in "$@"; do
   "$kite" bench --engine_dir "$engine" --ceilings --batch_size "1;8" \
     --input_output_len "128,128;2048,1" 2>&1 | tee "$log_dir/bench-$format.log" |
     grep -E "^\[(BENCHMARK|CEILING|ROOFLINE)\]"
+  # A/B: each other binary, then the first one again, on this engine.
+  if ((${#ab[@]})); then
+    for entry in "${ab[@]}" "first=$kite"; do
+      name="${entry%%=*}" rest="${entry#*=}"
+      IFS=, read -r -a parts <<< "$rest"
+      binary="${parts[0]}"
+      [[ -x "$binary" ]] || { echo "bench_weight_only.sh: --ab $entry: $binary is not executable" >&2; exit 2; }
+      env "${parts[@]:1}" "$binary" bench --engine_dir "$engine" --batch_size "1;8" \
+        --input_output_len "128,128" 2>&1 | tee "$log_dir/bench-$format-$name.log" |
+        grep -E "^\[BENCHMARK\]" | sed "s/^/$format $name /"
+    done
+  fi
   rm -rf "$engine"
 done
