@@ -30,22 +30,35 @@ namespace {
 //
 // Levels become T without a conversion instruction (the magic-number trick): with the sign bit
 // flipped (offset binary, u = level + 128 or + 8), a byte or nibble placed in the low mantissa bits
-// of a power of two p reads as p + u, and subtracting p + 128 (or p + 8) leaves the level exactly.
-//   int8, float16: one PRMT puts two bytes under 1024 (0x6400) as a half2, one HSUB2: 1 op a value;
-//   int8, bfloat16 (7 mantissa bits: 128 + u does not fit): PRMT under 2^23 as a float, FADD, then
-//     CVT packs two: 2.5 ops a value;
-//   int4: one LOP3 masks nibbles i and i + 4 of a word under 1024 or 128 (0x4300), one HSUB2: the
-//     pair (i, i + 4), with x's pairs permuted to match (PRMT, once a chunk for all rows).
-// Per-channel scales multiply each row's sum in float32 at the end. Group scales multiply the
-// levels (HMUL2) before the mma: each weight rounded once to T, the very values of the dequantized
-// copy (dequantize_kernel), which sidesteps that the four quads of an mma may span several groups.
+// of a power of two p reads as p + u = level + offset (offset p + 128 or p + 8).
+//   int8, float16: one PRMT puts two bytes under 1024 (0x6400) as a half2;
+//   int8, bfloat16 (7 mantissa bits: 128 + u does not fit): PRMT under 2^23 as a float, FADD takes
+//     the offset off, then CVT packs two exact levels: 2.5 ops a value;
+//   int4: one LOP3 masks nibbles i and i + 4 of a word under 1024 or 128 (0x4300): the pair (i,
+//     i + 4), with x's pairs permuted to match (PRMT, once a chunk for all rows).
+// Where the scale is one a row or one a warp step (ScaleMode), the offset comes off the float32
+// sums of each step (offset times the step's sums of x, which one more mma of ones makes), so
+// the raw pair goes to the mma as it is; otherwise one HSUB2 a pair makes the exact level.
 constexpr int kChunkValues = 16;                // values of a row a lane reads a step
+constexpr int kStepValues = 4 * kChunkValues;   // columns of a warp step (its four quads)
 constexpr int kTileRows = 16;                   // rows of one mma
 constexpr int kFetchBytes = 256;                // L2 fetch hint of the 16-byte loads (gemv.cu)
 
-// The GEMV's configurations: warps a CTA (KITE_WEIGHT_ONLY_VARIANT picks one; the tests run all).
-// A CTA owns 16 rows of int8 or 32 of int4: 128 bytes a lane a load group either way.
+// The GEMV's configurations (KITE_WEIGHT_ONLY_VARIANT picks one; the tests run all): variant v
+// runs kWeightOnlyWarps[v % 2] warps a CTA, and v >= 2 applies the scales without step sums
+// (ScaleMode below). A CTA owns 16 rows of int8 or 32 of int4: 128 bytes a lane a load group
+// either way.
 constexpr int kWeightOnlyWarps[] = {8, 4};
+constexpr int kWeightOnlyVariants = 4;
+
+// How the kernel applies the scales. kPerChannel: one scale a row, on the row's float32 sum at
+// the end; kPerChannelSums the same, from each step's sums of the raw levels less the offset
+// (where kOffsetLevels). kPerStep (groups of a multiple of 64 columns, so that a warp step, whose
+// mmas mix its four quads' columns, lies in one group): the group's scale on each step's float32
+// sums (of raw levels less the offset where kOffsetLevels). kPerValue: the scale on the levels
+// (HMUL2), each weight rounded once to T, as the dequantized copy rounds it (dequantize_kernel);
+// groups of 16 or 32 columns need it.
+enum class ScaleMode { kPerChannel, kPerChannelSums, kPerStep, kPerValue };
 
 template <bool kInt4>
 using WeightChunk = std::conditional_t<kInt4, uint2, uint4>;
@@ -54,16 +67,35 @@ using WeightChunk = std::conditional_t<kInt4, uint2, uint4>;
 // count units.
 template <typename T>
 constexpr uint32_t kHalfMagic = std::is_same_v<T, __half> ? 0x64006400u : 0x43004300u;
+// A pair of ones.
+template <typename T>
+constexpr uint32_t kOnes = std::is_same_v<T, __half> ? 0x3C003C00u : 0x3F803F80u;
+
+// The raw form of a level that chunk_levels makes: magic + u = level + offset, where u is the level
+// in offset binary (int4 in either dtype, int8 in float16); int8 in bfloat16 makes exact levels.
+template <typename T, bool kInt4>
+constexpr bool kOffsetLevels = kInt4 || std::is_same_v<T, __half>;
+template <typename T, bool kInt4>
+constexpr float kLevelOffset = !kOffsetLevels<T, kInt4>    ? 0.0f
+                               : std::is_same_v<T, __half> ? (kInt4 ? 1032.0f : 1152.0f)
+                                                           : 136.0f;
+// The same offset as the bits of a pair of T (136 = 0x4308 in bfloat16; 1032 = 0x6408, 1152 =
+// 0x6480 in float16).
+template <typename T, bool kInt4>
+constexpr uint32_t kLevelOffsetPair =
+    !kOffsetLevels<T, kInt4> ? 0u
+    : std::is_same_v<T, __half> ? (kInt4 ? 0x64086408u : 0x64806480u)
+                                : 0x43084308u;
 
 template <typename T>
-__device__ __forceinline__ uint32_t sub_pairs(uint32_t pair, float value) {
+__device__ __forceinline__ uint32_t sub_pairs(uint32_t pair, uint32_t values) {
   if constexpr (std::is_same_v<T, __half>) {
-    const __half2 result =
-        __hsub2(*reinterpret_cast<const __half2*>(&pair), __float2half2_rn(value));
+    const __half2 result = __hsub2(*reinterpret_cast<const __half2*>(&pair),
+                                   *reinterpret_cast<const __half2*>(&values));
     return *reinterpret_cast<const uint32_t*>(&result);
   } else {
     const __nv_bfloat162 result = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&pair),
-                                          __float2bfloat162_rn(value));
+                                          *reinterpret_cast<const __nv_bfloat162*>(&values));
     return *reinterpret_cast<const uint32_t*>(&result);
   }
 }
@@ -81,19 +113,32 @@ __device__ __forceinline__ uint32_t mul_pairs(uint32_t pair, uint32_t scales) {
   }
 }
 
+// A pair of T as two floats (the low half first).
+template <typename T>
+__device__ __forceinline__ float2 pair_to_float2(uint32_t pair) {
+  if constexpr (std::is_same_v<T, __half>) {
+    return __half22float2(*reinterpret_cast<const __half2*>(&pair));
+  } else {
+    return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&pair));
+  }
+}
+
 // The 16 levels of a row's chunk as 8 pairs of T in mma order: mma i takes a[2i] (its k = 2q,
 // 2q + 1) and a[2i + 1] (2q + 8, 2q + 9). int8: mma i holds values 4i..4i+3 in order; int4: mma
-// 2j + t holds values (8j + 2t, 8j + 2t + 4) and (8j + 2t + 1, 8j + 2t + 5).
-template <typename T, bool kInt4>
+// 2j + t holds values (8j + 2t, 8j + 2t + 4) and (8j + 2t + 1, 8j + 2t + 5). kExact: the levels
+// themselves; otherwise, where kOffsetLevels, level + kLevelOffset (one instruction a pair less,
+// the offset taken off the sums instead).
+template <typename T, bool kInt4, bool kExact>
 __device__ __forceinline__ void chunk_levels(const WeightChunk<kInt4>& chunk, uint32_t (&a)[8]) {
+  constexpr uint32_t kOffset = kLevelOffsetPair<T, kInt4>;
   if constexpr (kInt4) {
     const uint32_t words[2] = {chunk.x ^ 0x88888888u, chunk.y ^ 0x88888888u};
-    constexpr float kBias = std::is_same_v<T, __half> ? 1032.0f : 136.0f;
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
-        a[4 * j + s] = sub_pairs<T>(((words[j] >> (4 * s)) & 0x000F000Fu) | kHalfMagic<T>, kBias);
+        const uint32_t raw = ((words[j] >> (4 * s)) & 0x000F000Fu) | kHalfMagic<T>;
+        a[4 * j + s] = kExact ? sub_pairs<T>(raw, kOffset) : raw;
       }
     }
   } else {
@@ -102,8 +147,10 @@ __device__ __forceinline__ void chunk_levels(const WeightChunk<kInt4>& chunk, ui
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       if constexpr (std::is_same_v<T, __half>) {
-        a[2 * j] = sub_pairs<T>(__byte_perm(words[j], 0x64646464u, 0x5140), 1152.0f);
-        a[2 * j + 1] = sub_pairs<T>(__byte_perm(words[j], 0x64646464u, 0x5342), 1152.0f);
+        const uint32_t low = __byte_perm(words[j], 0x64646464u, 0x5140);
+        const uint32_t high = __byte_perm(words[j], 0x64646464u, 0x5342);
+        a[2 * j] = kExact ? sub_pairs<T>(low, kOffset) : low;
+        a[2 * j + 1] = kExact ? sub_pairs<T>(high, kOffset) : high;
       } else {
         float level[4];
 #pragma unroll
@@ -143,8 +190,8 @@ __device__ __forceinline__ void chunk_x(const uint32_t (&words)[8], uint32_t (&b
 // tokens <= 8. kSingleToken (tokens == 1): a load group's 4 x 4 chunks of x (32 bytes each) are
 // loaded once, 16 bytes a lane, and shuffled to the lanes that multiply them; otherwise each lane
 // loads its own token's chunks (two 16-byte loads a step, so two steps a group for registers).
-// kGrouped: scales per group of columns, else one per row.
-template <typename T, bool kInt4, int kRowTiles, int kWarps, bool kSingleToken, bool kGrouped>
+// kScales: how the scales apply (ScaleMode).
+template <typename T, bool kInt4, int kRowTiles, int kWarps, bool kSingleToken, ScaleMode kScales>
 __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)
     weight_only_gemv_kernel(const T* __restrict__ x, int tokens,
                             const uint8_t* __restrict__ weight, const T* __restrict__ scales,
@@ -152,6 +199,10 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)
                             int group) {
   constexpr int kUnroll = kSingleToken ? 4 : 2;
   constexpr int kChunkBytes = kInt4 ? 8 : 16;
+  constexpr bool kGrouped = kScales == ScaleMode::kPerStep || kScales == ScaleMode::kPerValue;
+  // Sums a step (then offset and scale), or straight into the accumulators.
+  constexpr bool kStepSums = kScales == ScaleMode::kPerStep || kScales == ScaleMode::kPerChannelSums;
+  constexpr bool kOffset = kStepSums && kOffsetLevels<T, kInt4>;
   static_assert(!kSingleToken || kUnroll * 4 * 2 == 32, "one 16-byte x load a lane a group");
   __shared__ float partial_sums[kWarps][kRowTiles * 4 * 32];
 
@@ -163,18 +214,14 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)
   const int64_t row_bytes = kInt4 ? k / 2 : k;
   const int groups = k / group;
 
-  // This lane's rows (g and g + 8 of each tile); rows past n read row n - 1, never stored.
-  const uint8_t* weight_rows[kRowTiles][2];
-  const T* scale_rows[kRowTiles][2];
-#pragma unroll
-  for (int tile = 0; tile < kRowTiles; ++tile) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = min(first_row + tile * kTileRows + half * 8 + g, n - 1);
-      weight_rows[tile][half] = weight + int64_t(row) * row_bytes;
-      scale_rows[tile][half] = scales + int64_t(row) * groups;
-    }
-  }
+  // This lane's rows: g and g + 8 of each tile, 8 r + g for r = 2 tile + half, each at 8 r rows
+  // from row g (one pointer and 32-bit offsets, for registers); rows past n load zeros, whose sums
+  // are never stored.
+  const uint8_t* weight_row = weight + int64_t(first_row + g) * row_bytes;
+  const T* scale_row = scales + int64_t(first_row + g) * groups;
+  auto row_valid = [&](int tile, int half) {
+    return first_row + (2 * tile + half) * 8 + g < n;
+  };
   const T* x_row = x + int64_t(kSingleToken ? 0 : min(g, tokens - 1)) * k;
   const bool token_valid = kSingleToken || g < tokens;
 
@@ -187,7 +234,7 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)
 
   struct Fragments {
     WeightChunk<kInt4> weight[kUnroll][kRowTiles][2];
-    uint32_t scales[kGrouped ? kUnroll : 1][kRowTiles];  // kGrouped: rows g (low) and g + 8
+    uint32_t scales[kGrouped ? kUnroll : 1][kRowTiles];  // rows g (low half) and g + 8
     uint4 x[kSingleToken ? 1 : kUnroll][kSingleToken ? 1 : 2];
   };
   auto chunk_valid = [&](int step, int chunk_quad) {
@@ -202,18 +249,23 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)
       for (int tile = 0; tile < kRowTiles; ++tile) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          const uint8_t* address = weight_rows[tile][half] + int64_t(chunk) * kChunkBytes;
+          const uint8_t* address = weight_row + (2 * tile + half) * 8 * int(row_bytes) +
+                                   int64_t(chunk) * kChunkBytes;
+          const bool load = valid && row_valid(tile, half);
           if constexpr (kInt4) {
-            fragments.weight[u][tile][half] = load_streaming_8(address, valid);
+            fragments.weight[u][tile][half] = load_streaming_8(address, load);
           } else {
-            fragments.weight[u][tile][half] = load_streaming<kFetchBytes>(address, valid);
+            fragments.weight[u][tile][half] = load_streaming<kFetchBytes>(address, load);
           }
         }
         if constexpr (kGrouped) {
-          const int column = chunk * kChunkValues / group;
-          fragments.scales[u][tile] = load_table_u16(scale_rows[tile][0] + column, valid) |
-                                      uint32_t(load_table_u16(scale_rows[tile][1] + column, valid))
-                                          << 16;
+          const T* column = scale_row + chunk * kChunkValues / group;
+          const int stride = 8 * groups;  // scales between rows g and g + 8
+          fragments.scales[u][tile] =
+              load_table_u16(column + 2 * tile * stride, valid && row_valid(tile, 0)) |
+              uint32_t(load_table_u16(column + (2 * tile + 1) * stride,
+                                      valid && row_valid(tile, 1)))
+                  << 16;
         }
       }
     }
@@ -264,24 +316,54 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)
       }
       uint32_t b[8];
       chunk_x<kInt4>(words, b);
+      // kOffset: the step's sums of x (every row of the ones times x: in each lane, the tokens of
+      // its sums), to take kLevelOffset times them off the sums of the raw levels.
+      float x_sums[4] = {};
+      if constexpr (kOffset) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          mma_16x8x16<T>(x_sums, kOnes<T>, kOnes<T>, kOnes<T>, kOnes<T>, b[2 * i], b[2 * i + 1]);
+        }
+      }
 #pragma unroll
       for (int tile = 0; tile < kRowTiles; ++tile) {
         uint32_t upper[8], lower[8];  // rows g and g + 8
-        chunk_levels<T, kInt4>(fragments.weight[u][tile][0], upper);
-        chunk_levels<T, kInt4>(fragments.weight[u][tile][1], lower);
-        if constexpr (kGrouped) {
-          const uint32_t upper_scale = __byte_perm(fragments.scales[u][tile], 0, 0x1010);
-          const uint32_t lower_scale = __byte_perm(fragments.scales[u][tile], 0, 0x3232);
+        chunk_levels<T, kInt4, !kStepSums>(fragments.weight[u][tile][0], upper);
+        chunk_levels<T, kInt4, !kStepSums>(fragments.weight[u][tile][1], lower);
+        if constexpr (!kStepSums) {
+          if constexpr (kScales == ScaleMode::kPerValue) {
+            const uint32_t upper_scale = __byte_perm(fragments.scales[u][tile], 0, 0x1010);
+            const uint32_t lower_scale = __byte_perm(fragments.scales[u][tile], 0, 0x3232);
 #pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            upper[i] = mul_pairs<T>(upper[i], upper_scale);
-            lower[i] = mul_pairs<T>(lower[i], lower_scale);
+            for (int i = 0; i < 8; ++i) {
+              upper[i] = mul_pairs<T>(upper[i], upper_scale);
+              lower[i] = mul_pairs<T>(lower[i], lower_scale);
+            }
           }
-        }
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          mma_16x8x16<T>(acc[tile], upper[2 * i], lower[2 * i], upper[2 * i + 1],
-                         lower[2 * i + 1], b[2 * i], b[2 * i + 1]);
+          for (int i = 0; i < 4; ++i) {
+            mma_16x8x16<T>(acc[tile], upper[2 * i], lower[2 * i], upper[2 * i + 1],
+                           lower[2 * i + 1], b[2 * i], b[2 * i + 1]);
+          }
+        } else {
+          // The step's own sums (float32 over 64 columns, so that the offset's cancellation
+          // stays small), less the offset, times the step's group scale (kPerStep) or not.
+          float sums[4] = {};
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            mma_16x8x16<T>(sums, upper[2 * i], lower[2 * i], upper[2 * i + 1], lower[2 * i + 1],
+                           b[2 * i], b[2 * i + 1]);
+          }
+          float2 scale = {1.0f, 1.0f};  // rows g and g + 8
+          if constexpr (kScales == ScaleMode::kPerStep) {
+            scale = pair_to_float2<T>(fragments.scales[u][tile]);
+          }
+#pragma unroll
+          for (int c = 0; c < 4; ++c) {
+            const float sum =
+                kOffset ? fmaf(-kLevelOffset<T, kInt4>, x_sums[c], sums[c]) : sums[c];
+            acc[tile][c] = fmaf(c < 2 ? scale.x : scale.y, sum, acc[tile][c]);
+          }
         }
       }
     }
@@ -317,7 +399,7 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)
     const int row = first_row + (value >> 7) * kTileRows + (c >> 1) * 8 + (value_lane >> 2);
     const int token = (value_lane & 3) * 2 + (c & 1);
     if (row < n && token < tokens) {
-      if constexpr (!kGrouped) sum *= to_float(scales[row]);
+      if constexpr (!kGrouped) sum *= to_float(scales[row]);  // both per-channel modes
       if (bias) sum += to_float(bias[row]);
       out[int64_t(token) * n + row] = from_float<T>(sum);
     }
@@ -326,7 +408,7 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)
 
 template <typename T, bool kInt4, int kWarps>
 void launch_gemv(const DeviceTensor& x, const LinearWeight& weight, const DeviceTensor* bias,
-                 DeviceTensor& out, cudaStream_t stream) {
+                 DeviceTensor& out, bool step_sums, cudaStream_t stream) {
   constexpr int kRowTiles = kInt4 ? 2 : 1;
   const int n = int(weight.out_features()), k = int(x.cols());
   const int group = int(weight.quantization.columns_per_scale(k));
@@ -338,13 +420,37 @@ void launch_gemv(const DeviceTensor& x, const LinearWeight& weight, const Device
                   bias ? static_cast<const T*>(bias->data) : nullptr, static_cast<T*>(out.data),
                   n, k, group);
   };
-  const bool single = x.rows() == 1, grouped = group < k;
-  if (single) {
-    grouped ? run(weight_only_gemv_kernel<T, kInt4, kRowTiles, kWarps, true, true>)
-            : run(weight_only_gemv_kernel<T, kInt4, kRowTiles, kWarps, true, false>);
+  ScaleMode scales = ScaleMode::kPerValue;
+  if (group == k) {
+    scales = step_sums && kOffsetLevels<T, kInt4> ? ScaleMode::kPerChannelSums
+                                                  : ScaleMode::kPerChannel;
+  } else if (group % kStepValues == 0 && step_sums) {
+    scales = ScaleMode::kPerStep;
+  }
+  auto run_mode = [&](auto single_constant) {
+    constexpr bool kSingle = decltype(single_constant)::value;
+    switch (scales) {
+      case ScaleMode::kPerChannel:
+        run(weight_only_gemv_kernel<T, kInt4, kRowTiles, kWarps, kSingle, ScaleMode::kPerChannel>);
+        break;
+      case ScaleMode::kPerChannelSums:
+        if constexpr (kOffsetLevels<T, kInt4>) {
+          run(weight_only_gemv_kernel<T, kInt4, kRowTiles, kWarps, kSingle,
+                                      ScaleMode::kPerChannelSums>);
+        }
+        break;
+      case ScaleMode::kPerStep:
+        run(weight_only_gemv_kernel<T, kInt4, kRowTiles, kWarps, kSingle, ScaleMode::kPerStep>);
+        break;
+      case ScaleMode::kPerValue:
+        run(weight_only_gemv_kernel<T, kInt4, kRowTiles, kWarps, kSingle, ScaleMode::kPerValue>);
+        break;
+    }
+  };
+  if (x.rows() == 1) {
+    run_mode(std::true_type{});
   } else {
-    grouped ? run(weight_only_gemv_kernel<T, kInt4, kRowTiles, kWarps, false, true>)
-            : run(weight_only_gemv_kernel<T, kInt4, kRowTiles, kWarps, false, false>);
+    run_mode(std::false_type{});
   }
 }
 
@@ -404,13 +510,13 @@ bool weight_only_gemv_applies(const DeviceTensor& x, const LinearWeight& weight)
   if (weight.scales.dtype != x.dtype) return false;
   const int64_t k = x.cols();
   const int64_t group = weight.quantization.columns_per_scale(k);
-  if (k % kChunkValues != 0 || group % kChunkValues != 0 || k > (int64_t(1) << 30)) return false;
+  if (k % kChunkValues != 0 || group % kChunkValues != 0 || k > (int64_t(1) << 24)) return false;
   if (weight.out_features() > (int64_t(1) << 30)) return false;
   return reinterpret_cast<uintptr_t>(x.data) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(weight.weight.data) % 16 == 0;
 }
 
-int weight_only_gemv_variants() { return int(std::size(kWeightOnlyWarps)); }
+int weight_only_gemv_variants() { return kWeightOnlyVariants; }
 
 void weight_only_gemv(const DeviceTensor& x, const LinearWeight& weight, const DeviceTensor* bias,
                       DeviceTensor& out, cudaStream_t stream, int variant) {
@@ -418,7 +524,7 @@ void weight_only_gemv(const DeviceTensor& x, const LinearWeight& weight, const D
   KITE_CHECK(weight.in_features() == x.cols() && out.dtype == x.dtype && out.rows() == x.rows() &&
              out.cols() == weight.out_features());
   KITE_CHECK(!bias || (bias->dtype == x.dtype && bias->numel() == weight.out_features()));
-  // A/B switch: KITE_WEIGHT_ONLY_VARIANT=1 runs four warps a CTA instead of eight.
+  // A/B switch: KITE_WEIGHT_ONLY_VARIANT=1..3 (above).
   static const int configured =
       switch_setting("KITE_WEIGHT_ONLY_VARIANT", 0, 0, weight_only_gemv_variants() - 1);
   if (variant < 0) variant = configured;
@@ -429,10 +535,11 @@ void weight_only_gemv(const DeviceTensor& x, const LinearWeight& weight, const D
     auto run = [&](auto int4_constant) {
       constexpr bool kInt4 = decltype(int4_constant)::value;
       static_assert(kWeightOnlyWarps[0] == 8 && kWeightOnlyWarps[1] == 4);
-      if (variant == 0) {
-        launch_gemv<T, kInt4, 8>(x, weight, bias, out, stream);
+      const bool step_sums = variant < 2;
+      if (variant % 2 == 0) {
+        launch_gemv<T, kInt4, 8>(x, weight, bias, out, step_sums, stream);
       } else {
-        launch_gemv<T, kInt4, 4>(x, weight, bias, out, stream);
+        launch_gemv<T, kInt4, 4>(x, weight, bias, out, step_sums, stream);
       }
     };
     if (int4) {
