@@ -30,8 +30,9 @@ bool weight_only_gemv_applies(const DeviceTensor& x, const LinearWeight& weight)
 // materialising the floating weight: the levels become 16-bit floats in registers and meet x on
 // the tensor cores (float32 sums); per-channel scales and groups of a multiple of 64 columns
 // multiply the sums (exact weights), groups of 16 or 32 the levels (each weight then rounded once
-// to the dtype, as dequantize_weight_only rounds it); every output rounded once. weight_only_gemv_applies must hold. `variant`: one of weight_only_gemv_variants()
-// configurations, or -1 for the default (KITE_WEIGHT_ONLY_VARIANT).
+// to the dtype, as dequantize_weight_only rounds it); every output rounded once.
+// weight_only_gemv_applies must hold. `variant`: one of weight_only_gemv_variants() configurations,
+// or -1 for the default (KITE_WEIGHT_ONLY_VARIANT).
 void weight_only_gemv(const DeviceTensor& x, const LinearWeight& weight, const DeviceTensor* bias,
                       DeviceTensor& out, cudaStream_t stream, int variant = -1);
 int weight_only_gemv_variants();
