@@ -45,11 +45,12 @@ constexpr int kTileRows = 16;                   // rows of one mma
 constexpr int kFetchBytes = 256;                // L2 fetch hint of the 16-byte loads (gemv.cu)
 
 // The GEMV's configurations (KITE_WEIGHT_ONLY_VARIANT picks one; the tests run all): variant v
-// runs kWeightOnlyWarps[v % 2] warps a CTA, and v >= 2 applies the scales without step sums
-// (ScaleMode below). A CTA owns 16 rows of int8 or 32 of int4: 128 bytes a lane a load group
+// runs kWeightOnlyWarps[v % 2] warps a CTA; v / 2 == 1 applies the scales without step sums
+// (ScaleMode below); v / 2 == 2 gives int4 CTAs of 16 rows (twice the CTAs, 64 bytes a lane a
+// load group). A CTA owns 16 rows of int8 or 32 of int4 otherwise: 128 bytes a lane a load group
 // either way.
 constexpr int kWeightOnlyWarps[] = {8, 4};
-constexpr int kWeightOnlyVariants = 4;
+constexpr int kWeightOnlyVariants = 6;
 
 // How the kernel applies the scales. kPerChannel: one scale a row, on the row's float32 sum at
 // the end; kPerChannelSums the same, from each step's sums of the raw levels less the offset
@@ -406,10 +407,9 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps)
   }
 }
 
-template <typename T, bool kInt4, int kWarps>
+template <typename T, bool kInt4, int kWarps, int kRowTiles>
 void launch_gemv(const DeviceTensor& x, const LinearWeight& weight, const DeviceTensor* bias,
                  DeviceTensor& out, bool step_sums, cudaStream_t stream) {
-  constexpr int kRowTiles = kInt4 ? 2 : 1;
   const int n = int(weight.out_features()), k = int(x.cols());
   const int group = int(weight.quantization.columns_per_scale(k));
   const unsigned blocks = unsigned((n + kRowTiles * kTileRows - 1) / (kRowTiles * kTileRows));
@@ -524,7 +524,7 @@ void weight_only_gemv(const DeviceTensor& x, const LinearWeight& weight, const D
   KITE_CHECK(weight.in_features() == x.cols() && out.dtype == x.dtype && out.rows() == x.rows() &&
              out.cols() == weight.out_features());
   KITE_CHECK(!bias || (bias->dtype == x.dtype && bias->numel() == weight.out_features()));
-  // A/B switch: KITE_WEIGHT_ONLY_VARIANT=1..3 (above).
+  // A/B switch: KITE_WEIGHT_ONLY_VARIANT=1..5 (above).
   static const int configured =
       switch_setting("KITE_WEIGHT_ONLY_VARIANT", 0, 0, weight_only_gemv_variants() - 1);
   if (variant < 0) variant = configured;
@@ -535,11 +535,19 @@ void weight_only_gemv(const DeviceTensor& x, const LinearWeight& weight, const D
     auto run = [&](auto int4_constant) {
       constexpr bool kInt4 = decltype(int4_constant)::value;
       static_assert(kWeightOnlyWarps[0] == 8 && kWeightOnlyWarps[1] == 4);
-      const bool step_sums = variant < 2;
-      if (variant % 2 == 0) {
-        launch_gemv<T, kInt4, 8>(x, weight, bias, out, step_sums, stream);
+      const bool step_sums = variant / 2 != 1;
+      auto launch = [&](auto row_tiles_constant) {
+        constexpr int kRowTiles = decltype(row_tiles_constant)::value;
+        if (variant % 2 == 0) {
+          launch_gemv<T, kInt4, 8, kRowTiles>(x, weight, bias, out, step_sums, stream);
+        } else {
+          launch_gemv<T, kInt4, 4, kRowTiles>(x, weight, bias, out, step_sums, stream);
+        }
+      };
+      if (kInt4 && variant / 2 != 2) {
+        launch(std::integral_constant<int, 2>{});
       } else {
-        launch_gemv<T, kInt4, 4>(x, weight, bias, out, step_sums, stream);
+        launch(std::integral_constant<int, 1>{});
       }
     };
     if (int4) {
