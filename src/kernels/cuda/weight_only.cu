@@ -46,9 +46,12 @@ constexpr int kFetchBytes = 256;                // L2 fetch hint of the 16-byte 
 
 // The GEMV's configurations (KITE_WEIGHT_ONLY_VARIANT picks one; the tests run all): variant v
 // runs kWeightOnlyWarps[v % 2] warps a CTA; v / 2 == 1 applies the scales without step sums
-// (ScaleMode below); v / 2 == 2 gives int4 CTAs of 16 rows (twice the CTAs, 64 bytes a lane a
-// load group). A CTA owns 16 rows of int8 or 32 of int4 otherwise: 128 bytes a lane a load group
-// either way.
+// (ScaleMode below); v / 2 == 2 keeps int4 in CTAs of 32 rows whatever the grid. A CTA owns 16
+// rows of int8, 32 of int4 (128 bytes a lane a load group either way), or 16 of int4 (64 bytes)
+// where 32-row CTAs would number fewer than two an SM: on an H100, 16-row CTAs took Llama-3-8B's
+// int4 QKV projection (192 CTAs of 32 rows) from 15.1 to 13.7 us, o (128) from 10.2 to 10.1 and
+// down (128) from 20.7 to 20.0, and slowed gate/up (896) from 40.3 to 42.9
+// (docs/perf/weight_only.md).
 constexpr int kWeightOnlyWarps[] = {8, 4};
 constexpr int kWeightOnlyVariants = 6;
 
@@ -544,7 +547,9 @@ void weight_only_gemv(const DeviceTensor& x, const LinearWeight& weight, const D
           launch_gemv<T, kInt4, 4, kRowTiles>(x, weight, bias, out, step_sums, stream);
         }
       };
-      if (kInt4 && variant / 2 != 2) {
+      const int64_t wide_ctas = (weight.out_features() + 2 * kTileRows - 1) / (2 * kTileRows);
+      const bool narrow = variant / 2 != 2 && wide_ctas < 2 * current_multiprocessor_count();
+      if (kInt4 && !narrow) {
         launch(std::integral_constant<int, 2>{});
       } else {
         launch(std::integral_constant<int, 1>{});
