@@ -549,11 +549,10 @@ void weight_only_gemv(const DeviceTensor& x, const LinearWeight& weight, const D
       };
       const int64_t wide_ctas = (weight.out_features() + 2 * kTileRows - 1) / (2 * kTileRows);
       const bool narrow = variant / 2 != 2 && wide_ctas < 2 * current_multiprocessor_count();
-      if (kInt4 && !narrow) {
-        launch(std::integral_constant<int, 2>{});
-      } else {
-        launch(std::integral_constant<int, 1>{});
+      if constexpr (kInt4) {
+        if (!narrow) return launch(std::integral_constant<int, 2>{});
       }
+      launch(std::integral_constant<int, 1>{});
     };
     if (int4) {
       run(std::true_type{});
