@@ -5,8 +5,13 @@
 # When .deps/trace/libkite_trace.so exists (scripts/gpu/trace/build.sh), first a kernel timeline
 # of a warmed-up run as it really runs (CUPTI): busy and idle GPU time, and what the gaps sit
 # between (scripts/gpu/trace/timeline.py).
+# KITE_NCU_FULL=REGEX[:COUNT[:SKIP]]: then Nsight Compute's full set of sections for COUNT
+# (default 1) launches of kernels whose name matches REGEX, after the first SKIP (default 0) of
+# them, into LOG_DIR/ncu_full.txt, with the KV cache at 5% of the free memory: ncu saves and restores the
+# GPU's memory around each of its ~40 replay passes, which for a 90% cache takes minutes a kernel.
 # Usage: bash scripts/gpu/profile.sh LOG_DIR ENGINE_DIR [BATCH] [INPUT,OUTPUT]
 #   e.g. bash scripts/gpu/profile.sh /tmp/prof /tmp/kite-bench/engine 1 128,32
+#        KITE_NCU_FULL=weight_only_gemv:4:8 bash scripts/gpu/profile.sh /tmp/prof ENGINE 1 128,8
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 log_dir="${1:?usage: profile.sh LOG_DIR ENGINE_DIR [BATCH] [INPUT,OUTPUT]}"
@@ -36,4 +41,12 @@ else
   ncu --graph-profiling node --metrics gpu__time_duration.sum --cache-control none \
     --clock-control none --csv "${bench[@]}" > "$log_dir/ncu.csv" 2> "$log_dir/profile_run.log"
   "${summarize[@]}" ncu "$log_dir/ncu.csv"
+fi
+if [[ -n "${KITE_NCU_FULL:-}" ]]; then
+  IFS=: read -r regex count skip <<< "$KITE_NCU_FULL"
+  ncu --set full --graph-profiling node -k "regex:$regex" -s "${skip:-0}" -c "${count:-1}" \
+    "${bench[@]}" --kv_cache_free_gpu_mem_fraction 0.05 > "$log_dir/ncu_full.txt" 2>&1 ||
+    echo "ncu --set full failed: $log_dir/ncu_full.txt"
+  grep -E "^  [a-z].*\(|Duration|DRAM Throughput|Issue Slots Busy|Eligible Warps|Warp Cycles Per Issued" \
+    "$log_dir/ncu_full.txt" || true
 fi
