@@ -547,9 +547,9 @@ void weight_only_gemv(const DeviceTensor& x, const LinearWeight& weight, const D
           launch_gemv<T, kInt4, 4, kRowTiles>(x, weight, bias, out, step_sums, stream);
         }
       };
-      const int64_t wide_ctas = (weight.out_features() + 2 * kTileRows - 1) / (2 * kTileRows);
-      const bool narrow = variant / 2 != 2 && wide_ctas < 2 * current_multiprocessor_count();
       if constexpr (kInt4) {
+        const int64_t wide_ctas = (weight.out_features() + 2 * kTileRows - 1) / (2 * kTileRows);
+        const bool narrow = variant / 2 != 2 && wide_ctas < 2 * current_multiprocessor_count();
         if (!narrow) return launch(std::integral_constant<int, 2>{});
       }
       launch(std::integral_constant<int, 1>{});
